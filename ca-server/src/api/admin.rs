@@ -1,0 +1,280 @@
+//! `trellis.admin.v1.Admin`. Every call has already passed `auth::admin_interceptor`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use trellis_identity::{SpiffeId, hex};
+use trellis_proto::admin::v1::admin_server::Admin;
+use trellis_proto::admin::v1::{
+    AuditEvent, CertificateRecord, CreateJoinTokenRequest, CreateJoinTokenResponse,
+    GetCertificateRequest, GetStatusRequest, GetStatusResponse, IntermediateInfo,
+    IssueCertificateRequest, ListAuditEventsRequest, ListAuditEventsResponse,
+    ListCertificatesRequest, ListCertificatesResponse, RootInfo,
+};
+use trellis_proto::ca::v1::CertifyResponse;
+
+use super::convert;
+use crate::auth::AdminCaller;
+use crate::error::CaError;
+use crate::issuance::Credential;
+use crate::state::CaState;
+
+/// The admin API over the CA state.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    state: Arc<CaState>,
+}
+
+impl AdminService {
+    pub fn new(state: Arc<CaState>) -> Self {
+        Self { state }
+    }
+}
+
+const DEFAULT_LIMIT: usize = 1000;
+
+fn caller<T>(request: &Request<T>) -> Result<SpiffeId, Status> {
+    request
+        .extensions()
+        .get::<AdminCaller>()
+        .map(|c| c.0.clone())
+        // Unreachable when served through the interceptor; fail closed if it ever is.
+        .ok_or_else(|| Status::unauthenticated("admin identity missing"))
+}
+
+fn parse_id(field: &str, text: &str) -> Result<SpiffeId, Status> {
+    SpiffeId::new(text)
+        .map_err(|e| CaError::InvalidArgument(format!("{field} {text:?}: {e}")).into())
+}
+
+fn check_dns_name(name: &str) -> Result<(), Status> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').enumerate().all(|(i, label)| {
+            (!label.is_empty() && label.len() <= 63)
+                && (label == "*" && i == 0
+                    || label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        && !label.starts_with('-')
+                        && !label.ends_with('-'))
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(
+            CaError::InvalidArgument(format!("dns_names entry {name:?} is not a valid DNS name"))
+                .into(),
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_join_token(
+        &self,
+        request: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<CreateJoinTokenResponse>, Status> {
+        let caller = caller(&request)?;
+        let body = request.into_inner();
+        let id = parse_id("spiffe_id", &body.spiffe_id)?;
+        let token = self
+            .state
+            .create_join_token(id, convert::ttl(body.ttl_seconds), caller.as_str())
+            .await?;
+        Ok(Response::new(CreateJoinTokenResponse {
+            token: token.secret,
+            spiffe_id: token.spiffe_id.to_string(),
+            expires_at: convert::unix_timestamp(token.expires_at),
+        }))
+    }
+
+    async fn issue_certificate(
+        &self,
+        request: Request<IssueCertificateRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        let caller = caller(&request)?;
+        let body = request.into_inner();
+        let spiffe_id = parse_id("spiffe_id", &body.spiffe_id)?;
+        for name in &body.dns_names {
+            check_dns_name(name)?;
+        }
+        let issued = self
+            .state
+            .certify(
+                &body.csr_der,
+                Credential::Admin {
+                    caller,
+                    spiffe_id,
+                    dns_names: body.dns_names,
+                },
+                convert::ttl(body.ttl_seconds),
+            )
+            .await?;
+        Ok(Response::new(convert::issued(issued)))
+    }
+
+    async fn list_certificates(
+        &self,
+        request: Request<ListCertificatesRequest>,
+    ) -> Result<Response<ListCertificatesResponse>, Status> {
+        let filter = request.into_inner();
+        let limit = match filter.limit {
+            0 => DEFAULT_LIMIT,
+            n => n as usize,
+        };
+        let now = self.state.now_unix();
+        let expiring_before = (filter.expiring_within_seconds > 0)
+            .then(|| now.saturating_add(filter.expiring_within_seconds));
+        let keep = |r: &crate::store::CertRecord| {
+            (filter.include_expired || r.not_after > now)
+                && (filter.root_id.is_empty() || r.root_id == filter.root_id)
+                && expiring_before.is_none_or(|t| r.not_after <= t && r.not_after > now)
+        };
+        let store = &self.state.store;
+        let mut matched = Vec::new();
+        if filter.spiffe_id.is_empty() {
+            store
+                .for_each_certificate(|r| {
+                    if keep(&r) {
+                        matched.push(r);
+                    }
+                    true
+                })
+                .map_err(|e| CaError::Unavailable(e.to_string()))?;
+        } else {
+            let id = parse_id("spiffe_id", &filter.spiffe_id)?;
+            matched = store
+                .certificates_of(id.as_str())
+                .map_err(|e| CaError::Unavailable(e.to_string()))?;
+            matched.retain(|r| keep(r));
+        }
+        matched.sort_by(|a, b| {
+            a.spiffe_id
+                .cmp(&b.spiffe_id)
+                .then(b.issued_at.cmp(&a.issued_at))
+                .then(a.serial.cmp(&b.serial))
+        });
+        let truncated = matched.len() > limit;
+        matched.truncate(limit);
+        let mut certificates = Vec::with_capacity(matched.len());
+        for r in matched {
+            let der = hex::decode(&r.serial)
+                .and_then(|s| store.certificate(&s).ok().flatten())
+                .map(|(_, der)| der)
+                .unwrap_or_default();
+            certificates.push(convert::record(r, der));
+        }
+        Ok(Response::new(ListCertificatesResponse {
+            certificates,
+            truncated,
+        }))
+    }
+
+    async fn get_certificate(
+        &self,
+        request: Request<GetCertificateRequest>,
+    ) -> Result<Response<CertificateRecord>, Status> {
+        let text = request.into_inner().serial;
+        let serial = hex::decode(text.trim())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                CaError::InvalidArgument(format!("serial {text:?} is not hex (e.g. 4f3a...)"))
+            })?;
+        let found = self
+            .state
+            .store
+            .certificate(&serial)
+            .map_err(|e| CaError::Unavailable(e.to_string()))?;
+        match found {
+            Some((record, der)) => Ok(Response::new(convert::record(record, der))),
+            None => Err(CaError::NotFound(format!(
+                "no certificate with serial {} was issued by this CA",
+                hex::encode(&serial)
+            ))
+            .into()),
+        }
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<ListAuditEventsRequest>,
+    ) -> Result<Response<ListAuditEventsResponse>, Status> {
+        let body = request.into_inner();
+        let limit = match body.limit {
+            0 => DEFAULT_LIMIT,
+            n => n as usize,
+        };
+        let events = self
+            .state
+            .store
+            .audit_after(body.after_sequence, limit)
+            .map_err(|e| CaError::Unavailable(e.to_string()))?
+            .into_iter()
+            .map(|(sequence, e)| AuditEvent {
+                sequence,
+                time: convert::unix_timestamp(e.time),
+                kind: e.kind,
+                spiffe_id: e.spiffe_id,
+                serial: e.serial,
+                actor: e.actor,
+                detail: e.detail,
+            })
+            .collect();
+        Ok(Response::new(ListAuditEventsResponse { events }))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<GetStatusRequest>,
+    ) -> Result<Response<GetStatusResponse>, Status> {
+        let state = &self.state;
+        let now = state.now_unix();
+        let roots = state
+            .store
+            .roots()
+            .map_err(|e| CaError::Unavailable(e.to_string()))?;
+        let mut live_by_root = std::collections::HashMap::<String, u64>::new();
+        let mut live_total = 0;
+        state
+            .store
+            .for_each_certificate(|r| {
+                if r.not_after > now {
+                    live_total += 1;
+                    *live_by_root.entry(r.root_id).or_default() += 1;
+                }
+                true
+            })
+            .map_err(|e| CaError::Unavailable(e.to_string()))?;
+        let mut root_infos = Vec::with_capacity(roots.len());
+        for root in roots {
+            let info = trellis_identity::CertInfo::parse(&root.cert_der)
+                .map_err(|e| CaError::Internal(format!("stored root {}: {e}", root.id)))?;
+            let fingerprint = trellis_identity::bundle::spki_sha256(&root.cert_der)
+                .map_err(|e| CaError::Internal(e.to_string()))?;
+            root_infos.push(RootInfo {
+                live_certificates: live_by_root.get(&root.id).copied().unwrap_or(0),
+                id: root.id,
+                spki_sha256: hex::encode(&fingerprint),
+                state: root.state.as_str().into(),
+                not_before: convert::timestamp(info.not_before),
+                not_after: convert::timestamp(info.not_after),
+            });
+        }
+        let signer = state.signer();
+        let inter = trellis_identity::CertInfo::parse(&signer.cert)
+            .map_err(|e| CaError::Internal(e.to_string()))?;
+        Ok(Response::new(GetStatusResponse {
+            trust_domain: state.config.trust_domain.to_string(),
+            bundle: Some(convert::bundle(&state.bundle())),
+            roots: root_infos,
+            intermediate: Some(IntermediateInfo {
+                root_id: signer.root_id.clone(),
+                subject: inter.subject,
+                not_before: convert::timestamp(inter.not_before),
+                not_after: convert::timestamp(inter.not_after),
+            }),
+            issued_total: state.store.certificate_count() as u64,
+            live_total,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+}

@@ -1,0 +1,57 @@
+//! Conversions between the CA's types and the protobuf messages.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost_types::Timestamp;
+use trellis_identity::TrustBundle;
+use trellis_proto::admin::v1 as admin;
+use trellis_proto::ca::v1 as ca;
+
+use crate::issuance::Issued;
+use crate::store::CertRecord;
+
+pub fn timestamp(t: SystemTime) -> Option<Timestamp> {
+    Some(Timestamp::from(t))
+}
+
+pub fn unix_timestamp(secs: u64) -> Option<Timestamp> {
+    timestamp(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+pub fn bundle(b: &TrustBundle) -> ca::TrustBundle {
+    ca::TrustBundle {
+        trust_domain: b.trust_domain().to_string(),
+        version: b.version(),
+        root_certificates_der: b.roots().iter().map(|r| r.to_vec()).collect(),
+    }
+}
+
+pub fn issued(i: Issued) -> ca::CertifyResponse {
+    ca::CertifyResponse {
+        spiffe_id: i.spiffe_id.to_string(),
+        chain_der: i.chain.iter().map(|c| c.to_vec()).collect(),
+        serial: i.serial,
+        not_before: timestamp(i.not_before),
+        not_after: timestamp(i.not_after),
+        bundle: Some(bundle(&i.bundle)),
+    }
+}
+
+pub fn record(r: CertRecord, der: Vec<u8>) -> admin::CertificateRecord {
+    admin::CertificateRecord {
+        serial: r.serial,
+        spiffe_id: r.spiffe_id,
+        dns_names: r.dns_names,
+        not_before: unix_timestamp(r.not_before),
+        not_after: unix_timestamp(r.not_after),
+        issued_at: unix_timestamp(r.issued_at),
+        root_id: r.root_id,
+        issued_via: r.issued_via,
+        certificate_der: der,
+    }
+}
+
+/// A requested TTL in seconds; 0 means "the default".
+pub fn ttl(seconds: u32) -> Option<Duration> {
+    (seconds > 0).then(|| Duration::from_secs(u64::from(seconds)))
+}

@@ -1,0 +1,140 @@
+//! Who is on the other end of a connection: the TLS peer chain captured at accept time and
+//! handed to tonic as connection info, and the admin check every admin call passes through.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+use tonic::{Request, Status};
+use trellis_identity::SpiffeId;
+use trellis_identity::bundle::Usage;
+
+use crate::state::CaState;
+
+/// The path under which admin identities live.
+pub const ADMIN_PREFIX: &str = "/trellis/admin";
+
+/// What is known about the peer of a connection. The chain is NOT verified: the TLS layer
+/// only checked key possession (see `DeferredClientVerifier`); verify before trusting it.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub remote_addr: Option<std::net::SocketAddr>,
+    pub unverified_chain: Arc<Vec<CertificateDer<'static>>>,
+}
+
+/// A TLS connection that tells tonic about its peer.
+#[derive(Debug)]
+pub struct TlsConn {
+    inner: TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl TlsConn {
+    /// Wraps an accepted TLS stream, capturing its peer chain.
+    pub fn new(inner: TlsStream<TcpStream>) -> Self {
+        let (tcp, session) = inner.get_ref();
+        let chain = session
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let info = PeerInfo {
+            remote_addr: tcp.peer_addr().ok(),
+            unverified_chain: Arc::new(chain),
+        };
+        Self { inner, info }
+    }
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The peer's (unverified) chain from a request, empty if none.
+pub fn peer_chain<T>(request: &Request<T>) -> Vec<CertificateDer<'static>> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .map(|p| p.unverified_chain.as_ref().clone())
+        .unwrap_or_default()
+}
+
+/// An authenticated administrator, put into the request by [`admin_interceptor`].
+#[derive(Debug, Clone)]
+pub struct AdminCaller(pub SpiffeId);
+
+/// Checks every admin call: a client certificate chaining to the current bundle, valid
+/// now, with a SPIFFE ID under `/trellis/admin/`.
+pub fn admin_interceptor(
+    state: Arc<CaState>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request: Request<()>| {
+        let chain = peer_chain(&request);
+        if chain.is_empty() {
+            return Err(Status::unauthenticated(
+                "admin API needs an admin client certificate (admin/admin.pem in the CA's data \
+                 directory, or `trellis` with --admin-cert)",
+            ));
+        }
+        let verified = state
+            .bundle()
+            .verify(&chain, state.now(), Usage::Client)
+            .map_err(|e| Status::unauthenticated(format!("admin certificate refused: {e}")))?;
+        let td = state.config.trust_domain.as_str();
+        if !verified.spiffe_id.is_under(td, ADMIN_PREFIX)
+            || verified.spiffe_id.path() == ADMIN_PREFIX
+        {
+            return Err(Status::permission_denied(format!(
+                "{} is not an admin identity (admins are under spiffe://{td}{ADMIN_PREFIX}/)",
+                verified.spiffe_id
+            )));
+        }
+        request
+            .extensions_mut()
+            .insert(AdminCaller(verified.spiffe_id));
+        Ok(request)
+    }
+}

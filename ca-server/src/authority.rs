@@ -1,0 +1,315 @@
+//! Certificate signing: creating roots and intermediates, and issuing X.509-SVID leaves
+//! under the signing intermediate (profile per X509-SVID.md §4 and DESIGN.md "Identity").
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    PublicKeyData, SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use trellis_identity::{SpiffeId, TrustDomain, hex};
+use x509_cert::Certificate;
+use x509_cert::der::{Decode, Tag, Tagged};
+use x509_cert::ext::pkix::SubjectKeyIdentifier;
+
+use crate::error::CaError;
+
+/// How far NotBefore is backdated, for peers whose clocks run a little behind.
+pub const BACKDATE: Duration = Duration::from_secs(60);
+
+/// Serial numbers are 16 random bytes with the top bit clear (positive) and the next bit set
+/// (so the DER integer is always 16 bytes): 126 bits of randomness, never reused because
+/// the store refuses a serial it has seen.
+pub fn random_serial() -> Result<[u8; 16], CaError> {
+    let mut serial = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut serial)
+        .map_err(|_| CaError::Internal("system random source failed".into()))?;
+    serial[0] = (serial[0] & 0x7f) | 0x40;
+    Ok(serial)
+}
+
+fn to_offset(t: SystemTime) -> time::OffsetDateTime {
+    time::OffsetDateTime::from(t)
+}
+
+fn internal(context: &str) -> impl Fn(rcgen::Error) -> CaError + '_ {
+    move |e| CaError::Internal(format!("{context}: {e}"))
+}
+
+/// A freshly made CA certificate and its key.
+#[derive(Debug)]
+pub struct NewCa {
+    pub cert: CertificateDer<'static>,
+    pub key: KeyPair,
+}
+
+fn ca_params(
+    common_name: String,
+    trust_domain: &TrustDomain,
+    now: SystemTime,
+    lifetime: Duration,
+    path_len: Option<u8>,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Trellis");
+    dn.push(DnType::OrganizationalUnitName, trust_domain.as_str());
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.not_before = to_offset(now - BACKDATE);
+    params.not_after = to_offset(now + lifetime);
+    params.is_ca = IsCa::Ca(match path_len {
+        Some(n) => BasicConstraints::Constrained(n),
+        None => BasicConstraints::Unconstrained,
+    });
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params
+}
+
+/// Creates a self-signed root for `trust_domain`.
+pub fn new_root(
+    trust_domain: &TrustDomain,
+    now: SystemTime,
+    lifetime: Duration,
+) -> Result<NewCa, CaError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(internal("root key"))?;
+    let mut params = ca_params(
+        format!("Trellis Root CA {}", short_stamp(now)),
+        trust_domain,
+        now,
+        lifetime,
+        None,
+    );
+    params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
+    params.use_authority_key_identifier_extension = false;
+    let cert = params
+        .self_signed(&key)
+        .map_err(internal("root certificate"))?;
+    Ok(NewCa {
+        cert: cert.der().clone(),
+        key,
+    })
+}
+
+/// Creates an intermediate signed by `root`, never outliving it.
+pub fn new_intermediate(
+    trust_domain: &TrustDomain,
+    root: &SigningCa,
+    now: SystemTime,
+    lifetime: Duration,
+) -> Result<NewCa, CaError> {
+    let key =
+        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(internal("intermediate key"))?;
+    let mut params = ca_params(
+        format!("Trellis Intermediate CA {}", short_stamp(now)),
+        trust_domain,
+        now,
+        lifetime,
+        Some(0),
+    );
+    if params.not_after > to_offset(root.not_after) {
+        params.not_after = to_offset(root.not_after);
+    }
+    params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
+    let cert = params
+        .signed_by(&key, &root.issuer)
+        .map_err(internal("intermediate certificate"))?;
+    Ok(NewCa {
+        cert: cert.der().clone(),
+        key,
+    })
+}
+
+fn short_stamp(now: SystemTime) -> String {
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("{secs:x}")
+}
+
+/// A CA certificate with its key, able to sign.
+#[derive(Debug)]
+pub struct SigningCa {
+    /// The short id: first 16 hex digits of the SPKI SHA-256.
+    pub id: String,
+    /// The root this CA chains to (its own id for a root).
+    pub root_id: String,
+    pub cert: CertificateDer<'static>,
+    pub not_after: SystemTime,
+    issuer: rcgen::Issuer<'static, KeyPair>,
+}
+
+impl SigningCa {
+    /// Pairs a CA certificate with its key, checking that they belong together.
+    pub fn new(cert: CertificateDer<'static>, key: KeyPair) -> Result<Self, CaError> {
+        let parsed = Certificate::from_der(&cert)
+            .map_err(|e| CaError::Internal(format!("CA certificate is not valid DER: {e}")))?;
+        let tbs = &parsed.tbs_certificate;
+        let cert_point = tbs.subject_public_key_info.subject_public_key.raw_bytes();
+        if cert_point != key.der_bytes() {
+            return Err(CaError::Internal(
+                "CA private key does not match its certificate".into(),
+            ));
+        }
+        let distinguished_name = rcgen_name(&tbs.subject)?;
+        // The leaf's authority key identifier must equal this certificate's subject key
+        // identifier, whatever method made it, so reuse it as is.
+        let key_identifier_method = match tbs.get::<SubjectKeyIdentifier>() {
+            Ok(Some((_, ski))) => KeyIdMethod::PreSpecified(ski.0.as_bytes().to_vec()),
+            _ => KeyIdMethod::Sha256,
+        };
+        let mut params = CertificateParams::default();
+        params.distinguished_name = distinguished_name;
+        params.key_identifier_method = key_identifier_method;
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let id = trellis_identity::bundle::root_id(&cert)
+            .map_err(|e| CaError::Internal(e.to_string()))?;
+        Ok(Self {
+            root_id: id.clone(),
+            id,
+            not_after: tbs.validity.not_after.to_system_time(),
+            issuer: rcgen::Issuer::new(params, key),
+            cert,
+        })
+    }
+
+    /// The signing key.
+    pub fn key(&self) -> &KeyPair {
+        self.issuer.key()
+    }
+
+    /// Issues an X.509-SVID for `leaf`.
+    pub fn sign_leaf(&self, leaf: &LeafSpec, now: SystemTime) -> Result<SignedLeaf, CaError> {
+        let serial = random_serial()?;
+        let not_before = now - BACKDATE;
+        let not_after = (now + leaf.lifetime).min(self.not_after);
+        if not_after <= now {
+            return Err(CaError::Unavailable(
+                "the signing intermediate has expired; rotate the CA's roots".into(),
+            ));
+        }
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Trellis");
+        params.distinguished_name = dn;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.not_before = to_offset(not_before);
+        params.not_after = to_offset(not_after);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let uri = leaf
+            .spiffe_id
+            .as_str()
+            .to_owned()
+            .try_into()
+            .map_err(internal("SPIFFE ID as URI SAN"))?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        for name in &leaf.dns_names {
+            let san =
+                match name.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(name.clone().try_into().map_err(|_| {
+                        CaError::InvalidArgument(format!("invalid DNS name {name:?}"))
+                    })?),
+                };
+            params.subject_alt_names.push(san);
+        }
+        let public_key = P256PublicKey(&leaf.public_point);
+        let cert = params
+            .signed_by(&public_key, &self.issuer)
+            .map_err(internal("leaf certificate"))?;
+        Ok(SignedLeaf {
+            der: cert.der().clone(),
+            serial,
+            not_before,
+            not_after,
+        })
+    }
+}
+
+/// What to put in a leaf.
+#[derive(Debug, Clone)]
+pub struct LeafSpec {
+    pub spiffe_id: SpiffeId,
+    /// DNS names (and, for the CA's own certificate, IP addresses) to add as SANs.
+    pub dns_names: Vec<String>,
+    /// The uncompressed P-256 point from the checked CSR.
+    pub public_point: Vec<u8>,
+    pub lifetime: Duration,
+}
+
+/// A signed leaf.
+#[derive(Debug, Clone)]
+pub struct SignedLeaf {
+    pub der: CertificateDer<'static>,
+    pub serial: [u8; 16],
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl SignedLeaf {
+    /// Lowercase hex serial.
+    pub fn serial_hex(&self) -> String {
+        hex::encode(&self.serial)
+    }
+}
+
+/// A P-256 public key taken from a CSR, in the form rcgen signs for.
+struct P256PublicKey<'a>(&'a [u8]);
+
+impl PublicKeyData for P256PublicKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// Rebuilds an X.509 name as rcgen's, attribute by attribute with the same string types, so
+/// that leaves' issuer names match the CA's subject byte for byte (as path building needs).
+fn rcgen_name(name: &x509_cert::name::Name) -> Result<DistinguishedName, CaError> {
+    let mut dn = DistinguishedName::new();
+    for rdn in name.0.iter() {
+        for atv in rdn.0.iter() {
+            let arcs: Vec<u64> = atv.oid.arcs().map(u64::from).collect();
+            let text = || {
+                std::str::from_utf8(atv.value.value())
+                    .map(str::to_owned)
+                    .map_err(|_| CaError::Internal("CA name attribute is not text".into()))
+            };
+            let value = match atv.value.tag() {
+                Tag::Utf8String => DnValue::Utf8String(text()?),
+                Tag::PrintableString => DnValue::PrintableString(
+                    text()?
+                        .try_into()
+                        .map_err(internal("CA name PrintableString"))?,
+                ),
+                Tag::Ia5String => {
+                    DnValue::Ia5String(text()?.try_into().map_err(internal("CA name IA5String"))?)
+                }
+                other => {
+                    return Err(CaError::Internal(format!(
+                        "CA name attribute has unsupported string type {other}"
+                    )));
+                }
+            };
+            dn.push(DnType::from_oid(&arcs), value);
+        }
+    }
+    Ok(dn)
+}

@@ -1,0 +1,288 @@
+//! Opening the data directory: on first start, create (or import) the root and signing
+//! intermediate and write admin credentials; on later starts, load what is stored.
+//!
+//! Data directory layout (0700):
+//! ```text
+//! db/                        sled database
+//! keys/root-<id>.key.pem     0600, absent if the root was imported without its key
+//! keys/intermediate-<id>.key.pem
+//! admin/admin.pem            admin client chain, for the `trellis` CLI
+//! admin/admin.key.pem        0600
+//! admin/bundle.pem           trust bundle to verify the CA with
+//! bundle.pem                 current trust bundle, for sidecars that start from a file
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::KeyPair;
+use rustls_pki_types::CertificateDer;
+use trellis_identity::clock::Clock;
+use trellis_identity::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey, pem};
+
+use crate::authority::{self, SigningCa};
+use crate::config::Config;
+use crate::error::CaError;
+use crate::files;
+use crate::issuance::Credential;
+use crate::state::{CaState, unix};
+use crate::store::{AuditRecord, IntermediateRecord, RootRecord, RootState, Store};
+
+/// The path (under the trust domain) of the admin identity created at initialisation.
+pub const ADMIN_PATH: &str = "/trellis/admin/default";
+/// The CA's own serving identity path.
+pub const CA_PATH: &str = "/trellis/ca";
+
+/// Paths inside a data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn db(&self) -> PathBuf {
+        self.0.join("db")
+    }
+    pub fn keys(&self) -> PathBuf {
+        self.0.join("keys")
+    }
+    pub fn admin(&self) -> PathBuf {
+        self.0.join("admin")
+    }
+    pub fn bundle_pem(&self) -> PathBuf {
+        self.0.join("bundle.pem")
+    }
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> CaError {
+    move |e| CaError::Internal(format!("{context}: {e}"))
+}
+
+/// Opens the CA in `config.data_dir`, initialising it on first start.
+pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<CaState>, CaError> {
+    let dir = DataDir(config.data_dir.clone());
+    files::create_private_dir(&dir.0).map_err(io(format!("data directory {}", dir.0.display())))?;
+    files::create_private_dir(&dir.keys()).map_err(io("keys directory".into()))?;
+    let store = Store::open(&dir.db()).map_err(|e| {
+        CaError::Unavailable(format!(
+            "cannot open database in {}: {e}",
+            dir.db().display()
+        ))
+    })?;
+    match store.trust_domain().map_err(store_err)? {
+        Some(stored) if stored != config.trust_domain.as_str() => {
+            return Err(CaError::InvalidArgument(format!(
+                "data directory {} belongs to trust domain {stored:?}, but the configuration says {:?}",
+                dir.0.display(),
+                config.trust_domain.as_str()
+            )));
+        }
+        _ => {}
+    }
+    let fresh = store.active_intermediate().map_err(store_err)?.is_none();
+    if fresh {
+        initialise(&config, &store, &dir, clock.now())?;
+    }
+    let state = Arc::new(load(config, store, clock, &dir)?);
+    files::write_atomic(&dir.bundle_pem(), state.bundle().to_pem().as_bytes(), 0o644)
+        .map_err(io("bundle.pem".into()))?;
+    if !dir.admin().join("admin.pem").exists() {
+        write_admin_credentials(&state, &dir.admin()).await?;
+    }
+    Ok(state)
+}
+
+fn store_err(e: crate::store::StoreError) -> CaError {
+    CaError::Unavailable(e.to_string())
+}
+
+fn initialise(
+    config: &Config,
+    store: &Store,
+    dir: &DataDir,
+    now: std::time::SystemTime,
+) -> Result<(), CaError> {
+    let td = &config.trust_domain;
+    let (root_cert, root_key, signer) = match &config.import_dir {
+        Some(import) => import_ca(import)?,
+        None => {
+            let root = authority::new_root(td, now, config.root_ttl)?;
+            let root_signer = SigningCa::new(root.cert.clone(), root.key)?;
+            let inter =
+                authority::new_intermediate(td, &root_signer, now, config.intermediate_ttl)?;
+            let signer = SigningCa::new(inter.cert, inter.key)?;
+            let root_key_pem = root_signer.key().serialize_pem();
+            (root.cert, Some(root_key_pem), signer)
+        }
+    };
+    let root_id = trellis_identity::bundle::root_id(&root_cert)
+        .map_err(|e| CaError::InvalidArgument(format!("root certificate: {e}")))?;
+    let root_key_file = match root_key {
+        Some(pem) => {
+            let name = format!("root-{root_id}.key.pem");
+            files::write_secret(&dir.keys().join(&name), pem.as_bytes())
+                .map_err(io("writing root key".into()))?;
+            Some(name)
+        }
+        None => None,
+    };
+    let inter_key_file = format!("intermediate-{}.key.pem", signer.id);
+    files::write_secret(
+        &dir.keys().join(&inter_key_file),
+        signer.key().serialize_pem().as_bytes(),
+    )
+    .map_err(io("writing intermediate key".into()))?;
+    let now_unix = unix(now);
+    store
+        .put_root(&RootRecord {
+            id: root_id.clone(),
+            cert_der: root_cert.to_vec(),
+            state: RootState::Active,
+            added_at: now_unix,
+            key_file: root_key_file,
+        })
+        .map_err(store_err)?;
+    store
+        .activate_intermediate(&IntermediateRecord {
+            id: signer.id.clone(),
+            root_id: root_id.clone(),
+            cert_der: signer.cert.to_vec(),
+            key_file: inter_key_file,
+        })
+        .map_err(store_err)?;
+    store.set_trust_domain(td.as_str()).map_err(store_err)?;
+    store.set_bundle_version(1).map_err(store_err)?;
+    store
+        .append_audit(&AuditRecord {
+            time: now_unix,
+            kind: "ca_initialised".into(),
+            spiffe_id: td.id(CA_PATH).map(|i| i.to_string()).unwrap_or_default(),
+            serial: String::new(),
+            actor: "trellis-ca".into(),
+            detail: format!(
+                "root {root_id} {}, intermediate {}",
+                if config.import_dir.is_some() {
+                    "imported"
+                } else {
+                    "generated"
+                },
+                signer.id
+            ),
+        })
+        .map_err(store_err)?;
+    store.flush_now().map_err(store_err)?;
+    tracing::info!(trust_domain = %td, root = %root_id, intermediate = %signer.id, "CA initialised");
+    Ok(())
+}
+
+/// Reads `root.pem`, `intermediate.pem`, `intermediate.key.pem` and, optionally,
+/// `root.key.pem` from an import directory.
+fn import_ca(dir: &Path) -> Result<(CertificateDer<'static>, Option<String>, SigningCa), CaError> {
+    let read_cert = |name: &str| -> Result<CertificateDer<'static>, CaError> {
+        let path = dir.join(name);
+        let text = std::fs::read(&path).map_err(|e| {
+            CaError::InvalidArgument(format!("import: cannot read {}: {e}", path.display()))
+        })?;
+        pem::certs_from_pem(&text)
+            .map_err(|e| CaError::InvalidArgument(format!("import: {}: {e}", path.display())))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| CaError::InvalidArgument(format!("import: {} is empty", path.display())))
+    };
+    let root = read_cert("root.pem")?;
+    let intermediate = read_cert("intermediate.pem")?;
+    let key_path = dir.join("intermediate.key.pem");
+    let key_pem = files::read_secret(&key_path)
+        .map_err(|e| CaError::InvalidArgument(format!("import: {}: {e}", key_path.display())))?;
+    let key = KeyPair::from_pem(&String::from_utf8_lossy(&key_pem))
+        .map_err(|e| CaError::InvalidArgument(format!("import: {}: {e}", key_path.display())))?;
+    let signer = SigningCa::new(intermediate, key)
+        .map_err(|e| CaError::InvalidArgument(format!("import: intermediate: {e}")))?;
+    let root_key_path = dir.join("root.key.pem");
+    let root_key = if root_key_path.exists() {
+        let bytes = files::read_secret(&root_key_path)
+            .map_err(|e| CaError::InvalidArgument(format!("import: {e}")))?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    } else {
+        None
+    };
+    Ok((root, root_key, signer))
+}
+
+fn load(
+    config: Config,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    dir: &DataDir,
+) -> Result<CaState, CaError> {
+    let inter = store
+        .active_intermediate()
+        .map_err(store_err)?
+        .ok_or_else(|| CaError::Internal("no signing intermediate after initialisation".into()))?;
+    let key_path = dir.keys().join(&inter.key_file);
+    let key_pem = files::read_secret(&key_path).map_err(|e| {
+        CaError::Unavailable(format!("intermediate key {}: {e}", key_path.display()))
+    })?;
+    let key = KeyPair::from_pem(&String::from_utf8_lossy(&key_pem))
+        .map_err(|e| CaError::Internal(format!("intermediate key {}: {e}", key_path.display())))?;
+    let mut signer = SigningCa::new(CertificateDer::from(inter.cert_der), key)?;
+    signer.root_id = inter.root_id;
+    let bundle = bundle_from_store(&config.trust_domain, &store)?;
+    Ok(CaState::new(config, store, clock, signer, bundle))
+}
+
+/// The bundle as stored: every root not retired, the active root first.
+pub fn bundle_from_store(td: &TrustDomain, store: &Store) -> Result<TrustBundle, CaError> {
+    let mut roots = store.roots().map_err(store_err)?;
+    roots.retain(|r| r.state.in_bundle());
+    roots.sort_by_key(|r| r.state != RootState::Active);
+    let version = store.bundle_version().map_err(store_err)?;
+    TrustBundle::new(
+        td.clone(),
+        version,
+        roots
+            .into_iter()
+            .map(|r| CertificateDer::from(r.cert_der))
+            .collect(),
+    )
+    .map_err(|e| CaError::Internal(format!("stored trust bundle: {e}")))
+}
+
+/// Issues an admin client certificate and writes it, its key (0600) and the bundle.
+pub async fn write_admin_credentials(state: &CaState, out: &Path) -> Result<(), CaError> {
+    let id: SpiffeId = state
+        .config
+        .trust_domain
+        .id(ADMIN_PATH)
+        .map_err(|e| CaError::Internal(e.to_string()))?;
+    let key = WorkloadKey::generate().map_err(|e| CaError::Internal(e.to_string()))?;
+    let csr = key
+        .csr_der(Some(&id))
+        .map_err(|e| CaError::Internal(e.to_string()))?;
+    let issued = state
+        .certify(
+            &csr,
+            Credential::Internal {
+                spiffe_id: id,
+                lifetime: state.config.admin_ttl,
+                names: Vec::new(),
+            },
+            None,
+        )
+        .await?;
+    files::create_private_dir(out).map_err(io(format!("{}", out.display())))?;
+    files::write_secret(&out.join("admin.key.pem"), key.to_pem().as_bytes())
+        .map_err(io("admin key".into()))?;
+    files::write_atomic(
+        &out.join("admin.pem"),
+        pem::certs_to_pem(&issued.chain).as_bytes(),
+        0o644,
+    )
+    .map_err(io("admin certificate".into()))?;
+    files::write_atomic(
+        &out.join("bundle.pem"),
+        issued.bundle.to_pem().as_bytes(),
+        0o644,
+    )
+    .map_err(io("admin bundle".into()))?;
+    tracing::info!(dir = %out.display(), spiffe_id = %issued.spiffe_id, serial = %issued.serial, "admin credentials written");
+    Ok(())
+}

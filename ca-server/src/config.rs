@@ -1,0 +1,262 @@
+//! `trellis-ca` configuration: a TOML file, overridden by flags and `TRELLIS_*` environment
+//! variables, validated into [`Config`] before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+use trellis_identity::{TrustDomain, duration};
+
+/// The shortest certificate lifetime the CA will issue (clients renew at half-life).
+pub const MIN_TTL: Duration = Duration::from_secs(60);
+/// The longest certificate lifetime the CA will issue (DESIGN.md: at most 24 h).
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Command-line flags; each also reads a `TRELLIS_*` environment variable.
+#[derive(Debug, Parser)]
+#[command(
+    name = "trellis-ca",
+    version,
+    about = "The Trellis certificate authority"
+)]
+pub struct Flags {
+    /// TOML configuration file (see deploy/ca.example.toml).
+    #[arg(long, short = 'c', env = "TRELLIS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Trust domain, e.g. cluster.local.
+    #[arg(long, env = "TRELLIS_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Address to serve gRPC on.
+    #[arg(long, env = "TRELLIS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (sled database, keys, admin credentials).
+    #[arg(long, env = "TRELLIS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// On first start, import root + intermediate from this directory (written by
+    /// `trellis ca init`) instead of generating them.
+    #[arg(long, env = "TRELLIS_IMPORT_DIR")]
+    pub import_dir: Option<PathBuf>,
+    /// Default certificate lifetime, e.g. 1h.
+    #[arg(long, env = "TRELLIS_DEFAULT_TTL")]
+    pub default_ttl: Option<String>,
+    /// Longest certificate lifetime a client may ask for, at most 24h.
+    #[arg(long, env = "TRELLIS_MAX_TTL")]
+    pub max_ttl: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "TRELLIS_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Validate the configuration, print it, and exit without serving.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// The TOML file. Unknown keys are errors, so typos do not pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub trust_domain: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub import_dir: Option<PathBuf>,
+    /// Extra DNS names / IPs for the CA's serving certificate (for tools that verify by host).
+    pub server_names: Option<Vec<String>>,
+    pub default_ttl: Option<String>,
+    pub max_ttl: Option<String>,
+    pub intermediate_ttl: Option<String>,
+    pub root_ttl: Option<String>,
+    pub admin_ttl: Option<String>,
+    pub log_format: Option<String>,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_grace: Option<String>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub trust_domain: TrustDomain,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub import_dir: Option<PathBuf>,
+    pub server_names: Vec<String>,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    pub intermediate_ttl: Duration,
+    pub root_ttl: Duration,
+    pub admin_ttl: Duration,
+    pub json_logs: bool,
+    pub shutdown_grace: Duration,
+}
+
+/// A configuration problem, as one line naming the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn ttl(name: &str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => duration::parse(&text).map_err(|e| ConfigError(format!("{name}: {e}"))),
+    }
+}
+
+impl Config {
+    /// Defaults for a CA in `data_dir`: what tests and the quickstart use.
+    pub fn for_data_dir(data_dir: PathBuf) -> Self {
+        Self::build(FileConfig {
+            data_dir: Some(data_dir),
+            ..FileConfig::default()
+        })
+        .expect("the built-in defaults are valid")
+    }
+
+    /// Reads the file named by the flags (if any), applies the flags over it, validates.
+    pub fn load(flags: Flags) -> Result<Self, ConfigError> {
+        let mut file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.message())))?
+            }
+            None => FileConfig::default(),
+        };
+        macro_rules! over {
+            ($($field:ident),*) => { $( if flags.$field.is_some() { file.$field = flags.$field; } )* };
+        }
+        over!(
+            trust_domain,
+            listen,
+            data_dir,
+            import_dir,
+            default_ttl,
+            max_ttl,
+            log_format
+        );
+        Self::build(file)
+    }
+
+    /// Validates a file configuration, filling defaults.
+    pub fn build(file: FileConfig) -> Result<Self, ConfigError> {
+        let td_text = file.trust_domain.unwrap_or_else(|| "cluster.local".into());
+        let trust_domain = TrustDomain::new(&td_text)
+            .map_err(|e| ConfigError(format!("trust_domain {td_text:?}: {e}")))?;
+        let default_ttl = ttl("default_ttl", file.default_ttl, Duration::from_secs(3600))?;
+        let max_ttl = ttl("max_ttl", file.max_ttl, MAX_TTL)?;
+        for (name, value) in [("default_ttl", default_ttl), ("max_ttl", max_ttl)] {
+            if !(MIN_TTL..=MAX_TTL).contains(&value) {
+                return Err(ConfigError(format!(
+                    "{name} is {}; it must be between {} and {}",
+                    duration::format(value),
+                    duration::format(MIN_TTL),
+                    duration::format(MAX_TTL)
+                )));
+            }
+        }
+        if default_ttl > max_ttl {
+            return Err(ConfigError(format!(
+                "default_ttl ({}) is longer than max_ttl ({})",
+                duration::format(default_ttl),
+                duration::format(max_ttl)
+            )));
+        }
+        let day = Duration::from_secs(86_400);
+        let intermediate_ttl = ttl("intermediate_ttl", file.intermediate_ttl, 365 * day)?;
+        let root_ttl = ttl("root_ttl", file.root_ttl, 10 * 365 * day)?;
+        let admin_ttl = ttl("admin_ttl", file.admin_ttl, 90 * day)?;
+        if intermediate_ttl < 2 * MAX_TTL || root_ttl < intermediate_ttl {
+            return Err(ConfigError(
+                "intermediate_ttl must be at least 48h and root_ttl at least intermediate_ttl"
+                    .into(),
+            ));
+        }
+        let json_logs = match file.log_format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "log_format {other:?}: expected \"text\" or \"json\""
+                )));
+            }
+        };
+        let server_names = file
+            .server_names
+            .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]);
+        for name in &server_names {
+            let ok = name.parse::<std::net::IpAddr>().is_ok()
+                || (!name.is_empty()
+                    && name.len() <= 253
+                    && name.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    }));
+            if !ok {
+                return Err(ConfigError(format!(
+                    "server_names entry {name:?} is neither a DNS name nor an IP address"
+                )));
+            }
+        }
+        Ok(Self {
+            trust_domain,
+            listen: file
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443))),
+            data_dir: file
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("trellis-data/ca")),
+            import_dir: file.import_dir,
+            server_names,
+            default_ttl,
+            max_ttl,
+            intermediate_ttl,
+            root_ttl,
+            admin_ttl,
+            json_logs,
+            shutdown_grace: ttl(
+                "shutdown_grace",
+                file.shutdown_grace,
+                Duration::from_secs(10),
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(toml_text: &str) -> Result<Config, ConfigError> {
+        let parsed: FileConfig =
+            toml::from_str(toml_text).map_err(|e| ConfigError(e.message().to_owned()))?;
+        Config::build(parsed)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = file("").expect("defaults");
+        assert_eq!(config.trust_domain.as_str(), "cluster.local");
+        assert_eq!(config.default_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn each_bad_value_is_named() {
+        let cases = [
+            ("trust_domain = \"Bad Domain\"", "trust_domain"),
+            ("default_ttl = \"10\"", "default_ttl"),
+            ("max_ttl = \"48h\"", "max_ttl"),
+            (
+                "default_ttl = \"2h\"\nmax_ttl = \"1h\"",
+                "longer than max_ttl",
+            ),
+            ("log_format = \"xml\"", "log_format"),
+            ("server_names = [\"bad name\"]", "server_names"),
+            ("trust_domian = \"typo.local\"", "unknown field"),
+        ];
+        for (text, expected) in cases {
+            let err = file(text).expect_err(text).to_string();
+            assert!(err.contains(expected), "{text:?} gave {err:?}");
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The CA's error type, and the one place where errors become gRPC status codes.
+
+use tonic::{Code, Status};
+
+/// Why a request was refused or failed. The message names the problem and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// The request itself is malformed or unacceptable (a bad CSR, a bad SPIFFE ID).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The caller has no valid credential (missing, unknown, expired or used).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's credential does not grant what it asked for.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// What the caller named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The store cannot durably record anything right now; nothing was issued.
+    #[error("certificate store unavailable, nothing was issued: {0}")]
+    Unavailable(String),
+    /// A bug or an impossible state; details are logged.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<CaError> for Status {
+    fn from(e: CaError) -> Self {
+        let code = match &e {
+            CaError::InvalidArgument(_) => Code::InvalidArgument,
+            CaError::Unauthenticated(_) => Code::Unauthenticated,
+            CaError::PermissionDenied(_) => Code::PermissionDenied,
+            CaError::NotFound(_) => Code::NotFound,
+            CaError::Unavailable(_) => Code::Unavailable,
+            CaError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<sled::Error> for CaError {
+    fn from(e: sled::Error) -> Self {
+        CaError::Unavailable(e.to_string())
+    }
+}

@@ -1,0 +1,285 @@
+//! The issuance pipeline, one path for every way a certificate is asked for:
+//! authenticate the credential → check the CSR → decide identity and lifetime → sign →
+//! record (consuming a join token in the same transaction) → wait for durability → reply.
+//!
+//! Nothing is written for a refused request: every check runs before the one transaction.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+use trellis_identity::bundle::Usage;
+use trellis_identity::{SpiffeId, TrustBundle, hex};
+
+use crate::authority::LeafSpec;
+use crate::config::MIN_TTL;
+use crate::csr;
+use crate::error::CaError;
+use crate::state::{CaState, unix};
+use crate::store::{AuditRecord, CertRecord, RecordError, TokenUse};
+use crate::tokens;
+
+/// How the requester proved who it is.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// A join token (the secret as sent by the client).
+    JoinToken(String),
+    /// The TLS client chain of the connection (leaf first); empty if none was presented.
+    Renewal(Vec<CertificateDer<'static>>),
+    /// An authenticated admin asking for a certificate for someone else.
+    Admin {
+        caller: SpiffeId,
+        spiffe_id: SpiffeId,
+        dns_names: Vec<String>,
+    },
+    /// The CA itself (its serving and admin certificates); may exceed `max_ttl`.
+    Internal {
+        spiffe_id: SpiffeId,
+        lifetime: Duration,
+        /// DNS names and IP addresses for the SAN.
+        names: Vec<String>,
+    },
+}
+
+/// An issued certificate, as returned to the requester.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub spiffe_id: SpiffeId,
+    /// Leaf, then intermediate.
+    pub chain: Vec<CertificateDer<'static>>,
+    pub serial: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub bundle: Arc<TrustBundle>,
+}
+
+/// Who gets which certificate, decided from the credential.
+struct Grant {
+    spiffe_id: SpiffeId,
+    dns_names: Vec<String>,
+    via: &'static str,
+    actor: String,
+    token: Option<[u8; 32]>,
+    lifetime_override: Option<Duration>,
+}
+
+/// The part of a SPIFFE path reserved for the CA's own identities.
+pub const RESERVED_PREFIX: &str = "/trellis";
+
+/// Checks that an administrator may hand out `id`: right trust domain, a path, not reserved.
+pub fn check_grantable(state: &CaState, id: &SpiffeId) -> Result<(), CaError> {
+    let td = &state.config.trust_domain;
+    if id.trust_domain_name() != td.as_str() {
+        return Err(CaError::InvalidArgument(format!(
+            "{id} is not in this CA's trust domain {td}"
+        )));
+    }
+    if id.path().is_empty() {
+        return Err(CaError::InvalidArgument(format!(
+            "{id} has no path; workload IDs look like spiffe://{td}/ns/<namespace>/sa/<account>"
+        )));
+    }
+    if id.is_under(td.as_str(), RESERVED_PREFIX) {
+        return Err(CaError::InvalidArgument(format!(
+            "{id} is under {RESERVED_PREFIX}/, which is reserved for the CA and its admins"
+        )));
+    }
+    Ok(())
+}
+
+impl CaState {
+    /// Runs the whole pipeline for one request.
+    pub async fn certify(
+        &self,
+        csr_der: &[u8],
+        credential: Credential,
+        requested_ttl: Option<Duration>,
+    ) -> Result<Issued, CaError> {
+        let now = self.now();
+        let grant = self.authenticate(credential, now)?;
+        let csr = csr::check(csr_der)?;
+        if let Some(uri) = &csr.requested_uri
+            && uri != grant.spiffe_id.as_str()
+        {
+            return Err(CaError::PermissionDenied(format!(
+                "CSR asks for {uri}, but the credential grants {}; send a CSR without a URI SAN \
+                 or with exactly that ID",
+                grant.spiffe_id
+            )));
+        }
+        let lifetime = grant.lifetime_override.unwrap_or_else(|| {
+            requested_ttl
+                .unwrap_or(self.config.default_ttl)
+                .clamp(MIN_TTL, self.config.max_ttl)
+        });
+        let spec = LeafSpec {
+            spiffe_id: grant.spiffe_id.clone(),
+            dns_names: grant.dns_names.clone(),
+            public_point: csr.public_point,
+            lifetime,
+        };
+        let signer = self.signer();
+        // A serial collision is astronomically unlikely, but the store refuses reuse; retry.
+        for _ in 0..3 {
+            let leaf = signer.sign_leaf(&spec, now)?;
+            let record = CertRecord {
+                serial: leaf.serial_hex(),
+                spiffe_id: grant.spiffe_id.to_string(),
+                dns_names: grant.dns_names.clone(),
+                not_before: unix(leaf.not_before),
+                not_after: unix(leaf.not_after),
+                issued_at: unix(now),
+                root_id: signer.root_id.clone(),
+                intermediate_id: signer.id.clone(),
+                issued_via: grant.via.to_owned(),
+            };
+            let mut audit = vec![AuditRecord {
+                time: unix(now),
+                kind: "certificate_issued".into(),
+                spiffe_id: record.spiffe_id.clone(),
+                serial: record.serial.clone(),
+                actor: grant.actor.clone(),
+                detail: format!("via {}, expires at unix {}", grant.via, record.not_after),
+            }];
+            if grant.token.is_some() {
+                audit.push(AuditRecord {
+                    kind: "join_token_used".into(),
+                    detail: String::new(),
+                    ..audit[0].clone()
+                });
+            }
+            let token = grant.token.map(|hash| TokenUse {
+                hash,
+                now: unix(now),
+            });
+            match self
+                .store
+                .record_issuance(&record, &leaf.der, &leaf.serial, token, &audit)
+            {
+                Ok(()) => {}
+                Err(RecordError::SerialTaken) => continue,
+                Err(RecordError::Token(refusal)) => {
+                    return Err(CaError::Unauthenticated(format!(
+                        "{refusal}; create a new one with `trellis token create`"
+                    )));
+                }
+                Err(RecordError::Store(e)) => return Err(CaError::Unavailable(e.to_string())),
+            }
+            self.store
+                .durable()
+                .await
+                .map_err(|e| CaError::Unavailable(e.to_string()))?;
+            tracing::info!(
+                spiffe_id = %grant.spiffe_id,
+                serial = %record.serial,
+                via = grant.via,
+                not_after = %trellis_identity::bundle::format_time(leaf.not_after),
+                "certificate issued"
+            );
+            return Ok(Issued {
+                spiffe_id: grant.spiffe_id,
+                chain: vec![leaf.der, signer.cert.clone()],
+                serial: record.serial,
+                not_before: leaf.not_before,
+                not_after: leaf.not_after,
+                bundle: self.bundle(),
+            });
+        }
+        Err(CaError::Internal(
+            "could not find an unused serial number in 3 attempts".into(),
+        ))
+    }
+
+    fn authenticate(&self, credential: Credential, now: SystemTime) -> Result<Grant, CaError> {
+        match credential {
+            Credential::JoinToken(secret) => {
+                let hash = tokens::hash(&secret);
+                let token = self
+                    .store
+                    .check_token(&hash, unix(now))
+                    .map_err(|e| match e {
+                        RecordError::Token(refusal) => CaError::Unauthenticated(format!(
+                            "{refusal}; create a new one with `trellis token create`"
+                        )),
+                        other => CaError::Unavailable(other.to_string()),
+                    })?;
+                let spiffe_id = SpiffeId::new(&token.spiffe_id)
+                    .map_err(|e| CaError::Internal(format!("stored token identity: {e}")))?;
+                Ok(Grant {
+                    spiffe_id,
+                    dns_names: Vec::new(),
+                    via: "join_token",
+                    actor: "join_token".into(),
+                    token: Some(hash),
+                    lifetime_override: None,
+                })
+            }
+            Credential::Renewal(chain) => {
+                if chain.is_empty() {
+                    return Err(CaError::Unauthenticated(
+                        "no credential: send a join_token to bootstrap, or present your current \
+                         certificate as the TLS client certificate to renew"
+                            .into(),
+                    ));
+                }
+                let verified = self
+                    .bundle()
+                    .verify(&chain, now, Usage::Client)
+                    .map_err(|e| CaError::Unauthenticated(format!("renewal refused: {e}")))?;
+                let td = self.config.trust_domain.as_str();
+                if verified.spiffe_id.is_under(td, RESERVED_PREFIX) {
+                    return Err(CaError::PermissionDenied(format!(
+                        "{} is a reserved identity and is not renewed over the workload API",
+                        verified.spiffe_id
+                    )));
+                }
+                let serial = hex::decode(&verified.serial).unwrap_or_default();
+                let (record, _) = self
+                    .store
+                    .certificate(&serial)
+                    .map_err(|e| CaError::Unavailable(e.to_string()))?
+                    .ok_or_else(|| {
+                        CaError::Unauthenticated(format!(
+                            "renewal refused: certificate {} is not in this CA's records",
+                            verified.serial
+                        ))
+                    })?;
+                Ok(Grant {
+                    actor: verified.spiffe_id.to_string(),
+                    spiffe_id: verified.spiffe_id,
+                    dns_names: record.dns_names,
+                    via: "renewal",
+                    token: None,
+                    lifetime_override: None,
+                })
+            }
+            Credential::Admin {
+                caller,
+                spiffe_id,
+                dns_names,
+            } => {
+                check_grantable(self, &spiffe_id)?;
+                Ok(Grant {
+                    spiffe_id,
+                    dns_names,
+                    via: "admin",
+                    actor: caller.to_string(),
+                    token: None,
+                    lifetime_override: None,
+                })
+            }
+            Credential::Internal {
+                spiffe_id,
+                lifetime,
+                names,
+            } => Ok(Grant {
+                spiffe_id,
+                dns_names: names,
+                via: "ca",
+                actor: "trellis-ca".into(),
+                token: None,
+                lifetime_override: Some(lifetime),
+            }),
+        }
+    }
+}

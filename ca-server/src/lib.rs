@@ -1,0 +1,24 @@
+//! `trellis-ca`: the Trellis certificate authority, as a library so tests and benchmarks
+//! drive the real server in-process. `main.rs` is only flag parsing and signal handling.
+//!
+//! Flow of a request: `server` (TLS accept, tonic) → `api` (protobuf adapters, with
+//! `auth` for the admin check) → `issuance` / `tokens` (decisions) → `authority` (signing)
+//! and `store` (durable records, group commit).
+
+pub mod api;
+pub mod auth;
+pub mod authority;
+pub mod bootstrap;
+pub mod config;
+pub mod csr;
+pub mod error;
+pub mod files;
+pub mod issuance;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod tokens;
+
+pub use config::Config;
+pub use error::CaError;
+pub use server::{RunningCa, start, start_with_clock};

@@ -1,0 +1,235 @@
+//! Serving: the CA's own TLS identity (renewed in the background), the accept loop that
+//! terminates TLS with the newest config, and the tonic server with both APIs and health.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use trellis_identity::clock::{Clock, SystemClock};
+use trellis_identity::tls::{self, DeferredClientVerifier, Identity, Versions};
+use trellis_identity::{SpiffeId, WorkloadKey};
+use trellis_proto::admin::v1::admin_server::AdminServer;
+use trellis_proto::ca::v1::workload_ca_server::WorkloadCaServer;
+
+use crate::api::admin::AdminService;
+use crate::api::workload::WorkloadService;
+use crate::auth::{TlsConn, admin_interceptor};
+use crate::bootstrap::{self, CA_PATH};
+use crate::config::Config;
+use crate::error::CaError;
+use crate::issuance::Credential;
+use crate::state::CaState;
+
+/// Largest gRPC message the CA accepts. Requests are a CSR and a few strings.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+/// A client must finish its TLS handshake within this, or its connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lifetime of the CA's serving certificate; renewed at half of it.
+const SERVING_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// A running CA. Drop-safe: call [`RunningCa::shutdown`] for a graceful stop.
+#[derive(Debug)]
+pub struct RunningCa {
+    /// The bound gRPC address.
+    pub addr: SocketAddr,
+    pub state: Arc<CaState>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), CaError>>,
+}
+
+impl RunningCa {
+    /// Stops accepting, lets in-flight requests finish (up to `shutdown_grace`), flushes.
+    pub async fn shutdown(self) -> Result<(), CaError> {
+        self.stop.send_replace(true);
+        let grace = self.state.config.shutdown_grace;
+        match tokio::time::timeout(grace + Duration::from_secs(1), self.task).await {
+            Ok(joined) => joined.map_err(|e| CaError::Internal(e.to_string()))??,
+            Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+        }
+        self.state
+            .store
+            .flush_now()
+            .map_err(|e| CaError::Unavailable(e.to_string()))
+    }
+}
+
+/// Opens (initialising if needed) the CA and serves it on `config.listen`.
+pub async fn start(config: Config) -> Result<RunningCa, CaError> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`start`] with an injected clock.
+pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<RunningCa, CaError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| CaError::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CaError::Internal(e.to_string()))?;
+    let state = bootstrap::open(config, clock).await?;
+    let tls = serving_config(&state).await?;
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(renew_serving_identity(
+        state.clone(),
+        tls.clone(),
+        stopped.clone(),
+    ));
+    let task = tokio::spawn(serve(listener, state.clone(), tls.subscribe(), stopped));
+    tracing::info!(%addr, trust_domain = %state.config.trust_domain, "trellis-ca serving");
+    Ok(RunningCa {
+        addr,
+        state,
+        stop,
+        task,
+    })
+}
+
+/// Issues the CA's own serving certificate and builds a TLS config around it.
+async fn issue_serving_identity(state: &CaState) -> Result<Arc<ServerConfig>, CaError> {
+    let id: SpiffeId = state
+        .config
+        .trust_domain
+        .id(CA_PATH)
+        .map_err(|e| CaError::Internal(e.to_string()))?;
+    let key = WorkloadKey::generate().map_err(|e| CaError::Internal(e.to_string()))?;
+    let csr = key
+        .csr_der(None)
+        .map_err(|e| CaError::Internal(e.to_string()))?;
+    let credential = Credential::Internal {
+        spiffe_id: id,
+        lifetime: SERVING_LIFETIME,
+        names: state.config.server_names.clone(),
+    };
+    let issued = state.certify(&csr, credential, None).await?;
+    let identity = Identity {
+        chain: issued.chain,
+        key: key.private_key_der(),
+    };
+    let bundle = state.bundle();
+    let verifier = Arc::new(DeferredClientVerifier::new(&bundle));
+    let config = tls::server_config(
+        &identity,
+        verifier,
+        Versions::Tls12And13,
+        &[trellis_proto::channel::ALPN_H2],
+    )
+    .map_err(|e| CaError::Internal(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+async fn serving_config(state: &CaState) -> Result<watch::Sender<Arc<ServerConfig>>, CaError> {
+    Ok(watch::Sender::new(issue_serving_identity(state).await?))
+}
+
+/// Renews the serving certificate at half its lifetime, and whenever the bundle changes
+/// (so the client-auth hints name every current root).
+async fn renew_serving_identity(
+    state: Arc<CaState>,
+    tls: watch::Sender<Arc<ServerConfig>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut bundles = state.watch_bundle();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SERVING_LIFETIME / 2) => {}
+            changed = bundles.changed() => if changed.is_err() { return },
+            _ = crate::state::stopped(&mut stopped) => return,
+        }
+        match issue_serving_identity(&state).await {
+            Ok(config) => {
+                tls.send_replace(config);
+                tracing::info!("CA serving certificate renewed");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "renewing the CA serving certificate failed; retrying in 60s")
+            }
+        }
+    }
+}
+
+/// Builds the tonic router with both APIs and the standard health service.
+async fn serve(
+    listener: TcpListener,
+    state: Arc<CaState>,
+    tls: watch::Receiver<Arc<ServerConfig>>,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), CaError> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<WorkloadCaServer<WorkloadService>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServer<AdminService>>()
+        .await;
+    let workload = WorkloadCaServer::new(WorkloadService::new(state.clone(), stopped.clone()))
+        .max_decoding_message_size(MAX_MESSAGE);
+    let admin = tonic::service::interceptor::InterceptedService::new(
+        AdminServer::new(AdminService::new(state.clone())).max_decoding_message_size(MAX_MESSAGE),
+        admin_interceptor(state.clone()),
+    );
+    let (conns_tx, conns_rx) = mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
+    let accept = tokio::spawn(accept_loop(listener, tls, conns_tx, stopped.clone()));
+    let grace = state.config.shutdown_grace;
+    let mut stop_signal = stopped.clone();
+    let server = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(30))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .concurrency_limit_per_connection(256)
+        .add_service(health)
+        .add_service(workload)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(ReceiverStream::new(conns_rx), async move {
+            let _ = stop_signal.wait_for(|s| *s).await;
+        });
+    tokio::pin!(server);
+    let result = tokio::select! {
+        result = &mut server => result,
+        _ = async {
+            let _ = stopped.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        } => Ok(()),
+    };
+    accept.abort();
+    result.map_err(|e| CaError::Internal(format!("gRPC server: {e}")))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: watch::Receiver<Arc<ServerConfig>>,
+    conns: mpsc::Sender<Result<TlsConn, std::io::Error>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = crate::state::stopped(&mut stopped) => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = TlsAcceptor::from(tls.borrow().clone());
+        let conns = conns.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let _ = conns.send(Ok(TlsConn::new(stream))).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}

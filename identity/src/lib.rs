@@ -1,0 +1,23 @@
+//! Identity primitives shared by every Trellis part: SPIFFE IDs, the X.509-SVID profile,
+//! trust bundles, PEM helpers, workload keys and CSRs, and rustls configs that verify peers
+//! by SPIFFE ID.
+//!
+//! Architecture invariant: this crate knows nothing of gRPC, sockets or storage. It depends
+//! on no other Trellis crate.
+
+pub mod bundle;
+pub mod clock;
+pub mod duration;
+pub mod hex;
+pub mod key;
+pub mod pattern;
+pub mod pem;
+pub mod spiffe;
+pub mod svid;
+pub mod tls;
+
+pub use bundle::{TrustBundle, VerifiedSvid};
+pub use key::WorkloadKey;
+pub use pattern::{IdMatcher, IdPattern};
+pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
+pub use svid::{CertInfo, SvidError};

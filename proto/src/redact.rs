@@ -1,0 +1,60 @@
+//! Debug impls for messages that carry secrets (join tokens): everything but the secret.
+
+use std::fmt;
+
+use crate::admin::v1::CreateJoinTokenResponse;
+use crate::ca::v1::CertifyRequest;
+use crate::ca::v1::certify_request::Credential;
+
+const REDACTED: &str = "[redacted]";
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credential::JoinToken(_) => f.debug_tuple("JoinToken").field(&REDACTED).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for CertifyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertifyRequest")
+            .field("csr_der_len", &self.csr_der.len())
+            .field("credential", &self.credential)
+            .field("ttl_seconds", &self.ttl_seconds)
+            .field("bundle_version", &self.bundle_version)
+            .finish()
+    }
+}
+
+impl fmt::Debug for CreateJoinTokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateJoinTokenResponse")
+            .field("token", &REDACTED)
+            .field("spiffe_id", &self.spiffe_id)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_contains_the_token() {
+        let secret = "trellis-jt-0123456789abcdef";
+        let request = CertifyRequest {
+            credential: Some(Credential::JoinToken(secret.into())),
+            ..Default::default()
+        };
+        let response = CreateJoinTokenResponse {
+            token: secret.into(),
+            ..Default::default()
+        };
+        for text in [format!("{request:?}"), format!("{response:?}")] {
+            assert!(!text.contains(secret), "{text}");
+            assert!(text.contains(REDACTED), "{text}");
+        }
+    }
+}
