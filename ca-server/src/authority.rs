@@ -81,7 +81,7 @@ pub fn new_root(
 ) -> Result<NewCa, CaError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(internal("root key"))?;
     let mut params = ca_params(
-        format!("Trellis Root CA {}", short_stamp(now)),
+        format!("Trellis Root CA {}", key_id(&key)),
         trust_domain,
         now,
         lifetime,
@@ -108,7 +108,7 @@ pub fn new_intermediate(
     let key =
         KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(internal("intermediate key"))?;
     let mut params = ca_params(
-        format!("Trellis Intermediate CA {}", short_stamp(now)),
+        format!("Trellis Intermediate CA {}", key_id(&key)),
         trust_domain,
         now,
         lifetime,
@@ -127,12 +127,13 @@ pub fn new_intermediate(
     })
 }
 
-fn short_stamp(now: SystemTime) -> String {
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("{secs:x}")
+/// The short id of a key (first 16 hex digits of its SPKI SHA-256), the same id `root list`
+/// shows. Putting it in the CA's name keeps names unique: two CAs with equal names would
+/// make path building pick the wrong issuer.
+fn key_id(key: &KeyPair) -> String {
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &key.subject_public_key_info());
+    hex::encode(&digest.as_ref()[..8])
 }
 
 /// A CA certificate with its key, able to sign.

@@ -55,7 +55,18 @@ impl RunningCa {
         self.state
             .store
             .flush_now()
-            .map_err(|e| CaError::Unavailable(e.to_string()))
+            .map_err(|e| CaError::Unavailable(e.to_string()))?;
+        // Wait for connection and stream tasks to let go of the state, so the database is
+        // closed (and its lock released) when this returns: a restart in the same process
+        // can then reopen it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&self.state) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&self.state) > 1 {
+            tracing::warn!("CA state still referenced after shutdown; database stays open");
+        }
+        Ok(())
     }
 }
 

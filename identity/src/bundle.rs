@@ -207,7 +207,11 @@ fn map_webpki_error(e: webpki::Error, leaf: &CertInfo) -> SvidError {
         webpki::Error::CertNotValidYet { .. } => SvidError::NotYetValid {
             not_before: format_time(leaf.not_before),
         },
-        webpki::Error::UnknownIssuer => SvidError::UnknownIssuer,
+        // A signature mismatch means an issuer with the right name but another key: a
+        // different CA, for every purpose the caller has.
+        webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+            SvidError::UnknownIssuer
+        }
         other => SvidError::Invalid(format!("{other:?}")),
     }
 }

@@ -15,7 +15,7 @@ pub fn encode(bytes: &[u8]) -> String {
 /// Returns `None` for an odd number of digits or a non-hex character.
 pub fn decode(text: &str) -> Option<Vec<u8>> {
     let digits: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     digits

@@ -120,7 +120,7 @@ impl Store {
             tokens: tree("tokens")?,
             audit: tree("audit")?,
             meta: tree("meta")?,
-            committer: Committer::start(db.clone()),
+            committer: Committer::start(),
             db,
         })
     }
@@ -128,7 +128,10 @@ impl Store {
     /// Waits until every write made before this call is on disk (shared with concurrent
     /// callers: group commit).
     pub async fn durable(&self) -> Result<(), StoreError> {
-        self.committer.durable().await.map_err(StoreError::Storage)
+        self.committer
+            .durable(&self.db)
+            .await
+            .map_err(StoreError::Storage)
     }
 
     /// Flushes synchronously (start-up and shutdown paths).

@@ -1,0 +1,192 @@
+//! Test harness: a real CA on 127.0.0.1:0 with a real sled directory in a temp dir, and
+//! real tonic clients over TLS that verify it by SPIFFE ID.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{CertificateParams, KeyPair};
+use rustls_pki_types::CertificateDer;
+use tonic::transport::Channel;
+use trellis_ca::{Config, RunningCa};
+use trellis_identity::clock::{Clock, SystemClock};
+use trellis_identity::tls::{self, Identity, Versions};
+use trellis_identity::{IdMatcher, SpiffeId, TrustBundle, TrustDomain, WorkloadKey, pem};
+use trellis_proto::admin::v1::CreateJoinTokenRequest;
+use trellis_proto::admin::v1::admin_client::AdminClient;
+use trellis_proto::ca::v1::certify_request::Credential;
+use trellis_proto::ca::v1::workload_ca_client::WorkloadCaClient;
+use trellis_proto::ca::v1::{CertifyRequest, CertifyResponse};
+
+pub struct TestCa {
+    pub running: Option<RunningCa>,
+    pub dir: tempfile::TempDir,
+    pub clock: Arc<dyn Clock>,
+}
+
+pub fn config_for(data_dir: PathBuf) -> Config {
+    let mut config = Config::for_data_dir(data_dir);
+    config.listen = "127.0.0.1:0".parse().expect("address");
+    config.shutdown_grace = std::time::Duration::from_secs(2);
+    config
+}
+
+impl TestCa {
+    pub async fn start() -> Self {
+        Self::start_with_clock(Arc::new(SystemClock)).await
+    }
+
+    pub async fn start_with_clock(clock: Arc<dyn Clock>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let running =
+            trellis_ca::start_with_clock(config_for(dir.path().join("ca")), clock.clone())
+                .await
+                .expect("CA starts");
+        Self {
+            running: Some(running),
+            dir,
+            clock,
+        }
+    }
+
+    pub fn running(&self) -> &RunningCa {
+        self.running.as_ref().expect("CA is running")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    pub fn trust_domain(&self) -> TrustDomain {
+        self.running().state.config.trust_domain.clone()
+    }
+
+    pub fn id(&self, path: &str) -> SpiffeId {
+        self.trust_domain().id(path).expect("valid id")
+    }
+
+    pub fn bundle(&self) -> Arc<TrustBundle> {
+        self.running().state.bundle()
+    }
+
+    /// Stops the CA gracefully and starts it again on the same data directory.
+    pub async fn restart(&mut self) {
+        let old = self.running.take().expect("running");
+        old.shutdown().await.expect("clean shutdown");
+        let running = trellis_ca::start_with_clock(config_for(self.data_dir()), self.clock.clone())
+            .await
+            .expect("CA restarts");
+        self.running = Some(running);
+    }
+
+    pub async fn channel(&self, identity: Option<&Identity>) -> Channel {
+        let ca_id = self.id("/trellis/ca");
+        let config = tls::client_config(
+            self.bundle(),
+            IdMatcher::exact(ca_id),
+            identity,
+            Versions::Tls13,
+            &[trellis_proto::channel::ALPN_H2],
+        )
+        .expect("client TLS config");
+        trellis_proto::channel::connect(self.running().addr, Arc::new(config))
+            .await
+            .expect("connect to CA")
+    }
+
+    pub async fn workload(&self, identity: Option<&Identity>) -> WorkloadCaClient<Channel> {
+        WorkloadCaClient::new(self.channel(identity).await)
+    }
+
+    pub fn admin_identity(&self) -> Identity {
+        load_identity(&self.data_dir().join("admin"), "admin")
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel(Some(&self.admin_identity())).await)
+    }
+
+    pub async fn admin_with(&self, identity: Option<&Identity>) -> AdminClient<Channel> {
+        AdminClient::new(self.channel(identity).await)
+    }
+
+    pub async fn token(&self, path: &str) -> String {
+        self.admin()
+            .await
+            .create_join_token(CreateJoinTokenRequest {
+                spiffe_id: self.id(path).to_string(),
+                ttl_seconds: 0,
+            })
+            .await
+            .expect("token created")
+            .into_inner()
+            .token
+    }
+
+    /// Bootstraps a workload with a fresh token; returns its key and certificate.
+    pub async fn bootstrap(&self, path: &str) -> (WorkloadKey, CertifyResponse) {
+        let token = self.token(path).await;
+        let key = WorkloadKey::generate().expect("key");
+        let response = self
+            .workload(None)
+            .await
+            .certify(token_request(key.csr_der(None).expect("csr"), token))
+            .await
+            .expect("bootstrap succeeds")
+            .into_inner();
+        (key, response)
+    }
+}
+
+pub fn token_request(csr_der: Vec<u8>, token: String) -> CertifyRequest {
+    CertifyRequest {
+        csr_der,
+        credential: Some(Credential::JoinToken(token)),
+        ttl_seconds: 0,
+        bundle_version: 0,
+    }
+}
+
+pub fn renewal_request(csr_der: Vec<u8>) -> CertifyRequest {
+    CertifyRequest {
+        csr_der,
+        credential: None,
+        ttl_seconds: 0,
+        bundle_version: 0,
+    }
+}
+
+pub fn identity_of(key: &WorkloadKey, response: &CertifyResponse) -> Identity {
+    Identity {
+        chain: response
+            .chain_der
+            .iter()
+            .map(|c| CertificateDer::from(c.clone()))
+            .collect(),
+        key: key.private_key_der(),
+    }
+}
+
+pub fn load_identity(dir: &Path, name: &str) -> Identity {
+    let chain =
+        pem::certs_from_pem(&std::fs::read(dir.join(format!("{name}.pem"))).expect("read chain"))
+            .expect("chain PEM");
+    let key = pem::private_key_from_pem(
+        &std::fs::read(dir.join(format!("{name}.key.pem"))).expect("read key"),
+    )
+    .expect("key PEM");
+    Identity { chain, key }
+}
+
+/// A CSR made with rcgen from arbitrary parameters and key, for hostile-input tests.
+pub fn csr_from(params: CertificateParams, key: &KeyPair) -> Vec<u8> {
+    params
+        .serialize_request(key)
+        .expect("CSR serialises")
+        .der()
+        .to_vec()
+}
+
+pub fn code_and_message(status: tonic::Status) -> (tonic::Code, String) {
+    (status.code(), status.message().to_owned())
+}
