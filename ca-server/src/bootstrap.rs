@@ -20,13 +20,13 @@ use rustls_pki_types::CertificateDer;
 use trellis_identity::clock::Clock;
 use trellis_identity::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey, pem};
 
-use crate::authority::{self, SigningCa};
 use crate::config::Config;
 use crate::error::CaError;
 use crate::files;
 use crate::issuance::Credential;
 use crate::state::{CaState, unix};
 use crate::store::{AuditRecord, IntermediateRecord, RootRecord, RootState, Store};
+use trellis_identity::profile::{self, SigningCa};
 
 /// The path (under the trust domain) of the admin identity created at initialisation.
 pub const ADMIN_PATH: &str = "/trellis/admin/default";
@@ -104,10 +104,9 @@ fn initialise(
     let (root_cert, root_key, signer) = match &config.import_dir {
         Some(import) => import_ca(import)?,
         None => {
-            let root = authority::new_root(td, now, config.root_ttl)?;
+            let root = profile::new_root(td, now, config.root_ttl)?;
             let root_signer = SigningCa::new(root.cert.clone(), root.key)?;
-            let inter =
-                authority::new_intermediate(td, &root_signer, now, config.intermediate_ttl)?;
+            let inter = profile::new_intermediate(td, &root_signer, now, config.intermediate_ttl)?;
             let signer = SigningCa::new(inter.cert, inter.key)?;
             let root_key_pem = root_signer.key().serialize_pem();
             (root.cert, Some(root_key_pem), signer)

@@ -44,3 +44,14 @@ impl From<sled::Error> for CaError {
         CaError::Unavailable(e.to_string())
     }
 }
+
+impl From<trellis_identity::profile::ProfileError> for CaError {
+    fn from(e: trellis_identity::profile::ProfileError) -> Self {
+        use trellis_identity::profile::ProfileError;
+        match e {
+            ProfileError::InvalidName(m) => CaError::InvalidArgument(m),
+            ProfileError::SignerExpired => CaError::Unavailable(e.to_string()),
+            ProfileError::Internal(m) => CaError::Internal(m),
+        }
+    }
+}

@@ -11,13 +11,13 @@ use rustls_pki_types::CertificateDer;
 use trellis_identity::bundle::Usage;
 use trellis_identity::{SpiffeId, TrustBundle, hex};
 
-use crate::authority::LeafSpec;
 use crate::config::MIN_TTL;
 use crate::csr;
 use crate::error::CaError;
 use crate::state::{CaState, unix};
 use crate::store::{AuditRecord, CertRecord, RecordError, TokenUse};
 use crate::tokens;
+use trellis_identity::profile::LeafSpec;
 
 /// How the requester proved who it is.
 #[derive(Debug, Clone)]

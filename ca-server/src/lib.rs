@@ -2,12 +2,11 @@
 //! drive the real server in-process. `main.rs` is only flag parsing and signal handling.
 //!
 //! Flow of a request: `server` (TLS accept, tonic) → `api` (protobuf adapters, with
-//! `auth` for the admin check) → `issuance` / `tokens` (decisions) → `authority` (signing)
+//! `auth` for the admin check) → `issuance` / `tokens` (decisions) → `trellis_identity::profile` (signing)
 //! and `store` (durable records, group commit).
 
 pub mod api;
 pub mod auth;
-pub mod authority;
 pub mod bootstrap;
 pub mod config;
 pub mod csr;

@@ -8,9 +8,9 @@ use tokio::sync::watch;
 use trellis_identity::TrustBundle;
 use trellis_identity::clock::Clock;
 
-use crate::authority::SigningCa;
 use crate::config::Config;
 use crate::store::Store;
+use trellis_identity::profile::SigningCa;
 
 /// Everything a request handler needs.
 #[derive(Debug)]

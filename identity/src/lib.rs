@@ -12,6 +12,7 @@ pub mod hex;
 pub mod key;
 pub mod pattern;
 pub mod pem;
+pub mod profile;
 pub mod spiffe;
 pub mod svid;
 pub mod tls;

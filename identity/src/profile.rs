@@ -1,20 +1,33 @@
-//! Certificate signing: creating roots and intermediates, and issuing X.509-SVID leaves
-//! under the signing intermediate (profile per X509-SVID.md §4 and DESIGN.md "Identity").
+//! Certificate profiles and signing: creating roots and intermediates, and issuing X.509-SVID
+//! leaves under a signing CA (profile per X509-SVID.md §4 and DESIGN.md "Identity"). Used by
+//! the CA server and by `trellis ca init`.
 
 use std::time::{Duration, SystemTime};
 
+use crate::{SpiffeId, TrustDomain, hex};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
     ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
     PublicKeyData, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
-use trellis_identity::{SpiffeId, TrustDomain, hex};
 use x509_cert::Certificate;
 use x509_cert::der::{Decode, Tag, Tagged};
 use x509_cert::ext::pkix::SubjectKeyIdentifier;
 
-use crate::error::CaError;
+/// Why a certificate could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    /// The request names something that cannot go into a certificate.
+    #[error("{0}")]
+    InvalidName(String),
+    /// The signing CA has expired.
+    #[error("the signing intermediate has expired; rotate the CA's roots")]
+    SignerExpired,
+    /// The key, certificate or random source is unusable.
+    #[error("{0}")]
+    Internal(String),
+}
 
 /// How far NotBefore is backdated, for peers whose clocks run a little behind.
 pub const BACKDATE: Duration = Duration::from_secs(60);
@@ -22,10 +35,10 @@ pub const BACKDATE: Duration = Duration::from_secs(60);
 /// Serial numbers are 16 random bytes with the top bit clear (positive) and the next bit set
 /// (so the DER integer is always 16 bytes): 126 bits of randomness, never reused because
 /// the store refuses a serial it has seen.
-pub fn random_serial() -> Result<[u8; 16], CaError> {
+pub fn random_serial() -> Result<[u8; 16], ProfileError> {
     let mut serial = [0u8; 16];
     aws_lc_rs::rand::fill(&mut serial)
-        .map_err(|_| CaError::Internal("system random source failed".into()))?;
+        .map_err(|_| ProfileError::Internal("system random source failed".into()))?;
     serial[0] = (serial[0] & 0x7f) | 0x40;
     Ok(serial)
 }
@@ -34,8 +47,8 @@ fn to_offset(t: SystemTime) -> time::OffsetDateTime {
     time::OffsetDateTime::from(t)
 }
 
-fn internal(context: &str) -> impl Fn(rcgen::Error) -> CaError + '_ {
-    move |e| CaError::Internal(format!("{context}: {e}"))
+fn internal(context: &str) -> impl Fn(rcgen::Error) -> ProfileError + '_ {
+    move |e| ProfileError::Internal(format!("{context}: {e}"))
 }
 
 /// A freshly made CA certificate and its key.
@@ -78,7 +91,7 @@ pub fn new_root(
     trust_domain: &TrustDomain,
     now: SystemTime,
     lifetime: Duration,
-) -> Result<NewCa, CaError> {
+) -> Result<NewCa, ProfileError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(internal("root key"))?;
     let mut params = ca_params(
         format!("Trellis Root CA {}", key_id(&key)),
@@ -104,7 +117,7 @@ pub fn new_intermediate(
     root: &SigningCa,
     now: SystemTime,
     lifetime: Duration,
-) -> Result<NewCa, CaError> {
+) -> Result<NewCa, ProfileError> {
     let key =
         KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(internal("intermediate key"))?;
     let mut params = ca_params(
@@ -150,13 +163,13 @@ pub struct SigningCa {
 
 impl SigningCa {
     /// Pairs a CA certificate with its key, checking that they belong together.
-    pub fn new(cert: CertificateDer<'static>, key: KeyPair) -> Result<Self, CaError> {
+    pub fn new(cert: CertificateDer<'static>, key: KeyPair) -> Result<Self, ProfileError> {
         let parsed = Certificate::from_der(&cert)
-            .map_err(|e| CaError::Internal(format!("CA certificate is not valid DER: {e}")))?;
+            .map_err(|e| ProfileError::Internal(format!("CA certificate is not valid DER: {e}")))?;
         let tbs = &parsed.tbs_certificate;
         let cert_point = tbs.subject_public_key_info.subject_public_key.raw_bytes();
         if cert_point != key.der_bytes() {
-            return Err(CaError::Internal(
+            return Err(ProfileError::Internal(
                 "CA private key does not match its certificate".into(),
             ));
         }
@@ -171,8 +184,8 @@ impl SigningCa {
         params.distinguished_name = distinguished_name;
         params.key_identifier_method = key_identifier_method;
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let id = trellis_identity::bundle::root_id(&cert)
-            .map_err(|e| CaError::Internal(e.to_string()))?;
+        let id =
+            crate::bundle::root_id(&cert).map_err(|e| ProfileError::Internal(e.to_string()))?;
         Ok(Self {
             root_id: id.clone(),
             id,
@@ -188,14 +201,12 @@ impl SigningCa {
     }
 
     /// Issues an X.509-SVID for `leaf`.
-    pub fn sign_leaf(&self, leaf: &LeafSpec, now: SystemTime) -> Result<SignedLeaf, CaError> {
+    pub fn sign_leaf(&self, leaf: &LeafSpec, now: SystemTime) -> Result<SignedLeaf, ProfileError> {
         let serial = random_serial()?;
         let not_before = now - BACKDATE;
         let not_after = (now + leaf.lifetime).min(self.not_after);
         if not_after <= now {
-            return Err(CaError::Unavailable(
-                "the signing intermediate has expired; rotate the CA's roots".into(),
-            ));
+            return Err(ProfileError::SignerExpired);
         }
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -219,13 +230,12 @@ impl SigningCa {
             .map_err(internal("SPIFFE ID as URI SAN"))?;
         params.subject_alt_names = vec![SanType::URI(uri)];
         for name in &leaf.dns_names {
-            let san =
-                match name.parse::<std::net::IpAddr>() {
-                    Ok(ip) => SanType::IpAddress(ip),
-                    Err(_) => SanType::DnsName(name.clone().try_into().map_err(|_| {
-                        CaError::InvalidArgument(format!("invalid DNS name {name:?}"))
-                    })?),
-                };
+            let san = match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(name.clone().try_into().map_err(|_| {
+                    ProfileError::InvalidName(format!("invalid DNS name {name:?}"))
+                })?),
+            };
             params.subject_alt_names.push(san);
         }
         let public_key = P256PublicKey(&leaf.public_point);
@@ -283,7 +293,7 @@ impl PublicKeyData for P256PublicKey<'_> {
 
 /// Rebuilds an X.509 name as rcgen's, attribute by attribute with the same string types, so
 /// that leaves' issuer names match the CA's subject byte for byte (as path building needs).
-fn rcgen_name(name: &x509_cert::name::Name) -> Result<DistinguishedName, CaError> {
+fn rcgen_name(name: &x509_cert::name::Name) -> Result<DistinguishedName, ProfileError> {
     let mut dn = DistinguishedName::new();
     for rdn in name.0.iter() {
         for atv in rdn.0.iter() {
@@ -291,7 +301,7 @@ fn rcgen_name(name: &x509_cert::name::Name) -> Result<DistinguishedName, CaError
             let text = || {
                 std::str::from_utf8(atv.value.value())
                     .map(str::to_owned)
-                    .map_err(|_| CaError::Internal("CA name attribute is not text".into()))
+                    .map_err(|_| ProfileError::Internal("CA name attribute is not text".into()))
             };
             let value = match atv.value.tag() {
                 Tag::Utf8String => DnValue::Utf8String(text()?),
@@ -304,7 +314,7 @@ fn rcgen_name(name: &x509_cert::name::Name) -> Result<DistinguishedName, CaError
                     DnValue::Ia5String(text()?.try_into().map_err(internal("CA name IA5String"))?)
                 }
                 other => {
-                    return Err(CaError::Internal(format!(
+                    return Err(ProfileError::Internal(format!(
                         "CA name attribute has unsupported string type {other}"
                     )));
                 }
