@@ -374,3 +374,30 @@ async fn unknown_serials_are_not_found_and_bad_serials_invalid() {
         .expect_err("not hex");
     assert_eq!(status.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn concurrent_redemptions_of_one_token_issue_exactly_one_certificate() {
+    let ca = TestCa::start().await;
+    let token = ca.token("/ns/a/sa/race").await;
+    let client = ca.workload(None).await;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let mut client = client.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let csr = WorkloadKey::generate().expect("key").csr_der(None).expect("csr");
+            client.certify(token_request(csr, token)).await
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(_) => ok += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+                assert!(status.message().contains("already used"), "{}", status.message());
+            }
+        }
+    }
+    assert_eq!(ok, 1, "a join token is single use even under a race");
+}

@@ -2,8 +2,21 @@
 //! by identity), trust roots, intermediates, join-token hashes, the audit log and metadata.
 //!
 //! Architecture invariant: a certificate is recorded, and that record flushed to disk, before
-//! the reply that carries it is sent. [`Store::record_issuance`] writes every tree an issuance
-//! touches in one transaction; [`Store::durable`] then waits for a (shared) fsync.
+//! the reply that carries it is sent. [`Store::record_issuance`] writes the records, then
+//! [`Store::durable`] waits for a (shared) fsync.
+//!
+//! Why no sled transactions: in sled 0.34 a transaction (or `apply_batch`) takes a
+//! process-wide write lock that serialises every other operation; plain `insert` and
+//! `compare_and_swap` do not. So an issuance is a short sequence of single-key atomic writes,
+//! ordered so that any prefix of it (all a crash can leave, since every tree shares one
+//! ordered log, and nothing is acknowledged before the flush) is harmless:
+//! 1. consume the join token (`compare_and_swap` on its record: single use is atomic);
+//! 2. write the identity index entry (an entry without a certificate is skipped on read);
+//! 3. write the certificate, meta and DER in one value, with `compare_and_swap` from
+//!    absent, which is also what guarantees a serial is never used twice;
+//! 4. append the audit entries.
+//!
+//! A crash after step 1 burns the token without a certificate: it fails closed.
 
 mod commit;
 pub mod records;
@@ -12,8 +25,6 @@ use std::path::Path;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub use commit::Committer;
 pub use records::{
@@ -73,7 +84,6 @@ const META_ACTIVE_INTERMEDIATE: &[u8] = b"active_intermediate";
 pub struct Store {
     db: sled::Db,
     certs: sled::Tree,
-    cert_der: sled::Tree,
     by_identity: sled::Tree,
     roots: sled::Tree,
     intermediates: sled::Tree,
@@ -92,6 +102,33 @@ fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, St
         tree,
         reason: e.to_string(),
     })
+}
+
+/// A certificate value: 4-byte big-endian length of the JSON metadata, the metadata, the DER.
+fn encode_certificate(record: &CertRecord, der: &[u8]) -> Vec<u8> {
+    let meta = encode(record);
+    let len = u32::try_from(meta.len()).expect("certificate metadata is far below 4 GiB");
+    let mut value = Vec::with_capacity(4 + meta.len() + der.len());
+    value.extend_from_slice(&len.to_be_bytes());
+    value.extend_from_slice(&meta);
+    value.extend_from_slice(der);
+    value
+}
+
+fn decode_certificate(value: &[u8]) -> Result<(CertRecord, Vec<u8>), StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        tree: "certs",
+        reason: reason.to_owned(),
+    };
+    let len_bytes: [u8; 4] = value
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| corrupt("value shorter than its length prefix"))?;
+    let meta_end = 4 + u32::from_be_bytes(len_bytes) as usize;
+    let meta = value
+        .get(4..meta_end)
+        .ok_or_else(|| corrupt("metadata length exceeds the value"))?;
+    Ok((decode("certs", meta)?, value[meta_end..].to_vec()))
 }
 
 fn identity_key(spiffe_id: &str, serial: &[u8]) -> Vec<u8> {
@@ -113,7 +150,6 @@ impl Store {
         let tree = |name: &str| db.open_tree(name);
         Ok(Self {
             certs: tree("certs")?,
-            cert_der: tree("cert_der")?,
             by_identity: tree("by_identity")?,
             roots: tree("roots")?,
             intermediates: tree("intermediates")?,
@@ -232,8 +268,9 @@ impl Store {
 
     // --- certificates ---
 
-    /// Records an issued certificate, its index entry and audit entries, and consumes the
-    /// join token if one is given, all in one transaction. Call [`Store::durable`] after.
+    /// Records an issued certificate, its index entry and audit entries, consuming the join
+    /// token first if one is given (see the module docs for the order and why). Call
+    /// [`Store::durable`] after.
     pub fn record_issuance(
         &self,
         record: &CertRecord,
@@ -242,67 +279,63 @@ impl Store {
         token: Option<TokenUse>,
         audit: &[AuditRecord],
     ) -> Result<(), RecordError> {
-        let meta = encode(record);
-        let index_key = identity_key(&record.spiffe_id, serial);
-        let mut audit_entries = Vec::with_capacity(audit.len());
-        for entry in audit {
-            audit_entries.push((self.next_audit_key()?, encode(entry)));
+        if self.certs.contains_key(serial).map_err(StoreError::from)? {
+            return Err(RecordError::SerialTaken);
         }
-        let result = (
-            &self.certs,
-            &self.cert_der,
-            &self.by_identity,
-            &self.tokens,
-            &self.audit,
-        )
-            .transaction(|(certs, cert_der, by_identity, tokens, audit_tree)| {
-                if certs.get(serial)?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(
-                        RecordError::SerialTaken,
-                    ));
-                }
-                if let Some(use_) = token {
-                    let abort = |e| ConflictableTransactionError::Abort(e);
-                    let bytes = tokens
-                        .get(use_.hash)?
-                        .ok_or_else(|| abort(RecordError::Token(TokenRefusal::Unknown)))?;
-                    let mut tok: TokenRecord =
-                        decode("tokens", &bytes).map_err(|e| abort(RecordError::Store(e)))?;
-                    redeemable(&tok, use_.now).map_err(|r| abort(RecordError::Token(r)))?;
-                    tok.used_at = Some(use_.now);
-                    tok.used_for_serial = Some(record.serial.clone());
-                    tokens.insert(&use_.hash, encode(&tok))?;
-                }
-                certs.insert(serial, meta.as_slice())?;
-                cert_der.insert(serial, der)?;
-                by_identity.insert(index_key.as_slice(), &[])?;
-                for (key, value) in &audit_entries {
-                    audit_tree.insert(key, value.as_slice())?;
-                }
-                Ok(())
-            });
-        result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => RecordError::Store(e.into()),
-        })
+        if let Some(use_) = token {
+            self.consume_token(&use_, &record.serial)?;
+        }
+        self.by_identity
+            .insert(identity_key(&record.spiffe_id, serial), &[])
+            .map_err(StoreError::from)?;
+        let value = encode_certificate(record, der);
+        let swapped = self
+            .certs
+            .compare_and_swap(serial, None as Option<&[u8]>, Some(value))
+            .map_err(StoreError::from)?;
+        if swapped.is_err() {
+            return Err(RecordError::SerialTaken);
+        }
+        for entry in audit {
+            self.append_audit(entry)?;
+        }
+        Ok(())
+    }
+
+    fn consume_token(&self, use_: &TokenUse, serial: &str) -> Result<(), RecordError> {
+        let current = self
+            .tokens
+            .get(use_.hash)
+            .map_err(StoreError::from)?
+            .ok_or(RecordError::Token(TokenRefusal::Unknown))?;
+        let mut token: TokenRecord = decode("tokens", &current)?;
+        redeemable(&token, use_.now).map_err(RecordError::Token)?;
+        token.used_at = Some(use_.now);
+        token.used_for_serial = Some(serial.to_owned());
+        let swapped = self
+            .tokens
+            .compare_and_swap(use_.hash, Some(current), Some(encode(&token)))
+            .map_err(StoreError::from)?;
+        match swapped {
+            Ok(()) => Ok(()),
+            // Someone redeemed it between our read and our write: report what they left.
+            Err(conflict) => {
+                let now_used = conflict
+                    .current
+                    .and_then(|v| decode::<TokenRecord>("tokens", &v).ok())
+                    .and_then(|t| t.used_at)
+                    .unwrap_or(use_.now);
+                Err(RecordError::Token(TokenRefusal::Used { at: now_used }))
+            }
+        }
     }
 
     /// A certificate's record and DER, by serial bytes.
     pub fn certificate(&self, serial: &[u8]) -> Result<Option<(CertRecord, Vec<u8>)>, StoreError> {
-        let Some(meta) = self.certs.get(serial)? else {
-            return Ok(None);
-        };
-        let der = self
-            .cert_der
+        self.certs
             .get(serial)?
-            .ok_or_else(|| StoreError::Corrupt {
-                tree: "cert_der",
-                reason: format!(
-                    "no DER for serial {}",
-                    trellis_identity::hex::encode(serial)
-                ),
-            })?;
-        Ok(Some((decode("certs", &meta)?, der.to_vec())))
+            .map(|value| decode_certificate(&value))
+            .transpose()
     }
 
     /// Records of every certificate issued to `spiffe_id`.
@@ -311,8 +344,8 @@ impl Store {
         let mut out = Vec::new();
         for key in self.by_identity.scan_prefix(&prefix).keys() {
             let key = key?;
-            if let Some(meta) = self.certs.get(&key[prefix.len()..])? {
-                out.push(decode("certs", &meta)?);
+            if let Some(value) = self.certs.get(&key[prefix.len()..])? {
+                out.push(decode_certificate(&value)?.0);
             }
         }
         Ok(out)
@@ -324,7 +357,7 @@ impl Store {
         mut visit: impl FnMut(CertRecord) -> bool,
     ) -> Result<(), StoreError> {
         for value in self.certs.iter().values() {
-            if !visit(decode("certs", &value?)?) {
+            if !visit(decode_certificate(&value?)?.0) {
                 break;
             }
         }

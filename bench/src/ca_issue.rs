@@ -1,0 +1,200 @@
+//! Durable CA issuance under concurrent renewal load.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rustls_pki_types::CertificateDer;
+use tonic::transport::Channel;
+use trellis_ca::Config;
+use trellis_identity::tls::{self, Identity, Versions};
+use trellis_identity::{IdMatcher, TrustBundle, WorkloadKey, pem};
+use trellis_proto::admin::v1::CreateJoinTokenRequest;
+use trellis_proto::admin::v1::admin_client::AdminClient;
+use trellis_proto::ca::v1::CertifyRequest;
+use trellis_proto::ca::v1::certify_request::Credential;
+use trellis_proto::ca::v1::workload_ca_client::WorkloadCaClient;
+
+use crate::stats::{Latencies, ms};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Concurrency levels (clients, each on its own mTLS connection).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    concurrency: Vec<usize>,
+    /// Issuances per level at most.
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// Seconds per level at most.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Worker threads for the CA's runtime (the clients get their own runtime).
+    #[arg(long, default_value_t = 2)]
+    ca_threads: usize,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::for_data_dir(dir.path().join("ca"));
+    config.listen = "127.0.0.1:0".parse()?;
+    let ca_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.ca_threads)
+        .enable_all()
+        .build()?;
+    let ca = ca_runtime.block_on(trellis_ca::start(config))?;
+    let addr = ca.addr;
+    let bundle = ca.state.bundle();
+    let admin_dir = ca.state.config.data_dir.join("admin");
+
+    let client_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    println!(
+        "CA issuance, durable (sled fsync per group commit), renewals over mTLS on {addr}; {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!(
+        "{:>11} {:>9} {:>10} {:>9} {:>9} {:>9}",
+        "concurrency", "issued", "certs/s", "p50 ms", "p99 ms", "errors"
+    );
+    for &concurrency in &args.concurrency {
+        let row = client_runtime.block_on(level(
+            addr,
+            bundle.clone(),
+            &admin_dir,
+            concurrency,
+            args.requests,
+            Duration::from_secs(args.seconds),
+        ))?;
+        println!(
+            "{:>11} {:>9} {:>10.0} {:>9} {:>9} {:>9}",
+            concurrency,
+            row.latencies.len(),
+            row.latencies.len() as f64 / row.elapsed.as_secs_f64(),
+            ms(row.latencies.percentile(50.0)),
+            ms(row.latencies.percentile(99.0)),
+            row.errors
+        );
+    }
+    ca_runtime.block_on(ca.shutdown())?;
+    Ok(())
+}
+
+struct Row {
+    latencies: Latencies,
+    elapsed: Duration,
+    errors: usize,
+}
+
+async fn channel(
+    addr: std::net::SocketAddr,
+    bundle: Arc<TrustBundle>,
+    identity: Option<&Identity>,
+) -> anyhow::Result<Channel> {
+    let ca_id = bundle.trust_domain().id("/trellis/ca")?;
+    let config = tls::client_config(
+        bundle,
+        IdMatcher::exact(ca_id),
+        identity,
+        Versions::Tls13,
+        &[trellis_proto::channel::ALPN_H2],
+    )?;
+    Ok(trellis_proto::channel::connect(addr, Arc::new(config)).await?)
+}
+
+/// One concurrency level: bootstrap `concurrency` workloads, then renew in a loop.
+async fn level(
+    addr: std::net::SocketAddr,
+    bundle: Arc<TrustBundle>,
+    admin_dir: &std::path::Path,
+    concurrency: usize,
+    max_requests: usize,
+    max_time: Duration,
+) -> anyhow::Result<Row> {
+    let admin_identity = Identity {
+        chain: pem::certs_from_pem(&std::fs::read(admin_dir.join("admin.pem"))?)?,
+        key: pem::private_key_from_pem(&std::fs::read(admin_dir.join("admin.key.pem"))?)?,
+    };
+    let mut admin = AdminClient::new(channel(addr, bundle.clone(), Some(&admin_identity)).await?);
+    let mut clients = Vec::with_capacity(concurrency);
+    for i in 0..concurrency {
+        let token = admin
+            .create_join_token(CreateJoinTokenRequest {
+                spiffe_id: format!(
+                    "spiffe://{}/bench/c{concurrency}/w{i}",
+                    bundle.trust_domain()
+                ),
+                ttl_seconds: 0,
+            })
+            .await?
+            .into_inner()
+            .token;
+        let key = WorkloadKey::generate()?;
+        let csr = key.csr_der(None)?;
+        let first = WorkloadCaClient::new(channel(addr, bundle.clone(), None).await?)
+            .certify(CertifyRequest {
+                csr_der: csr.clone(),
+                credential: Some(Credential::JoinToken(token)),
+                ..Default::default()
+            })
+            .await
+            .context("bootstrap")?
+            .into_inner();
+        let identity = Identity {
+            chain: first
+                .chain_der
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect(),
+            key: key.private_key_der(),
+        };
+        let client = WorkloadCaClient::new(channel(addr, bundle.clone(), Some(&identity)).await?);
+        clients.push((client, csr));
+    }
+    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(max_requests));
+    let deadline = Instant::now() + max_time;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (mut client, csr) in clients {
+        let remaining = remaining.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            while Instant::now() < deadline
+                && remaining
+                    .fetch_update(
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                        |n| n.checked_sub(1),
+                    )
+                    .is_ok()
+            {
+                let t = Instant::now();
+                let request = CertifyRequest {
+                    csr_der: csr.clone(),
+                    ..Default::default()
+                };
+                match client.certify(request).await {
+                    Ok(_) => latencies.push(t.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (latencies, e) = task.await?;
+        all.extend(latencies);
+        errors += e;
+    }
+    Ok(Row {
+        elapsed: started.elapsed(),
+        latencies: Latencies::new(all),
+        errors,
+    })
+}
