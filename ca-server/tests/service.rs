@@ -246,3 +246,15 @@ fn the_binary_rejects_bad_configuration_with_one_clear_line() {
         .expect("binary runs");
     assert!(String::from_utf8_lossy(&output.stdout).contains("from-env.org"));
 }
+
+#[test]
+fn the_annotated_example_config_is_accepted() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/ca.example.toml");
+    let output = Command::new(env!("CARGO_BIN_EXE_trellis-ca"))
+        .arg("--config")
+        .arg(example)
+        .arg("--check-config")
+        .output()
+        .expect("binary runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
