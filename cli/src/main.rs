@@ -1,0 +1,104 @@
+//! `trellis`: the Trellis admin CLI. This file is only the command tree and the glue that
+//! turns a command's result into output and an exit code; each command group lives in its
+//! own module.
+//!
+//! Adding a command group: write `src/<group>.rs` with an `Args` (or `Subcommand`) type and
+//! an `async fn run(args, &Global) -> anyhow::Result<()>`, then add one variant to
+//! [`Command`] and one arm to [`run`].
+
+mod args;
+mod ca;
+mod ca_init;
+mod cert;
+mod cert_issue;
+mod client;
+mod completions;
+mod context;
+mod error;
+mod files;
+mod inspect;
+mod login;
+mod output;
+mod timefmt;
+mod token;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::context::ConnectionFlags;
+use crate::output::Format;
+
+/// Manage a Trellis mesh: its certificate authority, join tokens and certificates.
+#[derive(Debug, Parser)]
+#[command(name = "trellis", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every command accepts.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// Output format: human-readable text, or JSON for scripts.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Human)]
+    pub output: Format,
+    #[command(flatten)]
+    pub connection: ConnectionFlags,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a CA offline, or show a running CA's status.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Remember a CA's address and admin credentials, so later commands need no flags.
+    Login(login::LoginArgs),
+    /// Create join tokens that bootstrap workloads.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Issue, list and show certificates.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+    /// Show what a PEM certificate or chain contains, offline.
+    Inspect(inspect::InspectArgs),
+    /// Print a shell completion script.
+    Completions(completions::CompletionsArgs),
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let global = &cli.global;
+    match cli.command {
+        Command::Ca(command) => ca::run(command, global).await,
+        Command::Login(args) => login::run(args, global).await,
+        Command::Token(command) => token::run(command, global).await,
+        Command::Cert(command) => cert::run(command, global).await,
+        Command::Inspect(args) => inspect::run(args, global),
+        Command::Completions(args) => completions::run(args, Cli::command()),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    // clap prints its own usage errors and exits 2.
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trellis: {}", error::one_line(&e));
+            ExitCode::from(error::exit_code(&e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

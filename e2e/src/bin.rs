@@ -1,0 +1,37 @@
+//! Finding the workspace's built binaries from inside a test executable.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The path of the built workspace binary `name` (e.g. `trellis-ca`), in the same target
+/// directory and profile as the running test.
+///
+/// Panics, saying how to fix it, if the binary has not been built.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    // Test executables live in target/<profile>/deps/; binaries in target/<profile>/.
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test executable is inside target/<profile>/deps");
+    let path = profile_dir.join(name);
+    if !path.is_file() {
+        panic!(
+            "{} not found: run `cargo build --workspace --bins` first (in the same profile as the tests)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// A command for workspace binary `name` with every inherited `TRELLIS_*` variable removed,
+/// so the developer's own settings never leak into a test.
+pub fn command(name: &str) -> Command {
+    let mut command = Command::new(binary(name));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TRELLIS_") {
+            command.env_remove(&key);
+        }
+    }
+    command
+}

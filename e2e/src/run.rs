@@ -1,0 +1,112 @@
+//! Running a short-lived command (a CLI invocation) to completion, as a user would, with a
+//! deadline so a hang fails the test instead of stalling it.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::retry::poll_until;
+
+/// What a finished command did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The command line, for messages.
+    pub command: String,
+    /// The exit code; `None` if a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// Asserts exit code 0 and returns self.
+    #[track_caller]
+    pub fn success(self) -> Self {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "`{}` failed\nstdout:\n{}\nstderr:\n{}",
+            self.command,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Asserts that the command failed with `code` and printed exactly one line on stderr;
+    /// returns that line.
+    #[track_caller]
+    pub fn failure(&self, code: i32) -> String {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "`{}`: expected exit code {code}\nstdout:\n{}\nstderr:\n{}",
+            self.command,
+            self.stdout,
+            self.stderr
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "`{}`: expected one line on stderr, got:\n{}",
+            self.command,
+            self.stderr
+        );
+        lines[0].to_owned()
+    }
+
+    /// Parses stdout as JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "`{}`: stdout is not JSON ({e}):\n{}",
+                self.command, self.stdout
+            )
+        })
+    }
+}
+
+/// Runs `command` to completion (stdin closed), killing it after `timeout`.
+pub fn run(mut command: Command, timeout: Duration) -> Outcome {
+    let description = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {description}: {e}"));
+    // Read both pipes on threads so a chatty child never blocks on a full pipe.
+    let mut out = child.stdout.take().expect("stdout is piped");
+    let mut err = child.stderr.take().expect("stderr is piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = out.read_to_string(&mut text);
+        text
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = err.read_to_string(&mut text);
+        text
+    });
+    let status = poll_until(timeout, || match child.try_wait() {
+        Ok(Some(status)) => Ok(status),
+        Ok(None) => Err("still running"),
+        Err(_) => Err("cannot wait"),
+    });
+    let status = match status {
+        Ok(status) => status,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{description} did not finish within {timeout:?}");
+        }
+    };
+    Outcome {
+        command: description,
+        code: status.code(),
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
