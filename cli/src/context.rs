@@ -24,6 +24,7 @@ pub struct ConnectionFlags {
         long,
         global = true,
         env = "TRELLIS_CA_ADDR",
+        value_name = "HOST:PORT",
         help_heading = "Connection"
     )]
     pub ca_addr: Option<String>,
@@ -32,6 +33,7 @@ pub struct ConnectionFlags {
         long,
         global = true,
         env = "TRELLIS_ADMIN_CERT",
+        value_name = "FILE",
         help_heading = "Connection"
     )]
     pub admin_cert: Option<PathBuf>,
@@ -40,6 +42,7 @@ pub struct ConnectionFlags {
         long,
         global = true,
         env = "TRELLIS_ADMIN_KEY",
+        value_name = "FILE",
         help_heading = "Connection"
     )]
     pub admin_key: Option<PathBuf>,
@@ -48,6 +51,7 @@ pub struct ConnectionFlags {
         long,
         global = true,
         env = "TRELLIS_BUNDLE",
+        value_name = "FILE",
         help_heading = "Connection"
     )]
     pub bundle: Option<PathBuf>,
@@ -56,6 +60,7 @@ pub struct ConnectionFlags {
         long,
         global = true,
         env = "TRELLIS_TRUST_DOMAIN",
+        value_name = "TD",
         help_heading = "Connection"
     )]
     pub trust_domain: Option<String>,
@@ -65,6 +70,7 @@ pub struct ConnectionFlags {
         long,
         global = true,
         env = "TRELLIS_CONTEXT",
+        value_name = "FILE",
         help_heading = "Connection"
     )]
     pub context: Option<PathBuf>,
