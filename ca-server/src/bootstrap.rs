@@ -22,10 +22,10 @@ use trellis_identity::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey, pem};
 
 use crate::config::Config;
 use crate::error::CaError;
-use crate::files;
 use crate::issuance::Credential;
 use crate::state::{CaState, unix};
 use crate::store::{AuditRecord, IntermediateRecord, RootRecord, RootState, Store};
+use trellis_identity::files;
 use trellis_identity::profile::{self, SigningCa};
 
 /// The path (under the trust domain) of the admin identity created at initialisation.

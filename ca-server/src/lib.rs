@@ -11,7 +11,6 @@ pub mod bootstrap;
 pub mod config;
 pub mod csr;
 pub mod error;
-pub mod files;
 pub mod issuance;
 pub mod server;
 pub mod state;

@@ -385,7 +385,10 @@ async fn concurrent_redemptions_of_one_token_issue_exactly_one_certificate() {
         let mut client = client.clone();
         let token = token.clone();
         tasks.push(tokio::spawn(async move {
-            let csr = WorkloadKey::generate().expect("key").csr_der(None).expect("csr");
+            let csr = WorkloadKey::generate()
+                .expect("key")
+                .csr_der(None)
+                .expect("csr");
             client.certify(token_request(csr, token)).await
         }));
     }
@@ -395,7 +398,11 @@ async fn concurrent_redemptions_of_one_token_issue_exactly_one_certificate() {
             Ok(_) => ok += 1,
             Err(status) => {
                 assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-                assert!(status.message().contains("already used"), "{}", status.message());
+                assert!(
+                    status.message().contains("already used"),
+                    "{}",
+                    status.message()
+                );
             }
         }
     }

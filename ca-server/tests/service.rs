@@ -256,5 +256,9 @@ fn the_annotated_example_config_is_accepted() {
         .arg("--check-config")
         .output()
         .expect("binary runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

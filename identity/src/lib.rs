@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod clock;
 pub mod duration;
+pub mod files;
 pub mod hex;
 pub mod key;
 pub mod pattern;

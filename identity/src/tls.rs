@@ -337,3 +337,18 @@ impl ClientCertVerifier for DeferredClientVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+/// Lets rustls read time from an injected [`Clock`](crate::clock::Clock), so certificate
+/// validity during handshakes follows the same clock as the rest of the decision.
+#[derive(Debug)]
+pub struct ClockTime(pub Arc<dyn crate::clock::Clock>);
+
+impl rustls::time_provider::TimeProvider for ClockTime {
+    fn current_time(&self) -> Option<UnixTime> {
+        self.0
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .map(UnixTime::since_unix_epoch)
+    }
+}

@@ -1,4 +1,5 @@
-//! Writing files that must never be seen half-written or by other users.
+//! Writing files that must never be seen half-written or by other users: keys (0600) and
+//! the certificates and bundles beside them (atomic replace).
 
 use std::fs;
 use std::io::Write;

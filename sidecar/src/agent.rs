@@ -1,0 +1,575 @@
+//! The identity agent: gets the first certificate, renews it at about half its lifetime,
+//! follows the CA's trust bundle, and survives CA outages.
+//!
+//! Rules (issue 3, DESIGN.md "Sidecar"):
+//! - a fresh P-256 key for every certificate, generated here; only the CSR leaves;
+//! - renewal at 40–60 % of the certificate's own lifetime (the fraction is derived from the
+//!   random serial, so a fleet spreads out and a certificate's schedule is stable);
+//! - while the CA is unreachable: capped exponential backoff with jitter, and the current
+//!   certificate stays in service until it really expires;
+//! - once expired: fall back to the bootstrap credential if one is still usable, otherwise
+//!   withdraw the certificate (the data path then refuses connections: fail closed) and say
+//!   why in the log; recover on its own as soon as the CA answers;
+//! - a response is published only if it verifies against the bundle and names the expected
+//!   identity, so a bad response never replaces a good certificate.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls_pki_types::CertificateDer;
+use tokio::sync::watch;
+use tonic::Code;
+use trellis_identity::bundle::format_time;
+use trellis_identity::clock::Clock;
+use trellis_identity::tls::{self, ClockTime, Versions};
+use trellis_identity::{IdMatcher, TrustBundle, WorkloadKey};
+use trellis_proto::ca::v1::workload_ca_client::WorkloadCaClient;
+use trellis_proto::ca::v1::{CertifyRequest, TrustBundle as ProtoBundle, WatchTrustBundleRequest};
+
+use crate::config::{CaConfig, Config};
+use crate::credentials::Credentials;
+use crate::join_token::BootstrapCredential;
+use crate::metrics::Metrics;
+use crate::{svid_files, trust};
+
+/// Knobs that tests turn down; production uses [`Pacing::default`].
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    /// Longest single sleep: how quickly a moved clock is noticed.
+    pub tick: Duration,
+    /// First retry delay after a failure.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_cap: Duration,
+    /// Time limit for one call to the CA.
+    pub call_timeout: Duration,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(15),
+            call_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The agent. Build with [`Agent::new`], run with [`Agent::run`].
+#[derive(Debug)]
+pub struct Agent {
+    ca: CaConfig,
+    trust_domain: trellis_identity::TrustDomain,
+    clock: Arc<dyn Clock>,
+    bootstrap: Arc<dyn BootstrapCredential>,
+    creds: watch::Sender<Option<Arc<Credentials>>>,
+    metrics: Arc<Metrics>,
+    pacing: Pacing,
+}
+
+/// Why one attempt to get a certificate failed.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("CA unreachable: {0}")]
+    Unreachable(String),
+    #[error("CA refused ({code:?}): {message}")]
+    Refused { code: Code, message: String },
+    #[error("CA response rejected: {0}")]
+    BadResponse(String),
+    #[error("no bootstrap credential left: {0}")]
+    NoCredential(String),
+}
+
+impl Agent {
+    pub fn new(
+        config: &Config,
+        clock: Arc<dyn Clock>,
+        bootstrap: Arc<dyn BootstrapCredential>,
+        creds: watch::Sender<Option<Arc<Credentials>>>,
+        metrics: Arc<Metrics>,
+        pacing: Pacing,
+    ) -> Self {
+        Self {
+            ca: config.ca.clone(),
+            trust_domain: config.trust_domain.clone(),
+            clock,
+            bootstrap,
+            creds,
+            metrics,
+            pacing,
+        }
+    }
+
+    /// Runs until `stop` becomes true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let Some(bundle) = self.initial_bundle(&mut stop).await else {
+            return;
+        };
+        self.note_bundle(&bundle);
+        let (bundle_tx, mut bundles) = watch::channel(Arc::new(bundle));
+        let watcher = tokio::spawn(watch_bundle(
+            self.ca.clone(),
+            self.trust_domain.clone(),
+            self.clock.clone(),
+            bundle_tx.clone(),
+            self.pacing,
+            stop.clone(),
+        ));
+        let mut failures: u32 = 0;
+        let mut key_for_files: Option<WorkloadKey> = None;
+        loop {
+            let current = self.creds.borrow().clone();
+            let due = match &current {
+                Some(c) if failures == 0 => renew_at(c),
+                Some(_) => self.clock.now(), // retrying: the backoff already waited
+                None => self.clock.now(),
+            };
+            tokio::select! {
+                _ = sleep_until(&self.clock, due, self.pacing.tick) => {}
+                changed = bundles.changed() => {
+                    if changed.is_err() { break; }
+                    let bundle = bundles.borrow_and_update().clone();
+                    self.on_bundle_change(bundle, key_for_files.as_ref());
+                    continue;
+                }
+                _ = stopped(&mut stop) => break,
+            }
+            let bundle = bundles.borrow().clone();
+            match self.attempt(current.as_deref(), bundle).await {
+                Ok((creds, key, response_bundle)) => {
+                    failures = 0;
+                    if let Some(newer) = response_bundle
+                        && newer.version() > bundles.borrow().version()
+                    {
+                        bundle_tx.send_replace(newer);
+                        bundles.borrow_and_update();
+                    }
+                    self.publish(creds, &key);
+                    key_for_files = Some(key);
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    self.metrics.renewal(false);
+                    let delay = backoff(self.pacing, failures);
+                    self.on_failure(current.as_deref(), &e, delay);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stopped(&mut stop) => break,
+                    }
+                }
+            }
+        }
+        watcher.abort();
+    }
+
+    async fn initial_bundle(&self, stop: &mut watch::Receiver<bool>) -> Option<TrustBundle> {
+        let mut failures = 0;
+        loop {
+            match trust::initial_bundle(
+                &self.ca.trust,
+                &self.trust_domain,
+                self.ca.address,
+                &self.ca.spiffe_id,
+                &self.clock,
+            )
+            .await
+            {
+                Ok(bundle) => return Some(bundle),
+                Err(e) => {
+                    failures += 1;
+                    let delay = backoff(self.pacing, failures);
+                    if e.is_transient() {
+                        tracing::warn!(error = %e, retry_in = ?delay, "no trust bundle yet; not ready");
+                    } else {
+                        tracing::error!(error = %e, retry_in = ?delay, "cannot establish trust; not ready");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stopped(stop) => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One try: renew with the current certificate if it is still valid, else bootstrap.
+    async fn attempt(
+        &self,
+        current: Option<&Credentials>,
+        bundle: Arc<TrustBundle>,
+    ) -> Result<(Credentials, WorkloadKey, Option<Arc<TrustBundle>>), AttemptError> {
+        let usable = current.filter(|c| !c.expired());
+        match usable {
+            Some(current) => match self.certify(Some(current), bundle.clone()).await {
+                // The CA no longer accepts this certificate (revoked, or its root retired):
+                // a still-usable bootstrap credential is the way back in.
+                Err(AttemptError::Refused { code, .. })
+                    if matches!(code, Code::Unauthenticated | Code::PermissionDenied)
+                        && matches!(self.bootstrap.credential(), Ok(Some(_))) =>
+                {
+                    self.certify(None, bundle).await
+                }
+                other => other,
+            },
+            None => self.certify(None, bundle).await,
+        }
+    }
+
+    async fn certify(
+        &self,
+        current: Option<&Credentials>,
+        bundle: Arc<TrustBundle>,
+    ) -> Result<(Credentials, WorkloadKey, Option<Arc<TrustBundle>>), AttemptError> {
+        let credential = match current {
+            Some(_) => None,
+            None => match self.bootstrap.credential() {
+                Ok(Some(c)) => Some(c),
+                Ok(None) => {
+                    return Err(AttemptError::NoCredential(
+                        "the join token was already used and there is no valid certificate to \
+                         renew with; create a new token (`trellis token create`) and restart"
+                            .into(),
+                    ));
+                }
+                Err(e) => return Err(AttemptError::NoCredential(e)),
+            },
+        };
+        let key = WorkloadKey::generate().map_err(|e| AttemptError::BadResponse(e.to_string()))?;
+        let csr = key
+            .csr_der(None)
+            .map_err(|e| AttemptError::BadResponse(e.to_string()))?;
+        let mut client = self
+            .client(bundle.clone(), current.map(|c| &c.identity))
+            .await?;
+        let request = CertifyRequest {
+            csr_der: csr,
+            credential: credential.clone(),
+            ttl_seconds: self.ca.ttl.map(|t| t.as_secs() as u32).unwrap_or(0),
+            bundle_version: bundle.version(),
+        };
+        let response = tokio::time::timeout(self.pacing.call_timeout, client.certify(request))
+            .await
+            .map_err(|_| AttemptError::Unreachable("call timed out".into()))?
+            .map_err(|status| match status.code() {
+                Code::Unavailable | Code::DeadlineExceeded | Code::Unknown => {
+                    AttemptError::Unreachable(status.message().to_owned())
+                }
+                code => AttemptError::Refused {
+                    code,
+                    message: status.message().to_owned(),
+                },
+            })?
+            .into_inner();
+        if credential.is_some() {
+            self.bootstrap.accepted();
+        }
+        // The response came over a connection authenticated with our bundle, so a newer
+        // bundle in it is trusted; the chain must verify against the bundle we end up with.
+        let response_bundle = response
+            .bundle
+            .and_then(|b| self.proto_bundle(b).ok())
+            .filter(|b| b.version() >= bundle.version())
+            .map(Arc::new);
+        let verify_with = response_bundle.clone().unwrap_or(bundle);
+        let chain: Vec<CertificateDer<'static>> = response
+            .chain_der
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        let expected = current
+            .map(|c| c.svid.spiffe_id.clone())
+            .or_else(|| self.ca.expected_spiffe_id.clone());
+        let creds = Credentials::new(
+            chain,
+            key.private_key_der(),
+            &key.public_key_der(),
+            verify_with,
+            expected.as_ref(),
+            self.clock.clone(),
+        )
+        .map_err(|e| AttemptError::BadResponse(e.to_string()))?;
+        Ok((creds, key, response_bundle))
+    }
+
+    async fn client(
+        &self,
+        bundle: Arc<TrustBundle>,
+        identity: Option<&tls::Identity>,
+    ) -> Result<WorkloadCaClient<tonic::transport::Channel>, AttemptError> {
+        ca_client(
+            &self.ca,
+            &self.clock,
+            bundle,
+            identity,
+            self.pacing.call_timeout,
+        )
+        .await
+    }
+
+    fn proto_bundle(&self, b: ProtoBundle) -> Result<TrustBundle, String> {
+        bundle_from_proto(&self.trust_domain, b)
+    }
+
+    fn publish(&self, creds: Credentials, key: &WorkloadKey) {
+        let m = &self.metrics;
+        m.renewal(true);
+        m.cert_not_after.store(unix(creds.svid.not_after), Relaxed);
+        m.last_renewal.store(unix(SystemTime::now()), Relaxed);
+        self.note_bundle(&creds.bundle);
+        tracing::info!(
+            spiffe_id = %creds.svid.spiffe_id,
+            serial = %creds.svid.serial,
+            not_after = %format_time(creds.svid.not_after),
+            bundle_version = creds.bundle.version(),
+            "certificate installed"
+        );
+        if let Some(dir) = &self.ca.svid_dir
+            && let Err(e) = svid_files::write(dir, &creds, key)
+        {
+            tracing::error!(dir = %dir.display(), error = %e, "writing SVID files failed");
+        }
+        self.creds.send_replace(Some(Arc::new(creds)));
+    }
+
+    fn note_bundle(&self, bundle: &TrustBundle) {
+        self.metrics.bundle_version.store(bundle.version(), Relaxed);
+        self.metrics
+            .bundle_roots
+            .store(bundle.roots().len() as u64, Relaxed);
+    }
+
+    /// A new bundle: keep the current certificate under it (so new roots are trusted at
+    /// once), or, if it no longer verifies, renew immediately.
+    fn on_bundle_change(&self, bundle: Arc<TrustBundle>, key: Option<&WorkloadKey>) {
+        self.note_bundle(&bundle);
+        tracing::info!(
+            version = bundle.version(),
+            roots = bundle.roots().len(),
+            "trust bundle changed"
+        );
+        let current = self.creds.borrow().clone();
+        let Some(current) = current else { return };
+        match current.with_bundle(bundle) {
+            Ok(updated) => {
+                if let (Some(dir), Some(_)) = (&self.ca.svid_dir, key)
+                    && let Err(e) = svid_files::write_bundle(dir, &updated)
+                {
+                    tracing::error!(error = %e, "writing bundle.pem failed");
+                }
+                self.creds.send_replace(Some(Arc::new(updated)));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "current certificate does not verify under the new bundle; renewing now");
+                // Keep serving with the old value; the renewal below replaces it.
+                self.metrics.cert_not_after.store(0, Relaxed);
+            }
+        }
+    }
+
+    fn on_failure(&self, current: Option<&Credentials>, e: &AttemptError, delay: Duration) {
+        match current {
+            Some(c) if !c.expired() => tracing::warn!(
+                error = %e,
+                retry_in = ?delay,
+                spiffe_id = %c.svid.spiffe_id,
+                still_valid_until = %format_time(c.svid.not_after),
+                "renewal failed; keeping the current certificate"
+            ),
+            Some(c) => {
+                tracing::error!(
+                    error = %e,
+                    retry_in = ?delay,
+                    expired_at = %format_time(c.svid.not_after),
+                    "certificate expired and could not be renewed; not ready, refusing connections"
+                );
+                self.creds.send_replace(None);
+                self.metrics.cert_not_after.store(0, Relaxed);
+            }
+            None => tracing::error!(error = %e, retry_in = ?delay, "no certificate yet; not ready"),
+        }
+    }
+}
+
+/// Connects to the CA, verifying it by SPIFFE ID against `bundle`, presenting `identity`.
+async fn ca_client(
+    ca: &CaConfig,
+    clock: &Arc<dyn Clock>,
+    bundle: Arc<TrustBundle>,
+    identity: Option<&tls::Identity>,
+    timeout: Duration,
+) -> Result<WorkloadCaClient<tonic::transport::Channel>, AttemptError> {
+    let mut config = tls::client_config(
+        bundle,
+        IdMatcher::exact(ca.spiffe_id.clone()),
+        identity,
+        Versions::Tls13,
+        &[trellis_proto::channel::ALPN_H2],
+    )
+    .map_err(|e| AttemptError::BadResponse(e.to_string()))?;
+    config.time_provider = Arc::new(ClockTime(clock.clone()));
+    let channel = tokio::time::timeout(
+        timeout,
+        trellis_proto::channel::connect(ca.address, Arc::new(config)),
+    )
+    .await
+    .map_err(|_| AttemptError::Unreachable(format!("connecting to {} timed out", ca.address)))?
+    .map_err(|e| AttemptError::Unreachable(format!("{}: {}", ca.address, source_chain(&e))))?;
+    Ok(WorkloadCaClient::new(channel))
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn bundle_from_proto(
+    td: &trellis_identity::TrustDomain,
+    b: ProtoBundle,
+) -> Result<TrustBundle, String> {
+    if b.trust_domain != td.as_str() {
+        return Err(format!(
+            "CA sent a bundle for trust domain {:?}, expected {td}",
+            b.trust_domain
+        ));
+    }
+    TrustBundle::new(
+        td.clone(),
+        b.version,
+        b.root_certificates_der
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect(),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Follows `WatchTrustBundle`, reconnecting with backoff; every reconnect starts with the
+/// current bundle, so nothing is missed across a broken stream.
+async fn watch_bundle(
+    ca: CaConfig,
+    td: trellis_identity::TrustDomain,
+    clock: Arc<dyn Clock>,
+    bundles: watch::Sender<Arc<TrustBundle>>,
+    pacing: Pacing,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0;
+    loop {
+        let current = bundles.borrow().clone();
+        let outcome = async {
+            let mut client = ca_client(&ca, &clock, current, None, pacing.call_timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut stream = client
+                .watch_trust_bundle(WatchTrustBundleRequest {})
+                .await
+                .map_err(|s| s.message().to_owned())?
+                .into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(message)) => {
+                        failures = 0;
+                        let bundle = bundle_from_proto(&td, message)?;
+                        if bundle.version() != bundles.borrow().version() {
+                            bundles.send_replace(Arc::new(bundle));
+                        }
+                    }
+                    Ok(None) => return Err("stream ended".to_owned()),
+                    Err(status) => return Err(status.message().to_owned()),
+                }
+            }
+        };
+        let error: String = tokio::select! {
+            result = outcome => match result { Err(e) => e, Ok(()) => String::new() },
+            _ = stopped(&mut stop) => return,
+        };
+        failures += 1;
+        let delay = backoff(pacing, failures);
+        tracing::debug!(error = %error, retry_in = ?delay, "trust bundle watch interrupted; reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// When to renew: 40–60 % into the lifetime, the fraction taken from the serial's random
+/// bits so it is spread across a fleet yet stable for one certificate.
+pub fn renew_at(creds: &Credentials) -> SystemTime {
+    let lifetime = creds
+        .svid
+        .not_after
+        .duration_since(creds.not_before)
+        .unwrap_or_default();
+    let spread = creds
+        .svid
+        .serial
+        .get(2..6)
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .unwrap_or(0x8000);
+    let fraction = 0.4 + 0.2 * (f64::from(spread & 0xffff) / 65_535.0);
+    creds.not_before + lifetime.mul_f64(fraction)
+}
+
+/// Capped exponential backoff with jitter: a random delay in [½, 1] × min(cap, base·2ⁿ).
+pub fn backoff(pacing: Pacing, failures: u32) -> Duration {
+    let exp = pacing
+        .backoff_base
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let ceiling = exp.min(pacing.backoff_cap);
+    let mut byte = [0u8; 1];
+    let _ = aws_lc_rs::rand::fill(&mut byte);
+    ceiling.mul_f64(0.5 + f64::from(byte[0]) / 510.0)
+}
+
+/// Sleeps until `clock` reaches `deadline`, in slices of at most `tick`, so a moved clock
+/// (tests) or a suspended machine (laptops) is noticed promptly.
+async fn sleep_until(clock: &Arc<dyn Clock>, deadline: SystemTime, tick: Duration) {
+    loop {
+        let Ok(left) = deadline.duration_since(clock.now()) else {
+            return;
+        };
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(tick)).await;
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let pacing = Pacing {
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(2),
+            ..Pacing::default()
+        };
+        for _ in 0..50 {
+            let first = backoff(pacing, 1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let late = backoff(pacing, 30);
+            assert!(late >= Duration::from_secs(1) && late <= Duration::from_secs(2));
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! `trellis-sidecar` configuration: a TOML file (see deploy/sidecar.example.toml), overridden
+//! by flags and `TRELLIS_*` environment variables, validated before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+use trellis_identity::{IdMatcher, IdPattern, SpiffeId, TrustDomain, duration};
+
+/// Command-line flags; each also reads a `TRELLIS_*` environment variable. The join token is
+/// deliberately not a flag (flags show up in `ps`): use a file or `TRELLIS_JOIN_TOKEN`.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "trellis-sidecar",
+    version,
+    about = "Trellis sidecar: identity agent and mTLS proxy"
+)]
+pub struct Flags {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "TRELLIS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Trust domain, e.g. cluster.local.
+    #[arg(long, env = "TRELLIS_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Address of the CA's gRPC endpoint.
+    #[arg(long, env = "TRELLIS_CA_ADDR")]
+    pub ca_addr: Option<SocketAddr>,
+    /// PEM file with the initial trust bundle.
+    #[arg(long, env = "TRELLIS_TRUST_BUNDLE")]
+    pub trust_bundle: Option<PathBuf>,
+    /// Instead of a bundle file: the SHA-256 of a root's SubjectPublicKeyInfo (hex).
+    #[arg(long, env = "TRELLIS_TRUST_FINGERPRINT")]
+    pub trust_fingerprint: Option<String>,
+    /// File holding a join token for bootstrap.
+    #[arg(long, env = "TRELLIS_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
+    /// Write svid.pem, svid_key.pem (0600) and bundle.pem here on every change.
+    #[arg(long, env = "TRELLIS_SVID_DIR")]
+    pub svid_dir: Option<PathBuf>,
+    /// Admin HTTP endpoint (liveness, readiness, metrics, identity).
+    #[arg(long, env = "TRELLIS_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Inbound mTLS listener (the pod's public port).
+    #[arg(long, env = "TRELLIS_INBOUND_LISTEN")]
+    pub inbound_listen: Option<SocketAddr>,
+    /// The local app the inbound listener forwards to.
+    #[arg(long, env = "TRELLIS_INBOUND_APP")]
+    pub inbound_app: Option<SocketAddr>,
+    /// Outbound listener as LISTEN=UPSTREAM=SPIFFE_ID_PATTERN (repeatable), e.g.
+    /// 127.0.0.1:7001=10.0.0.5:15006=spiffe://cluster.local/ns/prod/sa/db
+    #[arg(long = "outbound", env = "TRELLIS_OUTBOUND", value_delimiter = ',')]
+    pub outbound: Vec<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "TRELLIS_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Validate the configuration, print it, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// The TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub trust_domain: Option<String>,
+    pub log_format: Option<String>,
+    #[serde(default)]
+    pub ca: CaFile,
+    #[serde(default)]
+    pub admin: AdminFile,
+    pub inbound: Option<InboundFile>,
+    #[serde(default)]
+    pub outbound: Vec<OutboundFile>,
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaFile {
+    pub address: Option<SocketAddr>,
+    pub spiffe_id: Option<String>,
+    pub trust_bundle: Option<PathBuf>,
+    pub trust_fingerprint: Option<String>,
+    pub join_token_file: Option<PathBuf>,
+    pub expected_spiffe_id: Option<String>,
+    pub ttl: Option<String>,
+    pub svid_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundFile {
+    pub listen: SocketAddr,
+    pub app: SocketAddr,
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub permissive_plaintext: bool,
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundFile {
+    pub listen: SocketAddr,
+    pub upstream: SocketAddr,
+    pub allow: Vec<String>,
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    pub handshake: Option<String>,
+    pub connect: Option<String>,
+    pub idle: Option<String>,
+    pub drain: Option<String>,
+}
+
+/// How the sidecar first learns which roots to trust.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustSource {
+    /// A PEM file with the bundle.
+    BundleFile(PathBuf),
+    /// The SHA-256 (32 bytes) of a root's SubjectPublicKeyInfo; the bundle is then fetched
+    /// from the CA, whose chain must end at a root with this fingerprint.
+    Fingerprint([u8; 32]),
+}
+
+/// Inbound policy for authenticated peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyMode {
+    /// Any authenticated identity in the trust domain, plus anything in `allow`.
+    Strict,
+    /// Only identities in `allow`.
+    Deny,
+}
+
+/// Validated CA-facing settings.
+#[derive(Debug, Clone)]
+pub struct CaConfig {
+    pub address: SocketAddr,
+    /// The SPIFFE ID the CA must present.
+    pub spiffe_id: SpiffeId,
+    pub trust: TrustSource,
+    pub join_token_file: Option<PathBuf>,
+    pub expected_spiffe_id: Option<SpiffeId>,
+    pub ttl: Option<Duration>,
+    pub svid_dir: Option<PathBuf>,
+}
+
+/// A validated inbound listener.
+#[derive(Debug, Clone)]
+pub struct InboundConfig {
+    pub listen: SocketAddr,
+    pub app: SocketAddr,
+    pub mode: PolicyMode,
+    pub allow: IdMatcher,
+    pub permissive_plaintext: bool,
+    pub max_connections: usize,
+}
+
+/// A validated outbound listener.
+#[derive(Debug, Clone)]
+pub struct OutboundConfig {
+    pub listen: SocketAddr,
+    pub upstream: SocketAddr,
+    /// The SPIFFE IDs the upstream may present.
+    pub allow: IdMatcher,
+    pub max_connections: usize,
+}
+
+/// Timeouts for the data path.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// A TLS handshake must finish within this.
+    pub handshake: Duration,
+    /// Connecting to the app or upstream must finish within this.
+    pub connect: Duration,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle: Duration,
+    /// On SIGTERM, connections may finish for this long.
+    pub drain: Duration,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub trust_domain: TrustDomain,
+    pub ca: CaConfig,
+    pub admin_listen: SocketAddr,
+    pub inbound: Option<InboundConfig>,
+    pub outbound: Vec<OutboundConfig>,
+    pub timeouts: Timeouts,
+    pub json_logs: bool,
+}
+
+/// A configuration problem, as one line naming the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
+fn dur(name: &str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => duration::parse(&text).map_err(|e| err(format!("{name}: {e}"))),
+    }
+}
+
+fn matcher(name: &str, patterns: &[String]) -> Result<IdMatcher, ConfigError> {
+    patterns
+        .iter()
+        .map(|p| {
+            p.parse::<IdPattern>()
+                .map_err(|e| err(format!("{name} entry {p:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(IdMatcher)
+}
+
+/// Parses `LISTEN=UPSTREAM=PATTERN[|PATTERN...]`.
+fn outbound_flag(text: &str) -> Result<OutboundFile, ConfigError> {
+    let parts: Vec<&str> = text.splitn(3, '=').collect();
+    let [listen, upstream, ids] = parts.as_slice() else {
+        return Err(err(format!(
+            "--outbound {text:?}: expected LISTEN=UPSTREAM=SPIFFE_ID, e.g. \
+             127.0.0.1:7001=10.0.0.5:15006=spiffe://cluster.local/ns/prod/sa/db"
+        )));
+    };
+    let addr = |what: &str, s: &str| {
+        s.parse::<SocketAddr>()
+            .map_err(|e| err(format!("--outbound {text:?}: {what} {s:?}: {e}")))
+    };
+    Ok(OutboundFile {
+        listen: addr("listen address", listen)?,
+        upstream: addr("upstream address", upstream)?,
+        allow: ids.split('|').map(str::to_owned).collect(),
+        max_connections: None,
+    })
+}
+
+impl Config {
+    /// Reads the file named by the flags (if any), applies flags and env, validates.
+    pub fn load(flags: Flags) -> Result<Self, ConfigError> {
+        let mut file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| err(format!("{}: {}", path.display(), e.message())))?
+            }
+            None => FileConfig::default(),
+        };
+        if flags.trust_domain.is_some() {
+            file.trust_domain = flags.trust_domain;
+        }
+        if flags.log_format.is_some() {
+            file.log_format = flags.log_format;
+        }
+        let ca = &mut file.ca;
+        if flags.ca_addr.is_some() {
+            ca.address = flags.ca_addr;
+        }
+        if flags.trust_bundle.is_some() {
+            ca.trust_bundle = flags.trust_bundle;
+            ca.trust_fingerprint = None;
+        }
+        if flags.trust_fingerprint.is_some() {
+            ca.trust_fingerprint = flags.trust_fingerprint;
+            ca.trust_bundle = None;
+        }
+        if flags.join_token_file.is_some() {
+            ca.join_token_file = flags.join_token_file;
+        }
+        if flags.svid_dir.is_some() {
+            ca.svid_dir = flags.svid_dir;
+        }
+        if flags.admin_listen.is_some() {
+            file.admin.listen = flags.admin_listen;
+        }
+        match (
+            flags.inbound_listen,
+            flags.inbound_app,
+            file.inbound.as_mut(),
+        ) {
+            (Some(listen), Some(app), None) => {
+                file.inbound = Some(InboundFile {
+                    listen,
+                    app,
+                    policy: None,
+                    allow: Vec::new(),
+                    permissive_plaintext: false,
+                    max_connections: None,
+                })
+            }
+            (listen, app, Some(inbound)) => {
+                if let Some(l) = listen {
+                    inbound.listen = l;
+                }
+                if let Some(a) = app {
+                    inbound.app = a;
+                }
+            }
+            (None, None, None) => {}
+            _ => return Err(err("--inbound-listen and --inbound-app go together")),
+        }
+        for text in flags.outbound.iter().filter(|t| !t.is_empty()) {
+            file.outbound.push(outbound_flag(text)?);
+        }
+        Self::build(file)
+    }
+
+    /// Validates a file configuration, filling defaults.
+    pub fn build(file: FileConfig) -> Result<Self, ConfigError> {
+        let td_text = file.trust_domain.unwrap_or_else(|| "cluster.local".into());
+        let trust_domain = TrustDomain::new(&td_text)
+            .map_err(|e| err(format!("trust_domain {td_text:?}: {e}")))?;
+        let ca = file.ca;
+        let address = ca.address.ok_or_else(|| {
+            err("ca.address is required (--ca-addr or TRELLIS_CA_ADDR), e.g. 127.0.0.1:8443")
+        })?;
+        let ca_id_text = ca
+            .spiffe_id
+            .unwrap_or_else(|| format!("spiffe://{trust_domain}/trellis/ca"));
+        let spiffe_id = SpiffeId::new(&ca_id_text)
+            .map_err(|e| err(format!("ca.spiffe_id {ca_id_text:?}: {e}")))?;
+        let trust = match (ca.trust_bundle, ca.trust_fingerprint) {
+            (Some(path), None) => TrustSource::BundleFile(path),
+            (None, Some(fp)) => {
+                let bytes = trellis_identity::hex::decode(&fp)
+                    .filter(|b| b.len() == 32)
+                    .ok_or_else(|| {
+                        err(format!(
+                            "ca.trust_fingerprint {fp:?} is not a SHA-256 in hex (64 hex digits, \
+                             as `trellis ca status` prints)"
+                        ))
+                    })?;
+                let mut fp = [0u8; 32];
+                fp.copy_from_slice(&bytes);
+                TrustSource::Fingerprint(fp)
+            }
+            (None, None) => {
+                return Err(err(
+                    "ca.trust_bundle or ca.trust_fingerprint is required: the sidecar must know \
+                     which CA to trust (--trust-bundle FILE or --trust-fingerprint SHA256)",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(err("set ca.trust_bundle or ca.trust_fingerprint, not both"));
+            }
+        };
+        let expected_spiffe_id = ca
+            .expected_spiffe_id
+            .map(|t| {
+                SpiffeId::new(&t).map_err(|e| err(format!("ca.expected_spiffe_id {t:?}: {e}")))
+            })
+            .transpose()?;
+        let ttl = ca
+            .ttl
+            .map(|t| dur("ca.ttl", Some(t), Duration::ZERO))
+            .transpose()?;
+        let inbound = file
+            .inbound
+            .map(|i| -> Result<InboundConfig, ConfigError> {
+                let mode = match i.policy.as_deref() {
+                    None | Some("strict") => PolicyMode::Strict,
+                    Some("deny") => PolicyMode::Deny,
+                    Some(other) => {
+                        return Err(err(format!(
+                            "inbound.policy {other:?}: expected \"strict\" or \"deny\""
+                        )));
+                    }
+                };
+                let allow = matcher("inbound.allow", &i.allow)?;
+                if mode == PolicyMode::Deny && allow.0.is_empty() {
+                    return Err(err(
+                        "inbound.policy is \"deny\" but inbound.allow is empty: nobody could connect",
+                    ));
+                }
+                Ok(InboundConfig {
+                    listen: i.listen,
+                    app: i.app,
+                    mode,
+                    allow,
+                    permissive_plaintext: i.permissive_plaintext,
+                    max_connections: i.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+                })
+            })
+            .transpose()?;
+        let mut outbound = Vec::with_capacity(file.outbound.len());
+        for o in file.outbound {
+            let allow = matcher("outbound.allow", &o.allow)?;
+            if allow.0.is_empty() {
+                return Err(err(format!(
+                    "outbound listener {}: allow is empty; name the SPIFFE ID(s) {} must present",
+                    o.listen, o.upstream
+                )));
+            }
+            if !o.listen.ip().is_loopback() {
+                return Err(err(format!(
+                    "outbound listener {} is not on a loopback address: it accepts plaintext, \
+                     so it must only be reachable from this pod",
+                    o.listen
+                )));
+            }
+            outbound.push(OutboundConfig {
+                listen: o.listen,
+                upstream: o.upstream,
+                allow,
+                max_connections: o.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            });
+        }
+        let t = file.timeouts;
+        let timeouts = Timeouts {
+            handshake: dur("timeouts.handshake", t.handshake, Duration::from_secs(10))?,
+            connect: dur("timeouts.connect", t.connect, Duration::from_secs(5))?,
+            idle: dur("timeouts.idle", t.idle, Duration::from_secs(3600))?,
+            drain: dur("timeouts.drain", t.drain, Duration::from_secs(20))?,
+        };
+        let json_logs = match file.log_format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(err(format!(
+                    "log_format {other:?}: expected \"text\" or \"json\""
+                )));
+            }
+        };
+        Ok(Self {
+            ca: CaConfig {
+                address,
+                spiffe_id,
+                trust,
+                join_token_file: ca.join_token_file,
+                expected_spiffe_id,
+                ttl,
+                svid_dir: ca.svid_dir,
+            },
+            trust_domain,
+            admin_listen: file
+                .admin
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15020))),
+            inbound,
+            outbound,
+            timeouts,
+            json_logs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::build(toml::from_str(text).map_err(|e| err(e.message().to_owned()))?)
+    }
+
+    const MINIMAL: &str = "[ca]\naddress = \"127.0.0.1:8443\"\ntrust_bundle = \"b.pem\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.ca.spiffe_id.as_str(), "spiffe://cluster.local/trellis/ca");
+        assert_eq!(c.admin_listen.port(), 15020);
+        assert!(c.inbound.is_none() && c.outbound.is_empty());
+    }
+
+    #[test]
+    fn each_bad_value_is_named() {
+        let cases = [
+            ("[ca]\ntrust_bundle = \"b\"", "ca.address is required"),
+            (
+                "[ca]\naddress = \"127.0.0.1:1\"",
+                "trust_bundle or ca.trust_fingerprint",
+            ),
+            (
+                "[ca]\naddress = \"127.0.0.1:1\"\ntrust_fingerprint = \"abc\"",
+                "not a SHA-256",
+            ),
+            (
+                &format!(
+                    "{MINIMAL}[inbound]\nlisten = \"0.0.0.0:1\"\napp = \"127.0.0.1:2\"\npolicy = \"deny\""
+                ),
+                "nobody could connect",
+            ),
+            (
+                &format!(
+                    "{MINIMAL}[inbound]\nlisten = \"0.0.0.0:1\"\napp = \"127.0.0.1:2\"\nallow = [\"spiffe://x/a//b\"]"
+                ),
+                "inbound.allow entry",
+            ),
+            (
+                &format!(
+                    "{MINIMAL}[[outbound]]\nlisten = \"0.0.0.0:1\"\nupstream = \"10.0.0.1:2\"\nallow = [\"spiffe://td/a\"]"
+                ),
+                "not on a loopback address",
+            ),
+            (
+                &format!("{MINIMAL}[timeouts]\nidle = \"forever\""),
+                "timeouts.idle",
+            ),
+            ("[ca]\naddres = \"x\"", "unknown field"),
+        ];
+        for (text, expected) in cases {
+            let e = parse(text).expect_err(text).to_string();
+            assert!(e.contains(expected), "{text:?} → {e}");
+        }
+    }
+
+    #[test]
+    fn outbound_flag_form() {
+        let o = outbound_flag("127.0.0.1:7001=10.0.0.5:15006=spiffe://td/ns/a/*|spiffe://td/b")
+            .expect("valid");
+        assert_eq!(o.allow.len(), 2);
+        assert!(outbound_flag("127.0.0.1:7001=spiffe://td/a").is_err());
+    }
+}

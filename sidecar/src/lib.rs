@@ -1,0 +1,15 @@
+//! `trellis-sidecar`: runs beside a workload, holds its identity and enforces two-way TLS.
+//!
+//! Identity side: `agent` (bootstrap, renewal, backoff, bundle watch) publishes validated
+//! [`credentials::Credentials`] on a watch channel; `trust` decides the initial bundle;
+//! `join_token` is the bootstrap credential; `svid_files` writes them out for the app.
+//! Data side: `inbound`, `outbound` and `proxy` move bytes, `policy` decides who may
+//! connect, `admin` serves health, metrics and identity; `run` wires everything together.
+
+pub mod agent;
+pub mod config;
+pub mod credentials;
+pub mod join_token;
+pub mod metrics;
+pub mod svid_files;
+pub mod trust;

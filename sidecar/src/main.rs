@@ -1,0 +1,2 @@
+//! Placeholder until the run wiring lands.
+fn main() {}
