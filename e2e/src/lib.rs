@@ -4,6 +4,19 @@
 //! sleeping.
 //!
 //! The binaries must be built first: `cargo build --workspace --bins`.
+//!
+//! A test typically reads:
+//! ```text
+//! let ca = Ca::start();                                   // real trellis-ca on 127.0.0.1:0
+//! let mut cmd = command("trellis-sidecar");               // TRELLIS_* from the caller removed
+//! cmd.args(["--ca-addr", &ca.addr.to_string()]);
+//! let mut sidecar = Process::spawn("sidecar", cmd, ca.scratch());
+//! sidecar.wait_for_line(Duration::from_secs(30), |l| l.contains("ready"));
+//! let mut status = command("trellis");
+//! status.args(["ca", "status", "--ca-addr", &ca.addr.to_string()]);
+//! let outcome = run(status, Duration::from_secs(60));     // exit code, stdout, stderr
+//! ```
+//! Every `Process` is killed when dropped, and its stderr is printed if the test failed.
 
 pub mod bin;
 pub mod ca;
