@@ -4,6 +4,8 @@
 const PROTOS: &[&str] = &[
     "proto/trellis/ca/v1/workload.proto",
     "proto/trellis/admin/v1/admin.proto",
+    // The standard SPIFFE Workload API, served by the sidecar (no package: `/SpiffeWorkloadAPI/*`).
+    "proto/spiffe/workload/workload.proto",
 ];
 
 /// Messages with a secret field: their Debug output must never show it.
@@ -11,6 +13,10 @@ const SECRET_MESSAGES: &[&str] = &[
     ".trellis.ca.v1.CertifyRequest",
     ".trellis.ca.v1.CertifyRequest.credential",
     ".trellis.admin.v1.CreateJoinTokenResponse",
+    // SPIFFE Workload API: an X.509-SVID's private key, a JWT-SVID bearer token.
+    ".X509SVID",
+    ".JWTSVID",
+    ".ValidateJWTSVIDRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
