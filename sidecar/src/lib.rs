@@ -13,3 +13,4 @@ pub mod join_token;
 pub mod metrics;
 pub mod svid_files;
 pub mod trust;
+pub mod workload_api;
