@@ -1,0 +1,525 @@
+//! The sidecar's SPIFFE Workload API against a SPIFFE client nobody here wrote (the Rust
+//! `spiffe` crate), with the real CA and the real identity agent in this process on one
+//! manual clock (as in `identity_agent.rs`): the served SVID matches what the agent holds,
+//! rotations and bundle changes stream to the client, and the spec's refusals hold.
+//! Time is moved, never waited for; every wait is bounded.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hyper_util::rt::TokioIo;
+use spiffe::{TrustDomain as SpiffeTrustDomain, WorkloadApiClient, X509Svid};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::{Channel, Endpoint};
+use trellis_ca::{Config as CaConfig, RunningCa};
+use trellis_identity::clock::{Clock, ManualClock};
+use trellis_identity::tls::{self, Identity, Versions};
+use trellis_identity::{CertInfo, IdMatcher, TrustBundle, WorkloadKey, pem};
+use trellis_proto::admin::v1::CreateJoinTokenRequest;
+use trellis_proto::admin::v1::admin_client::AdminClient;
+use trellis_proto::spiffe::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use trellis_proto::spiffe::workload::{JwtsvidRequest, X509BundlesRequest, X509svidRequest};
+use trellis_sidecar::agent::{Agent, Pacing, renew_at};
+use trellis_sidecar::config::{CaFile, Config, FileConfig};
+use trellis_sidecar::credentials::{Credentials, CredentialsRx};
+use trellis_sidecar::join_token::{JoinToken, TokenSource};
+use trellis_sidecar::metrics::Metrics;
+use trellis_sidecar::workload_api::{SECURITY_HEADER, SOCKET_MODE, WorkloadApiSocket};
+
+const FAST: Pacing = Pacing {
+    tick: Duration::from_millis(20),
+    backoff_base: Duration::from_millis(50),
+    backoff_cap: Duration::from_millis(400),
+    call_timeout: Duration::from_secs(5),
+};
+
+/// Generous for a shared 2-core machine; a passing run takes a fraction of it.
+const WITHIN: Duration = Duration::from_secs(15);
+
+struct Mesh {
+    dir: tempfile::TempDir,
+    data_dir: PathBuf,
+    clock: Arc<ManualClock>,
+    ca: Option<RunningCa>,
+    addr: SocketAddr,
+}
+
+impl Mesh {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        let data_dir = dir.path().join("ca");
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let mut config = CaConfig::for_data_dir(data_dir.clone());
+        config.listen = "127.0.0.1:0".parse().expect("addr");
+        config.shutdown_grace = Duration::from_secs(1);
+        let ca = trellis_ca::start_with_clock(config, clock.clone())
+            .await
+            .expect("CA starts");
+        let addr = ca.addr;
+        Self {
+            dir,
+            data_dir,
+            clock,
+            ca: Some(ca),
+            addr,
+        }
+    }
+
+    fn ca(&self) -> &RunningCa {
+        self.ca.as_ref().expect("CA running")
+    }
+
+    async fn stop_ca(&mut self) {
+        self.ca
+            .take()
+            .expect("running")
+            .shutdown()
+            .await
+            .expect("shutdown");
+    }
+
+    async fn token(&self, path: &str) -> String {
+        let admin_dir = self.data_dir.join("admin");
+        let identity = Identity {
+            chain: pem::certs_from_pem(&std::fs::read(admin_dir.join("admin.pem")).expect("read"))
+                .expect("pem"),
+            key: pem::private_key_from_pem(
+                &std::fs::read(admin_dir.join("admin.key.pem")).expect("read"),
+            )
+            .expect("pem"),
+        };
+        let bundle = self.ca().state.bundle();
+        let ca_id = bundle.trust_domain().id("/trellis/ca").expect("id");
+        let config = tls::client_config(
+            bundle,
+            IdMatcher::exact(ca_id),
+            Some(&identity),
+            Versions::Tls13,
+            &[b"h2"],
+        )
+        .expect("config");
+        let channel = trellis_proto::channel::connect(self.addr, Arc::new(config))
+            .await
+            .expect("connect");
+        AdminClient::new(channel)
+            .create_join_token(CreateJoinTokenRequest {
+                spiffe_id: format!("spiffe://cluster.local{path}"),
+                ttl_seconds: 0,
+            })
+            .await
+            .expect("token")
+            .into_inner()
+            .token
+    }
+
+    /// Starts an identity agent for `path` and waits for its first certificate.
+    async fn agent(&self, path: &str) -> (CredentialsRx, Arc<Credentials>, watch::Sender<bool>) {
+        let token = self.token(path).await;
+        let config = Config::build(FileConfig {
+            ca: CaFile {
+                address: Some(self.addr),
+                trust_bundle: Some(self.data_dir.join("bundle.pem")),
+                ..CaFile::default()
+            },
+            ..FileConfig::default()
+        })
+        .expect("config");
+        let (creds_tx, mut creds) = watch::channel(None);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let clock: Arc<dyn Clock> = self.clock.clone();
+        let agent = Agent::new(
+            &config,
+            clock,
+            Arc::new(JoinToken::new(TokenSource::Value(token))),
+            creds_tx,
+            Arc::new(Metrics::default()),
+            FAST,
+        );
+        tokio::spawn(agent.run(stop_rx));
+        let first = wait_for(&mut creds, "first certificate", |c| c.is_some())
+            .await
+            .expect("certificate");
+        (creds, first, stop_tx)
+    }
+
+    /// Moves the clock just past `creds`' renewal point.
+    fn pass_renewal_point(&self, creds: &Credentials) {
+        let due = renew_at(creds);
+        self.clock.advance(
+            due.duration_since(self.clock.now()).unwrap_or_default() + Duration::from_secs(1),
+        );
+    }
+}
+
+/// The Workload API on a socket in `dir`, serving `creds` until the returned sender says stop.
+struct Served {
+    path: PathBuf,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    async fn start(dir: &Path, creds: CredentialsRx) -> Self {
+        let path = dir.join("spire-compatible").join("workload.sock");
+        let socket = WorkloadApiSocket::bind(&path).await.expect("bind");
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(socket.serve(creds, stop_rx));
+        Self { path, stop, task }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    async fn client(&self) -> WorkloadApiClient {
+        WorkloadApiClient::connect_to(self.endpoint())
+            .await
+            .expect("the spiffe client connects")
+    }
+
+    /// Stops the server and checks that it ends cleanly and removes its socket.
+    async fn stop(self) {
+        self.stop.send_replace(true);
+        tokio::time::timeout(WITHIN, self.task)
+            .await
+            .expect("the Workload API stops in time")
+            .expect("task")
+            .expect("serve ends without error");
+        assert!(!self.path.exists(), "socket file removed on stop");
+    }
+}
+
+/// Waits (real time, bounded) until the published credentials satisfy `done`.
+async fn wait_for(
+    creds: &mut CredentialsRx,
+    what: &str,
+    done: impl Fn(Option<&Credentials>) -> bool,
+) -> Option<Arc<Credentials>> {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let current = creds.borrow_and_update().clone();
+        if done(current.as_deref()) {
+            return current;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "timed out waiting for {what}; last: {current:?}"
+        );
+        let _ = tokio::time::timeout(left, creds.changed()).await;
+    }
+}
+
+/// The next item of a stream, failing the test if none comes within [`WITHIN`].
+async fn next<S: Stream + Unpin>(stream: &mut S, what: &str) -> Option<S::Item> {
+    tokio::time::timeout(WITHIN, stream.next())
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within {WITHIN:?}"))
+}
+
+fn der(certs: &[impl AsRef<[u8]>]) -> Vec<Vec<u8>> {
+    certs.iter().map(|c| c.as_ref().to_vec()).collect()
+}
+
+/// The served SVID is the agent's: same SPIFFE ID, same chain (leaf first), same key, and
+/// the key is the private half of the leaf's public key.
+fn assert_matches_agent(svid: &X509Svid, creds: &Credentials) {
+    assert_eq!(svid.spiffe_id().to_string(), creds.svid.spiffe_id.as_str());
+    let served_chain: Vec<Vec<u8>> = svid
+        .cert_chain()
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect();
+    assert_eq!(
+        served_chain,
+        der(&creds.identity.chain),
+        "chain, leaf first"
+    );
+    assert_eq!(
+        svid.private_key().as_bytes(),
+        creds.identity.key.secret_der(),
+        "the agent's key"
+    );
+    let key = WorkloadKey::from_pem(&pem::encode("PRIVATE KEY", svid.private_key().as_bytes()))
+        .expect("a PKCS#8 P-256 key");
+    let leaf = CertInfo::parse(svid.leaf().as_bytes()).expect("leaf parses");
+    assert_eq!(
+        key.public_key_der(),
+        leaf.spki_der,
+        "the served key is the leaf's private key"
+    );
+}
+
+/// A raw client from our generated proto over the socket, with no SPIFFE library involved.
+async fn raw_client(path: &Path) -> SpiffeWorkloadApiClient<Channel> {
+    let path = path.to_path_buf();
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .expect("connects over the Unix socket");
+    SpiffeWorkloadApiClient::new(channel)
+}
+
+fn with_header<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        SECURITY_HEADER,
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    request
+}
+
+#[tokio::test]
+async fn the_spiffe_client_gets_the_agents_svid_and_the_next_one_after_a_rotation() {
+    let mesh = Mesh::start().await;
+    let (mut creds, first, _agent) = mesh.agent("/ns/demo/sa/web").await;
+    let served = Served::start(mesh.dir.path(), creds.clone()).await;
+    let client = served.client().await;
+
+    let svid = client.fetch_x509_svid().await.expect("fetch X.509-SVID");
+    assert_matches_agent(&svid, &first);
+    assert_eq!(
+        svid.spiffe_id().to_string(),
+        "spiffe://cluster.local/ns/demo/sa/web"
+    );
+
+    // The stream gives the current SVID at once, then the next one after a rotation.
+    let mut stream = client.stream_x509_svids().await.expect("stream");
+    let current = next(&mut stream, "first streamed SVID")
+        .await
+        .expect("an SVID")
+        .expect("valid");
+    assert_matches_agent(&current, &first);
+
+    for rotation in 1..=2 {
+        let previous = creds.borrow().clone().expect("certificate");
+        mesh.pass_renewal_point(&previous);
+        let old_serial = previous.svid.serial.clone();
+        let rotated = wait_for(&mut creds, "rotation", |c| {
+            c.is_some_and(|c| c.svid.serial != old_serial)
+        })
+        .await
+        .expect("certificate");
+        // Bounded: no message other than this rotation is expected.
+        let streamed = next(&mut stream, "rotated SVID")
+            .await
+            .expect("the stream stays open")
+            .expect("valid");
+        assert_ne!(
+            streamed.leaf().as_bytes(),
+            previous.identity.chain[0].as_ref(),
+            "rotation {rotation}: a new leaf"
+        );
+        assert_matches_agent(&streamed, &rotated);
+    }
+
+    served.stop().await;
+    // A stopped server ended the open stream rather than leaving it hanging.
+    let end = next(&mut stream, "end of stream").await;
+    assert!(
+        end.as_ref().is_none_or(|r| r.is_err()),
+        "stream ended on stop: {:?}",
+        end.map(|r| r.map(|s| s.spiffe_id().to_string()))
+    );
+}
+
+#[tokio::test]
+async fn bundles_are_fetched_and_streamed_again_when_the_ca_adds_a_root() {
+    let mesh = Mesh::start().await;
+    let (mut creds, first, _agent) = mesh.agent("/ns/demo/sa/bundles").await;
+    let served = Served::start(mesh.dir.path(), creds.clone()).await;
+    let client = served.client().await;
+    let td = SpiffeTrustDomain::new("cluster.local").expect("td");
+
+    let bundles = client.fetch_x509_bundles().await.expect("fetch bundles");
+    assert_eq!(bundles.len(), 1, "only the sidecar's trust domain");
+    let bundle = bundles.get(&td).expect("cluster.local bundle");
+    let authorities: Vec<Vec<u8>> = bundle
+        .authorities()
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect();
+    assert_eq!(authorities, der(first.bundle.roots()));
+
+    let mut stream = client.stream_x509_bundles().await.expect("stream");
+    let initial = next(&mut stream, "first bundle set")
+        .await
+        .expect("a bundle set")
+        .expect("valid");
+    assert_eq!(
+        initial.get(&td).expect("bundle").authorities().len(),
+        first.bundle.roots().len()
+    );
+
+    // Another CA's root joins the bundle (the CA's test hook, as in identity_agent.rs).
+    let other = Mesh::start().await;
+    let state = &mesh.ca().state;
+    let mut roots = state.bundle().roots().to_vec();
+    roots.extend(other.ca().state.bundle().roots().iter().cloned());
+    let version = state.bundle().version() + 1;
+    state.publish_bundle(
+        TrustBundle::new(
+            state.bundle().trust_domain().clone(),
+            version,
+            roots.clone(),
+        )
+        .expect("bundle"),
+    );
+    wait_for(&mut creds, "the new bundle at the agent", |c| {
+        c.is_some_and(|c| c.bundle.version() == version)
+    })
+    .await;
+    let changed = next(&mut stream, "changed bundle set")
+        .await
+        .expect("the stream stays open")
+        .expect("valid");
+    let authorities: Vec<Vec<u8>> = changed
+        .get(&td)
+        .expect("bundle")
+        .authorities()
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect();
+    assert_eq!(authorities, der(&roots), "both roots, in bundle order");
+
+    // The SVID carries the new bundle too.
+    let svid_bundle = client
+        .fetch_x509_context()
+        .await
+        .expect("context")
+        .bundle_set()
+        .get(&td)
+        .expect("bundle")
+        .authorities()
+        .len();
+    assert_eq!(svid_bundle, 2);
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_svid_stream_ends_with_permission_denied_when_the_certificate_is_withdrawn() {
+    let mut mesh = Mesh::start().await;
+    let (mut creds, first, _agent) = mesh.agent("/ns/demo/sa/batch").await;
+    let served = Served::start(mesh.dir.path(), creds.clone()).await;
+    let mut raw = raw_client(&served.path).await;
+    let mut stream = raw
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let message = next(&mut stream, "first message")
+        .await
+        .expect("a message")
+        .expect("ok");
+    assert_eq!(message.svids.len(), 1);
+    assert_eq!(message.svids[0].spiffe_id, first.svid.spiffe_id.as_str());
+
+    // The CA stays down past expiry: the agent withdraws the certificate (fails closed).
+    mesh.stop_ca().await;
+    mesh.clock.advance(
+        first
+            .svid
+            .not_after
+            .duration_since(mesh.clock.now())
+            .unwrap_or_default()
+            + Duration::from_secs(1),
+    );
+    wait_for(&mut creds, "withdrawal", |c| c.is_none()).await;
+    let status = next(&mut stream, "the end of the stream")
+        .await
+        .expect("a final status")
+        .expect_err("the stream ends with an error");
+    assert_eq!(
+        status.code(),
+        tonic::Code::PermissionDenied,
+        "Workload API 5.2.1: all SVIDs redacted: {status:?}"
+    );
+
+    // A new call without a certificate: still initialising, retry later.
+    let status = raw
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect_err("no certificate");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn the_spec_refusals_and_the_socket_mode_hold() {
+    let dir = tempfile::tempdir().expect("dir");
+    // No certificate yet: the agent is still bootstrapping.
+    let (_creds_tx, creds) = watch::channel(None);
+    let served = Served::start(dir.path(), creds).await;
+
+    let mode = std::fs::metadata(&served.path)
+        .expect("socket exists")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, SOCKET_MODE, "socket mode {:o}", mode & 0o777);
+    assert_eq!(SOCKET_MODE, 0o660);
+
+    let mut raw = raw_client(&served.path).await;
+    // Without the security header: INVALID_ARGUMENT, for every call (Workload Endpoint 6).
+    let status = raw
+        .fetch_x509svid(X509svidRequest {})
+        .await
+        .expect_err("refused without the header");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains(SECURITY_HEADER), "{status:?}");
+    let status = raw
+        .fetch_x509_bundles(X509BundlesRequest {})
+        .await
+        .expect_err("refused without the header");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let mut wrong = tonic::Request::new(X509svidRequest {});
+    wrong.metadata_mut().insert(
+        SECURITY_HEADER,
+        tonic::metadata::MetadataValue::from_static("TRUE"),
+    );
+    let status = raw.fetch_x509svid(wrong).await.expect_err("case sensitive");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+
+    // With the header, before the first certificate: UNAVAILABLE (still initialising).
+    let status = raw
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect_err("no certificate yet");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let status = raw
+        .fetch_x509_bundles(with_header(X509BundlesRequest {}))
+        .await
+        .expect_err("no bundle yet");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    // The JWT-SVID profile is not offered.
+    let status = raw
+        .fetch_jwtsvid(with_header(JwtsvidRequest {
+            audience: vec!["db".into()],
+            spiffe_id: String::new(),
+        }))
+        .await
+        .expect_err("JWT not offered");
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+
+    // The real client sees the same: it sends the header, and gets UNAVAILABLE.
+    let err = served
+        .client()
+        .await
+        .fetch_x509_svid()
+        .await
+        .expect_err("no certificate yet");
+    assert!(
+        format!("{err:?}").contains("Unavailable") || err.to_string().contains("unavailable"),
+        "{err:?}"
+    );
+    served.stop().await;
+}
