@@ -123,6 +123,16 @@ pub fn admin_interceptor(
             .bundle()
             .verify(&chain, state.now(), Usage::Client)
             .map_err(|e| Status::unauthenticated(format!("admin certificate refused: {e}")))?;
+        match state.revocation_of(&verified.serial) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                return Err(Status::unauthenticated(format!(
+                    "admin certificate {} was revoked",
+                    verified.serial
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
         let td = state.config.trust_domain.as_str();
         if !verified.spiffe_id.is_under(td, ADMIN_PREFIX)
             || verified.spiffe_id.path() == ADMIN_PREFIX

@@ -90,7 +90,7 @@ pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<CaState>,
     Ok(state)
 }
 
-fn store_err(e: crate::store::StoreError) -> CaError {
+pub(crate) fn store_err(e: crate::store::StoreError) -> CaError {
     CaError::Unavailable(e.to_string())
 }
 
@@ -137,6 +137,7 @@ fn initialise(
             state: RootState::Active,
             added_at: now_unix,
             key_file: root_key_file,
+            added_in_bundle_version: 1,
         })
         .map_err(store_err)?;
     store
@@ -228,11 +229,12 @@ fn load(
     Ok(CaState::new(config, store, clock, signer, bundle))
 }
 
-/// The bundle as stored: every root not retired, the active root first.
+/// The bundle as stored: every root not retired, in the order they were added (so that
+/// activating a root does not change the bundle).
 pub fn bundle_from_store(td: &TrustDomain, store: &Store) -> Result<TrustBundle, CaError> {
     let mut roots = store.roots().map_err(store_err)?;
     roots.retain(|r| r.state.in_bundle());
-    roots.sort_by_key(|r| r.state != RootState::Active);
+    roots.sort_by(|a, b| (a.added_at, &a.id).cmp(&(b.added_at, &b.id)));
     let version = store.bundle_version().map_err(store_err)?;
     TrustBundle::new(
         td.clone(),

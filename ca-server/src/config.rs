@@ -44,6 +44,9 @@ pub struct Flags {
     /// Longest certificate lifetime a client may ask for, at most 24h.
     #[arg(long, env = "TRELLIS_MAX_TTL")]
     pub max_ttl: Option<String>,
+    /// Plain-HTTP address for CRLs and metrics (off unless set).
+    #[arg(long, env = "TRELLIS_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
     /// Log format: text or json.
     #[arg(long, env = "TRELLIS_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -58,6 +61,7 @@ pub struct Flags {
 pub struct FileConfig {
     pub trust_domain: Option<String>,
     pub listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub import_dir: Option<PathBuf>,
     /// Extra DNS names / IPs for the CA's serving certificate (for tools that verify by host).
@@ -77,6 +81,8 @@ pub struct FileConfig {
 pub struct Config {
     pub trust_domain: TrustDomain,
     pub listen: SocketAddr,
+    /// CRLs and metrics over plain HTTP, if set.
+    pub http_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub import_dir: Option<PathBuf>,
     pub server_names: Vec<String>,
@@ -203,6 +209,7 @@ impl Config {
             listen: file
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443))),
+            http_listen: file.http_listen,
             data_dir: file
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from("trellis-data/ca")),

@@ -17,6 +17,9 @@ pub enum CaError {
     /// What the caller named does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The operation would break something now (a root rotation safety check).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The store cannot durably record anything right now; nothing was issued.
     #[error("certificate store unavailable, nothing was issued: {0}")]
     Unavailable(String),
@@ -32,6 +35,7 @@ impl From<CaError> for Status {
             CaError::Unauthenticated(_) => Code::Unauthenticated,
             CaError::PermissionDenied(_) => Code::PermissionDenied,
             CaError::NotFound(_) => Code::NotFound,
+            CaError::FailedPrecondition(_) => Code::FailedPrecondition,
             CaError::Unavailable(_) => Code::Unavailable,
             CaError::Internal(_) => Code::Internal,
         };

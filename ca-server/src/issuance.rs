@@ -233,6 +233,13 @@ impl CaState {
                         verified.spiffe_id
                     )));
                 }
+                if let Some(revoked) = self.revocation_of(&verified.serial)? {
+                    return Err(CaError::Unauthenticated(format!(
+                        "renewal refused: certificate {} was revoked at unix {} ({}); \
+                         bootstrap again with a new join token",
+                        verified.serial, revoked.revoked_at, revoked.reason
+                    )));
+                }
                 let serial = hex::decode(&verified.serial).unwrap_or_default();
                 let (record, _) = self
                     .store

@@ -38,6 +38,8 @@ const SERVING_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 pub struct RunningCa {
     /// The bound gRPC address.
     pub addr: SocketAddr,
+    /// The CRL and metrics endpoint, if configured.
+    pub http_addr: Option<SocketAddr>,
     pub state: Arc<CaState>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), CaError>>,
@@ -83,7 +85,14 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     let addr = listener
         .local_addr()
         .map_err(|e| CaError::Internal(e.to_string()))?;
+    let http_listener = match config.http_listen {
+        Some(http) => Some(TcpListener::bind(http).await.map_err(|e| {
+            CaError::Unavailable(format!("cannot listen on {http} (http_listen): {e}"))
+        })?),
+        None => None,
+    };
     let state = bootstrap::open(config, clock).await?;
+    state.refresh_revocations()?;
     let tls = serving_config(&state).await?;
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(renew_serving_identity(
@@ -91,10 +100,24 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         tls.clone(),
         stopped.clone(),
     ));
+    tokio::spawn(crate::revocation::prune_expired(
+        state.clone(),
+        stopped.clone(),
+    ));
+    tokio::spawn(crate::roots::watch_expiry(state.clone(), stopped.clone()));
+    let http_addr = match http_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            tokio::spawn(crate::http::serve(listener, state.clone(), stopped.clone()));
+            addr
+        }
+        None => None,
+    };
     let task = tokio::spawn(serve(listener, state.clone(), tls.subscribe(), stopped));
     tracing::info!(%addr, trust_domain = %state.config.trust_domain, "trellis-ca serving");
     Ok(RunningCa {
         addr,
+        http_addr,
         state,
         stop,
         task,
@@ -138,18 +161,21 @@ async fn serving_config(state: &CaState) -> Result<watch::Sender<Arc<ServerConfi
     Ok(watch::Sender::new(issue_serving_identity(state).await?))
 }
 
-/// Renews the serving certificate at half its lifetime, and whenever the bundle changes
-/// (so the client-auth hints name every current root).
+/// Renews the serving certificate at half its lifetime, whenever the bundle changes (so
+/// the client-auth hints name every current root), and when the signing intermediate
+/// changes (so it moves to the new root before the old one is retired).
 async fn renew_serving_identity(
     state: Arc<CaState>,
     tls: watch::Sender<Arc<ServerConfig>>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut bundles = state.watch_bundle();
+    let mut signers = state.watch_signer();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(SERVING_LIFETIME / 2) => {}
             changed = bundles.changed() => if changed.is_err() { return },
+            changed = signers.changed() => if changed.is_err() { return },
             _ = crate::state::stopped(&mut stopped) => return,
         }
         match issue_serving_identity(&state).await {

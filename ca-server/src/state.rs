@@ -1,7 +1,8 @@
 //! The running CA's shared state: configuration, store, clock, the signing intermediate and
 //! the published trust bundle.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -19,7 +20,26 @@ pub struct CaState {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     signer: RwLock<Arc<SigningCa>>,
+    /// Bumped whenever the signing intermediate changes (the serving certificate follows).
+    signer_changes: watch::Sender<u64>,
     bundle: watch::Sender<Arc<TrustBundle>>,
+    revocations: watch::Sender<Arc<RevocationList>>,
+    /// Last trust-bundle version each workload reported, and when.
+    reported_bundles: Mutex<HashMap<String, BundleReport>>,
+}
+
+/// The revoked, unexpired certificates, as streamed to sidecars.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevocationList {
+    pub version: u64,
+    pub entries: Vec<crate::store::RevocationRecord>,
+}
+
+/// A workload's report of the bundle version it holds.
+#[derive(Debug, Clone, Copy)]
+pub struct BundleReport {
+    pub version: u64,
+    pub reported_at: u64,
 }
 
 impl CaState {
@@ -36,8 +56,66 @@ impl CaState {
             store,
             clock,
             signer: RwLock::new(Arc::new(signer)),
+            signer_changes: watch::Sender::new(0),
             bundle: watch::Sender::new(Arc::new(bundle)),
+            revocations: watch::Sender::new(Arc::new(RevocationList::default())),
+            reported_bundles: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Replaces the signing intermediate (root activation).
+    pub fn set_signer(&self, signer: SigningCa) {
+        *self.signer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signer);
+        self.signer_changes.send_modify(|n| *n += 1);
+    }
+
+    /// Follows changes of the signing intermediate.
+    pub fn watch_signer(&self) -> watch::Receiver<u64> {
+        self.signer_changes.subscribe()
+    }
+
+    /// The current revocation list.
+    pub fn revocations(&self) -> Arc<RevocationList> {
+        self.revocations.borrow().clone()
+    }
+
+    /// Follows revocation-list changes.
+    pub fn watch_revocations(&self) -> watch::Receiver<Arc<RevocationList>> {
+        self.revocations.subscribe()
+    }
+
+    /// Publishes a revocation list if its entries differ from the current one.
+    pub fn publish_revocations(&self, entries: Vec<crate::store::RevocationRecord>) {
+        self.revocations.send_if_modified(|current| {
+            if current.entries == entries {
+                return false;
+            }
+            *current = Arc::new(RevocationList {
+                version: current.version + 1,
+                entries,
+            });
+            true
+        });
+    }
+
+    /// Records that `spiffe_id` holds bundle `version`.
+    pub fn report_bundle(&self, spiffe_id: &str, version: u64) {
+        let report = BundleReport {
+            version,
+            reported_at: self.now_unix(),
+        };
+        self.reported_bundles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(spiffe_id.to_owned(), report);
+    }
+
+    /// Every workload's latest bundle report.
+    pub fn bundle_reports(&self) -> HashMap<String, BundleReport> {
+        self.reported_bundles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The intermediate that signs new certificates.

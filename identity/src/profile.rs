@@ -324,3 +324,68 @@ fn rcgen_name(name: &x509_cert::name::Name) -> Result<DistinguishedName, Profile
     }
     Ok(dn)
 }
+
+/// One entry of a CRL.
+#[derive(Debug, Clone)]
+pub struct CrlEntry {
+    pub serial: Vec<u8>,
+    pub revoked_at: SystemTime,
+}
+
+impl SigningCa {
+    /// Signs an X.509 v2 CRL (RFC 5280 §5) listing `entries`, valid from `now` until
+    /// `next_update`, with CRL number `number` (must increase for each new CRL).
+    pub fn sign_crl(
+        &self,
+        entries: &[CrlEntry],
+        now: SystemTime,
+        next_update: SystemTime,
+        number: u64,
+    ) -> Result<Vec<u8>, ProfileError> {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: to_offset(now),
+            next_update: to_offset(next_update),
+            crl_number: SerialNumber::from_slice(minimal_be(number.max(1)).as_slice()),
+            issuing_distribution_point: None,
+            revoked_certs: entries
+                .iter()
+                .map(|e| rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&e.serial),
+                    revocation_time: to_offset(e.revoked_at),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: self.key_identifier_method(),
+        };
+        let crl = params.signed_by(&self.issuer).map_err(internal("CRL"))?;
+        Ok(crl.der().to_vec())
+    }
+
+    fn key_identifier_method(&self) -> KeyIdMethod {
+        match trellis_ski(&self.cert) {
+            Some(ski) => KeyIdMethod::PreSpecified(ski),
+            None => KeyIdMethod::Sha256,
+        }
+    }
+}
+
+fn trellis_ski(cert: &[u8]) -> Option<Vec<u8>> {
+    let parsed = Certificate::from_der(cert).ok()?;
+    let (_, ski) = parsed
+        .tbs_certificate
+        .get::<SubjectKeyIdentifier>()
+        .ok()??;
+    Some(ski.0.as_bytes().to_vec())
+}
+
+/// A positive integer's big-endian bytes without leading zeros (DER INTEGERs are minimal).
+fn minimal_be(n: u64) -> Vec<u8> {
+    let bytes = n.to_be_bytes();
+    let first = bytes.iter().position(|b| *b != 0).unwrap_or(7);
+    let mut out = bytes[first..].to_vec();
+    if out[0] & 0x80 != 0 {
+        out.insert(0, 0);
+    }
+    out
+}

@@ -6,10 +6,11 @@ use tonic::{Request, Response, Status};
 use trellis_identity::{SpiffeId, hex};
 use trellis_proto::admin::v1::admin_server::Admin;
 use trellis_proto::admin::v1::{
-    AuditEvent, CertificateRecord, CreateJoinTokenRequest, CreateJoinTokenResponse,
-    GetCertificateRequest, GetStatusRequest, GetStatusResponse, IntermediateInfo,
-    IssueCertificateRequest, ListAuditEventsRequest, ListAuditEventsResponse,
-    ListCertificatesRequest, ListCertificatesResponse, RootInfo,
+    ActivateRootRequest, AddRootRequest, AuditEvent, CertificateRecord, CreateJoinTokenRequest,
+    CreateJoinTokenResponse, GetCertificateRequest, GetStatusRequest, GetStatusResponse,
+    IntermediateInfo, IssueCertificateRequest, ListAuditEventsRequest, ListAuditEventsResponse,
+    ListCertificatesRequest, ListCertificatesResponse, ListRootsRequest, ListRootsResponse,
+    RetireRootRequest, RevokeCertificateRequest, RevokeCertificateResponse, RootInfo,
 };
 use trellis_proto::ca::v1::CertifyResponse;
 
@@ -17,6 +18,7 @@ use super::convert;
 use crate::auth::AdminCaller;
 use crate::error::CaError;
 use crate::issuance::Credential;
+use crate::revocation::RevokeTarget;
 use crate::state::CaState;
 
 /// The admin API over the CA state.
@@ -157,11 +159,15 @@ impl Admin for AdminService {
         matched.truncate(limit);
         let mut certificates = Vec::with_capacity(matched.len());
         for r in matched {
-            let der = hex::decode(&r.serial)
-                .and_then(|s| store.certificate(&s).ok().flatten())
+            let serial = hex::decode(&r.serial).unwrap_or_default();
+            let der = store
+                .certificate(&serial)
+                .ok()
+                .flatten()
                 .map(|(_, der)| der)
                 .unwrap_or_default();
-            certificates.push(convert::record(r, der));
+            let revocation = store.revocation(&serial).ok().flatten();
+            certificates.push(convert::record(r, der, revocation));
         }
         Ok(Response::new(ListCertificatesResponse {
             certificates,
@@ -185,7 +191,14 @@ impl Admin for AdminService {
             .certificate(&serial)
             .map_err(|e| CaError::Unavailable(e.to_string()))?;
         match found {
-            Some((record, der)) => Ok(Response::new(convert::record(record, der))),
+            Some((record, der)) => {
+                let revocation = self
+                    .state
+                    .store
+                    .revocation(&serial)
+                    .map_err(|e| CaError::Unavailable(e.to_string()))?;
+                Ok(Response::new(convert::record(record, der, revocation)))
+            }
             None => Err(CaError::NotFound(format!(
                 "no certificate with serial {} was issued by this CA",
                 hex::encode(&serial)
@@ -227,38 +240,19 @@ impl Admin for AdminService {
         _request: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusResponse>, Status> {
         let state = &self.state;
-        let now = state.now_unix();
-        let roots = state
-            .store
-            .roots()
-            .map_err(|e| CaError::Unavailable(e.to_string()))?;
-        let mut live_by_root = std::collections::HashMap::<String, u64>::new();
         let mut live_total = 0;
+        let now = state.now_unix();
         state
             .store
             .for_each_certificate(|r| {
                 if r.not_after > now {
                     live_total += 1;
-                    *live_by_root.entry(r.root_id).or_default() += 1;
                 }
                 true
             })
             .map_err(|e| CaError::Unavailable(e.to_string()))?;
-        let mut root_infos = Vec::with_capacity(roots.len());
-        for root in roots {
-            let info = trellis_identity::CertInfo::parse(&root.cert_der)
-                .map_err(|e| CaError::Internal(format!("stored root {}: {e}", root.id)))?;
-            let fingerprint = trellis_identity::bundle::spki_sha256(&root.cert_der)
-                .map_err(|e| CaError::Internal(e.to_string()))?;
-            root_infos.push(RootInfo {
-                live_certificates: live_by_root.get(&root.id).copied().unwrap_or(0),
-                id: root.id,
-                spki_sha256: hex::encode(&fingerprint),
-                state: root.state.as_str().into(),
-                not_before: convert::timestamp(info.not_before),
-                not_after: convert::timestamp(info.not_after),
-            });
-        }
+        let root_infos: Vec<RootInfo> =
+            state.list_roots()?.into_iter().map(convert::root).collect();
         let signer = state.signer();
         let inter = trellis_identity::CertInfo::parse(&signer.cert)
             .map_err(|e| CaError::Internal(e.to_string()))?;
@@ -276,5 +270,96 @@ impl Admin for AdminService {
             live_total,
             version: env!("CARGO_PKG_VERSION").into(),
         }))
+    }
+
+    async fn revoke_certificate(
+        &self,
+        request: Request<RevokeCertificateRequest>,
+    ) -> Result<Response<RevokeCertificateResponse>, Status> {
+        let caller = caller(&request)?;
+        let body = request.into_inner();
+        let target = match (body.serial.trim(), body.spiffe_id.trim()) {
+            (serial, "") if !serial.is_empty() => {
+                RevokeTarget::Serial(hex::decode(serial).filter(|s| !s.is_empty()).ok_or_else(
+                    || CaError::InvalidArgument(format!("serial {serial:?} is not hex")),
+                )?)
+            }
+            ("", id) if !id.is_empty() => RevokeTarget::Identity(parse_id("spiffe_id", id)?),
+            _ => {
+                return Err(CaError::InvalidArgument(
+                    "set exactly one of serial and spiffe_id".into(),
+                )
+                .into());
+            }
+        };
+        let reason = if body.reason.trim().is_empty() {
+            "unspecified".to_owned()
+        } else {
+            body.reason
+        };
+        let serials = self.state.revoke(target, &reason, caller.as_str()).await?;
+        Ok(Response::new(RevokeCertificateResponse { serials }))
+    }
+
+    async fn list_roots(
+        &self,
+        _request: Request<ListRootsRequest>,
+    ) -> Result<Response<ListRootsResponse>, Status> {
+        let state = &self.state;
+        let version = state.bundle().version();
+        let convergence = state.convergence(version)?;
+        Ok(Response::new(ListRootsResponse {
+            roots: state.list_roots()?.into_iter().map(convert::root).collect(),
+            bundle_version: version,
+            live_workloads: convergence.live,
+            unconverged_workloads: convergence.unconverged,
+        }))
+    }
+
+    async fn add_root(
+        &self,
+        request: Request<AddRootRequest>,
+    ) -> Result<Response<RootInfo>, Status> {
+        let caller = caller(&request)?;
+        let record = self.state.add_root(caller.as_str()).await?;
+        self.root_info(&record.id)
+    }
+
+    async fn activate_root(
+        &self,
+        request: Request<ActivateRootRequest>,
+    ) -> Result<Response<RootInfo>, Status> {
+        let caller = caller(&request)?;
+        let body = request.into_inner();
+        let record = self
+            .state
+            .activate_root(body.root_id.trim(), body.force, caller.as_str())
+            .await?;
+        self.root_info(&record.id)
+    }
+
+    async fn retire_root(
+        &self,
+        request: Request<RetireRootRequest>,
+    ) -> Result<Response<RootInfo>, Status> {
+        let caller = caller(&request)?;
+        let body = request.into_inner();
+        let record = self
+            .state
+            .retire_root(body.root_id.trim(), body.force, caller.as_str())
+            .await?;
+        self.root_info(&record.id)
+    }
+}
+
+impl AdminService {
+    fn root_info(&self, id: &str) -> Result<Response<RootInfo>, Status> {
+        let view = self
+            .state
+            .list_roots()?
+            .into_iter()
+            .find(|r| r.record.id == id)
+            .ok_or_else(|| CaError::Internal(format!("root {id} vanished")))?;
+        Ok(Response::new(convert::root(view)))
     }
 }

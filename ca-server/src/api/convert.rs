@@ -8,7 +8,8 @@ use trellis_proto::admin::v1 as admin;
 use trellis_proto::ca::v1 as ca;
 
 use crate::issuance::Issued;
-use crate::store::CertRecord;
+use crate::roots::RootView;
+use crate::store::{CertRecord, RevocationRecord};
 
 pub fn timestamp(t: SystemTime) -> Option<Timestamp> {
     Some(Timestamp::from(t))
@@ -37,8 +38,16 @@ pub fn issued(i: Issued) -> ca::CertifyResponse {
     }
 }
 
-pub fn record(r: CertRecord, der: Vec<u8>) -> admin::CertificateRecord {
+pub fn record(
+    r: CertRecord,
+    der: Vec<u8>,
+    revocation: Option<RevocationRecord>,
+) -> admin::CertificateRecord {
     admin::CertificateRecord {
+        revoked_at: revocation
+            .as_ref()
+            .and_then(|v| unix_timestamp(v.revoked_at)),
+        revocation_reason: revocation.map(|v| v.reason).unwrap_or_default(),
         serial: r.serial,
         spiffe_id: r.spiffe_id,
         dns_names: r.dns_names,
@@ -54,4 +63,20 @@ pub fn record(r: CertRecord, der: Vec<u8>) -> admin::CertificateRecord {
 /// A requested TTL in seconds; 0 means "the default".
 pub fn ttl(seconds: u32) -> Option<Duration> {
     (seconds > 0).then(|| Duration::from_secs(u64::from(seconds)))
+}
+
+pub fn root(view: RootView) -> admin::RootInfo {
+    let fingerprint = trellis_identity::bundle::spki_sha256(&view.record.cert_der)
+        .map(|fp| trellis_identity::hex::encode(&fp))
+        .unwrap_or_default();
+    admin::RootInfo {
+        id: view.record.id,
+        spki_sha256: fingerprint,
+        state: view.record.state.as_str().into(),
+        not_before: timestamp(view.info.not_before),
+        not_after: timestamp(view.info.not_after),
+        live_certificates: view.live_certificates,
+        added_in_bundle_version: view.record.added_in_bundle_version,
+        workloads_using: view.workloads_using,
+    }
 }

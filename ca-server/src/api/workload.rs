@@ -6,10 +6,13 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use trellis_identity::bundle::Usage;
 use trellis_proto::ca::v1::certify_request::Credential as ProtoCredential;
 use trellis_proto::ca::v1::workload_ca_server::WorkloadCa;
 use trellis_proto::ca::v1::{
-    CertifyRequest, CertifyResponse, GetTrustBundleRequest, TrustBundle, WatchTrustBundleRequest,
+    AckTrustBundleRequest, AckTrustBundleResponse, CertifyRequest, CertifyResponse,
+    GetTrustBundleRequest, RevocationList, RevokedCertificate, TrustBundle,
+    WatchRevocationsRequest, WatchTrustBundleRequest,
 };
 
 use super::convert;
@@ -32,6 +35,35 @@ impl WorkloadService {
 }
 
 type BundleStream = Pin<Box<dyn Stream<Item = Result<TrustBundle, Status>> + Send>>;
+type RevocationStream = Pin<Box<dyn Stream<Item = Result<RevocationList, Status>> + Send>>;
+
+/// Streams the current value of `source` at once and again on every change, until the
+/// client goes away or the server shuts down.
+fn follow<T, M>(
+    mut source: watch::Receiver<T>,
+    mut shutdown: watch::Receiver<bool>,
+    convert: impl Fn(&T) -> M + Send + 'static,
+) -> Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>
+where
+    T: Send + Sync + 'static,
+    M: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let current = convert(&source.borrow_and_update());
+            if tx.send(Ok(current)).await.is_err() {
+                return; // the client went away
+            }
+            tokio::select! {
+                changed = source.changed() => if changed.is_err() { return },
+                _ = crate::state::stopped(&mut shutdown) => return,
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
 
 #[tonic::async_trait]
 impl WorkloadCa for WorkloadService {
@@ -50,6 +82,10 @@ impl WorkloadCa for WorkloadService {
             .certify(&body.csr_der, credential, convert::ttl(body.ttl_seconds))
             .await
             .inspect_err(|e| tracing::info!(error = %e, "certify refused"))?;
+        if body.bundle_version > 0 {
+            self.state
+                .report_bundle(issued.spiffe_id.as_str(), body.bundle_version);
+        }
         Ok(Response::new(convert::issued(issued)))
     }
 
@@ -66,24 +102,57 @@ impl WorkloadCa for WorkloadService {
         &self,
         _request: Request<WatchTrustBundleRequest>,
     ) -> Result<Response<BundleStream>, Status> {
-        let mut bundles = self.state.watch_bundle();
-        let mut shutdown = self.shutdown.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            loop {
-                let current = convert::bundle(&bundles.borrow_and_update());
-                if tx.send(Ok(current)).await.is_err() {
-                    return; // the client went away
-                }
-                tokio::select! {
-                    changed = bundles.changed() => if changed.is_err() { return },
-                    _ = crate::state::stopped(&mut shutdown) => return,
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+        Ok(Response::new(follow(
+            self.state.watch_bundle(),
+            self.shutdown.clone(),
+            |b| convert::bundle(b),
         )))
+    }
+
+    type WatchRevocationsStream = RevocationStream;
+
+    async fn watch_revocations(
+        &self,
+        _request: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<RevocationStream>, Status> {
+        Ok(Response::new(follow(
+            self.state.watch_revocations(),
+            self.shutdown.clone(),
+            |list| RevocationList {
+                version: list.version,
+                revoked: list
+                    .entries
+                    .iter()
+                    .map(|r| RevokedCertificate {
+                        serial: r.serial.clone(),
+                        spiffe_id: r.spiffe_id.clone(),
+                        revoked_at: convert::unix_timestamp(r.revoked_at),
+                        not_after: convert::unix_timestamp(r.not_after),
+                        reason: r.reason.clone(),
+                    })
+                    .collect(),
+            },
+        )))
+    }
+
+    async fn ack_trust_bundle(
+        &self,
+        request: Request<AckTrustBundleRequest>,
+    ) -> Result<Response<AckTrustBundleResponse>, Status> {
+        let chain = peer_chain(&request);
+        if chain.is_empty() {
+            return Err(Status::unauthenticated(
+                "acknowledging a bundle needs your workload certificate as TLS client certificate",
+            ));
+        }
+        let verified = self
+            .state
+            .bundle()
+            .verify(&chain, self.state.now(), Usage::Client)
+            .map_err(|e| Status::unauthenticated(format!("certificate refused: {e}")))?;
+        let version = request.into_inner().version;
+        self.state
+            .report_bundle(verified.spiffe_id.as_str(), version);
+        Ok(Response::new(AckTrustBundleResponse {}))
     }
 }

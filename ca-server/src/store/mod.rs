@@ -28,7 +28,8 @@ use serde::de::DeserializeOwned;
 
 pub use commit::Committer;
 pub use records::{
-    AuditRecord, CertRecord, IntermediateRecord, RootRecord, RootState, TokenRecord,
+    AuditRecord, CertRecord, IntermediateRecord, RevocationRecord, RootRecord, RootState,
+    TokenRecord,
 };
 
 /// Why a store operation failed.
@@ -88,6 +89,7 @@ pub struct Store {
     roots: sled::Tree,
     intermediates: sled::Tree,
     tokens: sled::Tree,
+    revocations: sled::Tree,
     audit: sled::Tree,
     meta: sled::Tree,
     committer: Committer,
@@ -154,6 +156,7 @@ impl Store {
             roots: tree("roots")?,
             intermediates: tree("intermediates")?,
             tokens: tree("tokens")?,
+            revocations: tree("revocations")?,
             audit: tree("audit")?,
             meta: tree("meta")?,
             committer: Committer::start(),
@@ -367,6 +370,45 @@ impl Store {
     /// Number of certificates ever issued.
     pub fn certificate_count(&self) -> usize {
         self.certs.len()
+    }
+
+    // --- revocations ---
+
+    /// Records a revocation (idempotent: an existing record is kept, and `false` returned).
+    pub fn put_revocation(&self, record: &RevocationRecord) -> Result<bool, StoreError> {
+        let serial = trellis_identity::hex::decode(&record.serial).unwrap_or_default();
+        let swapped = self.revocations.compare_and_swap(
+            serial,
+            None as Option<&[u8]>,
+            Some(encode(record)),
+        )?;
+        Ok(swapped.is_ok())
+    }
+
+    /// The revocation of a certificate, if it was revoked.
+    pub fn revocation(&self, serial: &[u8]) -> Result<Option<RevocationRecord>, StoreError> {
+        self.revocations
+            .get(serial)?
+            .map(|v| decode("revocations", &v))
+            .transpose()
+    }
+
+    /// Every revocation ever recorded.
+    pub fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError> {
+        self.revocations
+            .iter()
+            .values()
+            .map(|v| decode("revocations", &v?))
+            .collect()
+    }
+
+    /// Every intermediate ever used.
+    pub fn intermediates(&self) -> Result<Vec<IntermediateRecord>, StoreError> {
+        self.intermediates
+            .iter()
+            .values()
+            .map(|v| decode("intermediates", &v?))
+            .collect()
     }
 
     // --- audit log ---

@@ -60,6 +60,9 @@ pub struct RootRecord {
     pub added_at: u64,
     /// File name of its private key under the keys directory, if the CA holds it.
     pub key_file: Option<String>,
+    /// The trust-bundle version that first included it.
+    #[serde(default)]
+    pub added_in_bundle_version: u64,
 }
 
 /// A signing intermediate.
@@ -94,4 +97,17 @@ pub struct AuditRecord {
     pub serial: String,
     pub actor: String,
     pub detail: String,
+}
+
+/// A revoked certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RevocationRecord {
+    pub serial: String,
+    pub spiffe_id: String,
+    pub revoked_at: u64,
+    pub reason: String,
+    /// The certificate's NotAfter: once past, the entry no longer needs publishing.
+    pub not_after: u64,
+    /// The intermediate that signed it (whose CRL lists it).
+    pub intermediate_id: String,
 }

@@ -37,11 +37,17 @@ impl TestCa {
     }
 
     pub async fn start_with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self::start_configured(clock, |_| {}).await
+    }
+
+    /// Starts with a configuration adjusted by `edit`.
+    pub async fn start_configured(clock: Arc<dyn Clock>, edit: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let running =
-            trellis_ca::start_with_clock(config_for(dir.path().join("ca")), clock.clone())
-                .await
-                .expect("CA starts");
+        let mut config = config_for(dir.path().join("ca"));
+        edit(&mut config);
+        let running = trellis_ca::start_with_clock(config, clock.clone())
+            .await
+            .expect("CA starts");
         Self {
             running: Some(running),
             dir,

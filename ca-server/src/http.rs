@@ -1,0 +1,125 @@
+//! The CA's plain-HTTP endpoint (off unless `http_listen` is set): CRLs for tools outside
+//! the mesh, and Prometheus metrics. Nothing here is secret: CRLs are signed and public.
+//!
+//! Routes: `/crl` and `/crl.pem` (the active intermediate's CRL), `/crl/{id}` and
+//! `/crl/{id}.pem` (any intermediate's), `/metrics`.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use trellis_identity::{CertInfo, pem};
+
+use crate::crl::CrlCache;
+use crate::error::CaError;
+use crate::state::{CaState, stopped, unix};
+
+#[derive(Clone)]
+struct Http {
+    state: Arc<CaState>,
+    crls: Arc<CrlCache>,
+}
+
+/// Serves until `stop` is set.
+pub async fn serve(listener: TcpListener, state: Arc<CaState>, mut stop: watch::Receiver<bool>) {
+    let app = Router::new()
+        .route("/crl", get(active_der))
+        .route("/crl.pem", get(active_pem))
+        .route("/crl/{id}", get(by_id))
+        .route("/metrics", get(metrics))
+        .with_state(Http {
+            state,
+            crls: Arc::new(CrlCache::default()),
+        });
+    let shutdown = async move { stopped(&mut stop).await };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "CA HTTP endpoint failed");
+    }
+}
+
+fn crl_response(result: Result<Vec<u8>, CaError>, as_pem: bool) -> Response {
+    match result {
+        Ok(der) if as_pem => (
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            pem::encode("X509 CRL", &der),
+        )
+            .into_response(),
+        Ok(der) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
+        Err(CaError::NotFound(m)) => (StatusCode::NOT_FOUND, m).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "signing a CRL failed");
+            (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+        }
+    }
+}
+
+async fn active_der(State(http): State<Http>) -> Response {
+    crl_response(http.crls.get(&http.state, None), false)
+}
+
+async fn active_pem(State(http): State<Http>) -> Response {
+    crl_response(http.crls.get(&http.state, None), true)
+}
+
+async fn by_id(State(http): State<Http>, Path(id): Path<String>) -> Response {
+    let (id, as_pem) = match id.strip_suffix(".pem") {
+        Some(bare) => (bare.to_owned(), true),
+        None => (id, false),
+    };
+    crl_response(http.crls.get(&http.state, Some(&id)), as_pem)
+}
+
+async fn metrics(State(http): State<Http>) -> Response {
+    let state = &http.state;
+    let now = state.now_unix() as i64;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP trellis_ca_certificates_issued_total Certificates issued since initialisation.\n# TYPE trellis_ca_certificates_issued_total counter\ntrellis_ca_certificates_issued_total {}",
+        state.store.certificate_count()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trellis_ca_revoked_unexpired Revoked certificates that have not expired.\n# TYPE trellis_ca_revoked_unexpired gauge\ntrellis_ca_revoked_unexpired {}",
+        state.revocations().entries.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trellis_ca_trust_bundle_version Current trust-bundle version.\n# TYPE trellis_ca_trust_bundle_version gauge\ntrellis_ca_trust_bundle_version {}",
+        state.bundle().version()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trellis_ca_root_expiry_seconds Seconds until each root expires.\n# TYPE trellis_ca_root_expiry_seconds gauge"
+    );
+    for root in state.store.roots().unwrap_or_default() {
+        if let Ok(info) = CertInfo::parse(&root.cert_der) {
+            let _ = writeln!(
+                out,
+                "trellis_ca_root_expiry_seconds{{root=\"{}\",state=\"{}\"}} {}",
+                root.id,
+                root.state.as_str(),
+                unix(info.not_after) as i64 - now
+            );
+        }
+    }
+    let signer = state.signer();
+    if let Ok(info) = CertInfo::parse(&signer.cert) {
+        let _ = writeln!(
+            out,
+            "# HELP trellis_ca_intermediate_expiry_seconds Seconds until the signing intermediate expires.\n# TYPE trellis_ca_intermediate_expiry_seconds gauge\ntrellis_ca_intermediate_expiry_seconds{{intermediate=\"{}\"}} {}",
+            signer.id,
+            unix(info.not_after) as i64 - now
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,128 @@
+//! Revocation: recorded durably and audited before the reply, streamed to every sidecar
+//! (the complete list of revoked, unexpired certificates, re-sent on every change), and
+//! refused at renewal and at the admin API.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use trellis_identity::{SpiffeId, hex};
+
+use crate::error::CaError;
+use crate::state::{CaState, stopped};
+use crate::store::{AuditRecord, RevocationRecord};
+
+/// What to revoke.
+#[derive(Debug, Clone)]
+pub enum RevokeTarget {
+    /// One certificate, by serial bytes.
+    Serial(Vec<u8>),
+    /// Every unexpired certificate issued to an identity.
+    Identity(SpiffeId),
+}
+
+impl CaState {
+    /// Revokes, durably; returns the serials newly revoked.
+    pub async fn revoke(
+        &self,
+        target: RevokeTarget,
+        reason: &str,
+        actor: &str,
+    ) -> Result<Vec<String>, CaError> {
+        let now = self.now_unix();
+        let unavailable = |e: crate::store::StoreError| CaError::Unavailable(e.to_string());
+        let records = match &target {
+            RevokeTarget::Serial(serial) => {
+                let (record, _) = self
+                    .store
+                    .certificate(serial)
+                    .map_err(unavailable)?
+                    .ok_or_else(|| {
+                        CaError::NotFound(format!(
+                            "no certificate with serial {} was issued by this CA",
+                            hex::encode(serial)
+                        ))
+                    })?;
+                vec![record]
+            }
+            RevokeTarget::Identity(id) => {
+                let mut records = self
+                    .store
+                    .certificates_of(id.as_str())
+                    .map_err(unavailable)?;
+                records.retain(|r| r.not_after > now);
+                if records.is_empty() {
+                    return Err(CaError::NotFound(format!(
+                        "{id} has no unexpired certificate to revoke"
+                    )));
+                }
+                records
+            }
+        };
+        let mut newly = Vec::new();
+        for record in records {
+            let revocation = RevocationRecord {
+                serial: record.serial.clone(),
+                spiffe_id: record.spiffe_id.clone(),
+                revoked_at: now,
+                reason: reason.to_owned(),
+                not_after: record.not_after,
+                intermediate_id: record.intermediate_id.clone(),
+            };
+            if self
+                .store
+                .put_revocation(&revocation)
+                .map_err(unavailable)?
+            {
+                self.store
+                    .append_audit(&AuditRecord {
+                        time: now,
+                        kind: "certificate_revoked".into(),
+                        spiffe_id: record.spiffe_id.clone(),
+                        serial: record.serial.clone(),
+                        actor: actor.to_owned(),
+                        detail: reason.to_owned(),
+                    })
+                    .map_err(unavailable)?;
+                newly.push(record.serial);
+            }
+        }
+        self.store.durable().await.map_err(unavailable)?;
+        self.refresh_revocations()?;
+        tracing::info!(serials = ?newly, actor, reason, "certificates revoked");
+        Ok(newly)
+    }
+
+    /// Rebuilds the published list from the store (dropping expired entries).
+    pub fn refresh_revocations(&self) -> Result<(), CaError> {
+        let now = self.now_unix();
+        let mut entries = self
+            .store
+            .revocations()
+            .map_err(|e| CaError::Unavailable(e.to_string()))?;
+        entries.retain(|r| r.not_after > now);
+        entries.sort_by(|a, b| a.serial.cmp(&b.serial));
+        self.publish_revocations(entries);
+        Ok(())
+    }
+
+    /// The revocation of a certificate, if any.
+    pub fn revocation_of(&self, serial_hex: &str) -> Result<Option<RevocationRecord>, CaError> {
+        let serial = hex::decode(serial_hex).unwrap_or_default();
+        self.store
+            .revocation(&serial)
+            .map_err(|e| CaError::Unavailable(e.to_string()))
+    }
+}
+
+/// Drops expired entries from the published list, once a minute.
+pub async fn prune_expired(state: std::sync::Arc<CaState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = stopped(&mut stop) => return,
+        }
+        if let Err(e) = state.refresh_revocations() {
+            tracing::warn!(error = %e, "refreshing the revocation list failed");
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Trust-root rotation without downtime (DESIGN.md): add (pending, in the bundle) →
+//! activate (a new intermediate under it signs; renewals move over) → retire (out of the
+//! bundle), with two safety checks no other mesh makes:
+//! - activation waits until every live workload has acknowledged a bundle that contains the
+//!   root (otherwise peers would refuse certificates from it);
+//! - retirement waits until no workload's newest unexpired certificate chains to the root
+//!   (otherwise its connections to peers that dropped the root would fail).
+//!
+//! Both can be forced; the refusal says how many and which identities are affected.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rcgen::KeyPair;
+use rustls_pki_types::CertificateDer;
+use tokio::sync::watch;
+use trellis_identity::profile::{self, SigningCa};
+use trellis_identity::{CertInfo, files};
+
+use crate::bootstrap::{self, DataDir, store_err};
+use crate::error::CaError;
+use crate::state::{CaState, stopped, unix};
+use crate::store::{AuditRecord, CertRecord, IntermediateRecord, RootRecord, RootState};
+
+/// How many identities a refusal names before "and N more".
+const NAMED: usize = 10;
+
+/// A root with the counts the CLI shows.
+#[derive(Debug, Clone)]
+pub struct RootView {
+    pub record: RootRecord,
+    pub info: CertInfo,
+    pub live_certificates: u64,
+    pub workloads_using: u64,
+}
+
+/// Live workloads and which of them lack the current bundle.
+#[derive(Debug, Clone, Default)]
+pub struct Convergence {
+    pub bundle_version: u64,
+    pub live: u64,
+    pub unconverged: Vec<String>,
+}
+
+/// Each identity's newest unexpired, unrevoked certificate.
+fn newest_live_certificates(state: &CaState) -> Result<HashMap<String, CertRecord>, CaError> {
+    let now = state.now_unix();
+    let revoked: std::collections::HashSet<String> = state
+        .revocations()
+        .entries
+        .iter()
+        .map(|r| r.serial.clone())
+        .collect();
+    let mut newest: HashMap<String, CertRecord> = HashMap::new();
+    state
+        .store
+        .for_each_certificate(|r| {
+            if r.not_after > now && !revoked.contains(&r.serial) {
+                match newest.get(&r.spiffe_id) {
+                    Some(existing) if existing.issued_at >= r.issued_at => {}
+                    _ => {
+                        newest.insert(r.spiffe_id.clone(), r);
+                    }
+                }
+            }
+            true
+        })
+        .map_err(store_err)?;
+    Ok(newest)
+}
+
+fn describe(ids: &[String]) -> String {
+    let mut shown: Vec<&str> = ids.iter().take(NAMED).map(String::as_str).collect();
+    shown.sort_unstable();
+    let mut text = shown.join(", ");
+    if ids.len() > NAMED {
+        text.push_str(&format!(" and {} more", ids.len() - NAMED));
+    }
+    text
+}
+
+impl CaState {
+    /// Every root with its counts.
+    pub fn list_roots(&self) -> Result<Vec<RootView>, CaError> {
+        let now = self.now_unix();
+        let mut live: BTreeMap<String, u64> = BTreeMap::new();
+        self.store
+            .for_each_certificate(|r| {
+                if r.not_after > now {
+                    *live.entry(r.root_id).or_default() += 1;
+                }
+                true
+            })
+            .map_err(store_err)?;
+        let mut using: BTreeMap<String, u64> = BTreeMap::new();
+        for record in newest_live_certificates(self)?.into_values() {
+            *using.entry(record.root_id).or_default() += 1;
+        }
+        let mut roots = self.store.roots().map_err(store_err)?;
+        roots.sort_by(|a, b| (a.added_at, &a.id).cmp(&(b.added_at, &b.id)));
+        roots
+            .into_iter()
+            .map(|record| {
+                let info = CertInfo::parse(&record.cert_der)
+                    .map_err(|e| CaError::Internal(format!("stored root {}: {e}", record.id)))?;
+                Ok(RootView {
+                    live_certificates: live.get(&record.id).copied().unwrap_or(0),
+                    workloads_using: using.get(&record.id).copied().unwrap_or(0),
+                    record,
+                    info,
+                })
+            })
+            .collect()
+    }
+
+    /// Live workloads (an unexpired certificate, and a bundle report to the CA) and those
+    /// that have not acknowledged `version`.
+    pub fn convergence(&self, version: u64) -> Result<Convergence, CaError> {
+        let newest = newest_live_certificates(self)?;
+        let reports = self.bundle_reports();
+        let mut live = 0;
+        let mut unconverged = Vec::new();
+        for id in newest.keys() {
+            let Some(report) = reports.get(id) else {
+                continue;
+            };
+            live += 1;
+            if report.version < version {
+                unconverged.push(id.clone());
+            }
+        }
+        unconverged.sort();
+        Ok(Convergence {
+            bundle_version: self.bundle().version(),
+            live,
+            unconverged,
+        })
+    }
+
+    /// Generates a new root, pending: in the bundle, not signing.
+    pub async fn add_root(&self, actor: &str) -> Result<RootRecord, CaError> {
+        let now = self.now();
+        let root = profile::new_root(&self.config.trust_domain, now, self.config.root_ttl)?;
+        let signer = SigningCa::new(root.cert.clone(), root.key)?;
+        let key_file = format!("root-{}.key.pem", signer.id);
+        let dir = DataDir(self.config.data_dir.clone());
+        files::write_secret(
+            &dir.keys().join(&key_file),
+            signer.key().serialize_pem().as_bytes(),
+        )
+        .map_err(|e| CaError::Unavailable(format!("writing the root key: {e}")))?;
+        let version = self.bundle().version() + 1;
+        let record = RootRecord {
+            id: signer.id.clone(),
+            cert_der: root.cert.to_vec(),
+            state: RootState::Pending,
+            added_at: unix(now),
+            key_file: Some(key_file),
+            added_in_bundle_version: version,
+        };
+        self.store.put_root(&record).map_err(store_err)?;
+        self.bump_bundle(version, "root_added", &record.id, actor)
+            .await?;
+        Ok(record)
+    }
+
+    /// Makes a pending (or retiring) root the signing one.
+    pub async fn activate_root(
+        &self,
+        id: &str,
+        force: bool,
+        actor: &str,
+    ) -> Result<RootRecord, CaError> {
+        let mut roots = self.store.roots().map_err(store_err)?;
+        let target =
+            roots.iter().find(|r| r.id == id).cloned().ok_or_else(|| {
+                CaError::NotFound(format!("no root {id:?}; see `trellis root list`"))
+            })?;
+        match target.state {
+            RootState::Active => {
+                return Err(CaError::FailedPrecondition(format!(
+                    "root {id} is already active"
+                )));
+            }
+            RootState::Retired => {
+                return Err(CaError::FailedPrecondition(format!(
+                    "root {id} is retired (out of the bundle); add a new root instead"
+                )));
+            }
+            RootState::Pending | RootState::Retiring => {}
+        }
+        let convergence = self.convergence(target.added_in_bundle_version)?;
+        if !convergence.unconverged.is_empty() && !force {
+            return Err(CaError::FailedPrecondition(format!(
+                "{} of {} live workloads have not yet received a trust bundle containing root {id} \
+                 (bundle version {}): {}. Wait for them (they follow the CA's bundle stream), or \
+                 use --force: until they receive it they will refuse peers whose certificates \
+                 come from the new root",
+                convergence.unconverged.len(),
+                convergence.live,
+                target.added_in_bundle_version,
+                describe(&convergence.unconverged)
+            )));
+        }
+        let key_file = target.key_file.clone().ok_or_else(|| {
+            CaError::FailedPrecondition(format!(
+                "the CA does not hold the private key of root {id}; it cannot create an \
+                 intermediate under it"
+            ))
+        })?;
+        let dir = DataDir(self.config.data_dir.clone());
+        let key_pem = files::read_secret(&dir.keys().join(&key_file))
+            .map_err(|e| CaError::Unavailable(format!("root key {key_file}: {e}")))?;
+        let key = KeyPair::from_pem(&String::from_utf8_lossy(&key_pem))
+            .map_err(|e| CaError::Internal(format!("root key {key_file}: {e}")))?;
+        let root_signer = SigningCa::new(CertificateDer::from(target.cert_der.clone()), key)?;
+        let now = self.now();
+        let inter = profile::new_intermediate(
+            &self.config.trust_domain,
+            &root_signer,
+            now,
+            self.config.intermediate_ttl,
+        )?;
+        let mut signer = SigningCa::new(inter.cert, inter.key)?;
+        signer.root_id = target.id.clone();
+        let inter_key_file = format!("intermediate-{}.key.pem", signer.id);
+        files::write_secret(
+            &dir.keys().join(&inter_key_file),
+            signer.key().serialize_pem().as_bytes(),
+        )
+        .map_err(|e| CaError::Unavailable(format!("writing the intermediate key: {e}")))?;
+        for root in roots.iter_mut() {
+            if root.state == RootState::Active {
+                root.state = RootState::Retiring;
+                self.store.put_root(root).map_err(store_err)?;
+            }
+        }
+        let mut activated = target;
+        activated.state = RootState::Active;
+        self.store.put_root(&activated).map_err(store_err)?;
+        self.store
+            .activate_intermediate(&IntermediateRecord {
+                id: signer.id.clone(),
+                root_id: activated.id.clone(),
+                cert_der: signer.cert.to_vec(),
+                key_file: inter_key_file,
+            })
+            .map_err(store_err)?;
+        self.audit_root(
+            "root_activated",
+            id,
+            actor,
+            &format!(
+                "intermediate {}{}",
+                signer.id,
+                if force && !convergence.unconverged.is_empty() {
+                    ", forced"
+                } else {
+                    ""
+                }
+            ),
+        )?;
+        self.store.durable().await.map_err(store_err)?;
+        self.set_signer(signer);
+        // The admin credentials in the data directory move to the new root too, so that
+        // retiring the old root cannot lock the operator out.
+        bootstrap::write_admin_credentials(self, &dir.admin()).await?;
+        tracing::info!(root = id, "root activated; new certificates chain to it");
+        Ok(activated)
+    }
+
+    /// Takes a root out of the bundle.
+    pub async fn retire_root(
+        &self,
+        id: &str,
+        force: bool,
+        actor: &str,
+    ) -> Result<RootRecord, CaError> {
+        let target = self
+            .store
+            .roots()
+            .map_err(store_err)?
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| CaError::NotFound(format!("no root {id:?}; see `trellis root list`")))?;
+        match target.state {
+            RootState::Active => {
+                return Err(CaError::FailedPrecondition(format!(
+                    "root {id} is the active (signing) root; activate another root first"
+                )));
+            }
+            RootState::Retired => {
+                return Err(CaError::FailedPrecondition(format!(
+                    "root {id} is already retired"
+                )));
+            }
+            RootState::Pending | RootState::Retiring => {}
+        }
+        let mut users: Vec<String> = newest_live_certificates(self)?
+            .into_values()
+            .filter(|r| r.root_id == id)
+            .map(|r| r.spiffe_id)
+            .collect();
+        users.sort();
+        if !users.is_empty() && !force {
+            return Err(CaError::FailedPrecondition(format!(
+                "{} workloads still use an unexpired certificate that chains to root {id}: {}. \
+                 They move to the active root at their next renewal (within {} at most); or \
+                 use --force: until they renew, peers will refuse their certificates",
+                users.len(),
+                describe(&users),
+                trellis_identity::duration::format(self.config.max_ttl)
+            )));
+        }
+        let mut retired = target;
+        retired.state = RootState::Retired;
+        self.store.put_root(&retired).map_err(store_err)?;
+        let version = self.bundle().version() + 1;
+        self.bump_bundle(version, "root_retired", id, actor).await?;
+        Ok(retired)
+    }
+
+    /// Records a new bundle version, durably, and publishes it.
+    async fn bump_bundle(
+        &self,
+        version: u64,
+        kind: &str,
+        root: &str,
+        actor: &str,
+    ) -> Result<(), CaError> {
+        self.store.set_bundle_version(version).map_err(store_err)?;
+        self.audit_root(kind, root, actor, &format!("bundle version {version}"))?;
+        self.store.durable().await.map_err(store_err)?;
+        let bundle = bootstrap::bundle_from_store(&self.config.trust_domain, &self.store)?;
+        let dir = DataDir(self.config.data_dir.clone());
+        files::write_atomic(&dir.bundle_pem(), bundle.to_pem().as_bytes(), 0o644)
+            .map_err(|e| CaError::Unavailable(format!("writing bundle.pem: {e}")))?;
+        tracing::info!(
+            version,
+            roots = bundle.roots().len(),
+            kind,
+            root,
+            "trust bundle changed"
+        );
+        self.publish_bundle(bundle);
+        Ok(())
+    }
+
+    fn audit_root(&self, kind: &str, root: &str, actor: &str, detail: &str) -> Result<(), CaError> {
+        self.store
+            .append_audit(&AuditRecord {
+                time: self.now_unix(),
+                kind: kind.into(),
+                spiffe_id: String::new(),
+                serial: root.into(),
+                actor: actor.into(),
+                detail: detail.into(),
+            })
+            .map_err(store_err)
+    }
+}
+
+/// Logs a warning when a root or the signing intermediate enters the last 20 % of its life;
+/// checks at start and hourly.
+pub async fn watch_expiry(state: Arc<CaState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let now = state.now();
+        let mut certs: Vec<(String, Vec<u8>)> = state
+            .store
+            .roots()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.state != RootState::Retired)
+            .map(|r| (format!("root {}", r.id), r.cert_der))
+            .collect();
+        let signer = state.signer();
+        certs.push((format!("intermediate {}", signer.id), signer.cert.to_vec()));
+        for (name, der) in certs {
+            if let Ok(info) = CertInfo::parse(&der)
+                && late_in_life(&info, now)
+            {
+                tracing::warn!(
+                    certificate = %name,
+                    not_after = %trellis_identity::bundle::format_time(info.not_after),
+                    "CA certificate is in the last 20% of its life; plan a rotation (`trellis root add`)"
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// True once less than 20 % of the certificate's lifetime is left.
+pub fn late_in_life(info: &CertInfo, now: SystemTime) -> bool {
+    let lifetime = info
+        .not_after
+        .duration_since(info.not_before)
+        .unwrap_or_default();
+    let left = info.not_after.duration_since(now).unwrap_or_default();
+    left < lifetime / 5
+}
