@@ -129,6 +129,10 @@ impl CaState {
                 not_before: unix(leaf.not_before),
                 not_after: unix(leaf.not_after),
                 issued_at: unix(now),
+                issued_at_ns: now
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
                 root_id: signer.root_id.clone(),
                 intermediate_id: signer.id.clone(),
                 issued_via: grant.via.to_owned(),

@@ -58,7 +58,9 @@ fn newest_live_certificates(state: &CaState) -> Result<HashMap<String, CertRecor
         .for_each_certificate(|r| {
             if r.not_after > now && !revoked.contains(&r.serial) {
                 match newest.get(&r.spiffe_id) {
-                    Some(existing) if existing.issued_at >= r.issued_at => {}
+                    Some(existing)
+                        if (existing.issued_at, existing.issued_at_ns)
+                            >= (r.issued_at, r.issued_at_ns) => {}
                     _ => {
                         newest.insert(r.spiffe_id.clone(), r);
                     }
@@ -263,6 +265,9 @@ impl CaState {
         )?;
         self.store.durable().await.map_err(store_err)?;
         self.set_signer(signer);
+        // The CA's own serving certificate moves now, not in the background, so that a
+        // retirement right after this cannot cut clients off from the CA.
+        self.renew_serving_identity().await?;
         // The admin credentials in the data directory move to the new root too, so that
         // retiring the old root cannot lock the operator out.
         bootstrap::write_admin_credentials(self, &dir.admin()).await?;

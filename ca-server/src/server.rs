@@ -158,7 +158,20 @@ async fn issue_serving_identity(state: &CaState) -> Result<Arc<ServerConfig>, Ca
 }
 
 async fn serving_config(state: &CaState) -> Result<watch::Sender<Arc<ServerConfig>>, CaError> {
-    Ok(watch::Sender::new(issue_serving_identity(state).await?))
+    let sender = watch::Sender::new(issue_serving_identity(state).await?);
+    let _ = state.serving_tls.set(sender.clone());
+    Ok(sender)
+}
+
+impl CaState {
+    /// Issues a new serving certificate under the current signer and switches to it.
+    pub async fn renew_serving_identity(&self) -> Result<(), CaError> {
+        let config = issue_serving_identity(self).await?;
+        if let Some(tls) = self.serving_tls.get() {
+            tls.send_replace(config);
+        }
+        Ok(())
+    }
 }
 
 /// Renews the serving certificate at half its lifetime, whenever the bundle changes (so

@@ -2,7 +2,7 @@
 //! the published trust bundle.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -26,6 +26,8 @@ pub struct CaState {
     revocations: watch::Sender<Arc<RevocationList>>,
     /// Last trust-bundle version each workload reported, and when.
     reported_bundles: Mutex<HashMap<String, BundleReport>>,
+    /// The serving TLS config, set once the server starts.
+    pub(crate) serving_tls: OnceLock<watch::Sender<Arc<rustls::ServerConfig>>>,
 }
 
 /// The revoked, unexpired certificates, as streamed to sidecars.
@@ -60,6 +62,7 @@ impl CaState {
             bundle: watch::Sender::new(Arc::new(bundle)),
             revocations: watch::Sender::new(Arc::new(RevocationList::default())),
             reported_bundles: Mutex::new(HashMap::new()),
+            serving_tls: OnceLock::new(),
         }
     }
 

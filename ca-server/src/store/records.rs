@@ -12,6 +12,9 @@ pub struct CertRecord {
     pub not_before: u64,
     pub not_after: u64,
     pub issued_at: u64,
+    /// Nanoseconds since the epoch at issuance: orders certificates issued within a second.
+    #[serde(default)]
+    pub issued_at_ns: u128,
     /// The root the certificate chains to.
     pub root_id: String,
     /// The intermediate that signed it.

@@ -1,0 +1,265 @@
+//! Trust-root rotation at the CA: add → activate → retire, each safety refusal, and the
+//! admin credentials following the new root.
+
+mod common;
+
+use std::time::SystemTime;
+
+use common::*;
+use rustls_pki_types::CertificateDer;
+use tonic::Code;
+use trellis_identity::bundle::Usage;
+use trellis_identity::tls::Identity;
+use trellis_identity::{TrustBundle, WorkloadKey};
+use trellis_proto::admin::v1::{
+    ActivateRootRequest, AddRootRequest, GetStatusRequest, ListRootsRequest, RetireRootRequest,
+};
+use trellis_proto::ca::v1::{AckTrustBundleRequest, CertifyResponse};
+
+fn root_of(ca: &TestCa, issued: &CertifyResponse) -> String {
+    let chain: Vec<CertificateDer> = issued
+        .chain_der
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    ca.bundle()
+        .verify(&chain, SystemTime::now(), Usage::Client)
+        .expect("verifies against the current bundle")
+        .root_id
+}
+
+async fn renew(ca: &TestCa, identity: &Identity, key: &WorkloadKey) -> CertifyResponse {
+    ca.workload(Some(identity))
+        .await
+        .certify(renewal_request(key.csr_der(None).expect("csr")))
+        .await
+        .expect("renewal")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn add_activate_retire_with_every_safety_check() {
+    let ca = TestCa::start().await;
+    let mut admin = ca.admin().await;
+    let old_root = ca.bundle().root_ids()[0].clone();
+
+    // A live workload that reports its bundle version.
+    let (key, issued) = ca.bootstrap("/ns/app/sa/web").await;
+    let identity = identity_of(&key, &issued);
+    let mut workload = ca.workload(Some(&identity)).await;
+    workload
+        .ack_trust_bundle(AckTrustBundleRequest { version: 1 })
+        .await
+        .expect("ack");
+
+    // 1. Add: the bundle grows, the new root is pending.
+    let new_root = admin
+        .add_root(AddRootRequest {})
+        .await
+        .expect("add")
+        .into_inner();
+    assert_eq!(new_root.state, "pending");
+    assert_eq!(new_root.added_in_bundle_version, 2);
+    assert_eq!(ca.bundle().version(), 2);
+    assert_eq!(ca.bundle().roots().len(), 2);
+    let on_disk = std::fs::read(ca.data_dir().join("bundle.pem")).expect("bundle.pem");
+    assert_eq!(
+        TrustBundle::from_pem(ca.trust_domain(), 0, &on_disk)
+            .expect("pem")
+            .roots()
+            .len(),
+        2,
+        "bundle.pem follows"
+    );
+
+    // 2. Activation is refused while the workload has not acknowledged version 2.
+    let refused = admin
+        .activate_root(ActivateRootRequest {
+            root_id: new_root.id.clone(),
+            force: false,
+        })
+        .await
+        .expect_err("not converged");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("1 of 1 live workloads"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused
+            .message()
+            .contains("spiffe://cluster.local/ns/app/sa/web"),
+        "{}",
+        refused.message()
+    );
+    let roots = admin
+        .list_roots(ListRootsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        roots.unconverged_workloads,
+        vec!["spiffe://cluster.local/ns/app/sa/web".to_owned()]
+    );
+
+    workload
+        .ack_trust_bundle(AckTrustBundleRequest { version: 2 })
+        .await
+        .expect("ack");
+    let active = admin
+        .activate_root(ActivateRootRequest {
+            root_id: new_root.id.clone(),
+            force: false,
+        })
+        .await
+        .expect("converged: activates")
+        .into_inner();
+    assert_eq!(active.state, "active");
+    let roots = admin
+        .list_roots(ListRootsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    let old = roots
+        .roots
+        .iter()
+        .find(|r| r.id == old_root)
+        .expect("old root listed");
+    assert_eq!(old.state, "retiring");
+    assert_eq!(
+        ca.bundle().version(),
+        2,
+        "activation does not change the bundle"
+    );
+
+    // 3. Retiring the old root is refused while the workload's newest certificate uses it.
+    let refused = admin
+        .retire_root(RetireRootRequest {
+            root_id: old_root.clone(),
+            force: false,
+        })
+        .await
+        .expect_err("still in use");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("ns/app/sa/web"),
+        "{}",
+        refused.message()
+    );
+    // The active root can never be retired.
+    let refused = admin
+        .retire_root(RetireRootRequest {
+            root_id: new_root.id.clone(),
+            force: true,
+        })
+        .await
+        .expect_err("active root");
+    assert!(
+        refused.message().contains("active"),
+        "{}",
+        refused.message()
+    );
+
+    // 4. The workload renews onto the new root; now the old root can go.
+    let renewed = renew(&ca, &identity, &key).await;
+    assert_eq!(
+        root_of(&ca, &renewed),
+        new_root.id,
+        "renewals move to the new root"
+    );
+    let retired = admin
+        .retire_root(RetireRootRequest {
+            root_id: old_root.clone(),
+            force: false,
+        })
+        .await
+        .expect("no longer used: retires")
+        .into_inner();
+    assert_eq!(retired.state, "retired");
+    assert_eq!(ca.bundle().version(), 3);
+    assert_eq!(ca.bundle().root_ids(), std::slice::from_ref(&new_root.id));
+
+    // The admin credentials in the data directory moved to the new root and still work.
+    let status = ca
+        .admin()
+        .await
+        .get_status(GetStatusRequest {})
+        .await
+        .expect("admin still works");
+    assert_eq!(
+        status
+            .into_inner()
+            .intermediate
+            .expect("intermediate")
+            .root_id,
+        new_root.id
+    );
+    // The old certificate no longer verifies; the renewed one does.
+    let renewed_identity = identity_of(&key, &renewed);
+    renew(&ca, &renewed_identity, &key).await;
+}
+
+#[tokio::test]
+async fn forced_steps_go_through_and_say_so_in_the_audit_log() {
+    let ca = TestCa::start().await;
+    let mut admin = ca.admin().await;
+    let old_root = ca.bundle().root_ids()[0].clone();
+    let (key, issued) = ca.bootstrap("/ns/app/sa/api").await;
+    ca.workload(Some(&identity_of(&key, &issued)))
+        .await
+        .ack_trust_bundle(AckTrustBundleRequest { version: 1 })
+        .await
+        .expect("ack");
+    let new_root = admin
+        .add_root(AddRootRequest {})
+        .await
+        .expect("add")
+        .into_inner();
+    admin
+        .activate_root(ActivateRootRequest {
+            root_id: new_root.id.clone(),
+            force: true,
+        })
+        .await
+        .expect("forced activation");
+    admin
+        .retire_root(RetireRootRequest {
+            root_id: old_root,
+            force: true,
+        })
+        .await
+        .expect("forced retirement");
+    // This connection's admin certificate chained to the retired root: it is refused now.
+    let stale = admin
+        .get_status(GetStatusRequest {})
+        .await
+        .expect_err("old admin cert refused");
+    assert_eq!(stale.code(), Code::Unauthenticated);
+    // The re-issued admin credentials in the data directory work.
+    let mut admin = ca.admin().await;
+    let events = admin
+        .list_audit_events(trellis_proto::admin::v1::ListAuditEventsRequest {
+            after_sequence: 0,
+            limit: 0,
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "root_activated" && e.detail.contains("forced"))
+    );
+    assert!(events.iter().any(|e| e.kind == "root_retired"));
+    // Unknown roots are NotFound.
+    let missing = admin
+        .activate_root(ActivateRootRequest {
+            root_id: "0000".into(),
+            force: false,
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(missing.code(), Code::NotFound);
+}
