@@ -17,7 +17,7 @@ use trellis_identity::bundle::Usage;
 use crate::state::CaState;
 
 /// The path under which admin identities live.
-pub const ADMIN_PREFIX: &str = "/trellis/admin";
+pub const ADMIN_PREFIX: &str = trellis_identity::spiffe::reserved::ADMIN_PREFIX;
 
 /// What is known about the peer of a connection. The chain is NOT verified: the TLS layer
 /// only checked key possession (see `DeferredClientVerifier`); verify before trusting it.

@@ -29,9 +29,9 @@ use trellis_identity::files;
 use trellis_identity::profile::{self, SigningCa};
 
 /// The path (under the trust domain) of the admin identity created at initialisation.
-pub const ADMIN_PATH: &str = "/trellis/admin/default";
+pub const ADMIN_PATH: &str = trellis_identity::spiffe::reserved::DEFAULT_ADMIN;
 /// The CA's own serving identity path.
-pub const CA_PATH: &str = "/trellis/ca";
+pub const CA_PATH: &str = trellis_identity::spiffe::reserved::CA;
 
 /// Paths inside a data directory.
 #[derive(Debug, Clone)]

@@ -64,7 +64,7 @@ struct Grant {
 }
 
 /// The part of a SPIFFE path reserved for the CA's own identities.
-pub const RESERVED_PREFIX: &str = "/trellis";
+pub const RESERVED_PREFIX: &str = trellis_identity::spiffe::reserved::PREFIX;
 
 /// Checks that an administrator may hand out `id`: right trust domain, a path, not reserved.
 pub fn check_grantable(state: &CaState, id: &SpiffeId) -> Result<(), CaError> {

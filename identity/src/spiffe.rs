@@ -10,6 +10,19 @@ pub const MAX_ID_LEN: usize = 2048;
 pub const MAX_TRUST_DOMAIN_LEN: usize = 255;
 const SCHEME: &str = "spiffe://";
 
+/// Paths reserved for Trellis itself, under every trust domain. One definition for the CA,
+/// the sidecar and the CLI.
+pub mod reserved {
+    /// Everything under this is reserved: no join token or admin issuance may grant it.
+    pub const PREFIX: &str = "/trellis";
+    /// The CA's own serving identity.
+    pub const CA: &str = "/trellis/ca";
+    /// Admin identities live below this.
+    pub const ADMIN_PREFIX: &str = "/trellis/admin";
+    /// The admin identity created when a CA is initialised.
+    pub const DEFAULT_ADMIN: &str = "/trellis/admin/default";
+}
+
 /// Why a string is not a SPIFFE ID or trust domain. Each message names the rule broken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpiffeIdError {

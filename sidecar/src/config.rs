@@ -335,9 +335,12 @@ impl Config {
         let address = ca.address.ok_or_else(|| {
             err("ca.address is required (--ca-addr or TRELLIS_CA_ADDR), e.g. 127.0.0.1:8443")
         })?;
-        let ca_id_text = ca
-            .spiffe_id
-            .unwrap_or_else(|| format!("spiffe://{trust_domain}/trellis/ca"));
+        let ca_id_text = ca.spiffe_id.unwrap_or_else(|| {
+            format!(
+                "spiffe://{trust_domain}{}",
+                trellis_identity::spiffe::reserved::CA
+            )
+        });
         let spiffe_id = SpiffeId::new(&ca_id_text)
             .map_err(|e| err(format!("ca.spiffe_id {ca_id_text:?}: {e}")))?;
         let trust = match (ca.trust_bundle, ca.trust_fingerprint) {
