@@ -11,6 +11,8 @@ pub mod config;
 pub mod credentials;
 pub mod join_token;
 pub mod metrics;
+pub mod policy;
+pub mod shutdown;
 pub mod svid_files;
 pub mod trust;
 pub mod workload_api;
