@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod join_token;
 pub mod metrics;
 pub mod policy;
+pub mod proxy;
 pub mod shutdown;
 pub mod svid_files;
 pub mod trust;

@@ -1,0 +1,141 @@
+//! Live connections by the serial of the peer's certificate, so that a revoked peer's
+//! connections can be closed ([`Registry::close_peer_serial`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, Default)]
+struct Connections {
+    next_id: u64,
+    by_serial: HashMap<String, HashMap<u64, Shutdown>>,
+}
+
+/// Live connections by the serial of the peer's certificate, shared by all listeners.
+#[derive(Clone, Debug, Default)]
+pub struct Registry(Arc<Mutex<Connections>>);
+
+/// A connection's entry in the [`Registry`]; dropping it removes the entry.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Registry,
+    serial: String,
+    id: u64,
+    closed: Shutdown,
+}
+
+impl Registration {
+    /// Set when someone asked for this connection to be closed.
+    pub fn closed(&self) -> &Shutdown {
+        &self.closed
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut conns = self.registry.lock();
+        if let Some(entries) = conns.by_serial.get_mut(&self.serial) {
+            entries.remove(&self.id);
+            if entries.is_empty() {
+                conns.by_serial.remove(&self.serial);
+            }
+        }
+    }
+}
+
+/// Serials compare as hex numbers: case, `:` separators and leading zeros do not matter.
+fn normalize_serial(serial: &str) -> String {
+    let hex: String = serial
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    hex.trim_start_matches('0').to_owned()
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connections> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a live connection whose peer presented the certificate `serial` (hex).
+    pub fn register(&self, serial: &str) -> Registration {
+        let serial = normalize_serial(serial);
+        let closed = Shutdown::new();
+        let mut conns = self.lock();
+        let id = conns.next_id;
+        conns.next_id += 1;
+        conns
+            .by_serial
+            .entry(serial.clone())
+            .or_default()
+            .insert(id, closed.clone());
+        drop(conns);
+        Registration {
+            registry: self.clone(),
+            serial,
+            id,
+            closed,
+        }
+    }
+
+    /// Closes every live connection whose peer presented the certificate `serial` (hex, as
+    /// `CertInfo::serial` prints it); returns how many were told to close. The caller
+    /// counts them (e.g. in `Metrics::revoked_closed`).
+    pub fn close_peer_serial(&self, serial: &str) -> usize {
+        let entries = self.lock().by_serial.remove(&normalize_serial(serial));
+        entries.map_or(0, |e| e.values().filter(|c| c.trigger()).count())
+    }
+
+    /// How many live connections have a peer with certificate `serial`.
+    pub fn count_serial(&self, serial: &str) -> usize {
+        self.lock()
+            .by_serial
+            .get(&normalize_serial(serial))
+            .map_or(0, HashMap::len)
+    }
+
+    /// How many live connections are registered.
+    pub fn len(&self) -> usize {
+        self.lock().by_serial.values().map(HashMap::len).sum()
+    }
+
+    /// True if no connection is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_closes_exactly_one_serials_connections() {
+        let r = Registry::new();
+        let a1 = r.register("4A:0b");
+        let a2 = r.register("4a0b");
+        let b = r.register("77");
+        assert_eq!(r.len(), 3);
+        assert_eq!(
+            r.count_serial("004a0b"),
+            2,
+            "leading zeros and case do not matter"
+        );
+        assert_eq!(r.close_peer_serial("4a0b"), 2);
+        assert!(a1.closed().is_triggered() && a2.closed().is_triggered());
+        assert!(!b.closed().is_triggered());
+        assert_eq!(r.close_peer_serial("4a0b"), 0, "already closed");
+        assert_eq!(r.len(), 1);
+        drop((a1, a2));
+        assert_eq!(r.len(), 1);
+        drop(b);
+        assert!(r.is_empty());
+    }
+}

@@ -1,0 +1,245 @@
+//! The two sides of a connection as buffered readers whose buffer exists only while data
+//! flows, so an idle connection holds no buffer of ours: [`PlainStream`] for TCP,
+//! [`Coalesced`] for TLS.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll, ready};
+
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Read buffer per direction of a connection ([`PlainStream`], [`Coalesced`]), in bytes.
+///
+/// Chosen by measurement: 512 MiB bulk through an in-process sidecar pair (release build,
+/// 2 cores shared with other builds, 5 runs per size, median CPU seconds per GiB for the
+/// whole process): 8 KiB 3.00, 16 KiB 2.46, 32 KiB 2.36, 64 KiB 2.26, 128 KiB 2.36,
+/// 256 KiB 2.38. Beyond 64 KiB nothing is gained. Buffers exist only while data flows, so
+/// the size costs idle connections nothing: 1,000 idle connections through the pair added
+/// 35.6 KiB each to that process (both sidecars, clients and echo app together), against
+/// 82 KiB with `tokio::io::copy_bidirectional_with_sizes` and its eager 64 KiB buffers.
+pub const BUFFER_SIZE: usize = 64 * 1024;
+
+/// A TCP stream read through a buffer that is allocated when the socket becomes readable
+/// and released when it would block, so an idle connection holds no buffer.
+#[derive(Debug)]
+pub struct PlainStream {
+    io: TcpStream,
+    buf: Vec<u8>,
+    pos: usize,
+    capacity: usize,
+}
+
+impl PlainStream {
+    /// Wraps `io`, reading at most `capacity` bytes per read.
+    pub fn new(io: TcpStream, capacity: usize) -> Self {
+        Self {
+            io,
+            buf: Vec::new(),
+            pos: 0,
+            capacity: capacity.max(1),
+        }
+    }
+}
+
+impl AsyncBufRead for PlainStream {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        if this.pos >= this.buf.len() {
+            loop {
+                ready!(this.io.poll_read_ready(cx))?;
+                if this.buf.capacity() == 0 {
+                    // Not zeroed: `try_read_buf` writes into the spare capacity.
+                    this.buf = Vec::with_capacity(this.capacity);
+                }
+                this.buf.clear();
+                this.pos = 0;
+                match this.io.try_read_buf(&mut this.buf) {
+                    Ok(0) => {
+                        this.buf = Vec::new();
+                        break;
+                    }
+                    Ok(_) => break,
+                    // Readiness was stale: nothing to read, so give the buffer back until
+                    // there is (`poll_read_ready` now registers for the next wakeup).
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.buf = Vec::new(),
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+        }
+        Poll::Ready(Ok(&this.buf[this.pos..]))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        let this = self.get_mut();
+        this.pos = (this.pos + amt).min(this.buf.len());
+    }
+}
+
+impl AsyncRead for PlainStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let data = ready!(self.as_mut().poll_fill_buf(cx))?;
+        let n = data.len().min(out.remaining());
+        out.put_slice(&data[..n]);
+        self.consume(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for PlainStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A buffered stream (a TLS stream: rustls holds the decrypted records) read through a
+/// buffer of our own that gathers several records, so that one write to the other side
+/// carries up to `capacity` bytes instead of one record (at most 16 KiB). This is one copy
+/// more than writing straight from rustls's buffer, and it pays: four times fewer write
+/// calls measured about 20% less CPU per byte (1.94 against 2.42 CPU seconds per GiB
+/// through a sidecar pair). Like [`PlainStream`], the buffer exists only
+/// while data flows.
+#[derive(Debug)]
+pub struct Coalesced<S> {
+    inner: S,
+    buf: Vec<u8>,
+    pos: usize,
+    capacity: usize,
+    /// An error met after some data was gathered, returned on the next read.
+    error: Option<io::Error>,
+}
+
+impl<S> Coalesced<S> {
+    /// Wraps `inner`, gathering at most `capacity` bytes per read.
+    pub fn new(inner: S, capacity: usize) -> Self {
+        Self {
+            inner,
+            buf: Vec::new(),
+            pos: 0,
+            capacity: capacity.max(1),
+            error: None,
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncBufRead + AsyncWrite + Unpin> AsyncBufRead for Coalesced<S> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        if this.pos >= this.buf.len() {
+            if let Some(e) = this.error.take() {
+                return Poll::Ready(Err(e));
+            }
+            this.buf.clear();
+            this.pos = 0;
+            while this.buf.len() < this.capacity {
+                let chunk = match Pin::new(&mut this.inner).poll_fill_buf(cx) {
+                    Poll::Ready(Ok(chunk)) => chunk,
+                    Poll::Ready(Err(e)) if this.buf.is_empty() => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => {
+                        this.error = Some(e);
+                        break;
+                    }
+                    Poll::Pending if this.buf.is_empty() => {
+                        // Idle: give the buffer back until data comes.
+                        this.buf = Vec::new();
+                        return Poll::Pending;
+                    }
+                    Poll::Pending => break,
+                };
+                if chunk.is_empty() {
+                    // EOF; the inner stream keeps reporting it on later reads.
+                    break;
+                }
+                if this.buf.capacity() == 0 {
+                    this.buf = Vec::with_capacity(this.capacity);
+                }
+                let n = chunk.len().min(this.capacity - this.buf.len());
+                this.buf.extend_from_slice(&chunk[..n]);
+                Pin::new(&mut this.inner).consume(n);
+            }
+        }
+        Poll::Ready(Ok(&this.buf[this.pos..]))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        let this = self.get_mut();
+        this.pos = (this.pos + amt).min(this.buf.len());
+    }
+}
+
+impl<S: AsyncBufRead + AsyncWrite + Unpin> AsyncRead for Coalesced<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let data = ready!(self.as_mut().poll_fill_buf(cx))?;
+        let n = data.len().min(out.remaining());
+        out.put_slice(&data[..n]);
+        self.consume(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
