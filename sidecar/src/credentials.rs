@@ -142,6 +142,14 @@ impl Credentials {
     pub fn expired(&self) -> bool {
         self.clock.now() >= self.svid.not_after
     }
+
+    /// Time until NotAfter by the credentials' clock (zero once expired).
+    pub fn time_left(&self) -> std::time::Duration {
+        self.svid
+            .not_after
+            .duration_since(self.clock.now())
+            .unwrap_or_default()
+    }
 }
 
 impl fmt::Debug for Credentials {

@@ -6,11 +6,14 @@
 //! Data side: `inbound`, `outbound` and `proxy` move bytes, `policy` decides who may
 //! connect, `admin` serves health, metrics and identity; `run` wires everything together.
 
+pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod credentials;
+pub mod inbound;
 pub mod join_token;
 pub mod metrics;
+pub mod outbound;
 pub mod policy;
 pub mod proxy;
 pub mod shutdown;

@@ -1,0 +1,200 @@
+//! The inbound listener: the pod's public port. Accepts TLS 1.3 with a client certificate
+//! that chains to the current trust bundle, checks the peer's SPIFFE ID against the
+//! [`Policy`], then forwards bytes to the local app.
+//!
+//! Every refusal is logged with the peer address and a reason and counted in
+//! `trellis_handshakes_total{direction="inbound",result="failed",reason=...}` (or in
+//! `trellis_policy_denials_total` for an authenticated peer the policy refuses).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_rustls::TlsAcceptor;
+use trellis_identity::{CertInfo, TrustDomain};
+
+use crate::config::InboundConfig;
+use crate::metrics::{Direction, Metrics};
+use crate::policy::Policy;
+use crate::proxy::{self, Coalesced, Conn, Context, PlainStream, tls_failure_reason};
+
+/// The first byte of a TLS connection: a handshake record (RFC 8446 §5.1, content type 22).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+const DIRECTION: Direction = Direction::Inbound;
+
+/// Serves the inbound listener until `ctx.shutdown`, then drains (see
+/// [`proxy::accept_loop`]). Policy `strict` admits any identity in `trust_domain`.
+///
+/// Wiring: bind `config.listen` first (so a bad address fails before anything runs), then
+/// `tokio::spawn(serve_inbound(listener, config, trust_domain, ctx.clone()))`.
+pub async fn serve_inbound(
+    listener: TcpListener,
+    config: InboundConfig,
+    trust_domain: TrustDomain,
+    ctx: Context,
+) {
+    if config.permissive_plaintext {
+        tracing::warn!(
+            listen = %config.listen,
+            "inbound permissive mode is ON: plaintext connections are forwarded to the app \
+             WITHOUT authentication; turn it off once every client has a sidecar"
+        );
+    }
+    let inbound = Arc::new(Inbound {
+        app: config.app,
+        permissive: config.permissive_plaintext,
+        policy: Policy::new(config.mode, config.allow, trust_domain),
+        ctx: ctx.clone(),
+    });
+    proxy::accept_loop(
+        listener,
+        DIRECTION,
+        config.max_connections,
+        &ctx,
+        move |stream, peer, conn| {
+            let inbound = inbound.clone();
+            async move { inbound.handle(stream, peer, conn).await }
+        },
+    )
+    .await;
+}
+
+struct Inbound {
+    app: SocketAddr,
+    permissive: bool,
+    policy: Policy,
+    ctx: Context,
+}
+
+fn refuse(metrics: &Metrics, peer: SocketAddr, reason: &str) {
+    if reason == "eof" {
+        // Connect-and-close: TCP probes and port scans; not worth a line each at info.
+        tracing::debug!(%peer, reason, "inbound connection closed before a handshake");
+    } else {
+        tracing::info!(%peer, reason, "inbound connection refused");
+    }
+    metrics.handshake(DIRECTION, false, reason);
+}
+
+impl Inbound {
+    async fn handle(&self, stream: TcpStream, peer: SocketAddr, conn: Conn) {
+        let metrics = &*self.ctx.metrics;
+        // Fail closed: without a certificate nothing is accepted, not even plaintext.
+        if self.ctx.creds.borrow().is_none() {
+            return refuse(metrics, peer, "no_certificate_yet");
+        }
+        // One deadline for the first byte and the handshake: a silent client cannot hold a
+        // connection slot for longer than this.
+        let deadline = Instant::now() + self.ctx.timeouts.handshake;
+        let mut first = [0u8; 1];
+        match timeout_at(deadline, stream.peek(&mut first)).await {
+            Err(_) => return refuse(metrics, peer, "timeout"),
+            Ok(Err(e)) => return refuse(metrics, peer, tls_failure_reason(&e)),
+            Ok(Ok(0)) => return refuse(metrics, peer, "eof"),
+            Ok(Ok(_)) => {}
+        }
+        if first[0] != TLS_HANDSHAKE_RECORD {
+            if self.permissive {
+                return self.plaintext(stream, peer, conn).await;
+            }
+            return refuse(metrics, peer, "not_tls");
+        }
+        // The newest certificate and bundle, read for this handshake.
+        let Some(creds) = self.ctx.creds.borrow().clone() else {
+            return refuse(metrics, peer, "no_certificate_yet");
+        };
+        let acceptor = TlsAcceptor::from(creds.server_config.clone());
+        let tls = match timeout_at(deadline, acceptor.accept(stream)).await {
+            Err(_) => return refuse(metrics, peer, "timeout"),
+            Ok(Err(e)) => {
+                let reason = tls_failure_reason(&e);
+                tracing::info!(%peer, reason, error = %e, "inbound TLS handshake failed");
+                metrics.handshake(DIRECTION, false, reason);
+                return;
+            }
+            Ok(Ok(tls)) => tls,
+        };
+        // The chain was verified against the bundle during the handshake
+        // (SpiffeClientVerifier); here we only read the identity and serial from it.
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        let Some(info) = leaf.and_then(|der| CertInfo::parse(der).ok()) else {
+            return refuse(metrics, peer, "bad_certificate");
+        };
+        let Ok(spiffe_id) = info.spiffe_id() else {
+            return refuse(metrics, peer, "not_an_svid");
+        };
+        tracing::Span::current().record("spiffe_id", tracing::field::display(&spiffe_id));
+        metrics.handshake(DIRECTION, true, "");
+        let decision = self.policy.check(&spiffe_id);
+        if !decision.is_allowed() {
+            metrics.policy_denials[DIRECTION as usize]
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                %peer,
+                %spiffe_id,
+                reason = decision.reason(),
+                "inbound connection refused by policy"
+            );
+            return;
+        }
+        let Some(app) = self.connect_app(peer).await else {
+            return;
+        };
+        let registration = self.ctx.registry.register(&info.serial);
+        tracing::debug!(%peer, %spiffe_id, serial = %info.serial, "inbound connection established");
+        let outcome = proxy::proxy(
+            Coalesced::new(tls, self.ctx.buffer_size),
+            PlainStream::new(app, self.ctx.buffer_size),
+            self.ctx.timeouts.idle,
+            metrics.dir(DIRECTION),
+            conn.closed(&registration),
+        )
+        .await;
+        outcome.log();
+    }
+
+    /// Permissive mode: forward an unauthenticated plaintext connection. Loud on purpose.
+    async fn plaintext(&self, stream: TcpStream, peer: SocketAddr, conn: Conn) {
+        let metrics = &*self.ctx.metrics;
+        metrics
+            .plaintext_accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            %peer,
+            "PLAINTEXT inbound connection accepted (permissive mode): the client is not \
+             authenticated"
+        );
+        let Some(app) = self.connect_app(peer).await else {
+            return;
+        };
+        let outcome = proxy::proxy(
+            PlainStream::new(stream, self.ctx.buffer_size),
+            PlainStream::new(app, self.ctx.buffer_size),
+            self.ctx.timeouts.idle,
+            metrics.dir(DIRECTION),
+            conn.close_now().wait(),
+        )
+        .await;
+        outcome.log();
+    }
+
+    async fn connect_app(&self, peer: SocketAddr) -> Option<TcpStream> {
+        let app = self.app;
+        match timeout(self.ctx.timeouts.connect, TcpStream::connect(app)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Some(stream)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, %app, error = %e, "cannot connect to the app");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%peer, %app, "connecting to the app timed out");
+                None
+            }
+        }
+    }
+}
