@@ -21,6 +21,7 @@ mod login;
 mod output;
 mod timefmt;
 mod token;
+mod up;
 
 use std::process::ExitCode;
 
@@ -66,6 +67,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
+    /// Run a CA and two services behind sidecars on this machine, and show the mesh at work.
+    Up(up::UpArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -77,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(command) => cert::run(command, global).await,
         Command::Inspect(args) => inspect::run(args, global),
         Command::Completions(args) => completions::run(args, Cli::command()),
+        Command::Up(args) => up::run(args).await,
     }
 }
 

@@ -5,6 +5,7 @@
 //! client certificate that chains to the bundle ([`SpiffeClientVerifier`]) or, for the CA,
 //! defer the chain check to the request handler ([`DeferredClientVerifier`]).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -82,6 +83,9 @@ pub fn server_config(
     Ok(config)
 }
 
+/// Serials (lowercase hex) of revoked leaf certificates, refused in handshakes.
+pub type Revoked = Arc<HashSet<String>>;
+
 /// A client config that accepts only servers whose SVID chains to `bundle` and whose
 /// SPIFFE ID `allowed` matches, presenting `identity` if given.
 pub fn client_config(
@@ -91,7 +95,26 @@ pub fn client_config(
     versions: Versions,
     alpn: &[&[u8]],
 ) -> Result<ClientConfig, ConfigError> {
-    let verifier = Arc::new(SpiffeServerVerifier::new(bundle, allowed));
+    client_config_revoking(
+        bundle,
+        allowed,
+        Revoked::default(),
+        identity,
+        versions,
+        alpn,
+    )
+}
+
+/// [`client_config`] that also refuses servers whose leaf serial is in `revoked`.
+pub fn client_config_revoking(
+    bundle: Arc<TrustBundle>,
+    allowed: IdMatcher,
+    revoked: Revoked,
+    identity: Option<&Identity>,
+    versions: Versions,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, ConfigError> {
+    let verifier = Arc::new(SpiffeServerVerifier::new(bundle, allowed).revoking(revoked));
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(versions.list())?
         .dangerous()
@@ -130,6 +153,7 @@ fn algorithms() -> WebPkiSupportedAlgorithms {
 pub struct SpiffeServerVerifier {
     bundle: Arc<TrustBundle>,
     allowed: IdMatcher,
+    revoked: Revoked,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -139,9 +163,23 @@ impl SpiffeServerVerifier {
         Self {
             bundle,
             allowed,
+            revoked: Revoked::default(),
             algorithms: algorithms(),
         }
     }
+
+    /// Also refuses servers whose leaf serial is in `revoked`.
+    pub fn revoking(mut self, revoked: Revoked) -> Self {
+        self.revoked = revoked;
+        self
+    }
+}
+
+fn refuse_revoked(revoked: &Revoked, serial: &str) -> Result<(), Error> {
+    if revoked.contains(serial) {
+        return Err(Error::InvalidCertificate(CertificateError::Revoked));
+    }
+    Ok(())
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -160,6 +198,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             .bundle
             .verify(&chain, unix_to_system(now), Usage::Server)
             .map_err(svid_to_rustls)?;
+        refuse_revoked(&self.revoked, &verified.serial)?;
         if !self.allowed.matches(&verified.spiffe_id) {
             return Err(Error::InvalidCertificate(CertificateError::Other(
                 rustls::OtherError(Arc::new(UnexpectedIdentity {
@@ -209,6 +248,7 @@ pub struct UnexpectedIdentity {
 pub struct SpiffeClientVerifier {
     bundle: Arc<TrustBundle>,
     hints: Vec<DistinguishedName>,
+    revoked: Revoked,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -219,8 +259,15 @@ impl SpiffeClientVerifier {
         Self {
             bundle,
             hints,
+            revoked: Revoked::default(),
             algorithms: algorithms(),
         }
+    }
+
+    /// Also refuses clients whose leaf serial is in `revoked`.
+    pub fn revoking(mut self, revoked: Revoked) -> Self {
+        self.revoked = revoked;
+        self
     }
 }
 
@@ -228,7 +275,9 @@ fn root_hints(bundle: &TrustBundle) -> Vec<DistinguishedName> {
     bundle
         .anchors()
         .iter()
-        .map(|a| DistinguishedName::from(a.subject.as_ref().to_vec()))
+        // webpki keeps the Name's contents; the TLS certificate_authorities list wants the
+        // whole DER SEQUENCE (RFC 8446 §4.2.4), or peers such as openssl cannot parse it.
+        .map(|a| DistinguishedName::in_sequence(a.subject.as_ref()))
         .collect()
 }
 
@@ -246,9 +295,11 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         let mut chain = Vec::with_capacity(1 + intermediates.len());
         chain.push(end_entity.clone());
         chain.extend(intermediates.iter().cloned());
-        self.bundle
+        let verified = self
+            .bundle
             .verify(&chain, unix_to_system(now), Usage::Client)
             .map_err(svid_to_rustls)?;
+        refuse_revoked(&self.revoked, &verified.serial)?;
         Ok(ClientCertVerified::assertion())
     }
 

@@ -11,13 +11,18 @@
 //!   withdraw the certificate (the data path then refuses connections: fail closed) and say
 //!   why in the log; recover on its own as soon as the CA answers;
 //! - a response is published only if it verifies against the bundle and names the expected
-//!   identity, so a bad response never replaces a good certificate.
+//!   identity, so a bad response never replaces a good certificate;
+//! - revocations follow the CA's `WatchRevocations` stream: revoked peers are refused in
+//!   every new handshake, and live connections with them are closed at once;
+//! - every bundle the sidecar installs is acknowledged to the CA (`AckTrustBundle`), which
+//!   is how the CA knows when a new root may be activated safely.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::CertificateDer;
+use std::collections::HashSet;
 use tokio::sync::watch;
 use tonic::Code;
 use trellis_identity::bundle::format_time;
@@ -25,12 +30,18 @@ use trellis_identity::clock::Clock;
 use trellis_identity::tls::{self, ClockTime, Versions};
 use trellis_identity::{IdMatcher, TrustBundle, WorkloadKey};
 use trellis_proto::ca::v1::workload_ca_client::WorkloadCaClient;
-use trellis_proto::ca::v1::{CertifyRequest, TrustBundle as ProtoBundle, WatchTrustBundleRequest};
+
+use trellis_identity::tls::Revoked;
+use trellis_proto::ca::v1::{
+    AckTrustBundleRequest, CertifyRequest, TrustBundle as ProtoBundle, WatchRevocationsRequest,
+    WatchTrustBundleRequest,
+};
 
 use crate::config::{CaConfig, Config};
 use crate::credentials::Credentials;
 use crate::join_token::BootstrapCredential;
 use crate::metrics::Metrics;
+use crate::proxy::Registry;
 use crate::{svid_files, trust};
 
 /// Knobs that tests turn down; production uses [`Pacing::default`].
@@ -67,6 +78,7 @@ pub struct Agent {
     creds: watch::Sender<Option<Arc<Credentials>>>,
     metrics: Arc<Metrics>,
     pacing: Pacing,
+    registry: Option<Registry>,
 }
 
 /// Why one attempt to get a certificate failed.
@@ -99,7 +111,14 @@ impl Agent {
             creds,
             metrics,
             pacing,
+            registry: None,
         }
+    }
+
+    /// Live connections to close when their peer is revoked.
+    pub fn with_registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
     }
 
     /// Runs until `stop` becomes true.
@@ -114,6 +133,15 @@ impl Agent {
             self.trust_domain.clone(),
             self.clock.clone(),
             bundle_tx.clone(),
+            self.pacing,
+            stop.clone(),
+        ));
+        let (revoked_tx, mut revoked) = watch::channel(Revoked::default());
+        let revocation_watcher = tokio::spawn(watch_revocations(
+            self.ca.clone(),
+            self.clock.clone(),
+            bundles.clone(),
+            revoked_tx,
             self.pacing,
             stop.clone(),
         ));
@@ -134,6 +162,12 @@ impl Agent {
                     self.on_bundle_change(bundle, key_for_files.as_ref());
                     continue;
                 }
+                changed = revoked.changed() => {
+                    if changed.is_err() { break; }
+                    let set = revoked.borrow_and_update().clone();
+                    self.on_revocations(set);
+                    continue;
+                }
                 _ = stopped(&mut stop) => break,
             }
             let bundle = bundles.borrow().clone();
@@ -146,7 +180,11 @@ impl Agent {
                         bundle_tx.send_replace(newer);
                         bundles.borrow_and_update();
                     }
-                    self.publish(creds, &key);
+                    let set = revoked.borrow().clone();
+                    match creds.with_revoked(set) {
+                        Ok(creds) => self.publish(creds, &key),
+                        Err(e) => tracing::error!(error = %e, "rebuilding credentials failed"),
+                    }
                     key_for_files = Some(key);
                 }
                 Err(e) => {
@@ -162,6 +200,40 @@ impl Agent {
             }
         }
         watcher.abort();
+        revocation_watcher.abort();
+    }
+
+    /// A new revocation list: refuse the revoked in new handshakes, close live connections.
+    fn on_revocations(&self, revoked: Revoked) {
+        let current = self.creds.borrow().clone();
+        let previous = current
+            .as_ref()
+            .map(|c| c.revoked.clone())
+            .unwrap_or_default();
+        if let Some(current) = current {
+            match current.with_revoked(revoked.clone()) {
+                Ok(updated) => {
+                    self.creds.send_replace(Some(Arc::new(updated)));
+                }
+                Err(e) => tracing::error!(error = %e, "applying revocations failed"),
+            }
+        }
+        let mut closed = 0;
+        for serial in revoked.difference(&previous) {
+            let n = self
+                .registry
+                .as_ref()
+                .map(|r| r.close_peer_serial(serial))
+                .unwrap_or(0);
+            if n > 0 {
+                tracing::warn!(%serial, connections = n, "peer certificate revoked; closing its live connections");
+            }
+            closed += n;
+        }
+        self.metrics
+            .revoked_closed
+            .fetch_add(closed as u64, Relaxed);
+        tracing::info!(revoked = revoked.len(), closed, "revocation list applied");
     }
 
     async fn initial_bundle(&self, stop: &mut watch::Receiver<bool>) -> Option<TrustBundle> {
@@ -330,7 +402,42 @@ impl Agent {
         {
             tracing::error!(dir = %dir.display(), error = %e, "writing SVID files failed");
         }
-        self.creds.send_replace(Some(Arc::new(creds)));
+        let creds = Arc::new(creds);
+        self.ack_bundle(&creds);
+        self.creds.send_replace(Some(creds));
+    }
+
+    /// Tells the CA which bundle version this sidecar now holds (best effort, in the
+    /// background: a lost acknowledgement only delays a root activation).
+    fn ack_bundle(&self, creds: &Arc<Credentials>) {
+        let (ca, clock, creds, timeout) = (
+            self.ca.clone(),
+            self.clock.clone(),
+            creds.clone(),
+            self.pacing.call_timeout,
+        );
+        tokio::spawn(async move {
+            let version = creds.bundle.version();
+            let result = async {
+                let mut client = ca_client(
+                    &ca,
+                    &clock,
+                    creds.bundle.clone(),
+                    Some(&creds.identity),
+                    timeout,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                client
+                    .ack_trust_bundle(AckTrustBundleRequest { version })
+                    .await
+                    .map_err(|s| s.message().to_owned())
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::debug!(error = %e, version, "acknowledging the trust bundle failed");
+            }
+        });
     }
 
     fn note_bundle(&self, bundle: &TrustBundle) {
@@ -358,7 +465,9 @@ impl Agent {
                 {
                     tracing::error!(error = %e, "writing bundle.pem failed");
                 }
-                self.creds.send_replace(Some(Arc::new(updated)));
+                let updated = Arc::new(updated);
+                self.ack_bundle(&updated);
+                self.creds.send_replace(Some(updated));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "current certificate does not verify under the new bundle; renewing now");
@@ -494,6 +603,61 @@ async fn watch_bundle(
         failures += 1;
         let delay = backoff(pacing, failures);
         tracing::debug!(error = %error, retry_in = ?delay, "trust bundle watch interrupted; reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Follows `WatchRevocations`, reconnecting with backoff; each message is the complete
+/// list, so a reconnect never misses a revocation.
+async fn watch_revocations(
+    ca: CaConfig,
+    clock: Arc<dyn Clock>,
+    bundles: watch::Receiver<Arc<TrustBundle>>,
+    revoked: watch::Sender<Revoked>,
+    pacing: Pacing,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0;
+    loop {
+        let bundle = bundles.borrow().clone();
+        let outcome = async {
+            let mut client = ca_client(&ca, &clock, bundle, None, pacing.call_timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut stream = client
+                .watch_revocations(WatchRevocationsRequest {})
+                .await
+                .map_err(|s| s.message().to_owned())?
+                .into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(list)) => {
+                        failures = 0;
+                        let set: HashSet<String> =
+                            list.revoked.into_iter().map(|r| r.serial).collect();
+                        revoked.send_if_modified(|current| {
+                            if **current == set {
+                                return false;
+                            }
+                            *current = Arc::new(set);
+                            true
+                        });
+                    }
+                    Ok(None) => return Err("stream ended".to_owned()),
+                    Err(status) => return Err(status.message().to_owned()),
+                }
+            }
+        };
+        let error: String = tokio::select! {
+            result = outcome => match result { Err(e) => e, Ok(()) => String::new() },
+            _ = stopped(&mut stop) => return,
+        };
+        failures += 1;
+        let delay = backoff(pacing, failures);
+        tracing::debug!(error = %error, retry_in = ?delay, "revocation watch interrupted; reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stopped(&mut stop) => return,

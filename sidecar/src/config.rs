@@ -52,6 +52,10 @@ pub struct Flags {
     /// 127.0.0.1:7001=10.0.0.5:15006=spiffe://cluster.local/ns/prod/sa/db
     #[arg(long = "outbound", env = "TRELLIS_OUTBOUND", value_delimiter = ',')]
     pub outbound: Vec<String>,
+    /// Serve the SPIFFE Workload API on this Unix socket (a path, or unix:///path as in
+    /// SPIFFE_ENDPOINT_SOCKET).
+    #[arg(long, env = "TRELLIS_WORKLOAD_API_SOCKET")]
+    pub workload_api_socket: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "TRELLIS_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -66,6 +70,8 @@ pub struct Flags {
 pub struct FileConfig {
     pub trust_domain: Option<String>,
     pub log_format: Option<String>,
+    /// SPIFFE Workload API socket (path or unix:///path); off if unset.
+    pub workload_api_socket: Option<String>,
     #[serde(default)]
     pub ca: CaFile,
     #[serde(default)]
@@ -203,6 +209,8 @@ pub struct Config {
     pub outbound: Vec<OutboundConfig>,
     pub timeouts: Timeouts,
     pub json_logs: bool,
+    /// Where to serve the SPIFFE Workload API, if anywhere.
+    pub workload_api_socket: Option<PathBuf>,
 }
 
 /// A configuration problem, as one line naming the setting.
@@ -272,6 +280,9 @@ impl Config {
         }
         if flags.log_format.is_some() {
             file.log_format = flags.log_format;
+        }
+        if flags.workload_api_socket.is_some() {
+            file.workload_api_socket = flags.workload_api_socket;
         }
         let ca = &mut file.ca;
         if flags.ca_addr.is_some() {
@@ -445,7 +456,20 @@ impl Config {
                 )));
             }
         };
+        let workload_api_socket = file
+            .workload_api_socket
+            .map(|text| {
+                let path = text.strip_prefix("unix://").unwrap_or(&text);
+                if !path.starts_with('/') {
+                    return Err(err(format!(
+                        "workload_api_socket {text:?} must be an absolute path (or unix:///path)"
+                    )));
+                }
+                Ok(PathBuf::from(path))
+            })
+            .transpose()?;
         Ok(Self {
+            workload_api_socket,
             ca: CaConfig {
                 address,
                 spiffe_id,

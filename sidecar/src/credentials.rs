@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use trellis_identity::bundle::Usage;
 use trellis_identity::clock::Clock;
 use trellis_identity::svid::SvidError;
-use trellis_identity::tls::{self, ClockTime, Identity, SpiffeClientVerifier, Versions};
+use trellis_identity::tls::{self, ClockTime, Identity, Revoked, SpiffeClientVerifier, Versions};
 use trellis_identity::{CertInfo, IdMatcher, SpiffeId, TrustBundle, VerifiedSvid};
 
 /// The receiving end the data path holds: `None` until the first certificate arrives.
@@ -50,6 +50,8 @@ pub struct Credentials {
     pub bundle: Arc<TrustBundle>,
     /// Inbound: TLS 1.3, requires a client certificate chaining to the bundle.
     pub server_config: Arc<ServerConfig>,
+    /// Serials of revoked peers: refused in handshakes both ways.
+    pub revoked: Revoked,
     clock: Arc<dyn Clock>,
     /// Outbound configs, one per set of allowed upstream identities.
     client_configs: Mutex<HashMap<String, Arc<ClientConfig>>>,
@@ -66,6 +68,26 @@ impl Credentials {
         bundle: Arc<TrustBundle>,
         expected: Option<&SpiffeId>,
         clock: Arc<dyn Clock>,
+    ) -> Result<Self, CredentialError> {
+        Self::build(
+            chain,
+            key,
+            public_key_der,
+            bundle,
+            expected,
+            clock,
+            Revoked::default(),
+        )
+    }
+
+    fn build(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        public_key_der: &[u8],
+        bundle: Arc<TrustBundle>,
+        expected: Option<&SpiffeId>,
+        clock: Arc<dyn Clock>,
+        revoked: Revoked,
     ) -> Result<Self, CredentialError> {
         let leaf = chain.first().ok_or(CredentialError::EmptyChain)?;
         let info = CertInfo::parse(leaf)?;
@@ -84,7 +106,8 @@ impl Credentials {
             });
         }
         let identity = Identity { chain, key };
-        let verifier = Arc::new(SpiffeClientVerifier::new(bundle.clone()));
+        let verifier =
+            Arc::new(SpiffeClientVerifier::new(bundle.clone()).revoking(revoked.clone()));
         let mut server_config =
             tls::server_config(&identity, verifier, Versions::Tls13, &[ALPN_TRELLIS])
                 .map_err(|e| CredentialError::Tls(e.to_string()))?;
@@ -95,6 +118,7 @@ impl Credentials {
             identity,
             bundle,
             server_config: Arc::new(server_config),
+            revoked,
             clock,
             client_configs: Mutex::new(HashMap::new()),
         })
@@ -102,14 +126,24 @@ impl Credentials {
 
     /// The same certificate under a new bundle (after a bundle change), re-validated.
     pub fn with_bundle(&self, bundle: Arc<TrustBundle>) -> Result<Self, CredentialError> {
+        self.rebuild(bundle, self.revoked.clone())
+    }
+
+    /// The same certificate refusing a new set of revoked peers.
+    pub fn with_revoked(&self, revoked: Revoked) -> Result<Self, CredentialError> {
+        self.rebuild(self.bundle.clone(), revoked)
+    }
+
+    fn rebuild(&self, bundle: Arc<TrustBundle>, revoked: Revoked) -> Result<Self, CredentialError> {
         let public_key = CertInfo::parse(&self.identity.chain[0])?.spki_der;
-        Self::new(
+        Self::build(
             self.identity.chain.clone(),
             self.identity.key.clone_key(),
             &public_key,
             bundle,
             Some(&self.svid.spiffe_id),
             self.clock.clone(),
+            revoked,
         )
     }
 
@@ -124,9 +158,10 @@ impl Credentials {
         if let Some(config) = cache.get(&key) {
             return Ok(config.clone());
         }
-        let mut config = tls::client_config(
+        let mut config = tls::client_config_revoking(
             self.bundle.clone(),
             allowed.clone(),
+            self.revoked.clone(),
             Some(&self.identity),
             Versions::Tls13,
             &[ALPN_TRELLIS],

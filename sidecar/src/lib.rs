@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod proxy;
+pub mod run;
 pub mod shutdown;
 pub mod svid_files;
 pub mod trust;

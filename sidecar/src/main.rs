@@ -1,2 +1,105 @@
-//! Placeholder until the run wiring lands.
-fn main() {}
+//! `trellis-sidecar` binary: configuration, logging, signals. Everything else is in the
+//! library (`run::start`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use trellis_identity::clock::SystemClock;
+use trellis_sidecar::agent::Pacing;
+use trellis_sidecar::config::{Config, Flags};
+use trellis_sidecar::join_token::{BootstrapCredential, JoinToken, NoCredential, TokenSource};
+use trellis_sidecar::run::{self, Options};
+
+fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_env("TRELLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// The bootstrap credential: a token file, else `TRELLIS_JOIN_TOKEN`, else none. (The
+/// variable stays in this process's environment: removing it needs `unsafe` in Rust 2024,
+/// and the sidecar starts no child processes that could inherit it.)
+fn bootstrap_credential(config: &Config) -> Arc<dyn BootstrapCredential> {
+    if let Some(path) = &config.ca.join_token_file {
+        return Arc::new(JoinToken::new(TokenSource::File(path.clone())));
+    }
+    match std::env::var("TRELLIS_JOIN_TOKEN") {
+        Ok(token) if !token.trim().is_empty() => {
+            Arc::new(JoinToken::new(TokenSource::Value(token)))
+        }
+        _ => Arc::new(NoCredential),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received, draining"),
+                _ = int.recv() => tracing::info!("SIGINT received, draining"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let check_only = flags.check_config;
+    let config = match Config::load(flags) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("trellis-sidecar: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if check_only {
+        println!("configuration OK: {config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.json_logs);
+    let bootstrap = bootstrap_credential(&config);
+    let options = Options {
+        clock: Arc::new(SystemClock),
+        bootstrap,
+        pacing: Pacing::default(),
+    };
+    let running = match run::start(config, options).await {
+        Ok(running) => running,
+        Err(e) => {
+            eprintln!("trellis-sidecar: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "trellis-sidecar admin on {}{}{}",
+        running.admin_addr,
+        running
+            .inbound_addr
+            .map(|a| format!(", inbound on {a}"))
+            .unwrap_or_default(),
+        running
+            .outbound_addrs
+            .iter()
+            .map(|a| format!(", outbound on {a}"))
+            .collect::<String>()
+    );
+    wait_for_signal().await;
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,354 @@
+//! The data path with the real binaries: app → outbound sidecar → mTLS → inbound sidecar →
+//! app, the refusals, openssl as a peer no one here wrote, and `trellis up --once`.
+
+mod mesh_support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mesh_support::*;
+use trellis_e2e::{Ca, command, run};
+
+struct Pair {
+    ca: Ca,
+    echo: Echo,
+    backend: Sidecar,
+    frontend: Sidecar,
+}
+
+/// A backend (inbound, deny policy allowing only the frontend) and a frontend (one outbound
+/// bound to the backend's identity).
+fn pair() -> Pair {
+    let ca = Ca::start();
+    let echo = Echo::start();
+    let backend = sidecar(
+        &ca,
+        "backend",
+        &id("/ns/demo/sa/backend"),
+        "",
+        &format!(
+            "[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{}\"\npolicy = \"deny\"\nallow = [\"{}\"]\n",
+            echo.addr,
+            id("/ns/demo/sa/frontend")
+        ),
+    );
+    let frontend = sidecar(
+        &ca,
+        "frontend",
+        &id("/ns/demo/sa/frontend"),
+        "",
+        &format!(
+            "[[outbound]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nallow = [\"{}\"]\n",
+            backend.inbound.expect("backend inbound"),
+            id("/ns/demo/sa/backend")
+        ),
+    );
+    Pair {
+        ca,
+        echo,
+        backend,
+        frontend,
+    }
+}
+
+#[test]
+fn payloads_of_every_size_travel_unchanged_and_half_close_is_honoured() {
+    let mesh = pair();
+    let outbound = mesh.frontend.outbound[0];
+    for len in [1, 64 * 1024, 16 * 1024 * 1024] {
+        let data = payload(len);
+        let reply = round_trip(outbound, &data).expect("round trip");
+        assert_eq!(reply.len(), data.len(), "{len} bytes");
+        assert!(reply == data, "{len}-byte payload changed in transit");
+    }
+    // Half-close: the reply still arrives after our write side is shut, then EOF.
+    let mut conn = TcpStream::connect(outbound).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    conn.write_all(b"half").expect("write");
+    conn.shutdown(Shutdown::Write).expect("half-close");
+    let mut reply = Vec::new();
+    conn.read_to_end(&mut reply).expect("read to EOF");
+    assert_eq!(reply, b"half");
+
+    // /metrics and /identity report what happened.
+    let inbound_ok = metric(
+        mesh.backend.admin,
+        "trellis_handshakes_total{direction=\"inbound\",result=\"ok\"",
+    );
+    assert!(inbound_ok >= 4, "{inbound_ok} inbound handshakes");
+    assert!(
+        metric(
+            mesh.frontend.admin,
+            "trellis_bytes_sent_total{direction=\"outbound\"}"
+        ) > 16_000_000
+    );
+    let (status, body) = http_get(mesh.backend.admin, "/identity").expect("identity");
+    assert_eq!(status, 200);
+    let identity: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(identity["spiffe_id"], id("/ns/demo/sa/backend"));
+    assert_eq!(identity["bundle"]["trust_domain"], TD);
+    assert!(identity["seconds_left"].as_u64().expect("seconds_left") > 3000);
+}
+
+/// openssl s_client against the inbound port: `certs` is (cert, chain, key) or none.
+fn openssl_to(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+    files: Option<(&std::path::Path, &std::path::Path)>,
+) -> (bool, String) {
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-quiet",
+        // -quiet implies -ign_eof; without this s_client never exits on an open connection.
+        "-no_ign_eof",
+        "-connect",
+        &addr.to_string(),
+        "-CAfile",
+    ])
+    .arg(ca.bundle_pem());
+    if let Some((chain, key)) = files {
+        cmd.arg("-cert")
+            .arg(chain)
+            .arg("-cert_chain")
+            .arg(chain)
+            .arg("-key")
+            .arg(key);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs (scripts/install-test-deps.sh)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let _ = stdin.write_all(b"ping-from-openssl\n");
+    std::thread::sleep(Duration::from_millis(800));
+    drop(stdin);
+    let out = child.wait_with_output().expect("openssl finishes");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (
+        stdout.contains("ping-from-openssl"),
+        format!("{stdout}{stderr}"),
+    )
+}
+
+#[test]
+fn strangers_are_refused_and_openssl_with_an_allowed_certificate_gets_through() {
+    let mesh = pair();
+    let inbound = mesh.backend.inbound.expect("inbound");
+    let scratch = mesh.ca.scratch();
+
+    // An allowed identity, issued by this CA, presented by openssl: echoed.
+    let allowed = scratch.join("allowed");
+    trellis(
+        &mesh.ca,
+        &[
+            "cert",
+            "issue",
+            "--spiffe-id",
+            &id("/ns/demo/sa/frontend"),
+            "--out",
+            allowed.to_str().expect("utf8"),
+        ],
+    )
+    .success();
+    let (echoed, out) = openssl_to(
+        inbound,
+        &mesh.ca,
+        Some((&allowed.join("svid.pem"), &allowed.join("svid_key.pem"))),
+    );
+    assert!(
+        echoed,
+        "openssl with an allowed certificate should be echoed: {out}"
+    );
+
+    // No certificate.
+    let (echoed, out) = openssl_to(inbound, &mesh.ca, None);
+    assert!(!echoed && out.contains("certificate required"), "{out}");
+
+    // A self-signed certificate.
+    let key = scratch.join("self.key");
+    let cert = scratch.join("self.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=stranger",
+            "-addext",
+        ])
+        .arg(format!("subjectAltName=URI:{}", id("/ns/demo/sa/frontend")))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl req");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (echoed, out) = openssl_to(inbound, &mesh.ca, Some((&cert, &key)));
+    assert!(!echoed, "self-signed accepted: {out}");
+
+    // A certificate for the allowed identity from a different Trellis CA.
+    let other = Ca::start();
+    let foreign = scratch.join("foreign");
+    trellis(
+        &other,
+        &[
+            "cert",
+            "issue",
+            "--spiffe-id",
+            &id("/ns/demo/sa/frontend"),
+            "--out",
+            foreign.to_str().expect("utf8"),
+        ],
+    )
+    .success();
+    let (echoed, out) = openssl_to(
+        inbound,
+        &mesh.ca,
+        Some((&foreign.join("svid.pem"), &foreign.join("svid_key.pem"))),
+    );
+    assert!(!echoed, "foreign CA accepted: {out}");
+
+    // A valid certificate for an identity the policy does not allow.
+    let stranger = scratch.join("stranger");
+    trellis(
+        &mesh.ca,
+        &[
+            "cert",
+            "issue",
+            "--spiffe-id",
+            &id("/ns/other/sa/intruder"),
+            "--out",
+            stranger.to_str().expect("utf8"),
+        ],
+    )
+    .success();
+    let (echoed, out) = openssl_to(
+        inbound,
+        &mesh.ca,
+        Some((&stranger.join("svid.pem"), &stranger.join("svid_key.pem"))),
+    );
+    assert!(!echoed, "disallowed identity accepted: {out}");
+
+    // Plain TCP bytes: closed without a reply.
+    let mut plain = TcpStream::connect(inbound).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    plain.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+    let mut reply = Vec::new();
+    let _ = plain.read_to_end(&mut reply);
+    assert!(
+        reply.is_empty() || reply[0] == 0x15,
+        "plaintext got an app reply: {reply:?}"
+    );
+
+    // Only the allowed openssl connection reached the app, and the sidecar counted why.
+    assert_eq!(
+        mesh.echo.received.load(Ordering::SeqCst),
+        "ping-from-openssl\n".len()
+    );
+    let admin = mesh.backend.admin;
+    within(Duration::from_secs(5), "refusals counted", || {
+        metric(
+            admin,
+            "trellis_handshakes_total{direction=\"inbound\",result=\"failed\"",
+        ) >= 4
+            && metric(admin, "trellis_policy_denials_total{direction=\"inbound\"}") >= 1
+    });
+}
+
+#[test]
+fn an_outbound_listener_refuses_an_upstream_with_the_wrong_identity() {
+    let mesh = pair();
+    // A second frontend whose outbound expects a different identity than the backend has.
+    let suspicious = sidecar(
+        &mesh.ca,
+        "suspicious",
+        &id("/ns/demo/sa/frontend"),
+        "",
+        &format!(
+            "[[outbound]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nallow = [\"{}\"]\n",
+            mesh.backend.inbound.expect("inbound"),
+            id("/ns/demo/sa/database")
+        ),
+    );
+    let reply = round_trip(suspicious.outbound[0], b"secret request").unwrap_or_default();
+    assert!(
+        reply.is_empty(),
+        "got a reply through a mismatched upstream: {reply:?}"
+    );
+    assert_eq!(
+        mesh.echo.received.load(Ordering::SeqCst),
+        0,
+        "not a byte reached the app"
+    );
+    within(Duration::from_secs(5), "the refusal is counted", || {
+        metric(
+            suspicious.admin,
+            "trellis_handshakes_total{direction=\"outbound\",result=\"failed\"",
+        ) >= 1
+    });
+}
+
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let mut mesh = pair();
+    let outbound = mesh.frontend.outbound[0];
+    let mut conn = TcpStream::connect(outbound).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    conn.write_all(b"before").expect("write");
+    let mut buf = [0u8; 6];
+    conn.read_exact(&mut buf).expect("echo");
+    let status = mesh.frontend.process.terminate(Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "sidecar exit status after SIGTERM: {status:?}"
+    );
+    assert!(
+        TcpStream::connect(outbound).is_err(),
+        "listener closed after shutdown"
+    );
+}
+
+#[test]
+fn trellis_up_once_walks_through_a_working_mesh() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cmd = command("trellis");
+    cmd.args(["up", "--once", "--data-dir"])
+        .arg(dir.path().join("up"));
+    let out = run(cmd, Duration::from_secs(120)).success();
+    for expected in [
+        "[1/6]",
+        "root SPKI SHA-256",
+        "spiffe://cluster.local/ns/demo/sa/backend  serial",
+        "got \"backend got: hello from the frontend\"",
+        "refused",
+        "All 6 steps passed.",
+    ] {
+        assert!(
+            out.stdout.contains(expected),
+            "missing {expected:?} in:\n{}",
+            out.stdout
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! A small mesh of real binaries for end-to-end tests: a `trellis-ca`, `trellis-sidecar`s
+//! configured by TOML files, an echo app that counts what it receives, and admin calls.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use trellis_e2e::{Ca, Process, command, run};
+
+pub const TD: &str = "cluster.local";
+pub const START: Duration = Duration::from_secs(30);
+
+pub fn id(path: &str) -> String {
+    format!("spiffe://{TD}{path}")
+}
+
+/// An echo server on 127.0.0.1 that counts the bytes it received.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub received: Arc<AtomicUsize>,
+}
+
+impl Echo {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+        let addr = listener.local_addr().expect("addr");
+        let received = Arc::new(AtomicUsize::new(0));
+        let counter = received.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                counter.fetch_add(n, Ordering::SeqCst);
+                                if conn.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    // Half-close propagation: our write side closes after the peer's did.
+                    let _ = conn.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        Self { addr, received }
+    }
+}
+
+/// The addresses a sidecar printed when it started.
+pub struct Sidecar {
+    pub process: Process,
+    pub admin: SocketAddr,
+    pub inbound: Option<SocketAddr>,
+    pub outbound: Vec<SocketAddr>,
+}
+
+fn addr_after(line: &str, after: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(after)? + after.len()..];
+    rest.split(|c: char| c.is_whitespace() || c == ',')
+        .find_map(|w| w.parse().ok())
+}
+
+fn outbound_addrs(line: &str) -> Vec<SocketAddr> {
+    line.match_indices("outbound on ")
+        .filter_map(|(i, m)| addr_after(&line[i..], m))
+        .collect()
+}
+
+/// Runs `trellis` with explicit admin flags against `ca`.
+pub fn trellis(ca: &Ca, args: &[&str]) -> trellis_e2e::Outcome {
+    let mut cmd = command("trellis");
+    cmd.arg("--ca-addr")
+        .arg(ca.addr.to_string())
+        .arg("--admin-cert")
+        .arg(ca.admin_dir.join("admin.pem"))
+        .arg("--admin-key")
+        .arg(ca.admin_dir.join("admin.key.pem"))
+        .arg("--bundle")
+        .arg(ca.admin_dir.join("bundle.pem"))
+        .args(args);
+    run(cmd, Duration::from_secs(60))
+}
+
+/// A fresh join token for `spiffe_id`, written to a 0600 file in the CA's scratch dir.
+pub fn token_file(ca: &Ca, spiffe_id: &str) -> PathBuf {
+    let out = trellis(
+        ca,
+        &["token", "create", "--spiffe-id", spiffe_id, "-o", "json"],
+    )
+    .success();
+    let token = out.json()["token"].as_str().expect("token").to_owned();
+    let name = spiffe_id.replace(['/', ':'], "_");
+    let path = ca.scratch().join(format!("{name}.token"));
+    trellis_identity::files::write_secret(&path, token.as_bytes()).expect("write token");
+    path
+}
+
+/// Starts a sidecar for `spiffe_id`; `ca_extra` goes into its `[ca]` table (e.g.
+/// `ttl = "1m"`), `tables` after it (`[inbound]`, `[[outbound]]`).
+pub fn sidecar(ca: &Ca, name: &str, spiffe_id: &str, ca_extra: &str, tables: &str) -> Sidecar {
+    let token = token_file(ca, spiffe_id);
+    let config = ca.scratch().join(format!("{name}.toml"));
+    let text = format!(
+        "trust_domain = \"{TD}\"\n\n[ca]\naddress = \"{}\"\ntrust_bundle = \"{}\"\n\
+         join_token_file = \"{}\"\n{ca_extra}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [timeouts]\ndrain = \"3s\"\n\n{tables}\n",
+        ca.addr,
+        ca.bundle_pem().display(),
+        token.display(),
+    );
+    std::fs::write(&config, text).expect("write sidecar config");
+    let mut cmd = command("trellis-sidecar");
+    cmd.arg("--config").arg(&config);
+    let mut process = Process::spawn(name, cmd, ca.scratch());
+    let line = process.wait_for_line(START, |l| l.starts_with("trellis-sidecar admin on"));
+    let sidecar = Sidecar {
+        admin: addr_after(&line, "admin on").expect("admin address"),
+        inbound: addr_after(&line, "inbound on"),
+        outbound: outbound_addrs(&line),
+        process,
+    };
+    wait_ready(sidecar.admin);
+    sidecar
+}
+
+/// A minimal HTTP/1.0 GET.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut conn = TcpStream::connect(addr)?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, body))
+}
+
+/// Waits until a sidecar's `/ready` says 200.
+pub fn wait_ready(admin: SocketAddr) {
+    let deadline = Instant::now() + START;
+    while Instant::now() < deadline {
+        if matches!(http_get(admin, "/ready"), Ok((200, _))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("sidecar with admin {admin} not ready within {START:?}");
+}
+
+/// The value of the first metric sample whose line starts with `prefix`, summed over lines.
+pub fn metric(admin: SocketAddr, prefix: &str) -> u64 {
+    let (_, text) = http_get(admin, "/metrics").expect("metrics");
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Sends `payload`, half-closes, reads until EOF.
+pub fn round_trip(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut conn = TcpStream::connect(addr)?;
+    conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let writer_payload = payload.to_vec();
+    let mut writer = conn.try_clone()?;
+    let send = std::thread::spawn(move || -> std::io::Result<()> {
+        writer.write_all(&writer_payload)?;
+        writer.shutdown(Shutdown::Write)
+    });
+    let mut reply = Vec::with_capacity(payload.len());
+    conn.read_to_end(&mut reply)?;
+    send.join()
+        .map_err(|_| std::io::Error::other("writer panicked"))??;
+    Ok(reply)
+}
+
+/// Deterministic pseudo-random bytes (so a corrupted byte is caught).
+pub fn payload(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Polls `check` until it returns true or `within` passes; returns the elapsed time.
+pub fn within(within: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < within,
+            "{what} did not happen within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// Writes a PEM file.
+pub fn write_pem(dir: &Path, name: &str, ders: &[Vec<u8>]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, trellis_identity::pem::certs_to_pem(ders)).expect("write pem");
+    path
+}

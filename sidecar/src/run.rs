@@ -1,0 +1,180 @@
+//! Wiring: binds every listener first (so a bad address fails start-up with one line), then
+//! starts the identity agent, the data path, the admin endpoint and the Workload API, all
+//! stopped together by one [`Shutdown`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use trellis_identity::clock::Clock;
+
+use crate::agent::{Agent, Pacing};
+use crate::config::Config;
+use crate::credentials::CredentialsRx;
+use crate::join_token::BootstrapCredential;
+use crate::metrics::Metrics;
+use crate::proxy::{Context, Registry};
+use crate::shutdown::Shutdown;
+use crate::workload_api::WorkloadApiSocket;
+use crate::{admin, inbound, outbound};
+
+/// A running sidecar.
+#[derive(Debug)]
+pub struct Running {
+    pub admin_addr: SocketAddr,
+    pub inbound_addr: Option<SocketAddr>,
+    pub outbound_addrs: Vec<SocketAddr>,
+    pub creds: CredentialsRx,
+    pub metrics: Arc<Metrics>,
+    pub registry: Registry,
+    shutdown: Shutdown,
+    data_path: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// What the caller chooses besides the configuration.
+#[derive(Debug)]
+pub struct Options {
+    pub clock: Arc<dyn Clock>,
+    pub bootstrap: Arc<dyn BootstrapCredential>,
+    pub pacing: Pacing,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+/// Binds and starts everything.
+pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> {
+    let admin_listener = bind(config.admin_listen, "admin endpoint").await?;
+    let inbound_listener = match &config.inbound {
+        Some(inbound) => Some(bind(inbound.listen, "inbound listener").await?),
+        None => None,
+    };
+    let mut outbound_listeners = Vec::with_capacity(config.outbound.len());
+    for outbound in &config.outbound {
+        outbound_listeners.push(bind(outbound.listen, "outbound listener").await?);
+    }
+    let workload_api = match &config.workload_api_socket {
+        Some(path) => Some(
+            WorkloadApiSocket::bind(path)
+                .await
+                .with_context(|| format!("Workload API socket {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let local = |l: &TcpListener| l.local_addr().context("listener address");
+    let admin_addr = local(&admin_listener)?;
+    let inbound_addr = inbound_listener.as_ref().map(local).transpose()?;
+    let outbound_addrs = outbound_listeners
+        .iter()
+        .map(local)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let (creds_tx, creds) = watch::channel(None);
+    let metrics = Arc::new(Metrics::default());
+    let registry = Registry::new();
+    let shutdown = Shutdown::new();
+    // The agent and the Workload API stop on a watch flag; bridge it from the shutdown.
+    let (stop_tx, stop) = watch::channel(false);
+    let bridge = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.wait().await;
+            stop_tx.send_replace(true);
+        })
+    };
+    let agent = Agent::new(
+        &config,
+        options.clock.clone(),
+        options.bootstrap,
+        creds_tx,
+        metrics.clone(),
+        options.pacing,
+    )
+    .with_registry(registry.clone());
+    let mut background = vec![bridge, tokio::spawn(agent.run(stop.clone()))];
+    if let Some(socket) = workload_api {
+        let (creds, stop) = (creds.clone(), stop.clone());
+        background.push(tokio::spawn(async move {
+            if let Err(e) = socket.serve(creds, stop).await {
+                tracing::error!(error = %e, "Workload API stopped");
+            }
+        }));
+    }
+    {
+        let (creds, metrics, shutdown) = (creds.clone(), metrics.clone(), shutdown.clone());
+        background.push(tokio::spawn(async move {
+            if let Err(e) = admin::serve_admin(admin_listener, creds, metrics, shutdown).await {
+                tracing::error!(error = %e, "admin endpoint stopped");
+            }
+        }));
+    }
+    let ctx = Context::new(
+        config.timeouts,
+        creds.clone(),
+        metrics.clone(),
+        registry.clone(),
+        shutdown.clone(),
+    );
+    let mut data_path = Vec::new();
+    if let (Some(listener), Some(inbound)) = (inbound_listener, config.inbound.clone()) {
+        data_path.push(tokio::spawn(inbound::serve_inbound(
+            listener,
+            inbound,
+            config.trust_domain.clone(),
+            ctx.clone(),
+        )));
+    }
+    for (listener, outbound) in outbound_listeners.into_iter().zip(config.outbound.clone()) {
+        data_path.push(tokio::spawn(outbound::serve_outbound(
+            listener,
+            outbound,
+            ctx.clone(),
+        )));
+    }
+    tracing::info!(
+        admin = %admin_addr,
+        inbound = ?inbound_addr,
+        outbound = ?outbound_addrs,
+        ca = %config.ca.address,
+        "trellis-sidecar started; not ready until the first certificate arrives"
+    );
+    Ok(Running {
+        admin_addr,
+        inbound_addr,
+        outbound_addrs,
+        creds,
+        metrics,
+        registry,
+        shutdown,
+        data_path,
+        background,
+    })
+}
+
+impl Running {
+    /// Graceful stop: listeners stop accepting and drain (up to the configured deadline),
+    /// then the agent, admin endpoint and Workload API stop.
+    pub async fn shutdown(self) {
+        self.shutdown.trigger();
+        for task in self.data_path {
+            let _ = task.await;
+        }
+        // The agent, admin endpoint and Workload API stop on the same signal (the latter
+        // removes its socket file); give them a moment, then stop them regardless.
+        for mut task in self.background {
+            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+}
