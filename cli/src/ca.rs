@@ -1,23 +1,22 @@
 //! `trellis ca init | status`. `init` (offline) is in `ca_init.rs`; `status` asks a running
-//! CA for its health, roots, intermediate and counts.
+//! CA for its health, roots, intermediate and counts, and flags CA certificates in the last
+//! 20 % of their life (when the CA starts logging warnings about them).
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::Serialize;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use trellis_proto::admin::v1::{GetStatusRequest, GetStatusResponse};
+use trellis_proto::admin::v1::{GetStatusRequest, GetStatusResponse, RootInfo};
 
 use crate::Global;
 use crate::ca_init::{self, InitArgs};
 use crate::client::Target;
 use crate::context;
-use crate::output::{self, Cell, Fields, Report, Style, Table, Tone, expiry_cell};
+use crate::output::{self, Cell, Fields, Report, Style, Table, Tone, late_in_life, lifetime_cell};
 use crate::timefmt;
 
-/// Roots and intermediates expiring sooner than this are shown as a warning.
-const SOON: Duration = Duration::from_secs(30 * 86_400);
 /// The gRPC service whose health `status` reports.
 const ADMIN_SERVICE: &str = "trellis.admin.v1.Admin";
 
@@ -27,20 +26,78 @@ pub enum CaCommand {
     /// Create a root, intermediate and admin credentials in a new directory, for
     /// `trellis-ca --import-dir DIR` (offline; the root key can then be kept offline).
     Init(InitArgs),
-    /// Show the CA's health, trust domain, roots, intermediate and certificate counts.
+    /// Show the CA's health, trust domain, certificate counts, and its roots and intermediate
+    /// with time to expiry (flagged in their last 20 % of life).
     Status,
 }
 
+/// One root as the CA reports it, for scripts (`ca status` and `root list`).
 #[derive(Debug, Serialize)]
-struct RootView {
-    id: String,
-    state: String,
-    spki_sha256: String,
-    not_before: String,
-    not_after: String,
-    live_certificates: u64,
+pub struct RootView {
+    pub id: String,
+    /// "pending", "active", "retiring" or "retired".
+    pub state: String,
+    pub spki_sha256: String,
+    pub not_before: String,
+    pub not_after: String,
+    /// Seconds until expiry; negative once expired.
+    pub seconds_left: i64,
+    /// Less than 20 % of its lifetime is left (time to plan a rotation).
+    pub late_in_life: bool,
+    /// Unexpired certificates that chain to it.
+    pub live_certificates: u64,
+    /// Workloads whose newest unexpired, unrevoked certificate chains to it.
+    pub workloads_using: u64,
+    /// The trust-bundle version that first included it.
+    pub added_in_bundle_version: u64,
     #[serde(skip)]
-    not_after_time: SystemTime,
+    pub not_before_time: SystemTime,
+    #[serde(skip)]
+    pub not_after_time: SystemTime,
+}
+
+impl RootView {
+    /// The CA's description of a root, with times made readable relative to `now`.
+    pub fn new(r: RootInfo, now: SystemTime) -> Self {
+        let not_before_time =
+            timefmt::from_proto(r.not_before.as_ref()).unwrap_or(SystemTime::UNIX_EPOCH);
+        let not_after_time =
+            timefmt::from_proto(r.not_after.as_ref()).unwrap_or(SystemTime::UNIX_EPOCH);
+        Self {
+            id: r.id,
+            state: r.state,
+            spki_sha256: r.spki_sha256,
+            not_before: timefmt::rfc3339(not_before_time),
+            not_after: timefmt::rfc3339(not_after_time),
+            seconds_left: timefmt::unix_seconds(not_after_time) - timefmt::unix_seconds(now),
+            late_in_life: late_in_life(not_before_time, not_after_time, now),
+            live_certificates: r.live_certificates,
+            workloads_using: r.workloads_using,
+            added_in_bundle_version: r.added_in_bundle_version,
+            not_before_time,
+            not_after_time,
+        }
+    }
+
+    /// The time left, flagged in its last 20 % of life; dimmed once retired, when it no
+    /// longer matters.
+    pub fn expires_cell(&self, now: SystemTime) -> Cell {
+        let text = timefmt::expiry(self.not_after_time, now);
+        if self.state == "retired" {
+            Cell::toned(text, Tone::Dim)
+        } else {
+            lifetime_cell(text, self.not_before_time, self.not_after_time, now)
+        }
+    }
+}
+
+/// A root's state, coloured: active is good news, retired is history.
+pub fn state_cell(state: &str) -> Cell {
+    match state {
+        "active" => Cell::toned(state, Tone::Good),
+        "retired" => Cell::toned(state, Tone::Dim),
+        _ => Cell::from(state),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -49,6 +106,12 @@ struct IntermediateView {
     subject: String,
     not_before: String,
     not_after: String,
+    /// Seconds until expiry; negative once expired.
+    seconds_left: i64,
+    /// Less than 20 % of its lifetime is left.
+    late_in_life: bool,
+    #[serde(skip)]
+    not_before_time: SystemTime,
     #[serde(skip)]
     not_after_time: SystemTime,
 }
@@ -76,35 +139,25 @@ impl StatusReport {
             let t = timefmt::from_proto(ts).unwrap_or(SystemTime::UNIX_EPOCH);
             (timefmt::rfc3339(t), t)
         };
+        let seconds_left = |t: SystemTime| timefmt::unix_seconds(t) - timefmt::unix_seconds(now);
         let bundle = s.bundle.unwrap_or_default();
         let bundle_root_ids = bundle
             .root_certificates_der
             .iter()
             .filter_map(|der| trellis_identity::bundle::root_id(der).ok())
             .collect();
-        let roots = s
-            .roots
-            .into_iter()
-            .map(|r| {
-                let (not_after, not_after_time) = time(r.not_after.as_ref());
-                RootView {
-                    id: r.id,
-                    state: r.state,
-                    spki_sha256: r.spki_sha256,
-                    not_before: time(r.not_before.as_ref()).0,
-                    not_after,
-                    live_certificates: r.live_certificates,
-                    not_after_time,
-                }
-            })
-            .collect();
+        let roots = s.roots.into_iter().map(|r| RootView::new(r, now)).collect();
         let intermediate = s.intermediate.map(|i| {
+            let (not_before, not_before_time) = time(i.not_before.as_ref());
             let (not_after, not_after_time) = time(i.not_after.as_ref());
             IntermediateView {
                 root_id: i.root_id,
                 subject: i.subject,
-                not_before: time(i.not_before.as_ref()).0,
+                not_before,
                 not_after,
+                seconds_left: seconds_left(not_after_time),
+                late_in_life: late_in_life(not_before_time, not_after_time, now),
+                not_before_time,
                 not_after_time,
             }
         });
@@ -150,16 +203,16 @@ impl Report for StatusReport {
         if let Some(i) = &self.intermediate {
             fields.add(
                 "Intermediate",
-                expiry_cell(
+                lifetime_cell(
                     format!(
                         "under root {}, expires {} ({})",
                         i.root_id,
                         i.not_after,
                         timefmt::expiry(i.not_after_time, self.now)
                     ),
+                    i.not_before_time,
                     i.not_after_time,
                     self.now,
-                    SOON,
                 ),
             );
         }
@@ -176,22 +229,12 @@ impl Report for StatusReport {
             "LIVE CERTS",
         ]);
         for r in &self.roots {
-            let state = match r.state.as_str() {
-                "active" => Cell::toned(r.state.clone(), Tone::Good),
-                "retired" => Cell::toned(r.state.clone(), Tone::Dim),
-                _ => Cell::from(r.state.clone()),
-            };
             table.row(vec![
                 r.id.clone().into(),
-                state,
+                state_cell(&r.state),
                 r.spki_sha256.clone().into(),
                 r.not_after.clone().into(),
-                expiry_cell(
-                    timefmt::expiry(r.not_after_time, self.now),
-                    r.not_after_time,
-                    self.now,
-                    SOON,
-                ),
+                r.expires_cell(self.now),
                 r.live_certificates.to_string().into(),
             ]);
         }
@@ -247,7 +290,8 @@ pub async fn run(command: CaCommand, global: &Global) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use prost_types::Timestamp;
-    use trellis_proto::admin::v1::{IntermediateInfo, RootInfo};
+    use std::time::Duration;
+    use trellis_proto::admin::v1::IntermediateInfo;
 
     #[test]
     fn status_shows_roots_intermediate_and_counts() {
@@ -262,11 +306,12 @@ mod tests {
                 not_before: Some(Timestamp::from(now - day)),
                 not_after: Some(Timestamp::from(now + 3650 * day)),
                 live_certificates: 3,
+                ..Default::default()
             }],
             intermediate: Some(IntermediateInfo {
                 root_id: "0123456789abcdef".into(),
                 subject: "CN=x".into(),
-                not_before: Some(Timestamp::from(now - day)),
+                not_before: Some(Timestamp::from(now - 100 * day)),
                 not_after: Some(Timestamp::from(now + 10 * day)),
             }),
             issued_total: 5,
@@ -278,8 +323,11 @@ mod tests {
         let text = report.human(Style::PLAIN);
         assert!(text.contains("Health        serving\n"), "{text}");
         assert!(text.contains("Certificates  5 issued, 3 live\n"), "{text}");
+        // Ten days left of a 110-day life: flagged in words, not only in colour.
         assert!(
-            text.contains("under root 0123456789abcdef, expires 2027-01-25T08:00:00Z (in 10d)"),
+            text.contains(
+                "under root 0123456789abcdef, expires 2027-01-25T08:00:00Z (in 10d), last 20% of life"
+            ),
             "{text}"
         );
         let root_line = text
@@ -291,6 +339,9 @@ mod tests {
         let json = serde_json::to_value(&report).expect("json");
         assert_eq!(json["roots"][0]["live_certificates"], 3);
         assert_eq!(json["intermediate"]["root_id"], "0123456789abcdef");
+        assert_eq!(json["intermediate"]["late_in_life"], true);
+        assert_eq!(json["intermediate"]["seconds_left"], 10 * 86_400);
+        assert_eq!(json["roots"][0]["late_in_life"], false);
         assert_eq!(json["health"], "serving");
     }
 }

@@ -260,6 +260,35 @@ pub fn expiry_cell(
     }
 }
 
+/// True once less than a fifth of the lifetime from `not_before` to `not_after` is left:
+/// the point from which the CA logs a warning for a root or intermediate.
+pub fn late_in_life(
+    not_before: std::time::SystemTime,
+    not_after: std::time::SystemTime,
+    now: std::time::SystemTime,
+) -> bool {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let left = not_after.duration_since(now).unwrap_or_default();
+    left < lifetime / 5
+}
+
+/// A cell for a CA certificate's expiry: bad once expired, a warning in its last 20 % of
+/// life (with a marker, so the warning survives without colour).
+pub fn lifetime_cell(
+    text: String,
+    not_before: std::time::SystemTime,
+    not_after: std::time::SystemTime,
+    now: std::time::SystemTime,
+) -> Cell {
+    if not_after <= now {
+        Cell::toned(text, Tone::Bad)
+    } else if late_in_life(not_before, not_after, now) {
+        Cell::toned(format!("{text}, last 20% of life"), Tone::Warn)
+    } else {
+        Cell::from(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,5 +340,25 @@ mod tests {
         assert_eq!(expiry_tone(at(1000), now, soon), Some(Tone::Bad));
         assert_eq!(expiry_tone(at(1100), now, soon), Some(Tone::Warn));
         assert_eq!(expiry_tone(at(5000), now, soon), None);
+    }
+
+    #[test]
+    fn the_last_fifth_of_life_is_flagged() {
+        let at = |s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        // Lifetime 1000 s: from 801 s on, less than 200 s are left.
+        assert!(!late_in_life(at(0), at(1000), at(800)));
+        assert!(late_in_life(at(0), at(1000), at(801)));
+        assert!(late_in_life(at(0), at(1000), at(2000)));
+        let cell = lifetime_cell("in 1m".into(), at(0), at(1000), at(900));
+        assert_eq!(cell.text, "in 1m, last 20% of life");
+        assert_eq!(cell.tone, Some(Tone::Warn));
+        assert_eq!(
+            lifetime_cell("in 9m".into(), at(0), at(1000), at(100)).tone,
+            None
+        );
+        assert_eq!(
+            lifetime_cell("expired".into(), at(0), at(1000), at(1000)).tone,
+            Some(Tone::Bad)
+        );
     }
 }
