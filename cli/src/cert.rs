@@ -1,10 +1,13 @@
-//! `trellis cert list | show`: what the CA has issued. `cert issue` is in `cert_issue.rs`.
+//! `trellis cert list | show | revoke`: what the CA has issued, and taking it back.
+//! `cert issue` is in `cert_issue.rs`.
 
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use trellis_identity::{CertInfo, hex, pem};
-use trellis_proto::admin::v1::{CertificateRecord, GetCertificateRequest, ListCertificatesRequest};
+use trellis_proto::admin::v1::{
+    CertificateRecord, GetCertificateRequest, ListCertificatesRequest, RevokeCertificateRequest,
+};
 
 use crate::Global;
 use crate::cert_issue::{self, IssueArgs};
@@ -27,6 +30,9 @@ pub enum CertCommand {
     List(ListArgs),
     /// Show one issued certificate by serial.
     Show(ShowArgs),
+    /// Revoke one certificate by serial, or every unexpired certificate of an identity:
+    /// the CA refuses to renew them and tells every sidecar.
+    Revoke(RevokeArgs),
 }
 
 /// Arguments of `trellis cert list`.
@@ -59,6 +65,21 @@ pub struct ShowArgs {
     pem: bool,
 }
 
+/// Arguments of `trellis cert revoke`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["serial", "identity"])))]
+pub struct RevokeArgs {
+    /// The serial number in hex, as `trellis cert list` shows it (colons and case are
+    /// ignored).
+    serial: Option<String>,
+    /// Instead of one serial: every unexpired certificate of this SPIFFE ID.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    identity: Option<String>,
+    /// Why, for the audit log (e.g. "key compromise").
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+}
+
 /// One issued certificate, as scripts see it.
 #[derive(Debug, Serialize)]
 struct Record {
@@ -71,10 +92,17 @@ struct Record {
     root_id: String,
     issued_via: String,
     expired: bool,
+    revoked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revocation_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     certificate_pem: Option<String>,
     #[serde(skip)]
     not_after_time: SystemTime,
+    #[serde(skip)]
+    revoked_at_time: Option<SystemTime>,
     #[serde(skip)]
     certificate_der: Vec<u8>,
 }
@@ -91,6 +119,7 @@ impl Record {
         let (not_before, _) = time_text(r.not_before.as_ref());
         let (not_after, not_after_time) = time_text(r.not_after.as_ref());
         let (issued_at, _) = time_text(r.issued_at.as_ref());
+        let revoked_at_time = timefmt::from_proto(r.revoked_at.as_ref());
         let certificate_pem = (with_pem && !r.certificate_der.is_empty())
             .then(|| pem::certs_to_pem(&[&r.certificate_der]));
         Self {
@@ -103,8 +132,12 @@ impl Record {
             root_id: r.root_id,
             issued_via: r.issued_via,
             expired: timefmt::is_expired(not_after_time, now),
+            revoked: revoked_at_time.is_some(),
+            revoked_at: revoked_at_time.map(timefmt::rfc3339),
+            revocation_reason: revoked_at_time.map(|_| r.revocation_reason),
             certificate_pem,
             not_after_time,
+            revoked_at_time,
             certificate_der: r.certificate_der,
         }
     }
@@ -124,7 +157,15 @@ impl Report for ListReport {
         if self.certificates.is_empty() {
             return "No certificates match.\n".into();
         }
-        let mut table = Table::new(&["SERIAL", "SPIFFE ID", "NOT AFTER", "EXPIRES", "ROOT", "VIA"]);
+        let mut table = Table::new(&[
+            "SERIAL",
+            "SPIFFE ID",
+            "NOT AFTER",
+            "EXPIRES",
+            "ROOT",
+            "VIA",
+            "REVOKED",
+        ]);
         for r in &self.certificates {
             table.row(vec![
                 r.serial.clone().into(),
@@ -138,6 +179,10 @@ impl Report for ListReport {
                 ),
                 r.root_id.clone().into(),
                 r.issued_via.clone().into(),
+                match r.revoked_at_time {
+                    Some(t) => Cell::toned(timefmt::since(t, self.now), Tone::Bad),
+                    None => Cell::from(""),
+                },
             ]);
         }
         let mut out = table.render(style);
@@ -201,10 +246,71 @@ impl Report for ShowReport {
                 .add("Issuer", info.issuer)
                 .add("Key", info.key_algorithm);
         }
+        if let (Some(at), Some(t)) = (&r.revoked_at, r.revoked_at_time) {
+            fields.add(
+                "Revoked",
+                Cell::toned(
+                    format!(
+                        "{at} ({}): {}",
+                        timefmt::since(t, self.now),
+                        r.revocation_reason.as_deref().unwrap_or_default()
+                    ),
+                    Tone::Bad,
+                ),
+            );
+        }
         if r.expired {
             fields.add("State", Cell::toned("expired", Tone::Bad));
         }
         fields.render(style)
+    }
+}
+
+/// What `cert revoke` did.
+#[derive(Debug, Serialize)]
+struct RevokeReport {
+    /// The serial asked for, if revoking by serial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    serial: Option<String>,
+    /// The identity asked for, if revoking by identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spiffe_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// Serials newly revoked by this command; already-revoked ones are not repeated.
+    revoked: Vec<String>,
+}
+
+impl Report for RevokeReport {
+    fn human(&self, style: Style) -> String {
+        let what = match (&self.serial, &self.spiffe_id) {
+            (Some(serial), _) => format!("certificate {serial} was"),
+            (None, Some(id)) => format!("every unexpired certificate of {id} was"),
+            (None, None) => "everything asked for was".into(),
+        };
+        if self.revoked.is_empty() {
+            return format!("No certificate was newly revoked: {what} already revoked.\n");
+        }
+        let count = self.revoked.len();
+        let mut out = format!(
+            "Revoked {count} certificate{}{}:\n",
+            if count == 1 { "" } else { "s" },
+            match &self.spiffe_id {
+                Some(id) => format!(" of {id}"),
+                None => String::new(),
+            }
+        );
+        for serial in &self.revoked {
+            out.push_str(&format!("  {}\n", style.paint(Tone::Bad, serial)));
+        }
+        if let Some(reason) = &self.reason {
+            out.push_str(&format!("Reason: {reason}\n"));
+        }
+        out.push_str(&format!(
+            "The CA refuses to renew {} and streams the revocation to every sidecar.\n",
+            if count == 1 { "it" } else { "them" }
+        ));
+        out
     }
 }
 
@@ -214,7 +320,20 @@ pub async fn run(command: CertCommand, global: &Global) -> anyhow::Result<()> {
         CertCommand::Issue(args) => cert_issue::run(args, global).await,
         CertCommand::List(args) => list(args, global).await,
         CertCommand::Show(args) => show(args, global).await,
+        CertCommand::Revoke(args) => revoke(args, global).await,
     }
+}
+
+/// A serial as the CA stores it (lowercase hex), from what a user typed.
+fn parse_serial(text: &str) -> anyhow::Result<String> {
+    hex::decode(text.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| hex::encode(&s))
+        .ok_or_else(|| {
+            usage(format!(
+                "serial {text:?} is not hex; copy it from `trellis cert list`"
+            ))
+        })
 }
 
 async fn list(a: ListArgs, global: &Global) -> anyhow::Result<()> {
@@ -254,15 +373,7 @@ async fn list(a: ListArgs, global: &Global) -> anyhow::Result<()> {
 }
 
 async fn show(a: ShowArgs, global: &Global) -> anyhow::Result<()> {
-    let serial = hex::decode(a.serial.trim())
-        .filter(|s| !s.is_empty())
-        .map(|s| hex::encode(&s))
-        .ok_or_else(|| {
-            usage(format!(
-                "serial {:?} is not hex; copy it from `trellis cert list`",
-                a.serial
-            ))
-        })?;
+    let serial = parse_serial(&a.serial)?;
     let target = Target::load(&context::resolve(&global.connection)?)?;
     let mut admin = target.admin().await?;
     let record = target
@@ -278,6 +389,34 @@ async fn show(a: ShowArgs, global: &Global) -> anyhow::Result<()> {
         record: Record::new(record, true, now),
         pem_only: a.pem,
         now,
+    };
+    output::emit(global.output, &report)
+}
+
+async fn revoke(a: RevokeArgs, global: &Global) -> anyhow::Result<()> {
+    let serial = a.serial.as_deref().map(parse_serial).transpose()?;
+    let spiffe_id = match &a.identity {
+        Some(text) => Some(args::spiffe_id("--identity", text)?.to_string()),
+        None => None,
+    };
+    let reason = a.reason.filter(|r| !r.trim().is_empty());
+    let target = Target::load(&context::resolve(&global.connection)?)?;
+    let mut admin = target.admin().await?;
+    let response = target
+        .call(
+            "the revocation",
+            admin.revoke_certificate(RevokeCertificateRequest {
+                serial: serial.clone().unwrap_or_default(),
+                spiffe_id: spiffe_id.clone().unwrap_or_default(),
+                reason: reason.clone().unwrap_or_default(),
+            }),
+        )
+        .await?;
+    let report = RevokeReport {
+        serial,
+        spiffe_id,
+        reason,
+        revoked: response.serials,
     };
     output::emit(global.output, &report)
 }
@@ -309,7 +448,11 @@ mod tests {
                     now,
                 ),
                 Record::new(
-                    record("bb22", "spiffe://td/db", now - Duration::from_secs(120)),
+                    CertificateRecord {
+                        revoked_at: Some(Timestamp::from(now - Duration::from_secs(300))),
+                        revocation_reason: "key compromise".into(),
+                        ..record("bb22", "spiffe://td/db", now - Duration::from_secs(120))
+                    },
                     false,
                     now,
                 ),
@@ -321,14 +464,20 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "SERIAL  SPIFFE ID        NOT AFTER             EXPIRES         ROOT              VIA"
+            "SERIAL  SPIFFE ID        NOT AFTER             EXPIRES         ROOT              VIA    REVOKED"
         );
         assert!(
             lines[1].starts_with("aa11    spiffe://td/web  2027-01-15T09:00:00Z  in 1h"),
             "{}",
             lines[1]
         );
+        assert!(
+            lines[1].ends_with("admin"),
+            "nothing in REVOKED: {}",
+            lines[1]
+        );
         assert!(lines[2].contains("expired 2m ago"), "{}", lines[2]);
+        assert!(lines[2].ends_with("admin  5m ago"), "{}", lines[2]);
         assert_eq!(
             lines[3],
             "2 certificates (more matched; raise --limit or filter)"
@@ -336,7 +485,77 @@ mod tests {
         let json = serde_json::to_value(&report).expect("json");
         assert_eq!(json["certificates"][1]["expired"], true);
         assert_eq!(json["certificates"][0]["serial"], "aa11");
+        assert_eq!(json["certificates"][0]["revoked"], false);
+        assert!(json["certificates"][0].get("revoked_at").is_none());
+        assert_eq!(json["certificates"][1]["revoked"], true);
+        assert_eq!(
+            json["certificates"][1]["revoked_at"],
+            "2027-01-15T07:55:00Z"
+        );
+        assert_eq!(
+            json["certificates"][1]["revocation_reason"],
+            "key compromise"
+        );
         assert_eq!(json["truncated"], true);
+    }
+
+    #[test]
+    fn show_says_when_and_why_it_was_revoked() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let report = ShowReport {
+            record: Record::new(
+                CertificateRecord {
+                    revoked_at: Some(Timestamp::from(now - Duration::from_secs(60))),
+                    revocation_reason: "left the company".into(),
+                    ..record("aa11", "spiffe://td/web", now + Duration::from_secs(3600))
+                },
+                false,
+                now,
+            ),
+            pem_only: false,
+            now,
+        };
+        let text = report.human(Style::PLAIN);
+        assert!(
+            text.contains("Revoked     2027-01-15T07:59:00Z (1m ago): left the company\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn revoke_lists_what_was_newly_revoked_or_says_none_was() {
+        let report = RevokeReport {
+            serial: None,
+            spiffe_id: Some("spiffe://td/web".into()),
+            reason: Some("key compromise".into()),
+            revoked: vec!["aa11".into(), "bb22".into()],
+        };
+        assert_eq!(
+            report.human(Style::PLAIN),
+            "Revoked 2 certificates of spiffe://td/web:\n  aa11\n  bb22\nReason: key compromise\n\
+             The CA refuses to renew them and streams the revocation to every sidecar.\n"
+        );
+        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!(json["revoked"][1], "bb22");
+        assert!(json.get("serial").is_none());
+        let none = RevokeReport {
+            serial: Some("aa11".into()),
+            spiffe_id: None,
+            reason: None,
+            revoked: Vec::new(),
+        };
+        assert_eq!(
+            none.human(Style::PLAIN),
+            "No certificate was newly revoked: certificate aa11 was already revoked.\n"
+        );
+    }
+
+    #[test]
+    fn serials_are_normalised_or_refused_as_usage_errors() {
+        assert_eq!(parse_serial(" AA:0b ").expect("hex"), "aa0b");
+        let err = parse_serial("xyz").expect_err("not hex");
+        assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_USAGE);
+        assert!(parse_serial("").is_err());
     }
 
     #[test]
