@@ -16,6 +16,7 @@ mod completions;
 mod context;
 mod error;
 mod files;
+mod inject;
 mod inspect;
 mod login;
 mod output;
@@ -65,6 +66,8 @@ enum Command {
     Cert(cert::CertCommand),
     /// Show what a PEM certificate or chain contains, offline.
     Inspect(inspect::InspectArgs),
+    /// Add the Trellis sidecar to Kubernetes manifests, or serve the injection webhook.
+    Inject(inject::InjectArgs),
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
     /// Run a CA and two services behind sidecars on this machine, and show the mesh at work.
@@ -79,6 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(command) => token::run(command, global).await,
         Command::Cert(command) => cert::run(command, global).await,
         Command::Inspect(args) => inspect::run(args, global),
+        Command::Inject(args) => inject::run(args, global).await,
         Command::Completions(args) => completions::run(args, Cli::command()),
         Command::Up(args) => up::run(args).await,
     }
