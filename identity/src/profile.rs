@@ -29,8 +29,15 @@ pub enum ProfileError {
     Internal(String),
 }
 
-/// How far NotBefore is backdated, for peers whose clocks run a little behind.
+/// How far NotBefore is backdated, at most, for peers whose clocks run a little behind.
 pub const BACKDATE: Duration = Duration::from_secs(60);
+
+/// The backdate for a leaf of `lifetime`: [`BACKDATE`], but never more than a tenth of the
+/// lifetime, so short-lived certificates are not mostly "past" (renewal is scheduled at
+/// about half of NotBefore..NotAfter, and a large backdate would pull it to issue time).
+pub fn leaf_backdate(lifetime: Duration) -> Duration {
+    BACKDATE.min(lifetime / 10)
+}
 
 /// Serial numbers are 16 random bytes with the top bit clear (positive) and the next bit set
 /// (so the DER integer is always 16 bytes): 126 bits of randomness, never reused because
@@ -203,7 +210,7 @@ impl SigningCa {
     /// Issues an X.509-SVID for `leaf`.
     pub fn sign_leaf(&self, leaf: &LeafSpec, now: SystemTime) -> Result<SignedLeaf, ProfileError> {
         let serial = random_serial()?;
-        let not_before = now - BACKDATE;
+        let not_before = now - leaf_backdate(leaf.lifetime);
         let not_after = (now + leaf.lifetime).min(self.not_after);
         if not_after <= now {
             return Err(ProfileError::SignerExpired);
@@ -388,4 +395,22 @@ fn minimal_be(n: u64) -> Vec<u8> {
         out.insert(0, 0);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_lifetimes_are_backdated_proportionally() {
+        assert_eq!(leaf_backdate(Duration::from_secs(3600)), BACKDATE);
+        assert_eq!(
+            leaf_backdate(Duration::from_secs(60)),
+            Duration::from_secs(6)
+        );
+        // Half of NotBefore..NotAfter stays well after issue time for a one-minute leaf.
+        let lifetime = Duration::from_secs(60);
+        let span = lifetime + leaf_backdate(lifetime);
+        assert!(span / 2 > leaf_backdate(lifetime) + Duration::from_secs(20));
+    }
 }

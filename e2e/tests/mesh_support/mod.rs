@@ -223,3 +223,59 @@ pub fn write_pem(dir: &Path, name: &str, ders: &[Vec<u8>]) -> PathBuf {
     std::fs::write(&path, trellis_identity::pem::certs_to_pem(ders)).expect("write pem");
     path
 }
+
+/// The admin API over gRPC, for steps the tests drive directly.
+pub struct Admin {
+    runtime: tokio::runtime::Runtime,
+    client: trellis_proto::admin::v1::admin_client::AdminClient<tonic::transport::Channel>,
+}
+
+impl Admin {
+    pub fn connect(ca: &Ca) -> Self {
+        use trellis_identity::tls::{self, Identity, Versions};
+        use trellis_identity::{IdMatcher, TrustBundle, TrustDomain, pem};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let read = |name: &str| std::fs::read(ca.admin_dir.join(name)).expect("admin file");
+        let identity = Identity {
+            chain: pem::certs_from_pem(&read("admin.pem")).expect("chain"),
+            key: pem::private_key_from_pem(&read("admin.key.pem")).expect("key"),
+        };
+        let td = TrustDomain::new(TD).expect("td");
+        let bundle = TrustBundle::from_pem(td.clone(), 0, &read("bundle.pem")).expect("bundle");
+        let config = tls::client_config(
+            Arc::new(bundle),
+            IdMatcher::exact(td.id("/trellis/ca").expect("id")),
+            Some(&identity),
+            Versions::Tls13,
+            &[trellis_proto::channel::ALPN_H2],
+        )
+        .expect("tls");
+        let channel = runtime
+            .block_on(trellis_proto::channel::connect(ca.addr, Arc::new(config)))
+            .expect("connect admin");
+        Self {
+            runtime,
+            client: trellis_proto::admin::v1::admin_client::AdminClient::new(channel),
+        }
+    }
+
+    /// Runs one call on the admin client.
+    pub fn call<T, F>(
+        &mut self,
+        f: impl FnOnce(
+            trellis_proto::admin::v1::admin_client::AdminClient<tonic::transport::Channel>,
+        ) -> F,
+    ) -> Result<T, tonic::Status>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let client = self.client.clone();
+        self.runtime
+            .block_on(f(client))
+            .map(tonic::Response::into_inner)
+    }
+}
