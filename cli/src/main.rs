@@ -20,6 +20,7 @@ mod inject;
 mod inspect;
 mod login;
 mod output;
+mod root;
 mod timefmt;
 mod token;
 mod up;
@@ -61,9 +62,12 @@ enum Command {
     /// Create join tokens that bootstrap workloads.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// Issue, list and show certificates.
+    /// Issue, list, show and revoke certificates.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Rotate trust roots: list, add, activate and retire them.
+    #[command(subcommand)]
+    Root(root::RootCommand),
     /// Show what a PEM certificate or chain contains, offline.
     Inspect(inspect::InspectArgs),
     /// Add the Trellis sidecar to Kubernetes manifests, or serve the injection webhook.
@@ -81,6 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Login(args) => login::run(args, global).await,
         Command::Token(command) => token::run(command, global).await,
         Command::Cert(command) => cert::run(command, global).await,
+        Command::Root(command) => root::run(command, global).await,
         Command::Inspect(args) => inspect::run(args, global),
         Command::Inject(args) => inject::run(args, global).await,
         Command::Completions(args) => completions::run(args, Cli::command()),
