@@ -218,17 +218,21 @@ impl Agent {
                 Err(e) => tracing::error!(error = %e, "applying revocations failed"),
             }
         }
-        let mut closed = 0;
+        // The registry keeps the set, so a connection still handshaking now is closed the
+        // moment it registers.
+        let closed = self
+            .registry
+            .as_ref()
+            .map(|r| r.set_revoked(revoked.iter()))
+            .unwrap_or(0);
         for serial in revoked.difference(&previous) {
-            let n = self
-                .registry
-                .as_ref()
-                .map(|r| r.close_peer_serial(serial))
-                .unwrap_or(0);
-            if n > 0 {
-                tracing::warn!(%serial, connections = n, "peer certificate revoked; closing its live connections");
-            }
-            closed += n;
+            tracing::warn!(%serial, "peer certificate revoked: refused in new handshakes");
+        }
+        if closed > 0 {
+            tracing::warn!(
+                connections = closed,
+                "closed live connections of revoked peers"
+            );
         }
         self.metrics
             .revoked_closed

@@ -102,115 +102,105 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition: each family's HELP and TYPE, then its samples.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        let dirs = [Direction::Inbound, Direction::Outbound];
+        let per_direction = |value: &dyn Fn(Direction) -> i64| -> Vec<(String, i64)> {
+            dirs.iter()
+                .map(|d| (format!("{{direction=\"{}\"}}", d.as_str()), value(*d)))
+                .collect()
         };
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         family(
+            &mut out,
             "trellis_connections_opened_total",
             "counter",
             "Connections accepted.",
+            per_direction(&|d| as_i64(self.dir(d).opened.load(Relaxed))),
         );
         family(
+            &mut out,
             "trellis_connections_closed_total",
             "counter",
             "Connections finished.",
+            per_direction(&|d| as_i64(self.dir(d).closed.load(Relaxed))),
         );
         family(
+            &mut out,
             "trellis_connections_active",
             "gauge",
             "Connections open now.",
+            per_direction(&|d| self.dir(d).active.load(Relaxed)),
         );
         family(
+            &mut out,
             "trellis_bytes_received_total",
             "counter",
             "Bytes received from the peer.",
+            per_direction(&|d| as_i64(self.dir(d).bytes_received.load(Relaxed))),
         );
         family(
+            &mut out,
             "trellis_bytes_sent_total",
             "counter",
             "Bytes sent to the peer.",
+            per_direction(&|d| as_i64(self.dir(d).bytes_sent.load(Relaxed))),
         );
         family(
+            &mut out,
             "trellis_policy_denials_total",
             "counter",
             "Connections refused by identity policy.",
+            per_direction(&|d| as_i64(self.policy_denials[d as usize].load(Relaxed))),
         );
-        let mut body = String::new();
-        for d in [Direction::Inbound, Direction::Outbound] {
-            let c = self.dir(d);
-            let l = d.as_str();
-            let _ = writeln!(
-                body,
-                "trellis_connections_opened_total{{direction=\"{l}\"}} {}",
-                c.opened.load(Relaxed)
-            );
-            let _ = writeln!(
-                body,
-                "trellis_connections_closed_total{{direction=\"{l}\"}} {}",
-                c.closed.load(Relaxed)
-            );
-            let _ = writeln!(
-                body,
-                "trellis_connections_active{{direction=\"{l}\"}} {}",
-                c.active.load(Relaxed)
-            );
-            let _ = writeln!(
-                body,
-                "trellis_bytes_received_total{{direction=\"{l}\"}} {}",
-                c.bytes_received.load(Relaxed)
-            );
-            let _ = writeln!(
-                body,
-                "trellis_bytes_sent_total{{direction=\"{l}\"}} {}",
-                c.bytes_sent.load(Relaxed)
-            );
-            let _ = writeln!(
-                body,
-                "trellis_policy_denials_total{{direction=\"{l}\"}} {}",
-                self.policy_denials[d as usize].load(Relaxed)
-            );
-        }
-        out.push_str(&body);
-        let _ = writeln!(
-            out,
-            "# HELP trellis_handshakes_total TLS handshakes by result and reason.\n# TYPE trellis_handshakes_total counter"
-        );
-        for ((d, result, reason), n) in self
+        let handshakes: Vec<(String, i64)> = self
             .handshakes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-        {
-            let _ = writeln!(
-                out,
-                "trellis_handshakes_total{{direction=\"{d}\",result=\"{result}\",reason=\"{reason}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP trellis_plaintext_accepted_total Plaintext connections accepted in permissive mode.\n# TYPE trellis_plaintext_accepted_total counter\ntrellis_plaintext_accepted_total {}",
-            self.plaintext_accepted.load(Relaxed)
+            .map(|((d, result, reason), n)| {
+                (
+                    format!("{{direction=\"{d}\",result=\"{result}\",reason=\"{reason}\"}}"),
+                    as_i64(*n),
+                )
+            })
+            .collect();
+        family(
+            &mut out,
+            "trellis_handshakes_total",
+            "counter",
+            "TLS handshakes by result and reason.",
+            handshakes,
         );
-        let _ = writeln!(
-            out,
-            "# HELP trellis_revoked_connections_closed_total Live connections closed because the peer was revoked.\n# TYPE trellis_revoked_connections_closed_total counter\ntrellis_revoked_connections_closed_total {}",
-            self.revoked_closed.load(Relaxed)
+        family(
+            &mut out,
+            "trellis_plaintext_accepted_total",
+            "counter",
+            "Plaintext connections accepted in permissive mode.",
+            [(String::new(), as_i64(self.plaintext_accepted.load(Relaxed)))],
         );
-        let _ = writeln!(
-            out,
-            "# HELP trellis_renewals_total Certificate renewal attempts by result.\n# TYPE trellis_renewals_total counter"
+        family(
+            &mut out,
+            "trellis_revoked_connections_closed_total",
+            "counter",
+            "Live connections closed because the peer was revoked.",
+            [(String::new(), as_i64(self.revoked_closed.load(Relaxed)))],
         );
-        for (result, n) in self
+        let renewals: Vec<(String, i64)> = self
             .renewals
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-        {
-            let _ = writeln!(out, "trellis_renewals_total{{result=\"{result}\"}} {n}");
-        }
+            .map(|(result, n)| (format!("{{result=\"{result}\"}}"), as_i64(*n)))
+            .collect();
+        family(
+            &mut out,
+            "trellis_renewals_total",
+            "counter",
+            "Certificate renewal attempts by result.",
+            renewals,
+        );
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -219,28 +209,51 @@ impl Metrics {
         let since = if last == 0 {
             -1
         } else {
-            now.saturating_sub(last) as i64
+            as_i64(now.saturating_sub(last))
         };
-        let _ = writeln!(
-            out,
-            "# HELP trellis_certificate_expiry_timestamp_seconds NotAfter of the current certificate (0 before the first).\n# TYPE trellis_certificate_expiry_timestamp_seconds gauge\ntrellis_certificate_expiry_timestamp_seconds {}",
-            self.cert_not_after.load(Relaxed)
+        family(
+            &mut out,
+            "trellis_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "NotAfter of the current certificate (0 before the first).",
+            [(String::new(), as_i64(self.cert_not_after.load(Relaxed)))],
         );
-        let _ = writeln!(
-            out,
-            "# HELP trellis_seconds_since_last_renewal Seconds since the last successful issuance or renewal (-1: never).\n# TYPE trellis_seconds_since_last_renewal gauge\ntrellis_seconds_since_last_renewal {since}"
+        family(
+            &mut out,
+            "trellis_seconds_since_last_renewal",
+            "gauge",
+            "Seconds since the last successful issuance or renewal (-1: never).",
+            [(String::new(), since)],
         );
-        let _ = writeln!(
-            out,
-            "# HELP trellis_trust_bundle_version Version of the trust bundle held.\n# TYPE trellis_trust_bundle_version gauge\ntrellis_trust_bundle_version {}",
-            self.bundle_version.load(Relaxed)
+        family(
+            &mut out,
+            "trellis_trust_bundle_version",
+            "gauge",
+            "Version of the trust bundle held.",
+            [(String::new(), as_i64(self.bundle_version.load(Relaxed)))],
         );
-        let _ = writeln!(
-            out,
-            "# HELP trellis_trust_bundle_roots Roots in the trust bundle held.\n# TYPE trellis_trust_bundle_roots gauge\ntrellis_trust_bundle_roots {}",
-            self.bundle_roots.load(Relaxed)
+        family(
+            &mut out,
+            "trellis_trust_bundle_roots",
+            "gauge",
+            "Roots in the trust bundle held.",
+            [(String::new(), as_i64(self.bundle_roots.load(Relaxed)))],
         );
         out
+    }
+}
+
+/// Writes one metric family: HELP, TYPE, then every sample.
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, i64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
     }
 }
 

@@ -1,7 +1,7 @@
 //! Live connections by the serial of the peer's certificate, so that a revoked peer's
 //! connections can be closed ([`Registry::close_peer_serial`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::shutdown::Shutdown;
@@ -10,6 +10,9 @@ use crate::shutdown::Shutdown;
 struct Connections {
     next_id: u64,
     by_serial: HashMap<String, HashMap<u64, Shutdown>>,
+    /// Peers revoked so far (normalised serials): a connection whose handshake was already
+    /// under way when its peer was revoked is closed the moment it registers.
+    revoked: HashSet<String>,
 }
 
 /// Live connections by the serial of the peer's certificate, shared by all listeners.
@@ -71,6 +74,9 @@ impl Registry {
         let mut conns = self.lock();
         let id = conns.next_id;
         conns.next_id += 1;
+        if conns.revoked.contains(&serial) {
+            closed.trigger();
+        }
         conns
             .by_serial
             .entry(serial.clone())
@@ -83,6 +89,26 @@ impl Registry {
             id,
             closed,
         }
+    }
+
+    /// Replaces the set of revoked peer serials and closes every live connection of any of
+    /// them; returns how many connections were told to close. Connections registering later
+    /// with a revoked serial are closed at once (see [`Registry::register`]).
+    pub fn set_revoked<'a>(&self, serials: impl IntoIterator<Item = &'a String>) -> usize {
+        let revoked: HashSet<String> = serials.into_iter().map(|s| normalize_serial(s)).collect();
+        let mut conns = self.lock();
+        let mut closed = 0;
+        for serial in &revoked {
+            if let Some(entries) = conns.by_serial.get(serial) {
+                for shutdown in entries.values() {
+                    if shutdown.trigger() {
+                        closed += 1;
+                    }
+                }
+            }
+        }
+        conns.revoked = revoked;
+        closed
     }
 
     /// Closes every live connection whose peer presented the certificate `serial` (hex, as
@@ -137,5 +163,24 @@ mod tests {
         assert_eq!(r.len(), 1);
         drop(b);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_connection_registering_after_its_peer_was_revoked_is_closed_at_once() {
+        let r = Registry::new();
+        let live = r.register("0a0b");
+        let other = r.register("0c");
+        assert_eq!(r.set_revoked([&"0A:0B".to_owned()]), 1);
+        assert!(live.closed().is_triggered() && !other.closed().is_triggered());
+        let late = r.register("a0b");
+        assert!(
+            late.closed().is_triggered(),
+            "registered after the revocation: closed"
+        );
+        assert_eq!(r.set_revoked([]), 0);
+        assert!(
+            !r.register("a0b").closed().is_triggered(),
+            "no longer revoked"
+        );
     }
 }
