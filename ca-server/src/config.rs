@@ -9,6 +9,9 @@ use clap::Parser;
 use serde::Deserialize;
 use trellis_identity::{TrustDomain, duration};
 
+use crate::attest::jwks::{HttpsUrl, KeySource};
+pub use crate::attest::kubernetes::KubernetesConfig;
+
 /// The shortest certificate lifetime the CA will issue (clients renew at half-life).
 pub const MIN_TTL: Duration = Duration::from_secs(60);
 /// The longest certificate lifetime the CA will issue (DESIGN.md: at most 24 h).
@@ -74,6 +77,93 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_grace: Option<String>,
+    /// Kubernetes service-account token attestation; off unless present.
+    pub kubernetes: Option<KubernetesFile>,
+}
+
+/// The `[kubernetes]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesFile {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_ca_file: Option<PathBuf>,
+    pub jwks_bearer_token_file: Option<PathBuf>,
+    pub jwks_refresh: Option<String>,
+    pub clock_skew: Option<String>,
+    pub allowed_namespaces: Option<Vec<String>>,
+    pub allowed_service_accounts: Option<Vec<String>>,
+}
+
+/// The longest clock skew tolerated on token expiry and not-before.
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+/// Unknown key ids trigger a re-read of the keys at most this often.
+const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
+
+impl KubernetesFile {
+    fn build(self) -> Result<KubernetesConfig, ConfigError> {
+        let e = |m: String| ConfigError(format!("kubernetes.{m}"));
+        let issuer = self.issuer.filter(|i| !i.is_empty()).ok_or_else(|| {
+            e(
+                "issuer is required: the cluster's service-account issuer, as \
+               `kubectl get --raw /.well-known/openid-configuration` shows it"
+                    .into(),
+            )
+        })?;
+        let keys = match (self.jwks_url, self.jwks_file) {
+            (Some(url), None) => KeySource::Url {
+                url: HttpsUrl::parse(&url).map_err(|m| e(format!("jwks_url: {m}")))?,
+                ca_file: self.jwks_ca_file.ok_or_else(|| {
+                    e("jwks_ca_file is required with jwks_url (in a pod: \
+                       /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)"
+                        .into())
+                })?,
+                bearer_token_file: self.jwks_bearer_token_file,
+            },
+            (None, Some(path)) => KeySource::File(path),
+            (None, None) => return Err(e("jwks_url or jwks_file is required".into())),
+            (Some(_), Some(_)) => return Err(e("set jwks_url or jwks_file, not both".into())),
+        };
+        let refresh = ttl(
+            "kubernetes.jwks_refresh",
+            self.jwks_refresh,
+            Duration::from_secs(300),
+        )?;
+        let clock_skew = ttl(
+            "kubernetes.clock_skew",
+            self.clock_skew,
+            Duration::from_secs(60),
+        )?;
+        if clock_skew > MAX_CLOCK_SKEW {
+            return Err(e(format!(
+                "clock_skew is {}; at most {} is allowed",
+                duration::format(clock_skew),
+                duration::format(MAX_CLOCK_SKEW)
+            )));
+        }
+        let allowed_namespaces = self.allowed_namespaces.unwrap_or_default();
+        let allowed_service_accounts = self.allowed_service_accounts.unwrap_or_default();
+        for entry in &allowed_service_accounts {
+            if entry.split('/').filter(|p| !p.is_empty()).count() != 2 {
+                return Err(e(format!(
+                    "allowed_service_accounts entry {entry:?}: expected NAMESPACE/NAME or \
+                     NAMESPACE/*"
+                )));
+            }
+        }
+        Ok(KubernetesConfig {
+            issuer,
+            audience: self.audience.unwrap_or_else(|| "trellis-ca".into()),
+            keys,
+            refresh,
+            min_refresh: JWKS_MIN_REFRESH,
+            clock_skew,
+            allowed_namespaces,
+            allowed_service_accounts,
+        })
+    }
 }
 
 /// Validated configuration.
@@ -93,6 +183,8 @@ pub struct Config {
     pub admin_ttl: Duration,
     pub json_logs: bool,
     pub shutdown_grace: Duration,
+    /// Service-account token attestation, if configured.
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 /// A configuration problem, as one line naming the setting.
@@ -226,6 +318,7 @@ impl Config {
                 file.shutdown_grace,
                 Duration::from_secs(10),
             )?,
+            kubernetes: file.kubernetes.map(KubernetesFile::build).transpose()?,
         })
     }
 }
@@ -260,6 +353,28 @@ mod tests {
             ("log_format = \"xml\"", "log_format"),
             ("server_names = [\"bad name\"]", "server_names"),
             ("trust_domian = \"typo.local\"", "unknown field"),
+            (
+                "[kubernetes]\njwks_file = \"k.json\"",
+                "kubernetes.issuer is required",
+            ),
+            ("[kubernetes]\nissuer = \"i\"", "jwks_url or jwks_file"),
+            (
+                "[kubernetes]\nissuer = \"i\"\njwks_url = \"http://x/\"\njwks_ca_file = \"c\"",
+                "not an https:// URL",
+            ),
+            (
+                "[kubernetes]\nissuer = \"i\"\njwks_url = \"https://x/\"",
+                "jwks_ca_file is required",
+            ),
+            (
+                "[kubernetes]\nissuer = \"i\"\njwks_file = \"k\"\nclock_skew = \"1h\"",
+                "clock_skew",
+            ),
+            (
+                "[kubernetes]\nissuer = \"i\"\njwks_file = \"k\"\nallowed_service_accounts = [\"web\"]",
+                "NAMESPACE/NAME",
+            ),
+            ("[kubernetes]\nisuer = \"i\"", "unknown field"),
         ];
         for (text, expected) in cases {
             let err = file(text).expect_err(text).to_string();

@@ -11,6 +11,7 @@ use rustls_pki_types::CertificateDer;
 use trellis_identity::bundle::Usage;
 use trellis_identity::{SpiffeId, TrustBundle, hex};
 
+use crate::attest::kubernetes::AttestError;
 use crate::config::MIN_TTL;
 use crate::csr;
 use crate::error::CaError;
@@ -24,6 +25,9 @@ use trellis_identity::profile::LeafSpec;
 pub enum Credential {
     /// A join token (the secret as sent by the client).
     JoinToken(String),
+    /// A Kubernetes projected service-account token (a JWT), verified by
+    /// [`crate::attest::kubernetes`]. Not consumed: the kubelet rotates it.
+    ServiceAccountToken(String),
     /// The TLS client chain of the connection (leaf first); empty if none was presented.
     Renewal(Vec<CertificateDer<'static>>),
     /// An authenticated admin asking for a certificate for someone else.
@@ -96,7 +100,7 @@ impl CaState {
         requested_ttl: Option<Duration>,
     ) -> Result<Issued, CaError> {
         let now = self.now();
-        let grant = self.authenticate(credential, now)?;
+        let grant = self.authenticate(credential, now).await?;
         let csr = csr::check(csr_der)?;
         if let Some(uri) = &csr.requested_uri
             && uri != grant.spiffe_id.as_str()
@@ -194,8 +198,46 @@ impl CaState {
         ))
     }
 
-    fn authenticate(&self, credential: Credential, now: SystemTime) -> Result<Grant, CaError> {
+    async fn authenticate(
+        &self,
+        credential: Credential,
+        now: SystemTime,
+    ) -> Result<Grant, CaError> {
         match credential {
+            Credential::ServiceAccountToken(token) => {
+                let attestor = self.kubernetes.as_ref().ok_or_else(|| {
+                    CaError::Unauthenticated(
+                        "service-account tokens are not accepted: this CA has no [kubernetes] \
+                         configuration"
+                            .into(),
+                    )
+                })?;
+                let attested = attestor
+                    .attest(&token, now, &self.config.trust_domain)
+                    .await
+                    .map_err(|e| match e {
+                        AttestError::Refused(_) => CaError::Unauthenticated(e.to_string()),
+                        AttestError::Unavailable(_) => CaError::Unavailable(e.to_string()),
+                    })?;
+                let actor = match &attested.pod {
+                    Some(pod) => format!(
+                        "system:serviceaccount:{}:{} (pod {pod})",
+                        attested.namespace, attested.service_account
+                    ),
+                    None => format!(
+                        "system:serviceaccount:{}:{}",
+                        attested.namespace, attested.service_account
+                    ),
+                };
+                Ok(Grant {
+                    spiffe_id: attested.spiffe_id,
+                    dns_names: Vec::new(),
+                    via: "service_account_token",
+                    actor,
+                    token: None,
+                    lifetime_override: None,
+                })
+            }
             Credential::JoinToken(secret) => {
                 let hash = tokens::hash(&secret);
                 let token = self

@@ -6,6 +6,7 @@
 //! and `store` (durable records, group commit).
 
 pub mod api;
+pub mod attest;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use trellis_identity::TrustBundle;
 use trellis_identity::clock::Clock;
 
+use crate::attest::kubernetes::Attestor;
 use crate::config::Config;
 use crate::store::Store;
 use trellis_identity::profile::SigningCa;
@@ -28,6 +29,8 @@ pub struct CaState {
     reported_bundles: Mutex<HashMap<String, BundleReport>>,
     /// The serving TLS config, set once the server starts.
     pub(crate) serving_tls: OnceLock<watch::Sender<Arc<rustls::ServerConfig>>>,
+    /// Verifies Kubernetes service-account tokens, if `[kubernetes]` is configured.
+    pub kubernetes: Option<Arc<Attestor>>,
 }
 
 /// The revoked, unexpired certificates, as streamed to sidecars.
@@ -54,6 +57,10 @@ impl CaState {
         bundle: TrustBundle,
     ) -> Self {
         Self {
+            kubernetes: config
+                .kubernetes
+                .clone()
+                .map(|k| Arc::new(Attestor::new(k))),
             config,
             store,
             clock,

@@ -1,4 +1,5 @@
-//! Debug impls for messages that carry secrets (join tokens): everything but the secret.
+//! Debug impls for messages that carry secrets (join tokens, service-account tokens):
+//! everything but the secret.
 
 use std::fmt;
 
@@ -12,6 +13,10 @@ impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Credential::JoinToken(_) => f.debug_tuple("JoinToken").field(&REDACTED).finish(),
+            Credential::ServiceAccountToken(_) => f
+                .debug_tuple("ServiceAccountToken")
+                .field(&REDACTED)
+                .finish(),
         }
     }
 }
@@ -48,6 +53,13 @@ mod tests {
             credential: Some(Credential::JoinToken(secret.into())),
             ..Default::default()
         };
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
+        let sa_request = CertifyRequest {
+            credential: Some(Credential::ServiceAccountToken(jwt.into())),
+            ..Default::default()
+        };
+        let text = format!("{sa_request:?}");
+        assert!(!text.contains(jwt) && text.contains(REDACTED), "{text}");
         let response = CreateJoinTokenResponse {
             token: secret.into(),
             ..Default::default()

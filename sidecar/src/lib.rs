@@ -2,7 +2,8 @@
 //!
 //! Identity side: `agent` (bootstrap, renewal, backoff, bundle watch) publishes validated
 //! [`credentials::Credentials`] on a watch channel; `trust` decides the initial bundle;
-//! `join_token` is the bootstrap credential; `svid_files` writes them out for the app.
+//! `join_token` and `k8s_token` (the pod's service-account token) are the bootstrap
+//! credentials; `svid_files` writes them out for the app.
 //! Data side: `inbound`, `outbound` and `proxy` move bytes, `policy` decides who may
 //! connect, `admin` serves health, metrics and identity; `run` wires everything together.
 
@@ -12,6 +13,7 @@ pub mod config;
 pub mod credentials;
 pub mod inbound;
 pub mod join_token;
+pub mod k8s_token;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;

@@ -75,6 +75,9 @@ impl WorkloadCa for WorkloadService {
         let body = request.into_inner();
         let credential = match body.credential {
             Some(ProtoCredential::JoinToken(token)) => Credential::JoinToken(token),
+            Some(ProtoCredential::ServiceAccountToken(token)) => {
+                Credential::ServiceAccountToken(token)
+            }
             None => Credential::Renewal(chain),
         };
         let issued = self

@@ -1,0 +1,203 @@
+//! Where the cluster's service-account signing keys come from: a JWK Set file, or the API
+//! server's JWKS endpoint over HTTPS (`/openid/v1/jwks`, readable with the built-in
+//! `system:service-account-issuer-discovery` role), verified against a given CA file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+use trellis_identity::pem;
+
+use super::jwt::KeySet;
+
+/// A JWK Set larger than this is refused (real ones are a few KiB).
+const MAX_JWKS: usize = 1024 * 1024;
+/// A fetch must finish within this.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An `https://host[:port]/path` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsUrl {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl HttpsUrl {
+    /// Parses an HTTPS URL; anything else (http, userinfo, fragments) is refused.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let rest = text
+            .strip_prefix("https://")
+            .ok_or_else(|| format!("{text:?} is not an https:// URL"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() || authority.contains('@') || path.contains('#') {
+            return Err(format!(
+                "{text:?} is not a plain https://host[:port]/path URL"
+            ));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("{text:?}: port {p:?} is not a number"))?,
+            ),
+            _ => (authority, 443),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{text:?} has no host"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for HttpsUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "https://{}:{}{}", self.host, self.port, self.path)
+    }
+}
+
+/// Where the signing keys are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JWK Set file (for clusters whose endpoint the CA cannot reach, and for tests).
+    File(PathBuf),
+    /// An HTTPS endpoint.
+    Url {
+        url: HttpsUrl,
+        /// PEM roots to verify the endpoint with.
+        ca_file: PathBuf,
+        /// A file holding a bearer token to send (the CA's own service-account token, read
+        /// fresh on every fetch because the kubelet rotates it).
+        bearer_token_file: Option<PathBuf>,
+    },
+}
+
+/// Reads the key set once.
+pub async fn load(source: &KeySource) -> Result<KeySet, String> {
+    let bytes = match source {
+        KeySource::File(path) => tokio::fs::read(path)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        KeySource::Url {
+            url,
+            ca_file,
+            bearer_token_file,
+        } => tokio::time::timeout(
+            FETCH_TIMEOUT,
+            fetch(url, ca_file, bearer_token_file.as_ref()),
+        )
+        .await
+        .map_err(|_| format!("{url}: no answer within {FETCH_TIMEOUT:?}"))??
+        .to_vec(),
+    };
+    KeySet::parse(&bytes).map_err(|e| e.to_string())
+}
+
+async fn fetch(
+    url: &HttpsUrl,
+    ca_file: &PathBuf,
+    bearer_token_file: Option<&PathBuf>,
+) -> Result<Bytes, String> {
+    let ca_pem = tokio::fs::read(ca_file)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", ca_file.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in pem::certs_from_pem(&ca_pem).map_err(|e| format!("{}: {e}", ca_file.display()))? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(trellis_identity::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let token = match bearer_token_file {
+        Some(path) => Some(
+            tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let server_name =
+        ServerName::try_from(url.host.clone()).map_err(|e| format!("{url}: host: {e}"))?;
+    let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let stream = TlsConnector::from(Arc::new(tls))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| format!("{url}: TLS: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    tokio::spawn(connection);
+    let mut request = http::Request::get(url.path.as_str())
+        .header(http::header::HOST, url.host.as_str())
+        .header(
+            http::header::ACCEPT,
+            "application/json, application/jwk-set+json",
+        );
+    if let Some(token) = token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("{url}: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("{url}: HTTP {status}"));
+    }
+    Ok(Limited::new(response.into_body(), MAX_JWKS)
+        .collect()
+        .await
+        .map_err(|e| format!("{url}: body: {e}"))?
+        .to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = HttpsUrl::parse("https://kubernetes.default.svc/openid/v1/jwks").expect("ok");
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("kubernetes.default.svc", 443, "/openid/v1/jwks")
+        );
+        let u = HttpsUrl::parse("https://127.0.0.1:6443").expect("ok");
+        assert_eq!((u.port, u.path.as_str()), (6443, "/"));
+        let u = HttpsUrl::parse("https://[::1]:8443/keys").expect("ok");
+        assert_eq!(u.host, "::1");
+        for bad in [
+            "http://x/",
+            "https://",
+            "https://u@h/",
+            "https://h:port/",
+            "https://h/#f",
+        ] {
+            assert!(HttpsUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
