@@ -347,3 +347,138 @@ async fn a_bundle_change_reaches_the_sidecar_within_two_seconds() {
         "same certificate, new bundle"
     );
 }
+
+/// An agent configured by `edit`, bootstrapping with a fresh token for `path`.
+async fn agent_with(
+    mesh: &Mesh,
+    path: &str,
+    edit: impl FnOnce(&mut CaFile),
+) -> (CredentialsRx, watch::Sender<bool>) {
+    let token = mesh.token(path).await;
+    let mut ca = CaFile {
+        address: Some(mesh.addr),
+        trust_bundle: Some(mesh.data_dir.join("bundle.pem")),
+        ..CaFile::default()
+    };
+    edit(&mut ca);
+    let config = Config::build(FileConfig {
+        ca,
+        ..FileConfig::default()
+    })
+    .expect("config");
+    let (creds_tx, creds_rx) = watch::channel(None);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let clock: Arc<dyn Clock> = mesh.clock.clone();
+    let agent = Agent::new(
+        &config,
+        clock,
+        Arc::new(JoinToken::new(TokenSource::Value(token))),
+        creds_tx,
+        Arc::new(Metrics::default()),
+        FAST,
+    );
+    tokio::spawn(agent.run(stop_rx));
+    (creds_rx, stop_tx)
+}
+
+#[tokio::test]
+async fn joins_with_only_a_pinned_root_fingerprint_and_refuses_a_wrong_pin() {
+    let mesh = Mesh::start().await;
+    let root = mesh.ca().state.bundle().roots()[0].clone();
+    let fingerprint = trellis_identity::hex::encode(
+        &trellis_identity::bundle::spki_sha256(&root).expect("fingerprint"),
+    );
+    let (mut creds, _stop) = agent_with(&mesh, "/ns/demo/sa/pinned", |ca| {
+        ca.trust_bundle = None;
+        ca.trust_fingerprint = Some(fingerprint.clone());
+    })
+    .await;
+    let got = wait_for(
+        &mut creds,
+        Duration::from_secs(10),
+        "a certificate via the pin",
+        |c| c.is_some(),
+    )
+    .await
+    .expect("certificate");
+    assert_eq!(
+        got.bundle.roots(),
+        mesh.ca().state.bundle().roots(),
+        "bundle fetched from the CA"
+    );
+
+    // A pin that matches no root of this CA: the agent never gets a certificate.
+    let (mut wrong, _stop) = agent_with(&mesh, "/ns/demo/sa/mispinned", |ca| {
+        ca.trust_bundle = None;
+        ca.trust_fingerprint = Some("00".repeat(32));
+    })
+    .await;
+    let outcome = tokio::time::timeout(Duration::from_secs(2), wrong.changed()).await;
+    assert!(
+        outcome.is_err() && wrong.borrow().is_none(),
+        "a wrong pin must not yield a certificate"
+    );
+}
+
+#[tokio::test]
+async fn writes_svid_files_for_the_app_and_rewrites_them_on_rotation() {
+    use std::os::unix::fs::PermissionsExt;
+    let mesh = Mesh::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let svid_dir = dir.path().join("svid");
+    let (mut creds, _stop) = agent_with(&mesh, "/ns/demo/sa/files", |ca| {
+        ca.svid_dir = Some(svid_dir.clone());
+    })
+    .await;
+    let first = wait_for(
+        &mut creds,
+        Duration::from_secs(10),
+        "first certificate",
+        |c| c.is_some(),
+    )
+    .await
+    .expect("certificate");
+    let read_leaf = || {
+        let chain =
+            pem::certs_from_pem(&std::fs::read(svid_dir.join("svid.pem")).expect("svid.pem"))
+                .expect("pem");
+        trellis_identity::CertInfo::parse(&chain[0]).expect("leaf")
+    };
+    assert_eq!(read_leaf().serial, first.svid.serial);
+    let key_mode = std::fs::metadata(svid_dir.join("svid_key.pem"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600, "the key file is private");
+    let key = trellis_identity::WorkloadKey::from_pem(
+        &std::fs::read_to_string(svid_dir.join("svid_key.pem")).expect("key"),
+    )
+    .expect("a P-256 key");
+    assert_eq!(
+        key.public_key_der(),
+        read_leaf().spki_der,
+        "key and certificate match"
+    );
+    assert!(
+        std::fs::read_to_string(svid_dir.join("bundle.pem"))
+            .expect("bundle")
+            .contains("BEGIN CERTIFICATE")
+    );
+
+    mesh.clock.advance(
+        renew_at(&first)
+            .duration_since(mesh.clock.now())
+            .unwrap_or_default()
+            + Duration::from_secs(1),
+    );
+    let next = wait_for(&mut creds, Duration::from_secs(10), "rotation", |c| {
+        c.is_some_and(|c| c.svid.serial != first.svid.serial)
+    })
+    .await
+    .expect("certificate");
+    assert_eq!(
+        read_leaf().serial,
+        next.svid.serial,
+        "files follow the rotation"
+    );
+}
