@@ -16,7 +16,7 @@ use rcgen::KeyPair;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 use trellis_identity::profile::{self, SigningCa};
-use trellis_identity::{CertInfo, files};
+use trellis_identity::{CertInfo, TrustBundle, files};
 
 use crate::bootstrap::{self, DataDir, store_err};
 use crate::error::CaError;
@@ -145,20 +145,84 @@ impl CaState {
         let now = self.now();
         let root = profile::new_root(&self.config.trust_domain, now, self.config.root_ttl)?;
         let signer = SigningCa::new(root.cert.clone(), root.key)?;
-        let key_file = format!("root-{}.key.pem", signer.id);
-        let dir = DataDir(self.config.data_dir.clone());
-        files::write_secret(
-            &dir.keys().join(&key_file),
-            signer.key().serialize_pem().as_bytes(),
-        )
-        .map_err(|e| CaError::Unavailable(format!("writing the root key: {e}")))?;
+        self.insert_root(root.cert, Some(signer.key().serialize_pem()), actor)
+            .await
+    }
+
+    /// Imports a root (and, optionally, its key), pending.
+    pub async fn import_root(
+        &self,
+        cert_pem: &[u8],
+        key_pem: Option<&[u8]>,
+        actor: &str,
+    ) -> Result<RootRecord, CaError> {
+        let bad = |m: String| CaError::InvalidArgument(m);
+        let cert = trellis_identity::pem::certs_from_pem(cert_pem)
+            .map_err(|e| bad(format!("root certificate: {e}")))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| bad("root certificate: no certificate".into()))?;
+        let info = CertInfo::parse(&cert).map_err(|e| bad(format!("root certificate: {e}")))?;
+        if !info.is_ca || info.subject != info.issuer {
+            return Err(bad(
+                "the certificate to import is not a self-signed CA certificate (CA=true, subject = issuer)".into(),
+            ));
+        }
+        if info.not_after <= self.now() {
+            return Err(bad("the root to import has expired".into()));
+        }
+        // A root that cannot anchor a chain is refused here rather than at verification time.
+        TrustBundle::new(self.config.trust_domain.clone(), 0, vec![cert.clone()])
+            .map_err(|e| bad(format!("root certificate: {e}")))?;
+        let key_pem = match key_pem {
+            Some(pem) => {
+                let text = String::from_utf8_lossy(pem).into_owned();
+                let key = KeyPair::from_pem(&text).map_err(|e| bad(format!("root key: {e}")))?;
+                SigningCa::new(cert.clone(), key)
+                    .map_err(|e| bad(format!("root key does not match the certificate: {e}")))?;
+                Some(text)
+            }
+            None => None,
+        };
+        self.insert_root(cert, key_pem, actor).await
+    }
+
+    async fn insert_root(
+        &self,
+        cert: CertificateDer<'static>,
+        key_pem: Option<String>,
+        actor: &str,
+    ) -> Result<RootRecord, CaError> {
+        let id = trellis_identity::bundle::root_id(&cert)
+            .map_err(|e| CaError::InvalidArgument(format!("root certificate: {e}")))?;
+        if self
+            .store
+            .roots()
+            .map_err(store_err)?
+            .iter()
+            .any(|r| r.id == id)
+        {
+            return Err(CaError::FailedPrecondition(format!(
+                "root {id} is already known to this CA"
+            )));
+        }
+        let key_file = match key_pem {
+            Some(pem) => {
+                let name = format!("root-{id}.key.pem");
+                let dir = DataDir(self.config.data_dir.clone());
+                files::write_secret(&dir.keys().join(&name), pem.as_bytes())
+                    .map_err(|e| CaError::Unavailable(format!("writing the root key: {e}")))?;
+                Some(name)
+            }
+            None => None,
+        };
         let version = self.bundle().version() + 1;
         let record = RootRecord {
-            id: signer.id.clone(),
-            cert_der: root.cert.to_vec(),
+            id,
+            cert_der: cert.to_vec(),
             state: RootState::Pending,
-            added_at: unix(now),
-            key_file: Some(key_file),
+            added_at: unix(self.now()),
+            key_file,
             added_in_bundle_version: version,
         };
         self.store.put_root(&record).map_err(store_err)?;
@@ -195,12 +259,13 @@ impl CaState {
         let convergence = self.convergence(target.added_in_bundle_version)?;
         if !convergence.unconverged.is_empty() && !force {
             return Err(CaError::FailedPrecondition(format!(
-                "{} of {} live workloads have not yet received a trust bundle containing root {id} \
+                "{} of {} live {} not yet received a trust bundle containing root {id} \
                  (bundle version {}): {}. Wait for them (they follow the CA's bundle stream), or \
                  use --force: until they receive it they will refuse peers whose certificates \
                  come from the new root",
                 convergence.unconverged.len(),
                 convergence.live,
+                if convergence.live == 1 { "workload has" } else { "workloads have" },
                 target.added_in_bundle_version,
                 describe(&convergence.unconverged)
             )));
@@ -310,10 +375,11 @@ impl CaState {
         users.sort();
         if !users.is_empty() && !force {
             return Err(CaError::FailedPrecondition(format!(
-                "{} workloads still use an unexpired certificate that chains to root {id}: {}. \
+                "{} {} an unexpired certificate that chains to root {id}: {}. \
                  They move to the active root at their next renewal (within {} at most); or \
                  use --force: until they renew, peers will refuse their certificates",
                 users.len(),
+                if users.len() == 1 { "workload still uses" } else { "workloads still use" },
                 describe(&users),
                 trellis_identity::duration::format(self.config.max_ttl)
             )));

@@ -54,7 +54,7 @@ async fn add_activate_retire_with_every_safety_check() {
 
     // 1. Add: the bundle grows, the new root is pending.
     let new_root = admin
-        .add_root(AddRootRequest {})
+        .add_root(AddRootRequest::default())
         .await
         .expect("add")
         .into_inner();
@@ -82,7 +82,7 @@ async fn add_activate_retire_with_every_safety_check() {
         .expect_err("not converged");
     assert_eq!(refused.code(), Code::FailedPrecondition);
     assert!(
-        refused.message().contains("1 of 1 live workloads"),
+        refused.message().contains("1 of 1 live workload has not yet received"),
         "{}",
         refused.message()
     );
@@ -212,7 +212,7 @@ async fn forced_steps_go_through_and_say_so_in_the_audit_log() {
         .await
         .expect("ack");
     let new_root = admin
-        .add_root(AddRootRequest {})
+        .add_root(AddRootRequest::default())
         .await
         .expect("add")
         .into_inner();
@@ -262,4 +262,105 @@ async fn forced_steps_go_through_and_say_so_in_the_audit_log() {
         .await
         .expect_err("unknown");
     assert_eq!(missing.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_root_can_be_imported_with_or_without_its_key() {
+    use trellis_identity::profile::{SigningCa, new_root};
+    let ca = TestCa::start().await;
+    let mut admin = ca.admin().await;
+    let td = ca.trust_domain();
+    let day = std::time::Duration::from_secs(86_400);
+    let make = || {
+        let root = new_root(&td, SystemTime::now(), 30 * day).expect("root");
+        let signer = SigningCa::new(root.cert.clone(), root.key).expect("signer");
+        (
+            trellis_identity::pem::certs_to_pem(&[root.cert]),
+            signer.key().serialize_pem(),
+        )
+    };
+
+    // With its key: imported pending, and it can be activated.
+    let (cert, key) = make();
+    let imported = admin
+        .add_root(AddRootRequest {
+            certificate_pem: cert.clone().into_bytes(),
+            private_key_pem: key.into_bytes(),
+        })
+        .await
+        .expect("import")
+        .into_inner();
+    assert_eq!(imported.state, "pending");
+    assert_eq!(ca.bundle().roots().len(), 2);
+    let again = admin
+        .add_root(AddRootRequest {
+            certificate_pem: cert.into_bytes(),
+            private_key_pem: vec![],
+        })
+        .await
+        .expect_err("duplicate");
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    admin
+        .activate_root(ActivateRootRequest {
+            root_id: imported.id.clone(),
+            force: true,
+        })
+        .await
+        .expect("an imported root with its key activates");
+
+    // Without its key: trusted, but activation explains why it cannot sign.
+    let (cert, _) = make();
+    let keyless = ca
+        .admin()
+        .await
+        .add_root(AddRootRequest {
+            certificate_pem: cert.into_bytes(),
+            private_key_pem: vec![],
+        })
+        .await
+        .expect("import without key")
+        .into_inner();
+    let refused = ca
+        .admin()
+        .await
+        .activate_root(ActivateRootRequest {
+            root_id: keyless.id,
+            force: true,
+        })
+        .await
+        .expect_err("no key");
+    assert!(
+        refused.message().contains("private key"),
+        "{}",
+        refused.message()
+    );
+
+    // A key that does not belong to the certificate, and a leaf posing as a root: refused.
+    let (cert, _) = make();
+    let (_, other_key) = make();
+    let mismatch = ca
+        .admin()
+        .await
+        .add_root(AddRootRequest {
+            certificate_pem: cert.into_bytes(),
+            private_key_pem: other_key.into_bytes(),
+        })
+        .await
+        .expect_err("mismatch");
+    assert_eq!(mismatch.code(), Code::InvalidArgument);
+    let (_, leaf) = ca.bootstrap("/ns/app/sa/poser").await;
+    let poser = ca
+        .admin()
+        .await
+        .add_root(AddRootRequest {
+            certificate_pem: trellis_identity::pem::certs_to_pem(&leaf.chain_der[..1]).into_bytes(),
+            private_key_pem: vec![],
+        })
+        .await
+        .expect_err("a leaf is not a root");
+    assert!(
+        poser.message().contains("self-signed CA"),
+        "{}",
+        poser.message()
+    );
 }

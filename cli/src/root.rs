@@ -24,12 +24,25 @@ pub enum RootCommand {
     /// List every root with its state, expiry and use, and which workloads still lack the
     /// current trust bundle.
     List,
-    /// Generate a new root; it joins the trust bundle as "pending" (trusted, not signing).
-    Add,
+    /// Add a new root, generated or imported; it joins the trust bundle as "pending"
+    /// (trusted, not signing).
+    Add(AddArgs),
     /// Make a pending root the signing one; workloads move to it as they renew.
     Activate(ActivateArgs),
     /// Take a root out of the trust bundle.
     Retire(RetireArgs),
+}
+
+/// Arguments of `trellis root add`.
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// Import this self-signed root certificate (PEM) instead of generating one.
+    #[arg(long, value_name = "FILE")]
+    import_cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM, P-256), so the CA can later activate the root. Without it the
+    /// root is trusted but cannot sign.
+    #[arg(long, value_name = "FILE", requires = "import_cert")]
+    import_key: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `trellis root activate`.
@@ -201,10 +214,28 @@ pub async fn run(command: RootCommand, global: &Global) -> anyhow::Result<()> {
                 .await?;
             output::emit(global.output, &ListReport::new(response, SystemTime::now()))
         }
-        RootCommand::Add => {
+        RootCommand::Add(a) => {
+            let read = |path: &std::path::Path| {
+                std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+            };
+            let request = AddRootRequest {
+                certificate_pem: a
+                    .import_cert
+                    .as_deref()
+                    .map(read)
+                    .transpose()?
+                    .unwrap_or_default(),
+                private_key_pem: a
+                    .import_key
+                    .as_deref()
+                    .map(read)
+                    .transpose()?
+                    .unwrap_or_default(),
+            };
             let mut admin = target.admin().await?;
             let root = target
-                .call("adding a root", admin.add_root(AddRootRequest {}))
+                .call("adding a root", admin.add_root(request))
                 .await?;
             emit_change(global, "added", root, false)
         }

@@ -133,7 +133,7 @@ fn a_full_root_rotation_under_steady_traffic_fails_no_request() {
 
     // 1. Add: both sidecars receive and acknowledge the new bundle.
     let new_root = admin
-        .call(|mut c| async move { c.add_root(AddRootRequest {}).await })
+        .call(|mut c| async move { c.add_root(AddRootRequest::default()).await })
         .expect("add")
         .id;
     within(

@@ -321,7 +321,22 @@ impl Admin for AdminService {
         request: Request<AddRootRequest>,
     ) -> Result<Response<RootInfo>, Status> {
         let caller = caller(&request)?;
-        let record = self.state.add_root(caller.as_str()).await?;
+        let body = request.into_inner();
+        let record = if body.certificate_pem.is_empty() {
+            if !body.private_key_pem.is_empty() {
+                return Err(CaError::InvalidArgument(
+                    "private_key_pem without certificate_pem: import both, or neither to generate"
+                        .into(),
+                )
+                .into());
+            }
+            self.state.add_root(caller.as_str()).await?
+        } else {
+            let key = (!body.private_key_pem.is_empty()).then_some(body.private_key_pem.as_slice());
+            self.state
+                .import_root(&body.certificate_pem, key, caller.as_str())
+                .await?
+        };
         self.root_info(&record.id)
     }
 
