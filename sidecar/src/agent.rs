@@ -564,25 +564,31 @@ fn bundle_from_proto(
     .map_err(|e| e.to_string())
 }
 
-/// Follows `WatchTrustBundle`, reconnecting with backoff; every reconnect starts with the
-/// current bundle, so nothing is missed across a broken stream.
-async fn watch_bundle(
+/// Keeps one of the CA's state streams open: `open` starts it on a fresh client (verifying
+/// the CA with the newest bundle), every message goes to `apply`, and any failure leads to
+/// a reconnect with backoff. The CA's streams send complete state in every message, so a
+/// reconnect never misses anything.
+#[allow(clippy::too_many_arguments)]
+async fn follow<M, F>(
+    what: &'static str,
     ca: CaConfig,
-    td: trellis_identity::TrustDomain,
     clock: Arc<dyn Clock>,
-    bundles: watch::Sender<Arc<TrustBundle>>,
+    bundles: watch::Receiver<Arc<TrustBundle>>,
     pacing: Pacing,
     mut stop: watch::Receiver<bool>,
-) {
+    open: impl Fn(WorkloadCaClient<tonic::transport::Channel>) -> F,
+    mut apply: impl FnMut(M) -> Result<(), String>,
+) where
+    F: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<M>>, tonic::Status>>,
+{
     let mut failures = 0;
     loop {
-        let current = bundles.borrow().clone();
+        let bundle = bundles.borrow().clone();
         let outcome = async {
-            let mut client = ca_client(&ca, &clock, current, None, pacing.call_timeout)
+            let client = ca_client(&ca, &clock, bundle, None, pacing.call_timeout)
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut stream = client
-                .watch_trust_bundle(WatchTrustBundleRequest {})
+            let mut stream = open(client)
                 .await
                 .map_err(|s| s.message().to_owned())?
                 .into_inner();
@@ -590,10 +596,7 @@ async fn watch_bundle(
                 match stream.message().await {
                     Ok(Some(message)) => {
                         failures = 0;
-                        let bundle = bundle_from_proto(&td, message)?;
-                        if bundle.version() != bundles.borrow().version() {
-                            bundles.send_replace(Arc::new(bundle));
-                        }
+                        apply(message)?;
                     }
                     Ok(None) => return Err("stream ended".to_owned()),
                     Err(status) => return Err(status.message().to_owned()),
@@ -606,7 +609,7 @@ async fn watch_bundle(
         };
         failures += 1;
         let delay = backoff(pacing, failures);
-        tracing::debug!(error = %error, retry_in = ?delay, "trust bundle watch interrupted; reconnecting");
+        tracing::debug!(stream = what, error = %error, retry_in = ?delay, "CA stream interrupted; reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stopped(&mut stop) => return,
@@ -614,59 +617,65 @@ async fn watch_bundle(
     }
 }
 
-/// Follows `WatchRevocations`, reconnecting with backoff; each message is the complete
-/// list, so a reconnect never misses a revocation.
+/// Follows `WatchTrustBundle` into `bundles`.
+async fn watch_bundle(
+    ca: CaConfig,
+    td: trellis_identity::TrustDomain,
+    clock: Arc<dyn Clock>,
+    bundles: watch::Sender<Arc<TrustBundle>>,
+    pacing: Pacing,
+    stop: watch::Receiver<bool>,
+) {
+    let current = bundles.subscribe();
+    follow(
+        "trust bundle",
+        ca,
+        clock,
+        current,
+        pacing,
+        stop,
+        |mut client| async move { client.watch_trust_bundle(WatchTrustBundleRequest {}).await },
+        |message| {
+            let bundle = bundle_from_proto(&td, message)?;
+            if bundle.version() != bundles.borrow().version() {
+                bundles.send_replace(Arc::new(bundle));
+            }
+            Ok(())
+        },
+    )
+    .await;
+}
+
+/// Follows `WatchRevocations` into `revoked`.
 async fn watch_revocations(
     ca: CaConfig,
     clock: Arc<dyn Clock>,
     bundles: watch::Receiver<Arc<TrustBundle>>,
     revoked: watch::Sender<Revoked>,
     pacing: Pacing,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut failures = 0;
-    loop {
-        let bundle = bundles.borrow().clone();
-        let outcome = async {
-            let mut client = ca_client(&ca, &clock, bundle, None, pacing.call_timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut stream = client
-                .watch_revocations(WatchRevocationsRequest {})
-                .await
-                .map_err(|s| s.message().to_owned())?
-                .into_inner();
-            loop {
-                match stream.message().await {
-                    Ok(Some(list)) => {
-                        failures = 0;
-                        let set: HashSet<String> =
-                            list.revoked.into_iter().map(|r| r.serial).collect();
-                        revoked.send_if_modified(|current| {
-                            if **current == set {
-                                return false;
-                            }
-                            *current = Arc::new(set);
-                            true
-                        });
-                    }
-                    Ok(None) => return Err("stream ended".to_owned()),
-                    Err(status) => return Err(status.message().to_owned()),
+    follow(
+        "revocations",
+        ca,
+        clock,
+        bundles,
+        pacing,
+        stop,
+        |mut client| async move { client.watch_revocations(WatchRevocationsRequest {}).await },
+        |list| {
+            let set: HashSet<String> = list.revoked.into_iter().map(|r| r.serial).collect();
+            revoked.send_if_modified(|current| {
+                if **current == set {
+                    return false;
                 }
-            }
-        };
-        let error: String = tokio::select! {
-            result = outcome => match result { Err(e) => e, Ok(()) => String::new() },
-            _ = stopped(&mut stop) => return,
-        };
-        failures += 1;
-        let delay = backoff(pacing, failures);
-        tracing::debug!(error = %error, retry_in = ?delay, "revocation watch interrupted; reconnecting");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stopped(&mut stop) => return,
-        }
-    }
+                *current = Arc::new(set);
+                true
+            });
+            Ok(())
+        },
+    )
+    .await;
 }
 
 /// When to renew: 40–60 % into the lifetime, the fraction taken from the serial's random
