@@ -265,7 +265,11 @@ impl CaState {
                  come from the new root",
                 convergence.unconverged.len(),
                 convergence.live,
-                if convergence.live == 1 { "workload has" } else { "workloads have" },
+                if convergence.live == 1 {
+                    "workload has"
+                } else {
+                    "workloads have"
+                },
                 target.added_in_bundle_version,
                 describe(&convergence.unconverged)
             )));
@@ -379,7 +383,11 @@ impl CaState {
                  They move to the active root at their next renewal (within {} at most); or \
                  use --force: until they renew, peers will refuse their certificates",
                 users.len(),
-                if users.len() == 1 { "workload still uses" } else { "workloads still use" },
+                if users.len() == 1 {
+                    "workload still uses"
+                } else {
+                    "workloads still use"
+                },
                 describe(&users),
                 trellis_identity::duration::format(self.config.max_ttl)
             )));

@@ -82,7 +82,9 @@ async fn add_activate_retire_with_every_safety_check() {
         .expect_err("not converged");
     assert_eq!(refused.code(), Code::FailedPrecondition);
     assert!(
-        refused.message().contains("1 of 1 live workload has not yet received"),
+        refused
+            .message()
+            .contains("1 of 1 live workload has not yet received"),
         "{}",
         refused.message()
     );
