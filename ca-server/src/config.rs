@@ -226,6 +226,7 @@ impl Config {
         over!(
             trust_domain,
             listen,
+            http_listen,
             data_dir,
             import_dir,
             default_ttl,
@@ -331,6 +332,32 @@ mod tests {
         let parsed: FileConfig =
             toml::from_str(toml_text).map_err(|e| ConfigError(e.message().to_owned()))?;
         Config::build(parsed)
+    }
+
+    #[test]
+    fn every_flag_overrides_the_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ca.toml");
+        std::fs::write(
+            &path,
+            "http_listen = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:2\"\n",
+        )
+        .expect("write");
+        let flags = Flags::parse_from([
+            "trellis-ca",
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--http-listen",
+            "127.0.0.1:8080",
+            "--listen",
+            "127.0.0.1:8443",
+        ]);
+        let config = Config::load(flags).expect("valid");
+        assert_eq!(
+            config.http_listen,
+            Some("127.0.0.1:8080".parse().expect("addr"))
+        );
+        assert_eq!(config.listen, "127.0.0.1:8443".parse().expect("addr"));
     }
 
     #[test]
