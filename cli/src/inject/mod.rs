@@ -5,12 +5,13 @@
 //!
 //! Code map: `pod.rs` decides and builds the patch, `patch.rs` is JSON Patch, `manifest.rs`
 //! reads and writes YAML streams (`yaml.rs` writes YAML Kubernetes reads unambiguously), `webhook.rs` answers an AdmissionReview, `serve.rs` is the
-//! HTTPS server.
+//! HTTPS server and `tls.rs` its certificate, re-read when the files change.
 
 pub mod manifest;
 pub mod patch;
 pub mod pod;
 pub mod serve;
+pub mod tls;
 pub mod webhook;
 pub mod yaml;
 
@@ -20,8 +21,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use trellis_identity::TrustDomain;
 
 use crate::Global;
@@ -78,6 +77,7 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
     /// Serving certificate chain (PEM); its names must include the webhook Service's DNS name.
+    /// Re-read when the file changes (a rotated Secret), without a restart.
     #[arg(long, value_name = "FILE")]
     tls_cert: PathBuf,
     /// The serving certificate's private key (PEM).
@@ -187,27 +187,18 @@ fn inject_files(args: InjectArgs, global: &Global) -> anyhow::Result<()> {
 }
 
 fn tls_config(args: &ServeArgs) -> anyhow::Result<rustls::ServerConfig> {
-    let certs = CertificateDer::pem_file_iter(&args.tls_cert)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| usage(format!("--tls-cert {}: {e}", args.tls_cert.display())))?;
-    if certs.is_empty() {
-        return Err(usage(format!(
-            "--tls-cert {}: no certificate in the file",
-            args.tls_cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(&args.tls_key)
-        .map_err(|e| usage(format!("--tls-key {}: {e}", args.tls_key.display())))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(trellis_identity::tls::provider())
+    let provider = trellis_identity::tls::provider();
+    let certificate = tls::ReloadingCert::new(
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        provider.clone(),
+    )
+    .map_err(|e| usage(format!("--tls-cert/--tls-key: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            usage(format!(
-                "--tls-cert/--tls-key: the key does not fit the certificate: {e}"
-            ))
-        })?;
+        .with_cert_resolver(Arc::new(certificate));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -2,12 +2,12 @@
 //! README does), sent AdmissionReview v1 requests with curl the way the API server sends
 //! them; the JSON Patch it returns is applied here, independently, and the result checked.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trellis_e2e::{Process, command, run};
+use trellis_e2e::{Process, command, retry_until, run};
 
 use crate::tools::{TOOL_TIMEOUT, assert_valid, container};
 
@@ -23,23 +23,7 @@ impl Webhook {
         let dir = tempfile::tempdir().expect("temp dir");
         let cert = dir.path().join("tls.crt");
         let key = dir.path().join("tls.key");
-        let mut openssl = Command::new("openssl");
-        openssl
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ])
-            .args(["-nodes", "-days", "1", "-subj", "/CN=trellis-injector"])
-            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert);
-        run(openssl, TOOL_TIMEOUT).success();
+        make_certificate(&cert, &key);
         let mut cmd = command("trellis");
         cmd.args(["inject", "serve-webhook", "--listen", "127.0.0.1:0"])
             .arg("--tls-cert")
@@ -107,6 +91,27 @@ impl Webhook {
         assert_eq!(answer["response"]["uid"], UID);
         answer["response"].clone()
     }
+}
+
+/// A self-signed serving certificate for 127.0.0.1, as the README makes one with openssl.
+fn make_certificate(cert: &Path, key: &Path) {
+    let mut openssl = Command::new("openssl");
+    openssl
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=trellis-injector"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert);
+    run(openssl, TOOL_TIMEOUT).success();
 }
 
 const UID: &str = "d1c6ef71-2b3f-4e42-9e38-4f5e0b2f0c11";
@@ -309,4 +314,45 @@ fn the_webhook_honours_annotations_and_refuses_what_it_cannot_inject() {
         outcome.code != Some(0) || !outcome.stdout.contains("ok"),
         "{outcome:?}"
     );
+}
+
+#[test]
+fn a_rotated_serving_certificate_is_used_without_a_restart() {
+    let webhook = Webhook::start();
+    let (status, _) = webhook.send(webhook.curl("/healthz"));
+    assert_eq!(status, 200);
+
+    // A new certificate and key replace the old ones in place, as a Secret update does.
+    let fresh = webhook.dir.path().join("fresh");
+    std::fs::create_dir(&fresh).expect("dir");
+    let (cert, key) = (fresh.join("tls.crt"), fresh.join("tls.key"));
+    make_certificate(&cert, &key);
+    std::fs::copy(&webhook.cert, webhook.dir.path().join("old-ca.crt")).expect("copy");
+    std::fs::rename(&key, webhook.dir.path().join("tls.key")).expect("replace key");
+    std::fs::rename(&cert, &webhook.cert).expect("replace certificate");
+    let new_ca = fresh.join("ca.crt");
+    std::fs::copy(&webhook.cert, &new_ca).expect("copy");
+
+    retry_until(
+        Duration::from_secs(30),
+        "the new certificate is served",
+        || {
+            let mut curl = Command::new("curl");
+            curl.args(["-sS", "--max-time", "5", "--cacert"])
+                .arg(&new_ca)
+                .arg(format!("{}/healthz", webhook.base));
+            let outcome = run(curl, TOOL_TIMEOUT);
+            if outcome.code == Some(0) && outcome.stdout == "ok\n" {
+                Ok(())
+            } else {
+                Err(outcome.stderr)
+            }
+        },
+    );
+    // And the old one is not: a client that trusts only it now fails.
+    let mut old = Command::new("curl");
+    old.args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(webhook.dir.path().join("old-ca.crt"))
+        .arg(format!("{}/healthz", webhook.base));
+    assert_ne!(run(old, TOOL_TIMEOUT).code, Some(0));
 }

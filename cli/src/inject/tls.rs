@@ -1,0 +1,105 @@
+//! The webhook's serving certificate, picked up again when its files change: cert-manager
+//! or an updated Secret rotates them in place, and the webhook must not need a restart (its
+//! certificate expiring would block pod creation in every injected namespace).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// The files are looked at (one `stat` each) at most this often, during handshakes.
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Reads a certificate chain and its key, checking that they belong together.
+pub fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate in the file", cert.display()));
+    }
+    let private =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    CertifiedKey::from_der(chain, private, provider).map_err(|e| {
+        format!(
+            "{} and {} do not belong together: {e}",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+struct Current {
+    key: Arc<CertifiedKey>,
+    stamps: [Option<SystemTime>; 2],
+    checked: Instant,
+}
+
+/// Serves the newest certificate in `cert`/`key`; a pair that does not load (say, the
+/// certificate already replaced but not yet the key) keeps the previous one in service.
+pub struct ReloadingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: Mutex<Current>,
+}
+
+impl std::fmt::Debug for ReloadingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingCert")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadingCert {
+    /// Loads the pair once; fails if it does not load now.
+    pub fn new(cert: PathBuf, key: PathBuf, provider: Arc<CryptoProvider>) -> Result<Self, String> {
+        let stamps = [modified(&cert), modified(&key)];
+        let loaded = load(&cert, &key, &provider)?;
+        Ok(Self {
+            current: Mutex::new(Current {
+                key: Arc::new(loaded),
+                stamps,
+                checked: Instant::now(),
+            }),
+            cert,
+            key,
+            provider,
+        })
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.checked.elapsed() >= CHECK_EVERY {
+            current.checked = Instant::now();
+            let stamps = [modified(&self.cert), modified(&self.key)];
+            if stamps != current.stamps {
+                match load(&self.cert, &self.key, &self.provider) {
+                    Ok(loaded) => {
+                        current.key = Arc::new(loaded);
+                        current.stamps = stamps;
+                        eprintln!(
+                            "inject: serving certificate reloaded from {}",
+                            self.cert.display()
+                        );
+                    }
+                    Err(e) => eprintln!("inject: keeping the current serving certificate: {e}"),
+                }
+            }
+        }
+        Some(current.key.clone())
+    }
+}
