@@ -143,7 +143,7 @@ mod tests {
             pull_policy: Some("IfNotPresent".into()),
             ca_address: "trellis-ca.trellis-system.svc:8443".into(),
             trust_domain: "cluster.local".into(),
-            bundle_config_map: "trellis-trust-bundle".into(),
+            trust: pod::Trust::ConfigMap("trellis-trust-bundle".into()),
         }
     }
 

@@ -45,7 +45,7 @@ pub struct InjectArgs {
 #[derive(Debug, clap::Subcommand)]
 enum InjectCommand {
     /// Serve the mutating admission webhook (AdmissionReview v1 over HTTPS).
-    ServeWebhook(ServeArgs),
+    ServeWebhook(Box<ServeArgs>),
 }
 
 /// What goes into every injected pod.
@@ -68,6 +68,11 @@ struct SidecarFlags {
     /// ConfigMap in the pod's namespace holding the trust bundle under `bundle.pem`.
     #[arg(long, value_name = "NAME", default_value = "trellis-trust-bundle")]
     bundle_config_map: String,
+    /// Instead of the ConfigMap: the root's SPKI SHA-256 (64 hex digits, from `trellis ca
+    /// status`); sidecars fetch the bundle from the CA and accept it only if it holds that
+    /// root, so namespaces need no ConfigMap.
+    #[arg(long, value_name = "SHA256", conflicts_with = "bundle_config_map")]
+    trust_fingerprint: Option<String>,
 }
 
 /// Arguments of `trellis inject serve-webhook`.
@@ -121,19 +126,32 @@ fn settings(flags: &SidecarFlags, global: &Global) -> anyhow::Result<Settings> {
             flags.ca_service
         )));
     }
+    let trust = match &flags.trust_fingerprint {
+        Some(hex) => {
+            let hex = hex.trim().to_ascii_lowercase();
+            if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(usage(format!(
+                    "--trust-fingerprint {hex:?}: expected the root's SHA-256 as 64 hex digits \
+                     (`trellis ca status` shows it)"
+                )));
+            }
+            pod::Trust::Fingerprint(hex)
+        }
+        None => pod::Trust::ConfigMap(flags.bundle_config_map.clone()),
+    };
     Ok(Settings {
         image: flags.image.clone(),
         pull_policy: flags.image_pull_policy.clone(),
         ca_address: flags.ca_service.clone(),
         trust_domain,
-        bundle_config_map: flags.bundle_config_map.clone(),
+        trust,
     })
 }
 
 /// Runs `trellis inject`.
 pub async fn run(args: InjectArgs, global: &Global) -> anyhow::Result<()> {
     match args.command {
-        Some(InjectCommand::ServeWebhook(serve)) => serve_webhook(serve, global).await,
+        Some(InjectCommand::ServeWebhook(serve)) => serve_webhook(*serve, global).await,
         None => inject_files(args, global),
     }
 }

@@ -58,8 +58,19 @@ pub struct Settings {
     pub ca_address: String,
     /// The trust domain.
     pub trust_domain: String,
-    /// The ConfigMap (in the pod's namespace) with the initial trust bundle, key `bundle.pem`.
-    pub bundle_config_map: String,
+    /// How the sidecar learns which CA to trust before it has talked to it.
+    pub trust: Trust,
+}
+
+/// Where an injected sidecar's first trust bundle comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// A ConfigMap in the pod's namespace with key `bundle.pem`, mounted as a file.
+    ConfigMap(String),
+    /// The SHA-256 of the root's SubjectPublicKeyInfo (64 hex digits, as `trellis ca status`
+    /// shows it): the sidecar fetches the bundle from the CA and accepts it only if it holds
+    /// that root. Needs no object in the pod's namespace.
+    Fingerprint(String),
 }
 
 /// Whether a pod with no `trellis.dev/inject` annotation is injected.
@@ -188,7 +199,10 @@ pub fn plan(
     let config_map = annotation(metadata, CONFIG_MAP)
         .map(|name| dns_label(CONFIG_MAP, name))
         .transpose()?;
-    let mut new_volumes = vec![token_volume(), bundle_volume(settings)];
+    let mut new_volumes = vec![token_volume()];
+    if let Trust::ConfigMap(name) = &settings.trust {
+        new_volumes.push(bundle_volume(name));
+    }
     if let Some(name) = config_map {
         new_volumes.push(json!({"name": CONFIG_VOLUME, "configMap": {"name": name}}));
     }
@@ -299,10 +313,10 @@ fn token_volume() -> Value {
     })
 }
 
-fn bundle_volume(settings: &Settings) -> Value {
+fn bundle_volume(config_map: &str) -> Value {
     json!({
         "name": BUNDLE_VOLUME,
-        "configMap": {"name": settings.bundle_config_map, "items": [{"key": BUNDLE_KEY, "path": BUNDLE_KEY}]},
+        "configMap": {"name": config_map, "items": [{"key": BUNDLE_KEY, "path": BUNDLE_KEY}]},
     })
 }
 
@@ -318,7 +332,12 @@ fn sidecar_container(
     let mut env_vars = vec![
         env("TRELLIS_TRUST_DOMAIN", &settings.trust_domain),
         env("TRELLIS_CA_ADDR", &settings.ca_address),
-        env("TRELLIS_TRUST_BUNDLE", format!("{BUNDLE_DIR}/{BUNDLE_KEY}")),
+        match &settings.trust {
+            Trust::ConfigMap(_) => {
+                env("TRELLIS_TRUST_BUNDLE", format!("{BUNDLE_DIR}/{BUNDLE_KEY}"))
+            }
+            Trust::Fingerprint(hex) => env("TRELLIS_TRUST_FINGERPRINT", hex),
+        },
         env(
             "TRELLIS_SERVICE_ACCOUNT_TOKEN_FILE",
             format!("{TOKEN_DIR}/{TOKEN_FILE}"),
@@ -359,10 +378,10 @@ fn sidecar_container(
         }
         env_vars.push(env("TRELLIS_OUTBOUND", text.trim()));
     }
-    let mut mounts = vec![
-        json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}),
-        json!({"name": BUNDLE_VOLUME, "mountPath": BUNDLE_DIR, "readOnly": true}),
-    ];
+    let mut mounts = vec![json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true})];
+    if matches!(settings.trust, Trust::ConfigMap(_)) {
+        mounts.push(json!({"name": BUNDLE_VOLUME, "mountPath": BUNDLE_DIR, "readOnly": true}));
+    }
     if with_config {
         env_vars.push(env("TRELLIS_CONFIG", format!("{CONFIG_DIR}/{CONFIG_KEY}")));
         mounts.push(json!({"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": true}));
@@ -409,7 +428,7 @@ mod tests {
             pull_policy: None,
             ca_address: "trellis-ca.trellis-system.svc:8443".into(),
             trust_domain: "cluster.local".into(),
-            bundle_config_map: "trellis-trust-bundle".into(),
+            trust: Trust::ConfigMap("trellis-trust-bundle".into()),
         }
     }
 
@@ -464,6 +483,30 @@ mod tests {
             after["metadata"]["annotations"][INJECTED],
             env!("CARGO_PKG_VERSION")
         );
+    }
+
+    #[test]
+    fn a_fingerprint_needs_no_bundle_volume() {
+        let fingerprint = "ab".repeat(32);
+        let settings = Settings {
+            trust: Trust::Fingerprint(fingerprint.clone()),
+            ..settings()
+        };
+        let before = pod(json!({}));
+        let mut after = before.clone();
+        let Ok(Plan::Inject(ops)) = plan(&before, "", None, &settings, Unannotated::Inject) else {
+            panic!("injects");
+        };
+        apply(&mut after, &ops).expect("applies");
+        let sidecar = &after["spec"]["containers"][1];
+        assert!(
+            sidecar["env"]
+                .as_array()
+                .expect("env")
+                .contains(&json!({"name": "TRELLIS_TRUST_FINGERPRINT", "value": fingerprint}))
+        );
+        assert_eq!(after["spec"]["volumes"].as_array().map(Vec::len), Some(1));
+        assert_eq!(sidecar["volumeMounts"].as_array().map(Vec::len), Some(1));
     }
 
     #[test]

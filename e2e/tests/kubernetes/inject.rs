@@ -218,3 +218,36 @@ fn a_pod_that_cannot_be_injected_fails_with_one_line_and_no_output() {
     let nothing = inject(&[]);
     assert!(nothing.failure(2).contains("trellis inject -f app.yaml"));
 }
+
+#[test]
+fn a_trust_fingerprint_replaces_the_bundle_config_map() {
+    let path = fixture("deployment-multi-container.yaml");
+    let fingerprint = "0f".repeat(32);
+    let outcome = inject(&[
+        "-f",
+        path.to_str().expect("utf-8"),
+        "--trust-fingerprint",
+        &fingerprint,
+    ])
+    .success();
+    let output = documents(&outcome.stdout);
+    let pod = &output[0]["spec"]["template"];
+    let sidecar = container(pod, "trellis-sidecar").expect("sidecar");
+    let env = env(sidecar);
+    assert!(env.contains(&("TRELLIS_TRUST_FINGERPRINT".to_owned(), fingerprint.clone())));
+    assert!(!env.iter().any(|(k, _)| k == "TRELLIS_TRUST_BUNDLE"));
+    let volumes = pod["spec"]["volumes"].as_array().expect("volumes");
+    assert!(
+        !volumes.iter().any(|v| v["name"] == "trellis-trust-bundle"),
+        "no ConfigMap needed: {volumes:?}"
+    );
+    assert_valid("injected with a fingerprint", &outcome.stdout);
+
+    let bad = inject(&[
+        "-f",
+        path.to_str().expect("utf-8"),
+        "--trust-fingerprint",
+        "abc",
+    ]);
+    assert!(bad.failure(2).contains("64 hex digits"));
+}
