@@ -14,7 +14,12 @@ use crate::tools::{
 };
 
 /// The kustomizations a user applies.
-const KUSTOMIZATIONS: [&str; 3] = ["deploy/base", "deploy/webhook", "deploy/examples/demo"];
+const KUSTOMIZATIONS: [&str; 4] = [
+    "deploy/base",
+    "deploy/overlays/import",
+    "deploy/webhook",
+    "deploy/examples/demo",
+];
 
 #[test]
 fn every_kustomization_renders_to_valid_kubernetes_objects() {
