@@ -112,7 +112,7 @@ impl Mesh {
         let token = self.token(path).await;
         let config = Config::build(FileConfig {
             ca: CaFile {
-                address: Some(self.addr),
+                address: Some(self.addr.to_string()),
                 trust_bundle: Some(self.data_dir.join("bundle.pem")),
                 ..CaFile::default()
             },
@@ -356,7 +356,7 @@ async fn agent_with(
 ) -> (CredentialsRx, watch::Sender<bool>) {
     let token = mesh.token(path).await;
     let mut ca = CaFile {
-        address: Some(mesh.addr),
+        address: Some(mesh.addr.to_string()),
         trust_bundle: Some(mesh.data_dir.join("bundle.pem")),
         ..CaFile::default()
     };

@@ -5,6 +5,8 @@
 //! run on real-world manifests; the injection webhook served over real HTTPS and sent
 //! AdmissionReview requests with curl.
 
+#[path = "kubernetes/attestation.rs"]
+mod attestation;
 #[path = "kubernetes/import.rs"]
 mod import;
 #[path = "kubernetes/inject.rs"]

@@ -123,7 +123,7 @@ impl Mesh {
         let token = self.token(path).await;
         let config = Config::build(FileConfig {
             ca: CaFile {
-                address: Some(self.addr),
+                address: Some(self.addr.to_string()),
                 trust_bundle: Some(self.data_dir.join("bundle.pem")),
                 ..CaFile::default()
             },

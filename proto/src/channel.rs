@@ -18,8 +18,8 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// How long to wait for TCP connect plus the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn endpoint(addr: SocketAddr) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+fn endpoint(target: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{target}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -27,7 +27,7 @@ fn endpoint(addr: SocketAddr) -> Result<Endpoint, tonic::transport::Error> {
 }
 
 fn connector(
-    addr: SocketAddr,
+    target: String,
     tls: Arc<ClientConfig>,
 ) -> impl tower::Service<
     http::Uri,
@@ -39,9 +39,10 @@ fn connector(
 + 'static {
     let tls = TlsConnector::from(tls);
     tower::service_fn(move |_uri: http::Uri| {
-        let tls = tls.clone();
+        let (tls, target) = (tls.clone(), target.clone());
         async move {
-            let tcp = TcpStream::connect(addr).await?;
+            // Resolved on every connection, so a DNS name follows the service it names.
+            let tcp = TcpStream::connect(target.as_str()).await?;
             tcp.set_nodelay(true)?;
             // The name is not checked (the verifier checks the SPIFFE ID); it only fills SNI.
             let name = ServerName::try_from("trellis-ca").expect("static DNS name is valid");
@@ -56,8 +57,16 @@ pub async fn connect(
     addr: SocketAddr,
     tls: Arc<ClientConfig>,
 ) -> Result<Channel, tonic::transport::Error> {
-    endpoint(addr)?
-        .connect_with_connector(connector(addr, tls))
+    connect_to(&addr.to_string(), tls).await
+}
+
+/// [`connect`] to `HOST:PORT`, where the host may be a DNS name.
+pub async fn connect_to(
+    target: &str,
+    tls: Arc<ClientConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    endpoint(target)?
+        .connect_with_connector(connector(target.to_owned(), tls))
         .await
 }
 
@@ -66,5 +75,6 @@ pub fn connect_lazy(
     addr: SocketAddr,
     tls: Arc<ClientConfig>,
 ) -> Result<Channel, tonic::transport::Error> {
-    Ok(endpoint(addr)?.connect_with_connector_lazy(connector(addr, tls)))
+    let target = addr.to_string();
+    Ok(endpoint(&target)?.connect_with_connector_lazy(connector(target, tls)))
 }

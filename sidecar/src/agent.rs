@@ -246,7 +246,7 @@ impl Agent {
             match trust::initial_bundle(
                 &self.ca.trust,
                 &self.trust_domain,
-                self.ca.address,
+                &self.ca.address,
                 &self.ca.spiffe_id,
                 &self.clock,
             )
@@ -524,7 +524,7 @@ async fn ca_client(
     config.time_provider = Arc::new(ClockTime(clock.clone()));
     let channel = tokio::time::timeout(
         timeout,
-        trellis_proto::channel::connect(ca.address, Arc::new(config)),
+        trellis_proto::channel::connect_to(&ca.address, Arc::new(config)),
     )
     .await
     .map_err(|_| AttemptError::Unreachable(format!("connecting to {} timed out", ca.address)))?

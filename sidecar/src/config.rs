@@ -24,9 +24,9 @@ pub struct Flags {
     /// Trust domain, e.g. cluster.local.
     #[arg(long, env = "TRELLIS_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
-    /// Address of the CA's gRPC endpoint.
+    /// Address of the CA's gRPC endpoint: HOST:PORT (a DNS name or an IP).
     #[arg(long, env = "TRELLIS_CA_ADDR")]
-    pub ca_addr: Option<SocketAddr>,
+    pub ca_addr: Option<String>,
     /// PEM file with the initial trust bundle.
     #[arg(long, env = "TRELLIS_TRUST_BUNDLE")]
     pub trust_bundle: Option<PathBuf>,
@@ -36,6 +36,10 @@ pub struct Flags {
     /// File holding a join token for bootstrap.
     #[arg(long, env = "TRELLIS_JOIN_TOKEN_FILE")]
     pub join_token_file: Option<PathBuf>,
+    /// Kubernetes: the pod's projected service-account token (audience trellis-ca), read
+    /// afresh on every bootstrap because the kubelet rotates it.
+    #[arg(long, env = "TRELLIS_SERVICE_ACCOUNT_TOKEN_FILE")]
+    pub service_account_token_file: Option<PathBuf>,
     /// Write svid.pem, svid_key.pem (0600) and bundle.pem here on every change.
     #[arg(long, env = "TRELLIS_SVID_DIR")]
     pub svid_dir: Option<PathBuf>,
@@ -86,11 +90,12 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaFile {
-    pub address: Option<SocketAddr>,
+    pub address: Option<String>,
     pub spiffe_id: Option<String>,
     pub trust_bundle: Option<PathBuf>,
     pub trust_fingerprint: Option<String>,
     pub join_token_file: Option<PathBuf>,
+    pub service_account_token_file: Option<PathBuf>,
     pub expected_spiffe_id: Option<String>,
     pub ttl: Option<String>,
     pub svid_dir: Option<PathBuf>,
@@ -119,7 +124,7 @@ pub struct InboundFile {
 #[serde(deny_unknown_fields)]
 pub struct OutboundFile {
     pub listen: SocketAddr,
-    pub upstream: SocketAddr,
+    pub upstream: String,
     pub allow: Vec<String>,
     pub max_connections: Option<usize>,
 }
@@ -155,11 +160,13 @@ pub enum PolicyMode {
 /// Validated CA-facing settings.
 #[derive(Debug, Clone)]
 pub struct CaConfig {
-    pub address: SocketAddr,
+    /// HOST:PORT, resolved on every connection (so a Service's DNS name follows it).
+    pub address: String,
     /// The SPIFFE ID the CA must present.
     pub spiffe_id: SpiffeId,
     pub trust: TrustSource,
     pub join_token_file: Option<PathBuf>,
+    pub service_account_token_file: Option<PathBuf>,
     pub expected_spiffe_id: Option<SpiffeId>,
     pub ttl: Option<Duration>,
     pub svid_dir: Option<PathBuf>,
@@ -180,7 +187,8 @@ pub struct InboundConfig {
 #[derive(Debug, Clone)]
 pub struct OutboundConfig {
     pub listen: SocketAddr,
-    pub upstream: SocketAddr,
+    /// HOST:PORT, resolved on every connection.
+    pub upstream: String,
     /// The SPIFFE IDs the upstream may present.
     pub allow: IdMatcher,
     pub max_connections: usize,
@@ -224,6 +232,35 @@ fn err(msg: impl Into<String>) -> ConfigError {
 
 const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 
+/// Checks `HOST:PORT` (a DNS name, an IPv4 address, or `[IPv6]`), returning it unchanged.
+pub fn host_port(name: &str, text: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| {
+        err(format!(
+            "{name} {text:?}: {why} (expected HOST:PORT, e.g. trellis-ca.trellis-system.svc:8443 or 127.0.0.1:8443)"
+        ))
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?;
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+    };
+    if !host_ok {
+        return Err(bad("the host is neither a DNS name nor an IP address"));
+    }
+    Ok(text.to_owned())
+}
+
 fn dur(name: &str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
@@ -257,7 +294,7 @@ fn outbound_flag(text: &str) -> Result<OutboundFile, ConfigError> {
     };
     Ok(OutboundFile {
         listen: addr("listen address", listen)?,
-        upstream: addr("upstream address", upstream)?,
+        upstream: host_port(&format!("--outbound {text:?}: upstream"), upstream)?,
         allow: ids.split('|').map(str::to_owned).collect(),
         max_connections: None,
     })
@@ -298,6 +335,9 @@ impl Config {
         }
         if flags.join_token_file.is_some() {
             ca.join_token_file = flags.join_token_file;
+        }
+        if flags.service_account_token_file.is_some() {
+            ca.service_account_token_file = flags.service_account_token_file;
         }
         if flags.svid_dir.is_some() {
             ca.svid_dir = flags.svid_dir;
@@ -346,6 +386,7 @@ impl Config {
         let address = ca.address.ok_or_else(|| {
             err("ca.address is required (--ca-addr or TRELLIS_CA_ADDR), e.g. 127.0.0.1:8443")
         })?;
+        let address = host_port("ca.address", &address)?;
         let ca_id_text = ca.spiffe_id.unwrap_or_else(|| {
             format!(
                 "spiffe://{trust_domain}{}",
@@ -435,7 +476,7 @@ impl Config {
             }
             outbound.push(OutboundConfig {
                 listen: o.listen,
-                upstream: o.upstream,
+                upstream: host_port("outbound.upstream", &o.upstream)?,
                 allow,
                 max_connections: o.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             });
@@ -475,6 +516,7 @@ impl Config {
                 spiffe_id,
                 trust,
                 join_token_file: ca.join_token_file,
+                service_account_token_file: ca.service_account_token_file,
                 expected_spiffe_id,
                 ttl,
                 svid_dir: ca.svid_dir,
@@ -549,6 +591,28 @@ mod tests {
         for (text, expected) in cases {
             let e = parse(text).expect_err(text).to_string();
             assert!(e.contains(expected), "{text:?} → {e}");
+        }
+    }
+
+    #[test]
+    fn addresses_may_be_names_or_ips() {
+        for ok in [
+            "127.0.0.1:8443",
+            "trellis-ca.trellis-system.svc:8443",
+            "[::1]:15006",
+            "ca:1",
+        ] {
+            assert!(host_port("x", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "ca:0",
+            "ca:99999",
+            ":8443",
+            "bad host:1",
+            "[nope]:1",
+        ] {
+            assert!(host_port("x", bad).is_err(), "{bad}");
         }
     }
 

@@ -28,6 +28,11 @@ fn init_logging(json: bool) {
 /// variable stays in this process's environment: removing it needs `unsafe` in Rust 2024,
 /// and the sidecar starts no child processes that could inherit it.)
 fn bootstrap_credential(config: &Config) -> Arc<dyn BootstrapCredential> {
+    if let Some(path) = &config.ca.service_account_token_file {
+        return Arc::new(trellis_sidecar::k8s_token::ServiceAccountToken::new(
+            path.clone(),
+        ));
+    }
     if let Some(path) = &config.ca.join_token_file {
         return Arc::new(JoinToken::new(TokenSource::File(path.clone())));
     }

@@ -26,7 +26,7 @@ const DIRECTION: Direction = Direction::Outbound;
 /// `tokio::spawn(serve_outbound(listener, config, ctx.clone()))`.
 pub async fn serve_outbound(listener: TcpListener, config: OutboundConfig, ctx: Context) {
     let outbound = Arc::new(Outbound {
-        upstream: config.upstream,
+        upstream: config.upstream.clone(),
         allow: config.allow,
         ctx: ctx.clone(),
     });
@@ -44,21 +44,21 @@ pub async fn serve_outbound(listener: TcpListener, config: OutboundConfig, ctx: 
 }
 
 struct Outbound {
-    upstream: SocketAddr,
+    upstream: String,
     allow: IdMatcher,
     ctx: Context,
 }
 
 impl Outbound {
     fn refuse(&self, client: SocketAddr, reason: &str) {
-        let upstream = self.upstream;
+        let upstream = &self.upstream;
         tracing::info!(%client, %upstream, reason, "outbound connection refused");
         self.ctx.metrics.handshake(DIRECTION, false, reason);
     }
 
     async fn handle(&self, local: TcpStream, client: SocketAddr, conn: Conn) {
         let metrics = &*self.ctx.metrics;
-        let upstream = self.upstream;
+        let upstream = self.upstream.as_str();
         let Some(creds) = self.ctx.creds.borrow().clone() else {
             return self.refuse(client, "no_certificate_yet");
         };
@@ -79,7 +79,18 @@ impl Outbound {
         };
         let _ = stream.set_nodelay(true);
         // The host name is not checked (the SPIFFE ID is), and an IP name sends no SNI.
-        let name = ServerName::IpAddress(upstream.ip().into());
+        // SNI only: the upstream is verified by its SPIFFE ID, not by this name.
+        let host = upstream
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(upstream);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(ip.into()),
+            Err(_) => ServerName::try_from(host.to_owned()).unwrap_or_else(|_| {
+                ServerName::try_from("trellis-upstream").expect("static DNS name is valid")
+            }),
+        };
         let connector = TlsConnector::from(tls_config);
         let tls = match timeout(self.ctx.timeouts.handshake, connector.connect(name, stream)).await
         {

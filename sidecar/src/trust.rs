@@ -2,7 +2,6 @@
 //! SHA-256 of a root's SubjectPublicKeyInfo (like `kubeadm join --discovery-token-ca-cert-hash`),
 //! so a join can start from just the CA address, a token and a fingerprint.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -23,12 +22,12 @@ pub enum TrustError {
     #[error("trust bundle file {path}: {reason}")]
     File { path: String, reason: String },
     #[error("cannot fetch the trust bundle from the CA at {addr}: {reason}")]
-    Unreachable { addr: SocketAddr, reason: String },
+    Unreachable { addr: String, reason: String },
     #[error(
         "the CA at {addr} is not the one pinned: {reason} (check --trust-fingerprint against \
          `trellis ca status`)"
     )]
-    PinMismatch { addr: SocketAddr, reason: String },
+    PinMismatch { addr: String, reason: String },
 }
 
 impl TrustError {
@@ -42,7 +41,7 @@ impl TrustError {
 pub async fn initial_bundle(
     source: &TrustSource,
     trust_domain: &TrustDomain,
-    ca_addr: SocketAddr,
+    ca_addr: &str,
     ca_id: &SpiffeId,
     clock: &Arc<dyn Clock>,
 ) -> Result<TrustBundle, TrustError> {
@@ -69,7 +68,7 @@ pub async fn initial_bundle(
 async fn fetch_pinned(
     fingerprint: &[u8; 32],
     trust_domain: &TrustDomain,
-    addr: SocketAddr,
+    addr: &str,
     ca_id: &SpiffeId,
     clock: &Arc<dyn Clock>,
 ) -> Result<TrustBundle, TrustError> {
@@ -77,15 +76,18 @@ async fn fetch_pinned(
     let mut config = ClientConfig::builder_with_provider(trellis_identity::tls::provider())
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
         .map_err(|e| TrustError::Unreachable {
-            addr,
+            addr: addr.to_owned(),
             reason: e.to_string(),
         })?
         .dangerous()
         .with_custom_certificate_verifier(recorder.clone())
         .with_no_client_auth();
     config.alpn_protocols = vec![trellis_proto::channel::ALPN_H2.to_vec()];
-    let unreachable = |reason: String| TrustError::Unreachable { addr, reason };
-    let channel = trellis_proto::channel::connect(addr, Arc::new(config))
+    let unreachable = |reason: String| TrustError::Unreachable {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let channel = trellis_proto::channel::connect_to(addr, Arc::new(config))
         .await
         .map_err(|e| unreachable(format!("{e}")))?;
     let response = WorkloadCaClient::new(channel)
@@ -93,7 +95,10 @@ async fn fetch_pinned(
         .await
         .map_err(|e| unreachable(e.message().to_owned()))?
         .into_inner();
-    let mismatch = |reason: String| TrustError::PinMismatch { addr, reason };
+    let mismatch = |reason: String| TrustError::PinMismatch {
+        addr: addr.to_owned(),
+        reason,
+    };
     let roots: Vec<CertificateDer<'static>> = response
         .root_certificates_der
         .into_iter()

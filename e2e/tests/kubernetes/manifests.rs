@@ -230,6 +230,11 @@ fn the_injector_accepts_every_setting_the_manifests_hand_it() {
     check_settings_of("trellis");
 }
 
+#[test]
+fn the_sidecar_accepts_every_setting_the_manifests_and_injection_hand_it() {
+    check_settings_of("trellis-sidecar");
+}
+
 /// Runs every container of `binary` in deploy/ through `--check-config` with exactly the
 /// args, env and config files the manifests give it.
 fn check_settings_of(binary: &str) {

@@ -256,7 +256,7 @@ impl Sidecar {
         let listen = listener.local_addr().unwrap();
         let config = OutboundConfig {
             listen,
-            upstream,
+            upstream: upstream.to_string(),
             allow,
             max_connections: 1000,
         };
