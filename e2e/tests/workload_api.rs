@@ -4,12 +4,14 @@
 //! rotations and bundle changes stream to the client, and the spec's refusals hold.
 //! Time is moved, never waited for; every wait is bounded.
 
-use std::net::SocketAddr;
+mod agent_support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
+use agent_support::{Mesh, RunningAgent, wait_for};
 use hyper_util::rt::TokioIo;
 use spiffe::{TrustDomain as SpiffeTrustDomain, WorkloadApiClient, X509Svid};
 use tokio::net::UnixStream;
@@ -17,144 +19,24 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Channel, Endpoint};
-use trellis_ca::{Config as CaConfig, RunningCa};
-use trellis_identity::clock::{Clock, ManualClock};
-use trellis_identity::tls::{self, Identity, Versions};
-use trellis_identity::{CertInfo, IdMatcher, TrustBundle, WorkloadKey, pem};
-use trellis_proto::admin::v1::CreateJoinTokenRequest;
-use trellis_proto::admin::v1::admin_client::AdminClient;
+use trellis_identity::clock::Clock;
+use trellis_identity::{CertInfo, TrustBundle, WorkloadKey, pem};
 use trellis_proto::spiffe::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use trellis_proto::spiffe::workload::{JwtsvidRequest, X509BundlesRequest, X509svidRequest};
-use trellis_sidecar::agent::{Agent, Pacing, renew_at};
-use trellis_sidecar::config::{CaFile, Config, FileConfig};
 use trellis_sidecar::credentials::{Credentials, CredentialsRx};
-use trellis_sidecar::join_token::{JoinToken, TokenSource};
-use trellis_sidecar::metrics::Metrics;
 use trellis_sidecar::workload_api::{SECURITY_HEADER, SOCKET_MODE, WorkloadApiSocket};
-
-const FAST: Pacing = Pacing {
-    tick: Duration::from_millis(20),
-    backoff_base: Duration::from_millis(50),
-    backoff_cap: Duration::from_millis(400),
-    call_timeout: Duration::from_secs(5),
-};
 
 /// Generous for a shared 2-core machine; a passing run takes a fraction of it.
 const WITHIN: Duration = Duration::from_secs(15);
 
-struct Mesh {
-    dir: tempfile::TempDir,
-    data_dir: PathBuf,
-    clock: Arc<ManualClock>,
-    ca: Option<RunningCa>,
-    addr: SocketAddr,
-}
-
-impl Mesh {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("dir");
-        let data_dir = dir.path().join("ca");
-        let clock = Arc::new(ManualClock::new(SystemTime::now()));
-        let mut config = CaConfig::for_data_dir(data_dir.clone());
-        config.listen = "127.0.0.1:0".parse().expect("addr");
-        config.shutdown_grace = Duration::from_secs(1);
-        let ca = trellis_ca::start_with_clock(config, clock.clone())
-            .await
-            .expect("CA starts");
-        let addr = ca.addr;
-        Self {
-            dir,
-            data_dir,
-            clock,
-            ca: Some(ca),
-            addr,
-        }
-    }
-
-    fn ca(&self) -> &RunningCa {
-        self.ca.as_ref().expect("CA running")
-    }
-
-    async fn stop_ca(&mut self) {
-        self.ca
-            .take()
-            .expect("running")
-            .shutdown()
-            .await
-            .expect("shutdown");
-    }
-
-    async fn token(&self, path: &str) -> String {
-        let admin_dir = self.data_dir.join("admin");
-        let identity = Identity {
-            chain: pem::certs_from_pem(&std::fs::read(admin_dir.join("admin.pem")).expect("read"))
-                .expect("pem"),
-            key: pem::private_key_from_pem(
-                &std::fs::read(admin_dir.join("admin.key.pem")).expect("read"),
-            )
-            .expect("pem"),
-        };
-        let bundle = self.ca().state.bundle();
-        let ca_id = bundle.trust_domain().id("/trellis/ca").expect("id");
-        let config = tls::client_config(
-            bundle,
-            IdMatcher::exact(ca_id),
-            Some(&identity),
-            Versions::Tls13,
-            &[b"h2"],
-        )
-        .expect("config");
-        let channel = trellis_proto::channel::connect(self.addr, Arc::new(config))
-            .await
-            .expect("connect");
-        AdminClient::new(channel)
-            .create_join_token(CreateJoinTokenRequest {
-                spiffe_id: format!("spiffe://cluster.local{path}"),
-                ttl_seconds: 0,
-            })
-            .await
-            .expect("token")
-            .into_inner()
-            .token
-    }
-
-    /// Starts an identity agent for `path` and waits for its first certificate.
-    async fn agent(&self, path: &str) -> (CredentialsRx, Arc<Credentials>, watch::Sender<bool>) {
-        let token = self.token(path).await;
-        let config = Config::build(FileConfig {
-            ca: CaFile {
-                address: Some(self.addr.to_string()),
-                trust_bundle: Some(self.data_dir.join("bundle.pem")),
-                ..CaFile::default()
-            },
-            ..FileConfig::default()
-        })
-        .expect("config");
-        let (creds_tx, mut creds) = watch::channel(None);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let clock: Arc<dyn Clock> = self.clock.clone();
-        let agent = Agent::new(
-            &config,
-            clock,
-            Arc::new(JoinToken::new(TokenSource::Value(token))),
-            creds_tx,
-            Arc::new(Metrics::default()),
-            FAST,
-        );
-        tokio::spawn(agent.run(stop_rx));
-        let first = wait_for(&mut creds, "first certificate", |c| c.is_some())
-            .await
-            .expect("certificate");
-        (creds, first, stop_tx)
-    }
-
-    /// Moves the clock just past `creds`' renewal point.
-    fn pass_renewal_point(&self, creds: &Credentials) {
-        let due = renew_at(creds);
-        self.clock.advance(
-            due.duration_since(self.clock.now()).unwrap_or_default() + Duration::from_secs(1),
-        );
-    }
+/// Starts an identity agent for `path` and waits for its first certificate.
+async fn agent(mesh: &Mesh, path: &str) -> (CredentialsRx, Arc<Credentials>, RunningAgent) {
+    let agent = mesh.agent(path).await;
+    let mut creds = agent.creds.clone();
+    let first = wait(&mut creds, "first certificate", |c| c.is_some())
+        .await
+        .expect("certificate");
+    (creds, first, agent)
 }
 
 /// The Workload API on a socket in `dir`, serving `creds` until the returned sender says stop.
@@ -196,24 +78,12 @@ impl Served {
 }
 
 /// Waits (real time, bounded) until the published credentials satisfy `done`.
-async fn wait_for(
+async fn wait(
     creds: &mut CredentialsRx,
     what: &str,
     done: impl Fn(Option<&Credentials>) -> bool,
 ) -> Option<Arc<Credentials>> {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        let current = creds.borrow_and_update().clone();
-        if done(current.as_deref()) {
-            return current;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "timed out waiting for {what}; last: {current:?}"
-        );
-        let _ = tokio::time::timeout(left, creds.changed()).await;
-    }
+    wait_for(creds, WITHIN, what, done).await
 }
 
 /// The next item of a stream, failing the test if none comes within [`WITHIN`].
@@ -281,7 +151,7 @@ fn with_header<T>(message: T) -> tonic::Request<T> {
 #[tokio::test]
 async fn the_spiffe_client_gets_the_agents_svid_and_the_next_one_after_a_rotation() {
     let mesh = Mesh::start().await;
-    let (mut creds, first, _agent) = mesh.agent("/ns/demo/sa/web").await;
+    let (mut creds, first, _agent) = agent(&mesh, "/ns/demo/sa/web").await;
     let served = Served::start(mesh.dir.path(), creds.clone()).await;
     let client = served.client().await;
 
@@ -304,7 +174,7 @@ async fn the_spiffe_client_gets_the_agents_svid_and_the_next_one_after_a_rotatio
         let previous = creds.borrow().clone().expect("certificate");
         mesh.pass_renewal_point(&previous);
         let old_serial = previous.svid.serial.clone();
-        let rotated = wait_for(&mut creds, "rotation", |c| {
+        let rotated = wait(&mut creds, "rotation", |c| {
             c.is_some_and(|c| c.svid.serial != old_serial)
         })
         .await
@@ -335,7 +205,7 @@ async fn the_spiffe_client_gets_the_agents_svid_and_the_next_one_after_a_rotatio
 #[tokio::test]
 async fn bundles_are_fetched_and_streamed_again_when_the_ca_adds_a_root() {
     let mesh = Mesh::start().await;
-    let (mut creds, first, _agent) = mesh.agent("/ns/demo/sa/bundles").await;
+    let (mut creds, first, _agent) = agent(&mesh, "/ns/demo/sa/bundles").await;
     let served = Served::start(mesh.dir.path(), creds.clone()).await;
     let client = served.client().await;
     let td = SpiffeTrustDomain::new("cluster.local").expect("td");
@@ -374,7 +244,7 @@ async fn bundles_are_fetched_and_streamed_again_when_the_ca_adds_a_root() {
         )
         .expect("bundle"),
     );
-    wait_for(&mut creds, "the new bundle at the agent", |c| {
+    wait(&mut creds, "the new bundle at the agent", |c| {
         c.is_some_and(|c| c.bundle.version() == version)
     })
     .await;
@@ -408,7 +278,7 @@ async fn bundles_are_fetched_and_streamed_again_when_the_ca_adds_a_root() {
 #[tokio::test]
 async fn an_open_svid_stream_ends_with_permission_denied_when_the_certificate_is_withdrawn() {
     let mut mesh = Mesh::start().await;
-    let (mut creds, first, _agent) = mesh.agent("/ns/demo/sa/batch").await;
+    let (mut creds, first, _agent) = agent(&mesh, "/ns/demo/sa/batch").await;
     let served = Served::start(mesh.dir.path(), creds.clone()).await;
     let mut raw = raw_client(&served.path).await;
     let mut stream = raw
@@ -433,7 +303,7 @@ async fn an_open_svid_stream_ends_with_permission_denied_when_the_certificate_is
             .unwrap_or_default()
             + Duration::from_secs(1),
     );
-    wait_for(&mut creds, "withdrawal", |c| c.is_none()).await;
+    wait(&mut creds, "withdrawal", |c| c.is_none()).await;
     let status = next(&mut stream, "the end of the stream")
         .await
         .expect("a final status")
