@@ -430,7 +430,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     println!(
         "\nThe mesh is up. Try it:\n  \
-         echo hello | nc -N 127.0.0.1 {port}          # talk to the backend through the mesh\n  \
+         bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; echo hello >&3; timeout 1 cat <&3'   # through the mesh (or: nc 127.0.0.1 {port})\n  \
          curl -s http://{backend_admin}/metrics | grep trellis_   # the backend sidecar's metrics\n  \
          curl -s http://{frontend_admin}/identity                # the frontend's certificate\n  \
          trellis --ca-addr {ca_addr} --admin-cert {admin}/admin.pem --admin-key {admin}/admin.key.pem --bundle {admin}/bundle.pem cert list\n\
