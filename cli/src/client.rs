@@ -210,6 +210,9 @@ impl Target {
                 self.trust_domain
             ),
             Code::NotFound => anyhow::anyhow!("{message}"),
+            // A safety check (root rotation): the CA's message already says how many, which
+            // identities, and what `--force` would break.
+            Code::FailedPrecondition => anyhow::anyhow!("{message}"),
             Code::InvalidArgument => anyhow::anyhow!("the CA refused {what}: {message}"),
             Code::Unavailable | Code::Unknown if is_transport_failure(status) => anyhow::anyhow!(
                 "lost the connection to the CA at {addr} during {what}: {message}; try again"

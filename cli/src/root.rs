@@ -247,15 +247,15 @@ pub async fn run(command: RootCommand, global: &Global) -> anyhow::Result<()> {
                     .await?;
                 eprintln!("trellis: warning: {}", activate_warning(&a.root_id, &roots));
             }
-            let root = call_refusable(
-                &target,
-                "activating the root",
-                admin.activate_root(ActivateRootRequest {
-                    root_id: a.root_id,
-                    force: a.force,
-                }),
-            )
-            .await?;
+            let root = target
+                .call(
+                    "activating the root",
+                    admin.activate_root(ActivateRootRequest {
+                        root_id: a.root_id,
+                        force: a.force,
+                    }),
+                )
+                .await?;
             emit_change(global, "activated", root, a.force)
         }
         RootCommand::Retire(a) => {
@@ -266,15 +266,15 @@ pub async fn run(command: RootCommand, global: &Global) -> anyhow::Result<()> {
                     .await?;
                 eprintln!("trellis: warning: {}", retire_warning(&a.root_id, &roots));
             }
-            let root = call_refusable(
-                &target,
-                "retiring the root",
-                admin.retire_root(RetireRootRequest {
-                    root_id: a.root_id,
-                    force: a.force,
-                }),
-            )
-            .await?;
+            let root = target
+                .call(
+                    "retiring the root",
+                    admin.retire_root(RetireRootRequest {
+                        root_id: a.root_id,
+                        force: a.force,
+                    }),
+                )
+                .await?;
             emit_change(global, "retired", root, a.force)
         }
     }
@@ -296,28 +296,6 @@ fn emit_change(
             now,
         },
     )
-}
-
-/// Like [`Target::call`], but a FAILED_PRECONDITION refusal (a safety check: who still
-/// lacks the root, who still uses it) is the CA's own message, which already says how many,
-/// which identities, and what `--force` would break.
-async fn call_refusable<T>(
-    target: &Target,
-    what: &str,
-    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> anyhow::Result<T> {
-    let outcome = target
-        .call(what, async move {
-            match call.await {
-                Ok(response) => Ok(tonic::Response::new(Ok(response.into_inner()))),
-                Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                    Ok(tonic::Response::new(Err(status.message().to_owned())))
-                }
-                Err(status) => Err(status),
-            }
-        })
-        .await?;
-    outcome.map_err(anyhow::Error::msg)
 }
 
 /// `1 workload`, `2 workloads`.
