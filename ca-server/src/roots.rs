@@ -43,33 +43,50 @@ pub struct Convergence {
     pub unconverged: Vec<String>,
 }
 
-/// Each identity's newest unexpired, unrevoked certificate.
-fn newest_live_certificates(state: &CaState) -> Result<HashMap<String, CertRecord>, CaError> {
-    let now = state.now_unix();
-    let revoked: std::collections::HashSet<String> = state
-        .revocations()
-        .entries
-        .iter()
-        .map(|r| r.serial.clone())
-        .collect();
-    let mut newest: HashMap<String, CertRecord> = HashMap::new();
-    state
-        .store
-        .for_each_certificate(|r| {
-            if r.not_after > now && !revoked.contains(&r.serial) {
-                match newest.get(&r.spiffe_id) {
-                    Some(existing)
-                        if (existing.issued_at, existing.issued_at_ns)
-                            >= (r.issued_at, r.issued_at_ns) => {}
-                    _ => {
-                        newest.insert(r.spiffe_id.clone(), r);
+/// What the issued certificates say right now, gathered in one scan of the store.
+#[derive(Debug, Default)]
+pub struct Census {
+    /// Unexpired certificates (revoked ones included).
+    pub live_total: u64,
+    /// Unexpired certificates by the root they chain to (revoked ones included).
+    live_by_root: BTreeMap<String, u64>,
+    /// Each identity's newest unexpired, unrevoked certificate.
+    newest: HashMap<String, CertRecord>,
+}
+
+impl CaState {
+    /// Scans the issued certificates once.
+    pub fn census(&self) -> Result<Census, CaError> {
+        let now = self.now_unix();
+        let revoked: std::collections::HashSet<String> = self
+            .revocations()
+            .entries
+            .iter()
+            .map(|r| r.serial.clone())
+            .collect();
+        let mut census = Census::default();
+        self.store
+            .for_each_certificate(|r| {
+                if r.not_after <= now {
+                    return true;
+                }
+                census.live_total += 1;
+                *census.live_by_root.entry(r.root_id.clone()).or_default() += 1;
+                if !revoked.contains(&r.serial) {
+                    match census.newest.get(&r.spiffe_id) {
+                        Some(existing)
+                            if (existing.issued_at, existing.issued_at_ns)
+                                >= (r.issued_at, r.issued_at_ns) => {}
+                        _ => {
+                            census.newest.insert(r.spiffe_id.clone(), r);
+                        }
                     }
                 }
-            }
-            true
-        })
-        .map_err(store_err)?;
-    Ok(newest)
+                true
+            })
+            .map_err(store_err)?;
+        Ok(census)
+    }
 }
 
 fn describe(ids: &[String]) -> String {
@@ -84,20 +101,10 @@ fn describe(ids: &[String]) -> String {
 
 impl CaState {
     /// Every root with its counts.
-    pub fn list_roots(&self) -> Result<Vec<RootView>, CaError> {
-        let now = self.now_unix();
-        let mut live: BTreeMap<String, u64> = BTreeMap::new();
-        self.store
-            .for_each_certificate(|r| {
-                if r.not_after > now {
-                    *live.entry(r.root_id).or_default() += 1;
-                }
-                true
-            })
-            .map_err(store_err)?;
+    pub fn list_roots(&self, census: &Census) -> Result<Vec<RootView>, CaError> {
         let mut using: BTreeMap<String, u64> = BTreeMap::new();
-        for record in newest_live_certificates(self)?.into_values() {
-            *using.entry(record.root_id).or_default() += 1;
+        for record in census.newest.values() {
+            *using.entry(record.root_id.clone()).or_default() += 1;
         }
         let mut roots = self.store.roots().map_err(store_err)?;
         roots.sort_by(|a, b| (a.added_at, &a.id).cmp(&(b.added_at, &b.id)));
@@ -107,7 +114,7 @@ impl CaState {
                 let info = CertInfo::parse(&record.cert_der)
                     .map_err(|e| CaError::Internal(format!("stored root {}: {e}", record.id)))?;
                 Ok(RootView {
-                    live_certificates: live.get(&record.id).copied().unwrap_or(0),
+                    live_certificates: census.live_by_root.get(&record.id).copied().unwrap_or(0),
                     workloads_using: using.get(&record.id).copied().unwrap_or(0),
                     record,
                     info,
@@ -118,12 +125,11 @@ impl CaState {
 
     /// Live workloads (an unexpired certificate, and a bundle report to the CA) and those
     /// that have not acknowledged `version`.
-    pub fn convergence(&self, version: u64) -> Result<Convergence, CaError> {
-        let newest = newest_live_certificates(self)?;
+    pub fn convergence(&self, census: &Census, version: u64) -> Convergence {
         let reports = self.bundle_reports();
         let mut live = 0;
         let mut unconverged = Vec::new();
-        for id in newest.keys() {
+        for id in census.newest.keys() {
             let Some(report) = reports.get(id) else {
                 continue;
             };
@@ -133,11 +139,11 @@ impl CaState {
             }
         }
         unconverged.sort();
-        Ok(Convergence {
+        Convergence {
             bundle_version: self.bundle().version(),
             live,
             unconverged,
-        })
+        }
     }
 
     /// Generates a new root, pending: in the bundle, not signing.
@@ -256,7 +262,7 @@ impl CaState {
             }
             RootState::Pending | RootState::Retiring => {}
         }
-        let convergence = self.convergence(target.added_in_bundle_version)?;
+        let convergence = self.convergence(&self.census()?, target.added_in_bundle_version);
         if !convergence.unconverged.is_empty() && !force {
             return Err(CaError::FailedPrecondition(format!(
                 "{} of {} live {} not yet received a trust bundle containing root {id} \
@@ -371,7 +377,9 @@ impl CaState {
             }
             RootState::Pending | RootState::Retiring => {}
         }
-        let mut users: Vec<String> = newest_live_certificates(self)?
+        let mut users: Vec<String> = self
+            .census()?
+            .newest
             .into_values()
             .filter(|r| r.root_id == id)
             .map(|r| r.spiffe_id)

@@ -240,19 +240,12 @@ impl Admin for AdminService {
         _request: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusResponse>, Status> {
         let state = &self.state;
-        let mut live_total = 0;
-        let now = state.now_unix();
-        state
-            .store
-            .for_each_certificate(|r| {
-                if r.not_after > now {
-                    live_total += 1;
-                }
-                true
-            })
-            .map_err(|e| CaError::Unavailable(e.to_string()))?;
-        let root_infos: Vec<RootInfo> =
-            state.list_roots()?.into_iter().map(convert::root).collect();
+        let census = state.census()?;
+        let root_infos: Vec<RootInfo> = state
+            .list_roots(&census)?
+            .into_iter()
+            .map(convert::root)
+            .collect();
         let signer = state.signer();
         let inter = trellis_identity::CertInfo::parse(&signer.cert)
             .map_err(|e| CaError::Internal(e.to_string()))?;
@@ -267,7 +260,7 @@ impl Admin for AdminService {
                 not_after: convert::timestamp(inter.not_after),
             }),
             issued_total: state.store.certificate_count() as u64,
-            live_total,
+            live_total: census.live_total,
             version: env!("CARGO_PKG_VERSION").into(),
         }))
     }
@@ -307,9 +300,14 @@ impl Admin for AdminService {
     ) -> Result<Response<ListRootsResponse>, Status> {
         let state = &self.state;
         let version = state.bundle().version();
-        let convergence = state.convergence(version)?;
+        let census = state.census()?;
+        let convergence = state.convergence(&census, version);
         Ok(Response::new(ListRootsResponse {
-            roots: state.list_roots()?.into_iter().map(convert::root).collect(),
+            roots: state
+                .list_roots(&census)?
+                .into_iter()
+                .map(convert::root)
+                .collect(),
             bundle_version: version,
             live_workloads: convergence.live,
             unconverged_workloads: convergence.unconverged,
@@ -371,7 +369,7 @@ impl AdminService {
     fn root_info(&self, id: &str) -> Result<Response<RootInfo>, Status> {
         let view = self
             .state
-            .list_roots()?
+            .list_roots(&self.state.census()?)?
             .into_iter()
             .find(|r| r.record.id == id)
             .ok_or_else(|| CaError::Internal(format!("root {id} vanished")))?;
