@@ -12,7 +12,6 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 use trellis_identity::SpiffeId;
-use trellis_identity::bundle::Usage;
 
 use crate::state::CaState;
 
@@ -120,8 +119,7 @@ pub fn admin_interceptor(
             ));
         }
         let verified = state
-            .bundle()
-            .verify(&chain, state.now(), Usage::Client)
+            .verify_client_chain(&chain, state.now())
             .map_err(|e| Status::unauthenticated(format!("admin certificate refused: {e}")))?;
         match state.revocation_of(&verified.serial) {
             Ok(None) => {}

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
-use trellis_identity::bundle::Usage;
 use trellis_identity::{SpiffeId, TrustBundle, hex};
 
 use crate::attest::kubernetes::AttestError;
@@ -269,8 +268,7 @@ impl CaState {
                     ));
                 }
                 let verified = self
-                    .bundle()
-                    .verify(&chain, now, Usage::Client)
+                    .verify_client_chain(&chain, now)
                     .map_err(|e| CaError::Unauthenticated(format!("renewal refused: {e}")))?;
                 let td = self.config.trust_domain.as_str();
                 if verified.spiffe_id.is_under(td, RESERVED_PREFIX) {

@@ -7,7 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use trellis_identity::TrustBundle;
+use trellis_identity::bundle::{KnownIssuer, Usage, VerifiedSvid};
 use trellis_identity::clock::Clock;
+use trellis_identity::svid::SvidError;
 
 use crate::attest::kubernetes::Attestor;
 use crate::config::Config;
@@ -20,7 +22,7 @@ pub struct CaState {
     pub config: Config,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
-    signer: RwLock<Arc<SigningCa>>,
+    signer: RwLock<Signer>,
     /// Bumped whenever the signing intermediate changes (the serving certificate follows).
     signer_changes: watch::Sender<u64>,
     bundle: watch::Sender<Arc<TrustBundle>>,
@@ -31,6 +33,29 @@ pub struct CaState {
     pub(crate) serving_tls: OnceLock<watch::Sender<Arc<rustls::ServerConfig>>>,
     /// Verifies Kubernetes service-account tokens, if `[kubernetes]` is configured.
     pub kubernetes: Option<Arc<Attestor>>,
+}
+
+/// The signing intermediate, and the same certificate as a verification shortcut for the
+/// chains it signed (renewals present leaf + this intermediate).
+#[derive(Debug, Clone)]
+struct Signer {
+    ca: Arc<SigningCa>,
+    as_issuer: Option<Arc<KnownIssuer>>,
+}
+
+impl Signer {
+    fn new(ca: SigningCa, bundle: &TrustBundle) -> Self {
+        let as_issuer = KnownIssuer::new(ca.cert.clone(), bundle)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "signing intermediate does not verify against the bundle; renewals take the full chain check")
+            })
+            .ok()
+            .map(Arc::new);
+        Self {
+            ca: Arc::new(ca),
+            as_issuer,
+        }
+    }
 }
 
 /// The revoked, unexpired certificates, as streamed to sidecars.
@@ -64,7 +89,7 @@ impl CaState {
             config,
             store,
             clock,
-            signer: RwLock::new(Arc::new(signer)),
+            signer: RwLock::new(Signer::new(signer, &bundle)),
             signer_changes: watch::Sender::new(0),
             bundle: watch::Sender::new(Arc::new(bundle)),
             revocations: watch::Sender::new(Arc::new(RevocationList::default())),
@@ -75,7 +100,8 @@ impl CaState {
 
     /// Replaces the signing intermediate (root activation).
     pub fn set_signer(&self, signer: SigningCa) {
-        *self.signer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signer);
+        *self.signer.write().unwrap_or_else(|p| p.into_inner()) =
+            Signer::new(signer, &self.bundle());
         self.signer_changes.send_modify(|n| *n += 1);
     }
 
@@ -133,7 +159,28 @@ impl CaState {
         self.signer
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .ca
             .clone()
+    }
+
+    /// Verifies a client chain against the current bundle, with the signing intermediate
+    /// as a shortcut for the chains it signed (see [`TrustBundle::verify_with_known`]).
+    pub fn verify_client_chain(
+        &self,
+        chain: &[rustls_pki_types::CertificateDer<'_>],
+        now: SystemTime,
+    ) -> Result<VerifiedSvid, SvidError> {
+        let bundle = self.bundle();
+        let as_issuer = self
+            .signer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_issuer
+            .clone();
+        match as_issuer {
+            Some(known) => bundle.verify_with_known(&known, chain, now, Usage::Client),
+            None => bundle.verify(chain, now, Usage::Client),
+        }
     }
 
     /// The current trust bundle.

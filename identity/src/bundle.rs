@@ -13,6 +13,9 @@ use crate::pem;
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::svid::{CertInfo, SvidError};
 
+mod known_issuer;
+pub use known_issuer::KnownIssuer;
+
 /// Why a set of roots cannot form a bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -146,6 +149,32 @@ impl TrustBundle {
         usage: Usage,
     ) -> Result<VerifiedSvid, SvidError> {
         let (leaf, intermediates) = chain.split_first().ok_or(SvidError::Empty)?;
+        self.verify_path(
+            leaf,
+            intermediates,
+            &self.anchors,
+            now,
+            usage,
+            |anchor_spki| {
+                self.anchors
+                    .iter()
+                    .position(|a| a.subject_public_key_info.as_ref() == anchor_spki)
+                    .map(|i| self.root_ids[i].clone())
+                    .unwrap_or_default()
+            },
+        )
+    }
+
+    /// RFC 5280 path validation of `leaf` to one of `anchors`, then the SPIFFE checks.
+    fn verify_path(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        anchors: &[TrustAnchor<'_>],
+        now: SystemTime,
+        usage: Usage,
+        root_of_anchor: impl Fn(&[u8]) -> String,
+    ) -> Result<VerifiedSvid, SvidError> {
         let info = CertInfo::parse(leaf)?;
         let spiffe_id = info.spiffe_id()?;
         if spiffe_id.trust_domain_name() != self.trust_domain.as_str() {
@@ -160,33 +189,28 @@ impl TrustBundle {
             Usage::Server => KeyUsage::server_auth(),
             Usage::Client => KeyUsage::client_auth(),
         };
-        let time =
-            UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO));
         let path = end_entity
             .verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
-                &self.anchors,
+                anchors,
                 intermediates,
-                time,
+                unix_time(now),
                 eku,
                 None,
                 None,
             )
             .map_err(|e| map_webpki_error(e, &info))?;
-        let anchor_spki = path.anchor().subject_public_key_info.as_ref();
-        let root_id = self
-            .anchors
-            .iter()
-            .position(|a| a.subject_public_key_info.as_ref() == anchor_spki)
-            .map(|i| self.root_ids[i].clone())
-            .unwrap_or_default();
         Ok(VerifiedSvid {
             spiffe_id,
             serial: info.serial,
             not_after: info.not_after,
-            root_id,
+            root_id: root_of_anchor(path.anchor().subject_public_key_info.as_ref()),
         })
     }
+}
+
+fn unix_time(now: SystemTime) -> UnixTime {
+    UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO))
 }
 
 impl fmt::Debug for TrustBundle {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-use trellis_identity::bundle::Usage;
 use trellis_proto::ca::v1::certify_request::Credential as ProtoCredential;
 use trellis_proto::ca::v1::workload_ca_server::WorkloadCa;
 use trellis_proto::ca::v1::{
@@ -150,8 +149,7 @@ impl WorkloadCa for WorkloadService {
         }
         let verified = self
             .state
-            .bundle()
-            .verify(&chain, self.state.now(), Usage::Client)
+            .verify_client_chain(&chain, self.state.now())
             .map_err(|e| Status::unauthenticated(format!("certificate refused: {e}")))?;
         let version = request.into_inner().version;
         self.state
