@@ -38,28 +38,33 @@ pub struct Args {
     /// Request rates for the latency columns, messages per second.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
     rates: Vec<u32>,
+    /// Rounds: every measurement is split into this many, each round visiting direct and
+    /// every stack in turn, so a change in the machine's load hits all of them alike.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Persistent connections carrying the latency load.
     #[arg(long, default_value_t = 4)]
     connections: usize,
     /// Message size for the latency load, bytes.
     #[arg(long, default_value_t = 64)]
     message: usize,
-    /// Seconds measured per rate (after half a second of warm-up).
-    #[arg(long, default_value_t = 4)]
+    /// Seconds measured per rate and round (after half a second of warm-up).
+    #[arg(long, default_value_t = 2)]
     seconds: u64,
-    /// Bulk: connections, each sending and receiving back --bulk-mib MiB.
+    /// Bulk: connections, each sending and receiving back --bulk-mib MiB per round.
     #[arg(long, default_value_t = 2)]
     bulk_connections: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     bulk_mib: usize,
-    /// Handshakes: at most this many, at most --handshake-seconds, this many at a time.
-    #[arg(long, default_value_t = 4000)]
+    /// Handshakes per round: at most this many, at most --handshake-seconds, this many at
+    /// a time.
+    #[arg(long, default_value_t = 2000)]
     handshakes: usize,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 2)]
     handshake_seconds: u64,
     #[arg(long, default_value_t = 4)]
     handshake_concurrency: usize,
-    /// Idle connections held open through each pair for the memory column.
+    /// Idle connections held open through each pair for the memory columns.
     #[arg(long, default_value_t = 1000)]
     idle_connections: usize,
     /// Stacks to compare with direct: trellis, stunnel, nginx, haproxy.
@@ -132,28 +137,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bundle: ca.bundle()?,
         client: stacks::identity(&client_files)?,
     };
-    let load_before = loadavg();
-    eprintln!("measuring direct");
-    let direct = bench.plain(echo, "direct").context("direct")?;
-    let mut rows = Vec::new();
-    let mut notes = Vec::new();
+    let mut pairs = Vec::new();
     for name in &args.stacks {
         eprintln!("starting {name}");
         let stack_dir = dir.path().join(name);
         std::fs::create_dir_all(&stack_dir)?;
-        let mut stack = match name.as_str() {
+        pairs.push(match name.as_str() {
             "trellis" => stacks::trellis_pair(&mut ca, echo, &client_id, &stack_dir)?,
             "stunnel" => stacks::peer_pair(&mut ca, Peer::Stunnel, echo, &stack_dir)?,
             "nginx" => stacks::peer_pair(&mut ca, Peer::Nginx, echo, &stack_dir)?,
             _ => stacks::peer_pair(&mut ca, Peer::Haproxy, echo, &stack_dir)?,
-        };
-        eprintln!("measuring {name}");
-        let (row, note) = bench
-            .stack(&mut stack)
-            .with_context(|| format!("measuring {name}"))?;
-        rows.push(row);
-        notes.push(note);
+        });
     }
+    let load_before = loadavg();
+    let (rows, notes) = bench.all(echo, &mut pairs)?;
     let load_after = loadavg();
 
     let a = &args;
@@ -164,8 +161,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or(0),
     );
     println!(
-        "latency: open loop, {} B messages over {} connections, {} s per rate; bulk: {} x {} MiB echoed; \
-         handshakes: {} at a time, at most {} or {} s; memory: {} idle connections",
+        "{} rounds, each visiting every stack; per round: latency open loop, {} B messages over {} connections, \
+         {} s per rate; bulk {} x {} MiB echoed; handshakes {} at a time, at most {} or {} s. \
+         Memory: {} idle connections",
+        a.rounds,
         a.message,
         a.connections,
         a.seconds,
@@ -177,7 +176,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         a.idle_connections
     );
     println!();
-    print!("{}", table::render(&direct, &rows, &args.rates));
+    print!("{}", table::render(&rows[0], &rows[1..], &args.rates));
     println!();
     for note in notes {
         println!("{note}");
@@ -192,82 +191,121 @@ fn loadavg() -> String {
 }
 
 impl Bench<'_> {
-    /// Latency at each rate and bulk throughput through `addr`.
-    fn plain(&self, addr: SocketAddr, name: &str) -> anyhow::Result<Row> {
+    /// Every measurement, interleaved: the first row is direct (straight to `echo`), then
+    /// one per stack. Returns the rows and a note per stack.
+    fn all(
+        &self,
+        echo: SocketAddr,
+        stacks: &mut [Stack],
+    ) -> anyhow::Result<(Vec<Row>, Vec<String>)> {
         let a = self.args;
-        let mut latency = Vec::new();
-        for &rate in &a.rates {
-            let samples = load::open_loop(
-                addr,
-                rate,
-                a.connections,
-                a.message,
-                Duration::from_secs(a.seconds),
-                Duration::from_millis(500),
-            )
-            .with_context(|| format!("latency at {rate}/s"))?;
-            let l = Latencies::new(samples);
-            latency.push((l.percentile(50.0), l.percentile(99.0)));
+        let mut rows = vec![Row::new("direct")];
+        let mut notes = Vec::new();
+        let mut addrs = vec![echo];
+        for stack in stacks.iter_mut() {
+            eprintln!("memory: {}", stack.name);
+            let mut row = Row::new(&stack.name);
+            let by_proxy = self.memory(stack, &mut row)?;
+            notes.push(format!("{}: idle RSS {}", stack.name, by_proxy.join(", ")));
+            rows.push(row);
+            addrs.push(stack.client_addr);
         }
-        let mbps = load::bulk(addr, a.bulk_connections, a.bulk_mib << 20).context("bulk")?;
-        Ok(Row {
-            name: name.to_owned(),
-            latency,
-            mbps,
-            handshakes: None,
-            idle_rss_kib: None,
-            per_conn_kib: None,
-        })
+        let rounds = a.rounds.max(1);
+        let mut latency = vec![vec![Vec::new(); a.rates.len()]; addrs.len()];
+        let mut bulk = vec![Duration::ZERO; addrs.len()];
+        let mut handshakes: Vec<Option<handshakes::Handshakes>> =
+            stacks.iter().map(|_| None).collect();
+        for round in 1..=rounds {
+            eprintln!("round {round} of {rounds}");
+            for (r, &rate) in a.rates.iter().enumerate() {
+                for (t, &addr) in addrs.iter().enumerate() {
+                    let samples = load::open_loop(
+                        addr,
+                        rate,
+                        a.connections,
+                        a.message,
+                        Duration::from_secs(a.seconds),
+                        Duration::from_millis(500),
+                    )
+                    .with_context(|| format!("{}: latency at {rate}/s", rows[t].name))?;
+                    latency[t][r].extend(samples);
+                }
+            }
+            for (t, &addr) in addrs.iter().enumerate() {
+                bulk[t] += load::bulk(addr, a.bulk_connections, a.bulk_mib << 20)
+                    .with_context(|| format!("{}: bulk", rows[t].name))?;
+            }
+            for (s, stack) in stacks.iter_mut().enumerate() {
+                let config = handshakes::client_config(
+                    self.bundle.clone(),
+                    stack.inbound_id.clone(),
+                    &self.client,
+                )?;
+                let got = self
+                    .runtime
+                    .block_on(handshakes::run(
+                        stack.inbound_addr,
+                        config,
+                        a.handshake_concurrency,
+                        a.handshakes,
+                        Duration::from_secs(a.handshake_seconds),
+                    ))
+                    .with_context(|| format!("{}: handshakes", stack.name))?;
+                match &mut handshakes[s] {
+                    Some(total) => total.add(got),
+                    slot => *slot = Some(got),
+                }
+                stack.check()?;
+            }
+        }
+        for (t, row) in rows.iter_mut().enumerate() {
+            for samples in latency[t].drain(..) {
+                let l = Latencies::new(samples);
+                row.latency.push((l.percentile(50.0), l.percentile(99.0)));
+            }
+            let bytes = (rounds * a.bulk_connections * (a.bulk_mib << 20)) as f64;
+            row.mbps = bytes / bulk[t].as_secs_f64() / 1e6;
+        }
+        for (s, hs) in handshakes.into_iter().enumerate() {
+            let Some(hs) = hs else { continue };
+            rows[s + 1].handshakes = Some(hs.per_second());
+            let mut note = format!(
+                "; {} handshakes in {:.2} s at the inbound port, negotiated {}",
+                hs.done,
+                hs.elapsed.as_secs_f64(),
+                hs.negotiated
+            );
+            if hs.errors > 0 {
+                note += &format!(
+                    "; {} FAILED ({})",
+                    hs.errors,
+                    hs.first_error.unwrap_or_default()
+                );
+            }
+            notes[s] += &note;
+        }
+        Ok((rows, notes))
     }
 
-    /// Everything for one stack; returns its row and a line on its handshakes.
-    fn stack(&self, stack: &mut Stack) -> anyhow::Result<(Row, String)> {
-        let a = self.args;
+    /// Idle RSS of the pair and the RSS added per idle connection; returns each proxy's
+    /// idle RSS for the notes.
+    fn memory(&self, stack: &mut Stack, row: &mut Row) -> anyhow::Result<Vec<String>> {
+        let n = self.args.idle_connections;
         drop(load::round_trip(stack.client_addr)?);
         let by_proxy = stack.rss_by_proxy()?;
-        let idle = by_proxy.iter().map(|(_, kib)| kib).sum();
+        let idle: u64 = by_proxy.iter().map(|(_, kib)| kib).sum();
         let conns = load::open_idle(
             stack.client_addr,
-            a.idle_connections,
+            n,
             Instant::now() + Duration::from_secs(120),
         )?;
         let loaded = stack.rss_kib()?;
         drop(conns);
-        let per_conn = loaded.saturating_sub(idle) as f64 / a.idle_connections.max(1) as f64;
-        let mut row = self.plain(stack.client_addr, &stack.name)?;
-        let config =
-            handshakes::client_config(self.bundle.clone(), stack.inbound_id.clone(), &self.client)?;
-        let hs = self.runtime.block_on(handshakes::run(
-            stack.inbound_addr,
-            config,
-            a.handshake_concurrency,
-            a.handshakes,
-            Duration::from_secs(a.handshake_seconds),
-        ))?;
-        stack.check()?;
-        row.handshakes = Some(hs.per_second());
         row.idle_rss_kib = Some(idle);
-        row.per_conn_kib = Some(per_conn);
-        let mut note = format!(
-            "{}: {} handshakes in {:.2} s at {}, negotiated {}",
-            stack.name,
-            hs.done,
-            hs.elapsed.as_secs_f64(),
-            stack.inbound_addr,
-            hs.negotiated
-        );
-        let by_proxy: Vec<String> = by_proxy
+        row.per_conn_kib = Some(loaded.saturating_sub(idle) as f64 / n.max(1) as f64);
+        Ok(by_proxy
             .iter()
             .map(|(name, kib)| format!("{name} {:.1} MB", *kib as f64 / 1024.0))
-            .collect();
-        note += &format!("; idle RSS {}", by_proxy.join(", "));
-        if hs.errors > 0 {
-            note += &format!(
-                "; {} FAILED ({})",
-                hs.errors,
-                hs.first_error.unwrap_or_default()
-            );
-        }
-        Ok((row, note))
+            .collect())
     }
 }

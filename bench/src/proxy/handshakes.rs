@@ -31,6 +31,16 @@ pub struct Handshakes {
 }
 
 impl Handshakes {
+    /// Adds another run's counts (the first run's negotiation stays).
+    pub fn add(&mut self, other: Handshakes) {
+        self.done += other.done;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
     pub fn per_second(&self) -> f64 {
         self.done as f64 / self.elapsed.as_secs_f64()
     }

@@ -18,6 +18,20 @@ pub struct Row {
     pub per_conn_kib: Option<f64>,
 }
 
+impl Row {
+    /// A row with nothing measured yet.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            latency: Vec::new(),
+            mbps: 0.0,
+            handshakes: None,
+            idle_rss_kib: None,
+            per_conn_kib: None,
+        }
+    }
+}
+
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
