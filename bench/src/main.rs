@@ -4,8 +4,12 @@
 //! dir, fsync'd group commits) on 127.0.0.1, and N concurrent workload clients, each on its
 //! own mTLS connection, renewing with their current certificate as sidecars do. Every run is
 //! bounded in requests and in time.
+//!
+//! `trellis-bench proxy` compares the sidecar pair with stunnel4, nginx and haproxy on an
+//! echo workload (see `proxy.rs`); the peers come from `bench/install-peers.sh`.
 
 mod ca_issue;
+mod proxy;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -21,10 +25,14 @@ struct Cli {
 enum Command {
     /// CA issuance throughput and latency at several concurrency levels.
     CaIssue(ca_issue::Args),
+    /// Latency, throughput, handshakes and memory of the sidecar pair against stunnel4,
+    /// nginx and haproxy (run bench/install-peers.sh first).
+    Proxy(proxy::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::CaIssue(args) => ca_issue::run(args),
+        Command::Proxy(args) => proxy::run(args),
     }
 }

@@ -1,0 +1,311 @@
+//! `trellis-bench proxy`: an echo workload direct, through a Trellis sidecar pair, and
+//! through the same pair topology built from stunnel4, nginx (stream) and haproxy, all with
+//! mutual TLS 1.3 and ECDSA P-256 certificates from a real `trellis-ca`, every proxy a
+//! separate process on 127.0.0.1. One table from one run:
+//!
+//! - latency added at fixed request rates (open loop, small messages over a few
+//!   persistent connections; proxied percentile minus direct percentile);
+//! - bulk throughput (a few connections, bounded bytes);
+//! - full mTLS handshakes per second at each stack's inbound port (fresh connections, no
+//!   resumption, a client certificate from the CA);
+//! - RSS of the proxy pair idle, and per idle connection (1,000 by default).
+//!
+//! Every loop is bounded in count and time; every child is stopped on exit, on error and
+//! on SIGINT/SIGTERM.
+
+mod handshakes;
+mod load;
+mod peers;
+mod procs;
+mod stacks;
+mod table;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use trellis_identity::TrustBundle;
+use trellis_identity::tls::Identity;
+
+use crate::stats::Latencies;
+use peers::Peer;
+use stacks::{Ca, Stack};
+use table::Row;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Request rates for the latency columns, messages per second.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    rates: Vec<u32>,
+    /// Rounds: every measurement is split into this many, each round visiting direct and
+    /// every stack in turn, so a change in the machine's load hits all of them alike.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Persistent connections carrying the latency load.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Message size for the latency load, bytes.
+    #[arg(long, default_value_t = 64)]
+    message: usize,
+    /// Seconds measured per rate and round (after half a second of warm-up).
+    #[arg(long, default_value_t = 2)]
+    seconds: u64,
+    /// Bulk: connections, each sending and receiving back --bulk-mib MiB per round.
+    #[arg(long, default_value_t = 2)]
+    bulk_connections: usize,
+    #[arg(long, default_value_t = 32)]
+    bulk_mib: usize,
+    /// Handshakes per round: at most this many, at most --handshake-seconds, this many at
+    /// a time.
+    #[arg(long, default_value_t = 2000)]
+    handshakes: usize,
+    #[arg(long, default_value_t = 2)]
+    handshake_seconds: u64,
+    #[arg(long, default_value_t = 4)]
+    handshake_concurrency: usize,
+    /// Idle connections held open through each pair for the memory columns.
+    #[arg(long, default_value_t = 1000)]
+    idle_connections: usize,
+    /// Stacks to compare with direct: trellis, stunnel, nginx, haproxy.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "trellis,stunnel,nginx,haproxy"
+    )]
+    stacks: Vec<String>,
+}
+
+/// What every stack's measurement needs.
+struct Bench<'a> {
+    args: &'a Args,
+    runtime: &'a tokio::runtime::Runtime,
+    bundle: Arc<TrustBundle>,
+    client: Identity,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let peers = args
+        .stacks
+        .iter()
+        .filter(|s| *s != "trellis")
+        .map(|s| match s.as_str() {
+            "stunnel" => Ok(Peer::Stunnel),
+            "nginx" => Ok(Peer::Nginx),
+            "haproxy" => Ok(Peer::Haproxy),
+            other => bail!("unknown stack {other:?}: use trellis, stunnel, nginx, haproxy"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Every binary first, so a missing one fails before minutes of measuring.
+    for peer in &peers {
+        peer.binary()?;
+    }
+    for name in ["trellis-ca", "trellis-sidecar", "trellis"] {
+        stacks::workspace_binary(name)?;
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.spawn(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        procs::kill_all();
+        eprintln!("trellis-bench: interrupted; child processes stopped");
+        std::process::exit(130);
+    });
+
+    let dir = tempfile::tempdir()?;
+    let echo = load::start_echo()?;
+    eprintln!("starting trellis-ca; echo app on {echo}");
+    let mut ca = Ca::start(dir.path())?;
+    let client_id = stacks::id("/bench/client");
+    let client_files = ca.issue(&client_id, None, &dir.path().join("client"))?;
+    let bench = Bench {
+        args: &args,
+        runtime: &runtime,
+        bundle: ca.bundle()?,
+        client: stacks::identity(&client_files)?,
+    };
+    let mut pairs = Vec::new();
+    for name in &args.stacks {
+        eprintln!("starting {name}");
+        let stack_dir = dir.path().join(name);
+        std::fs::create_dir_all(&stack_dir)?;
+        pairs.push(match name.as_str() {
+            "trellis" => stacks::trellis_pair(&mut ca, echo, &client_id, &stack_dir)?,
+            "stunnel" => stacks::peer_pair(&mut ca, Peer::Stunnel, echo, &stack_dir)?,
+            "nginx" => stacks::peer_pair(&mut ca, Peer::Nginx, echo, &stack_dir)?,
+            _ => stacks::peer_pair(&mut ca, Peer::Haproxy, echo, &stack_dir)?,
+        });
+    }
+    let load_before = loadavg();
+    let (rows, notes) = bench.all(echo, &mut pairs)?;
+    let load_after = loadavg();
+
+    let a = &args;
+    println!(
+        "Echo workload on 127.0.0.1, {} cores; load average (1/5/15 min) before: {load_before}, after: {load_after}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+    );
+    println!(
+        "{} rounds, each visiting every stack; per round: latency open loop, {} B messages over {} connections, \
+         {} s per rate; bulk {} x {} MiB echoed; handshakes {} at a time, at most {} or {} s. \
+         Memory: {} idle connections",
+        a.rounds,
+        a.message,
+        a.connections,
+        a.seconds,
+        a.bulk_connections,
+        a.bulk_mib,
+        a.handshake_concurrency,
+        a.handshakes,
+        a.handshake_seconds,
+        a.idle_connections
+    );
+    println!();
+    print!("{}", table::render(&rows[0], &rows[1..], &args.rates));
+    println!();
+    for note in notes {
+        println!("{note}");
+    }
+    Ok(())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl Bench<'_> {
+    /// Every measurement, interleaved: the first row is direct (straight to `echo`), then
+    /// one per stack. Returns the rows and a note per stack.
+    fn all(
+        &self,
+        echo: SocketAddr,
+        stacks: &mut [Stack],
+    ) -> anyhow::Result<(Vec<Row>, Vec<String>)> {
+        let a = self.args;
+        let mut rows = vec![Row::new("direct")];
+        let mut notes = Vec::new();
+        let mut addrs = vec![echo];
+        for stack in stacks.iter_mut() {
+            eprintln!("memory: {}", stack.name);
+            let mut row = Row::new(&stack.name);
+            let by_proxy = self.memory(stack, &mut row)?;
+            notes.push(format!("{}: idle RSS {}", stack.name, by_proxy.join(", ")));
+            rows.push(row);
+            addrs.push(stack.client_addr);
+        }
+        let rounds = a.rounds.max(1);
+        let mut latency = vec![vec![Vec::new(); a.rates.len()]; addrs.len()];
+        let mut bulk = vec![Duration::ZERO; addrs.len()];
+        let mut handshakes: Vec<Option<handshakes::Handshakes>> =
+            stacks.iter().map(|_| None).collect();
+        for round in 1..=rounds {
+            eprintln!("round {round} of {rounds}");
+            for (r, &rate) in a.rates.iter().enumerate() {
+                for (t, &addr) in addrs.iter().enumerate() {
+                    let samples = load::open_loop(
+                        addr,
+                        rate,
+                        a.connections,
+                        a.message,
+                        Duration::from_secs(a.seconds),
+                        Duration::from_millis(500),
+                    )
+                    .with_context(|| format!("{}: latency at {rate}/s", rows[t].name))?;
+                    latency[t][r].extend(samples);
+                }
+            }
+            for (t, &addr) in addrs.iter().enumerate() {
+                bulk[t] += load::bulk(addr, a.bulk_connections, a.bulk_mib << 20)
+                    .with_context(|| format!("{}: bulk", rows[t].name))?;
+            }
+            for (s, stack) in stacks.iter_mut().enumerate() {
+                let config = handshakes::client_config(
+                    self.bundle.clone(),
+                    stack.inbound_id.clone(),
+                    &self.client,
+                )?;
+                let got = self
+                    .runtime
+                    .block_on(handshakes::run(
+                        stack.inbound_addr,
+                        config,
+                        a.handshake_concurrency,
+                        a.handshakes,
+                        Duration::from_secs(a.handshake_seconds),
+                    ))
+                    .with_context(|| format!("{}: handshakes", stack.name))?;
+                match &mut handshakes[s] {
+                    Some(total) => total.add(got),
+                    slot => *slot = Some(got),
+                }
+                stack.check()?;
+            }
+        }
+        for (t, row) in rows.iter_mut().enumerate() {
+            for samples in latency[t].drain(..) {
+                let l = Latencies::new(samples);
+                row.latency.push((l.percentile(50.0), l.percentile(99.0)));
+            }
+            let bytes = (rounds * a.bulk_connections * (a.bulk_mib << 20)) as f64;
+            row.mbps = bytes / bulk[t].as_secs_f64() / 1e6;
+        }
+        for (s, hs) in handshakes.into_iter().enumerate() {
+            let Some(hs) = hs else { continue };
+            rows[s + 1].handshakes = Some(hs.per_second());
+            let mut note = format!(
+                "; {} handshakes in {:.2} s at the inbound port, negotiated {}",
+                hs.done,
+                hs.elapsed.as_secs_f64(),
+                hs.negotiated
+            );
+            if hs.errors > 0 {
+                note += &format!(
+                    "; {} FAILED ({})",
+                    hs.errors,
+                    hs.first_error.unwrap_or_default()
+                );
+            }
+            notes[s] += &note;
+        }
+        Ok((rows, notes))
+    }
+
+    /// Idle RSS of the pair and the RSS added per idle connection; returns each proxy's
+    /// idle RSS for the notes.
+    fn memory(&self, stack: &mut Stack, row: &mut Row) -> anyhow::Result<Vec<String>> {
+        let n = self.args.idle_connections;
+        drop(load::round_trip(stack.client_addr)?);
+        let by_proxy = stack.rss_by_proxy()?;
+        let idle: u64 = by_proxy.iter().map(|(_, kib)| kib).sum();
+        let conns = load::open_idle(
+            stack.client_addr,
+            n,
+            Instant::now() + Duration::from_secs(120),
+        )?;
+        let loaded = stack.rss_kib()?;
+        drop(conns);
+        row.idle_rss_kib = Some(idle);
+        row.per_conn_kib = Some(loaded.saturating_sub(idle) as f64 / n.max(1) as f64);
+        Ok(by_proxy
+            .iter()
+            .map(|(name, kib)| format!("{name} {:.1} MB", *kib as f64 / 1024.0))
+            .collect())
+    }
+}

@@ -1,0 +1,465 @@
+//! Building the stacks under test from real processes: the Trellis CA (certificates for
+//! everyone), a Trellis sidecar pair, and the same pair topology from each peer proxy.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use trellis_identity::tls::Identity;
+use trellis_identity::{SpiffeId, TrustBundle, TrustDomain, files, pem};
+
+use super::peers::{CertFiles, Hop, Peer, Side};
+use super::procs::{Proc, tree_rss_kib};
+
+pub const TRUST_DOMAIN: &str = "cluster.local";
+/// How long any process may take to start serving.
+const START: Duration = Duration::from_secs(30);
+
+pub fn id(path: &str) -> SpiffeId {
+    SpiffeId::new(&format!("spiffe://{TRUST_DOMAIN}{path}")).expect("bench SPIFFE IDs are valid")
+}
+
+/// A workspace binary next to this one (`target/release/`).
+pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found: run `cargo build --release --bins` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A command for a workspace binary without the caller's `TRELLIS_*` settings.
+fn command(binary: &Path) -> Command {
+    let mut command = Command::new(binary);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TRELLIS_") {
+            command.env_remove(&key);
+        }
+    }
+    command
+}
+
+/// A port that was free a moment ago (for peers, whose configs need a fixed port).
+pub fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Waits until `addr` accepts TCP connections while `proc` runs.
+fn wait_listening(proc: &mut Proc, addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            return Ok(());
+        }
+        proc.check_running()?;
+        if Instant::now() > deadline {
+            bail!("{} does not listen on {addr} after {START:?}", proc.name);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A real `trellis-ca` and the admin CLI to talk to it.
+pub struct Ca {
+    proc: Proc,
+    pub addr: SocketAddr,
+    admin_dir: PathBuf,
+    pub bundle_pem: PathBuf,
+    cli: PathBuf,
+    dir: PathBuf,
+}
+
+/// Parses `trellis-ca listening on ADDR (trust domain TD); admin credentials in DIR`.
+pub fn parse_ca_line(line: &str) -> Option<(SocketAddr, PathBuf)> {
+    let rest = line.strip_prefix("trellis-ca listening on ")?;
+    let (addr, rest) = rest.split_once(" (trust domain ")?;
+    let (_, dir) = rest.split_once("); admin credentials in ")?;
+    Some((addr.parse().ok()?, PathBuf::from(dir.trim_end())))
+}
+
+impl Ca {
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        let data_dir = dir.join("ca");
+        let mut cmd = command(&workspace_binary("trellis-ca")?);
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir);
+        let mut proc = Proc::spawn("trellis-ca", cmd, dir)?;
+        let (addr, admin_dir) = proc.wait_for(START, parse_ca_line)?;
+        Ok(Self {
+            proc,
+            addr,
+            admin_dir,
+            bundle_pem: data_dir.join("bundle.pem"),
+            cli: workspace_binary("trellis")?,
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn bundle(&self) -> anyhow::Result<std::sync::Arc<TrustBundle>> {
+        let td = TrustDomain::new(TRUST_DOMAIN)?;
+        Ok(std::sync::Arc::new(TrustBundle::from_pem(
+            td,
+            0,
+            &std::fs::read(&self.bundle_pem)?,
+        )?))
+    }
+
+    /// Runs `trellis ARGS` against this CA as the admin; returns stdout.
+    fn trellis(&mut self, args: &[&str]) -> anyhow::Result<String> {
+        self.proc.check_running()?;
+        let mut cmd = command(&self.cli);
+        cmd.arg("--ca-addr")
+            .arg(self.addr.to_string())
+            .arg("--admin-cert")
+            .arg(self.admin_dir.join("admin.pem"))
+            .arg("--admin-key")
+            .arg(self.admin_dir.join("admin.key.pem"))
+            .arg("--bundle")
+            .arg(self.admin_dir.join("bundle.pem"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("starting trellis")?;
+        let deadline = Instant::now() + START;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("`trellis {}` did not finish in {START:?}", args.join(" "));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let (mut out, mut err) = (String::new(), String::new());
+        if let Some(mut s) = child.stdout.take() {
+            s.read_to_string(&mut out)?;
+        }
+        if let Some(mut s) = child.stderr.take() {
+            s.read_to_string(&mut err)?;
+        }
+        if !status.success() {
+            bail!("`trellis {}` failed ({status}): {err}", args.join(" "));
+        }
+        Ok(out)
+    }
+
+    /// A join token for `spiffe_id` in a 0600 file.
+    fn token_file(&mut self, spiffe_id: &SpiffeId, name: &str) -> anyhow::Result<PathBuf> {
+        let out = self.trellis(&[
+            "token",
+            "create",
+            "--spiffe-id",
+            spiffe_id.as_str(),
+            "-o",
+            "json",
+        ])?;
+        let token =
+            json_string_field(&out, "token").context("no token in `trellis token create`")?;
+        let path = self.dir.join(format!("{name}.token"));
+        files::write_secret(&path, token.as_bytes())?;
+        Ok(path)
+    }
+
+    /// Issues a certificate for a non-mesh workload (`trellis cert issue`) into `out`.
+    pub fn issue(
+        &mut self,
+        spiffe_id: &SpiffeId,
+        dns: Option<&str>,
+        out: &Path,
+    ) -> anyhow::Result<CertFiles> {
+        let out_s = out.to_string_lossy().into_owned();
+        let mut args = vec![
+            "cert",
+            "issue",
+            "--spiffe-id",
+            spiffe_id.as_str(),
+            "--out",
+            &out_s,
+        ];
+        if let Some(dns) = dns {
+            args.extend(["--dns", dns]);
+        }
+        self.trellis(&args)?;
+        let files = CertFiles {
+            chain: out.join("svid.pem"),
+            key: out.join("svid_key.pem"),
+            combined: out.join("combined.pem"),
+            bundle: out.join("bundle.pem"),
+        };
+        let mut combined = std::fs::read(&files.chain)?;
+        combined.extend(std::fs::read(&files.key)?);
+        files::write_secret(&files.combined, &combined)?;
+        Ok(files)
+    }
+}
+
+/// Reads an identity (chain + key) from issued files.
+pub fn identity(files: &CertFiles) -> anyhow::Result<Identity> {
+    Ok(Identity {
+        chain: pem::certs_from_pem(&std::fs::read(&files.chain)?)?,
+        key: pem::private_key_from_pem(&std::fs::read(&files.key)?)?,
+    })
+}
+
+/// `"field": "value"` from one-line-per-field JSON, without a JSON dependency.
+pub fn json_string_field(json: &str, field: &str) -> Option<String> {
+    let key = format!("\"{field}\"");
+    let rest = &json[json.find(&key)? + key.len()..];
+    let rest = rest
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start()
+        .strip_prefix('"')?;
+    Some(rest[..rest.find('"')?].to_owned())
+}
+
+/// A proxy pair under test.
+pub struct Stack {
+    pub name: String,
+    /// Where the client connects (the outbound hop's plaintext port).
+    pub client_addr: SocketAddr,
+    /// The inbound hop's mTLS port.
+    pub inbound_addr: SocketAddr,
+    /// The SPIFFE ID in the inbound hop's certificate.
+    pub inbound_id: SpiffeId,
+    procs: Vec<Proc>,
+}
+
+impl Stack {
+    /// Resident memory of each proxy with all its processes (nginx's workers), in KiB.
+    pub fn rss_by_proxy(&mut self) -> anyhow::Result<Vec<(String, u64)>> {
+        let mut all = Vec::new();
+        for p in &mut self.procs {
+            p.check_running()?;
+            all.push((p.name.clone(), tree_rss_kib(p.pid())?));
+        }
+        Ok(all)
+    }
+
+    /// Resident memory of both proxies, in KiB.
+    pub fn rss_kib(&mut self) -> anyhow::Result<u64> {
+        Ok(self.rss_by_proxy()?.iter().map(|(_, kib)| kib).sum())
+    }
+
+    /// Errors if a proxy has died.
+    pub fn check(&mut self) -> anyhow::Result<()> {
+        self.procs.iter_mut().try_for_each(Proc::check_running)
+    }
+}
+
+/// The `trellis-sidecar` config for one hop of the pair.
+pub fn sidecar_toml(ca: &Ca, token: &Path, tables: &str) -> String {
+    format!(
+        "trust_domain = \"{TRUST_DOMAIN}\"\n\n[ca]\naddress = \"{}\"\ntrust_bundle = \"{}\"\n\
+         join_token_file = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [timeouts]\nidle = \"1h\"\ndrain = \"1s\"\n\n{tables}",
+        ca.addr,
+        ca.bundle_pem.display(),
+        token.display(),
+    )
+}
+
+fn addr_after(line: &str, after: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(after)? + after.len()..];
+    rest.split(|c: char| c.is_whitespace() || c == ',')
+        .find_map(|w| w.parse().ok())
+}
+
+/// Starts one sidecar and waits until it has its certificate; returns it with its
+/// printed inbound or outbound address.
+fn sidecar(
+    ca: &mut Ca,
+    name: &str,
+    spiffe_id: &SpiffeId,
+    tables: &str,
+    dir: &Path,
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    let token = ca.token_file(spiffe_id, name)?;
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, sidecar_toml(ca, &token, tables))?;
+    let mut cmd = command(&workspace_binary("trellis-sidecar")?);
+    // Warnings and errors only: a log line per connection would cost the sidecar time.
+    cmd.arg("--config").arg(&config).env("TRELLIS_LOG", "warn");
+    let mut proc = Proc::spawn(name, cmd, dir)?;
+    let (admin, addr) = proc.wait_for(START, |l| {
+        l.starts_with("trellis-sidecar admin on").then(|| {
+            (
+                addr_after(l, "admin on"),
+                addr_after(l, "inbound on").or_else(|| addr_after(l, "outbound on")),
+            )
+        })
+    })?;
+    let (Some(admin), Some(addr)) = (admin, addr) else {
+        bail!("{name}: cannot read its addresses from {:?}", proc.stderr());
+    };
+    let deadline = Instant::now() + START;
+    while !http_ok(admin, "/ready") {
+        proc.check_running()?;
+        if Instant::now() > deadline {
+            bail!("{name} not ready after {START:?}: {}", proc.stderr());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((proc, addr))
+}
+
+fn http_ok(addr: SocketAddr, path: &str) -> bool {
+    let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = conn.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
+}
+
+/// The Trellis pair: inbound (policy `deny`, allowing the outbound sidecar and the
+/// handshake client) in front of `app`, outbound bound to it.
+pub fn trellis_pair(
+    ca: &mut Ca,
+    app: SocketAddr,
+    client_id: &SpiffeId,
+    dir: &Path,
+) -> anyhow::Result<Stack> {
+    let inbound_id = id("/bench/trellis/inbound");
+    let outbound_id = id("/bench/trellis/outbound");
+    let (inbound, inbound_addr) = sidecar(
+        ca,
+        "trellis-inbound",
+        &inbound_id,
+        &format!(
+            "[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = \"deny\"\n\
+             allow = [\"{outbound_id}\", \"{client_id}\"]\n"
+        ),
+        dir,
+    )?;
+    let (outbound, client_addr) = sidecar(
+        ca,
+        "trellis-outbound",
+        &outbound_id,
+        &format!(
+            "[[outbound]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{inbound_addr}\"\n\
+             allow = [\"{inbound_id}\"]\n"
+        ),
+        dir,
+    )?;
+    Ok(Stack {
+        name: "trellis".into(),
+        client_addr,
+        inbound_addr,
+        inbound_id,
+        procs: vec![outbound, inbound],
+    })
+}
+
+/// The same topology from `peer`: two processes (or process groups), certificates issued
+/// by the Trellis CA.
+pub fn peer_pair(ca: &mut Ca, peer: Peer, app: SocketAddr, dir: &Path) -> anyhow::Result<Stack> {
+    let binary = peer.binary()?;
+    let name = peer.name();
+    let server_name = format!("{name}-inbound.bench");
+    let inbound_id = id(&format!("/bench/{name}/inbound"));
+    let outbound_id = id(&format!("/bench/{name}/outbound"));
+    let inbound_addr = free_port()?;
+    let client_addr = free_port()?;
+    let mut procs = Vec::new();
+    for (side, spiffe_id, dns, listen, connect) in [
+        (
+            Side::Inbound,
+            &inbound_id,
+            Some(server_name.as_str()),
+            inbound_addr,
+            app,
+        ),
+        (
+            Side::Outbound,
+            &outbound_id,
+            None,
+            client_addr,
+            inbound_addr,
+        ),
+    ] {
+        let hop_dir = dir.join(format!("{name}-{}", side.name()));
+        std::fs::create_dir_all(&hop_dir)?;
+        let cert = ca.issue(spiffe_id, dns, &hop_dir.join("cert"))?;
+        let hop = Hop {
+            side,
+            listen,
+            connect,
+            cert,
+            server_name: server_name.clone(),
+            dir: hop_dir.clone(),
+        };
+        let config = hop_dir.join(format!("{name}.conf"));
+        std::fs::write(&config, peer.config(&hop))?;
+        let mut proc = Proc::spawn(
+            &format!("{name}-{}", side.name()),
+            peer.command(&binary, &config, &hop),
+            dir,
+        )?;
+        wait_listening(&mut proc, listen)?;
+        procs.push(proc);
+    }
+    Ok(Stack {
+        name: name.into(),
+        client_addr,
+        inbound_addr,
+        inbound_id,
+        procs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_ca_line() {
+        let (addr, dir) = parse_ca_line(
+            "trellis-ca listening on 127.0.0.1:4000 (trust domain cluster.local); admin credentials in /t/ca/admin",
+        )
+        .expect("parsed");
+        assert_eq!(addr, "127.0.0.1:4000".parse().expect("addr"));
+        assert_eq!(dir, PathBuf::from("/t/ca/admin"));
+        assert!(parse_ca_line("2026 INFO starting").is_none());
+    }
+
+    #[test]
+    fn reads_json_fields() {
+        let json = "{\n  \"token\": \"trellis-jt-ab12\",\n  \"spiffe_id\": \"x\"\n}";
+        assert_eq!(
+            json_string_field(json, "token").as_deref(),
+            Some("trellis-jt-ab12")
+        );
+        assert_eq!(json_string_field(json, "missing"), None);
+    }
+
+    #[test]
+    fn reads_sidecar_addresses() {
+        let line = "trellis-sidecar admin on 127.0.0.1:1, inbound on 127.0.0.1:2";
+        assert_eq!(
+            addr_after(line, "admin on"),
+            Some("127.0.0.1:1".parse().expect("a"))
+        );
+        assert_eq!(
+            addr_after(line, "inbound on"),
+            Some("127.0.0.1:2".parse().expect("a"))
+        );
+        assert_eq!(addr_after(line, "outbound on"), None);
+    }
+}
