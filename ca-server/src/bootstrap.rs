@@ -27,6 +27,7 @@ use crate::state::{CaState, unix};
 use crate::store::{AuditRecord, IntermediateRecord, RootRecord, RootState, Store};
 use trellis_identity::files;
 use trellis_identity::profile::{self, SigningCa};
+use zeroize::Zeroizing;
 
 /// The path (under the trust domain) of the admin identity created at initialisation.
 pub const ADMIN_PATH: &str = trellis_identity::spiffe::reserved::DEFAULT_ADMIN;
@@ -108,7 +109,7 @@ fn initialise(
             let root_signer = SigningCa::new(root.cert.clone(), root.key)?;
             let inter = profile::new_intermediate(td, &root_signer, now, config.intermediate_ttl)?;
             let signer = SigningCa::new(inter.cert, inter.key)?;
-            let root_key_pem = root_signer.key().serialize_pem();
+            let root_key_pem = Zeroizing::new(root_signer.key().serialize_pem());
             (root.cert, Some(root_key_pem), signer)
         }
     };
@@ -124,11 +125,9 @@ fn initialise(
         None => None,
     };
     let inter_key_file = format!("intermediate-{}.key.pem", signer.id);
-    files::write_secret(
-        &dir.keys().join(&inter_key_file),
-        signer.key().serialize_pem().as_bytes(),
-    )
-    .map_err(io("writing intermediate key".into()))?;
+    let inter_key_pem = Zeroizing::new(signer.key().serialize_pem());
+    files::write_secret(&dir.keys().join(&inter_key_file), inter_key_pem.as_bytes())
+        .map_err(io("writing intermediate key".into()))?;
     let now_unix = unix(now);
     store
         .put_root(&RootRecord {
@@ -175,7 +174,16 @@ fn initialise(
 
 /// Reads `root.pem`, `intermediate.pem`, `intermediate.key.pem` and, optionally,
 /// `root.key.pem` from an import directory.
-fn import_ca(dir: &Path) -> Result<(CertificateDer<'static>, Option<String>, SigningCa), CaError> {
+fn import_ca(
+    dir: &Path,
+) -> Result<
+    (
+        CertificateDer<'static>,
+        Option<Zeroizing<String>>,
+        SigningCa,
+    ),
+    CaError,
+> {
     let read_cert = |name: &str| -> Result<CertificateDer<'static>, CaError> {
         let path = dir.join(name);
         let text = std::fs::read(&path).map_err(|e| {
@@ -190,17 +198,21 @@ fn import_ca(dir: &Path) -> Result<(CertificateDer<'static>, Option<String>, Sig
     let root = read_cert("root.pem")?;
     let intermediate = read_cert("intermediate.pem")?;
     let key_path = dir.join("intermediate.key.pem");
-    let key_pem = files::read_secret(&key_path)
-        .map_err(|e| CaError::InvalidArgument(format!("import: {}: {e}", key_path.display())))?;
+    let key_pem =
+        Zeroizing::new(files::read_secret(&key_path).map_err(|e| {
+            CaError::InvalidArgument(format!("import: {}: {e}", key_path.display()))
+        })?);
     let key = KeyPair::from_pem(&String::from_utf8_lossy(&key_pem))
         .map_err(|e| CaError::InvalidArgument(format!("import: {}: {e}", key_path.display())))?;
     let signer = SigningCa::new(intermediate, key)
         .map_err(|e| CaError::InvalidArgument(format!("import: intermediate: {e}")))?;
     let root_key_path = dir.join("root.key.pem");
     let root_key = if root_key_path.exists() {
-        let bytes = files::read_secret(&root_key_path)
-            .map_err(|e| CaError::InvalidArgument(format!("import: {e}")))?;
-        Some(String::from_utf8_lossy(&bytes).into_owned())
+        let bytes = Zeroizing::new(
+            files::read_secret(&root_key_path)
+                .map_err(|e| CaError::InvalidArgument(format!("import: {e}")))?,
+        );
+        Some(Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned()))
     } else {
         None
     };
@@ -218,9 +230,9 @@ fn load(
         .map_err(store_err)?
         .ok_or_else(|| CaError::Internal("no signing intermediate after initialisation".into()))?;
     let key_path = dir.keys().join(&inter.key_file);
-    let key_pem = files::read_secret(&key_path).map_err(|e| {
+    let key_pem = Zeroizing::new(files::read_secret(&key_path).map_err(|e| {
         CaError::Unavailable(format!("intermediate key {}: {e}", key_path.display()))
-    })?;
+    })?);
     let key = KeyPair::from_pem(&String::from_utf8_lossy(&key_pem))
         .map_err(|e| CaError::Internal(format!("intermediate key {}: {e}", key_path.display())))?;
     let mut signer = SigningCa::new(CertificateDer::from(inter.cert_der), key)?;

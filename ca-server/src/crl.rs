@@ -10,6 +10,7 @@ use rcgen::KeyPair;
 use rustls_pki_types::CertificateDer;
 use trellis_identity::files;
 use trellis_identity::profile::{CrlEntry, SigningCa};
+use zeroize::Zeroizing;
 
 use crate::bootstrap::DataDir;
 use crate::error::CaError;
@@ -88,8 +89,10 @@ fn load_intermediate(state: &CaState, id: &str) -> Result<SigningCa, CaError> {
     let path = DataDir(state.config.data_dir.clone())
         .keys()
         .join(&record.key_file);
-    let pem = files::read_secret(&path)
-        .map_err(|e| CaError::Unavailable(format!("intermediate key {}: {e}", path.display())))?;
+    let pem =
+        Zeroizing::new(files::read_secret(&path).map_err(|e| {
+            CaError::Unavailable(format!("intermediate key {}: {e}", path.display()))
+        })?);
     let key = KeyPair::from_pem(&String::from_utf8_lossy(&pem))
         .map_err(|e| CaError::Internal(format!("intermediate key {}: {e}", path.display())))?;
     Ok(SigningCa::new(CertificateDer::from(record.cert_der), key)?)

@@ -17,6 +17,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 use trellis_identity::profile::{self, SigningCa};
 use trellis_identity::{CertInfo, TrustBundle, files};
+use zeroize::Zeroizing;
 
 use crate::bootstrap::{self, DataDir, store_err};
 use crate::error::CaError;
@@ -151,8 +152,8 @@ impl CaState {
         let now = self.now();
         let root = profile::new_root(&self.config.trust_domain, now, self.config.root_ttl)?;
         let signer = SigningCa::new(root.cert.clone(), root.key)?;
-        self.insert_root(root.cert, Some(signer.key().serialize_pem()), actor)
-            .await
+        let key_pem = Zeroizing::new(signer.key().serialize_pem());
+        self.insert_root(root.cert, Some(key_pem), actor).await
     }
 
     /// Imports a root (and, optionally, its key), pending.
@@ -182,7 +183,7 @@ impl CaState {
             .map_err(|e| bad(format!("root certificate: {e}")))?;
         let key_pem = match key_pem {
             Some(pem) => {
-                let text = String::from_utf8_lossy(pem).into_owned();
+                let text = Zeroizing::new(String::from_utf8_lossy(pem).into_owned());
                 let key = KeyPair::from_pem(&text).map_err(|e| bad(format!("root key: {e}")))?;
                 SigningCa::new(cert.clone(), key)
                     .map_err(|e| bad(format!("root key does not match the certificate: {e}")))?;
@@ -196,7 +197,7 @@ impl CaState {
     async fn insert_root(
         &self,
         cert: CertificateDer<'static>,
-        key_pem: Option<String>,
+        key_pem: Option<Zeroizing<String>>,
         actor: &str,
     ) -> Result<RootRecord, CaError> {
         let id = trellis_identity::bundle::root_id(&cert)
@@ -287,8 +288,10 @@ impl CaState {
             ))
         })?;
         let dir = DataDir(self.config.data_dir.clone());
-        let key_pem = files::read_secret(&dir.keys().join(&key_file))
-            .map_err(|e| CaError::Unavailable(format!("root key {key_file}: {e}")))?;
+        let key_pem = Zeroizing::new(
+            files::read_secret(&dir.keys().join(&key_file))
+                .map_err(|e| CaError::Unavailable(format!("root key {key_file}: {e}")))?,
+        );
         let key = KeyPair::from_pem(&String::from_utf8_lossy(&key_pem))
             .map_err(|e| CaError::Internal(format!("root key {key_file}: {e}")))?;
         let root_signer = SigningCa::new(CertificateDer::from(target.cert_der.clone()), key)?;
@@ -302,11 +305,9 @@ impl CaState {
         let mut signer = SigningCa::new(inter.cert, inter.key)?;
         signer.root_id = target.id.clone();
         let inter_key_file = format!("intermediate-{}.key.pem", signer.id);
-        files::write_secret(
-            &dir.keys().join(&inter_key_file),
-            signer.key().serialize_pem().as_bytes(),
-        )
-        .map_err(|e| CaError::Unavailable(format!("writing the intermediate key: {e}")))?;
+        let inter_key_pem = Zeroizing::new(signer.key().serialize_pem());
+        files::write_secret(&dir.keys().join(&inter_key_file), inter_key_pem.as_bytes())
+            .map_err(|e| CaError::Unavailable(format!("writing the intermediate key: {e}")))?;
         for root in roots.iter_mut() {
             if root.state == RootState::Active {
                 root.state = RootState::Retiring;

@@ -56,6 +56,12 @@ impl Ca {
 
     /// Starts a CA on a free port with extra command-line arguments (e.g. `--import-dir`).
     pub fn start_with<S: AsRef<OsStr>>(args: &[S]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`Ca::start_with`], with environment variables set for the CA (e.g.
+    /// `TRELLIS_LOG=trace`).
+    pub fn start_with_env<S: AsRef<OsStr>>(args: &[S], vars: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for the CA");
         let data_dir = dir.path().join("ca");
         let mut cmd = command("trellis-ca");
@@ -63,7 +69,8 @@ impl Ca {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(args);
+            .args(args)
+            .envs(vars.iter().copied());
         let mut process = Process::spawn("trellis-ca", cmd, dir.path());
         let line = process.wait_for_line(START_TIMEOUT, |l| l.starts_with(LISTENING));
         let listening = parse_listening(&line)

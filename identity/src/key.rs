@@ -59,7 +59,8 @@ impl WorkloadKey {
             .map_err(|e| KeyError(e.to_string()))
     }
 
-    /// The key in PKCS#8 DER form, for rustls.
+    /// The key in PKCS#8 DER form, for rustls. Keep it in an [`crate::tls::Identity`] (wiped
+    /// on drop) or wrap it in `Zeroizing`.
     pub fn private_key_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pair.serialize_der()))
     }
@@ -78,6 +79,14 @@ impl WorkloadKey {
     /// The underlying rcgen key pair, for signing certificates with it (CAs only).
     pub fn key_pair(&self) -> &KeyPair {
         &self.pair
+    }
+}
+
+/// rcgen keeps a DER copy of the key beside aws-lc's (which aws-lc wipes when it frees it);
+/// wipe that copy too.
+impl Drop for WorkloadKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.pair);
     }
 }
 

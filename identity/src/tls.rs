@@ -63,6 +63,14 @@ impl Clone for Identity {
     }
 }
 
+/// The key's DER bytes are wiped when the identity goes (rustls-pki-types implements
+/// `Zeroize` but does not zeroize on drop by itself).
+impl Drop for Identity {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
 /// Why a rustls config could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("TLS configuration: {0}")]

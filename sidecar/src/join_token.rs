@@ -68,10 +68,12 @@ impl BootstrapCredential for JoinToken {
         }
         let token = match &self.source {
             TokenSource::Value(v) => v.trim().to_owned(),
-            TokenSource::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read join token file {}: {e}", path.display()))?
-                .trim()
-                .to_owned(),
+            TokenSource::File(path) => zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read join token file {}: {e}", path.display()))?,
+            )
+            .trim()
+            .to_owned(),
         };
         if token.is_empty() {
             return Err("the join token is empty".into());

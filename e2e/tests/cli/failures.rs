@@ -115,3 +115,74 @@ fn an_invalid_spiffe_id_is_refused_naming_the_rule() {
         .failure(1);
     assert!(line.contains("reserved"), "{line}");
 }
+
+#[test]
+fn a_group_readable_admin_key_is_refused_naming_chmod() {
+    use std::os::unix::fs::PermissionsExt;
+    let ca = Ca::start();
+    let user = User::new();
+    let key = user.path("admin.key.pem");
+    std::fs::copy(ca.admin_dir.join("admin.key.pem"), &key).expect("copy key");
+    let args = |key: &str| {
+        vec![
+            "ca".to_owned(),
+            "status".into(),
+            "--ca-addr".into(),
+            ca.addr.to_string(),
+            "--admin-cert".into(),
+            path_str(&ca.admin_dir.join("admin.pem")).into(),
+            "--admin-key".into(),
+            key.into(),
+            "--bundle".into(),
+            path_str(&ca.admin_dir.join("bundle.pem")).into(),
+        ]
+    };
+    for mode in [0o640, 0o644] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let line = user.trellis(&args(path_str(&key))).failure(2);
+        assert!(line.contains("chmod 600"), "{line}");
+        assert!(line.contains(path_str(&key)), "{line}");
+    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    user.trellis(&args(path_str(&key))).success();
+}
+
+/// `--out` names a directory; the file names in it are fixed, so a path from the CA can
+/// never steer a write. A symlink planted where the key goes is refused as an existing
+/// file, and with --force it is replaced, never written through.
+#[test]
+fn a_symlink_planted_in_the_output_directory_is_not_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let ca = Ca::start();
+    let user = User::logged_in(&ca);
+    let out = user.path("out");
+    std::fs::create_dir(&out).expect("mkdir");
+    let victim = user.path("victim");
+    std::fs::write(&victim, "untouched").expect("victim");
+    std::os::unix::fs::symlink(&victim, out.join("svid_key.pem")).expect("symlink");
+    let issue = |force: bool| {
+        let mut args = vec![
+            "cert",
+            "issue",
+            "--spiffe-id",
+            "spiffe://cluster.local/ext/x",
+            "--out",
+            path_str(&out),
+        ];
+        if force {
+            args.push("--force");
+        }
+        user.trellis(&args)
+    };
+    let line = issue(false).failure(2);
+    assert!(line.contains("svid_key.pem"), "{line}");
+    assert!(line.contains("--force"), "{line}");
+    issue(true).success();
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "untouched"
+    );
+    let meta = std::fs::symlink_metadata(out.join("svid_key.pem")).expect("key");
+    assert!(meta.file_type().is_file(), "the symlink was replaced");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+}
