@@ -10,7 +10,11 @@ use crate::credentials::Credentials;
 /// Writes the current certificate, its key and the bundle into `dir`. The key is written
 /// first so that a reader never sees a certificate whose key is not yet on disk.
 pub fn write(dir: &Path, creds: &Credentials, key: &WorkloadKey) -> std::io::Result<()> {
-    files::create_private_dir(dir)?;
+    // A directory the operator made keeps its mode (`svid_dir = "/tmp"` must not turn /tmp
+    // into 0700); one we make is private. The key file itself is always 0600.
+    if !dir.is_dir() {
+        files::create_private_dir(dir)?;
+    }
     files::write_secret(&dir.join("svid_key.pem"), key.to_pem().as_bytes())?;
     files::write_atomic(
         &dir.join("svid.pem"),

@@ -186,12 +186,14 @@ async fn deny_mode_refuses_a_valid_certificate_with_the_wrong_identity() {
 
 /// `svid_dir` is written through a random O_EXCL temp file and a rename: a symlink planted
 /// where the key goes is replaced, never written through, and the key file is 0600.
+/// An existing directory keeps its mode (`svid_dir = "/tmp"` must not make /tmp 0700).
 #[test]
 fn a_symlink_planted_in_the_svid_directory_is_replaced_not_followed() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let svid_dir = dir.path().join("svid");
     std::fs::create_dir(&svid_dir).unwrap();
+    std::fs::set_permissions(&svid_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let victim = dir.path().join("victim");
     std::fs::write(&victim, b"untouched").unwrap();
     for name in ["svid_key.pem", "svid.pem", "bundle.pem"] {
@@ -206,8 +208,15 @@ fn a_symlink_planted_in_the_svid_directory_is_replaced_not_followed() {
     let key_meta = std::fs::symlink_metadata(svid_dir.join("svid_key.pem")).unwrap();
     assert!(key_meta.file_type().is_file(), "the symlink was replaced");
     assert_eq!(key_meta.permissions().mode() & 0o777, 0o600);
+    // The operator's directory keeps its mode; one the sidecar creates is private.
     assert_eq!(
         std::fs::metadata(&svid_dir).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    let created = dir.path().join("created");
+    trellis_sidecar::svid_files::write(&created, &creds, &key).unwrap();
+    assert_eq!(
+        std::fs::metadata(&created).unwrap().permissions().mode() & 0o777,
         0o700
     );
 }
