@@ -11,6 +11,7 @@ use trellis_identity::clock::Clock;
 
 use crate::attest::kubernetes::Attestor;
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::store::Store;
 use trellis_identity::profile::SigningCa;
 
@@ -31,6 +32,8 @@ pub struct CaState {
     pub(crate) serving_tls: OnceLock<watch::Sender<Arc<rustls::ServerConfig>>>,
     /// Verifies Kubernetes service-account tokens, if `[kubernetes]` is configured.
     pub kubernetes: Option<Arc<Attestor>>,
+    /// Overload protection for the issuance APIs.
+    pub limits: Limits,
 }
 
 /// The revoked, unexpired certificates, as streamed to sidecars.
@@ -61,6 +64,7 @@ impl CaState {
                 .kubernetes
                 .clone()
                 .map(|k| Arc::new(Attestor::new(k))),
+            limits: Limits::new(config.limits.clone()),
             config,
             store,
             clock,
