@@ -32,6 +32,9 @@ use trellis_identity::tls::{self, Versions};
 
 use crate::admin;
 
+/// The longest one connection's opening, or one message's round trip, may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Connections to open and hold at once.
@@ -259,13 +262,16 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         let target = sidecar.inbound;
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.ok()?;
-            let result = async {
+            // A sidecar out of descriptors leaves connections in its accept queue: time out
+            // rather than wait for ever.
+            let result = tokio::time::timeout(STEP_TIMEOUT, async {
                 let tcp = TcpStream::connect(target).await?;
                 connector
                     .connect(ServerName::IpAddress(target.ip().into()), tcp)
                     .await
-            }
-            .await;
+            })
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
             match result {
                 Ok(stream) => Some(stream),
                 Err(e) => {
@@ -306,13 +312,14 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let sent = format!("hello from connection {i}\n");
             let mut got = vec![0u8; sent.len()];
-            let ok = async {
+            let ok = tokio::time::timeout(STEP_TIMEOUT, async {
                 stream.write_all(sent.as_bytes()).await?;
                 stream.flush().await?;
                 stream.read_exact(&mut got).await?;
                 Ok::<_, std::io::Error>(got == sent.as_bytes())
-            }
-            .await;
+            })
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
             if !matches!(ok, Ok(true)) && errors.fetch_add(1, Relaxed) < 5 {
                 eprintln!("connection {i}: {ok:?}");
             }
