@@ -2,14 +2,22 @@
 //!
 //! `trellis-bench ca-issue` measures durable certificate issuance: a real CA (sled in a temp
 //! dir, fsync'd group commits) on 127.0.0.1, and N concurrent workload clients, each on its
-//! own mTLS connection, renewing with their current certificate as sidecars do. Every run is
-//! bounded in requests and in time.
+//! own mTLS connection, renewing with their current certificate as sidecars do.
+//! `trellis-bench agent-storm` runs 1,000 real identity agents renewing against one CA
+//! with tight overload limits; `trellis-bench sidecar-conns` holds 10,000 proxied mTLS
+//! connections through one real `trellis-sidecar` process.
 //!
 //! `trellis-bench proxy` compares the sidecar pair with stunnel4, nginx and haproxy on an
 //! echo workload (see `proxy.rs`); the peers come from `bench/install-peers.sh`.
+//!
+//! Every run is bounded in count and in time.
 
+mod admin;
+mod agent_storm;
 mod ca_issue;
+mod fds;
 mod proxy;
+mod sidecar_conns;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +33,10 @@ struct Cli {
 enum Command {
     /// CA issuance throughput and latency at several concurrency levels.
     CaIssue(ca_issue::Args),
+    /// Many identity agents renewing against one CA with tight overload limits.
+    AgentStorm(agent_storm::Args),
+    /// Many concurrent proxied mTLS connections through one sidecar process.
+    SidecarConns(sidecar_conns::Args),
     /// Latency, throughput, handshakes and memory of the sidecar pair against stunnel4,
     /// nginx and haproxy (run bench/install-peers.sh first).
     Proxy(proxy::Args),
@@ -33,6 +45,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::CaIssue(args) => ca_issue::run(args),
+        Command::AgentStorm(args) => agent_storm::run(args),
+        Command::SidecarConns(args) => sidecar_conns::run(args),
         Command::Proxy(args) => proxy::run(args),
     }
 }

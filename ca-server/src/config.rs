@@ -11,6 +11,7 @@ use trellis_identity::{TrustDomain, duration};
 
 use crate::attest::jwks::{HttpsUrl, KeySource};
 pub use crate::attest::kubernetes::KubernetesConfig;
+use crate::limits::{LimitsConfig, LimitsFile};
 
 /// The shortest certificate lifetime the CA will issue (clients renew at half-life).
 pub const MIN_TTL: Duration = Duration::from_secs(60);
@@ -53,6 +54,24 @@ pub struct Flags {
     /// Log format: text or json.
     #[arg(long, env = "TRELLIS_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Issuances in progress at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TRELLIS_MAX_CONCURRENT_ISSUANCE")]
+    pub max_concurrent_issuance: Option<u32>,
+    /// Retry hint given when the CA is at max_concurrent_issuance, e.g. 1s.
+    #[arg(long, env = "TRELLIS_BUSY_RETRY_AFTER")]
+    pub busy_retry_after: Option<String>,
+    /// Renewals per workload identity per minute (after the burst).
+    #[arg(long, env = "TRELLIS_RENEWALS_PER_MINUTE")]
+    pub renewals_per_minute: Option<u32>,
+    /// Renewals one identity may make at once.
+    #[arg(long, env = "TRELLIS_RENEWAL_BURST")]
+    pub renewal_burst: Option<u32>,
+    /// Bootstraps (token requests) per source address per minute (after the burst).
+    #[arg(long, env = "TRELLIS_BOOTSTRAPS_PER_MINUTE")]
+    pub bootstraps_per_minute: Option<u32>,
+    /// Bootstraps one source address may make at once.
+    #[arg(long, env = "TRELLIS_BOOTSTRAP_BURST")]
+    pub bootstrap_burst: Option<u32>,
     /// Validate the configuration, print it, and exit without serving.
     #[arg(long)]
     pub check_config: bool,
@@ -79,6 +98,8 @@ pub struct FileConfig {
     pub shutdown_grace: Option<String>,
     /// Kubernetes service-account token attestation; off unless present.
     pub kubernetes: Option<KubernetesFile>,
+    /// Overload protection (`crate::limits`).
+    pub limits: Option<LimitsFile>,
 }
 
 /// The `[kubernetes]` table.
@@ -185,6 +206,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Service-account token attestation, if configured.
     pub kubernetes: Option<KubernetesConfig>,
+    /// Concurrency and rate limits for issuance.
+    pub limits: LimitsConfig,
 }
 
 /// A configuration problem, as one line naming the setting.
@@ -232,6 +255,18 @@ impl Config {
             default_ttl,
             max_ttl,
             log_format
+        );
+        let limits = file.limits.get_or_insert_with(LimitsFile::default);
+        macro_rules! over_limits {
+            ($($field:ident),*) => { $( if flags.$field.is_some() { limits.$field = flags.$field; } )* };
+        }
+        over_limits!(
+            max_concurrent_issuance,
+            busy_retry_after,
+            renewals_per_minute,
+            renewal_burst,
+            bootstraps_per_minute,
+            bootstrap_burst
         );
         Self::build(file)
     }
@@ -320,6 +355,7 @@ impl Config {
                 Duration::from_secs(10),
             )?,
             kubernetes: file.kubernetes.map(KubernetesFile::build).transpose()?,
+            limits: file.limits.unwrap_or_default().build()?,
         })
     }
 }
@@ -351,8 +387,14 @@ mod tests {
             "127.0.0.1:8080",
             "--listen",
             "127.0.0.1:8443",
+            "--max-concurrent-issuance",
+            "7",
+            "--renewal-burst",
+            "3",
         ]);
         let config = Config::load(flags).expect("valid");
+        assert_eq!(config.limits.max_concurrent_issuance, 7);
+        assert_eq!(config.limits.renewals.burst, 3);
         assert_eq!(
             config.http_listen,
             Some("127.0.0.1:8080".parse().expect("addr"))
@@ -402,6 +444,15 @@ mod tests {
                 "NAMESPACE/NAME",
             ),
             ("[kubernetes]\nisuer = \"i\"", "unknown field"),
+            (
+                "[limits]\nmax_concurrent_issuance = 0",
+                "limits.max_concurrent_issuance",
+            ),
+            (
+                "[limits]\nbusy_retry_after = \"1h\"",
+                "limits.busy_retry_after",
+            ),
+            ("[limits]\nrenewals_per_hour = 5", "unknown field"),
         ];
         for (text, expected) in cases {
             let err = file(text).expect_err(text).to_string();

@@ -112,6 +112,7 @@ async fn metrics(State(http): State<Http>) -> Response {
             );
         }
     }
+    crate::limits::metrics::render(&state.limits, &mut out);
     let signer = state.signer();
     if let Ok(info) = CertInfo::parse(&signer.cert) {
         let _ = writeln!(

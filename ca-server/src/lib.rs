@@ -15,6 +15,7 @@ pub mod csr;
 pub mod error;
 pub mod http;
 pub mod issuance;
+pub mod limits;
 pub mod revocation;
 pub mod roots;
 pub mod server;

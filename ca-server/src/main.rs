@@ -18,6 +18,18 @@ fn init_logging(json: bool) {
     }
 }
 
+/// Every connected sidecar keeps two streams (bundle and revocations) open, each on its own
+/// connection: raise the soft open-file limit to the hard limit, as the sidecar does.
+fn raise_open_file_limit() {
+    match rlimit::Resource::NOFILE.get() {
+        Ok((soft, hard)) => match rlimit::increase_nofile_limit(hard) {
+            Ok(now) => tracing::info!(open_files = now, raised_from = soft, "open-file limit"),
+            Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit"),
+        },
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
@@ -52,6 +64,7 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.json_logs);
+    raise_open_file_limit();
     let running = match trellis_ca::start(config).await {
         Ok(running) => running,
         Err(e) => {

@@ -13,6 +13,7 @@ use trellis_identity::svid::SvidError;
 
 use crate::attest::kubernetes::Attestor;
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::store::Store;
 use trellis_identity::profile::SigningCa;
 
@@ -33,6 +34,8 @@ pub struct CaState {
     pub(crate) serving_tls: OnceLock<watch::Sender<Arc<rustls::ServerConfig>>>,
     /// Verifies Kubernetes service-account tokens, if `[kubernetes]` is configured.
     pub kubernetes: Option<Arc<Attestor>>,
+    /// Overload protection for the issuance APIs.
+    pub limits: Limits,
 }
 
 /// The signing intermediate, and the same certificate as a verification shortcut for the
@@ -86,6 +89,7 @@ impl CaState {
                 .kubernetes
                 .clone()
                 .map(|k| Arc::new(Attestor::new(k))),
+            limits: Limits::new(config.limits.clone()),
             config,
             store,
             clock,

@@ -7,6 +7,9 @@
 //!   random serial, so a fleet spreads out and a certificate's schedule is stable);
 //! - while the CA is unreachable: capped exponential backoff with jitter, and the current
 //!   certificate stays in service until it really expires;
+//! - when the CA is overloaded (RESOURCE_EXHAUSTED with a retry hint): wait the hinted delay
+//!   plus jitter on the injected clock, not the short backoff, keeping the current
+//!   certificate in service; a throttled attempt is not a failure;
 //! - once expired: fall back to the bootstrap credential if one is still usable, otherwise
 //!   withdraw the certificate (the data path then refuses connections: fail closed) and say
 //!   why in the log; recover on its own as soon as the CA answers;
@@ -42,6 +45,7 @@ use crate::credentials::Credentials;
 use crate::join_token::BootstrapCredential;
 use crate::metrics::Metrics;
 use crate::proxy::Registry;
+use crate::retry_hint::{self, retry_hint};
 use crate::{svid_files, trust};
 
 /// Knobs that tests turn down; production uses [`Pacing::default`].
@@ -88,6 +92,11 @@ enum AttemptError {
     Unreachable(String),
     #[error("CA refused ({code:?}): {message}")]
     Refused { code: Code, message: String },
+    #[error("CA overloaded: {message}")]
+    Throttled {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     #[error("CA response rejected: {0}")]
     BadResponse(String),
     #[error("no bootstrap credential left: {0}")]
@@ -186,6 +195,18 @@ impl Agent {
                         Err(e) => tracing::error!(error = %e, "rebuilding credentials failed"),
                     }
                     key_for_files = Some(key);
+                }
+                Err(AttemptError::Throttled {
+                    message,
+                    retry_after: Some(hint),
+                }) => {
+                    self.metrics.renewal_throttled();
+                    if !self
+                        .wait_for_hint(current.as_deref(), &message, hint, &mut stop)
+                        .await
+                    {
+                        break;
+                    }
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
@@ -332,6 +353,10 @@ impl Agent {
                 Code::Unavailable | Code::DeadlineExceeded | Code::Unknown => {
                     AttemptError::Unreachable(status.message().to_owned())
                 }
+                Code::ResourceExhausted => AttemptError::Throttled {
+                    retry_after: retry_hint(&status),
+                    message: status.message().to_owned(),
+                },
                 code => AttemptError::Refused {
                     code,
                     message: status.message().to_owned(),
@@ -479,6 +504,49 @@ impl Agent {
                 self.metrics.cert_not_after.store(0, Relaxed);
             }
         }
+    }
+
+    /// The CA asked for a pause: wait the hint plus jitter on the injected clock, keeping
+    /// the current certificate in service (but not past its expiry: then the next attempt
+    /// decides, and an expired certificate is withdrawn). False if stopped meanwhile.
+    async fn wait_for_hint(
+        &self,
+        current: Option<&Credentials>,
+        message: &str,
+        hint: Duration,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let refused_at = self.clock.now();
+        let delay = retry_hint::with_jitter(hint);
+        let mut until = refused_at + delay;
+        if let Some(c) = current.filter(|c| !c.expired()) {
+            until = until.min(c.svid.not_after);
+        }
+        match current {
+            Some(c) if c.expired() => self.on_failure(
+                current,
+                &AttemptError::Throttled {
+                    message: message.to_owned(),
+                    retry_after: Some(hint),
+                },
+                delay,
+            ),
+            _ => tracing::warn!(
+                ca_message = %message,
+                hint = ?hint,
+                retry_in = ?delay,
+                holding = current.map(|c| c.svid.serial.as_str()).unwrap_or("nothing"),
+                "CA is overloaded; waiting as it asked before retrying"
+            ),
+        }
+        tokio::select! {
+            _ = sleep_until(&self.clock, until, self.pacing.tick) => {}
+            _ = stopped(stop) => return false,
+        }
+        if self.clock.now() >= refused_at + hint {
+            self.metrics.ca_retry_hints_honoured.fetch_add(1, Relaxed);
+        }
+        true
     }
 
     fn on_failure(&self, current: Option<&Credentials>, e: &AttemptError, delay: Duration) {

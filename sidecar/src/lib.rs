@@ -3,7 +3,8 @@
 //! Identity side: `agent` (bootstrap, renewal, backoff, bundle watch) publishes validated
 //! [`credentials::Credentials`] on a watch channel; `trust` decides the initial bundle;
 //! `join_token` and `k8s_token` (the pod's service-account token) are the bootstrap
-//! credentials; `svid_files` writes them out for the app.
+//! credentials; `svid_files` writes them out for the app; `retry_hint` reads the CA's
+//! RESOURCE_EXHAUSTED hint; `fd_limit` raises the open-file limit at start-up.
 //! Data side: `inbound`, `outbound` and `proxy` move bytes, `policy` decides who may
 //! connect, `admin` serves health, metrics and identity; `run` wires everything together.
 
@@ -11,6 +12,7 @@ pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod credentials;
+pub mod fd_limit;
 pub mod inbound;
 pub mod join_token;
 pub mod k8s_token;
@@ -18,6 +20,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod proxy;
+pub mod retry_hint;
 pub mod run;
 pub mod shutdown;
 pub mod svid_files;

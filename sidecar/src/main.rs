@@ -78,6 +78,7 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.json_logs);
+    trellis_sidecar::fd_limit::raise();
     let bootstrap = bootstrap_credential(&config);
     let options = Options {
         clock: Arc::new(SystemClock),

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub bundle_roots: AtomicU64,
     /// Live connections closed because the peer's certificate was revoked.
     pub revoked_closed: AtomicU64,
+    /// Retry hints from the CA (RESOURCE_EXHAUSTED) waited out in full before retrying.
+    pub ca_retry_hints_honoured: AtomicU64,
 }
 
 impl Metrics {
@@ -94,12 +96,31 @@ impl Metrics {
 
     /// Counts a renewal attempt.
     pub fn renewal(&self, ok: bool) {
+        self.renewal_result(if ok { "ok" } else { "error" });
+    }
+
+    /// Counts a renewal attempt the CA refused for overload (RESOURCE_EXHAUSTED).
+    pub fn renewal_throttled(&self) {
+        self.renewal_result("throttled");
+    }
+
+    fn renewal_result(&self, result: &'static str) {
         *self
             .renewals
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(if ok { "ok" } else { "error" })
+            .entry(result)
             .or_default() += 1;
+    }
+
+    /// Renewal attempts counted so far with `result` ("ok", "error", "throttled").
+    pub fn renewals(&self, result: &str) -> u64 {
+        self.renewals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(result)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The Prometheus text exposition: each family's HELP and TYPE, then its samples.
@@ -198,8 +219,18 @@ impl Metrics {
             &mut out,
             "trellis_renewals_total",
             "counter",
-            "Certificate renewal attempts by result.",
+            "Certificate renewal attempts by result (throttled: the CA answered RESOURCE_EXHAUSTED).",
             renewals,
+        );
+        family(
+            &mut out,
+            "trellis_ca_retry_hints_honoured_total",
+            "counter",
+            "Retry hints from the CA waited out in full before the next attempt.",
+            [(
+                String::new(),
+                as_i64(self.ca_retry_hints_honoured.load(Relaxed)),
+            )],
         );
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

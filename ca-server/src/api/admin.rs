@@ -18,6 +18,7 @@ use super::convert;
 use crate::auth::AdminCaller;
 use crate::error::CaError;
 use crate::issuance::Credential;
+use crate::limits::ClientKey;
 use crate::revocation::RevokeTarget;
 use crate::state::CaState;
 
@@ -94,6 +95,10 @@ impl Admin for AdminService {
         request: Request<IssueCertificateRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
         let caller = caller(&request)?;
+        let _permit = self
+            .state
+            .limits
+            .admit(&ClientKey::Admin, self.state.now())?;
         let body = request.into_inner();
         let spiffe_id = parse_id("spiffe_id", &body.spiffe_id)?;
         for name in &body.dns_names {

@@ -15,8 +15,9 @@ use trellis_proto::ca::v1::{
 };
 
 use super::convert;
-use crate::auth::peer_chain;
+use crate::auth::{PeerInfo, peer_chain};
 use crate::issuance::Credential;
+use crate::limits;
 use crate::state::CaState;
 
 /// The workload API over the CA state.
@@ -71,7 +72,18 @@ impl WorkloadCa for WorkloadService {
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
         let chain = peer_chain(&request);
+        let remote = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.remote_addr);
         let body = request.into_inner();
+        // Admission before any cryptography, so that refusing is cheap.
+        let key = limits::certify_key(&self.state.store, body.credential.is_some(), &chain, remote);
+        let _permit = self
+            .state
+            .limits
+            .admit(&key, self.state.now())
+            .inspect_err(|r| tracing::debug!(?key, refused = %r.what, "certify throttled"))?;
         let credential = match body.credential {
             Some(ProtoCredential::JoinToken(token)) => Credential::JoinToken(token),
             Some(ProtoCredential::ServiceAccountToken(token)) => {

@@ -44,10 +44,16 @@ pub struct Mesh {
     pub addr: SocketAddr,
 }
 
-async fn start_ca(data_dir: &Path, listen: SocketAddr, clock: Arc<ManualClock>) -> RunningCa {
+async fn start_ca(
+    data_dir: &Path,
+    listen: SocketAddr,
+    clock: Arc<ManualClock>,
+    edit: &dyn Fn(&mut CaConfig),
+) -> RunningCa {
     let mut config = CaConfig::for_data_dir(data_dir.to_path_buf());
     config.listen = listen;
     config.shutdown_grace = Duration::from_secs(1);
+    edit(&mut config);
     trellis_ca::start_with_clock(config, clock)
         .await
         .expect("CA starts")
@@ -55,6 +61,11 @@ async fn start_ca(data_dir: &Path, listen: SocketAddr, clock: Arc<ManualClock>) 
 
 impl Mesh {
     pub async fn start() -> Self {
+        Self::start_configured(|_| {}).await
+    }
+
+    /// [`Mesh::start`] with the CA's configuration adjusted by `edit`.
+    pub async fn start_configured(edit: impl Fn(&mut CaConfig)) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         let data_dir = dir.path().join("ca");
         let clock = Arc::new(ManualClock::new(SystemTime::now()));
@@ -62,6 +73,7 @@ impl Mesh {
             &data_dir,
             "127.0.0.1:0".parse().expect("addr"),
             clock.clone(),
+            &edit,
         )
         .await;
         let addr = ca.addr;
@@ -89,7 +101,7 @@ impl Mesh {
 
     /// Starts the CA again on the same address and data directory.
     pub async fn restart_ca(&mut self) {
-        self.ca = Some(start_ca(&self.data_dir, self.addr, self.clock.clone()).await);
+        self.ca = Some(start_ca(&self.data_dir, self.addr, self.clock.clone(), &|_| {}).await);
     }
 
     /// A fresh join token for `spiffe://cluster.local<path>`, through the admin API.
