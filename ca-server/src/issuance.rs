@@ -160,6 +160,7 @@ impl CaState {
                 hash,
                 now: unix(now),
             });
+            let mark = self.store.mark();
             match self
                 .store
                 .record_issuance(&record, &leaf.der, &leaf.serial, token, &audit)
@@ -174,7 +175,7 @@ impl CaState {
                 Err(RecordError::Store(e)) => return Err(CaError::Unavailable(e.to_string())),
             }
             self.store
-                .durable()
+                .durable(mark)
                 .await
                 .map_err(|e| CaError::Unavailable(e.to_string()))?;
             tracing::info!(
