@@ -99,7 +99,7 @@ struct Workload {
 
 impl Workload {
     fn is_admin_issued(&self) -> bool {
-        self.index % ADMIN_EVERY == 0
+        self.index.is_multiple_of(ADMIN_EVERY)
     }
 }
 
@@ -475,7 +475,7 @@ fn sigkill_during_concurrent_issuance_loses_nothing_acknowledged() {
             );
         }
         eprintln!(
-            "round {index}: killed after {} certificates (+{jitter:?}); {} revocations, {} roots acknowledged so far; all present after restart",
+            "round {index}: {} certificates given, killed (+{jitter:?} after the kill point); {} revocations, {} roots acknowledged so far; all present after restart",
             new.len(),
             ack.revoked.len(),
             ack.roots.len()

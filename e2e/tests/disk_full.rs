@@ -192,8 +192,7 @@ fn a_full_disk_refuses_issuance_and_the_ca_resumes_by_itself_when_space_returns(
         let mut admin = access.admin().await.expect("admin");
         let again = admin_issue(&mut admin, &id, 1)
             .await
-            .err()
-            .expect("issue on a full disk");
+            .expect_err("issue on a full disk");
         assert_refused_for(&again, "disk full", "free space");
         serves_bundle_and_health(&access).await;
     });
