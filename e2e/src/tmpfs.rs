@@ -35,7 +35,7 @@ impl Tmpfs {
             panic!(
                 "this test mounts a tmpfs to simulate a full or read-only disk, and mounting \
                  failed: {}. Run it as root (or with CAP_SYS_ADMIN), e.g. in the CI container",
-                String::from_utf8_lossy(&out.stderr).trim()
+                String::from_utf8_lossy(&out.stderr).trim().trim_end_matches('.')
             );
         }
         Self { dir }
