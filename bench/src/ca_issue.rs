@@ -37,6 +37,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut config = Config::for_data_dir(dir.path().join("ca"));
     config.listen = "127.0.0.1:0".parse()?;
+    // This measures issuance capacity, not policy: each client renews its one identity
+    // hundreds of times a second, far past any sane per-identity limit (`agent-storm`
+    // measures the limits), and the concurrency cap stays above the highest level run.
+    config.limits.renewals = trellis_ca::limits::Rate {
+        per_minute: u32::MAX / 2,
+        burst: u32::MAX / 2,
+    };
+    config.limits.max_concurrent_issuance = config
+        .limits
+        .max_concurrent_issuance
+        .max(args.concurrency.iter().copied().max().unwrap_or(1) as u32);
     let ca_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.ca_threads)
         .enable_all()

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::error::CaError;
 use crate::issuance::Credential;
 use crate::state::{CaState, unix};
-use crate::store::{AuditRecord, IntermediateRecord, RootRecord, RootState, Store};
+use crate::store::{AuditRecord, Cause, IntermediateRecord, RootRecord, RootState, Store};
 use trellis_identity::files;
 use trellis_identity::profile::{self, SigningCa};
 use zeroize::Zeroizing;
@@ -54,7 +54,16 @@ impl DataDir {
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> CaError {
-    move |e| CaError::Internal(format!("{context}: {e}"))
+    move |e| match Cause::of_io(&e) {
+        Cause::DiskFull => CaError::Unavailable(format!(
+            "{context}: disk full ({e}); free space on that filesystem"
+        )),
+        Cause::ReadOnly => CaError::Unavailable(format!(
+            "{context}: read-only data directory ({e}); remount it read-write or choose \
+             another --data-dir"
+        )),
+        Cause::Io(_) => CaError::Internal(format!("{context}: {e}")),
+    }
 }
 
 /// Opens the CA in `config.data_dir`, initialising it on first start.

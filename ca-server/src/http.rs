@@ -82,10 +82,17 @@ async fn metrics(State(http): State<Http>) -> Response {
     let state = &http.state;
     let now = state.now_unix() as i64;
     let mut out = String::new();
+    // Absent, not zero, while the store is being reopened after a write failure.
+    if let Some(count) = state.store.certificate_count() {
+        let _ = writeln!(
+            out,
+            "# HELP trellis_ca_certificates_issued_total Certificates issued since initialisation.\n# TYPE trellis_ca_certificates_issued_total counter\ntrellis_ca_certificates_issued_total {count}"
+        );
+    }
     let _ = writeln!(
         out,
-        "# HELP trellis_ca_certificates_issued_total Certificates issued since initialisation.\n# TYPE trellis_ca_certificates_issued_total counter\ntrellis_ca_certificates_issued_total {}",
-        state.store.certificate_count()
+        "# HELP trellis_ca_store_writable 1 if the certificate store can record issuances, 0 while it cannot (disk full, read-only).\n# TYPE trellis_ca_store_writable gauge\ntrellis_ca_store_writable {}",
+        u8::from(state.store.failure().is_none())
     );
     let _ = writeln!(
         out,

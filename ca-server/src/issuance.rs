@@ -159,6 +159,7 @@ impl CaState {
                 hash,
                 now: unix(now),
             });
+            let mark = self.store.mark();
             match self
                 .store
                 .record_issuance(&record, &leaf.der, &leaf.serial, token, &audit)
@@ -173,7 +174,7 @@ impl CaState {
                 Err(RecordError::Store(e)) => return Err(CaError::Unavailable(e.to_string())),
             }
             self.store
-                .durable()
+                .durable(mark)
                 .await
                 .map_err(|e| CaError::Unavailable(e.to_string()))?;
             tracing::info!(

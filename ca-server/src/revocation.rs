@@ -59,6 +59,7 @@ impl CaState {
             }
         };
         let mut newly = Vec::new();
+        let mark = self.store.mark();
         for record in records {
             let revocation = RevocationRecord {
                 serial: record.serial.clone(),
@@ -86,7 +87,7 @@ impl CaState {
                 newly.push(record.serial);
             }
         }
-        self.store.durable().await.map_err(unavailable)?;
+        self.store.durable(mark).await.map_err(unavailable)?;
         self.refresh_revocations()?;
         tracing::info!(serials = ?newly, actor, reason, "certificates revoked");
         Ok(newly)

@@ -232,8 +232,9 @@ impl CaState {
             key_file,
             added_in_bundle_version: version,
         };
+        let mark = self.store.mark();
         self.store.put_root(&record).map_err(store_err)?;
-        self.bump_bundle(version, "root_added", &record.id, actor)
+        self.bump_bundle(mark, version, "root_added", &record.id, actor)
             .await?;
         Ok(record)
     }
@@ -308,6 +309,7 @@ impl CaState {
         let inter_key_pem = Zeroizing::new(signer.key().serialize_pem());
         files::write_secret(&dir.keys().join(&inter_key_file), inter_key_pem.as_bytes())
             .map_err(|e| CaError::Unavailable(format!("writing the intermediate key: {e}")))?;
+        let mark = self.store.mark();
         for root in roots.iter_mut() {
             if root.state == RootState::Active {
                 root.state = RootState::Retiring;
@@ -339,7 +341,7 @@ impl CaState {
                 }
             ),
         )?;
-        self.store.durable().await.map_err(store_err)?;
+        self.store.durable(mark).await.map_err(store_err)?;
         self.set_signer(signer);
         // The CA's own serving certificate moves now, not in the background, so that a
         // retirement right after this cannot cut clients off from the CA.
@@ -403,15 +405,19 @@ impl CaState {
         }
         let mut retired = target;
         retired.state = RootState::Retired;
+        let mark = self.store.mark();
         self.store.put_root(&retired).map_err(store_err)?;
         let version = self.bundle().version() + 1;
-        self.bump_bundle(version, "root_retired", id, actor).await?;
+        self.bump_bundle(mark, version, "root_retired", id, actor)
+            .await?;
         Ok(retired)
     }
 
-    /// Records a new bundle version, durably, and publishes it.
+    /// Records a new bundle version, durably (with every write since `mark`), and
+    /// publishes it.
     async fn bump_bundle(
         &self,
+        mark: crate::store::Mark,
         version: u64,
         kind: &str,
         root: &str,
@@ -419,7 +425,7 @@ impl CaState {
     ) -> Result<(), CaError> {
         self.store.set_bundle_version(version).map_err(store_err)?;
         self.audit_root(kind, root, actor, &format!("bundle version {version}"))?;
-        self.store.durable().await.map_err(store_err)?;
+        self.store.durable(mark).await.map_err(store_err)?;
         let bundle = bootstrap::bundle_from_store(&self.config.trust_domain, &self.store)?;
         let dir = DataDir(self.config.data_dir.clone());
         files::write_atomic(&dir.bundle_pem(), bundle.to_pem().as_bytes(), 0o644)

@@ -64,6 +64,7 @@ impl CaState {
         let secret = format!("{PREFIX}{}", hex::encode(&random));
         let now = self.now_unix();
         let expires_at = now + ttl.as_secs();
+        let mark = self.store.mark();
         self.store
             .put_token(
                 &hash(&secret),
@@ -88,7 +89,7 @@ impl CaState {
             })
             .map_err(|e| CaError::Unavailable(e.to_string()))?;
         self.store
-            .durable()
+            .durable(mark)
             .await
             .map_err(|e| CaError::Unavailable(e.to_string()))?;
         tracing::info!(spiffe_id = %spiffe_id, created_by, expires_at, "join token created");

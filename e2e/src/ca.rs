@@ -1,8 +1,9 @@
 //! A real `trellis-ca` process on 127.0.0.1 with its data directory in a temp dir.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use crate::bin::command;
@@ -44,6 +45,11 @@ pub struct Ca {
     pub data_dir: PathBuf,
     /// admin.pem, admin.key.pem and bundle.pem for the admin API.
     pub admin_dir: PathBuf,
+    /// The extra arguments and environment variables it was started with, for restarts.
+    args: Vec<OsString>,
+    vars: Vec<(String, String)>,
+    /// How many times it was started (names the log files of restarts).
+    starts: u32,
     // Declared last so the process stops before its directory is removed.
     dir: tempfile::TempDir,
 }
@@ -64,25 +70,61 @@ impl Ca {
     pub fn start_with_env<S: AsRef<OsStr>>(args: &[S], vars: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for the CA");
         let data_dir = dir.path().join("ca");
-        let mut cmd = command("trellis-ca");
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(args)
-            .envs(vars.iter().copied());
-        let mut process = Process::spawn("trellis-ca", cmd, dir.path());
-        let line = process.wait_for_line(START_TIMEOUT, |l| l.starts_with(LISTENING));
-        let listening = parse_listening(&line)
-            .unwrap_or_else(|| panic!("cannot parse the CA's listening line: {line:?}"));
+        Self::launch(dir, data_dir, args, vars)
+    }
+
+    /// Starts a CA whose data directory is `data_dir` (e.g. on a filesystem the test
+    /// mounted); logs and scratch files still go to a temp dir.
+    pub fn start_at<S: AsRef<OsStr>>(data_dir: &Path, args: &[S]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for the CA's logs");
+        Self::launch(dir, data_dir.to_path_buf(), args, &[])
+    }
+
+    fn launch<S: AsRef<OsStr>>(
+        dir: tempfile::TempDir,
+        data_dir: PathBuf,
+        args: &[S],
+        vars: &[(&str, &str)],
+    ) -> Self {
+        let args: Vec<OsString> = args.iter().map(|a| a.as_ref().to_owned()).collect();
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let (process, listening) = spawn("trellis-ca", dir.path(), &data_dir, &args, &vars);
         Self {
             process,
             addr: listening.addr,
             trust_domain: listening.trust_domain,
             data_dir,
             admin_dir: listening.admin_dir,
+            args,
+            vars,
+            starts: 1,
             dir,
         }
+    }
+
+    /// Kills the CA with SIGKILL (no chance to flush or clean up) and reaps it.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.process.kill()
+    }
+
+    /// Starts the CA again on the same data directory and arguments (killing it first if it
+    /// still runs) and waits until it serves. It listens on a new port: read [`Ca::addr`].
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.starts += 1;
+        let name = format!("trellis-ca.{}", self.starts);
+        let (process, listening) = spawn(
+            &name,
+            self.dir.path(),
+            &self.data_dir,
+            &self.args,
+            &self.vars,
+        );
+        self.process = process;
+        self.addr = listening.addr;
     }
 
     /// A scratch directory next to the CA's data, removed with it.
@@ -99,6 +141,28 @@ impl Ca {
     pub fn stop(&mut self) {
         self.process.terminate(Duration::from_secs(10));
     }
+}
+
+/// Starts `trellis-ca` on 127.0.0.1:0 with `data_dir` and waits for its listening line.
+fn spawn(
+    name: &str,
+    log_dir: &Path,
+    data_dir: &Path,
+    args: &[OsString],
+    vars: &[(String, String)],
+) -> (Process, Listening) {
+    let mut cmd = command("trellis-ca");
+    cmd.arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .envs(vars.iter().map(|(k, v)| (k, v)));
+    let mut process = Process::spawn(name, cmd, log_dir);
+    let line = process.wait_for_line(START_TIMEOUT, |l| l.starts_with(LISTENING));
+    let listening = parse_listening(&line)
+        .unwrap_or_else(|| panic!("cannot parse the CA's listening line: {line:?}"));
+    (process, listening)
 }
 
 #[cfg(test)]

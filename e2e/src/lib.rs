@@ -1,6 +1,7 @@
 //! A harness for end-to-end tests that run the real, built Trellis binaries together on
 //! 127.0.0.1: find a binary, start it with its output captured, wait for what it prints,
-//! stop it (always, even when a test panics), and retry checks until a deadline instead of
+//! stop it (always, even when a test panics), kill and restart it on the same data, mount a
+//! small tmpfs to fill up or make read-only, and retry checks until a deadline instead of
 //! sleeping.
 //!
 //! The binaries must be built first: `cargo build --workspace --bins`.
@@ -23,9 +24,11 @@ pub mod ca;
 pub mod process;
 pub mod retry;
 pub mod run;
+pub mod tmpfs;
 
 pub use bin::{binary, command};
 pub use ca::Ca;
 pub use process::Process;
 pub use retry::{poll_until, retry_until};
 pub use run::{Outcome, run};
+pub use tmpfs::Tmpfs;

@@ -264,7 +264,8 @@ impl Admin for AdminService {
                 not_before: convert::timestamp(inter.not_before),
                 not_after: convert::timestamp(inter.not_after),
             }),
-            issued_total: state.store.certificate_count() as u64,
+            // Only `None` if the store failed since the census above read it.
+            issued_total: state.store.certificate_count().unwrap_or_default() as u64,
             live_total: census.live_total,
             version: env!("CARGO_PKG_VERSION").into(),
         }))

@@ -3,14 +3,15 @@
 //! A writer applies its change to sled (in memory), then waits on [`Committer::durable`].
 //! A single task collects every waiter that arrived while the previous flush ran, flushes
 //! once, and releases them together. A waiter is released only by a flush that started
-//! after it asked, so its own write is always covered.
+//! after it asked, so its own write is always covered. Waiters name the database (generation)
+//! they wrote to; after a reopen (see `live.rs`) one batch may span two, and each is flushed.
 
 use tokio::sync::{mpsc, oneshot};
 
-/// A waiter and a handle to the database it wrote to. The task holds database handles only
-/// while a flush is pending, so dropping the store really closes the database (and releases
-/// its lock) once the last request is answered.
-type Waiter = (oneshot::Sender<Result<(), String>>, sled::Db);
+/// A waiter, and the generation and handle of the database it wrote to. The task holds
+/// database handles only while a flush is pending, so dropping the store really closes the
+/// database (and releases its lock) once the last request is answered.
+type Waiter = (oneshot::Sender<Result<(), sled::Error>>, u64, sled::Db);
 
 /// Hands out durability for writes already applied to the database.
 #[derive(Debug, Clone)]
@@ -28,27 +29,43 @@ impl Committer {
                 while let Ok(more) = waiting.try_recv() {
                     batch.push(more);
                 }
-                let db = batch[0].1.clone();
-                let result = tokio::task::spawn_blocking(move || db.flush())
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
-                for (waiter, _db) in batch {
+                let mut dbs: Vec<(u64, sled::Db)> = Vec::new();
+                for (_, generation, db) in &batch {
+                    if !dbs.iter().any(|(g, _)| g == generation) {
+                        dbs.push((*generation, db.clone()));
+                    }
+                }
+                let results = tokio::task::spawn_blocking(move || {
+                    dbs.into_iter()
+                        .map(|(generation, db)| (generation, db.flush().map(|_| ())))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                for (waiter, generation, _db) in batch {
+                    let result = results
+                        .iter()
+                        .find(|(g, _)| *g == generation)
+                        .map(|(_, r)| r.clone())
+                        .unwrap_or_else(|| {
+                            Err(sled::Error::ReportableBug("the flush task failed".into()))
+                        });
                     // A waiter that gave up (its request was cancelled) needs no answer.
-                    let _ = waiter.send(result.clone());
+                    let _ = waiter.send(result);
                 }
             }
         });
         Self { queue }
     }
 
-    /// Returns once everything written before this call is on disk.
-    pub async fn durable(&self, db: &sled::Db) -> Result<(), String> {
+    /// Returns once everything written to `db` (generation `generation`) before this call
+    /// is on disk.
+    pub async fn durable(&self, generation: u64, db: &sled::Db) -> Result<(), sled::Error> {
+        let stopped = || sled::Error::ReportableBug("the commit task has stopped".into());
         let (tx, rx) = oneshot::channel();
         self.queue
-            .send((tx, db.clone()))
-            .map_err(|_| "the commit task has stopped".to_owned())?;
-        rx.await
-            .map_err(|_| "the commit task has stopped".to_owned())?
+            .send((tx, generation, db.clone()))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 }

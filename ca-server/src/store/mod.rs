@@ -17,16 +17,25 @@
 //! 4. append the audit entries.
 //!
 //! A crash after step 1 burns the token without a certificate: it fails closed.
+//!
+//! A full or read-only disk is the same as a crash for what was not yet flushed: the failed
+//! database is closed and reopened (`live.rs`), and nothing written to it since the last
+//! good flush is acknowledged.
 
 mod commit;
+mod failure;
+mod live;
 pub mod records;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use commit::Committer;
+pub use failure::{Cause, Failure};
+pub use live::Mark;
 pub use records::{
     AuditRecord, CertRecord, IntermediateRecord, RevocationRecord, RootRecord, RootState,
     TokenRecord,
@@ -37,6 +46,9 @@ pub use records::{
 pub enum StoreError {
     #[error("storage: {0}")]
     Storage(String),
+    /// The database cannot write (disk full, read-only, I/O error) and is being reopened.
+    #[error("{0}")]
+    Unavailable(Failure),
     #[error("corrupt record in tree {tree}: {reason}")]
     Corrupt { tree: &'static str, reason: String },
 }
@@ -83,15 +95,7 @@ const META_ACTIVE_INTERMEDIATE: &[u8] = b"active_intermediate";
 /// The CA's database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: sled::Db,
-    certs: sled::Tree,
-    by_identity: sled::Tree,
-    roots: sled::Tree,
-    intermediates: sled::Tree,
-    tokens: sled::Tree,
-    revocations: sled::Tree,
-    audit: sled::Tree,
-    meta: sled::Tree,
+    live: Arc<live::Live>,
     committer: Committer,
 }
 
@@ -143,63 +147,89 @@ fn identity_key(spiffe_id: &str, serial: &[u8]) -> Vec<u8> {
 
 impl Store {
     /// Opens (creating if needed) the database in `dir`. Needs a tokio runtime (for the
-    /// group-commit task).
+    /// group-commit task and for reopening after a write failure).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
-        let tree = |name: &str| db.open_tree(name);
         Ok(Self {
-            certs: tree("certs")?,
-            by_identity: tree("by_identity")?,
-            roots: tree("roots")?,
-            intermediates: tree("intermediates")?,
-            tokens: tree("tokens")?,
-            revocations: tree("revocations")?,
-            audit: tree("audit")?,
-            meta: tree("meta")?,
+            live: live::Live::open(dir)?,
             committer: Committer::start(),
-            db,
         })
     }
 
-    /// Waits until every write made before this call is on disk (shared with concurrent
-    /// callers: group commit).
-    pub async fn durable(&self) -> Result<(), StoreError> {
+    /// The current opening of the database (or why there is none).
+    fn trees(&self) -> Result<Arc<live::Trees>, StoreError> {
+        self.live.trees()
+    }
+
+    /// Maps an error of `trees`'s generation; an I/O error starts a reopen.
+    fn err<'a>(&'a self, trees: &live::Trees) -> impl Fn(sled::Error) -> StoreError + 'a {
+        let generation = trees.generation;
+        move |e| self.live.fail(generation, e)
+    }
+
+    /// Take this before writing; pass it to [`Store::durable`] after.
+    pub fn mark(&self) -> Mark {
+        self.live.mark()
+    }
+
+    /// Waits until every write made since `mark` is on disk (shared with concurrent
+    /// callers: group commit). Fails if the database was reopened since the mark: those
+    /// writes may be lost.
+    pub async fn durable(&self, mark: Mark) -> Result<(), StoreError> {
+        let trees = self.trees()?;
+        if trees.generation != mark.0 {
+            return Err(StoreError::Storage(
+                "the database was reopened after a write failure while this request was \
+                 being recorded; nothing was acknowledged, retry"
+                    .into(),
+            ));
+        }
         self.committer
-            .durable(&self.db)
+            .durable(trees.generation, &trees.db)
             .await
-            .map_err(StoreError::Storage)
+            .map_err(self.err(&trees))
     }
 
     /// Flushes synchronously (start-up and shutdown paths).
     pub fn flush_now(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        let trees = self.trees()?;
+        trees.db.flush().map_err(self.err(&trees))?;
         Ok(())
+    }
+
+    /// Why the database cannot write right now, if it cannot.
+    pub fn failure(&self) -> Option<Failure> {
+        match self.trees() {
+            Err(StoreError::Unavailable(failure)) => Some(failure),
+            _ => None,
+        }
     }
 
     // --- metadata ---
 
     /// The trust domain this database belongs to, if initialised.
     pub fn trust_domain(&self) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .meta
-            .get(META_TRUST_DOMAIN)?
+        let t = self.trees()?;
+        Ok(t.meta
+            .get(META_TRUST_DOMAIN)
+            .map_err(self.err(&t))?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Records the trust domain (once, at initialisation).
     pub fn set_trust_domain(&self, td: &str) -> Result<(), StoreError> {
-        self.meta.insert(META_TRUST_DOMAIN, td.as_bytes())?;
+        let t = self.trees()?;
+        t.meta
+            .insert(META_TRUST_DOMAIN, td.as_bytes())
+            .map_err(self.err(&t))?;
         Ok(())
     }
 
     /// The trust-bundle version (0 before initialisation).
     pub fn bundle_version(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .meta
-            .get(META_BUNDLE_VERSION)?
+        let t = self.trees()?;
+        Ok(t.meta
+            .get(META_BUNDLE_VERSION)
+            .map_err(self.err(&t))?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0))
@@ -207,8 +237,10 @@ impl Store {
 
     /// Sets the trust-bundle version.
     pub fn set_bundle_version(&self, version: u64) -> Result<(), StoreError> {
-        self.meta
-            .insert(META_BUNDLE_VERSION, &version.to_be_bytes())?;
+        let t = self.trees()?;
+        t.meta
+            .insert(META_BUNDLE_VERSION, &version.to_be_bytes())
+            .map_err(self.err(&t))?;
         Ok(())
     }
 
@@ -216,35 +248,44 @@ impl Store {
 
     /// Every root, in id order.
     pub fn roots(&self) -> Result<Vec<RootRecord>, StoreError> {
-        self.roots
+        let t = self.trees()?;
+        t.roots
             .iter()
             .values()
-            .map(|v| decode("roots", &v?))
+            .map(|v| decode("roots", &v.map_err(self.err(&t))?))
             .collect()
     }
 
     /// Inserts or replaces a root.
     pub fn put_root(&self, root: &RootRecord) -> Result<(), StoreError> {
-        self.roots.insert(root.id.as_bytes(), encode(root))?;
+        let t = self.trees()?;
+        t.roots
+            .insert(root.id.as_bytes(), encode(root))
+            .map_err(self.err(&t))?;
         Ok(())
     }
 
     /// Inserts an intermediate and makes it the signing one.
     pub fn activate_intermediate(&self, record: &IntermediateRecord) -> Result<(), StoreError> {
-        self.intermediates
-            .insert(record.id.as_bytes(), encode(record))?;
-        self.meta
-            .insert(META_ACTIVE_INTERMEDIATE, record.id.as_bytes())?;
+        let t = self.trees()?;
+        t.intermediates
+            .insert(record.id.as_bytes(), encode(record))
+            .map_err(self.err(&t))?;
+        t.meta
+            .insert(META_ACTIVE_INTERMEDIATE, record.id.as_bytes())
+            .map_err(self.err(&t))?;
         Ok(())
     }
 
     /// The signing intermediate, if the CA is initialised.
     pub fn active_intermediate(&self) -> Result<Option<IntermediateRecord>, StoreError> {
-        let Some(id) = self.meta.get(META_ACTIVE_INTERMEDIATE)? else {
+        let t = self.trees()?;
+        let Some(id) = t.meta.get(META_ACTIVE_INTERMEDIATE).map_err(self.err(&t))? else {
             return Ok(None);
         };
-        self.intermediates
-            .get(id)?
+        t.intermediates
+            .get(id)
+            .map_err(self.err(&t))?
             .map(|v| decode("intermediates", &v))
             .transpose()
     }
@@ -253,16 +294,18 @@ impl Store {
 
     /// Stores a new token under the hash of its secret.
     pub fn put_token(&self, hash: &[u8; 32], token: &TokenRecord) -> Result<(), StoreError> {
-        self.tokens.insert(hash, encode(token))?;
+        let t = self.trees()?;
+        t.tokens.insert(hash, encode(token)).map_err(self.err(&t))?;
         Ok(())
     }
 
     /// Looks a token up by hash, checking it is redeemable at `now` (read only).
     pub fn check_token(&self, hash: &[u8; 32], now: u64) -> Result<TokenRecord, RecordError> {
-        let bytes = self
+        let t = self.trees()?;
+        let bytes = t
             .tokens
             .get(hash)
-            .map_err(StoreError::from)?
+            .map_err(self.err(&t))?
             .ok_or(RecordError::Token(TokenRefusal::Unknown))?;
         let token: TokenRecord = decode("tokens", &bytes)?;
         redeemable(&token, now).map_err(RecordError::Token)?;
@@ -272,8 +315,8 @@ impl Store {
     // --- certificates ---
 
     /// Records an issued certificate, its index entry and audit entries, consuming the join
-    /// token first if one is given (see the module docs for the order and why). Call
-    /// [`Store::durable`] after.
+    /// token first if one is given (see the module docs for the order and why). Take a
+    /// [`Store::mark`] before and call [`Store::durable`] after.
     pub fn record_issuance(
         &self,
         record: &CertRecord,
@@ -282,43 +325,50 @@ impl Store {
         token: Option<TokenUse>,
         audit: &[AuditRecord],
     ) -> Result<(), RecordError> {
-        if self.certs.contains_key(serial).map_err(StoreError::from)? {
+        let t = self.trees()?;
+        let err = self.err(&t);
+        if t.certs.contains_key(serial).map_err(&err)? {
             return Err(RecordError::SerialTaken);
         }
         if let Some(use_) = token {
-            self.consume_token(&use_, &record.serial)?;
+            self.consume_token(&t, &use_, &record.serial)?;
         }
-        self.by_identity
+        t.by_identity
             .insert(identity_key(&record.spiffe_id, serial), &[])
-            .map_err(StoreError::from)?;
+            .map_err(&err)?;
         let value = encode_certificate(record, der);
-        let swapped = self
+        let swapped = t
             .certs
             .compare_and_swap(serial, None as Option<&[u8]>, Some(value))
-            .map_err(StoreError::from)?;
+            .map_err(&err)?;
         if swapped.is_err() {
             return Err(RecordError::SerialTaken);
         }
         for entry in audit {
-            self.append_audit(entry)?;
+            self.append_audit_to(&t, entry)?;
         }
         Ok(())
     }
 
-    fn consume_token(&self, use_: &TokenUse, serial: &str) -> Result<(), RecordError> {
-        let current = self
+    fn consume_token(
+        &self,
+        t: &live::Trees,
+        use_: &TokenUse,
+        serial: &str,
+    ) -> Result<(), RecordError> {
+        let current = t
             .tokens
             .get(use_.hash)
-            .map_err(StoreError::from)?
+            .map_err(self.err(t))?
             .ok_or(RecordError::Token(TokenRefusal::Unknown))?;
         let mut token: TokenRecord = decode("tokens", &current)?;
         redeemable(&token, use_.now).map_err(RecordError::Token)?;
         token.used_at = Some(use_.now);
         token.used_for_serial = Some(serial.to_owned());
-        let swapped = self
+        let swapped = t
             .tokens
             .compare_and_swap(use_.hash, Some(current), Some(encode(&token)))
-            .map_err(StoreError::from)?;
+            .map_err(self.err(t))?;
         match swapped {
             Ok(()) => Ok(()),
             // Someone redeemed it between our read and our write: report what they left.
@@ -335,19 +385,23 @@ impl Store {
 
     /// A certificate's record and DER, by serial bytes.
     pub fn certificate(&self, serial: &[u8]) -> Result<Option<(CertRecord, Vec<u8>)>, StoreError> {
-        self.certs
-            .get(serial)?
+        let t = self.trees()?;
+        t.certs
+            .get(serial)
+            .map_err(self.err(&t))?
             .map(|value| decode_certificate(&value))
             .transpose()
     }
 
     /// Records of every certificate issued to `spiffe_id`.
     pub fn certificates_of(&self, spiffe_id: &str) -> Result<Vec<CertRecord>, StoreError> {
+        let t = self.trees()?;
+        let err = self.err(&t);
         let prefix = identity_key(spiffe_id, &[]);
         let mut out = Vec::new();
-        for key in self.by_identity.scan_prefix(&prefix).keys() {
-            let key = key?;
-            if let Some(value) = self.certs.get(&key[prefix.len()..])? {
+        for key in t.by_identity.scan_prefix(&prefix).keys() {
+            let key = key.map_err(&err)?;
+            if let Some(value) = t.certs.get(&key[prefix.len()..]).map_err(&err)? {
                 out.push(decode_certificate(&value)?.0);
             }
         }
@@ -359,68 +413,75 @@ impl Store {
         &self,
         mut visit: impl FnMut(CertRecord) -> bool,
     ) -> Result<(), StoreError> {
-        for value in self.certs.iter().values() {
-            if !visit(decode_certificate(&value?)?.0) {
+        let t = self.trees()?;
+        for value in t.certs.iter().values() {
+            if !visit(decode_certificate(&value.map_err(self.err(&t))?)?.0) {
                 break;
             }
         }
         Ok(())
     }
 
-    /// Number of certificates ever issued.
-    pub fn certificate_count(&self) -> usize {
-        self.certs.len()
+    /// Number of certificates ever issued (`None` while the database is being reopened).
+    pub fn certificate_count(&self) -> Option<usize> {
+        self.trees().ok().map(|t| t.certs.len())
     }
 
     // --- revocations ---
 
     /// Records a revocation (idempotent: an existing record is kept, and `false` returned).
     pub fn put_revocation(&self, record: &RevocationRecord) -> Result<bool, StoreError> {
+        let t = self.trees()?;
         let serial = trellis_identity::hex::decode(&record.serial).unwrap_or_default();
-        let swapped = self.revocations.compare_and_swap(
-            serial,
-            None as Option<&[u8]>,
-            Some(encode(record)),
-        )?;
+        let swapped = t
+            .revocations
+            .compare_and_swap(serial, None as Option<&[u8]>, Some(encode(record)))
+            .map_err(self.err(&t))?;
         Ok(swapped.is_ok())
     }
 
     /// The revocation of a certificate, if it was revoked.
     pub fn revocation(&self, serial: &[u8]) -> Result<Option<RevocationRecord>, StoreError> {
-        self.revocations
-            .get(serial)?
+        let t = self.trees()?;
+        t.revocations
+            .get(serial)
+            .map_err(self.err(&t))?
             .map(|v| decode("revocations", &v))
             .transpose()
     }
 
     /// Every revocation ever recorded.
     pub fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError> {
-        self.revocations
+        let t = self.trees()?;
+        t.revocations
             .iter()
             .values()
-            .map(|v| decode("revocations", &v?))
+            .map(|v| decode("revocations", &v.map_err(self.err(&t))?))
             .collect()
     }
 
     /// Every intermediate ever used.
     pub fn intermediates(&self) -> Result<Vec<IntermediateRecord>, StoreError> {
-        self.intermediates
+        let t = self.trees()?;
+        t.intermediates
             .iter()
             .values()
-            .map(|v| decode("intermediates", &v?))
+            .map(|v| decode("intermediates", &v.map_err(self.err(&t))?))
             .collect()
     }
 
     // --- audit log ---
 
-    fn next_audit_key(&self) -> Result<[u8; 8], StoreError> {
-        // generate_id is monotonic across restarts; +1 so sequences start at 1.
-        Ok((self.db.generate_id()? + 1).to_be_bytes())
-    }
-
     /// Appends audit entries outside an issuance.
     pub fn append_audit(&self, entry: &AuditRecord) -> Result<(), StoreError> {
-        self.audit.insert(self.next_audit_key()?, encode(entry))?;
+        let t = self.trees()?;
+        self.append_audit_to(&t, entry)
+    }
+
+    fn append_audit_to(&self, t: &live::Trees, entry: &AuditRecord) -> Result<(), StoreError> {
+        // generate_id is monotonic across restarts; +1 so sequences start at 1.
+        let key = (t.db.generate_id().map_err(self.err(t))? + 1).to_be_bytes();
+        t.audit.insert(key, encode(entry)).map_err(self.err(t))?;
         Ok(())
     }
 
@@ -430,12 +491,13 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
+        let t = self.trees()?;
         let start = after.saturating_add(1).to_be_bytes();
-        self.audit
+        t.audit
             .range(start..)
             .take(limit)
             .map(|kv| {
-                let (k, v) = kv?;
+                let (k, v) = kv.map_err(self.err(&t))?;
                 let seq = <[u8; 8]>::try_from(k.as_ref())
                     .map(u64::from_be_bytes)
                     .map_err(|_| StoreError::Corrupt {

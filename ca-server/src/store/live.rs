@@ -1,0 +1,212 @@
+//! The open database, and reopening it after a write failure.
+//!
+//! sled 0.34 turns the first failed log write (ENOSPC, EROFS, EIO; from our flush or from
+//! its own background flusher) into a sticky "global error": every later write and flush of
+//! that `Db` fails, even once space is back. Only opening the database again clears it
+//! (`PageCache::start` resets the error), and a second opening waits for the first to be
+//! closed (sled holds an exclusive `flock` on its file).
+//!
+//! So on an I/O error the store drops its handles, and every request gets `Unavailable`
+//! naming the cause and the fix, while a background task reopens the database every
+//! [`RETRY`] and keeps it only if a probe write can be flushed. Nothing else in the CA stops:
+//! the trust bundle, revocation list and health are served from memory.
+//!
+//! Each opening is a *generation*. A writer takes a [`Mark`] before it writes, and
+//! [`super::Store::durable`] acknowledges only if the database it flushed is still the
+//! generation the mark names. A write made to a generation that failed may or may not be on
+//! disk after the reopen, so it is never acknowledged; since generations only grow and a
+//! failed generation refuses every write, "same generation at the mark and at the flush"
+//! means every write in between went to the database that was flushed.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use super::StoreError;
+use super::failure::{Cause, Failure};
+
+/// How often a failed database is reopened.
+pub const RETRY: Duration = Duration::from_millis(500);
+/// Log a still-failing reopen once per this many attempts (every 30 s).
+const LOG_EVERY: u64 = 60;
+/// The key of the write that proves a reopened database can write again.
+const PROBE_KEY: &[u8] = b"write_probe";
+
+/// Which opening of the database a write went to; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark(pub(super) u64);
+
+/// One opening of the database and its trees.
+#[derive(Debug)]
+pub(super) struct Trees {
+    pub generation: u64,
+    pub db: sled::Db,
+    pub certs: sled::Tree,
+    pub by_identity: sled::Tree,
+    pub roots: sled::Tree,
+    pub intermediates: sled::Tree,
+    pub tokens: sled::Tree,
+    pub revocations: sled::Tree,
+    pub audit: sled::Tree,
+    pub meta: sled::Tree,
+}
+
+impl Trees {
+    fn open(dir: &Path, generation: u64) -> Result<Self, sled::Error> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let tree = |name: &str| db.open_tree(name);
+        Ok(Self {
+            generation,
+            certs: tree("certs")?,
+            by_identity: tree("by_identity")?,
+            roots: tree("roots")?,
+            intermediates: tree("intermediates")?,
+            tokens: tree("tokens")?,
+            revocations: tree("revocations")?,
+            audit: tree("audit")?,
+            meta: tree("meta")?,
+            db,
+        })
+    }
+
+    /// Opens and proves that a write can be flushed (space is back, the filesystem is
+    /// writable). Dropping a failed opening closes it again.
+    fn open_writable(dir: &Path, generation: u64) -> Result<Self, sled::Error> {
+        let trees = Self::open(dir, generation)?;
+        trees.meta.insert(PROBE_KEY, &generation.to_be_bytes())?;
+        trees.db.flush()?;
+        Ok(trees)
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Open(Arc<Trees>),
+    Failed(Failure),
+}
+
+/// The current opening of the database, or why there is none.
+#[derive(Debug)]
+pub(super) struct Live {
+    dir: PathBuf,
+    state: Mutex<State>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Live {
+    /// Opens the database (generation 1). Needs a tokio runtime, for reopening.
+    pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
+        let trees = Trees::open(dir, 1).map_err(|e| match Cause::of_sled(&e) {
+            Some(Cause::Io(_)) | None => StoreError::from(e),
+            Some(cause) => StoreError::Unavailable(Failure::new(cause, dir)),
+        })?;
+        Ok(Arc::new(Self {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(State::Open(Arc::new(trees))),
+            runtime: tokio::runtime::Handle::current(),
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current opening, or the failure that closed it.
+    pub fn trees(&self) -> Result<Arc<Trees>, StoreError> {
+        match &*self.lock() {
+            State::Open(trees) => Ok(trees.clone()),
+            State::Failed(failure) => Err(StoreError::Unavailable(failure.clone())),
+        }
+    }
+
+    /// The generation a write starting now goes to (0, never a real generation, if none).
+    pub fn mark(&self) -> Mark {
+        match &*self.lock() {
+            State::Open(trees) => Mark(trees.generation),
+            State::Failed(_) => Mark(0),
+        }
+    }
+
+    /// Turns an error of generation `generation` into a [`StoreError`]; an I/O error closes
+    /// that generation and starts reopening.
+    pub fn fail(self: &Arc<Self>, generation: u64, e: sled::Error) -> StoreError {
+        let Some(cause) = Cause::of_sled(&e) else {
+            return StoreError::from(e);
+        };
+        let failure = Failure::new(cause, &self.dir);
+        let mut state = self.lock();
+        // Only the generation that failed is closed; an older generation's error arriving
+        // late says nothing about the current opening.
+        if !matches!(&*state, State::Open(trees) if trees.generation == generation) {
+            return StoreError::Unavailable(failure);
+        }
+        let old = match std::mem::replace(&mut *state, State::Failed(failure.clone())) {
+            State::Open(old) => old,
+            State::Failed(_) => return StoreError::Unavailable(failure),
+        };
+        drop(state);
+        tracing::error!(
+            error = %failure,
+            generation,
+            "the certificate store cannot write; refusing to issue until it is reopened"
+        );
+        self.runtime
+            .spawn(reopen(Arc::downgrade(self), old, generation + 1));
+        StoreError::Unavailable(failure)
+    }
+
+    fn note_reopen_failure(&self, e: &sled::Error) {
+        // A lock conflict (the old opening not yet closed) says nothing new about the disk.
+        let Some(cause @ (Cause::DiskFull | Cause::ReadOnly)) = Cause::of_sled(e) else {
+            return;
+        };
+        if let State::Failed(failure) = &mut *self.lock() {
+            failure.cause = cause;
+        }
+    }
+
+    fn install(&self, trees: Trees) {
+        *self.lock() = State::Open(Arc::new(trees));
+    }
+}
+
+/// Closes `old` once nobody uses it, then reopens until a write can be flushed.
+async fn reopen(live: Weak<Live>, old: Arc<Trees>, mut generation: u64) {
+    // Closing blocks briefly (sled joins its flusher thread); never on a runtime worker.
+    let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+    let mut attempts = 0u64;
+    loop {
+        tokio::time::sleep(RETRY).await;
+        let Some(dir) = live.upgrade().map(|l| l.dir.clone()) else {
+            return; // the store was dropped
+        };
+        let opened = tokio::task::spawn_blocking(move || Trees::open_writable(&dir, generation))
+            .await
+            .unwrap_or_else(|e| Err(sled::Error::ReportableBug(format!("reopen task: {e}"))));
+        let Some(live) = live.upgrade() else {
+            return;
+        };
+        attempts += 1;
+        match opened {
+            Ok(trees) => {
+                live.install(trees);
+                tracing::info!(
+                    generation,
+                    attempts,
+                    "certificate store reopened; issuing again"
+                );
+                return;
+            }
+            Err(e) => {
+                live.note_reopen_failure(&e);
+                if attempts % LOG_EVERY == 1 {
+                    tracing::warn!(error = %e, attempts, "certificate store still cannot write");
+                }
+                generation += 1;
+            }
+        }
+    }
+}
