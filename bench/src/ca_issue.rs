@@ -5,16 +5,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rustls_pki_types::CertificateDer;
-use tonic::transport::Channel;
 use trellis_ca::Config;
-use trellis_identity::tls::{self, Identity, Versions};
-use trellis_identity::{IdMatcher, TrustBundle, WorkloadKey, pem};
-use trellis_proto::admin::v1::CreateJoinTokenRequest;
-use trellis_proto::admin::v1::admin_client::AdminClient;
+use trellis_identity::tls::Identity;
+use trellis_identity::{TrustBundle, WorkloadKey};
 use trellis_proto::ca::v1::CertifyRequest;
 use trellis_proto::ca::v1::certify_request::Credential;
 use trellis_proto::ca::v1::workload_ca_client::WorkloadCaClient;
 
+use crate::admin;
 use crate::stats::{Latencies, ms};
 
 #[derive(clap::Args)]
@@ -100,22 +98,6 @@ struct Row {
     errors: usize,
 }
 
-async fn channel(
-    addr: std::net::SocketAddr,
-    bundle: Arc<TrustBundle>,
-    identity: Option<&Identity>,
-) -> anyhow::Result<Channel> {
-    let ca_id = bundle.trust_domain().id("/trellis/ca")?;
-    let config = tls::client_config(
-        bundle,
-        IdMatcher::exact(ca_id),
-        identity,
-        Versions::Tls13,
-        &[trellis_proto::channel::ALPN_H2],
-    )?;
-    Ok(trellis_proto::channel::connect(addr, Arc::new(config)).await?)
-}
-
 /// One concurrency level: bootstrap `concurrency` workloads, then renew in a loop.
 async fn level(
     addr: std::net::SocketAddr,
@@ -125,27 +107,17 @@ async fn level(
     max_requests: usize,
     max_time: Duration,
 ) -> anyhow::Result<Row> {
-    let admin_identity = Identity {
-        chain: pem::certs_from_pem(&std::fs::read(admin_dir.join("admin.pem"))?)?,
-        key: pem::private_key_from_pem(&std::fs::read(admin_dir.join("admin.key.pem"))?)?,
-    };
-    let mut admin = AdminClient::new(channel(addr, bundle.clone(), Some(&admin_identity)).await?);
+    let mut admin = admin::client(addr, bundle.clone(), admin_dir).await?;
     let mut clients = Vec::with_capacity(concurrency);
     for i in 0..concurrency {
-        let token = admin
-            .create_join_token(CreateJoinTokenRequest {
-                spiffe_id: format!(
-                    "spiffe://{}/bench/c{concurrency}/w{i}",
-                    bundle.trust_domain()
-                ),
-                ttl_seconds: 0,
-            })
-            .await?
-            .into_inner()
-            .token;
+        let spiffe_id = format!(
+            "spiffe://{}/bench/c{concurrency}/w{i}",
+            bundle.trust_domain()
+        );
+        let token = admin::token(&mut admin, &spiffe_id).await?;
         let key = WorkloadKey::generate()?;
         let csr = key.csr_der(None)?;
-        let first = WorkloadCaClient::new(channel(addr, bundle.clone(), None).await?)
+        let first = WorkloadCaClient::new(admin::channel(addr, bundle.clone(), None).await?)
             .certify(CertifyRequest {
                 csr_der: csr.clone(),
                 credential: Some(Credential::JoinToken(token)),
@@ -162,7 +134,8 @@ async fn level(
                 .collect(),
             key: key.private_key_der(),
         };
-        let client = WorkloadCaClient::new(channel(addr, bundle.clone(), Some(&identity)).await?);
+        let client =
+            WorkloadCaClient::new(admin::channel(addr, bundle.clone(), Some(&identity)).await?);
         clients.push((client, csr));
     }
     let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(max_requests));
