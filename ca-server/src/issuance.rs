@@ -28,7 +28,12 @@ pub enum Credential {
     /// [`crate::attest::kubernetes`]. Not consumed: the kubelet rotates it.
     ServiceAccountToken(String),
     /// The TLS client chain of the connection (leaf first); empty if none was presented.
-    Renewal(Vec<CertificateDer<'static>>),
+    Renewal {
+        chain: Vec<CertificateDer<'static>>,
+        /// The CA's record of exactly this leaf, if the caller already read it (admission
+        /// control does); read here otherwise.
+        record: Option<CertRecord>,
+    },
     /// An authenticated admin asking for a certificate for someone else.
     Admin {
         caller: SpiffeId,
@@ -260,7 +265,7 @@ impl CaState {
                     lifetime_override: None,
                 })
             }
-            Credential::Renewal(chain) => {
+            Credential::Renewal { chain, record } => {
                 if chain.is_empty() {
                     return Err(CaError::Unauthenticated(
                         "no credential: send a join_token to bootstrap, or present your current \
@@ -285,17 +290,23 @@ impl CaState {
                         verified.serial, revoked.revoked_at, revoked.reason
                     )));
                 }
-                let serial = hex::decode(&verified.serial).unwrap_or_default();
-                let (record, _) = self
-                    .store
-                    .certificate(&serial)
-                    .map_err(|e| CaError::Unavailable(e.to_string()))?
-                    .ok_or_else(|| {
-                        CaError::Unauthenticated(format!(
-                            "renewal refused: certificate {} is not in this CA's records",
-                            verified.serial
-                        ))
-                    })?;
+                // The record was read for the same leaf that just verified, if at all.
+                let record = match record {
+                    Some(record) => record,
+                    None => {
+                        let serial = hex::decode(&verified.serial).unwrap_or_default();
+                        self.store
+                            .certificate(&serial)
+                            .map_err(|e| CaError::Unavailable(e.to_string()))?
+                            .ok_or_else(|| {
+                                CaError::Unauthenticated(format!(
+                                    "renewal refused: certificate {} is not in this CA's records",
+                                    verified.serial
+                                ))
+                            })?
+                            .0
+                    }
+                };
                 Ok(Grant {
                     actor: verified.spiffe_id.to_string(),
                     spiffe_id: verified.spiffe_id,

@@ -78,7 +78,8 @@ impl WorkloadCa for WorkloadService {
             .and_then(|p| p.remote_addr);
         let body = request.into_inner();
         // Admission before any cryptography, so that refusing is cheap.
-        let key = limits::certify_key(&self.state.store, body.credential.is_some(), &chain, remote);
+        let (key, record) =
+            limits::certify_key(&self.state.store, body.credential.is_some(), &chain, remote);
         let _permit = self
             .state
             .limits
@@ -89,7 +90,7 @@ impl WorkloadCa for WorkloadService {
             Some(ProtoCredential::ServiceAccountToken(token)) => {
                 Credential::ServiceAccountToken(token)
             }
-            None => Credential::Renewal(chain),
+            None => Credential::Renewal { chain, record },
         };
         let issued = self
             .state

@@ -37,7 +37,7 @@ pub use bucket::Rate;
 use bucket::{Buckets, Empty};
 pub use config::{LimitsConfig, LimitsFile};
 
-use crate::store::Store;
+use crate::store::{CertRecord, Store};
 
 /// Whom an issuance request is charged to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,29 +208,33 @@ impl Limits {
 }
 
 /// The key for a Certify call: the identity of a certificate this CA issued (for a
-/// renewal), else the source address. Reads the store; checks no signature.
+/// renewal), else the source address. Reads the store; checks no signature. Also returns
+/// the CA's record of the presented leaf when it matches byte for byte, so the renewal
+/// (after verifying the chain) need not read it again.
 pub fn certify_key(
     store: &Store,
     bootstrap: bool,
     chain: &[CertificateDer<'static>],
     remote: Option<SocketAddr>,
-) -> ClientKey {
+) -> (ClientKey, Option<CertRecord>) {
     let source = ClientKey::Source(remote.map(|a| source_of(a.ip())));
     if bootstrap {
-        return source;
+        return (source, None);
     }
     let Some(leaf) = chain.first() else {
-        return source;
+        return (source, None);
     };
     let Ok(info) = CertInfo::parse(leaf) else {
-        return source;
+        return (source, None);
     };
     let Some(serial) = hex::decode(&info.serial) else {
-        return source;
+        return (source, None);
     };
     match store.certificate(&serial) {
-        Ok(Some((record, der))) if der == leaf.as_ref() => ClientKey::Identity(record.spiffe_id),
-        _ => source,
+        Ok(Some((record, der))) if der == leaf.as_ref() => {
+            (ClientKey::Identity(record.spiffe_id.clone()), Some(record))
+        }
+        _ => (source, None),
     }
 }
 
