@@ -48,6 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .max(args.concurrency.iter().copied().max().unwrap_or(1) as u32);
     let ca_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.ca_threads)
+        .thread_name("ca")
         .enable_all()
         .build()?;
     let ca = ca_runtime.block_on(trellis_ca::start(config))?;
@@ -55,8 +56,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let bundle = ca.state.bundle();
     let admin_dir = ca.state.config.data_dir.join("admin");
 
+    // Named apart from the CA's, so that a profile tells the two sides' costs apart.
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("client")
         .enable_all()
         .build()?;
     println!(

@@ -5,7 +5,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -13,17 +12,19 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 use trellis_identity::SpiffeId;
 
+use crate::peer::PeerChain;
 use crate::state::CaState;
 
 /// The path under which admin identities live.
 pub const ADMIN_PREFIX: &str = trellis_identity::spiffe::reserved::ADMIN_PREFIX;
 
 /// What is known about the peer of a connection. The chain is NOT verified: the TLS layer
-/// only checked key possession (see `DeferredClientVerifier`); verify before trusting it.
+/// only checked key possession (see `DeferredClientVerifier`); verify it with
+/// [`CaState::verify_peer`] before trusting it.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub remote_addr: Option<std::net::SocketAddr>,
-    pub unverified_chain: Arc<Vec<CertificateDer<'static>>>,
+    pub chain: Arc<PeerChain>,
 }
 
 /// A TLS connection that tells tonic about its peer.
@@ -43,7 +44,7 @@ impl TlsConn {
             .unwrap_or_default();
         let info = PeerInfo {
             remote_addr: tcp.peer_addr().ok(),
-            unverified_chain: Arc::new(chain),
+            chain: Arc::new(PeerChain::new(chain)),
         };
         Self { inner, info }
     }
@@ -93,11 +94,11 @@ impl AsyncWrite for TlsConn {
 }
 
 /// The peer's (unverified) chain from a request, empty if none.
-pub fn peer_chain<T>(request: &Request<T>) -> Vec<CertificateDer<'static>> {
+pub fn peer_chain<T>(request: &Request<T>) -> Arc<PeerChain> {
     request
         .extensions()
         .get::<PeerInfo>()
-        .map(|p| p.unverified_chain.as_ref().clone())
+        .map(|p| p.chain.clone())
         .unwrap_or_default()
 }
 
@@ -119,7 +120,7 @@ pub fn admin_interceptor(
             ));
         }
         let verified = state
-            .verify_client_chain(&chain, state.now())
+            .verify_peer(&chain, state.now())
             .map_err(|e| Status::unauthenticated(format!("admin certificate refused: {e}")))?;
         match state.revocation_of(&verified.serial) {
             Ok(None) => {}

@@ -14,6 +14,7 @@ use crate::attest::kubernetes::AttestError;
 use crate::config::MIN_TTL;
 use crate::csr;
 use crate::error::CaError;
+use crate::peer::PeerChain;
 use crate::state::{CaState, unix};
 use crate::store::{AuditRecord, CertRecord, RecordError, TokenUse};
 use crate::tokens;
@@ -29,7 +30,7 @@ pub enum Credential {
     ServiceAccountToken(String),
     /// The TLS client chain of the connection (leaf first); empty if none was presented.
     Renewal {
-        chain: Vec<CertificateDer<'static>>,
+        chain: Arc<PeerChain>,
         /// The CA's record of exactly this leaf, if the caller already read it (admission
         /// control does); read here otherwise.
         record: Option<CertRecord>,
@@ -274,7 +275,7 @@ impl CaState {
                     ));
                 }
                 let verified = self
-                    .verify_client_chain(&chain, now)
+                    .verify_peer(&chain, now)
                     .map_err(|e| CaError::Unauthenticated(format!("renewal refused: {e}")))?;
                 let td = self.config.trust_domain.as_str();
                 if verified.spiffe_id.is_under(td, RESERVED_PREFIX) {

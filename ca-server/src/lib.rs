@@ -16,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod issuance;
 pub mod limits;
+pub mod peer;
 pub mod revocation;
 pub mod roots;
 pub mod server;

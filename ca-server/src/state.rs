@@ -14,6 +14,7 @@ use trellis_identity::svid::SvidError;
 use crate::attest::kubernetes::Attestor;
 use crate::config::Config;
 use crate::limits::Limits;
+use crate::peer::PeerChain;
 use crate::store::Store;
 use trellis_identity::profile::SigningCa;
 
@@ -185,6 +186,18 @@ impl CaState {
             Some(known) => bundle.verify_with_known(&known, chain, now, Usage::Client),
             None => bundle.verify(chain, now, Usage::Client),
         }
+    }
+
+    /// Verifies a connection's client chain like [`verify_client_chain`](Self::verify_client_chain),
+    /// reusing the connection's earlier result while it still holds (see [`PeerChain`]).
+    pub fn verify_peer(
+        &self,
+        peer: &PeerChain,
+        now: SystemTime,
+    ) -> Result<VerifiedSvid, SvidError> {
+        peer.verify_with(&self.bundle(), now, |chain| {
+            self.verify_client_chain(chain, now)
+        })
     }
 
     /// The current trust bundle.

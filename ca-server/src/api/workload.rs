@@ -162,7 +162,7 @@ impl WorkloadCa for WorkloadService {
         }
         let verified = self
             .state
-            .verify_client_chain(&chain, self.state.now())
+            .verify_peer(&chain, self.state.now())
             .map_err(|e| Status::unauthenticated(format!("certificate refused: {e}")))?;
         let version = request.into_inner().version;
         self.state

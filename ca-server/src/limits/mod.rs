@@ -27,16 +27,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime};
 
-use rustls_pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
-use trellis_identity::{CertInfo, duration, hex};
+use trellis_identity::duration;
 
 pub use bucket::Rate;
 use bucket::{Buckets, Empty};
 pub use config::{LimitsConfig, LimitsFile};
 
+use crate::peer::PeerChain;
 use crate::store::{CertRecord, Store};
 
 /// Whom an issuance request is charged to.
@@ -214,23 +214,17 @@ impl Limits {
 pub fn certify_key(
     store: &Store,
     bootstrap: bool,
-    chain: &[CertificateDer<'static>],
+    chain: &PeerChain,
     remote: Option<SocketAddr>,
 ) -> (ClientKey, Option<CertRecord>) {
     let source = ClientKey::Source(remote.map(|a| source_of(a.ip())));
     if bootstrap {
         return (source, None);
     }
-    let Some(leaf) = chain.first() else {
+    let (Some(leaf), Some(serial)) = (chain.certs().first(), chain.leaf_serial()) else {
         return (source, None);
     };
-    let Ok(info) = CertInfo::parse(leaf) else {
-        return (source, None);
-    };
-    let Some(serial) = hex::decode(&info.serial) else {
-        return (source, None);
-    };
-    match store.certificate(&serial) {
+    match store.certificate(serial) {
         Ok(Some((record, der))) if der == leaf.as_ref() => {
             (ClientKey::Identity(record.spiffe_id.clone()), Some(record))
         }
