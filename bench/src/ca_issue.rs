@@ -29,6 +29,9 @@ pub struct Args {
     /// Worker threads for the CA's runtime (the clients get their own runtime).
     #[arg(long, default_value_t = 2)]
     ca_threads: usize,
+    /// Worker threads for the clients' runtime.
+    #[arg(long, default_value_t = 2)]
+    client_threads: usize,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -58,7 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     // Named apart from the CA's, so that a profile tells the two sides' costs apart.
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(args.client_threads)
         .thread_name("client")
         .enable_all()
         .build()?;
