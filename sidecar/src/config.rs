@@ -63,6 +63,9 @@ pub struct Flags {
     /// Log format: text or json.
     #[arg(long, env = "TRELLIS_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Threads that run the proxy (default 1: one core, the lowest latency and memory).
+    #[arg(long, env = "TRELLIS_WORKERS")]
+    pub workers: Option<usize>,
     /// Validate the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -74,6 +77,8 @@ pub struct Flags {
 pub struct FileConfig {
     pub trust_domain: Option<String>,
     pub log_format: Option<String>,
+    /// Threads that run the proxy; see [`Config::workers`].
+    pub workers: Option<usize>,
     /// SPIFFE Workload API socket (path or unix:///path); off if unset.
     pub workload_api_socket: Option<String>,
     #[serde(default)]
@@ -217,6 +222,11 @@ pub struct Config {
     pub outbound: Vec<OutboundConfig>,
     pub timeouts: Timeouts,
     pub json_logs: bool,
+    /// Threads that run everything (proxy, agent, admin). 1, the default, is a
+    /// single-threaded runtime: no hand-offs between threads, so the lowest added latency
+    /// and the least memory; a sidecar usually has a core or less. More threads raise
+    /// handshake and bulk capacity for busy services.
+    pub workers: usize,
     /// Where to serve the SPIFFE Workload API, if anywhere.
     pub workload_api_socket: Option<PathBuf>,
 }
@@ -231,6 +241,9 @@ fn err(msg: impl Into<String>) -> ConfigError {
 }
 
 const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
+/// More threads than this is a typo, not a sidecar.
+const MAX_WORKERS: usize = 256;
 
 /// Checks `HOST:PORT` (a DNS name, an IPv4 address, or `[IPv6]`), returning it unchanged.
 pub fn host_port(name: &str, text: &str) -> Result<String, ConfigError> {
@@ -314,6 +327,9 @@ impl Config {
         };
         if flags.trust_domain.is_some() {
             file.trust_domain = flags.trust_domain;
+        }
+        if flags.workers.is_some() {
+            file.workers = flags.workers;
         }
         if flags.log_format.is_some() {
             file.log_format = flags.log_format;
@@ -497,6 +513,16 @@ impl Config {
                 )));
             }
         };
+        let workers = match file.workers {
+            None => 1,
+            Some(n @ 1..=MAX_WORKERS) => n,
+            Some(n) => {
+                return Err(err(format!(
+                    "workers {n}: expected 1 to {MAX_WORKERS} (threads for the proxy; 1 suits \
+                     a sidecar with one core or less)"
+                )));
+            }
+        };
         let workload_api_socket = file
             .workload_api_socket
             .map(|text| {
@@ -530,6 +556,7 @@ impl Config {
             outbound,
             timeouts,
             json_logs,
+            workers,
         })
     }
 }
@@ -550,6 +577,9 @@ mod tests {
         assert_eq!(c.ca.spiffe_id.as_str(), "spiffe://cluster.local/trellis/ca");
         assert_eq!(c.admin_listen.port(), 15020);
         assert!(c.inbound.is_none() && c.outbound.is_empty());
+        assert_eq!(c.workers, 1);
+        let c = parse(&format!("workers = 4\n{MINIMAL}")).expect("valid");
+        assert_eq!(c.workers, 4);
     }
 
     #[test]
@@ -587,6 +617,8 @@ mod tests {
                 "timeouts.idle",
             ),
             ("[ca]\naddres = \"x\"", "unknown field"),
+            (&format!("workers = 0\n{MINIMAL}"), "workers 0: expected 1 to 256"),
+            (&format!("workers = 100000\n{MINIMAL}"), "workers 100000"),
         ];
         for (text, expected) in cases {
             let e = parse(text).expect_err(text).to_string();

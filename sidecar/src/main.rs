@@ -62,8 +62,7 @@ async fn wait_for_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let flags = Flags::parse();
     let check_only = flags.check_config;
     let config = match Config::load(flags) {
@@ -79,6 +78,26 @@ async fn main() -> ExitCode {
     }
     init_logging(config.json_logs);
     trellis_sidecar::fd_limit::raise();
+    let runtime = match config.workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(serve(config)),
+        Err(e) => {
+            eprintln!("trellis-sidecar: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the sidecar until SIGTERM or SIGINT, then drains.
+async fn serve(config: Config) -> ExitCode {
     let bootstrap = bootstrap_credential(&config);
     let options = Options {
         clock: Arc::new(SystemClock),
