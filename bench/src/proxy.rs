@@ -258,10 +258,24 @@ impl Bench<'_> {
                 stack.check()?;
             }
         }
+        let mut tails = vec![String::from(
+            "latency tails, absolute µs (p90 / p95 / p99 / p99.9 / max), to tell a shifted \
+             distribution from a few stalls:",
+        )];
         for (t, row) in rows.iter_mut().enumerate() {
-            for samples in latency[t].drain(..) {
+            for (samples, rate) in latency[t].drain(..).zip(&a.rates) {
                 let l = Latencies::new(samples);
                 row.latency.push((l.percentile(50.0), l.percentile(99.0)));
+                let us = |p: f64| l.percentile(p).as_micros().to_string();
+                tails.push(format!(
+                    "  {} @{rate}/s: {} / {} / {} / {} / {}",
+                    row.name,
+                    us(90.0),
+                    us(95.0),
+                    us(99.0),
+                    us(99.9),
+                    us(100.0)
+                ));
             }
             let bytes = (rounds * a.bulk_connections * (a.bulk_mib << 20)) as f64;
             row.mbps = bytes / bulk[t].as_secs_f64() / 1e6;
@@ -284,6 +298,7 @@ impl Bench<'_> {
             }
             notes[s] += &note;
         }
+        notes.extend(tails);
         Ok((rows, notes))
     }
 

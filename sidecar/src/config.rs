@@ -617,7 +617,10 @@ mod tests {
                 "timeouts.idle",
             ),
             ("[ca]\naddres = \"x\"", "unknown field"),
-            (&format!("workers = 0\n{MINIMAL}"), "workers 0: expected 1 to 256"),
+            (
+                &format!("workers = 0\n{MINIMAL}"),
+                "workers 0: expected 1 to 256",
+            ),
             (&format!("workers = 100000\n{MINIMAL}"), "workers 100000"),
         ];
         for (text, expected) in cases {
