@@ -3,8 +3,8 @@
 //! identity; it may only restate the one the credential grants.
 
 use trellis_identity::svid::{key_algorithm_name, rsa_modulus_bits};
+use x509_cert::der::Decode;
 use x509_cert::der::asn1::ObjectIdentifier;
-use x509_cert::der::{Decode, Encode};
 use x509_cert::ext::Extensions;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{BasicConstraints, SubjectAltName};
@@ -35,6 +35,18 @@ pub struct CheckedCsr {
 
 fn bad(msg: impl Into<String>) -> CaError {
     CaError::InvalidArgument(msg.into())
+}
+
+/// The first element of the outer SEQUENCE (the CertificationRequestInfo), as sent.
+fn signed_part(der: &[u8]) -> Option<&[u8]> {
+    use x509_cert::der::{Decode as _, Header, Reader as _, SliceReader};
+    let mut outer = SliceReader::new(der).ok()?;
+    let header = Header::decode(&mut outer).ok()?;
+    let body = outer.read_slice(header.length).ok()?;
+    let mut inner = SliceReader::new(body).ok()?;
+    let info = Header::decode(&mut inner).ok()?;
+    let len = usize::try_from((inner.position() + info.length).ok()?).ok()?;
+    body.get(..len)
 }
 
 /// Parses and checks a DER CSR.
@@ -88,10 +100,9 @@ pub fn check(der: &[u8]) -> Result<CheckedCsr, CaError> {
                 )));
             }
         };
-    let signed = csr
-        .info
-        .to_der()
-        .map_err(|e| bad(format!("CSR body cannot be re-encoded: {e}")))?;
+    // The signature covers the CertificationRequestInfo exactly as sent: verify over those
+    // bytes rather than a re-encoding of what was parsed.
+    let signed = signed_part(der).ok_or_else(|| bad("CSR body cannot be located in the DER"))?;
     let signature = csr
         .signature
         .as_bytes()
@@ -166,5 +177,50 @@ fn describe(name: &GeneralName) -> String {
         GeneralName::IpAddress(_) => "IP address".into(),
         GeneralName::Rfc822Name(e) => format!("email {e}"),
         _ => "non-URI name".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use x509_cert::der::Encode;
+
+    use super::*;
+
+    #[test]
+    fn the_signed_part_is_the_request_info_as_sent() {
+        let der = trellis_identity::WorkloadKey::generate()
+            .unwrap()
+            .csr_der(None)
+            .unwrap();
+        let info = CertReq::from_der(&der).unwrap().info.to_der().unwrap();
+        assert_eq!(signed_part(&der), Some(info.as_slice()));
+        assert!(check(&der).is_ok());
+        for cut in [0, 1, 2, 10, der.len() / 2] {
+            assert_eq!(signed_part(&der[..cut]), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_changed_byte_in_the_signed_part_fails_the_signature() {
+        let mut der = trellis_identity::WorkloadKey::generate()
+            .unwrap()
+            .csr_der(None)
+            .unwrap();
+        let point = CertReq::from_der(&der)
+            .unwrap()
+            .info
+            .public_key
+            .subject_public_key
+            .raw_bytes()
+            .to_vec();
+        let at = der
+            .windows(point.len())
+            .position(|w| w == point.as_slice())
+            .unwrap()
+            + point.len()
+            - 1;
+        der[at] ^= 0x01;
+        let refused = check(&der).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("does not verify"), "{refused}");
     }
 }
