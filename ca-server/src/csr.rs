@@ -108,7 +108,7 @@ pub fn check(der: &[u8]) -> Result<CheckedCsr, CaError> {
         .as_bytes()
         .ok_or_else(|| bad("CSR signature bit string is not byte-aligned"))?;
     aws_lc_rs::signature::UnparsedPublicKey::new(algorithm, &public_point)
-        .verify(&signed, signature)
+        .verify(signed, signature)
         .map_err(|_| {
             bad("CSR signature does not verify: the CSR was not signed by the key it contains")
         })?;
