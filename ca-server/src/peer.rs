@@ -6,14 +6,15 @@
 //! many requests presents the same bytes each time, so the result is remembered on the
 //! connection and reused while it still holds:
 //!
-//! - the trust bundle has the same version (adding or removing a root re-verifies), and
+//! - the trust bundle is the same one (every publication, such as adding or removing a
+//!   root, re-verifies: the memo holds a weak reference, compared by address), and
 //! - now is inside the validity of every certificate of the chain (so expiry is still
 //!   checked on every request).
 //!
 //! What can change without touching the bundle, revocation, is not remembered: callers
 //! check it on every request. A failed verification is not remembered either.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::SystemTime;
 
 use rustls_pki_types::CertificateDer;
@@ -32,7 +33,7 @@ pub struct PeerChain {
 /// A successful verification and the conditions under which it still holds.
 #[derive(Debug, Clone)]
 struct Verified {
-    bundle_version: u64,
+    bundle: Weak<TrustBundle>,
     valid_from: SystemTime,
     valid_until: SystemTime,
     svid: VerifiedSvid,
@@ -69,7 +70,7 @@ impl PeerChain {
     /// verification on this connection still holds (see the module docs).
     pub fn verify_with(
         &self,
-        bundle: &TrustBundle,
+        bundle: &Arc<TrustBundle>,
         now: SystemTime,
         verify: impl FnOnce(&[CertificateDer<'static>]) -> Result<VerifiedSvid, SvidError>,
     ) -> Result<VerifiedSvid, SvidError> {
@@ -79,7 +80,7 @@ impl PeerChain {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if let Some(v) = remembered
-            && v.bundle_version == bundle.version()
+            && Weak::ptr_eq(&v.bundle, &Arc::downgrade(bundle))
             && v.valid_from <= now
             && now <= v.valid_until
         {
@@ -88,7 +89,7 @@ impl PeerChain {
         let svid = verify(&self.certs)?;
         if let Some((valid_from, valid_until)) = validity_window(&self.certs) {
             *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = Some(Verified {
-                bundle_version: bundle.version(),
+                bundle: Arc::downgrade(bundle),
                 valid_from,
                 valid_until,
                 svid: svid.clone(),
@@ -126,7 +127,7 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     /// A bundle of one root, and a chain (leaf valid one hour from `now`, intermediate).
-    fn setup(now: SystemTime) -> (TrustBundle, PeerChain) {
+    fn setup(now: SystemTime) -> (Arc<TrustBundle>, PeerChain) {
         let td = TrustDomain::new("example.org").unwrap();
         let root = profile::new_root(&td, now, 24 * HOUR).unwrap();
         let root = SigningCa::new(root.cert, root.key).unwrap();
@@ -141,7 +142,10 @@ mod tests {
         };
         let leaf = inter.sign_leaf(&spec, now).unwrap().der;
         let bundle = TrustBundle::new(td, 1, vec![root.cert.clone()]).unwrap();
-        (bundle, PeerChain::new(vec![leaf, inter.cert.clone()]))
+        (
+            Arc::new(bundle),
+            PeerChain::new(vec![leaf, inter.cert.clone()]),
+        )
     }
 
     /// Verifies in full, counting how often that happens.
@@ -157,7 +161,7 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_verifies_once_per_bundle_version() {
+    fn a_connection_verifies_once_per_published_bundle() {
         let now = SystemTime::now();
         let (bundle, peer) = setup(now);
         let calls = Cell::new(0);
@@ -171,11 +175,14 @@ mod tests {
         );
         assert_eq!(first.unwrap().serial, second.unwrap().serial);
 
-        let changed =
-            TrustBundle::new(bundle.trust_domain().clone(), 2, bundle.roots().to_vec()).unwrap();
-        peer.verify_with(&changed, later, verify(&changed, later, &calls))
-            .expect("same roots, new version");
-        assert_eq!(calls.get(), 2, "a new bundle version verifies again");
+        // A newly published bundle, even with the same roots and version, verifies again.
+        let republished = Arc::new((*bundle).clone());
+        peer.verify_with(&republished, later, verify(&republished, later, &calls))
+            .expect("same roots");
+        assert_eq!(calls.get(), 2, "a new bundle verifies again");
+        peer.verify_with(&republished, later, verify(&republished, later, &calls))
+            .expect("same roots");
+        assert_eq!(calls.get(), 2, "and is then remembered for it");
     }
 
     #[test]

@@ -329,15 +329,17 @@ impl Store {
     ) -> Result<(), RecordError> {
         let t = self.trees()?;
         let err = self.err(&t);
+        // Looked up first so that a taken serial costs nothing: no token, no index entry
+        // (the swap below still decides a race).
+        if t.certs.contains_key(serial).map_err(&err)? {
+            return Err(RecordError::SerialTaken);
+        }
         if let Some(use_) = token {
-            // A taken serial must not cost the client its token: look before redeeming.
-            if t.certs.contains_key(serial).map_err(&err)? {
-                return Err(RecordError::SerialTaken);
-            }
             self.consume_token(&t, &use_, &record.serial)?;
         }
-        // The certificate first, and only if its serial is new (the swap is the check), then
-        // its index entry: a refused serial leaves nothing behind.
+        t.by_identity
+            .insert(identity_key(&record.spiffe_id, serial), &[])
+            .map_err(&err)?;
         let value = encode_certificate(record, der);
         let swapped = t
             .certs
@@ -346,9 +348,6 @@ impl Store {
         if swapped.is_err() {
             return Err(RecordError::SerialTaken);
         }
-        t.by_identity
-            .insert(identity_key(&record.spiffe_id, serial), &[])
-            .map_err(&err)?;
         for entry in audit {
             self.append_audit_to(&t, entry)?;
         }
