@@ -96,6 +96,11 @@ async fn metrics(State(http): State<Http>) -> Response {
     );
     let _ = writeln!(
         out,
+        "# HELP trellis_ca_store_flushes_total Group-commit flushes of the certificate store (each ends in fdatasync) since start; issuances per flush is how well writers share them.\n# TYPE trellis_ca_store_flushes_total counter\ntrellis_ca_store_flushes_total {}",
+        state.store.flushes()
+    );
+    let _ = writeln!(
+        out,
         "# HELP trellis_ca_revoked_unexpired Revoked certificates that have not expired.\n# TYPE trellis_ca_revoked_unexpired gauge\ntrellis_ca_revoked_unexpired {}",
         state.revocations().entries.len()
     );

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::StoreError;
+use super::commit::Flushable;
 use super::failure::{Cause, Failure};
 
 /// How often a failed database is reopened.
@@ -41,6 +42,8 @@ pub struct Mark(pub(super) u64);
 pub(super) struct Trees {
     pub generation: u64,
     pub db: sled::Db,
+    /// The database and its log file, for flushing (see `commit.rs`).
+    pub flushable: Flushable,
     pub certs: sled::Tree,
     pub by_identity: sled::Tree,
     pub roots: sled::Tree,
@@ -57,9 +60,21 @@ impl Trees {
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .open()?;
+        // sled's log file, which its `Config::path` puts at `<dir>/db`. Opened for writing
+        // only because some systems refuse `fsync` on a read-only descriptor; never written.
+        let log = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("db"))
+            .map_err(sled::Error::Io)?;
+        let flushable = Flushable {
+            db: db.clone(),
+            log: Arc::new(log),
+        };
         let tree = |name: &str| db.open_tree(name);
         Ok(Self {
             generation,
+            flushable,
             certs: tree("certs")?,
             by_identity: tree("by_identity")?,
             roots: tree("roots")?,
@@ -77,7 +92,7 @@ impl Trees {
     fn open_writable(dir: &Path, generation: u64) -> Result<Self, sled::Error> {
         let trees = Self::open(dir, generation)?;
         trees.meta.insert(PROBE_KEY, &generation.to_be_bytes())?;
-        trees.db.flush()?;
+        trees.flushable.flush()?;
         Ok(trees)
     }
 }

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use commit::Committer;
+pub use commit::{Committer, Flushable};
 pub use failure::{Cause, Failure};
 pub use live::Mark;
 pub use records::{
@@ -168,6 +168,11 @@ impl Store {
         move |e| self.live.fail(generation, e)
     }
 
+    /// Group-commit flushes so far (see [`Committer::flushes`]).
+    pub fn flushes(&self) -> u64 {
+        self.committer.flushes()
+    }
+
     /// Take this before writing; pass it to [`Store::durable`] after.
     pub fn mark(&self) -> Mark {
         self.live.mark()
@@ -186,7 +191,7 @@ impl Store {
             ));
         }
         self.committer
-            .durable(trees.generation, &trees.db)
+            .durable(trees.generation, &trees.flushable)
             .await
             .map_err(self.err(&trees))
     }
@@ -194,7 +199,7 @@ impl Store {
     /// Flushes synchronously (start-up and shutdown paths).
     pub fn flush_now(&self) -> Result<(), StoreError> {
         let trees = self.trees()?;
-        trees.db.flush().map_err(self.err(&trees))?;
+        trees.flushable.flush().map_err(self.err(&trees))?;
         Ok(())
     }
 

@@ -1,5 +1,7 @@
 //! The store's write rules that no API test reaches: a serial collision.
 
+use std::sync::Arc;
+
 use super::*;
 
 fn record(serial: &[u8], spiffe_id: &str) -> CertRecord {
@@ -65,5 +67,39 @@ async fn a_taken_serial_is_refused_and_leaves_nothing_behind() {
     assert!(
         store.check_token(&hash, 10).is_ok(),
         "the token is still redeemable"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_returns_after_a_flush_that_concurrent_writers_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    assert_eq!(store.flushes(), 0);
+    let mark = store.mark();
+    store
+        .record_issuance(&record(&[1; 9], "spiffe://td/a"), b"a", &[1; 9], None, &[])
+        .unwrap();
+    store.durable(mark).await.unwrap();
+    assert_eq!(store.flushes(), 1, "one writer, one flush");
+
+    let writers: Vec<_> = (2..34u8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mark = store.mark();
+                store
+                    .record_issuance(&record(&[i; 9], "spiffe://td/b"), b"b", &[i; 9], None, &[])
+                    .unwrap();
+                store.durable(mark).await.unwrap();
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let flushes = store.flushes() - 1;
+    assert!(
+        (1..32).contains(&flushes),
+        "32 concurrent writers took {flushes} flushes; they should share"
     );
 }
