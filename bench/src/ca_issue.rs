@@ -20,8 +20,8 @@ pub struct Args {
     /// Concurrency levels (clients, each on its own mTLS connection).
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     concurrency: Vec<usize>,
-    /// Issuances per level at most.
-    #[arg(long, default_value_t = 20_000)]
+    /// Issuances per level at most (high enough that a level normally runs its full time).
+    #[arg(long, default_value_t = 50_000)]
     requests: usize,
     /// Seconds per level at most.
     #[arg(long, default_value_t = 5)]
