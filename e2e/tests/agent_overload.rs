@@ -7,7 +7,7 @@ mod agent_support;
 
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use agent_support::{Mesh, wait_for};
+use agent_support::{Mesh, first_certificate};
 use trellis_ca::limits::ClientKey;
 use trellis_identity::clock::Clock;
 use trellis_identity::hex;
@@ -23,14 +23,7 @@ async fn waits_the_hinted_delay_keeping_its_certificate_then_renews() {
     .await;
     let agent = mesh.agent("/ns/demo/sa/patient").await;
     let (mut creds, metrics) = (agent.creds.clone(), agent.metrics.clone());
-    let first = wait_for(
-        &mut creds,
-        Duration::from_secs(10),
-        "first certificate",
-        |c| c.is_some(),
-    )
-    .await
-    .expect("certificate");
+    let first = first_certificate(&mut creds).await;
     let state = &mesh.ca().state;
 
     // The CA is busy (its one issuance slot taken) when the renewal comes due.

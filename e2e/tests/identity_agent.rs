@@ -6,7 +6,7 @@ mod agent_support;
 
 use std::time::{Duration, Instant};
 
-use agent_support::{Mesh, wait_for};
+use agent_support::{Mesh, first_certificate, wait_for};
 use trellis_identity::clock::Clock;
 use trellis_identity::{TrustBundle, pem};
 use trellis_sidecar::agent::renew_at;
@@ -16,14 +16,7 @@ async fn bootstraps_then_rotates_three_times_without_a_gap() {
     let mesh = Mesh::start().await;
     let agent = mesh.agent("/ns/demo/sa/web").await;
     let (mut creds, metrics) = (agent.creds.clone(), agent.metrics.clone());
-    let mut previous = wait_for(
-        &mut creds,
-        Duration::from_secs(10),
-        "first certificate",
-        |c| c.is_some(),
-    )
-    .await
-    .expect("certificate");
+    let mut previous = first_certificate(&mut creds).await;
     assert_eq!(
         previous.svid.spiffe_id.as_str(),
         "spiffe://cluster.local/ns/demo/sa/web"
@@ -77,14 +70,7 @@ async fn keeps_its_certificate_through_a_ca_outage_and_renews_when_it_returns() 
     let mut mesh = Mesh::start().await;
     let agent = mesh.agent("/ns/demo/sa/api").await;
     let (mut creds, metrics) = (agent.creds.clone(), agent.metrics.clone());
-    let first = wait_for(
-        &mut creds,
-        Duration::from_secs(10),
-        "first certificate",
-        |c| c.is_some(),
-    )
-    .await
-    .expect("certificate");
+    let first = first_certificate(&mut creds).await;
     mesh.stop_ca().await;
     // Past the renewal point, well before expiry: renewals fail while the CA is down.
     mesh.clock.advance(
@@ -132,14 +118,7 @@ async fn withdraws_an_expired_certificate_when_the_ca_stays_down() {
     let mut mesh = Mesh::start().await;
     let agent = mesh.agent("/ns/demo/sa/batch").await;
     let mut creds = agent.creds.clone();
-    let first = wait_for(
-        &mut creds,
-        Duration::from_secs(10),
-        "first certificate",
-        |c| c.is_some(),
-    )
-    .await
-    .expect("certificate");
+    let first = first_certificate(&mut creds).await;
     mesh.stop_ca().await;
     mesh.clock.advance(
         first
@@ -161,14 +140,7 @@ async fn a_bundle_change_reaches_the_sidecar_within_two_seconds() {
     let mesh = Mesh::start().await;
     let agent = mesh.agent("/ns/demo/sa/bundle").await;
     let mut creds = agent.creds.clone();
-    let first = wait_for(
-        &mut creds,
-        Duration::from_secs(10),
-        "first certificate",
-        |c| c.is_some(),
-    )
-    .await
-    .expect("certificate");
+    let first = first_certificate(&mut creds).await;
     // Add a second root (another CA's) to the published bundle through the CA's test hook.
     let other = Mesh::start().await;
     let state = &mesh.ca().state;
@@ -247,14 +219,7 @@ async fn writes_svid_files_for_the_app_and_rewrites_them_on_rotation() {
         })
         .await;
     let mut creds = agent.creds.clone();
-    let first = wait_for(
-        &mut creds,
-        Duration::from_secs(10),
-        "first certificate",
-        |c| c.is_some(),
-    )
-    .await
-    .expect("certificate");
+    let first = first_certificate(&mut creds).await;
     let read_leaf = || {
         let chain =
             pem::certs_from_pem(&std::fs::read(svid_dir.join("svid.pem")).expect("svid.pem"))

@@ -185,6 +185,15 @@ impl Mesh {
     }
 }
 
+/// The agent's first certificate, which it should have within 10 s of starting.
+pub async fn first_certificate(creds: &mut CredentialsRx) -> Arc<Credentials> {
+    wait_for(creds, Duration::from_secs(10), "first certificate", |c| {
+        c.is_some()
+    })
+    .await
+    .expect("certificate")
+}
+
 /// Waits (real time, bounded) until the published credentials satisfy `done`.
 pub async fn wait_for(
     creds: &mut CredentialsRx,
