@@ -99,11 +99,11 @@ impl Committer {
 
     /// Returns once everything written to `db` (generation `generation`) before this call
     /// is on disk.
-    pub async fn durable(&self, generation: u64, db: &Flushable) -> Result<(), sled::Error> {
+    pub async fn durable(&self, generation: u64, db: Flushable) -> Result<(), sled::Error> {
         let stopped = || sled::Error::ReportableBug("the commit task has stopped".into());
         let (tx, rx) = oneshot::channel();
         self.queue
-            .send((tx, generation, db.clone()))
+            .send((tx, generation, db))
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }

@@ -42,8 +42,8 @@ pub struct Mark(pub(super) u64);
 pub(super) struct Trees {
     pub generation: u64,
     pub db: sled::Db,
-    /// The database and its log file, for flushing (see `commit.rs`).
-    pub flushable: Flushable,
+    /// sled's log file, opened by us for `fdatasync` (see `commit.rs`).
+    log: Arc<std::fs::File>,
     pub certs: sled::Tree,
     pub by_identity: sled::Tree,
     pub roots: sled::Tree,
@@ -67,14 +67,10 @@ impl Trees {
             .write(true)
             .open(dir.join("db"))
             .map_err(sled::Error::Io)?;
-        let flushable = Flushable {
-            db: db.clone(),
-            log: Arc::new(log),
-        };
         let tree = |name: &str| db.open_tree(name);
         Ok(Self {
             generation,
-            flushable,
+            log: Arc::new(log),
             certs: tree("certs")?,
             by_identity: tree("by_identity")?,
             roots: tree("roots")?,
@@ -92,8 +88,16 @@ impl Trees {
     fn open_writable(dir: &Path, generation: u64) -> Result<Self, sled::Error> {
         let trees = Self::open(dir, generation)?;
         trees.meta.insert(PROBE_KEY, &generation.to_be_bytes())?;
-        trees.flushable.flush()?;
+        trees.flushable().flush()?;
         Ok(trees)
+    }
+
+    /// This opening as the group-commit task flushes it.
+    pub fn flushable(&self) -> Flushable {
+        Flushable {
+            db: self.db.clone(),
+            log: self.log.clone(),
+        }
     }
 }
 

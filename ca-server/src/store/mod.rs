@@ -191,7 +191,7 @@ impl Store {
             ));
         }
         self.committer
-            .durable(trees.generation, &trees.flushable)
+            .durable(trees.generation, trees.flushable())
             .await
             .map_err(self.err(&trees))
     }
@@ -199,7 +199,7 @@ impl Store {
     /// Flushes synchronously (start-up and shutdown paths).
     pub fn flush_now(&self) -> Result<(), StoreError> {
         let trees = self.trees()?;
-        trees.flushable.flush().map_err(self.err(&trees))?;
+        trees.flushable().flush().map_err(self.err(&trees))?;
         Ok(())
     }
 
