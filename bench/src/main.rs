@@ -22,6 +22,11 @@ mod stats;
 
 use clap::{Parser, Subcommand};
 
+/// The allocator of the `trellis-ca` binary, so that `ca-issue` (which runs the CA library
+/// in this process) measures what the binary does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "trellis-bench", about = "Trellis benchmarks")]
 struct Cli {

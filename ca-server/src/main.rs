@@ -6,6 +6,12 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use trellis_ca::config::{Config, Flags};
 
+/// mimalloc instead of glibc's malloc: issuance allocates and frees many small buffers on
+/// two threads (HTTP/2 frames, DER, sled nodes); measured 1.17x the certificates per second
+/// at concurrency 32 in `trellis-bench ca-issue`, which uses the same allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_env("TRELLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
