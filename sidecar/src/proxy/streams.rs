@@ -20,6 +20,10 @@ use tokio::net::TcpStream;
 /// 82 KiB with `tokio::io::copy_bidirectional_with_sizes` and its eager 64 KiB buffers.
 pub const BUFFER_SIZE: usize = 64 * 1024;
 
+/// The largest plaintext a TLS record carries (RFC 8446, section 5.1: 2^14 bytes); a TLS
+/// sender splits a write into records of this size and one shorter remainder.
+pub const FULL_RECORD: usize = 16 * 1024;
+
 /// A TCP stream read through a buffer that is allocated when the socket becomes readable
 /// and released when it would block, so an idle connection holds no buffer.
 #[derive(Debug)]
@@ -127,6 +131,11 @@ impl AsyncWrite for PlainStream {
 /// calls measured about 20% less CPU per byte (1.94 against 2.42 CPU seconds per GiB
 /// through a sidecar pair). Like [`PlainStream`], the buffer exists only
 /// while data flows.
+///
+/// Gathering goes on only after a full record ([`FULL_RECORD`] bytes of plaintext: the
+/// sender is in the middle of a bulk write). A shorter record ends what the sender wrote,
+/// so it is handed on at once: asking for more would cost a read of the socket that finds
+/// nothing (`EAGAIN`) on the request's path, before the bytes are passed on.
 #[derive(Debug)]
 pub struct Coalesced<S> {
     inner: S,
@@ -187,8 +196,12 @@ impl<S: AsyncBufRead + AsyncWrite + Unpin> AsyncBufRead for Coalesced<S> {
                     this.buf = Vec::with_capacity(this.capacity);
                 }
                 let n = chunk.len().min(this.capacity - this.buf.len());
+                let last_of_write = chunk.len() < FULL_RECORD;
                 this.buf.extend_from_slice(&chunk[..n]);
                 Pin::new(&mut this.inner).consume(n);
+                if last_of_write {
+                    break;
+                }
             }
         }
         Poll::Ready(Ok(&this.buf[this.pos..]))
@@ -241,5 +254,110 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// Chunks as a TLS stream hands them out (one record each, then `Pending` once
+    /// drained), counting how often it is asked.
+    struct Records {
+        chunks: VecDeque<Vec<u8>>,
+        polls: usize,
+    }
+
+    impl Records {
+        fn new(sizes: &[usize]) -> Self {
+            Self {
+                chunks: sizes.iter().map(|&n| vec![7u8; n]).collect(),
+                polls: 0,
+            }
+        }
+    }
+
+    impl AsyncRead for Records {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut TaskContext<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            unreachable!("Coalesced reads through poll_fill_buf")
+        }
+    }
+
+    impl AsyncBufRead for Records {
+        fn poll_fill_buf(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<&[u8]>> {
+            let this = self.get_mut();
+            this.polls += 1;
+            match this.chunks.front() {
+                Some(chunk) => Poll::Ready(Ok(chunk)),
+                None => Poll::Pending,
+            }
+        }
+
+        fn consume(self: Pin<&mut Self>, amt: usize) {
+            let this = self.get_mut();
+            let front = this.chunks.front_mut().expect("consume follows a chunk");
+            front.drain(..amt);
+            if front.is_empty() {
+                this.chunks.pop_front();
+            }
+        }
+    }
+
+    impl AsyncWrite for Records {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut TaskContext<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(data.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What one `poll_fill_buf` of a `Coalesced` over `sizes` returns, and how often it
+    /// asked the inner stream.
+    fn first_fill(sizes: &[usize]) -> (usize, usize) {
+        let mut stream = Coalesced::new(Records::new(sizes), BUFFER_SIZE);
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        let Poll::Ready(Ok(got)) = Pin::new(&mut stream).poll_fill_buf(&mut cx) else {
+            panic!("data was there to read");
+        };
+        (got.len(), stream.get_ref().polls)
+    }
+
+    #[test]
+    fn a_short_record_is_handed_on_without_asking_for_more() {
+        // A 64-byte message: one poll, not a second one that would read the socket.
+        assert_eq!(first_fill(&[64]), (64, 1));
+        // Records already decrypted behind it wait for the next fill.
+        assert_eq!(first_fill(&[64, 64]), (64, 1));
+    }
+
+    #[test]
+    fn full_records_are_gathered_up_to_the_capacity() {
+        // A bulk write: full records, then the remainder, gathered into one chunk.
+        assert_eq!(
+            first_fill(&[FULL_RECORD, FULL_RECORD, 100]),
+            (2 * FULL_RECORD + 100, 3)
+        );
+        // Full records until the socket has no more: stops at `Pending`.
+        assert_eq!(
+            first_fill(&[FULL_RECORD, FULL_RECORD]),
+            (2 * FULL_RECORD, 3)
+        );
+        // Never beyond the capacity.
+        assert_eq!(first_fill(&[FULL_RECORD; 6]), (BUFFER_SIZE, 4));
     }
 }
