@@ -38,18 +38,25 @@ pub struct Args {
     /// Request rates for the latency columns, messages per second.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
     rates: Vec<u32>,
-    /// Rounds: every measurement is split into this many, each round visiting direct and
-    /// every stack in turn, so a change in the machine's load hits all of them alike.
+    /// Rounds of the bulk and handshake measurements, each visiting every stack in turn.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Slices of the latency measurement: each slice measures every rate on direct and
+    /// every stack for --seconds, starting each slice's visit one stack further along, so
+    /// that a stall of this virtual machine (a few milliseconds, a few times a minute:
+    /// direct shows them too) lands on every stack alike instead of deciding one stack's
+    /// p99 (a 20 ms stall in a 2 s sample at 1,000/s is 1% of it).
+    #[arg(long, default_value_t = 10)]
+    latency_slices: usize,
     /// Persistent connections carrying the latency load.
     #[arg(long, default_value_t = 4)]
     connections: usize,
     /// Message size for the latency load, bytes.
     #[arg(long, default_value_t = 64)]
     message: usize,
-    /// Seconds measured per rate and round (after half a second of warm-up).
-    #[arg(long, default_value_t = 2)]
+    /// Seconds measured per rate, stack and latency slice (after a quarter second of
+    /// warm-up on fresh connections).
+    #[arg(long, default_value_t = 1)]
     seconds: u64,
     /// Bulk: connections, each sending and receiving back --bulk-mib MiB per round.
     #[arg(long, default_value_t = 2)]
@@ -161,13 +168,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or(0),
     );
     println!(
-        "{} rounds, each visiting every stack; per round: latency open loop, {} B messages over {} connections, \
-         {} s per rate; bulk {} x {} MiB echoed; handshakes {} at a time, at most {} or {} s. \
-         Memory: {} idle connections",
-        a.rounds,
+        "Latency open loop, {} B messages over {} connections, {} slices of {} s per rate and stack, \
+         each slice visiting every stack (in a rotated order); {} rounds of: bulk {} x {} MiB echoed, \
+         handshakes {} at a time, at most {} or {} s. Memory: {} idle connections",
         a.message,
         a.connections,
+        a.latency_slices,
         a.seconds,
+        a.rounds,
         a.bulk_connections,
         a.bulk_mib,
         a.handshake_concurrency,
@@ -215,22 +223,27 @@ impl Bench<'_> {
         let mut bulk = vec![Duration::ZERO; addrs.len()];
         let mut handshakes: Vec<Option<handshakes::Handshakes>> =
             stacks.iter().map(|_| None).collect();
-        for round in 1..=rounds {
-            eprintln!("round {round} of {rounds}");
+        let slices = a.latency_slices.max(1);
+        for slice in 0..slices {
+            eprintln!("latency slice {} of {slices}", slice + 1);
             for (r, &rate) in a.rates.iter().enumerate() {
-                for (t, &addr) in addrs.iter().enumerate() {
+                for k in 0..addrs.len() {
+                    let t = (k + slice) % addrs.len();
                     let samples = load::open_loop(
-                        addr,
+                        addrs[t],
                         rate,
                         a.connections,
                         a.message,
                         Duration::from_secs(a.seconds),
-                        Duration::from_millis(500),
+                        Duration::from_millis(250),
                     )
                     .with_context(|| format!("{}: latency at {rate}/s", rows[t].name))?;
                     latency[t][r].extend(samples);
                 }
             }
+        }
+        for round in 1..=rounds {
+            eprintln!("round {round} of {rounds}");
             for (t, &addr) in addrs.iter().enumerate() {
                 bulk[t] += load::bulk(addr, a.bulk_connections, a.bulk_mib << 20)
                     .with_context(|| format!("{}: bulk", rows[t].name))?;
