@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use trellis_identity::TrustBundle;
 use trellis_identity::tls::Identity;
 
@@ -74,7 +74,8 @@ pub struct Args {
     /// Idle connections held open through each pair for the memory columns.
     #[arg(long, default_value_t = 1000)]
     idle_connections: usize,
-    /// Stacks to compare with direct: trellis, stunnel, nginx, haproxy.
+    /// Stacks to compare with direct: trellis, stunnel, nginx, haproxy; `trellis-N` adds
+    /// the Trellis pair with N runtime threads per sidecar (e.g. `trellis,trellis-1,...`).
     #[arg(
         long,
         value_delimiter = ',',
@@ -92,17 +93,28 @@ struct Bench<'a> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let peers = args
+    let stack_kinds = args
         .stacks
         .iter()
-        .filter(|s| *s != "trellis")
         .map(|s| match s.as_str() {
-            "stunnel" => Ok(Peer::Stunnel),
-            "nginx" => Ok(Peer::Nginx),
-            "haproxy" => Ok(Peer::Haproxy),
-            other => bail!("unknown stack {other:?}: use trellis, stunnel, nginx, haproxy"),
+            "stunnel" => Ok(Kind::Peer(Peer::Stunnel)),
+            "nginx" => Ok(Kind::Peer(Peer::Nginx)),
+            "haproxy" => Ok(Kind::Peer(Peer::Haproxy)),
+            other => trellis_workers(other).map(Kind::Trellis).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown stack {other:?}: use trellis (or trellis-N for N runtime \
+                     threads per sidecar), stunnel, nginx, haproxy"
+                )
+            }),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let peers: Vec<Peer> = stack_kinds
+        .iter()
+        .filter_map(|k| match k {
+            Kind::Peer(p) => Some(*p),
+            Kind::Trellis(_) => None,
+        })
+        .collect();
     // Every binary first, so a missing one fails before minutes of measuring.
     for peer in &peers {
         peer.binary()?;
@@ -145,15 +157,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         client: stacks::identity(&client_files)?,
     };
     let mut pairs = Vec::new();
-    for name in &args.stacks {
+    for (name, kind) in args.stacks.iter().zip(&stack_kinds) {
         eprintln!("starting {name}");
         let stack_dir = dir.path().join(name);
         std::fs::create_dir_all(&stack_dir)?;
-        pairs.push(match name.as_str() {
-            "trellis" => stacks::trellis_pair(&mut ca, echo, &client_id, &stack_dir)?,
-            "stunnel" => stacks::peer_pair(&mut ca, Peer::Stunnel, echo, &stack_dir)?,
-            "nginx" => stacks::peer_pair(&mut ca, Peer::Nginx, echo, &stack_dir)?,
-            _ => stacks::peer_pair(&mut ca, Peer::Haproxy, echo, &stack_dir)?,
+        pairs.push(match *kind {
+            Kind::Trellis(workers) => {
+                stacks::trellis_pair(&mut ca, echo, &client_id, workers, &stack_dir)?
+            }
+            Kind::Peer(peer) => stacks::peer_pair(&mut ca, peer, echo, &stack_dir)?,
         });
     }
     let load_before = loadavg();
@@ -190,6 +202,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("{note}");
     }
     Ok(())
+}
+
+/// What a `--stacks` name asks for.
+enum Kind {
+    /// The Trellis pair with this many runtime threads per sidecar (`None`: the default).
+    Trellis(Option<usize>),
+    Peer(Peer),
+}
+
+/// `trellis` is the pair with the sidecar's default number of runtime threads;
+/// `trellis-N` gives each sidecar N threads (`workers = N`), e.g. `trellis-1` against
+/// `trellis` in the same run, so that both meet the same state of the machine.
+fn trellis_workers(name: &str) -> Option<Option<usize>> {
+    match name.strip_prefix("trellis")? {
+        "" => Some(None),
+        rest => rest
+            .strip_prefix('-')?
+            .parse()
+            .ok()
+            .filter(|n| (1..=16).contains(n))
+            .map(Some),
+    }
 }
 
 fn loadavg() -> String {
@@ -335,5 +369,20 @@ impl Bench<'_> {
             .iter()
             .map(|(name, kib)| format!("{name} {:.1} MB", *kib as f64 / 1024.0))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trellis_workers;
+
+    #[test]
+    fn trellis_stack_names_give_the_thread_count() {
+        assert_eq!(trellis_workers("trellis"), Some(None));
+        assert_eq!(trellis_workers("trellis-1"), Some(Some(1)));
+        assert_eq!(trellis_workers("trellis-16"), Some(Some(16)));
+        for not_trellis in ["trellis-0", "trellis-17", "trellis2", "trellis-x", "nginx"] {
+            assert_eq!(trellis_workers(not_trellis), None, "{not_trellis}");
+        }
     }
 }

@@ -259,11 +259,13 @@ impl Stack {
     }
 }
 
-/// The `trellis-sidecar` config for one hop of the pair.
-pub fn sidecar_toml(ca: &Ca, token: &Path, tables: &str) -> String {
+/// The `trellis-sidecar` config for one hop of the pair, with `workers` runtime threads
+/// (the sidecar's default if `None`).
+pub fn sidecar_toml(ca: &Ca, token: &Path, workers: Option<usize>, tables: &str) -> String {
+    let workers = workers.map_or(String::new(), |n| format!("workers = {n}\n"));
     format!(
-        "trust_domain = \"{TRUST_DOMAIN}\"\n\n[ca]\naddress = \"{}\"\ntrust_bundle = \"{}\"\n\
-         join_token_file = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+        "trust_domain = \"{TRUST_DOMAIN}\"\n{workers}\n[ca]\naddress = \"{}\"\n\
+         trust_bundle = \"{}\"\njoin_token_file = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
          [timeouts]\nidle = \"1h\"\ndrain = \"1s\"\n\n{tables}",
         ca.addr,
         ca.bundle_pem.display(),
@@ -283,12 +285,13 @@ fn sidecar(
     ca: &mut Ca,
     name: &str,
     spiffe_id: &SpiffeId,
+    workers: Option<usize>,
     tables: &str,
     dir: &Path,
 ) -> anyhow::Result<(Proc, SocketAddr)> {
     let token = ca.token_file(spiffe_id, name)?;
     let config = dir.join(format!("{name}.toml"));
-    std::fs::write(&config, sidecar_toml(ca, &token, tables))?;
+    std::fs::write(&config, sidecar_toml(ca, &token, workers, tables))?;
     let mut cmd = command(&workspace_binary("trellis-sidecar")?);
     // Warnings and errors only: a log line per connection would cost the sidecar time.
     cmd.arg("--config").arg(&config).env("TRELLIS_LOG", "warn");
@@ -329,19 +332,26 @@ fn http_ok(addr: SocketAddr, path: &str) -> bool {
 }
 
 /// The Trellis pair: inbound (policy `deny`, allowing the outbound sidecar and the
-/// handshake client) in front of `app`, outbound bound to it.
+/// handshake client) in front of `app`, outbound bound to it; each sidecar runs `workers`
+/// runtime threads. Named `trellis` with the sidecar's default, `trellis-N` with N.
 pub fn trellis_pair(
     ca: &mut Ca,
     app: SocketAddr,
     client_id: &SpiffeId,
+    workers: Option<usize>,
     dir: &Path,
 ) -> anyhow::Result<Stack> {
-    let inbound_id = id("/bench/trellis/inbound");
-    let outbound_id = id("/bench/trellis/outbound");
+    let name = match workers {
+        None => "trellis".to_owned(),
+        Some(n) => format!("trellis-{n}"),
+    };
+    let inbound_id = id(&format!("/bench/{name}/inbound"));
+    let outbound_id = id(&format!("/bench/{name}/outbound"));
     let (inbound, inbound_addr) = sidecar(
         ca,
-        "trellis-inbound",
+        &format!("{name}-inbound"),
         &inbound_id,
+        workers,
         &format!(
             "[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = \"deny\"\n\
              allow = [\"{outbound_id}\", \"{client_id}\"]\n"
@@ -350,8 +360,9 @@ pub fn trellis_pair(
     )?;
     let (outbound, client_addr) = sidecar(
         ca,
-        "trellis-outbound",
+        &format!("{name}-outbound"),
         &outbound_id,
+        workers,
         &format!(
             "[[outbound]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{inbound_addr}\"\n\
              allow = [\"{inbound_id}\"]\n"
@@ -359,7 +370,7 @@ pub fn trellis_pair(
         dir,
     )?;
     Ok(Stack {
-        name: "trellis".into(),
+        name,
         client_addr,
         inbound_addr,
         inbound_id,
