@@ -63,7 +63,7 @@ pub struct Flags {
     /// Log format: text or json.
     #[arg(long, env = "TRELLIS_LOG_FORMAT")]
     pub log_format: Option<String>,
-    /// Threads that run the proxy (default 1: one core, the lowest latency and memory).
+    /// Threads that run the proxy (default: one per core this process may use, at most 2).
     #[arg(long, env = "TRELLIS_WORKERS")]
     pub workers: Option<usize>,
     /// Validate the configuration, print it, and exit.
@@ -222,10 +222,9 @@ pub struct Config {
     pub outbound: Vec<OutboundConfig>,
     pub timeouts: Timeouts,
     pub json_logs: bool,
-    /// Threads that run everything (proxy, agent, admin). 1, the default, is a
-    /// single-threaded runtime: no hand-offs between threads, so the lowest added latency
-    /// and the least memory; a sidecar usually has a core or less. More threads raise
-    /// handshake and bulk capacity for busy services.
+    /// Threads that run everything (proxy, agent, admin); 1 is a single-threaded runtime.
+    /// The default, [`default_workers`], is one per core this process may use (its CPU
+    /// limit on Kubernetes), at most two.
     pub workers: usize,
     /// Where to serve the SPIFFE Workload API, if anywhere.
     pub workload_api_socket: Option<PathBuf>,
@@ -244,6 +243,24 @@ const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 
 /// More threads than this is a typo, not a sidecar.
 const MAX_WORKERS: usize = 256;
+
+/// The default `workers`: [`workers_for`] the cores this process may use, as the standard
+/// library reads them (the affinity mask and the cgroup CPU quota, so a Kubernetes CPU
+/// limit of one core or less gives one thread).
+pub fn default_workers() -> usize {
+    workers_for(std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Two threads where two cores are there, else one. Two, because in `trellis-bench proxy`
+/// on a 2-core VM the pair with two threads per sidecar had a lower added p99 than the
+/// single-threaded one in five of six paired comparisons, the sixth within 1 µs (a stalled
+/// thread's connections are taken over by the other; see ARCHITECTURE.md); not more, because a sidecar shares its pod's
+/// cores with the app, and one thread per core beyond that buys handshake capacity that a
+/// sidecar rarely needs. Without a second core a second thread only adds hand-offs (and,
+/// under a CPU quota, throttling).
+pub fn workers_for(cores: usize) -> usize {
+    cores.clamp(1, 2)
+}
 
 /// Checks `HOST:PORT` (a DNS name, an IPv4 address, or `[IPv6]`), returning it unchanged.
 pub fn host_port(name: &str, text: &str) -> Result<String, ConfigError> {
@@ -514,7 +531,7 @@ impl Config {
             }
         };
         let workers = match file.workers {
-            None => 1,
+            None => default_workers(),
             Some(n @ 1..=MAX_WORKERS) => n,
             Some(n) => {
                 return Err(err(format!(
@@ -577,9 +594,19 @@ mod tests {
         assert_eq!(c.ca.spiffe_id.as_str(), "spiffe://cluster.local/trellis/ca");
         assert_eq!(c.admin_listen.port(), 15020);
         assert!(c.inbound.is_none() && c.outbound.is_empty());
-        assert_eq!(c.workers, 1);
+        assert_eq!(c.workers, default_workers());
         let c = parse(&format!("workers = 4\n{MINIMAL}")).expect("valid");
         assert_eq!(c.workers, 4);
+        let c = parse(&format!("workers = 1\n{MINIMAL}")).expect("valid");
+        assert_eq!(c.workers, 1);
+    }
+
+    #[test]
+    fn default_workers_are_the_cores_at_most_two() {
+        assert_eq!(workers_for(0), 1);
+        assert_eq!(workers_for(1), 1);
+        assert_eq!(workers_for(2), 2);
+        assert_eq!(workers_for(64), 2);
     }
 
     #[test]
