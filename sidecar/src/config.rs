@@ -254,10 +254,10 @@ pub fn default_workers() -> usize {
 /// Two threads where two cores are there, else one. Two, because in `trellis-bench proxy`
 /// on a 2-core VM the pair with two threads per sidecar had a lower added p99 than the
 /// single-threaded one in five of six paired comparisons, the sixth within 1 µs (a stalled
-/// thread's connections are taken over by the other; see ARCHITECTURE.md); not more, because a sidecar shares its pod's
-/// cores with the app, and one thread per core beyond that buys handshake capacity that a
-/// sidecar rarely needs. Without a second core a second thread only adds hand-offs (and,
-/// under a CPU quota, throttling).
+/// thread's connections are taken over by the other; see ARCHITECTURE.md). Not more,
+/// because a sidecar shares its pod's cores with the app, and one thread per core beyond
+/// that buys handshake capacity that a sidecar rarely needs. Without a second core a second
+/// thread only adds hand-offs (and, under a CPU quota, throttling).
 pub fn workers_for(cores: usize) -> usize {
     cores.clamp(1, 2)
 }
