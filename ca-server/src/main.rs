@@ -7,7 +7,7 @@ use tracing_subscriber::EnvFilter;
 use trellis_ca::config::{Config, Flags};
 
 /// mimalloc instead of glibc's malloc: issuance allocates and frees many small buffers on
-/// two threads (HTTP/2 frames, DER, sled nodes); measured 1.10x the certificates per second
+/// every runtime thread (HTTP/2 frames, DER, sled nodes); measured 1.10x the certificates per second
 /// at concurrency 32 in `trellis-bench ca-issue` (which uses the same allocator), medians of
 /// six runs alternating with the glibc build.
 #[global_allocator]
