@@ -2,11 +2,12 @@
 //! flows, so an idle connection holds no buffer of ours: [`PlainStream`] for TCP,
 //! [`Coalesced`] for TLS.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll, ready};
 
-use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Read buffer per direction of a connection ([`PlainStream`], [`Coalesced`]), in bytes.
@@ -50,25 +51,39 @@ impl AsyncBufRead for PlainStream {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         if this.pos >= this.buf.len() {
-            loop {
-                ready!(this.io.poll_read_ready(cx))?;
-                if this.buf.capacity() == 0 {
-                    // Not zeroed: `try_read_buf` writes into the spare capacity.
-                    this.buf = Vec::with_capacity(this.capacity);
+            // Readable first, then a buffer: an idle connection holds none.
+            match this.io.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    this.buf = Vec::new();
+                    return Poll::Pending;
                 }
-                this.buf.clear();
-                this.pos = 0;
-                match this.io.try_read_buf(&mut this.buf) {
-                    Ok(0) => {
-                        this.buf = Vec::new();
-                        break;
-                    }
-                    Ok(_) => break,
-                    // Readiness was stale: nothing to read, so give the buffer back until
-                    // there is (`poll_read_ready` now registers for the next wakeup).
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.buf = Vec::new(),
-                    Err(e) => return Poll::Ready(Err(e)),
+            }
+            if this.buf.capacity() == 0 {
+                // Not zeroed: `read_buf` reads into the spare capacity.
+                this.buf = Vec::with_capacity(this.capacity);
+            }
+            this.buf.clear();
+            this.pos = 0;
+            // Through tokio's `poll_read`, not `try_read_buf`: a read shorter than the
+            // buffer drained the socket, and tokio then forgets the readiness, so the next
+            // fill waits for epoll instead of reading the socket to find nothing (one
+            // `EAGAIN` per message saved). Edge-triggered epoll reports data that arrives
+            // after the read, so nothing is missed.
+            let read = std::pin::pin!(this.io.read_buf(&mut this.buf)).poll(cx);
+            match read {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Readiness was stale; tokio registered for the next wakeup.
+                    this.buf = Vec::new();
+                    return Poll::Pending;
                 }
+            }
+            if this.buf.is_empty() {
+                // EOF: no buffer to keep.
+                this.buf = Vec::new();
             }
         }
         Poll::Ready(Ok(&this.buf[this.pos..]))
@@ -335,6 +350,36 @@ mod tests {
             panic!("data was there to read");
         };
         (got.len(), stream.get_ref().polls)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn after_a_short_read_the_socket_is_read_again_only_when_epoll_says_so() {
+        use std::io::Write as _;
+        use tokio::io::AsyncBufReadExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut plain = PlainStream::new(server, BUFFER_SIZE);
+
+        client.write_all(b"first").unwrap();
+        assert_eq!(plain.fill_buf().await.unwrap(), b"first");
+        Pin::new(&mut plain).consume(5);
+
+        // The next message is in the socket, but this single-threaded runtime's reactor has
+        // not run since: a fill now must not read the socket on its own (that read is the
+        // one that, with nothing there, returns EAGAIN on every message), and must hold
+        // no buffer while it waits.
+        client.write_all(b"second").unwrap();
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut plain).poll_fill_buf(&mut cx).is_pending());
+        assert_eq!(plain.buf.capacity(), 0);
+
+        // The reactor's edge-triggered event brings it: nothing is lost.
+        assert_eq!(plain.fill_buf().await.unwrap(), b"second");
+        Pin::new(&mut plain).consume(6);
+        drop(client);
+        assert!(plain.fill_buf().await.unwrap().is_empty(), "EOF");
     }
 
     #[test]
