@@ -42,22 +42,25 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Slices of the latency measurement: each slice measures every rate on direct and
-    /// every stack for --seconds, starting each slice's visit one stack further along, so
-    /// that a stall of this virtual machine (a few milliseconds, a few times a minute:
-    /// direct shows them too) lands on every stack alike instead of deciding one stack's
-    /// p99 (a 20 ms stall in a 2 s sample at 1,000/s is 1% of it).
-    #[arg(long, default_value_t = 10)]
+    /// every stack for --slice-ms, starting each slice's visit one stack further along.
+    /// Many short slices on connections kept open, so that the state of this virtual
+    /// machine, which changes from second to second (stalls of a few milliseconds; whole
+    /// seconds when its host is busy, direct included), lands on every stack alike instead
+    /// of deciding one stack's p99.
+    #[arg(long, default_value_t = 50)]
     latency_slices: usize,
-    /// Persistent connections carrying the latency load.
+    /// Persistent connections carrying the latency load, per stack.
     #[arg(long, default_value_t = 4)]
     connections: usize,
     /// Message size for the latency load, bytes.
     #[arg(long, default_value_t = 64)]
     message: usize,
-    /// Seconds measured per rate, stack and latency slice (after a quarter second of
-    /// warm-up on fresh connections).
-    #[arg(long, default_value_t = 1)]
-    seconds: u64,
+    /// Milliseconds measured per rate, stack and latency slice, after --warmup-ms whose
+    /// samples are dropped.
+    #[arg(long, default_value_t = 200)]
+    slice_ms: u64,
+    #[arg(long, default_value_t = 50)]
+    warmup_ms: u64,
     /// Bulk: connections, each sending and receiving back --bulk-mib MiB per round.
     #[arg(long, default_value_t = 2)]
     bulk_connections: usize,
@@ -180,13 +183,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or(0),
     );
     println!(
-        "Latency open loop, {} B messages over {} connections, {} slices of {} s per rate and stack, \
-         each slice visiting every stack (in a rotated order); {} rounds of: bulk {} x {} MiB echoed, \
+        "Latency open loop, {} B messages over {} connections per stack, {} slices of {} ms (after {} ms \
+         of warm-up) per rate and stack, each slice visiting every stack (in a rotated order); \
+         {} rounds of: bulk {} x {} MiB echoed, \
          handshakes {} at a time, at most {} or {} s. Memory: {} idle connections",
         a.message,
         a.connections,
         a.latency_slices,
-        a.seconds,
+        a.slice_ms,
+        a.warmup_ms,
         a.rounds,
         a.bulk_connections,
         a.bulk_mib,
@@ -258,24 +263,38 @@ impl Bench<'_> {
         let mut handshakes: Vec<Option<handshakes::Handshakes>> =
             stacks.iter().map(|_| None).collect();
         let slices = a.latency_slices.max(1);
+        let conns = addrs
+            .iter()
+            .zip(&rows)
+            .map(|(&addr, row)| {
+                load::connect_all(addr, a.connections)
+                    .with_context(|| format!("{}: latency connections", row.name))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         for slice in 0..slices {
-            eprintln!("latency slice {} of {slices}", slice + 1);
+            if slice % 10 == 0 {
+                eprintln!(
+                    "latency slices {} to {} of {slices}",
+                    slice + 1,
+                    (slice + 10).min(slices)
+                );
+            }
             for (r, &rate) in a.rates.iter().enumerate() {
                 for k in 0..addrs.len() {
                     let t = (k + slice) % addrs.len();
                     let samples = load::open_loop(
-                        addrs[t],
+                        &conns[t],
                         rate,
-                        a.connections,
                         a.message,
-                        Duration::from_secs(a.seconds),
-                        Duration::from_millis(250),
+                        Duration::from_millis(a.slice_ms),
+                        Duration::from_millis(a.warmup_ms),
                     )
                     .with_context(|| format!("{}: latency at {rate}/s", rows[t].name))?;
                     latency[t][r].extend(samples);
                 }
             }
         }
+        drop(conns);
         for round in 1..=rounds {
             eprintln!("round {round} of {rounds}");
             for (t, &addr) in addrs.iter().enumerate() {

@@ -43,34 +43,43 @@ fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(conn)
 }
 
-/// Open-loop latency: `rate` messages of `size` bytes per second spread over `conns`
-/// persistent connections for `duration`, each message sent at its scheduled time whether
-/// or not earlier replies came back, and timed from that scheduled time to the end of its
-/// echo (so a stall is charged to every message it delays). Samples from the first
-/// `warmup` are dropped.
+/// `n` connections to `addr` for [`open_loop`], kept open across its slices.
+pub fn connect_all(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpStream>> {
+    (0..n)
+        .map(|_| connect(addr).with_context(|| format!("connecting to {addr}")))
+        .collect()
+}
+
+/// Open-loop latency: `rate` messages of `size` bytes per second spread over the
+/// persistent connections `conns` for `duration`, each message sent at its scheduled time
+/// whether or not earlier replies came back, and timed from that scheduled time to the end
+/// of its echo (so a stall is charged to every message it delays). Samples from the first
+/// `warmup` are dropped. Every reply is read before it returns, so the connections are
+/// quiet and ready for the next call.
 pub fn open_loop(
-    addr: SocketAddr,
+    conns: &[TcpStream],
     rate: u32,
-    conns: usize,
     size: usize,
     duration: Duration,
     warmup: Duration,
 ) -> anyhow::Result<Vec<Duration>> {
-    if size < 8 || conns == 0 || rate == 0 {
+    if size < 8 || conns.is_empty() || rate == 0 {
         bail!("messages need at least 8 bytes, and rate and connections must be positive");
     }
-    let per_conn = (f64::from(rate) * (duration + warmup).as_secs_f64() / conns as f64) as u64;
-    let interval = Duration::from_secs_f64(conns as f64 / f64::from(rate));
-    let mut streams = Vec::with_capacity(conns);
-    for _ in 0..conns {
-        streams.push(connect(addr).with_context(|| format!("connecting to {addr}"))?);
+    let n = conns.len();
+    let per_conn = (f64::from(rate) * (duration + warmup).as_secs_f64() / n as f64) as u64;
+    let interval = Duration::from_secs_f64(n as f64 / f64::from(rate));
+    let mut streams = Vec::with_capacity(n);
+    for conn in conns {
+        streams.push(conn.try_clone()?);
     }
-    let start = Instant::now() + Duration::from_millis(50);
+    // Time for the threads below to start before the first message is due.
+    let start = Instant::now() + Duration::from_millis(10);
     let mut readers = Vec::new();
     let mut writers = Vec::new();
     for (c, stream) in streams.into_iter().enumerate() {
         // Stagger the connections evenly inside one interval.
-        let offset = interval.mul_f64(c as f64 / conns as f64);
+        let offset = interval.mul_f64(c as f64 / n as f64);
         let mut writer = stream.try_clone()?;
         writers.push(std::thread::spawn(move || -> io::Result<()> {
             let mut msg = vec![0u8; size];
@@ -194,18 +203,21 @@ mod tests {
     #[test]
     fn open_loop_against_a_real_echo_meets_its_count() {
         let echo = start_echo().expect("echo");
-        let samples = open_loop(
-            echo,
-            1000,
-            2,
-            64,
-            Duration::from_millis(200),
-            Duration::from_millis(100),
-        )
-        .expect("load");
-        // 300 ms at 1000/s, the first 100 ms dropped: about 200 samples.
-        assert!((150..=220).contains(&samples.len()), "{}", samples.len());
-        assert!(samples.iter().all(|d| *d < IO_TIMEOUT));
+        let conns = connect_all(echo, 2).expect("connect");
+        // Twice over the same connections: each call leaves them quiet for the next.
+        for _ in 0..2 {
+            let samples = open_loop(
+                &conns,
+                1000,
+                64,
+                Duration::from_millis(200),
+                Duration::from_millis(100),
+            )
+            .expect("load");
+            // 300 ms at 1000/s, the first 100 ms dropped: about 200 samples.
+            assert!((150..=220).contains(&samples.len()), "{}", samples.len());
+            assert!(samples.iter().all(|d| *d < IO_TIMEOUT));
+        }
     }
 
     #[test]
@@ -215,6 +227,8 @@ mod tests {
         assert!(took > Duration::ZERO && took < IO_TIMEOUT);
         let conns = open_idle(echo, 20, Instant::now() + Duration::from_secs(20)).expect("idle");
         assert_eq!(conns.len(), 20);
-        assert!(open_loop(echo, 0, 1, 64, Duration::ZERO, Duration::ZERO).is_err());
+        let one = connect_all(echo, 1).expect("connect");
+        assert!(open_loop(&one, 0, 64, Duration::ZERO, Duration::ZERO).is_err());
+        assert!(open_loop(&[], 1000, 64, Duration::ZERO, Duration::ZERO).is_err());
     }
 }
