@@ -47,7 +47,7 @@ pub struct Args {
     /// machine, which changes from second to second (stalls of a few milliseconds; whole
     /// seconds when its host is busy, direct included), lands on every stack alike instead
     /// of deciding one stack's p99.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 100)]
     latency_slices: usize,
     /// Persistent connections carrying the latency load, per stack.
     #[arg(long, default_value_t = 4)]
@@ -57,9 +57,9 @@ pub struct Args {
     message: usize,
     /// Milliseconds measured per rate, stack and latency slice, after --warmup-ms whose
     /// samples are dropped.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     slice_ms: u64,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 25)]
     warmup_ms: u64,
     /// Bulk: connections, each sending and receiving back --bulk-mib MiB per round.
     #[arg(long, default_value_t = 2)]
