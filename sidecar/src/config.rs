@@ -251,10 +251,11 @@ pub fn default_workers() -> usize {
     workers_for(std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Two threads where two cores are there, else one. Two, because in `trellis-bench proxy`
-/// on a 2-core VM the pair with two threads per sidecar had a lower added p99 than the
-/// single-threaded one in five of six paired comparisons, the sixth within 1 µs (a stalled
-/// thread's connections are taken over by the other; see ARCHITECTURE.md). Not more,
+/// Two threads where two cores are there, else one. Two, because a stalled thread's
+/// connections are taken over by the other and handshakes spread over both cores; in
+/// `trellis-bench proxy` on a 2-core VM two threads had the lower added p99 in five of six
+/// paired comparisons with 1 s slices, and were within noise of one thread with the finer
+/// slices of later runs (see ARCHITECTURE.md). Not more,
 /// because a sidecar shares its pod's cores with the app, and one thread per core beyond
 /// that buys handshake capacity that a sidecar rarely needs. Without a second core a second
 /// thread only adds hand-offs (and, under a CPU quota, throttling).
