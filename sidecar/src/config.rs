@@ -222,9 +222,10 @@ pub struct Config {
     pub outbound: Vec<OutboundConfig>,
     pub timeouts: Timeouts,
     pub json_logs: bool,
-    /// Threads that run everything (proxy, agent, admin); 1 is a single-threaded runtime.
-    /// The default, [`default_workers`], is one per core this process may use (its CPU
-    /// limit on Kubernetes), at most two.
+    /// Threads that run the proxy, each a single-threaded runtime with its share of the
+    /// connections; the first also runs the agent and the admin endpoint. The default,
+    /// [`default_workers`], is one per core this process may use (its CPU limit on
+    /// Kubernetes), at most two.
     pub workers: usize,
     /// Where to serve the SPIFFE Workload API, if anywhere.
     pub workload_api_socket: Option<PathBuf>,
@@ -251,11 +252,9 @@ pub fn default_workers() -> usize {
     workers_for(std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Two threads where two cores are there, else one. Two, because a stalled thread's
-/// connections are taken over by the other and handshakes spread over both cores; in
-/// `trellis-bench proxy` on a 2-core VM two threads had the lower added p99 in five of six
-/// paired comparisons with 1 s slices, and were within noise of one thread with the finer
-/// slices of later runs (see ARCHITECTURE.md). Not more,
+/// Two threads where two cores are there, else one. Two, because each thread runs its own
+/// share of the connections (`proxy/workers.rs`), so a thread the VM holds up stalls only
+/// its share, and handshakes spread over both cores (see ARCHITECTURE.md). Not more,
 /// because a sidecar shares its pod's cores with the app, and one thread per core beyond
 /// that buys handshake capacity that a sidecar rarely needs. Without a second core a second
 /// thread only adds hand-offs (and, under a CPU quota, throttling).

@@ -78,15 +78,12 @@ fn main() -> ExitCode {
     }
     init_logging(config.json_logs);
     trellis_sidecar::fd_limit::raise();
-    let runtime = match config.workers {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-    };
+    // The main runtime runs the control plane and a share of the connections; with
+    // `workers` above one, `run::start` adds that many threads minus one, each with a
+    // runtime of its own (see `proxy/workers.rs`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     match runtime {
         Ok(runtime) => runtime.block_on(serve(config)),
         Err(e) => {

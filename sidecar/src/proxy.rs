@@ -9,11 +9,13 @@
 //! - [`Context`] and the accept loop (`listen.rs`) shared by the inbound and outbound
 //!   listeners: connection cap, a span per connection, graceful drain.
 //! - [`tls_failure_reason`] (`reason.rs`): short names for handshake failures.
+//! - [`Workers`] (`workers.rs`): the single-threaded runtimes connections are spread over.
 
 mod listen;
 mod reason;
 mod registry;
 mod streams;
+mod workers;
 
 use std::future::Future;
 use std::io;
@@ -30,6 +32,7 @@ pub(crate) use listen::{Conn, accept_loop};
 pub use reason::tls_failure_reason;
 pub use registry::{Registration, Registry};
 pub use streams::{BUFFER_SIZE, Coalesced, PlainStream};
+pub use workers::Workers;
 
 use crate::config::Timeouts;
 use crate::credentials::CredentialsRx;
@@ -49,10 +52,13 @@ pub struct Context {
     pub shutdown: Shutdown,
     /// Read buffer per direction of a connection; [`BUFFER_SIZE`] unless measuring.
     pub buffer_size: usize,
+    /// The runtimes connections run on; the current one unless the sidecar starts more.
+    pub workers: Workers,
 }
 
 impl Context {
-    /// A context with the default buffer size.
+    /// A context with the default buffer size, running connections on the current runtime
+    /// (call it inside one).
     pub fn new(
         timeouts: Timeouts,
         creds: CredentialsRx,
@@ -67,6 +73,7 @@ impl Context {
             registry,
             shutdown,
             buffer_size: BUFFER_SIZE,
+            workers: Workers::current(),
         }
     }
 }

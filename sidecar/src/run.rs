@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::credentials::CredentialsRx;
 use crate::join_token::BootstrapCredential;
 use crate::metrics::Metrics;
-use crate::proxy::{Context, Registry};
+use crate::proxy::{Context, Registry, Workers};
 use crate::shutdown::Shutdown;
 use crate::workload_api::WorkloadApiSocket;
 use crate::{admin, inbound, outbound};
@@ -115,13 +115,14 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
             }
         }));
     }
-    let ctx = Context::new(
+    let mut ctx = Context::new(
         config.timeouts,
         creds.clone(),
         metrics.clone(),
         registry.clone(),
         shutdown.clone(),
     );
+    ctx.workers = Workers::start(config.workers).context("cannot start the worker threads")?;
     let mut data_path = Vec::new();
     if let (Some(listener), Some(inbound)) = (inbound_listener, config.inbound.clone()) {
         data_path.push(tokio::spawn(inbound::serve_inbound(

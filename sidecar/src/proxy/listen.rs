@@ -59,7 +59,7 @@ impl Drop for Conn {
 
 /// Accepts connections until `ctx.shutdown`, at most `max_connections` at a time (when all
 /// slots are taken, new connections wait in the kernel's backlog), running `handle` for
-/// each in its own task and span. Then drains: stops accepting, lets connections finish
+/// each in its own task and span, on the least busy of `ctx.workers`. Then drains: stops accepting, lets connections finish
 /// until `timeouts.drain`, closes the rest, and returns.
 pub(crate) async fn accept_loop<H, F>(
     listener: TcpListener,
@@ -68,7 +68,7 @@ pub(crate) async fn accept_loop<H, F>(
     ctx: &Context,
     handle: H,
 ) where
-    H: Fn(TcpStream, SocketAddr, Conn) -> F,
+    H: Fn(TcpStream, SocketAddr, Conn) -> F + Clone + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(
@@ -117,7 +117,24 @@ pub(crate) async fn accept_loop<H, F>(
             %peer,
             spiffe_id = tracing::field::Empty,
         );
-        tokio::spawn(handle(stream, peer, conn).instrument(span));
+        // Off this runtime's driver, onto the chosen worker's (see `workers.rs`).
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        ctx.workers.spawn(move || {
+            async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => handle(stream, peer, conn).await,
+                    Err(e) => tracing::warn!(error = %e, "a worker cannot take the connection"),
+                }
+            }
+            .instrument(span)
+        });
     }
     drop(listener);
     let drain = ctx.timeouts.drain;

@@ -24,7 +24,7 @@ use trellis_identity::{IdMatcher, SpiffeId, TrustBundle, TrustDomain, WorkloadKe
 use trellis_sidecar::config::{InboundConfig, OutboundConfig, PolicyMode, Timeouts};
 use trellis_sidecar::credentials::{ALPN_TRELLIS, Credentials};
 use trellis_sidecar::metrics::Metrics;
-use trellis_sidecar::proxy::{Context, Registry};
+use trellis_sidecar::proxy::{Context, Registry, Workers};
 use trellis_sidecar::shutdown::Shutdown;
 
 pub const TD: &str = "test.local";
@@ -194,13 +194,16 @@ impl Sidecar {
         let metrics = Arc::new(Metrics::default());
         let registry = Registry::new();
         let shutdown = Shutdown::new();
-        let ctx = Context::new(
+        let mut ctx = Context::new(
             timeouts,
             rx,
             metrics.clone(),
             registry.clone(),
             shutdown.clone(),
         );
+        // Two runtimes, as the sidecar runs on two cores: connections alternate between
+        // the test's runtime and a worker thread's.
+        ctx.workers = Workers::start(2).expect("worker thread");
         Self {
             creds: tx,
             metrics,
