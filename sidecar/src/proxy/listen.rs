@@ -59,8 +59,9 @@ impl Drop for Conn {
 
 /// Accepts connections until `ctx.shutdown`, at most `max_connections` at a time (when all
 /// slots are taken, new connections wait in the kernel's backlog), running `handle` for
-/// each in its own task and span, on the least busy of `ctx.workers`. Then drains: stops accepting, lets connections finish
-/// until `timeouts.drain`, closes the rest, and returns.
+/// each in its own task and span, on the least busy of `ctx.workers`. Then drains: stops
+/// accepting, lets connections finish until `timeouts.drain`, closes the rest, and
+/// returns.
 pub(crate) async fn accept_loop<H, F>(
     listener: TcpListener,
     direction: Direction,
