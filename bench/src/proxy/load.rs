@@ -69,18 +69,14 @@ pub fn open_loop(
     let n = conns.len();
     let per_conn = (f64::from(rate) * (duration + warmup).as_secs_f64() / n as f64) as u64;
     let interval = Duration::from_secs_f64(n as f64 / f64::from(rate));
-    let mut streams = Vec::with_capacity(n);
-    for conn in conns {
-        streams.push(conn.try_clone()?);
-    }
     // Time for the threads below to start before the first message is due.
     let start = Instant::now() + Duration::from_millis(10);
     let mut readers = Vec::new();
     let mut writers = Vec::new();
-    for (c, stream) in streams.into_iter().enumerate() {
+    for (c, conn) in conns.iter().enumerate() {
         // Stagger the connections evenly inside one interval.
         let offset = interval.mul_f64(c as f64 / n as f64);
-        let mut writer = stream.try_clone()?;
+        let mut writer = conn.try_clone()?;
         writers.push(std::thread::spawn(move || -> io::Result<()> {
             let mut msg = vec![0u8; size];
             for i in 0..per_conn {
@@ -94,7 +90,7 @@ pub fn open_loop(
             }
             Ok(())
         }));
-        let mut reader = stream;
+        let mut reader = conn.try_clone()?;
         readers.push(std::thread::spawn(move || -> io::Result<Vec<Duration>> {
             let mut msg = vec![0u8; size];
             let mut samples = Vec::with_capacity(per_conn as usize);
