@@ -4,7 +4,8 @@
 //! separate process on 127.0.0.1. One table from one run:
 //!
 //! - latency added at fixed request rates (open loop, small messages over a few
-//!   persistent connections; proxied percentile minus direct percentile);
+//!   persistent connections; proxied percentile minus direct percentile), and each
+//!   stack's p99 slice by slice against the others' (`slices.rs`);
 //! - bulk throughput (a few connections, bounded bytes);
 //! - full mTLS handshakes per second at each stack's inbound port (fresh connections, no
 //!   resumption, a client certificate from the CA);
@@ -17,6 +18,7 @@ mod handshakes;
 mod load;
 mod peers;
 mod procs;
+mod slices;
 mod stacks;
 mod table;
 
@@ -263,6 +265,7 @@ impl Bench<'_> {
         let mut handshakes: Vec<Option<handshakes::Handshakes>> =
             stacks.iter().map(|_| None).collect();
         let slices = a.latency_slices.max(1);
+        let mut per_slice = slices::SliceP99s::new(addrs.len(), a.rates.len());
         let conns = addrs
             .iter()
             .zip(&rows)
@@ -290,6 +293,7 @@ impl Bench<'_> {
                         Duration::from_millis(a.warmup_ms),
                     )
                     .with_context(|| format!("{}: latency at {rate}/s", rows[t].name))?;
+                    per_slice.record(t, r, &samples);
                     latency[t][r].extend(samples);
                 }
             }
@@ -365,6 +369,10 @@ impl Bench<'_> {
             notes[s] += &note;
         }
         notes.extend(tails);
+        if rows.len() > 2 {
+            let names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+            notes.extend(per_slice.notes(&names, &a.rates, 0, 1));
+        }
         Ok((rows, notes))
     }
 
