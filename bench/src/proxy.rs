@@ -14,6 +14,7 @@
 //! Every loop is bounded in count and time; every child is stopped on exit, on error and
 //! on SIGINT/SIGTERM.
 
+mod cgroups;
 mod handshakes;
 mod load;
 mod peers;
@@ -87,6 +88,10 @@ pub struct Args {
         default_value = "trellis,stunnel,nginx,haproxy"
     )]
     stacks: Vec<String>,
+    /// Leave every proxy in the bench's own cgroup instead of one CPU cgroup each (see
+    /// `proxy/cgroups.rs`): on a busy machine, proxies with more threads then get more CPU.
+    #[arg(long)]
+    shared_cgroup: bool,
 }
 
 /// What every stack's measurement needs.
@@ -145,6 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             _ = int.recv() => {},
         }
         procs::kill_all();
+        cgroups::remove_this_process_groups();
         eprintln!("trellis-bench: interrupted; child processes stopped");
         std::process::exit(130);
     });
@@ -173,6 +179,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Kind::Peer(peer) => stacks::peer_pair(&mut ca, peer, echo, &stack_dir)?,
         });
     }
+    let (_groups, cpu_note) = if args.shared_cgroup {
+        (None, "one cgroup for all (--shared-cgroup)".to_owned())
+    } else {
+        match own_cgroups(&pairs) {
+            Ok(groups) => (
+                Some(groups),
+                "each proxy in a CPU cgroup of its own with the default weight, as each \
+                 container of a pod, the load generator and echo app in one more"
+                    .to_owned(),
+            ),
+            Err(e) => (None, format!("one cgroup for all ({e:#})")),
+        }
+    };
+    eprintln!("CPU: {cpu_note}");
     let load_before = loadavg();
     let (rows, notes) = bench.all(echo, &mut pairs)?;
     let load_after = loadavg();
@@ -202,6 +222,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         a.handshake_seconds,
         a.idle_connections
     );
+    println!("CPU: {cpu_note}");
     println!();
     print!("{}", table::render(&rows[0], &rows[1..], &args.rates));
     println!();
@@ -231,6 +252,19 @@ fn trellis_workers(name: &str) -> Option<Option<usize>> {
             .filter(|n| (1..=16).contains(n))
             .map(Some),
     }
+}
+
+/// A CPU cgroup for each proxy of every stack (with its child processes) and one for this
+/// process (the load generator and the echo app, all its threads).
+fn own_cgroups(stacks: &[Stack]) -> anyhow::Result<cgroups::CpuGroups> {
+    let mut groups = cgroups::CpuGroups::create()?;
+    for stack in stacks {
+        for (name, pids) in stack.process_trees() {
+            groups.place(&name, &pids)?;
+        }
+    }
+    groups.place("load", &[std::process::id()])?;
+    Ok(groups)
 }
 
 fn loadavg() -> String {

@@ -12,7 +12,7 @@ use trellis_identity::tls::Identity;
 use trellis_identity::{SpiffeId, TrustBundle, TrustDomain, files, pem};
 
 use super::peers::{CertFiles, Hop, Peer, Side};
-use super::procs::{Proc, tree_rss_kib};
+use super::procs::{Proc, descendants, tree_rss_kib};
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
 /// How long any process may take to start serving.
@@ -246,6 +246,19 @@ impl Stack {
             all.push((p.name.clone(), tree_rss_kib(p.pid())?));
         }
         Ok(all)
+    }
+
+    /// Each proxy's name with its process and all the processes below it (nginx's
+    /// workers).
+    pub fn process_trees(&self) -> Vec<(String, Vec<u32>)> {
+        self.procs
+            .iter()
+            .map(|p| {
+                let mut pids = vec![p.pid()];
+                pids.extend(descendants(p.pid()));
+                (p.name.clone(), pids)
+            })
+            .collect()
     }
 
     /// Resident memory of both proxies, in KiB.
