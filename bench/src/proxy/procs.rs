@@ -110,9 +110,7 @@ impl Drop for Proc {
 pub fn kill_all() {
     let pids = LIVE.lock().expect("the pid list is never poisoned").clone();
     for pid in pids {
-        let mut family = descendants(pid);
-        family.push(pid);
-        signal("KILL", &family);
+        signal("KILL", &tree(pid));
     }
 }
 
@@ -136,8 +134,15 @@ pub fn parent_pid(stat: &str) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// `pid` and every process below it.
+pub fn tree(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    pids.extend(descendants(pid));
+    pids
+}
+
 /// Every process below `pid`, from /proc.
-pub fn descendants(pid: u32) -> Vec<u32> {
+fn descendants(pid: u32) -> Vec<u32> {
     let mut parents: Vec<(u32, u32)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
@@ -172,9 +177,7 @@ pub fn vm_rss_kib(status: &str) -> Option<u64> {
 /// Resident memory of `pid` and all its descendants, in KiB.
 pub fn tree_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let mut total = 0;
-    let mut pids = descendants(pid);
-    pids.push(pid);
-    for p in pids {
+    for p in tree(pid) {
         let status = std::fs::read_to_string(format!("/proc/{p}/status"))
             .with_context(|| format!("reading /proc/{p}/status"))?;
         total += vm_rss_kib(&status).with_context(|| format!("no VmRSS for pid {p}"))?;

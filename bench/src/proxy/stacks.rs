@@ -12,7 +12,7 @@ use trellis_identity::tls::Identity;
 use trellis_identity::{SpiffeId, TrustBundle, TrustDomain, files, pem};
 
 use super::peers::{CertFiles, Hop, Peer, Side};
-use super::procs::{Proc, descendants, tree_rss_kib};
+use super::procs::{Proc, tree, tree_rss_kib};
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
 /// How long any process may take to start serving.
@@ -253,11 +253,7 @@ impl Stack {
     pub fn process_trees(&self) -> Vec<(String, Vec<u32>)> {
         self.procs
             .iter()
-            .map(|p| {
-                let mut pids = vec![p.pid()];
-                pids.extend(descendants(p.pid()));
-                (p.name.clone(), pids)
-            })
+            .map(|p| (p.name.clone(), tree(p.pid())))
             .collect()
     }
 
