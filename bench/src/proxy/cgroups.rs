@@ -41,7 +41,7 @@ impl CpuGroups {
                 root.display()
             );
         }
-        let parent = root.join(format!("trellis-bench-{}", std::process::id()));
+        let parent = this_process_parent(root);
         std::fs::create_dir(&parent)
             .with_context(|| format!("creating {} (needs root)", parent.display()))?;
         Ok(Self {
@@ -68,6 +68,11 @@ impl CpuGroups {
     fn pids(&self, name: &str) -> Vec<u32> {
         read_pids(&self.parent.join(name))
     }
+}
+
+/// `trellis-bench-<pid>` under `root`: this process's parent group.
+fn this_process_parent(root: &Path) -> PathBuf {
+    root.join(format!("trellis-bench-{}", std::process::id()))
 }
 
 fn move_process(group: &Path, pid: u32) -> anyhow::Result<()> {
@@ -100,7 +105,7 @@ fn remove(root: &Path, groups: &[PathBuf]) {
 /// SIGINT handler exits the process).
 pub fn remove_this_process_groups() {
     let root = Path::new(V1_CPU);
-    let parent = root.join(format!("trellis-bench-{}", std::process::id()));
+    let parent = this_process_parent(root);
     let Ok(entries) = std::fs::read_dir(&parent) else {
         return;
     };
