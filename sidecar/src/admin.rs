@@ -5,13 +5,16 @@
 //! - `GET /ready`: 200 once a certificate is held and unexpired, 503 with the reason before
 //!   (and while shutting down);
 //! - `GET /metrics`: [`Metrics::render`], `text/plain; version=0.0.4`;
-//! - `GET /identity`: SPIFFE ID, serial, validity, seconds left, bundle roots; 503 JSON
-//!   before the first certificate.
+//! - `GET /identity`: SPIFFE ID, serial, validity, seconds left, bundle roots, whether
+//!   capture is on and which app ports are reachable around the sidecar; 503 JSON before the
+//!   first certificate;
+//! - `GET /app-health/<container>/<kind>`: the app's kubelet probe, run over loopback
+//!   ([`AppProbes`]).
 
 use std::io;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,6 +24,8 @@ use tokio::net::TcpListener;
 use trellis_identity::bundle::{format_time, spki_sha256};
 use trellis_identity::hex;
 
+use crate::app_probes::AppProbes;
+use crate::capture::exposure::{Exposure, ExposureView};
 use crate::credentials::{Credentials, CredentialsRx};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -33,19 +38,34 @@ struct AdminState {
     creds: CredentialsRx,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
+    pod: PodState,
+}
+
+/// What the admin endpoint knows of the pod around the sidecar.
+#[derive(Debug, Clone, Default)]
+pub struct PodState {
+    pub exposure: Arc<Exposure>,
+    pub probes: Arc<AppProbes>,
 }
 
 /// The admin routes, for serving or for driving in tests without a socket.
-pub fn router(creds: CredentialsRx, metrics: Arc<Metrics>, shutdown: Shutdown) -> Router {
+pub fn router(
+    creds: CredentialsRx,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    pod: PodState,
+) -> Router {
     Router::new()
         .route("/live", get(live))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .route("/identity", get(identity))
+        .route("/app-health/{container}/{kind}", get(app_health))
         .with_state(AdminState {
             creds,
             metrics,
             shutdown,
+            pod,
         })
 }
 
@@ -58,8 +78,9 @@ pub async fn serve_admin(
     creds: CredentialsRx,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
+    pod: PodState,
 ) -> io::Result<()> {
-    let app = router(creds, metrics, shutdown.clone());
+    let app = router(creds, metrics, shutdown.clone(), pod);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await
@@ -93,6 +114,13 @@ async fn ready(State(state): State<AdminState>) -> (StatusCode, String) {
     }
 }
 
+async fn app_health(
+    State(state): State<AdminState>,
+    Path((container, kind)): Path<(String, String)>,
+) -> (StatusCode, String) {
+    state.pod.probes.run(&container, &kind).await
+}
+
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
@@ -109,6 +137,7 @@ struct IdentityView {
     not_after: String,
     seconds_left: u64,
     bundle: BundleView,
+    pod: ExposureView,
 }
 
 #[derive(Debug, Serialize)]
@@ -125,7 +154,7 @@ struct RootView {
 }
 
 impl IdentityView {
-    fn of(c: &Credentials) -> Self {
+    fn of(c: &Credentials, pod: ExposureView) -> Self {
         let roots = c
             .bundle
             .roots()
@@ -149,6 +178,7 @@ impl IdentityView {
                 version: c.bundle.version(),
                 roots,
             },
+            pod,
         }
     }
 }
@@ -156,7 +186,7 @@ impl IdentityView {
 async fn identity(State(state): State<AdminState>) -> Response {
     let creds = state.creds.borrow().clone();
     match creds {
-        Some(c) => Json(IdentityView::of(&c)).into_response(),
+        Some(c) => Json(IdentityView::of(&c, state.pod.exposure.view())).into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "error": "no certificate yet" })),

@@ -9,13 +9,16 @@ use clap::Parser;
 use serde::Deserialize;
 use trellis_identity::{IdMatcher, IdPattern, SpiffeId, TrustDomain, duration};
 
+use crate::app_probes::AppProbes;
+
 /// Command-line flags; each also reads a `TRELLIS_*` environment variable. The join token is
 /// deliberately not a flag (flags show up in `ps`): use a file or `TRELLIS_JOIN_TOKEN`.
 #[derive(Debug, Default, Parser)]
 #[command(
     name = "trellis-sidecar",
     version,
-    about = "Trellis sidecar: identity agent and mTLS proxy"
+    about = "Trellis sidecar: identity agent and mTLS proxy",
+    after_help = "The capture init step: trellis-sidecar init-network --help"
 )]
 pub struct Flags {
     /// TOML configuration file.
@@ -49,9 +52,18 @@ pub struct Flags {
     /// Inbound mTLS listener (the pod's public port).
     #[arg(long, env = "TRELLIS_INBOUND_LISTEN")]
     pub inbound_listen: Option<SocketAddr>,
-    /// The local app the inbound listener forwards to.
+    /// The local app the inbound listener forwards to (with capture: connections made to
+    /// the listener's own port).
     #[arg(long, env = "TRELLIS_INBOUND_APP")]
     pub inbound_app: Option<SocketAddr>,
+    /// Inbound capture is on (`trellis-sidecar init-network` redirects the pod's inbound TCP
+    /// to the inbound listener): each connection goes to 127.0.0.1 on the port it was sent to.
+    #[arg(long, env = "TRELLIS_INBOUND_CAPTURE")]
+    pub inbound_capture: bool,
+    /// The app's kubelet probes, run on `/app-health/CONTAINER/KIND` of the admin endpoint
+    /// (JSON, written by injection).
+    #[arg(long, env = "TRELLIS_APP_PROBES")]
+    pub app_probes: Option<String>,
     /// Outbound listener as LISTEN=UPSTREAM=SPIFFE_ID_PATTERN (repeatable), e.g.
     /// 127.0.0.1:7001=10.0.0.5:15006=spiffe://cluster.local/ns/prod/sa/db
     #[arg(long = "outbound", env = "TRELLIS_OUTBOUND", value_delimiter = ',')]
@@ -116,13 +128,27 @@ pub struct AdminFile {
 #[serde(deny_unknown_fields)]
 pub struct InboundFile {
     pub listen: SocketAddr,
-    pub app: SocketAddr,
+    pub app: Option<SocketAddr>,
     pub policy: Option<String>,
     #[serde(default)]
     pub allow: Vec<String>,
     #[serde(default)]
+    pub capture: bool,
+    #[serde(default)]
+    pub ports: Vec<PortFile>,
+    #[serde(default)]
     pub permissive_plaintext: bool,
     pub max_connections: Option<usize>,
+}
+
+/// A policy for captured connections to one app port.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortFile {
+    pub port: u16,
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,11 +207,26 @@ pub struct CaConfig {
 #[derive(Debug, Clone)]
 pub struct InboundConfig {
     pub listen: SocketAddr,
-    pub app: SocketAddr,
+    /// Where connections made to the listener itself go; required without capture.
+    pub app: Option<SocketAddr>,
+    /// The default policy: for the listener's own port and every captured port without one
+    /// of its own.
     pub mode: PolicyMode,
     pub allow: IdMatcher,
+    /// Captured connections are honoured: each goes to its original port on loopback.
+    pub capture: bool,
+    /// Per-port policies for captured connections.
+    pub ports: Vec<PortPolicy>,
     pub permissive_plaintext: bool,
     pub max_connections: usize,
+}
+
+/// The policy of one captured app port.
+#[derive(Debug, Clone)]
+pub struct PortPolicy {
+    pub port: u16,
+    pub mode: PolicyMode,
+    pub allow: IdMatcher,
 }
 
 /// A validated outbound listener.
@@ -229,6 +270,8 @@ pub struct Config {
     pub workers: usize,
     /// Where to serve the SPIFFE Workload API, if anywhere.
     pub workload_api_socket: Option<PathBuf>,
+    /// The app's probes, run by the admin endpoint (see [`AppProbes`]).
+    pub app_probes: AppProbes,
 }
 
 /// A configuration problem, as one line naming the setting.
@@ -309,6 +352,30 @@ fn matcher(name: &str, patterns: &[String]) -> Result<IdMatcher, ConfigError> {
         .map(IdMatcher)
 }
 
+/// A policy mode and its allow list; `what` names the table in messages.
+fn policy(
+    what: &str,
+    mode: Option<&str>,
+    allow: &[String],
+) -> Result<(PolicyMode, IdMatcher), ConfigError> {
+    let mode = match mode {
+        None | Some("strict") => PolicyMode::Strict,
+        Some("deny") => PolicyMode::Deny,
+        Some(other) => {
+            return Err(err(format!(
+                "{what}.policy {other:?}: expected \"strict\" or \"deny\""
+            )));
+        }
+    };
+    let allow = matcher(&format!("{what}.allow"), allow)?;
+    if mode == PolicyMode::Deny && allow.0.is_empty() {
+        return Err(err(format!(
+            "{what}.policy is \"deny\" but {what}.allow is empty: nobody could connect"
+        )));
+    }
+    Ok((mode, allow))
+}
+
 /// Parses `LISTEN=UPSTREAM=PATTERN[|PATTERN...]`.
 fn outbound_flag(text: &str) -> Result<OutboundFile, ConfigError> {
     let parts: Vec<&str> = text.splitn(3, '=').collect();
@@ -378,36 +445,44 @@ impl Config {
         if flags.admin_listen.is_some() {
             file.admin.listen = flags.admin_listen;
         }
-        match (
-            flags.inbound_listen,
-            flags.inbound_app,
-            file.inbound.as_mut(),
-        ) {
-            (Some(listen), Some(app), None) => {
+        match (flags.inbound_listen, file.inbound.as_mut()) {
+            (Some(listen), None) => {
                 file.inbound = Some(InboundFile {
                     listen,
-                    app,
+                    app: flags.inbound_app,
                     policy: None,
                     allow: Vec::new(),
+                    capture: flags.inbound_capture,
+                    ports: Vec::new(),
                     permissive_plaintext: false,
                     max_connections: None,
                 })
             }
-            (listen, app, Some(inbound)) => {
+            (listen, Some(inbound)) => {
                 if let Some(l) = listen {
                     inbound.listen = l;
                 }
-                if let Some(a) = app {
-                    inbound.app = a;
+                if flags.inbound_app.is_some() {
+                    inbound.app = flags.inbound_app;
                 }
+                inbound.capture |= flags.inbound_capture;
             }
-            (None, None, None) => {}
-            _ => return Err(err("--inbound-listen and --inbound-app go together")),
+            (None, None) if flags.inbound_app.is_some() || flags.inbound_capture => {
+                return Err(err(
+                    "--inbound-app and --inbound-capture need --inbound-listen (the sidecar's \
+                     inbound port, e.g. 0.0.0.0:15006)",
+                ));
+            }
+            (None, None) => {}
         }
         for text in flags.outbound.iter().filter(|t| !t.is_empty()) {
             file.outbound.push(outbound_flag(text)?);
         }
-        Self::build(file)
+        let mut config = Self::build(file)?;
+        if let Some(json) = flags.app_probes.filter(|j| !j.trim().is_empty()) {
+            config.app_probes = AppProbes::parse(&json).map_err(err)?;
+        }
+        Ok(config)
     }
 
     /// Validates a file configuration, filling defaults.
@@ -466,26 +541,45 @@ impl Config {
         let inbound = file
             .inbound
             .map(|i| -> Result<InboundConfig, ConfigError> {
-                let mode = match i.policy.as_deref() {
-                    None | Some("strict") => PolicyMode::Strict,
-                    Some("deny") => PolicyMode::Deny,
-                    Some(other) => {
+                let (mode, allow) = policy("inbound", i.policy.as_deref(), &i.allow)?;
+                if i.app.is_none() && !i.capture {
+                    return Err(err(
+                        "inbound.app is required unless inbound.capture is on: name the local \
+                         app the inbound listener forwards to (--inbound-app 127.0.0.1:8080)",
+                    ));
+                }
+                if !i.ports.is_empty() && !i.capture {
+                    return Err(err(
+                        "inbound.ports set policies for captured connections: turn \
+                         inbound.capture on (and run trellis-sidecar init-network), or remove them",
+                    ));
+                }
+                let mut ports: Vec<PortPolicy> = Vec::with_capacity(i.ports.len());
+                for p in &i.ports {
+                    let name = format!("inbound.ports (port {})", p.port);
+                    if p.port == 0 || p.port == i.listen.port() {
                         return Err(err(format!(
-                            "inbound.policy {other:?}: expected \"strict\" or \"deny\""
+                            "{name}: not an app port (1-65535, not the listener's own {})",
+                            i.listen.port()
                         )));
                     }
-                };
-                let allow = matcher("inbound.allow", &i.allow)?;
-                if mode == PolicyMode::Deny && allow.0.is_empty() {
-                    return Err(err(
-                        "inbound.policy is \"deny\" but inbound.allow is empty: nobody could connect",
-                    ));
+                    if ports.iter().any(|q| q.port == p.port) {
+                        return Err(err(format!("{name}: listed twice")));
+                    }
+                    let (mode, allow) = policy(&name, p.policy.as_deref(), &p.allow)?;
+                    ports.push(PortPolicy {
+                        port: p.port,
+                        mode,
+                        allow,
+                    });
                 }
                 Ok(InboundConfig {
                     listen: i.listen,
                     app: i.app,
                     mode,
                     allow,
+                    capture: i.capture,
+                    ports,
                     permissive_plaintext: i.permissive_plaintext,
                     max_connections: i.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
                 })
@@ -554,6 +648,7 @@ impl Config {
             .transpose()?;
         Ok(Self {
             workload_api_socket,
+            app_probes: AppProbes::default(),
             ca: CaConfig {
                 address,
                 spiffe_id,
@@ -645,6 +740,34 @@ mod tests {
             ),
             ("[ca]\naddres = \"x\"", "unknown field"),
             (
+                &format!("{MINIMAL}[inbound]\nlisten = \"0.0.0.0:1\""),
+                "inbound.app is required unless inbound.capture",
+            ),
+            (
+                &format!(
+                    "{MINIMAL}[inbound]\nlisten = \"0.0.0.0:1\"\napp = \"127.0.0.1:2\"\n[[inbound.ports]]\nport = 8080"
+                ),
+                "turn inbound.capture on",
+            ),
+            (
+                &format!(
+                    "{MINIMAL}[inbound]\nlisten = \"0.0.0.0:1\"\ncapture = true\n[[inbound.ports]]\nport = 8080\npolicy = \"deny\""
+                ),
+                "inbound.ports (port 8080).policy is \"deny\"",
+            ),
+            (
+                &format!(
+                    "{MINIMAL}[inbound]\nlisten = \"0.0.0.0:1\"\ncapture = true\n[[inbound.ports]]\nport = 1"
+                ),
+                "not the listener's own 1",
+            ),
+            (
+                &format!(
+                    "{MINIMAL}[inbound]\nlisten = \"0.0.0.0:1\"\ncapture = true\n[[inbound.ports]]\nport = 8\n[[inbound.ports]]\nport = 8"
+                ),
+                "listed twice",
+            ),
+            (
                 &format!("workers = 0\n{MINIMAL}"),
                 "workers 0: expected 1 to 256",
             ),
@@ -654,6 +777,49 @@ mod tests {
             let e = parse(text).expect_err(text).to_string();
             assert!(e.contains(expected), "{text:?} → {e}");
         }
+    }
+
+    #[test]
+    fn capture_needs_no_app_and_takes_per_port_policies() {
+        let c = parse(&format!(
+            "{MINIMAL}[inbound]\nlisten = \"0.0.0.0:15006\"\ncapture = true\n\
+             [[inbound.ports]]\nport = 8080\npolicy = \"deny\"\nallow = [\"spiffe://cluster.local/a\"]\n"
+        ))
+        .expect("valid");
+        let inbound = c.inbound.expect("inbound");
+        assert!(inbound.capture && inbound.app.is_none());
+        assert_eq!(inbound.ports.len(), 1);
+        assert_eq!(inbound.ports[0].mode, PolicyMode::Deny);
+    }
+
+    #[test]
+    fn capture_and_probes_from_flags() {
+        let flags = Flags::parse_from([
+            "trellis-sidecar",
+            "--ca-addr",
+            "127.0.0.1:1",
+            "--trust-bundle",
+            "b.pem",
+            "--inbound-listen",
+            "0.0.0.0:15006",
+            "--inbound-capture",
+            "--app-probes",
+            r#"{"app/readyz":{"tcpSocket":{"port":8080}}}"#,
+        ]);
+        let c = Config::load(flags).expect("valid");
+        assert!(c.inbound.expect("inbound").capture);
+        assert!(!c.app_probes.is_empty());
+        let flags = Flags::parse_from([
+            "trellis-sidecar",
+            "--ca-addr",
+            "127.0.0.1:1",
+            "--trust-bundle",
+            "b.pem",
+            "--inbound-app",
+            "127.0.0.1:8080",
+        ]);
+        let e = Config::load(flags).expect_err("no listener").to_string();
+        assert!(e.contains("need --inbound-listen"), "{e}");
     }
 
     #[test]

@@ -2,10 +2,15 @@
 //! that chains to the current trust bundle, checks the peer's SPIFFE ID against the
 //! [`Policy`], then forwards bytes to the local app.
 //!
+//! With capture on, the kernel redirects every inbound connection of the pod here; the
+//! original destination port picks the app port (on loopback) and its policy. A connection
+//! made to the listener's own port goes to the configured app, as without capture.
+//!
 //! Every refusal is logged with the peer address and a reason and counted in
 //! `trellis_handshakes_total{direction="inbound",result="failed",reason=...}` (or in
 //! `trellis_policy_denials_total` for an authenticated peer the policy refuses).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -14,6 +19,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use trellis_identity::{CertInfo, TrustDomain};
 
+use crate::capture::original_dst::{self, Destination};
 use crate::config::InboundConfig;
 use crate::metrics::{Direction, Metrics};
 use crate::policy::Policy;
@@ -42,10 +48,17 @@ pub async fn serve_inbound(
              WITHOUT authentication; turn it off once every client has a sidecar"
         );
     }
+    let port_policies = config
+        .ports
+        .into_iter()
+        .map(|p| (p.port, Policy::new(p.mode, p.allow, trust_domain.clone())))
+        .collect();
     let inbound = Arc::new(Inbound {
         app: config.app,
+        capture: config.capture,
         permissive: config.permissive_plaintext,
         policy: Policy::new(config.mode, config.allow, trust_domain),
+        port_policies,
         ctx: ctx.clone(),
     });
     proxy::accept_loop(
@@ -62,10 +75,21 @@ pub async fn serve_inbound(
 }
 
 struct Inbound {
-    app: SocketAddr,
+    /// Where connections made to the listener itself go.
+    app: Option<SocketAddr>,
+    capture: bool,
     permissive: bool,
+    /// The default policy.
     policy: Policy,
+    /// Captured connections to these app ports use their own policy.
+    port_policies: HashMap<u16, Policy>,
     ctx: Context,
+}
+
+/// Where one accepted connection goes, and who may use it.
+struct Route<'a> {
+    app: SocketAddr,
+    policy: &'a Policy,
 }
 
 fn refuse(metrics: &Metrics, peer: SocketAddr, reason: &str) {
@@ -79,12 +103,35 @@ fn refuse(metrics: &Metrics, peer: SocketAddr, reason: &str) {
 }
 
 impl Inbound {
+    /// The app and policy for `stream`: its original port when capture redirected it, the
+    /// configured app otherwise (none: refused).
+    fn route(&self, stream: &TcpStream) -> Option<Route<'_>> {
+        let original = if self.capture {
+            original_dst::of(stream)
+        } else {
+            Destination::Listener
+        };
+        match original {
+            Destination::Redirected(dst) => Some(Route {
+                app: original_dst::app_address(dst),
+                policy: self.port_policies.get(&dst.port()).unwrap_or(&self.policy),
+            }),
+            Destination::Listener => self.app.map(|app| Route {
+                app,
+                policy: &self.policy,
+            }),
+        }
+    }
+
     async fn handle(&self, stream: TcpStream, peer: SocketAddr, conn: Conn) {
         let metrics = &*self.ctx.metrics;
         // Fail closed: without a certificate nothing is accepted, not even plaintext.
         if self.ctx.creds.borrow().is_none() {
             return refuse(metrics, peer, "no_certificate_yet");
         }
+        let Some(route) = self.route(&stream) else {
+            return refuse(metrics, peer, "no_app_for_port");
+        };
         // One deadline for the first byte and the handshake: a silent client cannot hold a
         // connection slot for longer than this.
         let deadline = Instant::now() + self.ctx.timeouts.handshake;
@@ -97,7 +144,7 @@ impl Inbound {
         }
         if first[0] != TLS_HANDSHAKE_RECORD {
             if self.permissive {
-                return self.plaintext(stream, peer, conn).await;
+                return self.plaintext(stream, peer, route.app, conn).await;
             }
             return refuse(metrics, peer, "not_tls");
         }
@@ -127,19 +174,20 @@ impl Inbound {
         };
         tracing::Span::current().record("spiffe_id", tracing::field::display(&spiffe_id));
         metrics.handshake(DIRECTION, true, "");
-        let decision = self.policy.check(&spiffe_id);
+        let decision = route.policy.check(&spiffe_id);
         if !decision.is_allowed() {
             metrics.policy_denials[DIRECTION as usize]
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(
                 %peer,
                 %spiffe_id,
+                app = %route.app,
                 reason = decision.reason(),
                 "inbound connection refused by policy"
             );
             return;
         }
-        let Some(app) = self.connect_app(peer).await else {
+        let Some(app) = self.connect_app(peer, route.app).await else {
             return;
         };
         let registration = self.ctx.registry.register(&info.serial);
@@ -156,7 +204,7 @@ impl Inbound {
     }
 
     /// Permissive mode: forward an unauthenticated plaintext connection. Loud on purpose.
-    async fn plaintext(&self, stream: TcpStream, peer: SocketAddr, conn: Conn) {
+    async fn plaintext(&self, stream: TcpStream, peer: SocketAddr, app: SocketAddr, conn: Conn) {
         let metrics = &*self.ctx.metrics;
         metrics
             .plaintext_accepted
@@ -166,7 +214,7 @@ impl Inbound {
             "PLAINTEXT inbound connection accepted (permissive mode): the client is not \
              authenticated"
         );
-        let Some(app) = self.connect_app(peer).await else {
+        let Some(app) = self.connect_app(peer, app).await else {
             return;
         };
         let outcome = proxy::proxy(
@@ -180,8 +228,7 @@ impl Inbound {
         outcome.log();
     }
 
-    async fn connect_app(&self, peer: SocketAddr) -> Option<TcpStream> {
-        let app = self.app;
+    async fn connect_app(&self, peer: SocketAddr, app: SocketAddr) -> Option<TcpStream> {
         match timeout(self.ctx.timeouts.connect, TcpStream::connect(app)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);

@@ -6,10 +6,14 @@
 //! credentials; `svid_files` writes them out for the app; `retry_hint` reads the CA's
 //! RESOURCE_EXHAUSTED hint; `fd_limit` raises the open-file limit at start-up.
 //! Data side: `inbound`, `outbound` and `proxy` move bytes, `policy` decides who may
-//! connect, `admin` serves health, metrics and identity; `run` wires everything together.
+//! connect, `capture` redirects the pod's inbound connections to the sidecar (and warns
+//! where nothing does), `admin` serves health, metrics, identity and the app's probes
+//! (`app_probes`); `run` wires everything together.
 
 pub mod admin;
 pub mod agent;
+pub mod app_probes;
+pub mod capture;
 pub mod config;
 pub mod credentials;
 pub mod fd_limit;

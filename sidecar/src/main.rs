@@ -62,7 +62,27 @@ async fn wait_for_signal() {
     }
 }
 
+/// `trellis-sidecar init-network ...`: the capture init step, a separate entry point so that
+/// the sidecar's own flags stay flat.
+fn init_network() -> ExitCode {
+    use trellis_sidecar::capture::init_network::{self, InitNetworkFlags};
+    let flags = InitNetworkFlags::parse_from(std::env::args().skip(1));
+    match init_network::run(&flags) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trellis-sidecar init-network: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("init-network") {
+        return init_network();
+    }
     let flags = Flags::parse();
     let check_only = flags.check_config;
     let config = match Config::load(flags) {

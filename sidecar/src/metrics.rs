@@ -57,6 +57,8 @@ pub struct Metrics {
     pub revoked_closed: AtomicU64,
     /// Retry hints from the CA (RESOURCE_EXHAUSTED) waited out in full before retrying.
     pub ca_retry_hints_honoured: AtomicU64,
+    /// Without capture: app ports listening beyond loopback, which bypass the sidecar.
+    pub app_ports_exposed: AtomicU64,
 }
 
 impl Metrics {
@@ -200,6 +202,13 @@ impl Metrics {
             "counter",
             "Plaintext connections accepted in permissive mode.",
             [(String::new(), as_i64(self.plaintext_accepted.load(Relaxed)))],
+        );
+        family(
+            &mut out,
+            "trellis_sidecar_app_ports_exposed",
+            "gauge",
+            "Ports of the pod listening beyond loopback while inbound capture is off: reachable without mTLS.",
+            [(String::new(), as_i64(self.app_ports_exposed.load(Relaxed)))],
         );
         family(
             &mut out,

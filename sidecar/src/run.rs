@@ -11,7 +11,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use trellis_identity::clock::Clock;
 
+use crate::admin::PodState;
 use crate::agent::{Agent, Pacing};
+use crate::capture::exposure::Exposure;
 use crate::config::Config;
 use crate::credentials::CredentialsRx;
 use crate::join_token::BootstrapCredential;
@@ -107,10 +109,25 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
             }
         }));
     }
+    let capture = config.inbound.as_ref().is_some_and(|i| i.capture);
+    let pod = PodState {
+        exposure: Arc::new(Exposure::new(capture)),
+        probes: Arc::new(config.app_probes.clone()),
+    };
+    // The sidecar's own listeners are not the app's; the outbound ones are loopback only.
+    let own_ports = std::iter::once(admin_addr.port())
+        .chain(inbound_addr.map(|a| a.port()))
+        .collect();
+    background.push(tokio::spawn(pod.exposure.clone().watch(
+        own_ports,
+        metrics.clone(),
+        stop.clone(),
+    )));
     {
         let (creds, metrics, shutdown) = (creds.clone(), metrics.clone(), shutdown.clone());
         background.push(tokio::spawn(async move {
-            if let Err(e) = admin::serve_admin(admin_listener, creds, metrics, shutdown).await {
+            if let Err(e) = admin::serve_admin(admin_listener, creds, metrics, shutdown, pod).await
+            {
                 tracing::error!(error = %e, "admin endpoint stopped");
             }
         }));

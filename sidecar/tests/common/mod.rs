@@ -231,9 +231,11 @@ impl Sidecar {
         let listen = listener.local_addr().unwrap();
         let config = InboundConfig {
             listen,
-            app,
+            app: Some(app),
             mode,
             allow,
+            capture: false,
+            ports: Vec::new(),
             permissive_plaintext,
             max_connections,
         };
@@ -281,6 +283,7 @@ impl Sidecar {
             self.ctx.creds.clone(),
             self.metrics.clone(),
             self.shutdown.clone(),
+            Default::default(),
         );
         self.tasks.push(tokio::spawn(async move {
             task.await.unwrap();
