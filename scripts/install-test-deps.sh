@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond cargo: openssl (interoperability tests), curl,
-# kubectl (renders deploy/ with its built-in kustomize) and python3 for kubernetes-validate
+# kubectl (renders deploy/ with its built-in kustomize), python3 for kubernetes-validate
 # (validates the rendered manifests against the Kubernetes schemas; from PyPI, into a venv
-# under target/ so nothing else on the machine changes).
+# under target/ so nothing else on the machine changes), and for the capture tests, which
+# run pods as network namespaces: ip (iproute2), iptables and setpriv (util-linux).
 # A fresh Debian-based machine may lack them; this is a no-op where they are present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
-for tool in openssl curl; do
+for tool in openssl curl iptables; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 # Debian names the package after what it holds, not after the command.
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

@@ -35,6 +35,22 @@ pub fn parse_listening(line: &str) -> Option<Listening> {
     })
 }
 
+/// Where a CA runs: its listen address, and the network namespace it runs in, if any.
+#[derive(Debug, Clone)]
+struct Place {
+    listen: SocketAddr,
+    netns: Option<String>,
+}
+
+impl Default for Place {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            netns: None,
+        }
+    }
+}
+
 /// A running `trellis-ca`; stopped when dropped.
 #[derive(Debug)]
 pub struct Ca {
@@ -50,6 +66,8 @@ pub struct Ca {
     vars: Vec<(String, String)>,
     /// How many times it was started (names the log files of restarts).
     starts: u32,
+    /// Where it listens: `127.0.0.1:0`, or an address inside `netns`.
+    place: Place,
     // Declared last so the process stops before its directory is removed.
     dir: tempfile::TempDir,
 }
@@ -70,14 +88,26 @@ impl Ca {
     pub fn start_with_env<S: AsRef<OsStr>>(args: &[S], vars: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for the CA");
         let data_dir = dir.path().join("ca");
-        Self::launch(dir, data_dir, args, vars)
+        Self::launch(dir, data_dir, args, vars, Place::default())
+    }
+
+    /// Starts a CA inside the network namespace `netns`, listening on `ip` (a free port),
+    /// as a CA pod on a pod network.
+    pub fn start_in(netns: &crate::Netns, ip: std::net::IpAddr) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for the CA");
+        let data_dir = dir.path().join("ca");
+        let place = Place {
+            listen: SocketAddr::new(ip, 0),
+            netns: Some(netns.name.clone()),
+        };
+        Self::launch(dir, data_dir, &[] as &[&str], &[], place)
     }
 
     /// Starts a CA whose data directory is `data_dir` (e.g. on a filesystem the test
     /// mounted); logs and scratch files still go to a temp dir.
     pub fn start_at<S: AsRef<OsStr>>(data_dir: &Path, args: &[S]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for the CA's logs");
-        Self::launch(dir, data_dir.to_path_buf(), args, &[])
+        Self::launch(dir, data_dir.to_path_buf(), args, &[], Place::default())
     }
 
     fn launch<S: AsRef<OsStr>>(
@@ -85,13 +115,14 @@ impl Ca {
         data_dir: PathBuf,
         args: &[S],
         vars: &[(&str, &str)],
+        place: Place,
     ) -> Self {
         let args: Vec<OsString> = args.iter().map(|a| a.as_ref().to_owned()).collect();
         let vars: Vec<(String, String)> = vars
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let (process, listening) = spawn("trellis-ca", dir.path(), &data_dir, &args, &vars);
+        let (process, listening) = spawn("trellis-ca", dir.path(), &data_dir, &args, &vars, &place);
         Self {
             process,
             addr: listening.addr,
@@ -101,6 +132,7 @@ impl Ca {
             args,
             vars,
             starts: 1,
+            place,
             dir,
         }
     }
@@ -122,6 +154,7 @@ impl Ca {
             &self.data_dir,
             &self.args,
             &self.vars,
+            &self.place,
         );
         self.process = process;
         self.addr = listening.addr;
@@ -150,14 +183,18 @@ fn spawn(
     data_dir: &Path,
     args: &[OsString],
     vars: &[(String, String)],
+    place: &Place,
 ) -> (Process, Listening) {
     let mut cmd = command("trellis-ca");
     cmd.arg("--listen")
-        .arg("127.0.0.1:0")
+        .arg(place.listen.to_string())
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
         .envs(vars.iter().map(|(k, v)| (k, v)));
+    if let Some(netns) = &place.netns {
+        cmd = crate::netns::wrap_in(netns, &cmd);
+    }
     let mut process = Process::spawn(name, cmd, log_dir);
     let line = process.wait_for_line(START_TIMEOUT, |l| l.starts_with(LISTENING));
     let listening = parse_listening(&line)

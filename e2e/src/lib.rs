@@ -1,8 +1,8 @@
 //! A harness for end-to-end tests that run the real, built Trellis binaries together on
 //! 127.0.0.1: find a binary, start it with its output captured, wait for what it prints,
 //! stop it (always, even when a test panics), kill and restart it on the same data, mount a
-//! small tmpfs to fill up or make read-only, and retry checks until a deadline instead of
-//! sleeping.
+//! small tmpfs to fill up or make read-only, run pods as network namespaces on a bridge, and
+//! retry checks until a deadline instead of sleeping.
 //!
 //! The binaries must be built first: `cargo build --workspace --bins`.
 //!
@@ -21,6 +21,7 @@
 
 pub mod bin;
 pub mod ca;
+pub mod netns;
 pub mod process;
 pub mod retry;
 pub mod run;
@@ -28,6 +29,7 @@ pub mod tmpfs;
 
 pub use bin::{binary, command};
 pub use ca::Ca;
+pub use netns::{Lan, Netns, Pod};
 pub use process::Process;
 pub use retry::{poll_until, retry_until};
 pub use run::{Outcome, run};

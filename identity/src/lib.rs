@@ -6,6 +6,7 @@
 //! on no other Trellis crate.
 
 pub mod bundle;
+pub mod cidr;
 pub mod clock;
 pub mod duration;
 pub mod files;

@@ -115,9 +115,10 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
         probes: Arc::new(config.app_probes.clone()),
     };
     // The sidecar's own listeners are not the app's; the outbound ones are loopback only.
-    let own_ports = std::iter::once(admin_addr.port())
+    let own_ports: Vec<u16> = std::iter::once(admin_addr.port())
         .chain(inbound_addr.map(|a| a.port()))
         .collect();
+    pod.exposure.check(&own_ports, &metrics);
     background.push(tokio::spawn(pod.exposure.clone().watch(
         own_ports,
         metrics.clone(),

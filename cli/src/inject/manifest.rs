@@ -1,7 +1,7 @@
 //! Offline injection of Kubernetes manifests: multi-document YAML (or JSON) in, the same
 //! documents out with every pod template injected. Pods, Deployments, StatefulSets,
-//! DaemonSets and ReplicaSets are injected (also inside a `List`); anything else passes
-//! through unchanged.
+//! DaemonSets, ReplicaSets, Jobs and CronJobs are injected (also inside a `List`); anything
+//! else passes through unchanged.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -92,7 +92,8 @@ pub fn inject(
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
     let template_path = match kind {
         "Pod" => "",
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" => "/spec/template",
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => "/spec/template",
+        "CronJob" => "/spec/jobTemplate/spec/template",
         _ if kind.ends_with("List") => {
             if let Some(items) = doc.get_mut("items").and_then(Value::as_array_mut) {
                 for item in items {
@@ -194,10 +195,11 @@ items:
             events.iter().map(|e| e.object.as_str()).collect::<Vec<_>>(),
             ["deployment/web", "pod/one"]
         );
-        let containers = &docs[1]["spec"]["template"]["spec"]["containers"];
-        assert_eq!(containers[1]["name"], "trellis-sidecar");
+        let init = &docs[1]["spec"]["template"]["spec"]["initContainers"];
+        assert_eq!(init[0]["name"], "trellis-init");
+        assert_eq!(init[1]["name"], "trellis-sidecar");
         assert_eq!(
-            docs[2]["items"][0]["spec"]["containers"][1]["name"],
+            docs[2]["items"][0]["spec"]["initContainers"][1]["name"],
             "trellis-sidecar"
         );
 

@@ -7,6 +7,7 @@
 //! reads and writes YAML streams (`yaml.rs` writes YAML Kubernetes reads unambiguously), `webhook.rs` answers an AdmissionReview, `serve.rs` is the
 //! HTTPS server and `tls.rs` its certificate, re-read when the files change.
 
+pub mod capture;
 pub mod manifest;
 pub mod patch;
 pub mod pod;

@@ -1,9 +1,19 @@
 //! The injection itself: given a pod (or a workload's pod template), the JSON Patch that
-//! adds the `trellis-sidecar` container, the projected service-account token, the trust
-//! bundle volume and the "injected" annotation. The app's own containers are never touched.
+//! adds the `trellis-sidecar` container, the capture init container, the projected
+//! service-account token, the trust bundle volume and the "injected" annotation.
+//!
+//! The sidecar goes in as a Kubernetes native sidecar (an init container with
+//! `restartPolicy: Always`, Kubernetes 1.29+): it starts after `trellis-init` and before
+//! the user's init containers and app containers, which wait for its startup probe
+//! (`/ready`: the first certificate is held); it is stopped after them, so the app drains
+//! first; and a Job completes when its app containers do. `trellis.dev/sidecar-mode:
+//! container` falls back to an ordinary container for older clusters. The app's containers
+//! are never touched, except that under capture their HTTP and TCP probes are pointed at
+//! the sidecar's admin port (see `capture.rs`).
 
 use serde_json::{Map, Value, json};
 
+use super::capture;
 use super::patch::{Add, escape};
 
 /// Annotation a pod (or namespace-level webhook) uses to ask for or refuse injection.
@@ -19,6 +29,12 @@ pub const OUTBOUND: &str = "trellis.dev/outbound";
 /// Annotation naming a ConfigMap in the pod's namespace with a `sidecar.toml` key: mounted
 /// and passed as the sidecar's config file.
 pub const CONFIG_MAP: &str = "trellis.dev/config";
+/// Annotation choosing how the sidecar is added: `native` (default) or `container`.
+pub const SIDECAR_MODE: &str = "trellis.dev/sidecar-mode";
+/// How long the app's containers wait for the sidecar's first certificate at most (the
+/// startup probe's period times its failure threshold); after that the kubelet restarts the
+/// sidecar and the pod's events say the startup probe failed.
+pub const STARTUP_SECONDS: u64 = 300;
 
 /// The injected container's name.
 pub const CONTAINER: &str = "trellis-sidecar";
@@ -129,9 +145,36 @@ pub enum InjectError {
     PortTaken { container: String, port: u16 },
     #[error("the pod already has a volume named {0:?}; rename it so the sidecar's can be added")]
     VolumeTaken(&'static str),
+    #[error("container {container:?}: the {probe} {problem}")]
+    Probe {
+        container: String,
+        probe: String,
+        problem: String,
+    },
 }
 
-fn annotation<'a>(metadata: Option<&'a Value>, name: &str) -> Option<&'a str> {
+/// How the sidecar joins the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// An init container with `restartPolicy: Always` (Kubernetes 1.29+).
+    Native,
+    /// An ordinary container beside the app's (older clusters).
+    Container,
+}
+
+fn mode(metadata: Option<&Value>) -> Result<Mode, InjectError> {
+    match annotation(metadata, SIDECAR_MODE) {
+        None | Some("native") => Ok(Mode::Native),
+        Some("container") => Ok(Mode::Container),
+        Some(other) => Err(InjectError::BadAnnotation {
+            name: SIDECAR_MODE,
+            problem: format!("{other:?}: expected \"native\" or \"container\""),
+        }),
+    }
+}
+
+/// The value of annotation `name`, if set.
+pub(crate) fn annotation<'a>(metadata: Option<&'a Value>, name: &str) -> Option<&'a str> {
     metadata?.get("annotations")?.get(name)?.as_str()
 }
 
@@ -169,15 +212,18 @@ pub fn plan(
         .get("spec")
         .filter(|s| s.is_object())
         .ok_or_else(|| InjectError::NotAnObject(format!("{base}/spec")))?;
-    let containers = spec
-        .get("containers")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let list = |name: &str| {
+        spec.get(name)
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    };
+    let (containers, init_containers) = (list("containers"), list("initContainers"));
     let already = annotation(metadata, INJECTED).is_some()
-        || containers
-            .iter()
-            .any(|c| c.get("name").and_then(Value::as_str) == Some(CONTAINER));
+        || containers.iter().chain(init_containers).any(|c| {
+            let name = c.get("name").and_then(Value::as_str);
+            name == Some(CONTAINER) || name == Some(capture::INIT_CONTAINER)
+        });
     if already {
         return Ok(Plan::Skip(Skip::AlreadyInjected));
     }
@@ -220,7 +266,39 @@ pub fn plan(
             return Err(InjectError::VolumeTaken(name));
         }
     }
-    let container = sidecar_container(metadata, settings, config_map.is_some())?;
+    let mode = mode(metadata)?;
+    let capture = capture::requested(metadata)?;
+    let probes = match &capture {
+        Some(capture) => capture::rewrite_probes(containers, base, capture)?,
+        None => capture::ProbeRewrite::default(),
+    };
+    let mut container = sidecar_container(
+        metadata,
+        settings,
+        config_map.is_some(),
+        capture.is_some(),
+        &probes.originals,
+    )?;
+    let mut init = Vec::new();
+    if let Some(capture) = &capture {
+        init.push(capture::init_container(
+            capture,
+            &settings.image,
+            settings.pull_policy.as_deref(),
+        ));
+    }
+    let plain_container = if mode == Mode::Native {
+        container.insert("restartPolicy".into(), json!("Always"));
+        container.insert(
+            "startupProbe".into(),
+            json!({"httpGet": {"path": "/ready", "port": ADMIN_PORT},
+                   "periodSeconds": 1, "failureThreshold": STARTUP_SECONDS}),
+        );
+        init.push(Value::Object(container));
+        None
+    } else {
+        Some(Value::Object(container))
+    };
 
     let mut ops = Vec::new();
     match metadata {
@@ -237,14 +315,28 @@ pub fn plan(
             json!(env!("CARGO_PKG_VERSION")),
         )),
     }
-    if spec.get("containers").is_some_and(Value::is_array) {
-        ops.push(Add::new(format!("{base}/spec/containers/-"), container));
-    } else {
+    // Ours run first, in this order: the capture step, then the sidecar, then the user's.
+    if spec.get("initContainers").is_some_and(Value::is_array) {
+        for c in init.into_iter().rev() {
+            ops.push(Add::new(format!("{base}/spec/initContainers/0"), c));
+        }
+    } else if !init.is_empty() {
         ops.push(Add::new(
-            format!("{base}/spec/containers"),
-            json!([container]),
+            format!("{base}/spec/initContainers"),
+            Value::Array(init),
         ));
     }
+    if let Some(container) = plain_container {
+        if spec.get("containers").is_some_and(Value::is_array) {
+            ops.push(Add::new(format!("{base}/spec/containers/-"), container));
+        } else {
+            ops.push(Add::new(
+                format!("{base}/spec/containers"),
+                json!([container]),
+            ));
+        }
+    }
+    ops.extend(probes.ops);
     if volumes.is_some() {
         for volume in new_volumes {
             ops.push(Add::new(format!("{base}/spec/volumes/-"), volume));
@@ -328,7 +420,9 @@ fn sidecar_container(
     metadata: Option<&Value>,
     settings: &Settings,
     with_config: bool,
-) -> Result<Value, InjectError> {
+    capture: bool,
+    app_probes: &Map<String, Value>,
+) -> Result<Map<String, Value>, InjectError> {
     let mut env_vars = vec![
         env("TRELLIS_TRUST_DOMAIN", &settings.trust_domain),
         env("TRELLIS_CA_ADDR", &settings.ca_address),
@@ -357,12 +451,23 @@ fn sidecar_container(
                     "{text:?} is not a port number (1-65535, not {INBOUND_PORT} or {ADMIN_PORT})"
                 ),
             })?;
+        env_vars.push(env("TRELLIS_INBOUND_APP", format!("127.0.0.1:{port}")));
+    }
+    if capture || annotation(metadata, APP_PORT).is_some() {
         env_vars.push(env(
             "TRELLIS_INBOUND_LISTEN",
             format!("0.0.0.0:{INBOUND_PORT}"),
         ));
-        env_vars.push(env("TRELLIS_INBOUND_APP", format!("127.0.0.1:{port}")));
         ports.push(json!({"name": "trellis-mtls", "containerPort": INBOUND_PORT}));
+    }
+    if capture {
+        env_vars.push(env("TRELLIS_INBOUND_CAPTURE", "true"));
+    }
+    if !app_probes.is_empty() {
+        env_vars.push(env(
+            "TRELLIS_APP_PROBES",
+            Value::Object(app_probes.clone()).to_string(),
+        ));
     }
     if let Some(text) = annotation(metadata, OUTBOUND) {
         for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -399,7 +504,8 @@ fn sidecar_container(
     container.insert("readinessProbe".into(), probe("/ready"));
     container.insert(
         "resources".into(),
-        json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}}),
+        // The CPU limit also sets the sidecar's thread count (one per core it may use).
+        json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "1", "memory": "64Mi"}}),
     );
     container.insert(
         "securityContext".into(),
@@ -414,7 +520,7 @@ fn sidecar_container(
         }),
     );
     container.insert("volumeMounts".into(), Value::Array(mounts));
-    Ok(Value::Object(container))
+    Ok(container)
 }
 
 #[cfg(test)]
@@ -456,7 +562,11 @@ mod tests {
             after["spec"]["containers"][0],
             before["spec"]["containers"][0]
         );
-        let sidecar = &after["spec"]["containers"][1];
+        assert_eq!(
+            after["spec"]["containers"].as_array().map(Vec::len),
+            Some(1)
+        );
+        let sidecar = &after["spec"]["initContainers"][1];
         assert_eq!(sidecar["name"], CONTAINER);
         let env: Vec<(&str, &str)> = sidecar["env"]
             .as_array()
@@ -498,7 +608,7 @@ mod tests {
             panic!("injects");
         };
         apply(&mut after, &ops).expect("applies");
-        let sidecar = &after["spec"]["containers"][1];
+        let sidecar = &after["spec"]["initContainers"][1];
         assert!(
             sidecar["env"]
                 .as_array()
@@ -582,6 +692,97 @@ mod tests {
                 .to_string();
             assert!(e.contains(expected), "{e}");
         }
+    }
+
+    fn names(list: &Value) -> Vec<&str> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| c["name"].as_str().expect("name"))
+            .collect()
+    }
+
+    #[test]
+    fn the_sidecar_is_native_after_capture_and_before_the_users_init_containers() {
+        let mut before = pod(json!({}));
+        before["spec"]["initContainers"] = json!([{"name": "migrate", "image": "m"}]);
+        before["spec"]["shareProcessNamespace"] = json!(true);
+        let after = inject(&before, Unannotated::Inject).expect("injects");
+        assert_eq!(
+            names(&after["spec"]["initContainers"]),
+            ["trellis-init", CONTAINER, "migrate"]
+        );
+        assert_eq!(names(&after["spec"]["containers"]), ["app"]);
+        let sidecar = &after["spec"]["initContainers"][1];
+        assert_eq!(sidecar["restartPolicy"], "Always");
+        assert_eq!(
+            sidecar["startupProbe"]["httpGet"],
+            json!({"path": "/ready", "port": ADMIN_PORT})
+        );
+        let init = &after["spec"]["initContainers"][0];
+        assert_eq!(
+            init["securityContext"]["capabilities"]["add"],
+            json!(["NET_ADMIN", "NET_RAW"])
+        );
+        assert_eq!(init["args"][0], "init-network");
+        assert!(init.get("restartPolicy").is_none(), "runs to completion");
+        let env = &sidecar["env"];
+        assert!(
+            env.as_array()
+                .expect("env")
+                .contains(&json!({"name": "TRELLIS_INBOUND_CAPTURE", "value": "true"}))
+        );
+        // Re-injecting the injected pod changes nothing.
+        assert_eq!(
+            plan(&after, "", None, &settings(), Unannotated::Inject).expect("plans"),
+            Plan::Skip(Skip::AlreadyInjected)
+        );
+    }
+
+    #[test]
+    fn older_clusters_get_a_plain_container_and_capture_can_be_turned_off() {
+        let before = pod(json!({SIDECAR_MODE: "container", "trellis.dev/capture": "disabled"}));
+        let after = inject(&before, Unannotated::Inject).expect("injects");
+        assert_eq!(names(&after["spec"]["containers"]), ["app", CONTAINER]);
+        assert!(after["spec"].get("initContainers").is_none());
+        let sidecar = &after["spec"]["containers"][1];
+        assert!(sidecar.get("restartPolicy").is_none());
+        assert!(
+            !sidecar["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .any(|e| e["name"] == "TRELLIS_INBOUND_CAPTURE"
+                    || e["name"] == "TRELLIS_INBOUND_LISTEN")
+        );
+        let e = inject(&pod(json!({SIDECAR_MODE: "sidecar"})), Unannotated::Inject)
+            .expect_err("bad mode")
+            .to_string();
+        assert!(e.contains("expected \"native\" or \"container\""), "{e}");
+    }
+
+    #[test]
+    fn probes_under_capture_go_through_the_sidecar() {
+        let mut before = pod(json!({}));
+        before["spec"]["containers"][0]["readinessProbe"] =
+            json!({"httpGet": {"path": "/healthz", "port": 8080}});
+        let after = inject(&before, Unannotated::Inject).expect("injects");
+        assert_eq!(
+            after["spec"]["containers"][0]["readinessProbe"]["httpGet"],
+            json!({"path": "/app-health/app/readyz", "port": ADMIN_PORT})
+        );
+        let probes = after["spec"]["initContainers"][1]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == "TRELLIS_APP_PROBES")
+            .and_then(|e| e["value"].as_str())
+            .expect("probes handed to the sidecar")
+            .to_owned();
+        assert_eq!(
+            serde_json::from_str::<Value>(&probes).expect("json"),
+            json!({"app/readyz": {"httpGet": {"port": 8080, "path": "/healthz"}}})
+        );
     }
 
     #[test]

@@ -221,7 +221,11 @@ mod tests {
             .collect();
         let mut patched = pod;
         apply(&mut patched, &ops).expect("applies");
-        assert_eq!(patched["spec"]["containers"][1]["name"], "trellis-sidecar");
+        assert_eq!(
+            patched["spec"]["initContainers"][1]["name"],
+            "trellis-sidecar"
+        );
+        assert_eq!(patched["spec"]["initContainers"][0]["name"], "trellis-init");
     }
 
     #[test]

@@ -21,10 +21,22 @@ fn strip_injection(pod: &mut Value) {
         .as_object_mut()
         .expect("annotations");
     annotations.remove("trellis.dev/injected");
-    let containers = pod["spec"]["containers"]
+    let init = pod["spec"]["initContainers"]
         .as_array_mut()
-        .expect("containers");
-    containers.retain(|c| c["name"] != "trellis-sidecar");
+        .expect("init containers");
+    init.retain(|c| c["name"] != "trellis-sidecar" && c["name"] != "trellis-init");
+    // Probes that capture points at the sidecar are compared separately.
+    for c in pod["spec"]["containers"]
+        .as_array_mut()
+        .expect("containers")
+    {
+        let c = c.as_object_mut().expect("container");
+        c.retain(|_, v| {
+            !v["httpGet"]["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/app-health/"))
+        });
+    }
     let volumes = pod["spec"]["volumes"].as_array_mut().expect("volumes");
     volumes.retain(|v| {
         ![
@@ -47,8 +59,14 @@ fn a_multi_container_deployment_gets_the_sidecar_and_keeps_everything_else() {
 
     let mut stripped = output[0].clone();
     strip_injection(&mut stripped["spec"]["template"]);
+    let mut expected = input[0].clone();
+    let web_probe = expected["spec"]["template"]["spec"]["containers"][0]
+        .as_object_mut()
+        .expect("web")
+        .remove("readinessProbe")
+        .expect("the fixture's web container has a readiness probe");
     assert_eq!(
-        stripped, input[0],
+        stripped, expected,
         "injection changed something besides what it adds"
     );
 
@@ -58,11 +76,27 @@ fn a_multi_container_deployment_gets_the_sidecar_and_keeps_everything_else() {
         "0.1.0"
     );
     let sidecar = container(pod, "trellis-sidecar").expect("sidecar");
+    let init_names: Vec<&str> = pod["spec"]["initContainers"]
+        .as_array()
+        .expect("init containers")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
     assert_eq!(
-        pod["spec"]["containers"].as_array().map(Vec::len),
-        Some(3),
-        "appended after the two app containers"
+        init_names,
+        ["trellis-init", "trellis-sidecar", "migrate"],
+        "capture first, then the native sidecar, then the user's init containers"
     );
+    assert_eq!(sidecar["restartPolicy"], "Always");
+    assert_eq!(pod["spec"]["containers"].as_array().map(Vec::len), Some(2));
+    // The readiness probe on the named port "http" now asks the sidecar, which runs the
+    // original against the app over loopback.
+    let web = container(pod, "web").expect("web");
+    assert_eq!(
+        web["readinessProbe"],
+        json!({"httpGet": {"path": "/app-health/web/readyz", "port": 15020}})
+    );
+    assert_eq!(web_probe["httpGet"]["path"], "/healthz");
     let env = env(sidecar);
     for expected in [
         ("TRELLIS_CA_ADDR", "trellis-ca.trellis-system.svc:8443"),
@@ -73,6 +107,11 @@ fn a_multi_container_deployment_gets_the_sidecar_and_keeps_everything_else() {
         ),
         ("TRELLIS_INBOUND_LISTEN", "0.0.0.0:15006"),
         ("TRELLIS_INBOUND_APP", "127.0.0.1:8080"),
+        ("TRELLIS_INBOUND_CAPTURE", "true"),
+        (
+            "TRELLIS_APP_PROBES",
+            r#"{"web/readyz":{"httpGet":{"path":"/healthz","port":8080}}}"#,
+        ),
         (
             "TRELLIS_OUTBOUND",
             "127.0.0.1:7001=payments.prod.svc:15006=spiffe://cluster.local/ns/prod/sa/payments",
@@ -250,4 +289,64 @@ fn a_trust_fingerprint_replaces_the_bundle_config_map() {
         "abc",
     ]);
     assert!(bad.failure(2).contains("64 hex digits"));
+}
+
+#[test]
+fn every_workload_kind_gets_a_native_sidecar_after_the_capture_step() {
+    let path = fixture("workloads.yaml");
+    let outcome = inject(&["-f", path.to_str().expect("utf-8")]).success();
+    assert_eq!(
+        outcome.stderr.lines().collect::<Vec<_>>(),
+        [
+            "deployment/web injected",
+            "statefulset/db injected",
+            "job/report injected",
+            "cronjob/nightly injected",
+        ]
+    );
+    let docs = documents(&outcome.stdout);
+    assert_eq!(docs.len(), 4);
+    for doc in &docs {
+        let pod = crate::tools::pod_of(doc).expect("a pod template");
+        let what = crate::tools::describe(doc);
+        let init = pod["spec"]["initContainers"].as_array().expect("init");
+        assert_eq!(init[0]["name"], "trellis-init", "{what}");
+        assert_eq!(init[1]["name"], "trellis-sidecar", "{what}");
+        assert_eq!(init[1]["restartPolicy"], "Always", "{what}");
+        assert_eq!(
+            init[1]["startupProbe"]["httpGet"],
+            json!({"path": "/ready", "port": 15020}),
+            "{what}: the app starts only once the sidecar holds a certificate"
+        );
+        assert!(init[0].get("restartPolicy").is_none(), "{what}");
+        let containers = pod["spec"]["containers"].as_array().expect("containers");
+        assert!(
+            containers.iter().all(|c| c["name"] != "trellis-sidecar"),
+            "{what}: an app container would keep a Job from completing"
+        );
+    }
+    let statefulset = crate::tools::pod_of(&docs[1]).expect("pod");
+    assert_eq!(
+        statefulset["spec"]["initContainers"][2]["name"],
+        "init-schema"
+    );
+    // The skipped metrics port keeps its probe; the captured port's probes go through the
+    // sidecar.
+    let web = container(crate::tools::pod_of(&docs[0]).expect("pod"), "web").expect("web");
+    assert_eq!(web["startupProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(
+        web["livenessProbe"]["httpGet"]["path"],
+        "/app-health/web/livez"
+    );
+    let init =
+        container(crate::tools::pod_of(&docs[0]).expect("pod"), "trellis-init").expect("init");
+    assert!(
+        init["args"]
+            .as_array()
+            .expect("args")
+            .windows(2)
+            .any(|w| w[0] == "--skip-inbound-ports" && w[1] == "9090"),
+        "{init}"
+    );
+    assert_valid("injected workloads", &outcome.stdout);
 }

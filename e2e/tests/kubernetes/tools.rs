@@ -89,16 +89,21 @@ pub fn describe(doc: &Value) -> String {
 pub fn pod_of(doc: &Value) -> Option<&Value> {
     match doc["kind"].as_str()? {
         "Pod" => Some(doc),
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" => doc.pointer("/spec/template"),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+            doc.pointer("/spec/template")
+        }
+        "CronJob" => doc.pointer("/spec/jobTemplate/spec/template"),
         _ => None,
     }
 }
 
-/// The container named `name` in a pod.
+/// The container named `name` in a pod (an app container or an init container, which is
+/// where a native sidecar lives).
 pub fn container<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
-    pod.pointer("/spec/containers")?
-        .as_array()?
+    ["/spec/containers", "/spec/initContainers"]
         .iter()
+        .filter_map(|list| pod.pointer(list)?.as_array())
+        .flatten()
         .find(|c| c["name"] == name)
 }
 

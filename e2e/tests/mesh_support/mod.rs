@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use std::process::Command;
+
 use trellis_e2e::{Ca, Process, command, run};
 
 pub const TD: &str = "cluster.local";
@@ -18,22 +20,32 @@ pub fn id(path: &str) -> String {
     format!("spiffe://{TD}{path}")
 }
 
-/// An echo server on 127.0.0.1 that counts the bytes it received.
+/// An echo server that counts the bytes it received, in all and from peers beyond
+/// loopback (which, in a pod under capture, never pass the sidecar).
 pub struct Echo {
     pub addr: SocketAddr,
     pub received: Arc<AtomicUsize>,
+    pub received_from_beyond_loopback: Arc<AtomicUsize>,
 }
 
 impl Echo {
+    /// An echo server on 127.0.0.1.
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+        Self::serve(TcpListener::bind("127.0.0.1:0").expect("bind echo"))
+    }
+
+    /// An echo server on `listener` (which may be in another network namespace).
+    pub fn serve(listener: TcpListener) -> Self {
         let addr = listener.local_addr().expect("addr");
         let received = Arc::new(AtomicUsize::new(0));
-        let counter = received.clone();
+        let beyond = Arc::new(AtomicUsize::new(0));
+        let (counter, beyond_counter) = (received.clone(), beyond.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
+                let loopback = conn.peer_addr().is_ok_and(|p| p.ip().is_loopback());
                 let counter = counter.clone();
+                let beyond_counter = beyond_counter.clone();
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 64 * 1024];
                     loop {
@@ -41,6 +53,9 @@ impl Echo {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
                                 counter.fetch_add(n, Ordering::SeqCst);
+                                if !loopback {
+                                    beyond_counter.fetch_add(n, Ordering::SeqCst);
+                                }
                                 if conn.write_all(&buf[..n]).is_err() {
                                     return;
                                 }
@@ -52,7 +67,11 @@ impl Echo {
                 });
             }
         });
-        Self { addr, received }
+        Self {
+            addr,
+            received,
+            received_from_beyond_loopback: beyond,
+        }
     }
 }
 
@@ -64,13 +83,13 @@ pub struct Sidecar {
     pub outbound: Vec<SocketAddr>,
 }
 
-fn addr_after(line: &str, after: &str) -> Option<SocketAddr> {
+pub fn addr_after(line: &str, after: &str) -> Option<SocketAddr> {
     let rest = &line[line.find(after)? + after.len()..];
     rest.split(|c: char| c.is_whitespace() || c == ',')
         .find_map(|w| w.parse().ok())
 }
 
-fn outbound_addrs(line: &str) -> Vec<SocketAddr> {
+pub fn outbound_addrs(line: &str) -> Vec<SocketAddr> {
     line.match_indices("outbound on ")
         .filter_map(|(i, m)| addr_after(&line[i..], m))
         .collect()
@@ -78,6 +97,11 @@ fn outbound_addrs(line: &str) -> Vec<SocketAddr> {
 
 /// Runs `trellis` with explicit admin flags against `ca`.
 pub fn trellis(ca: &Ca, args: &[&str]) -> trellis_e2e::Outcome {
+    run(trellis_command(ca, args), Duration::from_secs(60))
+}
+
+/// The `trellis` command line [`trellis`] runs.
+pub fn trellis_command(ca: &Ca, args: &[&str]) -> Command {
     let mut cmd = command("trellis");
     cmd.arg("--ca-addr")
         .arg(ca.addr.to_string())
@@ -88,16 +112,22 @@ pub fn trellis(ca: &Ca, args: &[&str]) -> trellis_e2e::Outcome {
         .arg("--bundle")
         .arg(ca.admin_dir.join("bundle.pem"))
         .args(args);
-    run(cmd, Duration::from_secs(60))
+    cmd
 }
 
 /// A fresh join token for `spiffe_id`, written to a 0600 file in the CA's scratch dir.
 pub fn token_file(ca: &Ca, spiffe_id: &str) -> PathBuf {
-    let out = trellis(
+    token_file_via(ca, spiffe_id, |cmd| cmd)
+}
+
+/// [`token_file`], with the `trellis` command passed through `place` first (e.g. into the
+/// CA's network namespace).
+pub fn token_file_via(ca: &Ca, spiffe_id: &str, place: impl Fn(Command) -> Command) -> PathBuf {
+    let cmd = place(trellis_command(
         ca,
         &["token", "create", "--spiffe-id", spiffe_id, "-o", "json"],
-    )
-    .success();
+    ));
+    let out = run(cmd, Duration::from_secs(60)).success();
     let token = out.json()["token"].as_str().expect("token").to_owned();
     let name = spiffe_id.replace(['/', ':'], "_");
     let path = ca.scratch().join(format!("{name}.token"));

@@ -78,8 +78,17 @@ impl Exposure {
         *exposed = ports;
     }
 
-    /// Re-reads the listening sockets every [`RECHECK`] until `stop`; does nothing under
-    /// capture. `own` are the sidecar's own ports (inbound and admin listeners).
+    /// Reads the pod's listening sockets now and records the outcome; `own` are the
+    /// sidecar's own ports (inbound and admin listeners). Under capture there is nothing to
+    /// report. Cheap (two small /proc files), so start-up runs it before it says it is up.
+    pub fn check(&self, own: &[u16], metrics: &Metrics) {
+        if !self.capture {
+            let ports = exposed_ports(&read("/proc/net/tcp"), &read("/proc/net/tcp6"), own);
+            self.update(ports, metrics);
+        }
+    }
+
+    /// Checks again every [`RECHECK`] until `stop` (apps start after the sidecar).
     pub async fn watch(
         self: std::sync::Arc<Self>,
         own: Vec<u16>,
@@ -90,17 +99,12 @@ impl Exposure {
             return;
         }
         loop {
-            let ports = tokio::task::spawn_blocking({
-                let own = own.clone();
-                move || exposed_ports(&read("/proc/net/tcp"), &read("/proc/net/tcp6"), &own)
-            })
-            .await
-            .unwrap_or_default();
-            self.update(ports, &metrics);
             tokio::select! {
                 _ = tokio::time::sleep(RECHECK) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
+            let (exposure, own, metrics) = (self.clone(), own.clone(), metrics.clone());
+            let _ = tokio::task::spawn_blocking(move || exposure.check(&own, &metrics)).await;
         }
     }
 }
