@@ -10,8 +10,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p trellis-sidecar --bin trellis-sidecar \
  && cp target/release/trellis-sidecar /trellis-sidecar
 
-# distroless "cc": glibc and libgcc (which aws-lc needs), no shell, uid 65532.
-FROM gcr.io/distroless/cc-debian12:nonroot
+# Debian slim with iptables: the same image runs the capture init step
+# (`trellis-sidecar init-network`, as root with NET_ADMIN, which calls iptables-restore)
+# and the sidecar (as uid 65532 with every capability dropped; injection sets both).
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iptables \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=build /trellis-sidecar /usr/local/bin/trellis-sidecar
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/trellis-sidecar"]
