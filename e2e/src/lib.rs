@@ -21,7 +21,9 @@
 
 pub mod bin;
 pub mod ca;
+pub mod http;
 pub mod netns;
+pub mod pod_sidecar;
 pub mod process;
 pub mod retry;
 pub mod run;
@@ -30,6 +32,7 @@ pub mod tmpfs;
 pub use bin::{binary, command};
 pub use ca::Ca;
 pub use netns::{Lan, Netns, Pod};
+pub use pod_sidecar::PodSidecar;
 pub use process::Process;
 pub use retry::{poll_until, retry_until};
 pub use run::{Outcome, run};

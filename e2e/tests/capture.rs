@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use mesh_support::*;
 use serde_json::Value;
-use trellis_e2e::{Ca, Lan, Netns, Pod, Process, command, run};
+use trellis_e2e::{Ca, Lan, Netns, Pod, PodSidecar, command, run};
 
 const INBOUND: u16 = 15006;
 const ADMIN: u16 = 15020;
@@ -27,46 +27,6 @@ const WEB: u16 = 8080;
 const REPORTS: u16 = 8081;
 const SKIPPED: u16 = 9090;
 const HEALTH: u16 = 8082;
-
-/// A sidecar running inside a pod.
-struct PodSidecar {
-    process: Process,
-    admin: SocketAddr,
-    outbound: Vec<SocketAddr>,
-}
-
-/// Starts `trellis-sidecar` in `ns` with `tables` after the `[ca]` table, plus `env`.
-fn sidecar_in(
-    ns: &Netns,
-    ca: &Ca,
-    lan: &Lan,
-    name: &str,
-    spiffe_id: &str,
-    tables: &str,
-    env: &[(&str, &str)],
-) -> PodSidecar {
-    let token = token_file_via(ca, spiffe_id, |cmd| lan.bridge.wrap(&cmd));
-    let config = ca.scratch().join(format!("{name}.toml"));
-    let text = format!(
-        "trust_domain = \"{TD}\"\n\n[ca]\naddress = \"{}\"\ntrust_bundle = \"{}\"\n\
-         join_token_file = \"{}\"\n\n[timeouts]\ndrain = \"3s\"\n\n{tables}\n",
-        ca.addr,
-        ca.bundle_pem().display(),
-        token.display(),
-    );
-    std::fs::write(&config, text).expect("write sidecar config");
-    let mut cmd = command("trellis-sidecar");
-    cmd.arg("--config").arg(&config).envs(env.iter().copied());
-    let mut process = Process::spawn(name, ns.wrap(&cmd), ca.scratch());
-    let line = process.wait_for_line(START, |l| l.starts_with("trellis-sidecar admin on"));
-    let admin = addr_after(&line, "admin on").expect("admin address");
-    ns.enter(|| wait_ready(SocketAddr::from(([127, 0, 0, 1], admin.port()))));
-    PodSidecar {
-        process,
-        admin,
-        outbound: outbound_addrs(&line),
-    }
-}
 
 /// An echo app listening on 0.0.0.0:`port` inside `ns`.
 fn app_in(ns: &Netns, port: u16) -> Echo {
@@ -234,10 +194,10 @@ fn capture_puts_every_inbound_connection_of_the_pod_through_the_sidecar() {
     let (app_container, probes) = injected_probes();
     let frontend = id("/ns/demo/sa/frontend");
     let reporter = id("/ns/demo/sa/reports");
-    let server_sidecar = sidecar_in(
+    let server_sidecar = PodSidecar::start(
         &server.ns,
-        &ca,
         &lan,
+        &ca,
         "server",
         &id("/ns/demo/sa/server"),
         &format!(
@@ -259,8 +219,8 @@ fn capture_puts_every_inbound_connection_of_the_pod_through_the_sidecar() {
         outbound(WEB),
         outbound(REPORTS)
     );
-    let front = sidecar_in(&client.ns, &ca, &lan, "frontend", &frontend, &both, &[]);
-    let report = sidecar_in(&client.ns, &ca, &lan, "reports", &reporter, &both, &[]);
+    let front = PodSidecar::start(&client.ns, &lan, &ca, "frontend", &frontend, &both, &[]);
+    let report = PodSidecar::start(&client.ns, &lan, &ca, "reports", &reporter, &both, &[]);
 
     // The client pod's sidecar reaches the app on its own port, through capture.
     for len in [1, 64 * 1024, 16 * 1024 * 1024] {
@@ -386,19 +346,19 @@ fn without_capture_an_app_open_beyond_loopback_is_reported() {
         "[admin]\nlisten = \"0.0.0.0:{ADMIN}\"\n\n[inbound]\nlisten = \"0.0.0.0:{INBOUND}\"\n\
          app = \"127.0.0.1:{WEB}\"\n"
     );
-    let open = sidecar_in(
+    let open = PodSidecar::start(
         &exposed.ns,
-        &ca,
         &lan,
+        &ca,
         "exposed",
         &id("/ns/a/sa/open"),
         &tables,
         &[],
     );
-    let closed = sidecar_in(
+    let closed = PodSidecar::start(
         &private.ns,
-        &ca,
         &lan,
+        &ca,
         "private",
         &id("/ns/a/sa/closed"),
         &tables,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use std::process::Command;
 
+use trellis_e2e::pod_sidecar::{addr_after, outbound_addrs};
 use trellis_e2e::{Ca, Process, command, run};
 
 pub const TD: &str = "cluster.local";
@@ -83,18 +84,6 @@ pub struct Sidecar {
     pub outbound: Vec<SocketAddr>,
 }
 
-pub fn addr_after(line: &str, after: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find(after)? + after.len()..];
-    rest.split(|c: char| c.is_whitespace() || c == ',')
-        .find_map(|w| w.parse().ok())
-}
-
-pub fn outbound_addrs(line: &str) -> Vec<SocketAddr> {
-    line.match_indices("outbound on ")
-        .filter_map(|(i, m)| addr_after(&line[i..], m))
-        .collect()
-}
-
 /// Runs `trellis` with explicit admin flags against `ca`.
 pub fn trellis(ca: &Ca, args: &[&str]) -> trellis_e2e::Outcome {
     run(trellis_command(ca, args), Duration::from_secs(60))
@@ -117,17 +106,11 @@ pub fn trellis_command(ca: &Ca, args: &[&str]) -> Command {
 
 /// A fresh join token for `spiffe_id`, written to a 0600 file in the CA's scratch dir.
 pub fn token_file(ca: &Ca, spiffe_id: &str) -> PathBuf {
-    token_file_via(ca, spiffe_id, |cmd| cmd)
-}
-
-/// [`token_file`], with the `trellis` command passed through `place` first (e.g. into the
-/// CA's network namespace).
-pub fn token_file_via(ca: &Ca, spiffe_id: &str, place: impl Fn(Command) -> Command) -> PathBuf {
-    let cmd = place(trellis_command(
+    let out = trellis(
         ca,
         &["token", "create", "--spiffe-id", spiffe_id, "-o", "json"],
-    ));
-    let out = run(cmd, Duration::from_secs(60)).success();
+    )
+    .success();
     let token = out.json()["token"].as_str().expect("token").to_owned();
     let name = spiffe_id.replace(['/', ':'], "_");
     let path = ca.scratch().join(format!("{name}.token"));
@@ -163,36 +146,11 @@ pub fn sidecar(ca: &Ca, name: &str, spiffe_id: &str, ca_extra: &str, tables: &st
     sidecar
 }
 
-/// A minimal HTTP/1.0 GET.
-pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut conn = TcpStream::connect(addr)?;
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    conn.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    Ok((status, body))
-}
+pub use trellis_e2e::http::http_get;
 
 /// Waits until a sidecar's `/ready` says 200.
 pub fn wait_ready(admin: SocketAddr) {
-    let deadline = Instant::now() + START;
-    while Instant::now() < deadline {
-        if matches!(http_get(admin, "/ready"), Ok((200, _))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("sidecar with admin {admin} not ready within {START:?}");
+    trellis_e2e::http::wait_ready(admin, START);
 }
 
 /// The value of the first metric sample whose line starts with `prefix`, summed over lines.

@@ -1,0 +1,110 @@
+//! A `trellis-sidecar` inside a pod of a [`Lan`], bootstrapped with a join token from a CA
+//! that runs in the LAN's bridge namespace ([`Ca::start_in`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{Ca, Lan, Netns, Process, command, http, run};
+
+/// How long a sidecar may take to start and get its first certificate.
+const START: Duration = Duration::from_secs(60);
+
+/// A sidecar running in a pod; stopped when dropped.
+#[derive(Debug)]
+pub struct PodSidecar {
+    pub process: Process,
+    /// Its admin address as printed (reach it from inside the pod).
+    pub admin: SocketAddr,
+    /// Its outbound listeners, in the order of the config (loopback of the pod).
+    pub outbound: Vec<SocketAddr>,
+}
+
+/// `trellis ...` with the admin credentials of `ca`, run inside the CA's namespace.
+pub fn trellis_in(lan: &Lan, ca: &Ca, args: &[&str]) -> Command {
+    let mut cmd = command("trellis");
+    cmd.arg("--ca-addr")
+        .arg(ca.addr.to_string())
+        .arg("--admin-cert")
+        .arg(ca.admin_dir.join("admin.pem"))
+        .arg("--admin-key")
+        .arg(ca.admin_dir.join("admin.key.pem"))
+        .arg("--bundle")
+        .arg(ca.admin_dir.join("bundle.pem"))
+        .args(args);
+    lan.bridge.wrap(&cmd)
+}
+
+/// A fresh join token for `spiffe_id` in a 0600 file in the CA's scratch directory.
+pub fn token_file(lan: &Lan, ca: &Ca, spiffe_id: &str) -> PathBuf {
+    let out = run(
+        trellis_in(
+            lan,
+            ca,
+            &["token", "create", "--spiffe-id", spiffe_id, "-o", "json"],
+        ),
+        Duration::from_secs(60),
+    )
+    .success();
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("token JSON");
+    let token = json["token"].as_str().expect("token").to_owned();
+    let path = ca
+        .scratch()
+        .join(format!("{}.token", spiffe_id.replace(['/', ':'], "_")));
+    trellis_identity::files::write_secret(&path, token.as_bytes()).expect("write token file");
+    path
+}
+
+impl PodSidecar {
+    /// Starts a sidecar named `name` for `spiffe_id` in `ns`; `tables` follow its `[ca]`
+    /// table (`[admin]`, `[inbound]`, `[[outbound]]`), `env` is added to its environment.
+    /// Returns once it is ready (holds a certificate).
+    pub fn start(
+        ns: &Netns,
+        lan: &Lan,
+        ca: &Ca,
+        name: &str,
+        spiffe_id: &str,
+        tables: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let token = token_file(lan, ca, spiffe_id);
+        let config = ca.scratch().join(format!("{name}.toml"));
+        let text = format!(
+            "trust_domain = \"{}\"\n\n[ca]\naddress = \"{}\"\ntrust_bundle = \"{}\"\n\
+             join_token_file = \"{}\"\n\n[timeouts]\ndrain = \"3s\"\n\n{tables}\n",
+            ca.trust_domain,
+            ca.addr,
+            ca.bundle_pem().display(),
+            token.display(),
+        );
+        std::fs::write(&config, text).expect("write sidecar config");
+        let mut cmd = command("trellis-sidecar");
+        cmd.arg("--config").arg(&config).envs(env.iter().copied());
+        let mut process = Process::spawn(name, ns.wrap(&cmd), ca.scratch());
+        let line = process.wait_for_line(START, |l| l.starts_with("trellis-sidecar admin on"));
+        let admin = addr_after(&line, "admin on").expect("admin address");
+        let local_admin = SocketAddr::from(([127, 0, 0, 1], admin.port()));
+        ns.enter(|| http::wait_ready(local_admin, START));
+        Self {
+            process,
+            admin,
+            outbound: outbound_addrs(&line),
+        }
+    }
+}
+
+/// The first socket address after `after` in a sidecar's start line.
+pub fn addr_after(line: &str, after: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(after)? + after.len()..];
+    rest.split(|c: char| c.is_whitespace() || c == ',')
+        .find_map(|w| w.parse().ok())
+}
+
+/// Every outbound listener's address in a sidecar's start line.
+pub fn outbound_addrs(line: &str) -> Vec<SocketAddr> {
+    line.match_indices("outbound on ")
+        .filter_map(|(i, m)| addr_after(&line[i..], m))
+        .collect()
+}
