@@ -10,11 +10,15 @@
 //! `trellis-bench proxy` compares the sidecar pair with stunnel4, nginx and haproxy on an
 //! echo workload (see `proxy.rs`); the peers come from `bench/install-peers.sh`.
 //!
+//! `trellis-bench capture` measures transparent inbound capture against the explicit inbound
+//! listener, with pods as network namespaces (see `capture.rs`).
+//!
 //! Every run is bounded in count and in time.
 
 mod admin;
 mod agent_storm;
 mod ca_issue;
+mod capture;
 mod fds;
 mod proxy;
 mod sidecar_conns;
@@ -45,6 +49,9 @@ enum Command {
     /// Latency, throughput, handshakes and memory of the sidecar pair against stunnel4,
     /// nginx and haproxy (run bench/install-peers.sh first).
     Proxy(proxy::Args),
+    /// What transparent inbound capture costs against the explicit inbound listener, with
+    /// pods as network namespaces (needs root).
+    Capture(capture::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +60,6 @@ fn main() -> anyhow::Result<()> {
         Command::AgentStorm(args) => agent_storm::run(args),
         Command::SidecarConns(args) => sidecar_conns::run(args),
         Command::Proxy(args) => proxy::run(args),
+        Command::Capture(args) => capture::run(args),
     }
 }

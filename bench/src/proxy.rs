@@ -16,7 +16,7 @@
 
 mod cgroups;
 mod handshakes;
-mod load;
+pub(crate) mod load;
 mod peers;
 mod procs;
 mod slices;

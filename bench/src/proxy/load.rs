@@ -14,7 +14,12 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Starts an echo server on 127.0.0.1 (a thread per connection, small stacks) and returns
 /// its address. It lives as long as the bench.
 pub fn start_echo() -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
+    serve_echo(TcpListener::bind("127.0.0.1:0")?)
+}
+
+/// Serves echo on `listener` (which may be in another network namespace) for as long as
+/// the bench runs; returns its address.
+pub fn serve_echo(listener: TcpListener) -> io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     std::thread::spawn(move || {
         for conn in listener.incoming() {
