@@ -11,7 +11,9 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 use trellis_identity::SpiffeId;
+use trellis_identity::svid::SvidError;
 
+use crate::error::CaError;
 use crate::peer::PeerChain;
 use crate::state::CaState;
 
@@ -102,12 +104,18 @@ pub fn peer_chain<T>(request: &Request<T>) -> Arc<PeerChain> {
         .unwrap_or_default()
 }
 
+/// What an admin call refused for want of the store did: nothing (it was refused before
+/// its handler ran).
+const NOT_DONE: &str = "nothing was done";
+
 /// An authenticated administrator, put into the request by [`admin_interceptor`].
 #[derive(Debug, Clone)]
 pub struct AdminCaller(pub SpiffeId);
 
 /// Checks every admin call: a client certificate chaining to the current bundle, valid
-/// now, with a SPIFFE ID under `/trellis/admin/`.
+/// now, not revoked, with a SPIFFE ID under `/trellis/admin/`, and one this CA recorded
+/// when it issued it. The last check is what keeps a stolen copy of the intermediate key
+/// from minting admin access: anything it signs verifies, but the CA has no record of it.
 pub fn admin_interceptor(
     state: Arc<CaState>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
@@ -121,7 +129,15 @@ pub fn admin_interceptor(
         }
         let verified = state
             .verify_peer(&chain, state.now())
-            .map_err(|e| Status::unauthenticated(format!("admin certificate refused: {e}")))?;
+            .map_err(|e| match e {
+                SvidError::Expired { not_after } => Status::unauthenticated(format!(
+                    "admin certificate expired at {not_after}; admin certificates are not \
+                     renewed: get a new one from whoever runs the CA (a CA started without \
+                     admin/admin.pem in its data directory writes fresh admin credentials \
+                     there), then run `trellis login` again"
+                )),
+                e => Status::unauthenticated(format!("admin certificate refused: {e}")),
+            })?;
         match state.revocation_of(&verified.serial) {
             Ok(None) => {}
             Ok(Some(_)) => {
@@ -130,7 +146,7 @@ pub fn admin_interceptor(
                     verified.serial
                 )));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(CaError::store(NOT_DONE, e).into()),
         }
         let td = state.config.trust_domain.as_str();
         if !verified.spiffe_id.is_under(td, ADMIN_PREFIX)
@@ -140,6 +156,25 @@ pub fn admin_interceptor(
                 "{} is not an admin identity (admins are under spiffe://{td}{ADMIN_PREFIX}/)",
                 verified.spiffe_id
             )));
+        }
+        let serial = trellis_identity::hex::decode(&verified.serial).unwrap_or_default();
+        match state.store.certificate(&serial) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::warn!(
+                    spiffe_id = %verified.spiffe_id,
+                    serial = %verified.serial,
+                    "refused an admin certificate this CA never issued: it verifies against \
+                     the bundle, so the intermediate key may have been copied"
+                );
+                return Err(Status::unauthenticated(format!(
+                    "admin certificate {} is not in this CA's records: it was not issued by \
+                     this CA, and only admin certificates the CA recorded are accepted; use \
+                     the admin credentials the CA wrote (admin/ in its data directory)",
+                    verified.serial
+                )));
+            }
+            Err(e) => return Err(CaError::store(NOT_DONE, e).into()),
         }
         request
             .extensions_mut()

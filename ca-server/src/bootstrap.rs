@@ -24,7 +24,9 @@ use crate::config::Config;
 use crate::error::CaError;
 use crate::issuance::Credential;
 use crate::state::{CaState, unix};
-use crate::store::{AuditRecord, Cause, IntermediateRecord, RootRecord, RootState, Store};
+use crate::store::{
+    AuditRecord, Cause, IntermediateRecord, RootRecord, RootState, Store, StoreError,
+};
 use trellis_identity::files;
 use trellis_identity::profile::{self, SigningCa};
 use zeroize::Zeroizing;
@@ -71,11 +73,15 @@ pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<CaState>,
     let dir = DataDir(config.data_dir.clone());
     files::create_private_dir(&dir.0).map_err(io(format!("data directory {}", dir.0.display())))?;
     files::create_private_dir(&dir.keys()).map_err(io("keys directory".into()))?;
-    let store = Store::open(&dir.db()).map_err(|e| {
-        CaError::Unavailable(format!(
-            "cannot open database in {}: {e}",
+    let store = Store::open(&dir.db()).map_err(|e| match e {
+        // Says what is wrong with the database and what to do, naming its directory.
+        StoreError::Damaged { .. } | StoreError::Unavailable(_) => {
+            CaError::Unavailable(format!("cannot open the database: {e}"))
+        }
+        _ => CaError::Unavailable(format!(
+            "cannot open the database in {}: {e}",
             dir.db().display()
-        ))
+        )),
     })?;
     match store.trust_domain().map_err(store_err)? {
         Some(stored) if stored != config.trust_domain.as_str() => {
@@ -100,8 +106,9 @@ pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<CaState>,
     Ok(state)
 }
 
+/// A store failure where no more precise "what was not done" applies (reads, start-up).
 pub(crate) fn store_err(e: crate::store::StoreError) -> CaError {
-    CaError::Unavailable(e.to_string())
+    CaError::Unavailable(format!("certificate store unavailable: {e}"))
 }
 
 fn initialise(
@@ -156,6 +163,9 @@ fn initialise(
             key_file: inter_key_file,
         })
         .map_err(store_err)?;
+    if let Some(import) = &config.import_dir {
+        record_imported_admin(import, td, &root_cert, &root_id, &signer, store, now)?;
+    }
     store.set_trust_domain(td.as_str()).map_err(store_err)?;
     store.set_bundle_version(1).map_err(store_err)?;
     store
@@ -226,6 +236,82 @@ fn import_ca(
         None
     };
     Ok((root, root_key, signer))
+}
+
+/// Records the admin certificate `trellis ca init` signed offline (`admin.pem` in the
+/// import directory, if there is one): the admin API accepts only admin certificates this
+/// CA has recorded, so that a certificate signed with a stolen copy of the intermediate key
+/// does not open it.
+fn record_imported_admin(
+    import: &Path,
+    td: &TrustDomain,
+    root: &CertificateDer<'static>,
+    root_id: &str,
+    signer: &SigningCa,
+    store: &Store,
+    now: std::time::SystemTime,
+) -> Result<(), CaError> {
+    let path = import.join("admin.pem");
+    if !path.exists() {
+        return Ok(());
+    }
+    let refuse = |why: String| {
+        CaError::InvalidArgument(format!(
+            "import: {}: {why}; use the admin.pem `trellis ca init` wrote with this root, or \
+             remove it from the import directory (the CA then writes admin credentials of its \
+             own)",
+            path.display()
+        ))
+    };
+    let text = std::fs::read(&path).map_err(|e| refuse(e.to_string()))?;
+    let chain = pem::certs_from_pem(&text).map_err(|e| refuse(e.to_string()))?;
+    let bundle = TrustBundle::new(td.clone(), 1, vec![root.clone()])
+        .map_err(|e| CaError::InvalidArgument(format!("import: root.pem: {e}")))?;
+    let verified = bundle
+        .verify(&chain, now, trellis_identity::bundle::Usage::Client)
+        .map_err(|e| refuse(e.to_string()))?;
+    if chain.get(1).map(|c| c.as_ref()) != Some(signer.cert.as_ref()) {
+        return Err(refuse("it is not signed by intermediate.pem".into()));
+    }
+    if !verified
+        .spiffe_id
+        .is_under(td.as_str(), crate::auth::ADMIN_PREFIX)
+    {
+        return Err(refuse(format!(
+            "{} is not an admin identity",
+            verified.spiffe_id
+        )));
+    }
+    let info = trellis_identity::CertInfo::parse(&chain[0]).map_err(|e| refuse(e.to_string()))?;
+    let record = crate::store::CertRecord {
+        serial: verified.serial.clone(),
+        spiffe_id: verified.spiffe_id.to_string(),
+        dns_names: info.dns_names,
+        not_before: unix(info.not_before),
+        not_after: unix(info.not_after),
+        issued_at: unix(now),
+        issued_at_ns: 0,
+        root_id: root_id.to_owned(),
+        intermediate_id: signer.id.clone(),
+        issued_via: "import".into(),
+    };
+    let serial = trellis_identity::hex::decode(&record.serial).unwrap_or_default();
+    let audit = AuditRecord {
+        time: unix(now),
+        kind: "certificate_imported".into(),
+        spiffe_id: record.spiffe_id.clone(),
+        serial: record.serial.clone(),
+        actor: "trellis-ca".into(),
+        detail: "admin certificate made by `trellis ca init`".into(),
+    };
+    store
+        .record_issuance(&record, &chain[0], &serial, None, &[audit])
+        .map_err(|e| match e {
+            crate::store::RecordError::Store(e) => store_err(e),
+            other => refuse(other.to_string()),
+        })?;
+    tracing::info!(spiffe_id = %record.spiffe_id, serial = %record.serial, "imported admin certificate recorded");
+    Ok(())
 }
 
 fn load(

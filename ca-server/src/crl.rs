@@ -80,7 +80,7 @@ fn load_intermediate(state: &CaState, id: &str) -> Result<SigningCa, CaError> {
     let record = state
         .store
         .intermediates()
-        .map_err(|e| CaError::Unavailable(e.to_string()))?
+        .map_err(crate::bootstrap::store_err)?
         .into_iter()
         .find(|i| i.id == id)
         .ok_or_else(|| {

@@ -20,12 +20,22 @@ pub enum CaError {
     /// The operation would break something now (a root rotation safety check).
     #[error("{0}")]
     FailedPrecondition(String),
-    /// The store cannot durably record anything right now; nothing was issued.
-    #[error("certificate store unavailable, nothing was issued: {0}")]
+    /// Something the CA needs (its store, a key file, the cluster's JWKS) cannot be used
+    /// right now. The message says what was not done and why; see [`CaError::store`].
+    #[error("{0}")]
     Unavailable(String),
     /// A bug or an impossible state; details are logged.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl CaError {
+    /// The store could not record or read something: `not_done` says what did not happen
+    /// (e.g. "nothing was issued", "the join token was not created"), `why` names the
+    /// cause and its fix.
+    pub fn store(not_done: &str, why: impl std::fmt::Display) -> Self {
+        CaError::Unavailable(format!("certificate store unavailable, {not_done}: {why}"))
+    }
 }
 
 impl From<CaError> for Status {
@@ -45,7 +55,7 @@ impl From<CaError> for Status {
 
 impl From<sled::Error> for CaError {
     fn from(e: sled::Error) -> Self {
-        CaError::Unavailable(e.to_string())
+        CaError::store("nothing was done", e)
     }
 }
 
@@ -54,7 +64,7 @@ impl From<trellis_identity::profile::ProfileError> for CaError {
         use trellis_identity::profile::ProfileError;
         match e {
             ProfileError::InvalidName(m) => CaError::InvalidArgument(m),
-            ProfileError::SignerExpired => CaError::Unavailable(e.to_string()),
+            ProfileError::SignerExpired => CaError::Unavailable(format!("nothing was issued: {e}")),
             ProfileError::Internal(m) => CaError::Internal(m),
         }
     }

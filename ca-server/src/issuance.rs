@@ -177,12 +177,12 @@ impl CaState {
                         "{refusal}; create a new one with `trellis token create`"
                     )));
                 }
-                Err(RecordError::Store(e)) => return Err(CaError::Unavailable(e.to_string())),
+                Err(RecordError::Store(e)) => return Err(CaError::store("nothing was issued", e)),
             }
             self.store
                 .durable(mark)
                 .await
-                .map_err(|e| CaError::Unavailable(e.to_string()))?;
+                .map_err(|e| CaError::store("nothing was issued", e))?;
             tracing::info!(
                 spiffe_id = %grant.spiffe_id,
                 serial = %record.serial,
@@ -223,7 +223,9 @@ impl CaState {
                     .await
                     .map_err(|e| match e {
                         AttestError::Refused(_) => CaError::Unauthenticated(e.to_string()),
-                        AttestError::Unavailable(_) => CaError::Unavailable(e.to_string()),
+                        AttestError::Unavailable(_) => {
+                            CaError::Unavailable(format!("nothing was issued: {e}"))
+                        }
                     })?;
                 let actor = match &attested.pod {
                     Some(pod) => format!(
@@ -253,7 +255,7 @@ impl CaState {
                         RecordError::Token(refusal) => CaError::Unauthenticated(format!(
                             "{refusal}; create a new one with `trellis token create`"
                         )),
-                        other => CaError::Unavailable(other.to_string()),
+                        other => CaError::store("nothing was issued", other),
                     })?;
                 let spiffe_id = SpiffeId::new(&token.spiffe_id)
                     .map_err(|e| CaError::Internal(format!("stored token identity: {e}")))?;
@@ -284,7 +286,10 @@ impl CaState {
                         verified.spiffe_id
                     )));
                 }
-                if let Some(revoked) = self.revocation_of(&verified.serial)? {
+                let revoked = self
+                    .revocation_of(&verified.serial)
+                    .map_err(|e| CaError::store("nothing was issued", e))?;
+                if let Some(revoked) = revoked {
                     return Err(CaError::Unauthenticated(format!(
                         "renewal refused: certificate {} was revoked at unix {} ({}); \
                          bootstrap again with a new join token",
@@ -298,7 +303,7 @@ impl CaState {
                         let serial = hex::decode(&verified.serial).unwrap_or_default();
                         self.store
                             .certificate(&serial)
-                            .map_err(|e| CaError::Unavailable(e.to_string()))?
+                            .map_err(|e| CaError::store("nothing was issued", e))?
                             .ok_or_else(|| {
                                 CaError::Unauthenticated(format!(
                                     "renewal refused: certificate {} is not in this CA's records",

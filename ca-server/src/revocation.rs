@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use trellis_identity::{SpiffeId, hex};
 
+use crate::bootstrap::store_err;
 use crate::error::CaError;
 use crate::state::{CaState, stopped};
 use crate::store::{AuditRecord, RevocationRecord};
@@ -29,7 +30,12 @@ impl CaState {
         actor: &str,
     ) -> Result<Vec<String>, CaError> {
         let now = self.now_unix();
-        let unavailable = |e: crate::store::StoreError| CaError::Unavailable(e.to_string());
+        let unavailable = |e: crate::store::StoreError| {
+            CaError::store(
+                "the revocation was not recorded (revoking again is harmless)",
+                e,
+            )
+        };
         let records = match &target {
             RevokeTarget::Serial(serial) => {
                 let (record, _) = self
@@ -96,10 +102,7 @@ impl CaState {
     /// Rebuilds the published list from the store (dropping expired entries).
     pub fn refresh_revocations(&self) -> Result<(), CaError> {
         let now = self.now_unix();
-        let mut entries = self
-            .store
-            .revocations()
-            .map_err(|e| CaError::Unavailable(e.to_string()))?;
+        let mut entries = self.store.revocations().map_err(store_err)?;
         entries.retain(|r| r.not_after > now);
         entries.sort_by(|a, b| a.serial.cmp(&b.serial));
         self.publish_revocations(entries);
@@ -107,11 +110,12 @@ impl CaState {
     }
 
     /// The revocation of a certificate, if any.
-    pub fn revocation_of(&self, serial_hex: &str) -> Result<Option<RevocationRecord>, CaError> {
+    pub fn revocation_of(
+        &self,
+        serial_hex: &str,
+    ) -> Result<Option<RevocationRecord>, crate::store::StoreError> {
         let serial = hex::decode(serial_hex).unwrap_or_default();
-        self.store
-            .revocation(&serial)
-            .map_err(|e| CaError::Unavailable(e.to_string()))
+        self.store.revocation(&serial)
     }
 }
 

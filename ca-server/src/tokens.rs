@@ -16,6 +16,10 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Every token starts with this, so secret scanners and people recognise one.
 pub const PREFIX: &str = "trellis-jt-";
 
+/// What a client is told when the token could not be stored: its secret is dropped, so
+/// whatever reached the disk can never be redeemed.
+const TOKEN_NOT_CREATED: &str = "no join token was created";
+
 /// The hash under which a token is stored.
 pub fn hash(secret: &str) -> [u8; 32] {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
@@ -87,11 +91,11 @@ impl CaState {
                     detail: format!("expires at unix {expires_at}"),
                 })
             })
-            .map_err(|e| CaError::Unavailable(e.to_string()))?;
+            .map_err(|e| CaError::store(TOKEN_NOT_CREATED, e))?;
         self.store
             .durable(mark)
             .await
-            .map_err(|e| CaError::Unavailable(e.to_string()))?;
+            .map_err(|e| CaError::store(TOKEN_NOT_CREATED, e))?;
         tracing::info!(spiffe_id = %spiffe_id, created_by, expires_at, "join token created");
         Ok(NewToken {
             secret,

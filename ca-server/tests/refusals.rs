@@ -408,3 +408,93 @@ async fn concurrent_redemptions_of_one_token_issue_exactly_one_certificate() {
     }
     assert_eq!(ok, 1, "a join token is single use even under a race");
 }
+
+/// Signs an admin certificate with the CA's real intermediate key, read from its data
+/// directory, as someone holding a copy of that key could: it verifies against the bundle,
+/// but the CA never issued or recorded it.
+fn forged_admin(ca: &TestCa) -> trellis_identity::tls::Identity {
+    use trellis_identity::profile::{LeafSpec, SigningCa};
+    let keys = ca.data_dir().join("keys");
+    let key_file = std::fs::read_dir(&keys)
+        .expect("keys directory")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("intermediate-"))
+        })
+        .expect("the intermediate key in the data directory");
+    let key = KeyPair::from_pem(&std::fs::read_to_string(key_file).expect("read key"))
+        .expect("intermediate key PEM");
+    let intermediate = ca.admin_identity().chain[1].clone();
+    let signer = SigningCa::new(intermediate.clone(), key).expect("the CA's intermediate");
+    let forged_key = WorkloadKey::generate().expect("key");
+    let leaf = signer
+        .sign_leaf(
+            &LeafSpec {
+                spiffe_id: ca.id("/trellis/admin/default"),
+                dns_names: Vec::new(),
+                public_point: forged_key.key_pair().public_key_raw().to_vec(),
+                lifetime: Duration::from_secs(3600),
+            },
+            SystemTime::now(),
+        )
+        .expect("sign");
+    trellis_identity::tls::Identity {
+        chain: vec![leaf.der, intermediate],
+        key: forged_key.private_key_der(),
+    }
+}
+
+#[tokio::test]
+async fn an_admin_certificate_the_ca_never_recorded_is_refused() {
+    let ca = TestCa::start().await;
+    ca.admin()
+        .await
+        .get_status(GetStatusRequest {})
+        .await
+        .expect("the admin certificate the CA wrote (and recorded) is accepted");
+
+    let forged = forged_admin(&ca);
+    let status = ca
+        .admin_with(Some(&forged))
+        .await
+        .create_join_token(CreateJoinTokenRequest {
+            spiffe_id: ca.id("/ns/a/sa/anything").to_string(),
+            ttl_seconds: 0,
+        })
+        .await
+        .expect_err("an admin certificate the CA never issued");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("not in this CA's records"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn an_expired_admin_certificate_is_told_how_to_get_a_new_one() {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let ca = TestCa::start_with_clock(clock.clone()).await;
+    // Past the admin certificate's 90 days, within the intermediate's year.
+    clock.advance(Duration::from_secs(91 * 86_400));
+    let status = ca
+        .admin()
+        .await
+        .get_status(GetStatusRequest {})
+        .await
+        .expect_err("expired admin certificate");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let message = status.message();
+    assert!(
+        message.contains("admin certificate expired")
+            && message.contains("new one")
+            && message.contains("trellis login"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("join token") && !message.contains("renew it"),
+        "advice for workloads does not apply to admin certificates: {message}"
+    );
+}

@@ -50,9 +50,9 @@ pub struct ListArgs {
     /// Include certificates that have already expired.
     #[arg(long)]
     include_expired: bool,
-    /// At most this many certificates.
+    /// At most this many certificates (fetched from the CA a page at a time).
     #[arg(long, default_value_t = 1000)]
-    limit: u32,
+    limit: u64,
 }
 
 /// Arguments of `trellis cert show`.
@@ -143,61 +143,129 @@ impl Record {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct ListReport {
-    certificates: Vec<Record>,
-    /// True if more certificates matched than --limit allowed.
-    truncated: bool,
-    #[serde(skip)]
+/// `cert list` output, printed page by page as the CA sends them: a table (its header
+/// once) or one JSON document `{"certificates": [...], "truncated": bool}`.
+struct ListPrinter {
+    format: output::Format,
+    style: Style,
     now: SystemTime,
+    count: u64,
 }
 
-impl Report for ListReport {
-    fn human(&self, style: Style) -> String {
-        if self.certificates.is_empty() {
-            return "No certificates match.\n".into();
+const LIST_HEADERS: [&str; 7] = [
+    "SERIAL",
+    "SPIFFE ID",
+    "NOT AFTER",
+    "EXPIRES",
+    "ROOT",
+    "VIA",
+    "REVOKED",
+];
+
+impl ListPrinter {
+    fn new(format: output::Format, now: SystemTime) -> Self {
+        Self {
+            format,
+            style: Style::for_stdout(),
+            now,
+            count: 0,
         }
-        let mut table = Table::new(&[
-            "SERIAL",
-            "SPIFFE ID",
-            "NOT AFTER",
-            "EXPIRES",
-            "ROOT",
-            "VIA",
-            "REVOKED",
-        ]);
-        for r in &self.certificates {
-            table.row(vec![
-                r.serial.clone().into(),
-                r.spiffe_id.clone().into(),
-                r.not_after.clone().into(),
-                expiry_cell(
-                    timefmt::expiry(r.not_after_time, self.now),
-                    r.not_after_time,
-                    self.now,
-                    SOON,
-                ),
-                r.root_id.clone().into(),
-                r.issued_via.clone().into(),
-                match r.revoked_at_time {
-                    Some(t) => Cell::toned(timefmt::since(t, self.now), Tone::Bad),
-                    None => Cell::from(""),
-                },
-            ]);
-        }
-        let mut out = table.render(style);
-        let count = self.certificates.len();
-        out.push_str(&format!(
-            "{count} certificate{}{}\n",
-            if count == 1 { "" } else { "s" },
-            if self.truncated {
-                " (more matched; raise --limit or filter)"
-            } else {
-                ""
-            }
-        ));
-        out
     }
+
+    /// The text of one page.
+    fn page(&mut self, records: &[Record]) -> anyhow::Result<String> {
+        if records.is_empty() {
+            return Ok(String::new());
+        }
+        let first = self.count == 0;
+        self.count += records.len() as u64;
+        let text = match self.format {
+            output::Format::Human => {
+                let mut table = Table::new(&LIST_HEADERS);
+                for r in records {
+                    table.row(self.row(r));
+                }
+                let text = table.render(self.style);
+                if first {
+                    text
+                } else {
+                    // The header once, at the top; each page aligns its own columns.
+                    text.split_once('\n')
+                        .map(|(_, rows)| rows.to_owned())
+                        .unwrap_or_default()
+                }
+            }
+            output::Format::Json => {
+                let mut text = String::new();
+                for (i, r) in records.iter().enumerate() {
+                    let json = serde_json::to_string_pretty(r)?;
+                    let sep = if first && i == 0 { "\n" } else { ",\n" };
+                    text.push_str(sep);
+                    text.push_str(&indent(&json, "    "));
+                }
+                text
+            }
+        };
+        Ok(text)
+    }
+
+    fn row(&self, r: &Record) -> Vec<Cell> {
+        vec![
+            r.serial.clone().into(),
+            r.spiffe_id.clone().into(),
+            r.not_after.clone().into(),
+            expiry_cell(
+                timefmt::expiry(r.not_after_time, self.now),
+                r.not_after_time,
+                self.now,
+                SOON,
+            ),
+            r.root_id.clone().into(),
+            r.issued_via.clone().into(),
+            match r.revoked_at_time {
+                Some(t) => Cell::toned(timefmt::since(t, self.now), Tone::Bad),
+                None => Cell::from(""),
+            },
+        ]
+    }
+
+    /// What goes before the first page.
+    fn start(&self) -> &'static str {
+        match self.format {
+            output::Format::Human => "",
+            output::Format::Json => "{\n  \"certificates\": [",
+        }
+    }
+
+    /// What goes after the last page. `truncated`: --limit stopped the listing while the CA
+    /// still had more.
+    fn finish(&self, truncated: bool) -> String {
+        match self.format {
+            output::Format::Json => format!(
+                "{}],\n  \"truncated\": {truncated}\n}}\n",
+                if self.count == 0 { "" } else { "\n  " }
+            ),
+            output::Format::Human if self.count == 0 => "No certificates match.\n".to_owned(),
+            output::Format::Human => format!(
+                "{} certificate{}{}\n",
+                self.count,
+                if self.count == 1 { "" } else { "s" },
+                if truncated {
+                    " (more may match; raise --limit or filter)"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+}
+
+/// `text` with every line indented by `by`.
+fn indent(text: &str, by: &str) -> String {
+    text.lines()
+        .map(|line| format!("{by}{line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[derive(Debug, Serialize)]
@@ -336,6 +404,9 @@ fn parse_serial(text: &str) -> anyhow::Result<String> {
         })
 }
 
+/// The most certificates asked for in one page (the CA's own bound).
+const PAGE_SIZE: u64 = 1000;
+
 async fn list(a: ListArgs, global: &Global) -> anyhow::Result<()> {
     let spiffe_id = match &a.identity {
         Some(text) => args::spiffe_id("--identity", text)?.to_string(),
@@ -345,31 +416,54 @@ async fn list(a: ListArgs, global: &Global) -> anyhow::Result<()> {
         Some(text) => args::duration("--expiring-within", text)?.as_secs().max(1),
         None => 0,
     };
+    if a.limit == 0 {
+        return Err(usage("--limit 0 would list nothing; give at least 1"));
+    }
     let target = Target::load(&context::resolve(&global.connection)?)?;
     let mut admin = target.admin().await?;
-    let response = target
-        .call(
-            "the certificate list",
-            admin.list_certificates(ListCertificatesRequest {
-                spiffe_id,
-                root_id: a.root.unwrap_or_default(),
-                expiring_within_seconds,
-                include_expired: a.include_expired,
-                limit: a.limit,
-            }),
-        )
-        .await?;
     let now = SystemTime::now();
-    let report = ListReport {
-        certificates: response
+    let mut printer = ListPrinter::new(global.output, now);
+    let mut page_token = String::new();
+    let mut left = a.limit;
+    if !output::print(printer.start())? {
+        return Ok(());
+    }
+    // Page by page, each printed as it arrives: one reply holds at most PAGE_SIZE records,
+    // so no listing outgrows gRPC's message limit.
+    let truncated = loop {
+        if left == 0 {
+            break !page_token.is_empty();
+        }
+        let response = target
+            .call(
+                "the certificate list",
+                admin.list_certificates(ListCertificatesRequest {
+                    spiffe_id: spiffe_id.clone(),
+                    root_id: a.root.clone().unwrap_or_default(),
+                    expiring_within_seconds,
+                    include_expired: a.include_expired,
+                    page_size: left.min(PAGE_SIZE) as u32,
+                    page_token: page_token.clone(),
+                }),
+            )
+            .await?;
+        let records: Vec<Record> = response
             .certificates
             .into_iter()
+            .take(usize::try_from(left).unwrap_or(usize::MAX))
             .map(|r| Record::new(r, false, now))
-            .collect(),
-        truncated: response.truncated,
-        now,
+            .collect();
+        left -= records.len() as u64;
+        if !output::print(&printer.page(&records)?)? {
+            return Ok(());
+        }
+        if response.next_page_token.is_empty() {
+            break false;
+        }
+        page_token = response.next_page_token;
     };
-    output::emit(global.output, &report)
+    output::print(&printer.finish(truncated))?;
+    Ok(())
 }
 
 async fn show(a: ShowArgs, global: &Global) -> anyhow::Result<()> {
@@ -437,34 +531,47 @@ mod tests {
         }
     }
 
-    #[test]
-    fn list_renders_a_table_with_time_left() {
+    /// Everything `cert list` prints for these pages.
+    fn listing(format: output::Format, pages: &[Vec<Record>], truncated: bool) -> String {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let report = ListReport {
-            certificates: vec![
-                Record::new(
-                    record("aa11", "spiffe://td/web", now + Duration::from_secs(3600)),
-                    false,
-                    now,
-                ),
-                Record::new(
-                    CertificateRecord {
-                        revoked_at: Some(Timestamp::from(now - Duration::from_secs(300))),
-                        revocation_reason: "key compromise".into(),
-                        ..record("bb22", "spiffe://td/db", now - Duration::from_secs(120))
-                    },
-                    false,
-                    now,
-                ),
-            ],
-            truncated: true,
-            now,
-        };
-        let text = report.human(Style::PLAIN);
+        let mut printer = ListPrinter::new(format, now);
+        printer.style = Style::PLAIN;
+        let mut text = printer.start().to_owned();
+        for page in pages {
+            text.push_str(&printer.page(page).expect("page"));
+        }
+        text.push_str(&printer.finish(truncated));
+        text
+    }
+
+    fn two_pages() -> Vec<Vec<Record>> {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        vec![
+            vec![Record::new(
+                record("aa11", "spiffe://td/web", now + Duration::from_secs(3600)),
+                false,
+                now,
+            )],
+            vec![Record::new(
+                CertificateRecord {
+                    revoked_at: Some(Timestamp::from(now - Duration::from_secs(300))),
+                    revocation_reason: "key compromise".into(),
+                    ..record("bb22", "spiffe://td/db", now - Duration::from_secs(120))
+                },
+                false,
+                now,
+            )],
+        ]
+    }
+
+    #[test]
+    fn list_renders_a_table_with_time_left_page_by_page() {
+        let text = listing(output::Format::Human, &two_pages(), true);
         let lines: Vec<&str> = text.lines().collect();
+        // Each page aligns its own columns (the first page's are narrower here).
         assert_eq!(
             lines[0],
-            "SERIAL  SPIFFE ID        NOT AFTER             EXPIRES         ROOT              VIA    REVOKED"
+            "SERIAL  SPIFFE ID        NOT AFTER             EXPIRES  ROOT              VIA    REVOKED"
         );
         assert!(
             lines[1].starts_with("aa11    spiffe://td/web  2027-01-15T09:00:00Z  in 1h"),
@@ -476,13 +583,22 @@ mod tests {
             "nothing in REVOKED: {}",
             lines[1]
         );
+        // The second page: rows only, the header is printed once.
+        assert!(lines[2].starts_with("bb22"), "{}", lines[2]);
         assert!(lines[2].contains("expired 2m ago"), "{}", lines[2]);
         assert!(lines[2].ends_with("admin  5m ago"), "{}", lines[2]);
         assert_eq!(
             lines[3],
-            "2 certificates (more matched; raise --limit or filter)"
+            "2 certificates (more may match; raise --limit or filter)"
         );
-        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!(lines.len(), 4);
+    }
+
+    #[test]
+    fn list_json_is_one_document_however_many_pages() {
+        let text = listing(output::Format::Json, &two_pages(), true);
+        let json: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(json["certificates"].as_array().map(Vec::len), Some(2));
         assert_eq!(json["certificates"][1]["expired"], true);
         assert_eq!(json["certificates"][0]["serial"], "aa11");
         assert_eq!(json["certificates"][0]["revoked"], false);
@@ -497,6 +613,14 @@ mod tests {
             "key compromise"
         );
         assert_eq!(json["truncated"], true);
+        for pages in [vec![], vec![vec![], vec![]]] {
+            let empty = listing(output::Format::Json, &pages, false);
+            let json: serde_json::Value = serde_json::from_str(&empty).expect("valid JSON");
+            assert_eq!(
+                json,
+                serde_json::json!({"certificates": [], "truncated": false})
+            );
+        }
     }
 
     #[test]
@@ -560,11 +684,9 @@ mod tests {
 
     #[test]
     fn empty_list_says_so() {
-        let report = ListReport {
-            certificates: Vec::new(),
-            truncated: false,
-            now: SystemTime::now(),
-        };
-        assert_eq!(report.human(Style::PLAIN), "No certificates match.\n");
+        assert_eq!(
+            listing(output::Format::Human, &[vec![]], false),
+            "No certificates match.\n"
+        );
     }
 }

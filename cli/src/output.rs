@@ -31,14 +31,23 @@ pub fn emit(format: Format, report: &impl Report) -> anyhow::Result<()> {
             json
         }
     };
+    print(&text)?;
+    Ok(())
+}
+
+/// Writes `text` to stdout now (for output that arrives in parts); `false` once the reader
+/// has gone away (`trellis cert list | head`), which is not worth an error message.
+pub fn print(text: &str) -> anyhow::Result<bool> {
     let mut stdout = std::io::stdout().lock();
-    // A closed pipe (`trellis cert list | head`) is not worth an error message.
     match stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
     {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        other => {
+            other?;
+            Ok(true)
+        }
     }
 }
 

@@ -314,6 +314,95 @@ fn cert_list_and_show_find_what_was_issued() {
     assert_eq!(pem_only, pem_text);
 }
 
+/// A store larger than one gRPC message (4 MiB) is listed in full: the CLI pages through
+/// it, and the JSON is one document with every record exactly once.
+#[test]
+fn cert_list_pages_through_a_store_larger_than_a_grpc_message() {
+    use trellis_ca::store::{CertRecord, Store};
+    const RECORDS: u32 = 6_500;
+    let mut ca = Ca::start();
+    ca.stop();
+    // Records written straight into the stopped CA's store: signing 6,500 certificates
+    // would test issuance, not listing. Each carries a certificate-sized value.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = Store::open(&ca.data_dir.join("db")).expect("open the CA's store");
+        for i in 0..RECORDS {
+            let mut serial = vec![0x5a; 12];
+            serial.extend_from_slice(&i.to_be_bytes());
+            let record = CertRecord {
+                serial: trellis_identity::hex::encode(&serial),
+                spiffe_id: format!("spiffe://cluster.local/ns/bulk/sa/w{}", i % 97),
+                dns_names: Vec::new(),
+                not_before: now - 7200,
+                not_after: now - 3600,
+                issued_at: now - 7200,
+                issued_at_ns: 0,
+                root_id: "bulk".into(),
+                intermediate_id: "bulk".into(),
+                issued_via: "admin".into(),
+            };
+            store
+                .record_issuance(&record, &[0x30; 700], &serial, None, &[])
+                .expect("record");
+        }
+        store.flush_now().expect("flush");
+    });
+    drop(rt);
+    ca.restart();
+    let user = User::logged_in(&ca);
+
+    let listing = user
+        .trellis(&[
+            "cert",
+            "list",
+            "--include-expired",
+            "--limit",
+            "1000000",
+            "-o",
+            "json",
+        ])
+        .success()
+        .json();
+    assert_eq!(listing["truncated"], false);
+    let serials: Vec<&str> = listing["certificates"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| c["serial"].as_str().expect("serial"))
+        .collect();
+    let unique: std::collections::HashSet<&str> = serials.iter().copied().collect();
+    assert_eq!(unique.len(), serials.len(), "a record listed twice");
+    let bulk = serials.iter().filter(|s| s.starts_with("5a5a")).count();
+    assert_eq!(bulk, RECORDS as usize, "every record written is listed");
+    // The others are the CA's own: serving certificates (one per start) and admin's.
+    let own = listing["certificates"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|c| c["issued_via"] == "ca")
+        .count();
+    assert_eq!(serials.len(), RECORDS as usize + own);
+
+    // The table: one header, one row per certificate, the count; --limit still limits.
+    let human = user
+        .trellis(&["cert", "list", "--include-expired", "--limit", "1500"])
+        .success()
+        .stdout;
+    let lines: Vec<&str> = human.lines().collect();
+    assert_eq!(lines.iter().filter(|l| l.starts_with("SERIAL")).count(), 1);
+    assert_eq!(lines.len(), 1 + 1500 + 1, "{}", lines.last().unwrap_or(&""));
+    assert!(
+        lines[lines.len() - 1].starts_with("1500 certificates (more may match"),
+        "{}",
+        lines[lines.len() - 1]
+    );
+}
+
 #[test]
 fn inspect_shows_a_chain_and_whether_it_verifies() {
     let ca = Ca::start();

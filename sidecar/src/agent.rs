@@ -55,8 +55,15 @@ pub struct Pacing {
     pub tick: Duration,
     /// First retry delay after a failure.
     pub backoff_base: Duration,
-    /// Longest retry delay.
+    /// Longest retry delay of renewals and of fetching the first bundle.
     pub backoff_cap: Duration,
+    /// Longest delay before reconnecting the CA's bundle and revocation streams. Short,
+    /// because a revocation reaches this sidecar only once they are connected again: after
+    /// a CA restart, a sidecar that had backed off to `backoff_cap` would learn of a
+    /// revocation made meanwhile only that long after. Reconnects are cheap (one TLS
+    /// handshake and a stream that sends complete state), and the jitter in [`backoff`]
+    /// spreads a fleet's reconnects over the last half of this.
+    pub stream_backoff_cap: Duration,
     /// Time limit for one call to the CA.
     pub call_timeout: Duration,
 }
@@ -67,6 +74,7 @@ impl Default for Pacing {
             tick: Duration::from_secs(1),
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(15),
+            stream_backoff_cap: Duration::from_secs(1),
             call_timeout: Duration::from_secs(10),
         }
     }
@@ -634,8 +642,9 @@ fn bundle_from_proto(
 
 /// Keeps one of the CA's state streams open: `open` starts it on a fresh client (verifying
 /// the CA with the newest bundle), every message goes to `apply`, and any failure leads to
-/// a reconnect with backoff. The CA's streams send complete state in every message, so a
-/// reconnect never misses anything.
+/// a reconnect with backoff capped at [`Pacing::stream_backoff_cap`]. The CA's streams send
+/// complete state in every message (the first one on connecting included), so a reconnect
+/// never misses anything.
 #[allow(clippy::too_many_arguments)]
 async fn follow<M, F>(
     what: &'static str,
@@ -676,7 +685,13 @@ async fn follow<M, F>(
             _ = stopped(&mut stop) => return,
         };
         failures += 1;
-        let delay = backoff(pacing, failures);
+        let delay = backoff(
+            Pacing {
+                backoff_cap: pacing.stream_backoff_cap,
+                ..pacing
+            },
+            failures,
+        );
         tracing::debug!(stream = what, error = %error, retry_in = ?delay, "CA stream interrupted; reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -815,6 +830,21 @@ mod tests {
             assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
             let late = backoff(pacing, 30);
             assert!(late >= Duration::from_secs(1) && late <= Duration::from_secs(2));
+        }
+    }
+
+    #[test]
+    fn the_streams_reconnect_within_a_second_while_renewals_back_off_to_15s() {
+        let pacing = Pacing::default();
+        assert_eq!(pacing.backoff_cap, Duration::from_secs(15));
+        assert!(pacing.stream_backoff_cap <= Duration::from_secs(1));
+        let streams = Pacing {
+            backoff_cap: pacing.stream_backoff_cap,
+            ..pacing
+        };
+        for _ in 0..50 {
+            let late = backoff(streams, 30);
+            assert!(late >= pacing.stream_backoff_cap / 2 && late <= pacing.stream_backoff_cap);
         }
     }
 }

@@ -16,11 +16,13 @@ use trellis_proto::ca::v1::CertifyResponse;
 
 use super::convert;
 use crate::auth::AdminCaller;
+use crate::bootstrap::store_err;
 use crate::error::CaError;
 use crate::issuance::Credential;
 use crate::limits::ClientKey;
 use crate::revocation::RevokeTarget;
 use crate::state::CaState;
+use crate::store::identity_prefix;
 
 /// The admin API over the CA state.
 #[derive(Debug, Clone)]
@@ -35,6 +37,12 @@ impl AdminService {
 }
 
 const DEFAULT_LIMIT: usize = 1000;
+/// Certificates per `ListCertificates` reply unless the caller asks for fewer, and the most
+/// it may ask for: 1,000 records with their DER are about 1 MiB, well under gRPC's 4 MiB.
+const DEFAULT_PAGE: usize = 500;
+const MAX_PAGE: usize = 1000;
+/// Index entries one `ListCertificates` call reads at most, matched or not.
+const SCAN_PER_PAGE: usize = 10 * MAX_PAGE;
 
 fn caller<T>(request: &Request<T>) -> Result<SpiffeId, Status> {
     request
@@ -124,9 +132,9 @@ impl Admin for AdminService {
         request: Request<ListCertificatesRequest>,
     ) -> Result<Response<ListCertificatesResponse>, Status> {
         let filter = request.into_inner();
-        let limit = match filter.limit {
-            0 => DEFAULT_LIMIT,
-            n => n as usize,
+        let page_size = match filter.page_size {
+            0 => DEFAULT_PAGE,
+            n => (n as usize).min(MAX_PAGE),
         };
         let now = self.state.now_unix();
         let expiring_before = (filter.expiring_within_seconds > 0)
@@ -136,47 +144,40 @@ impl Admin for AdminService {
                 && (filter.root_id.is_empty() || r.root_id == filter.root_id)
                 && expiring_before.is_none_or(|t| r.not_after <= t && r.not_after > now)
         };
-        let store = &self.state.store;
-        let mut matched = Vec::new();
-        if filter.spiffe_id.is_empty() {
-            store
-                .for_each_certificate(|r| {
-                    if keep(&r) {
-                        matched.push(r);
-                    }
-                    true
-                })
-                .map_err(|e| CaError::Unavailable(e.to_string()))?;
+        let prefix = if filter.spiffe_id.is_empty() {
+            Vec::new()
         } else {
-            let id = parse_id("spiffe_id", &filter.spiffe_id)?;
-            matched = store
-                .certificates_of(id.as_str())
-                .map_err(|e| CaError::Unavailable(e.to_string()))?;
-            matched.retain(|r| keep(r));
+            identity_prefix(parse_id("spiffe_id", &filter.spiffe_id)?.as_str())
+        };
+        let after = match filter.page_token.as_str() {
+            "" => None,
+            token => Some(
+                hex::decode(token)
+                    .filter(|key| key.starts_with(&prefix))
+                    .ok_or_else(|| {
+                        CaError::InvalidArgument(
+                            "page_token is not one this listing returned (the filters must stay \
+                             the same from page to page); start again without it"
+                                .into(),
+                        )
+                    })?,
+            ),
+        };
+        let store = &self.state.store;
+        let page = store
+            .certificates_page(&prefix, after.as_deref(), page_size, SCAN_PER_PAGE, keep)
+            .map_err(store_err)?;
+        let mut certificates = Vec::with_capacity(page.certificates.len());
+        for (record, der) in page.certificates {
+            let serial = hex::decode(&record.serial).unwrap_or_default();
+            let revocation = store.revocation(&serial).map_err(store_err)?;
+            certificates.push(convert::record(record, der, revocation));
         }
-        matched.sort_by(|a, b| {
-            a.spiffe_id
-                .cmp(&b.spiffe_id)
-                .then(b.issued_at.cmp(&a.issued_at))
-                .then(a.serial.cmp(&b.serial))
-        });
-        let truncated = matched.len() > limit;
-        matched.truncate(limit);
-        let mut certificates = Vec::with_capacity(matched.len());
-        for r in matched {
-            let serial = hex::decode(&r.serial).unwrap_or_default();
-            let der = store
-                .certificate(&serial)
-                .ok()
-                .flatten()
-                .map(|(_, der)| der)
-                .unwrap_or_default();
-            let revocation = store.revocation(&serial).ok().flatten();
-            certificates.push(convert::record(r, der, revocation));
-        }
+        let next_page_token = page.next.map(|key| hex::encode(&key)).unwrap_or_default();
         Ok(Response::new(ListCertificatesResponse {
             certificates,
-            truncated,
+            truncated: !next_page_token.is_empty(),
+            next_page_token,
         }))
     }
 
@@ -190,18 +191,10 @@ impl Admin for AdminService {
             .ok_or_else(|| {
                 CaError::InvalidArgument(format!("serial {text:?} is not hex (e.g. 4f3a...)"))
             })?;
-        let found = self
-            .state
-            .store
-            .certificate(&serial)
-            .map_err(|e| CaError::Unavailable(e.to_string()))?;
+        let found = self.state.store.certificate(&serial).map_err(store_err)?;
         match found {
             Some((record, der)) => {
-                let revocation = self
-                    .state
-                    .store
-                    .revocation(&serial)
-                    .map_err(|e| CaError::Unavailable(e.to_string()))?;
+                let revocation = self.state.store.revocation(&serial).map_err(store_err)?;
                 Ok(Response::new(convert::record(record, der, revocation)))
             }
             None => Err(CaError::NotFound(format!(
@@ -225,7 +218,7 @@ impl Admin for AdminService {
             .state
             .store
             .audit_after(body.after_sequence, limit)
-            .map_err(|e| CaError::Unavailable(e.to_string()))?
+            .map_err(store_err)?
             .into_iter()
             .map(|(sequence, e)| AuditEvent {
                 sequence,

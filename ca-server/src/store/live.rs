@@ -56,6 +56,7 @@ pub(super) struct Trees {
 
 impl Trees {
     fn open(dir: &Path, generation: u64) -> Result<Self, sled::Error> {
+        remove_unfinished_snapshots(dir).map_err(sled::Error::Io)?;
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
@@ -101,6 +102,40 @@ impl Trees {
     }
 }
 
+/// Removes snapshot files that sled 0.34 began to write and never finished.
+///
+/// sled writes a snapshot only while it opens a database (`read_snapshot_or_default` →
+/// `advance_snapshot` → `write_snapshot` in `pagecache/snapshot.rs`): it replays the log
+/// from the newest finished snapshot `snap.<lsn>`, writes the result to
+/// `snap.<lsn>.generating`, syncs it, renames it to `snap.<lsn>`, and only then deletes the
+/// older snapshots. An opening that fails part-way (ENOSPC on a full disk, a crash) leaves
+/// the `.generating` file behind, often empty. Nothing else refers to it, and everything in
+/// it is recomputed from what is still there (the older `snap.*`, or none, and the log),
+/// exactly as that opening did; so it is safe to delete. Left in place it is fatal: sled
+/// reads the snapshot file whose name sorts last, which is the `.generating` one, and refuses
+/// to open ("Read corrupted data") on every start that follows.
+fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(entry.path())?;
+            tracing::warn!(
+                file = %entry.path().display(),
+                "removed an unfinished database snapshot left by an interrupted start; \
+                 sled rebuilds it from the log"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 enum State {
     Open(Arc<Trees>),
@@ -119,6 +154,10 @@ impl Live {
     /// Opens the database (generation 1). Needs a tokio runtime, for reopening.
     pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
         let trees = Trees::open(dir, 1).map_err(|e| match Cause::of_sled(&e) {
+            _ if matches!(e, sled::Error::Corruption { .. }) => StoreError::Damaged {
+                dir: dir.to_path_buf(),
+                detail: e.to_string(),
+            },
             Some(Cause::Io(_)) | None => StoreError::from(e),
             Some(cause) => StoreError::Unavailable(Failure::new(cause, dir)),
         })?;

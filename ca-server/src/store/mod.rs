@@ -53,6 +53,16 @@ pub enum StoreError {
     Unavailable(Failure),
     #[error("corrupt record in tree {tree}: {reason}")]
     Corrupt { tree: &'static str, reason: String },
+    /// sled cannot read the database files themselves (unfinished snapshots, which an
+    /// interrupted start leaves, are removed before opening, so this is real damage).
+    #[error(
+        "the database in {dir} is damaged and cannot be opened (sled: {detail}); restore that \
+         directory from a backup of the data directory"
+    )]
+    Damaged {
+        dir: std::path::PathBuf,
+        detail: String,
+    },
 }
 
 impl From<sled::Error> for StoreError {
@@ -81,6 +91,20 @@ pub enum TokenRefusal {
     Used { at: u64 },
     #[error("join token expired (at unix time {at})")]
     Expired { at: u64 },
+}
+
+/// A page of [`Store::certificates_page`].
+#[derive(Debug, Default)]
+pub struct CertPage {
+    /// The records and their DER, in index order.
+    pub certificates: Vec<(CertRecord, Vec<u8>)>,
+    /// The index key to continue after, if the listing may go on.
+    pub next: Option<Vec<u8>>,
+}
+
+/// The index prefix of every certificate of `spiffe_id`, for [`Store::certificates_page`].
+pub fn identity_prefix(spiffe_id: &str) -> Vec<u8> {
+    identity_key(spiffe_id, &[])
 }
 
 /// A token to consume as part of an issuance.
@@ -415,6 +439,59 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// One page of certificates in index order (SPIFFE ID, then serial): those under
+    /// `prefix` (an [`identity_prefix`], or empty for all) whose index key comes after
+    /// `after` (the [`CertPage::next`] of the page before), at most `max` of those `keep`
+    /// accepts. At most `scan` index entries are read, so a filter that rejects most records
+    /// still costs one page's work: the page may then be short, or empty, with a `next`.
+    pub fn certificates_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        max: usize,
+        scan: usize,
+        keep: impl Fn(&CertRecord) -> bool,
+    ) -> Result<CertPage, StoreError> {
+        use std::ops::Bound;
+        let t = self.trees()?;
+        let err = self.err(&t);
+        let start = match after {
+            Some(key) => Bound::Excluded(key.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        let mut page = CertPage::default();
+        let mut scanned = 0;
+        for entry in t.by_identity.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            let (key, _) = entry.map_err(&err)?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            scanned += 1;
+            // An index key is the SPIFFE ID (which has no NUL), a NUL, the serial.
+            let serial = key
+                .iter()
+                .position(|&b| b == 0)
+                .map(|nul| &key[nul + 1..])
+                .ok_or_else(|| StoreError::Corrupt {
+                    tree: "by_identity",
+                    reason: "key without a NUL after the SPIFFE ID".into(),
+                })?;
+            // An index entry without its certificate is what a crash between the two
+            // writes leaves (see the module docs); it is skipped.
+            if let Some(value) = t.certs.get(serial).map_err(&err)? {
+                let (record, der) = decode_certificate(&value)?;
+                if keep(&record) {
+                    page.certificates.push((record, der));
+                }
+            }
+            if page.certificates.len() >= max || scanned >= scan {
+                page.next = Some(key.to_vec());
+                return Ok(page);
+            }
+        }
+        Ok(page)
     }
 
     /// Visits every certificate record; stop early by returning `false`.

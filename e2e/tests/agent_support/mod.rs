@@ -25,6 +25,7 @@ pub const FAST: Pacing = Pacing {
     tick: Duration::from_millis(20),
     backoff_base: Duration::from_millis(50),
     backoff_cap: Duration::from_millis(400),
+    stream_backoff_cap: Duration::from_millis(400),
     call_timeout: Duration::from_secs(5),
 };
 
@@ -104,8 +105,8 @@ impl Mesh {
         self.ca = Some(start_ca(&self.data_dir, self.addr, self.clock.clone(), &|_| {}).await);
     }
 
-    /// A fresh join token for `spiffe://cluster.local<path>`, through the admin API.
-    pub async fn token(&self, path: &str) -> String {
+    /// The admin API, with the admin credentials the CA wrote.
+    pub async fn admin(&self) -> AdminClient<tonic::transport::Channel> {
         let admin_dir = self.data_dir.join("admin");
         let read = |name: &str| std::fs::read(admin_dir.join(name)).expect("admin file");
         let identity = Identity {
@@ -126,6 +127,12 @@ impl Mesh {
             .await
             .expect("connect");
         AdminClient::new(channel)
+    }
+
+    /// A fresh join token for `spiffe://cluster.local<path>`, through the admin API.
+    pub async fn token(&self, path: &str) -> String {
+        self.admin()
+            .await
             .create_join_token(CreateJoinTokenRequest {
                 spiffe_id: format!("spiffe://cluster.local{path}"),
                 ttl_seconds: 0,
@@ -139,6 +146,16 @@ impl Mesh {
     /// Starts an agent that bootstraps with a fresh token for `path`, trusting the CA's
     /// bundle file; `edit` adjusts its `[ca]` settings.
     pub async fn agent_with(&self, path: &str, edit: impl FnOnce(&mut CaFile)) -> RunningAgent {
+        self.agent_paced(path, edit, FAST).await
+    }
+
+    /// [`Mesh::agent_with`] with `pacing` instead of [`FAST`] (e.g. production's).
+    pub async fn agent_paced(
+        &self,
+        path: &str,
+        edit: impl FnOnce(&mut CaFile),
+        pacing: Pacing,
+    ) -> RunningAgent {
         let token = self.token(path).await;
         let mut ca = CaFile {
             address: Some(self.addr.to_string()),
@@ -161,7 +178,7 @@ impl Mesh {
             Arc::new(JoinToken::new(TokenSource::Value(token))),
             creds_tx,
             metrics.clone(),
-            FAST,
+            pacing,
         );
         tokio::spawn(agent.run(stop_rx));
         RunningAgent {
