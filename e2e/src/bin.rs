@@ -9,11 +9,14 @@ use std::process::Command;
 /// Panics, saying how to fix it, if the binary has not been built.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable has a path");
-    // Test executables live in target/<profile>/deps/; binaries in target/<profile>/.
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test executable is inside target/<profile>/deps");
+    // Test executables live in target/<profile>/deps/, binaries (the bench, which uses this
+    // harness too) in target/<profile>/.
+    let dir = exe.parent().expect("the executable is in a directory");
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().expect("deps is inside target/<profile>")
+    } else {
+        dir
+    };
     let path = profile_dir.join(name);
     if !path.is_file() {
         panic!(
