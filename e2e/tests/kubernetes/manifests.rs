@@ -168,7 +168,8 @@ fn invocations(docs: &[Value], scratch: &Path) -> Vec<Invocation> {
         {
             volumes.push(serde_json::json!({"name": claim["metadata"]["name"]}));
         }
-        for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+        let init = pod["spec"]["initContainers"].as_array().into_iter().flatten();
+        for c in pod["spec"]["containers"].as_array().into_iter().flatten().chain(init) {
             let Some(binary) = c["image"].as_str().and_then(binary_of) else {
                 continue;
             };
@@ -276,10 +277,16 @@ fn check_settings_of(binary: &str) {
             outcome.stderr
         );
         // And the check is real: one bad value makes the same command fail.
+        let init_network = invocation.args.first().is_some_and(|a| a == "init-network");
         let bad = match invocation.binary {
             "trellis" => {
                 let mut cmd = invocation.command(&[]);
                 cmd.arg("--image-pull-policy=Sometimes");
+                run(cmd, TOOL_TIMEOUT)
+            }
+            "trellis-sidecar" if init_network => {
+                let mut cmd = invocation.command(&[]);
+                cmd.arg("--skip-inbound-cidrs=10.0.0.0/99");
                 run(cmd, TOOL_TIMEOUT)
             }
             _ => run(

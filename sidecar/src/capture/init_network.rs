@@ -33,6 +33,9 @@ pub struct InitNetworkFlags {
     /// Print the rules that would be applied and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Check the flags, print the settings and exit (as every Trellis binary does).
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// Why the init step could not program the rules; each message names the fix.
@@ -80,6 +83,9 @@ impl InitNetworkFlags {
 /// Runs the init step; returns what to print on success.
 pub fn run(flags: &InitNetworkFlags) -> Result<String, InitNetworkError> {
     let settings = flags.settings();
+    if flags.check_config {
+        return Ok(format!("configuration OK: {settings:?}"));
+    }
     let families = families();
     if flags.dry_run {
         let mut out = String::new();
