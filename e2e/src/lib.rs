@@ -22,6 +22,7 @@
 pub mod bin;
 pub mod ca;
 pub mod process;
+pub mod python;
 pub mod retry;
 pub mod run;
 pub mod tmpfs;
