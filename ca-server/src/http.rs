@@ -63,11 +63,11 @@ fn crl_response(result: Result<Vec<u8>, CaError>, as_pem: bool) -> Response {
 }
 
 async fn active_der(State(http): State<Http>) -> Response {
-    crl_response(http.crls.get(&http.state, None), false)
+    crl_response(http.crls.get(&http.state, None).await, false)
 }
 
 async fn active_pem(State(http): State<Http>) -> Response {
-    crl_response(http.crls.get(&http.state, None), true)
+    crl_response(http.crls.get(&http.state, None).await, true)
 }
 
 async fn by_id(State(http): State<Http>, Path(id): Path<String>) -> Response {
@@ -75,7 +75,7 @@ async fn by_id(State(http): State<Http>, Path(id): Path<String>) -> Response {
         Some(bare) => (bare.to_owned(), true),
         None => (id, false),
     };
-    crl_response(http.crls.get(&http.state, Some(&id)), as_pem)
+    crl_response(http.crls.get(&http.state, Some(&id)).await, as_pem)
 }
 
 async fn metrics(State(http): State<Http>) -> Response {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
+use trellis_identity::crl_reason::CrlReason;
 use trellis_identity::{SpiffeId, hex};
 
 use crate::error::CaError;
@@ -21,11 +22,13 @@ pub enum RevokeTarget {
 }
 
 impl CaState {
-    /// Revokes, durably; returns the serials newly revoked.
+    /// Revokes, durably; returns the serials newly revoked. `reason` is the audited text,
+    /// `code` what the CRL entries say.
     pub async fn revoke(
         &self,
         target: RevokeTarget,
         reason: &str,
+        code: Option<CrlReason>,
         actor: &str,
     ) -> Result<Vec<String>, CaError> {
         let now = self.now_unix();
@@ -68,6 +71,7 @@ impl CaState {
                 reason: reason.to_owned(),
                 not_after: record.not_after,
                 intermediate_id: record.intermediate_id.clone(),
+                reason_code: code.map(CrlReason::code),
             };
             if self
                 .store
@@ -89,7 +93,7 @@ impl CaState {
         }
         self.store.durable(mark).await.map_err(unavailable)?;
         self.refresh_revocations()?;
-        tracing::info!(serials = ?newly, actor, reason, "certificates revoked");
+        tracing::info!(serials = ?newly, actor, reason, code = ?code, "certificates revoked");
         Ok(newly)
     }
 

@@ -65,6 +65,7 @@ fn a_revocation_closes_live_connections_and_refuses_new_ones_within_two_seconds(
                 serial: String::new(),
                 spiffe_id: id("/ns/demo/sa/frontend"),
                 reason: "compromised".into(),
+                reason_code: 0,
             })
             .await
         })

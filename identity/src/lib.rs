@@ -7,6 +7,7 @@
 
 pub mod bundle;
 pub mod clock;
+pub mod crl_reason;
 pub mod duration;
 pub mod files;
 pub mod hex;

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::crl_reason::CrlReason;
 use crate::{SpiffeId, TrustDomain, hex};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
@@ -335,6 +336,21 @@ fn rcgen_name(name: &x509_cert::name::Name) -> Result<DistinguishedName, Profile
 pub struct CrlEntry {
     pub serial: Vec<u8>,
     pub revoked_at: SystemTime,
+    /// The reasonCode entry extension, if a reason was given (RFC 5280, section 5.3.1).
+    pub reason: Option<CrlReason>,
+}
+
+fn rcgen_reason(reason: CrlReason) -> rcgen::RevocationReason {
+    use rcgen::RevocationReason as R;
+    match reason {
+        CrlReason::KeyCompromise => R::KeyCompromise,
+        CrlReason::CaCompromise => R::CaCompromise,
+        CrlReason::AffiliationChanged => R::AffiliationChanged,
+        CrlReason::Superseded => R::Superseded,
+        CrlReason::CessationOfOperation => R::CessationOfOperation,
+        CrlReason::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
+        CrlReason::AaCompromise => R::AaCompromise,
+    }
 }
 
 impl SigningCa {
@@ -357,7 +373,7 @@ impl SigningCa {
                 .map(|e| rcgen::RevokedCertParams {
                     serial_number: SerialNumber::from_slice(&e.serial),
                     revocation_time: to_offset(e.revoked_at),
-                    reason_code: None,
+                    reason_code: e.reason.map(rcgen_reason),
                     invalidity_date: None,
                 })
                 .collect(),
