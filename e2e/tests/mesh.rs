@@ -94,11 +94,22 @@ fn payloads_of_every_size_travel_unchanged_and_half_close_is_honoured() {
     assert!(identity["seconds_left"].as_u64().expect("seconds_left") > 3000);
 }
 
-/// openssl s_client against the inbound port: `certs` is (cert, chain, key) or none.
+/// openssl s_client against the inbound port offering ALPN `trellis/1`, as a sidecar does:
+/// `files` is (certificate chain, key) or none.
 fn openssl_to(
     addr: std::net::SocketAddr,
     ca: &Ca,
     files: Option<(&std::path::Path, &std::path::Path)>,
+) -> (bool, String) {
+    openssl_alpn(addr, ca, files, Some("trellis/1"))
+}
+
+/// openssl s_client offering `alpn` (none: no ALPN extension at all).
+fn openssl_alpn(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+    files: Option<(&std::path::Path, &std::path::Path)>,
+    alpn: Option<&str>,
 ) -> (bool, String) {
     let mut cmd = Command::new("openssl");
     cmd.args([
@@ -111,6 +122,9 @@ fn openssl_to(
         "-CAfile",
     ])
     .arg(ca.bundle_pem());
+    if let Some(alpn) = alpn {
+        cmd.args(["-alpn", alpn]);
+    }
     if let Some((chain, key)) = files {
         cmd.arg("-cert")
             .arg(chain)
@@ -167,6 +181,14 @@ fn strangers_are_refused_and_openssl_with_an_allowed_certificate_gets_through() 
         echoed,
         "openssl with an allowed certificate should be echoed: {out}"
     );
+    // The same certificate without ALPN, or offering another protocol: refused before the
+    // handshake, as a client of some other TLS service pointed here would be.
+    let allowed_files = (allowed.join("svid.pem"), allowed.join("svid_key.pem"));
+    for alpn in [None, Some("h2"), Some("http/1.1")] {
+        let files = Some((allowed_files.0.as_path(), allowed_files.1.as_path()));
+        let (echoed, out) = openssl_alpn(inbound, &mesh.ca, files, alpn);
+        assert!(!echoed, "ALPN {alpn:?} accepted: {out}");
+    }
 
     // No certificate.
     let (echoed, out) = openssl_to(inbound, &mesh.ca, None);
@@ -271,9 +293,18 @@ fn strangers_are_refused_and_openssl_with_an_allowed_certificate_gets_through() 
         metric(
             admin,
             "trellis_handshakes_total{direction=\"inbound\",result=\"failed\"",
-        ) >= 4
+        ) >= 7
             && metric(admin, "trellis_policy_denials_total{direction=\"inbound\"}") >= 1
     });
+    let refused = |reason: &str| {
+        metric(
+            admin,
+            &format!(
+                "trellis_handshakes_total{{direction=\"inbound\",result=\"failed\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    assert_eq!((refused("no_alpn"), refused("wrong_alpn")), (1, 2));
 }
 
 #[test]

@@ -40,7 +40,7 @@ pub struct DirectionCounters {
 pub struct Metrics {
     pub directions: [DirectionCounters; 2],
     /// (direction, result, reason) → count: "ok", or "failed" with a reason such as
-    /// "no_client_cert", "unknown_issuer", "expired", "timeout", "wrong_identity".
+    /// "no_client_cert", "unknown_issuer", "expired", "timeout", "wrong_identity", "no_alpn".
     handshakes: Mutex<BTreeMap<(&'static str, &'static str, String), u64>>,
     /// Connections refused by policy, by direction.
     pub policy_denials: [AtomicU64; 2],
