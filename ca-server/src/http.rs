@@ -6,6 +6,7 @@
 
 use std::fmt::Write;
 use std::sync::Arc;
+use trellis_identity::histogram;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -82,6 +83,13 @@ async fn metrics(State(http): State<Http>) -> Response {
     let state = &http.state;
     let now = state.now_unix() as i64;
     let mut out = String::new();
+    let name = "trellis_ca_issuance_duration_seconds";
+    histogram::header(
+        &mut out,
+        name,
+        "Certificates issued (Certify and admin IssueCertificate), from the credential check to the durable record.",
+    );
+    state.issuance_seconds.render(&mut out, name, "");
     // Absent, not zero, while the store is being reopened after a write failure.
     if let Some(count) = state.store.certificate_count() {
         let _ = writeln!(

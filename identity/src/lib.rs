@@ -11,6 +11,7 @@ pub mod crl_reason;
 pub mod duration;
 pub mod files;
 pub mod hex;
+pub mod histogram;
 pub mod key;
 pub mod pattern;
 pub mod pem;

@@ -3,8 +3,8 @@
 //! [`Policy`], then forwards bytes to the local app.
 //!
 //! Every refusal is logged with the peer address and a reason and counted in
-//! `trellis_handshakes_total{direction="inbound",result="failed",reason=...}` (or in
-//! `trellis_policy_denials_total` for an authenticated peer the policy refuses).
+//! `trellis_sidecar_handshakes_total{direction="inbound",result="failed",reason=...}` (or in
+//! `trellis_sidecar_policy_denials_total` for an authenticated peer the policy refuses).
 //!
 //! Sidecars speak ALPN `trellis/1` to each other, and a ClientHello that does not offer it
 //! is refused before the handshake (`no_alpn` when it offers no protocol, `wrong_alpn` when
@@ -125,6 +125,7 @@ impl Inbound {
             tracing::info!(%peer, reason, error = %e, "inbound TLS handshake failed");
             metrics.handshake(DIRECTION, false, reason);
         };
+        let started = Instant::now();
         let hello = LazyConfigAcceptor::new(Acceptor::default(), stream);
         let start = match timeout_at(deadline, hello).await {
             Err(_) => return refuse(metrics, peer, "timeout"),
@@ -150,6 +151,7 @@ impl Inbound {
         };
         tracing::Span::current().record("spiffe_id", tracing::field::display(&spiffe_id));
         metrics.handshake(DIRECTION, true, "");
+        metrics.handshake_seconds[DIRECTION as usize].observe(started.elapsed());
         let decision = self.policy.check(&spiffe_id);
         if !decision.is_allowed() {
             metrics.policy_denials[DIRECTION as usize]
