@@ -64,7 +64,21 @@ impl CrlCache {
                 reason: r.reason_code.and_then(|c| CrlReason::from_code(c.into())),
             })
             .collect();
-        let number = next_crl_number(state, &id, now).await?;
+        let number = match next_crl_number(state, &id, now).await {
+            Ok(number) => number,
+            // The store cannot record a number now (disk full, read-only): the cached CRL
+            // is still valid until its nextUpdate, and no revocation can have been recorded
+            // meanwhile either.
+            Err(e) => match cache.get(&id) {
+                Some(crl)
+                    if now.duration_since(crl.signed_at).unwrap_or_default() < CRL_VALIDITY =>
+                {
+                    tracing::warn!(error = %e, "serving the cached CRL: cannot record a new CRL number");
+                    return Ok(crl.der.clone());
+                }
+                _ => return Err(e),
+            },
+        };
         let der = issuer.sign_crl(&entries, now, now + CRL_VALIDITY, number)?;
         cache.insert(
             id,
