@@ -10,6 +10,7 @@ header.
 """
 
 import importlib
+import importlib.resources
 import json
 import sys
 import tempfile
