@@ -2,8 +2,10 @@
 # Installs what the test suite needs beyond cargo: openssl (interoperability tests), curl,
 # kubectl (renders deploy/ with its built-in kustomize), python3 for kubernetes-validate
 # (validates the rendered manifests against the Kubernetes schemas; from PyPI, into a venv
-# under target/ so nothing else on the machine changes), and for the capture tests, which
-# run pods as network namespaces: ip (iproute2), iptables and setpriv (util-linux).
+# under target/ so nothing else on the machine changes), a second venv with clients
+# nobody here wrote: gRPC's C core (grpcio, as py-spiffe uses it) and the Prometheus text
+# parser (prometheus-client), and for the capture tests, which run pods as network
+# namespaces: ip (iproute2), iptables and setpriv (util-linux).
 # A fresh Debian-based machine may lack them; this is a no-op where they are present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,4 +32,15 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0'
+fi
+
+pyvenv=target/py-tools
+pins="grpcio==1.85.1 grpcio-tools==1.85.1 prometheus-client==0.26.0"
+if [ "$(cat "$pyvenv/pins" 2>/dev/null)" != "$pins" ]; then
+  echo "installing $pins into $pyvenv" >&2
+  rm -rf "$pyvenv"
+  python3 -m venv "$pyvenv"
+  # shellcheck disable=SC2086 # one argument per pin
+  "$pyvenv/bin/pip" install --quiet --disable-pip-version-check $pins
+  echo "$pins" >"$pyvenv/pins"
 fi

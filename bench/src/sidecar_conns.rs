@@ -295,7 +295,11 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     let mut active = 0;
     while Instant::now() < settle_by {
         let text = sidecar.get("/metrics").await.unwrap_or_default();
-        active = metric(&text, "trellis_connections_active{direction=\"inbound\"}").unwrap_or(0);
+        active = metric(
+            &text,
+            "trellis_sidecar_connections_active{direction=\"inbound\"}",
+        )
+        .unwrap_or(0);
         if active as usize >= streams.len() {
             break;
         }
@@ -337,7 +341,9 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     let text = sidecar.get("/metrics").await.unwrap_or_default();
     let handshakes_failed: i64 = text
         .lines()
-        .filter(|l| l.starts_with("trellis_handshakes_total") && l.contains("result=\"failed\""))
+        .filter(|l| {
+            l.starts_with("trellis_sidecar_handshakes_total") && l.contains("result=\"failed\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
         .sum();
     drop(sidecar);

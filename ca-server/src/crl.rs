@@ -1,10 +1,13 @@
 //! X.509 CRLs (RFC 5280 §5) for tools outside the mesh (`openssl verify -crl_check`, curl,
-//! nginx): one per intermediate, listing its unexpired revoked certificates, cached until
-//! the revocation list changes or half its validity has passed.
+//! nginx): one per intermediate, listing its unexpired revoked certificates (each with its
+//! reason code, if one was given), cached until the revocation list changes or half its
+//! validity has passed.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+
+use tokio::sync::Mutex;
+use trellis_identity::crl_reason::CrlReason;
 
 use rcgen::KeyPair;
 use rustls_pki_types::CertificateDer;
@@ -27,25 +30,24 @@ struct SignedCrl {
     der: Vec<u8>,
 }
 
-/// Signed CRLs by intermediate id.
+/// Signed CRLs by intermediate id. Held locked while a CRL is signed, so two requests
+/// never sign with the same number.
 #[derive(Debug, Default)]
 pub struct CrlCache(Mutex<HashMap<String, SignedCrl>>);
 
 impl CrlCache {
     /// The DER CRL of intermediate `id` (the active one if `None`).
-    pub fn get(&self, state: &CaState, id: Option<&str>) -> Result<Vec<u8>, CaError> {
+    pub async fn get(&self, state: &CaState, id: Option<&str>) -> Result<Vec<u8>, CaError> {
         let signer = state.signer();
         let id = id.unwrap_or(&signer.id).to_owned();
         let revocations = state.revocations();
         let now = state.now();
+        let mut cache = self.0.lock().await;
+        if let Some(crl) = cache.get(&id)
+            && crl.revocation_version == revocations.version
+            && now.duration_since(crl.signed_at).unwrap_or_default() < CRL_VALIDITY / 2
         {
-            let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(crl) = cache.get(&id)
-                && crl.revocation_version == revocations.version
-                && now.duration_since(crl.signed_at).unwrap_or_default() < CRL_VALIDITY / 2
-            {
-                return Ok(crl.der.clone());
-            }
+            return Ok(crl.der.clone());
         }
         let issuer = if id == signer.id {
             signer
@@ -59,12 +61,26 @@ impl CrlCache {
             .map(|r| CrlEntry {
                 serial: trellis_identity::hex::decode(&r.serial).unwrap_or_default(),
                 revoked_at: SystemTime::UNIX_EPOCH + Duration::from_secs(r.revoked_at),
+                reason: r.reason_code.and_then(|c| CrlReason::from_code(c.into())),
             })
             .collect();
-        // The CRL number must increase per issuer, across restarts too: the signing time
-        // in seconds does (a CRL is signed at most once per revocation change or half-hour).
-        let der = issuer.sign_crl(&entries, now, now + CRL_VALIDITY, unix(now))?;
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        let number = match next_crl_number(state, &id, now).await {
+            Ok(number) => number,
+            // The store cannot record a number now (disk full, read-only): the cached CRL
+            // is still valid until its nextUpdate, and no revocation can have been recorded
+            // meanwhile either.
+            Err(e) => match cache.get(&id) {
+                Some(crl)
+                    if now.duration_since(crl.signed_at).unwrap_or_default() < CRL_VALIDITY =>
+                {
+                    tracing::warn!(error = %e, "serving the cached CRL: cannot record a new CRL number");
+                    return Ok(crl.der.clone());
+                }
+                _ => return Err(e),
+            },
+        };
+        let der = issuer.sign_crl(&entries, now, now + CRL_VALIDITY, number)?;
+        cache.insert(
             id,
             SignedCrl {
                 revocation_version: revocations.version,
@@ -74,6 +90,23 @@ impl CrlCache {
         );
         Ok(der)
     }
+}
+
+/// The number for intermediate `id`'s next CRL, on disk before it is used: the signing
+/// time in seconds, or one more than the last number if that is not above it (two CRLs
+/// within one second, or a clock set back), so numbers increase strictly per issuer
+/// (RFC 5280, section 5.2.3), across restarts too.
+async fn next_crl_number(state: &CaState, id: &str, now: SystemTime) -> Result<u64, CaError> {
+    let unavailable = |e: crate::store::StoreError| CaError::Unavailable(e.to_string());
+    let last = state.store.crl_number(id).map_err(unavailable)?;
+    let number = unix(now).max(last + 1);
+    let mark = state.store.mark();
+    state
+        .store
+        .set_crl_number(id, number)
+        .map_err(unavailable)?;
+    state.store.durable(mark).await.map_err(unavailable)?;
+    Ok(number)
 }
 
 fn load_intermediate(state: &CaState, id: &str) -> Result<SigningCa, CaError> {

@@ -6,6 +6,7 @@
 
 use std::fmt::Write;
 use std::sync::Arc;
+use trellis_identity::histogram;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -63,11 +64,11 @@ fn crl_response(result: Result<Vec<u8>, CaError>, as_pem: bool) -> Response {
 }
 
 async fn active_der(State(http): State<Http>) -> Response {
-    crl_response(http.crls.get(&http.state, None), false)
+    crl_response(http.crls.get(&http.state, None).await, false)
 }
 
 async fn active_pem(State(http): State<Http>) -> Response {
-    crl_response(http.crls.get(&http.state, None), true)
+    crl_response(http.crls.get(&http.state, None).await, true)
 }
 
 async fn by_id(State(http): State<Http>, Path(id): Path<String>) -> Response {
@@ -75,13 +76,20 @@ async fn by_id(State(http): State<Http>, Path(id): Path<String>) -> Response {
         Some(bare) => (bare.to_owned(), true),
         None => (id, false),
     };
-    crl_response(http.crls.get(&http.state, Some(&id)), as_pem)
+    crl_response(http.crls.get(&http.state, Some(&id)).await, as_pem)
 }
 
 async fn metrics(State(http): State<Http>) -> Response {
     let state = &http.state;
     let now = state.now_unix() as i64;
     let mut out = String::new();
+    let name = "trellis_ca_issuance_duration_seconds";
+    histogram::header(
+        &mut out,
+        name,
+        "Certificates issued (Certify and admin IssueCertificate), from the credential check to the durable record.",
+    );
+    state.issuance_seconds.render(&mut out, name, "");
     // Absent, not zero, while the store is being reopened after a write failure.
     if let Some(count) = state.store.certificate_count() {
         let _ = writeln!(

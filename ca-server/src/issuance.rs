@@ -97,8 +97,21 @@ pub fn check_grantable(state: &CaState, id: &SpiffeId) -> Result<(), CaError> {
 }
 
 impl CaState {
-    /// Runs the whole pipeline for one request.
+    /// Runs the whole pipeline for one request; a certificate issued counts its duration
+    /// (credential check to durable record) in `issuance_seconds`.
     pub async fn certify(
+        &self,
+        csr_der: &[u8],
+        credential: Credential,
+        requested_ttl: Option<Duration>,
+    ) -> Result<Issued, CaError> {
+        let started = std::time::Instant::now();
+        let issued = self.pipeline(csr_der, credential, requested_ttl).await?;
+        self.issuance_seconds.observe(started.elapsed());
+        Ok(issued)
+    }
+
+    async fn pipeline(
         &self,
         csr_der: &[u8],
         credential: Credential,

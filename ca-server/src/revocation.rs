@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
+use trellis_identity::crl_reason::CrlReason;
 use trellis_identity::{SpiffeId, hex};
 
 use crate::bootstrap::store_err;
@@ -22,11 +23,13 @@ pub enum RevokeTarget {
 }
 
 impl CaState {
-    /// Revokes, durably; returns the serials newly revoked.
+    /// Revokes, durably; returns the serials newly revoked. `reason` is the audited text,
+    /// `code` what the CRL entries say.
     pub async fn revoke(
         &self,
         target: RevokeTarget,
         reason: &str,
+        code: Option<CrlReason>,
         actor: &str,
     ) -> Result<Vec<String>, CaError> {
         let now = self.now_unix();
@@ -74,6 +77,7 @@ impl CaState {
                 reason: reason.to_owned(),
                 not_after: record.not_after,
                 intermediate_id: record.intermediate_id.clone(),
+                reason_code: code.map(CrlReason::code),
             };
             if self
                 .store
@@ -95,7 +99,7 @@ impl CaState {
         }
         self.store.durable(mark).await.map_err(unavailable)?;
         self.refresh_revocations()?;
-        tracing::info!(serials = ?newly, actor, reason, "certificates revoked");
+        tracing::info!(serials = ?newly, actor, reason, code = ?code, "certificates revoked");
         Ok(newly)
     }
 

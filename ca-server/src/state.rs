@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
+use trellis_identity::histogram::Histogram;
 
 use tokio::sync::watch;
 use trellis_identity::TrustBundle;
@@ -37,6 +38,8 @@ pub struct CaState {
     pub kubernetes: Option<Arc<Attestor>>,
     /// Overload protection for the issuance APIs.
     pub limits: Limits,
+    /// How long issuances took, for `/metrics`.
+    pub issuance_seconds: Histogram,
 }
 
 /// The signing intermediate, and the same certificate as a verification shortcut for the
@@ -91,6 +94,7 @@ impl CaState {
                 .clone()
                 .map(|k| Arc::new(Attestor::new(k))),
             limits: Limits::new(config.limits.clone()),
+            issuance_seconds: Histogram::default(),
             config,
             store,
             clock,

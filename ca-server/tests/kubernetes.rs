@@ -166,7 +166,7 @@ fn claims(namespace: &str, service_account: &str) -> Value {
 }
 
 // ---------------------------------------------------------------------------------------
-// The JWKS endpoint: real HTTPS on 127.0.0.1 with a certificate made here.
+// The JWKS endpoint: real HTTPS on 127.0.0.1 (or ::1) with a certificate made here.
 
 struct JwksServer {
     url: String,
@@ -175,14 +175,21 @@ struct JwksServer {
     body: Arc<Mutex<String>>,
     hits: Arc<AtomicUsize>,
     authorizations: Arc<Mutex<Vec<String>>>,
+    /// The `Host` header of every request.
+    hosts: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
 impl JwksServer {
     async fn start(keys: &[&Signer]) -> Self {
+        Self::start_on("127.0.0.1", keys).await
+    }
+
+    /// Serves on `ip` (an IPv4 or IPv6 address), with a certificate for that address.
+    async fn start_on(ip: &str, keys: &[&Signer]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let key = rcgen::KeyPair::generate().expect("server key");
-        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).expect("params");
+        let mut params = rcgen::CertificateParams::new(vec![ip.into()]).expect("params");
         params.is_ca = rcgen::IsCa::NoCa;
         let cert = params.self_signed(&key).expect("server certificate");
         let ca_file = dir.path().join("apiserver-ca.crt");
@@ -199,19 +206,31 @@ impl JwksServer {
             )
             .expect("server TLS");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind");
+        // `SocketAddr`'s Display brackets an IPv6 address, as a URL does.
         let url = format!(
-            "https://127.0.0.1:{}/openid/v1/jwks",
-            listener.local_addr().expect("addr").port()
+            "https://{}/openid/v1/jwks",
+            listener.local_addr().expect("addr")
         );
         let body = Arc::new(Mutex::new(String::new()));
         let hits = Arc::new(AtomicUsize::new(0));
         let authorizations = Arc::new(Mutex::new(Vec::new()));
-        let (b, h, a) = (body.clone(), hits.clone(), authorizations.clone());
+        let hosts = Arc::new(Mutex::new(Vec::new()));
+        let (b, h, a, hs) = (
+            body.clone(),
+            hits.clone(),
+            authorizations.clone(),
+            hosts.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, body, hits, auth) =
-                    (acceptor.clone(), b.clone(), h.clone(), a.clone());
+                let (acceptor, body, hits, auth, host) = (
+                    acceptor.clone(),
+                    b.clone(),
+                    h.clone(),
+                    a.clone(),
+                    hs.clone(),
+                );
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
@@ -232,6 +251,12 @@ impl JwksServer {
                         {
                             auth.lock().expect("lock").push(v.to_owned());
                         }
+                        if let Some(v) = line
+                            .strip_prefix("host: ")
+                            .or_else(|| line.strip_prefix("Host: "))
+                        {
+                            host.lock().expect("lock").push(v.to_owned());
+                        }
                     }
                     hits.fetch_add(1, Ordering::SeqCst);
                     let payload = body.lock().expect("lock").clone();
@@ -251,6 +276,7 @@ impl JwksServer {
             body,
             hits,
             authorizations,
+            hosts,
             _dir: dir,
         };
         server.publish(keys);
@@ -341,6 +367,28 @@ async fn rs256_and_es256_tokens_get_their_service_account_identity() {
     assert_eq!(
         *jwks.authorizations.lock().expect("lock"),
         [format!("Bearer {BEARER}")]
+    );
+}
+
+/// The endpoint named by an IPv6 literal (`https://[::1]:PORT/...`), as a cluster with an
+/// IPv6 service network names its API server.
+#[tokio::test]
+async fn keys_from_an_ipv6_endpoint() {
+    let ec = Signer::ec("ec-key-6");
+    let jwks = JwksServer::start_on("::1", &[&ec]).await;
+    assert!(jwks.url.starts_with("https://[::1]:"), "{}", jwks.url);
+    let ca = ca_with(jwks.config()).await;
+    assert_eq!(
+        certify(&ca, &ec.sign(&claims("v6", "api"))).await,
+        Ok("spiffe://cluster.local/ns/v6/sa/api".to_owned())
+    );
+    assert_eq!(jwks.hits(), 1);
+    let port = jwks.url.rsplit_once("]:").expect("port").1;
+    let port = port.split_once('/').expect("path").0;
+    assert_eq!(
+        *jwks.hosts.lock().expect("lock"),
+        [format!("[::1]:{port}")],
+        "Host names an IPv6 address in brackets (RFC 9110, section 7.2)"
     );
 }
 

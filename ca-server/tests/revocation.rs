@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use tonic::Code;
-use trellis_identity::clock::SystemClock;
+use trellis_identity::clock::{ManualClock, SystemClock};
 use trellis_identity::pem;
 use trellis_proto::admin::v1::{
     GetCertificateRequest, ListAuditEventsRequest, RevokeCertificateRequest,
@@ -21,6 +21,7 @@ fn revoke_serial(serial: &str) -> RevokeCertificateRequest {
         serial: serial.into(),
         spiffe_id: String::new(),
         reason: "key compromise".into(),
+        reason_code: 0,
     }
 }
 
@@ -120,6 +121,7 @@ async fn revoking_an_identity_revokes_all_its_live_certificates_and_survives_res
             serial: String::new(),
             spiffe_id: first.spiffe_id.clone(),
             reason: "decommissioned".into(),
+            reason_code: 0,
         })
         .await
         .expect("revoked")
@@ -158,6 +160,7 @@ async fn bad_revocation_requests_are_refused() {
                 serial: "00".into(),
                 spiffe_id: "spiffe://cluster.local/ns/a".into(),
                 reason: String::new(),
+                reason_code: 0,
             },
             Code::InvalidArgument,
         ),
@@ -166,6 +169,7 @@ async fn bad_revocation_requests_are_refused() {
                 serial: String::new(),
                 spiffe_id: "spiffe://cluster.local/ns/nobody".into(),
                 reason: String::new(),
+                reason_code: 0,
             },
             Code::NotFound,
         ),
@@ -188,11 +192,38 @@ async fn the_crl_is_fetched_by_curl_and_verified_by_openssl() {
     .await;
     let (_, revoked) = ca.bootstrap("/ns/a/sa/bad").await;
     let (_, good) = ca.bootstrap("/ns/a/sa/good").await;
-    ca.admin()
-        .await
+    let (_, retired) = ca.bootstrap("/ns/a/sa/retired").await;
+    let (_, left) = ca.bootstrap("/ns/a/sa/left").await;
+    let mut admin = ca.admin().await;
+    admin
         .revoke_certificate(revoke_serial(&revoked.serial))
         .await
         .expect("revoked");
+    // A code given as such; free text that names no reason gives no code.
+    for (serial, reason, reason_code) in [
+        (&retired.serial, "decommissioned", 5),
+        (&left.serial, "left the company", 0),
+    ] {
+        admin
+            .revoke_certificate(RevokeCertificateRequest {
+                serial: serial.clone(),
+                spiffe_id: String::new(),
+                reason: reason.into(),
+                reason_code,
+            })
+            .await
+            .expect("revoked");
+    }
+    let refused = admin
+        .revoke_certificate(RevokeCertificateRequest {
+            serial: good.serial.clone(),
+            spiffe_id: String::new(),
+            reason: String::new(),
+            reason_code: 6,
+        })
+        .await
+        .expect_err("certificateHold is not offered");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
 
     let http = ca.running().http_addr.expect("http endpoint");
     let dir = tempfile::tempdir().expect("dir");
@@ -231,9 +262,33 @@ async fn the_crl_is_fetched_by_curl_and_verified_by_openssl() {
         .arg(&intermediate)
         .output()
         .expect("openssl runs");
-    let out = String::from_utf8_lossy(&text.stdout).to_uppercase();
+    let plain = String::from_utf8_lossy(&text.stdout).into_owned();
+    let out = plain.to_uppercase();
     let err = String::from_utf8_lossy(&text.stderr);
     assert!(err.contains("verify OK"), "{err}");
+    // Each entry's reason code as openssl reads it (RFC 5280, section 5.3.1).
+    let entry = |serial: &str| -> String {
+        plain
+            .split("Serial Number: ")
+            .find(|e| e.to_uppercase().starts_with(&serial.to_uppercase()))
+            .unwrap_or_else(|| panic!("{serial} listed: {plain}"))
+            .to_owned()
+    };
+    let reason_of = |serial: &str| -> Option<String> {
+        let entry = entry(serial);
+        let mut lines = entry.lines().map(str::trim);
+        lines.find(|l| l.starts_with("X509v3 CRL Reason Code"))?;
+        lines.next().map(str::to_owned)
+    };
+    assert_eq!(
+        reason_of(&revoked.serial).as_deref(),
+        Some("Key Compromise")
+    );
+    assert_eq!(
+        reason_of(&retired.serial).as_deref(),
+        Some("Cessation Of Operation")
+    );
+    assert_eq!(reason_of(&left.serial), None, "{}", entry(&left.serial));
     assert!(out.contains(&revoked.serial.to_uppercase()), "{out}");
     assert!(
         !out.contains(&good.serial.to_uppercase()),
@@ -279,4 +334,61 @@ async fn the_crl_is_fetched_by_curl_and_verified_by_openssl() {
         .output()
         .expect("curl runs");
     assert!(String::from_utf8_lossy(&der.stdout).contains("application/pkix-crl"));
+}
+
+/// The number of a CRL file, as openssl reads it.
+fn crl_number(crl: &std::path::Path) -> u64 {
+    let out = Command::new("openssl")
+        .args(["crl", "-noout", "-crlnumber", "-in"])
+        .arg(crl)
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text
+        .trim()
+        .strip_prefix("crlNumber=0x")
+        .unwrap_or_else(|| panic!("a CRL number: {text}"));
+    u64::from_str_radix(hex, 16).expect("hex")
+}
+
+/// CRL numbers increase strictly per issuer (RFC 5280, section 5.2.3), even for CRLs
+/// signed within one second (the clock stands still here) and across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crl_numbers_increase_within_a_second_and_across_restarts() {
+    let clock = Arc::new(ManualClock::new(std::time::SystemTime::now()));
+    let with_http = |c: &mut trellis_ca::Config| {
+        c.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    };
+    let mut ca = TestCa::start_configured(clock, with_http).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut numbers = Vec::new();
+    for round in 0..4 {
+        if round == 2 {
+            ca.restart_configured(with_http).await;
+        }
+        let (_, issued) = ca.bootstrap(&format!("/ns/a/sa/crl-{round}")).await;
+        ca.admin()
+            .await
+            .revoke_certificate(revoke_serial(&issued.serial))
+            .await
+            .expect("revoked");
+        let http = ca.running().http_addr.expect("http endpoint");
+        let crl = dir.path().join(format!("crl-{round}.pem"));
+        let fetch = Command::new("curl")
+            .args(["-sSf", "-o"])
+            .arg(&crl)
+            .arg(format!("http://{http}/crl.pem"))
+            .output()
+            .expect("curl runs");
+        assert!(
+            fetch.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fetch.stderr)
+        );
+        numbers.push(crl_number(&crl));
+    }
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "strictly increasing: {numbers:?}"
+    );
 }

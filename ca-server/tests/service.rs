@@ -103,6 +103,33 @@ async fn openssl_verifies_issued_chains_and_connects_to_the_ca() {
         String::from_utf8_lossy(&output.stderr)
     );
 
+    // Key usages as openssl reads them (X509-SVID, section 4.3): a signing certificate
+    // signs certificates and CRLs only; digitalSignature is the leaf's.
+    let key_usage = |file: &std::path::Path| {
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "keyUsage", "-in"])
+            .arg(file)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().skip(1).map(str::trim).collect::<String>()
+    };
+    let root = write(
+        "root.pem",
+        &ca.bundle().roots()[..1]
+            .iter()
+            .map(|r| r.to_vec())
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(key_usage(&root), "Certificate Sign, CRL Sign");
+    assert_eq!(key_usage(&intermediate), "Certificate Sign, CRL Sign");
+    assert_eq!(key_usage(&leaf), "Digital Signature");
+
     // openssl as a TLS client verifies the CA's serving chain by host name (127.0.0.1).
     let addr = ca.running().addr;
     let output = tokio::task::spawn_blocking(move || {

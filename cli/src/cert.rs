@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+use trellis_identity::crl_reason::CrlReason;
 use trellis_identity::{CertInfo, hex, pem};
 use trellis_proto::admin::v1::{
     CertificateRecord, GetCertificateRequest, ListCertificatesRequest, RevokeCertificateRequest,
@@ -75,9 +76,40 @@ pub struct RevokeArgs {
     /// Instead of one serial: every unexpired certificate of this SPIFFE ID.
     #[arg(long, value_name = "SPIFFE_ID")]
     identity: Option<String>,
-    /// Why, for the audit log (e.g. "key compromise").
+    /// Why, for the audit log (e.g. "key compromise"). Text that names an RFC 5280
+    /// reason (any case, spaces or hyphens) also sets --reason-code.
     #[arg(long, value_name = "TEXT")]
     reason: Option<String>,
+    /// The RFC 5280 reason code the CRL entries carry; without it (and without a --reason
+    /// that names one) they carry none.
+    #[arg(long, value_enum, value_name = "CODE")]
+    reason_code: Option<ReasonCode>,
+}
+
+/// The RFC 5280 `CRLReason`s a revocation can carry, as flag values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReasonCode {
+    KeyCompromise,
+    CaCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+    PrivilegeWithdrawn,
+    AaCompromise,
+}
+
+impl From<ReasonCode> for CrlReason {
+    fn from(code: ReasonCode) -> Self {
+        match code {
+            ReasonCode::KeyCompromise => CrlReason::KeyCompromise,
+            ReasonCode::CaCompromise => CrlReason::CaCompromise,
+            ReasonCode::AffiliationChanged => CrlReason::AffiliationChanged,
+            ReasonCode::Superseded => CrlReason::Superseded,
+            ReasonCode::CessationOfOperation => CrlReason::CessationOfOperation,
+            ReasonCode::PrivilegeWithdrawn => CrlReason::PrivilegeWithdrawn,
+            ReasonCode::AaCompromise => CrlReason::AaCompromise,
+        }
+    }
 }
 
 /// One issued certificate, as scripts see it.
@@ -345,6 +377,9 @@ struct RevokeReport {
     spiffe_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// The CRL entries' reason code, `keyCompromise (1)`, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason_code: Option<String>,
     /// Serials newly revoked by this command; already-revoked ones are not repeated.
     revoked: Vec<String>,
 }
@@ -373,6 +408,9 @@ impl Report for RevokeReport {
         }
         if let Some(reason) = &self.reason {
             out.push_str(&format!("Reason: {reason}\n"));
+        }
+        if let Some(code) = &self.reason_code {
+            out.push_str(&format!("CRL reason code: {code}\n"));
         }
         out.push_str(&format!(
             "The CA refuses to renew {} and streams the revocation to every sidecar.\n",
@@ -494,6 +532,11 @@ async fn revoke(a: RevokeArgs, global: &Global) -> anyhow::Result<()> {
         None => None,
     };
     let reason = a.reason.filter(|r| !r.trim().is_empty());
+    // The CA reads a reason's text the same way when no code is sent.
+    let code = a
+        .reason_code
+        .map(CrlReason::from)
+        .or_else(|| reason.as_deref().and_then(CrlReason::from_text));
     let target = Target::load(&context::resolve(&global.connection)?)?;
     let mut admin = target.admin().await?;
     let response = target
@@ -503,6 +546,7 @@ async fn revoke(a: RevokeArgs, global: &Global) -> anyhow::Result<()> {
                 serial: serial.clone().unwrap_or_default(),
                 spiffe_id: spiffe_id.clone().unwrap_or_default(),
                 reason: reason.clone().unwrap_or_default(),
+                reason_code: code.map_or(0, |c| c.code().into()),
             }),
         )
         .await?;
@@ -510,6 +554,7 @@ async fn revoke(a: RevokeArgs, global: &Global) -> anyhow::Result<()> {
         serial,
         spiffe_id,
         reason,
+        reason_code: code.map(|c| c.to_string()),
         revoked: response.serials,
     };
     output::emit(global.output, &report)
@@ -652,11 +697,13 @@ mod tests {
             serial: None,
             spiffe_id: Some("spiffe://td/web".into()),
             reason: Some("key compromise".into()),
+            reason_code: Some(CrlReason::KeyCompromise.to_string()),
             revoked: vec!["aa11".into(), "bb22".into()],
         };
         assert_eq!(
             report.human(Style::PLAIN),
             "Revoked 2 certificates of spiffe://td/web:\n  aa11\n  bb22\nReason: key compromise\n\
+             CRL reason code: keyCompromise (1)\n\
              The CA refuses to renew them and streams the revocation to every sidecar.\n"
         );
         let json = serde_json::to_value(&report).expect("json");
@@ -666,6 +713,7 @@ mod tests {
             serial: Some("aa11".into()),
             spiffe_id: None,
             reason: None,
+            reason_code: None,
             revoked: Vec::new(),
         };
         assert_eq!(

@@ -5,8 +5,7 @@
 //! user, so no name can climb out of it.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -18,43 +17,11 @@ pub const SECRET_MODE: u32 = 0o600;
 /// Mode of certificates and bundles: public, readable by all.
 pub const PUBLIC_MODE: u32 = 0o644;
 
-/// Writes `contents` to `path` atomically: a fresh temp file next to it (created
-/// exclusively, so a planted file or symlink is never followed), fsync, rename, fsync dir.
+/// Writes `contents` to `path` atomically with `mode`, through the one atomic writer
+/// ([`trellis_identity::files::write_atomic`]); the error names the file.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut random = [0u8; 8];
-    // The suffix only has to avoid collisions with other writers; any bytes will do.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    random[..4].copy_from_slice(&std::process::id().to_le_bytes());
-    random[4..].copy_from_slice(&nanos.to_le_bytes());
-    let tmp = dir.join(format!(
-        ".{name}.{}.tmp",
-        trellis_identity::hex::encode(&random)
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have narrowed or (for 0644) kept the mode; set it exactly.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    trellis_identity::files::write_atomic(path, contents, mode)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Writes a private key, readable by its owner only.

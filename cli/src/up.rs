@@ -395,8 +395,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                     .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
                     .sum::<u64>()
             };
-            let ok = count("trellis_handshakes_total{direction=\"inbound\",result=\"ok\"");
-            let failed = count("trellis_handshakes_total{direction=\"inbound\",result=\"failed\"");
+            let ok = count("trellis_sidecar_handshakes_total{direction=\"inbound\",result=\"ok\"");
+            let failed =
+                count("trellis_sidecar_handshakes_total{direction=\"inbound\",result=\"failed\"");
             if ok >= 1 && failed >= 1 {
                 walk.ok(&format!(
                     "inbound handshakes: {ok} accepted, {failed} refused"

@@ -25,6 +25,7 @@ pub mod http;
 pub mod netns;
 pub mod pod_sidecar;
 pub mod process;
+pub mod python;
 pub mod retry;
 pub mod run;
 pub mod tmpfs;

@@ -255,7 +255,7 @@ fn capture_puts_every_inbound_connection_of_the_pod_through_the_sidecar() {
         metric_in(
             &server.ns,
             server_sidecar.admin,
-            "trellis_policy_denials_total{direction=\"inbound\"}"
+            "trellis_sidecar_policy_denials_total{direction=\"inbound\"}"
         ) >= 2
     );
 
@@ -287,7 +287,7 @@ fn capture_puts_every_inbound_connection_of_the_pod_through_the_sidecar() {
         metric_in(
             &server.ns,
             server_sidecar.admin,
-            "trellis_handshakes_total{direction=\"inbound\",result=\"failed\"",
+            "trellis_sidecar_handshakes_total{direction=\"inbound\",result=\"failed\"",
         ) >= 3
     });
     let log = server_sidecar.process.stderr();

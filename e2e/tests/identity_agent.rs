@@ -63,7 +63,7 @@ async fn bootstraps_then_rotates_three_times_without_a_gap() {
     assert!(
         metrics
             .render()
-            .contains("trellis_renewals_total{result=\"ok\"} 4")
+            .contains("trellis_sidecar_renewals_total{result=\"ok\"} 4")
     );
 }
 
@@ -84,7 +84,7 @@ async fn keeps_its_certificate_through_a_ca_outage_and_renews_when_it_returns() 
     let deadline = Instant::now() + Duration::from_secs(10);
     while !metrics
         .render()
-        .contains("trellis_renewals_total{result=\"error\"} 3")
+        .contains("trellis_sidecar_renewals_total{result=\"error\"} 3")
     {
         assert!(
             Instant::now() < deadline,

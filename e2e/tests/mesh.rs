@@ -22,7 +22,11 @@ struct Pair {
 /// A backend (inbound, deny policy allowing only the frontend) and a frontend (one outbound
 /// bound to the backend's identity).
 fn pair() -> Pair {
-    let ca = Ca::start();
+    pair_on(Ca::start())
+}
+
+/// [`pair`] with a CA started by the caller.
+fn pair_on(ca: Ca) -> Pair {
     let echo = Echo::start();
     let backend = sidecar(
         &ca,
@@ -77,13 +81,13 @@ fn payloads_of_every_size_travel_unchanged_and_half_close_is_honoured() {
     // /metrics and /identity report what happened.
     let inbound_ok = metric(
         mesh.backend.admin,
-        "trellis_handshakes_total{direction=\"inbound\",result=\"ok\"",
+        "trellis_sidecar_handshakes_total{direction=\"inbound\",result=\"ok\"",
     );
     assert!(inbound_ok >= 4, "{inbound_ok} inbound handshakes");
     assert!(
         metric(
             mesh.frontend.admin,
-            "trellis_bytes_sent_total{direction=\"outbound\"}"
+            "trellis_sidecar_sent_bytes_total{direction=\"outbound\"}"
         ) > 16_000_000
     );
     let (status, body) = http_get(mesh.backend.admin, "/identity").expect("identity");
@@ -94,11 +98,22 @@ fn payloads_of_every_size_travel_unchanged_and_half_close_is_honoured() {
     assert!(identity["seconds_left"].as_u64().expect("seconds_left") > 3000);
 }
 
-/// openssl s_client against the inbound port: `certs` is (cert, chain, key) or none.
+/// openssl s_client against the inbound port offering ALPN `trellis/1`, as a sidecar does:
+/// `files` is (certificate chain, key) or none.
 fn openssl_to(
     addr: std::net::SocketAddr,
     ca: &Ca,
     files: Option<(&std::path::Path, &std::path::Path)>,
+) -> (bool, String) {
+    openssl_alpn(addr, ca, files, Some("trellis/1"))
+}
+
+/// openssl s_client offering `alpn` (none: no ALPN extension at all).
+fn openssl_alpn(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+    files: Option<(&std::path::Path, &std::path::Path)>,
+    alpn: Option<&str>,
 ) -> (bool, String) {
     let mut cmd = Command::new("openssl");
     cmd.args([
@@ -111,6 +126,9 @@ fn openssl_to(
         "-CAfile",
     ])
     .arg(ca.bundle_pem());
+    if let Some(alpn) = alpn {
+        cmd.args(["-alpn", alpn]);
+    }
     if let Some((chain, key)) = files {
         cmd.arg("-cert")
             .arg(chain)
@@ -167,6 +185,14 @@ fn strangers_are_refused_and_openssl_with_an_allowed_certificate_gets_through() 
         echoed,
         "openssl with an allowed certificate should be echoed: {out}"
     );
+    // The same certificate without ALPN, or offering another protocol: refused before the
+    // handshake, as a client of some other TLS service pointed here would be.
+    let allowed_files = (allowed.join("svid.pem"), allowed.join("svid_key.pem"));
+    for alpn in [None, Some("h2"), Some("http/1.1")] {
+        let files = Some((allowed_files.0.as_path(), allowed_files.1.as_path()));
+        let (echoed, out) = openssl_alpn(inbound, &mesh.ca, files, alpn);
+        assert!(!echoed, "ALPN {alpn:?} accepted: {out}");
+    }
 
     // No certificate.
     let (echoed, out) = openssl_to(inbound, &mesh.ca, None);
@@ -270,10 +296,22 @@ fn strangers_are_refused_and_openssl_with_an_allowed_certificate_gets_through() 
     within(Duration::from_secs(5), "refusals counted", || {
         metric(
             admin,
-            "trellis_handshakes_total{direction=\"inbound\",result=\"failed\"",
-        ) >= 4
-            && metric(admin, "trellis_policy_denials_total{direction=\"inbound\"}") >= 1
+            "trellis_sidecar_handshakes_total{direction=\"inbound\",result=\"failed\"",
+        ) >= 7
+            && metric(
+                admin,
+                "trellis_sidecar_policy_denials_total{direction=\"inbound\"}",
+            ) >= 1
     });
+    let refused = |reason: &str| {
+        metric(
+            admin,
+            &format!(
+                "trellis_sidecar_handshakes_total{{direction=\"inbound\",result=\"failed\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    assert_eq!((refused("no_alpn"), refused("wrong_alpn")), (1, 2));
 }
 
 #[test]
@@ -304,7 +342,7 @@ fn an_outbound_listener_refuses_an_upstream_with_the_wrong_identity() {
     within(Duration::from_secs(5), "the refusal is counted", || {
         metric(
             suspicious.admin,
-            "trellis_handshakes_total{direction=\"outbound\",result=\"failed\"",
+            "trellis_sidecar_handshakes_total{direction=\"outbound\",result=\"failed\"",
         ) >= 1
     });
 }
@@ -350,5 +388,102 @@ fn trellis_up_once_walks_through_a_working_mesh() {
             "missing {expected:?} in:\n{}",
             out.stdout
         );
+    }
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the process that needs it).
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
+/// `/metrics` text parsed by the Prometheus client library's parser (Python
+/// `prometheus_client`, in the test venv): (family name, type, samples).
+fn prometheus_families(text: &str) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("metrics.txt");
+    std::fs::write(&file, text).expect("write");
+    let mut cmd = Command::new(trellis_e2e::python::python());
+    cmd.arg(trellis_e2e::python::workspace().join("e2e/tests/metrics_py/parse.py"))
+        .arg(&file);
+    let parsed = run(cmd, Duration::from_secs(60)).success().json();
+    parsed.as_array().expect("a list of families").clone()
+}
+
+/// The real `/metrics` of a sidecar and of the CA parse as Prometheus text and keep its
+/// naming rules: one prefix per program, counters end in `_total`, a unit (`seconds`,
+/// `bytes`) comes last, and the latency histograms have samples after real traffic.
+#[test]
+fn metrics_parse_as_prometheus_text_and_follow_its_naming_rules() {
+    let http = free_port();
+    let mesh = pair_on(Ca::start_with(&["--http-listen", &http.to_string()]));
+    let echoed = round_trip(mesh.frontend.outbound[0], b"metrics").expect("round trip");
+    assert_eq!(echoed, b"metrics");
+    let (frontend, backend) = (mesh.frontend.admin, mesh.backend.admin);
+    within(Duration::from_secs(5), "handshakes timed", || {
+        metric(
+            backend,
+            "trellis_sidecar_handshake_duration_seconds_count{direction=\"inbound\"}",
+        ) >= 1
+            && metric(
+                frontend,
+                "trellis_sidecar_handshake_duration_seconds_count{direction=\"outbound\"}",
+            ) >= 1
+    });
+
+    let sidecar = http_get(frontend, "/metrics").expect("sidecar metrics").1;
+    let (status, ca) = http_get(http, "/metrics").expect("CA metrics");
+    assert_eq!(status, 200, "{ca}");
+    for (text, prefix, histograms) in [
+        (
+            &sidecar,
+            "trellis_sidecar_",
+            &[
+                "trellis_sidecar_handshake_duration_seconds",
+                "trellis_sidecar_renewal_duration_seconds",
+            ][..],
+        ),
+        (
+            &ca,
+            "trellis_ca_",
+            &["trellis_ca_issuance_duration_seconds"][..],
+        ),
+    ] {
+        let families = prometheus_families(text);
+        assert!(families.len() > 5, "{text}");
+        for family in &families {
+            let name = family["name"].as_str().expect("name");
+            let kind = family["type"].as_str().expect("type");
+            assert!(name.starts_with(prefix), "{name}: not under {prefix}");
+            let words: Vec<&str> = name.split('_').collect();
+            for unit in ["seconds", "bytes"] {
+                if words.contains(&unit) {
+                    assert_eq!(words.last(), Some(&unit), "{name}: the unit comes last");
+                }
+            }
+            for sample in family["samples"].as_array().expect("samples") {
+                let sample_name = sample["name"].as_str().expect("sample name");
+                if kind == "counter" {
+                    assert!(sample_name.ends_with("_total"), "{sample_name}: a counter");
+                }
+            }
+        }
+        for histogram in histograms {
+            let family = families
+                .iter()
+                .find(|f| f["name"] == *histogram)
+                .unwrap_or_else(|| panic!("{histogram} missing:\n{text}"));
+            assert_eq!(family["type"], "histogram", "{histogram}");
+            let counted: f64 = family["samples"]
+                .as_array()
+                .expect("samples")
+                .iter()
+                .filter(|s| s["name"] == format!("{histogram}_count"))
+                .map(|s| s["value"].as_f64().expect("value"))
+                .sum();
+            assert!(counted >= 1.0, "{histogram} has no sample:\n{text}");
+        }
     }
 }

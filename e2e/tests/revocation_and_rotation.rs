@@ -65,6 +65,7 @@ fn a_revocation_closes_live_connections_and_refuses_new_ones_within_two_seconds(
                 serial: String::new(),
                 spiffe_id: id("/ns/demo/sa/frontend"),
                 reason: "compromised".into(),
+                reason_code: 0,
             })
             .await
         })
@@ -91,7 +92,12 @@ fn a_revocation_closes_live_connections_and_refuses_new_ones_within_two_seconds(
             .unwrap_or(true)
     });
     assert!(revoked_at.elapsed() < Duration::from_secs(2) + refused_after);
-    assert!(metric(backend.admin, "trellis_revoked_connections_closed_total") >= 1);
+    assert!(
+        metric(
+            backend.admin,
+            "trellis_sidecar_revoked_connections_closed_total"
+        ) >= 1
+    );
 }
 
 #[test]

@@ -202,6 +202,40 @@ async fn the_spiffe_client_gets_the_agents_svid_and_the_next_one_after_a_rotatio
     );
 }
 
+/// gRPC's C core as the client: Python `grpcio` (what py-spiffe runs on) dialling the default
+/// `unix:///path` target, which sends the socket path, percent-encoded, as `:authority`.
+/// It gets the agent's SVID and the bundle map, and a call without the security header is
+/// still refused with INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_c_core_client_gets_the_svid_and_the_bundles() {
+    let mesh = Mesh::start().await;
+    let (creds, first, _agent) = agent(&mesh, "/ns/demo/sa/python").await;
+    let served = Served::start(mesh.dir.path(), creds).await;
+
+    let mut cmd = std::process::Command::new(trellis_e2e::python::python());
+    cmd.arg(trellis_e2e::python::workspace().join("e2e/tests/workload_api_py/fetch.py"))
+        .arg(&served.path)
+        .arg(trellis_e2e::python::workspace().join("proto/proto/spiffe/workload"));
+    let outcome = tokio::task::spawn_blocking(move || trellis_e2e::run(cmd, 2 * WITHIN))
+        .await
+        .expect("join")
+        .success();
+    let got = outcome.json();
+    let hex = |der: &[u8]| trellis_identity::hex::encode(der);
+    let concat = |certs: &[Vec<u8>]| hex(&certs.concat());
+    let roots = concat(&der(first.bundle.roots()));
+    assert_eq!(got["spiffe_id"], "spiffe://cluster.local/ns/demo/sa/python");
+    assert_eq!(got["x509_svid"], concat(&der(&first.identity.chain)));
+    assert_eq!(got["x509_svid_key"], hex(first.identity.key.secret_der()));
+    assert_eq!(got["bundle"], roots);
+    assert_eq!(
+        got["bundles"],
+        serde_json::json!({ "spiffe://cluster.local": roots })
+    );
+    assert_eq!(got["without_header"], "INVALID_ARGUMENT");
+    served.stop().await;
+}
+
 #[tokio::test]
 async fn bundles_are_fetched_and_streamed_again_when_the_ca_adds_a_root() {
     let mesh = Mesh::start().await;

@@ -11,10 +11,7 @@ use std::path::Path;
 /// The temp file has a random name and is created with `O_EXCL` (`create_new`), so a file or
 /// symlink planted beside the target can neither be written through nor race the write.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = directory_of(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -40,6 +37,15 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// The directory `path` is in: its parent, or `.` for a bare name like `ctx.toml`, whose
+/// parent is the empty path (which cannot be opened to fsync it).
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// Writes a private key: owner read/write only (0600).
@@ -87,6 +93,13 @@ mod tests {
         );
         let entries: Vec<_> = fs::read_dir(dir.path()).expect("list").collect();
         assert_eq!(entries.len(), 1, "no temp file left behind");
+    }
+
+    #[test]
+    fn a_bare_file_name_is_in_the_working_directory() {
+        assert_eq!(directory_of(Path::new("ctx.toml")), Path::new("."));
+        assert_eq!(directory_of(Path::new("a/ctx.toml")), Path::new("a"));
+        assert_eq!(directory_of(Path::new("/ctx.toml")), Path::new("/"));
     }
 
     #[test]

@@ -8,9 +8,11 @@
 pub mod bundle;
 pub mod cidr;
 pub mod clock;
+pub mod crl_reason;
 pub mod duration;
 pub mod files;
 pub mod hex;
+pub mod histogram;
 pub mod key;
 pub mod pattern;
 pub mod pem;

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::crl_reason::CrlReason;
 use crate::{SpiffeId, TrustDomain, hex};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
@@ -84,11 +85,9 @@ fn ca_params(
         Some(n) => BasicConstraints::Constrained(n),
         None => BasicConstraints::Unconstrained,
     });
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    // X509-SVID, section 4.3: signing certificates carry keyCertSign (and cRLSign, for the
+    // CRLs they sign) and nothing else; digitalSignature is for leaves.
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.use_authority_key_identifier_extension = true;
     params
 }
@@ -337,6 +336,21 @@ fn rcgen_name(name: &x509_cert::name::Name) -> Result<DistinguishedName, Profile
 pub struct CrlEntry {
     pub serial: Vec<u8>,
     pub revoked_at: SystemTime,
+    /// The reasonCode entry extension, if a reason was given (RFC 5280, section 5.3.1).
+    pub reason: Option<CrlReason>,
+}
+
+fn rcgen_reason(reason: CrlReason) -> rcgen::RevocationReason {
+    use rcgen::RevocationReason as R;
+    match reason {
+        CrlReason::KeyCompromise => R::KeyCompromise,
+        CrlReason::CaCompromise => R::CaCompromise,
+        CrlReason::AffiliationChanged => R::AffiliationChanged,
+        CrlReason::Superseded => R::Superseded,
+        CrlReason::CessationOfOperation => R::CessationOfOperation,
+        CrlReason::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
+        CrlReason::AaCompromise => R::AaCompromise,
+    }
 }
 
 impl SigningCa {
@@ -359,7 +373,7 @@ impl SigningCa {
                 .map(|e| rcgen::RevokedCertParams {
                     serial_number: SerialNumber::from_slice(&e.serial),
                     revocation_time: to_offset(e.revoked_at),
-                    reason_code: None,
+                    reason_code: e.reason.map(rcgen_reason),
                     invalidity_date: None,
                 })
                 .collect(),
@@ -399,7 +413,36 @@ fn minimal_be(n: u64) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use x509_cert::ext::pkix::{KeyUsage, KeyUsages};
+
     use super::*;
+
+    fn key_usage(der: &[u8]) -> KeyUsage {
+        let cert = Certificate::from_der(der).expect("certificate");
+        let (critical, usage) = cert
+            .tbs_certificate
+            .get::<KeyUsage>()
+            .expect("parses")
+            .expect("has keyUsage");
+        assert!(critical, "keyUsage is critical");
+        usage
+    }
+
+    #[test]
+    fn signing_certificates_sign_certificates_and_crls_only() {
+        let td = TrustDomain::new("example.org").expect("trust domain");
+        let now = SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        let root = new_root(&td, now, day).expect("root");
+        let root_der = root.cert.clone();
+        let signer = SigningCa::new(root.cert, root.key).expect("signer");
+        let intermediate = new_intermediate(&td, &signer, now, day).expect("intermediate");
+        for der in [&root_der[..], &intermediate.cert[..]] {
+            let usage = key_usage(der).0;
+            assert_eq!(usage, KeyUsages::KeyCertSign | KeyUsages::CRLSign);
+            assert!(!usage.contains(KeyUsages::DigitalSignature));
+        }
+    }
 
     #[test]
     fn short_lifetimes_are_backdated_proportionally() {

@@ -188,7 +188,10 @@ impl Agent {
                 _ = stopped(&mut stop) => break,
             }
             let bundle = bundles.borrow().clone();
-            match self.attempt(current.as_deref(), bundle).await {
+            let started = std::time::Instant::now();
+            let result = self.attempt(current.as_deref(), bundle).await;
+            self.metrics.renewal_seconds.observe(started.elapsed());
+            match result {
                 Ok((creds, key, response_bundle)) => {
                     failures = 0;
                     if let Some(newer) = response_bundle

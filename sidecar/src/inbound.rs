@@ -7,20 +7,27 @@
 //! made to the listener's own port goes to the configured app, as without capture.
 //!
 //! Every refusal is logged with the peer address and a reason and counted in
-//! `trellis_handshakes_total{direction="inbound",result="failed",reason=...}` (or in
-//! `trellis_policy_denials_total` for an authenticated peer the policy refuses).
+//! `trellis_sidecar_handshakes_total{direction="inbound",result="failed",reason=...}` (or in
+//! `trellis_sidecar_policy_denials_total` for an authenticated peer the policy refuses).
+//!
+//! Sidecars speak ALPN `trellis/1` to each other, and a ClientHello that does not offer it
+//! is refused before the handshake (`no_alpn` when it offers no protocol, `wrong_alpn` when
+//! it offers others): a TLS client of another service that was pointed at this port must
+//! not get as far as exchanging application bytes with the app.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rustls::server::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout, timeout_at};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use trellis_identity::{CertInfo, TrustDomain};
 
 use crate::capture::original_dst::{self, Destination};
 use crate::config::InboundConfig;
+use crate::credentials::ALPN_TRELLIS;
 use crate::metrics::{Direction, Metrics};
 use crate::policy::Policy;
 use crate::proxy::{self, Coalesced, Conn, Context, PlainStream, tls_failure_reason};
@@ -29,6 +36,14 @@ use crate::proxy::{self, Coalesced, Conn, Context, PlainStream, tls_failure_reas
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 const DIRECTION: Direction = Direction::Inbound;
+
+/// Why a ClientHello's ALPN list is refused, if it is: it must offer `trellis/1`.
+fn alpn_refusal<'a>(offered: Option<impl Iterator<Item = &'a [u8]>>) -> Option<&'static str> {
+    match offered {
+        None => Some("no_alpn"),
+        Some(mut protocols) => (!protocols.any(|p| p == ALPN_TRELLIS)).then_some("wrong_alpn"),
+    }
+}
 
 /// Serves the inbound listener until `ctx.shutdown`, then drains (see
 /// [`proxy::accept_loop`]). Policy `strict` admits any identity in `trust_domain`.
@@ -152,15 +167,24 @@ impl Inbound {
         let Some(creds) = self.ctx.creds.borrow().clone() else {
             return refuse(metrics, peer, "no_certificate_yet");
         };
-        let acceptor = TlsAcceptor::from(creds.server_config.clone());
-        let tls = match timeout_at(deadline, acceptor.accept(stream)).await {
+        let failed = |e: std::io::Error| {
+            let reason = tls_failure_reason(&e);
+            tracing::info!(%peer, reason, error = %e, "inbound TLS handshake failed");
+            metrics.handshake(DIRECTION, false, reason);
+        };
+        let started = Instant::now();
+        let hello = LazyConfigAcceptor::new(Acceptor::default(), stream);
+        let start = match timeout_at(deadline, hello).await {
             Err(_) => return refuse(metrics, peer, "timeout"),
-            Ok(Err(e)) => {
-                let reason = tls_failure_reason(&e);
-                tracing::info!(%peer, reason, error = %e, "inbound TLS handshake failed");
-                metrics.handshake(DIRECTION, false, reason);
-                return;
-            }
+            Ok(Err(e)) => return failed(e),
+            Ok(Ok(start)) => start,
+        };
+        if let Some(reason) = alpn_refusal(start.client_hello().alpn()) {
+            return refuse(metrics, peer, reason);
+        }
+        let tls = match timeout_at(deadline, start.into_stream(creds.server_config.clone())).await {
+            Err(_) => return refuse(metrics, peer, "timeout"),
+            Ok(Err(e)) => return failed(e),
             Ok(Ok(tls)) => tls,
         };
         // The chain was verified against the bundle during the handshake
@@ -174,6 +198,7 @@ impl Inbound {
         };
         tracing::Span::current().record("spiffe_id", tracing::field::display(&spiffe_id));
         metrics.handshake(DIRECTION, true, "");
+        metrics.handshake_seconds[DIRECTION as usize].observe(started.elapsed());
         let decision = route.policy.check(&spiffe_id);
         if !decision.is_allowed() {
             metrics.policy_denials[DIRECTION as usize]

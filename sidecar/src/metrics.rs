@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use trellis_identity::histogram::{self, Histogram};
+
 /// Which way a connection goes through the sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -40,7 +42,7 @@ pub struct DirectionCounters {
 pub struct Metrics {
     pub directions: [DirectionCounters; 2],
     /// (direction, result, reason) → count: "ok", or "failed" with a reason such as
-    /// "no_client_cert", "unknown_issuer", "expired", "timeout", "wrong_identity".
+    /// "no_client_cert", "unknown_issuer", "expired", "timeout", "wrong_identity", "no_alpn".
     handshakes: Mutex<BTreeMap<(&'static str, &'static str, String), u64>>,
     /// Connections refused by policy, by direction.
     pub policy_denials: [AtomicU64; 2],
@@ -59,6 +61,10 @@ pub struct Metrics {
     pub ca_retry_hints_honoured: AtomicU64,
     /// Without capture: app ports listening beyond loopback, which bypass the sidecar.
     pub app_ports_exposed: AtomicU64,
+    /// How long successful TLS handshakes took, by direction.
+    pub handshake_seconds: [Histogram; 2],
+    /// How long issuance and renewal attempts at the CA took, whatever their result.
+    pub renewal_seconds: Histogram,
 }
 
 impl Metrics {
@@ -137,42 +143,42 @@ impl Metrics {
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         family(
             &mut out,
-            "trellis_connections_opened_total",
+            "trellis_sidecar_connections_opened_total",
             "counter",
             "Connections accepted.",
             per_direction(&|d| as_i64(self.dir(d).opened.load(Relaxed))),
         );
         family(
             &mut out,
-            "trellis_connections_closed_total",
+            "trellis_sidecar_connections_closed_total",
             "counter",
             "Connections finished.",
             per_direction(&|d| as_i64(self.dir(d).closed.load(Relaxed))),
         );
         family(
             &mut out,
-            "trellis_connections_active",
+            "trellis_sidecar_connections_active",
             "gauge",
             "Connections open now.",
             per_direction(&|d| self.dir(d).active.load(Relaxed)),
         );
         family(
             &mut out,
-            "trellis_bytes_received_total",
+            "trellis_sidecar_received_bytes_total",
             "counter",
             "Bytes received from the peer.",
             per_direction(&|d| as_i64(self.dir(d).bytes_received.load(Relaxed))),
         );
         family(
             &mut out,
-            "trellis_bytes_sent_total",
+            "trellis_sidecar_sent_bytes_total",
             "counter",
             "Bytes sent to the peer.",
             per_direction(&|d| as_i64(self.dir(d).bytes_sent.load(Relaxed))),
         );
         family(
             &mut out,
-            "trellis_policy_denials_total",
+            "trellis_sidecar_policy_denials_total",
             "counter",
             "Connections refused by identity policy.",
             per_direction(&|d| as_i64(self.policy_denials[d as usize].load(Relaxed))),
@@ -191,14 +197,14 @@ impl Metrics {
             .collect();
         family(
             &mut out,
-            "trellis_handshakes_total",
+            "trellis_sidecar_handshakes_total",
             "counter",
             "TLS handshakes by result and reason.",
             handshakes,
         );
         family(
             &mut out,
-            "trellis_plaintext_accepted_total",
+            "trellis_sidecar_plaintext_accepted_total",
             "counter",
             "Plaintext connections accepted in permissive mode.",
             [(String::new(), as_i64(self.plaintext_accepted.load(Relaxed)))],
@@ -212,7 +218,7 @@ impl Metrics {
         );
         family(
             &mut out,
-            "trellis_revoked_connections_closed_total",
+            "trellis_sidecar_revoked_connections_closed_total",
             "counter",
             "Live connections closed because the peer was revoked.",
             [(String::new(), as_i64(self.revoked_closed.load(Relaxed)))],
@@ -226,14 +232,14 @@ impl Metrics {
             .collect();
         family(
             &mut out,
-            "trellis_renewals_total",
+            "trellis_sidecar_renewals_total",
             "counter",
             "Certificate renewal attempts by result (throttled: the CA answered RESOURCE_EXHAUSTED).",
             renewals,
         );
         family(
             &mut out,
-            "trellis_ca_retry_hints_honoured_total",
+            "trellis_sidecar_ca_retry_hints_honoured_total",
             "counter",
             "Retry hints from the CA waited out in full before the next attempt.",
             [(
@@ -253,32 +259,52 @@ impl Metrics {
         };
         family(
             &mut out,
-            "trellis_certificate_expiry_timestamp_seconds",
+            "trellis_sidecar_certificate_expiry_timestamp_seconds",
             "gauge",
             "NotAfter of the current certificate (0 before the first).",
             [(String::new(), as_i64(self.cert_not_after.load(Relaxed)))],
         );
         family(
             &mut out,
-            "trellis_seconds_since_last_renewal",
+            "trellis_sidecar_last_renewal_age_seconds",
             "gauge",
             "Seconds since the last successful issuance or renewal (-1: never).",
             [(String::new(), since)],
         );
         family(
             &mut out,
-            "trellis_trust_bundle_version",
+            "trellis_sidecar_trust_bundle_version",
             "gauge",
             "Version of the trust bundle held.",
             [(String::new(), as_i64(self.bundle_version.load(Relaxed)))],
         );
         family(
             &mut out,
-            "trellis_trust_bundle_roots",
+            "trellis_sidecar_trust_bundle_roots",
             "gauge",
             "Roots in the trust bundle held.",
             [(String::new(), as_i64(self.bundle_roots.load(Relaxed)))],
         );
+        let name = "trellis_sidecar_handshake_duration_seconds";
+        histogram::header(
+            &mut out,
+            name,
+            "Successful TLS handshakes, from the first byte.",
+        );
+        for d in dirs {
+            self.handshake_seconds[d as usize].render(
+                &mut out,
+                name,
+                &format!("direction=\"{}\"", d.as_str()),
+            );
+        }
+        let name = "trellis_sidecar_renewal_duration_seconds";
+        histogram::header(
+            &mut out,
+            name,
+            "Issuance and renewal attempts at the CA, whatever their result.",
+        );
+        self.renewal_seconds.render(&mut out, name, "");
         out
     }
 }
@@ -308,17 +334,21 @@ mod tests {
         m.handshake(Direction::Inbound, false, "no_client_cert");
         m.renewal(true);
         let text = m.render();
-        assert!(text.contains("trellis_connections_opened_total{direction=\"inbound\"} 3"));
+        assert!(text.contains("trellis_sidecar_connections_opened_total{direction=\"inbound\"} 3"));
         assert!(text.contains(
-            "trellis_handshakes_total{direction=\"inbound\",result=\"failed\",reason=\"no_client_cert\"} 1"
+            "trellis_sidecar_handshakes_total{direction=\"inbound\",result=\"failed\",reason=\"no_client_cert\"} 1"
         ));
-        assert!(text.contains("trellis_renewals_total{result=\"ok\"} 1"));
-        assert!(text.contains("trellis_seconds_since_last_renewal -1"));
-        // Every sample line belongs to a declared family.
+        assert!(text.contains("trellis_sidecar_renewals_total{result=\"ok\"} 1"));
+        assert!(text.contains("trellis_sidecar_last_renewal_age_seconds -1"));
+        // Every sample line belongs to a declared family (a histogram's by its base name).
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let histogram = ["_bucket", "_sum", "_count"]
+                .iter()
+                .filter_map(|suffix| name.strip_suffix(suffix))
+                .any(|base| text.contains(&format!("# TYPE {base} histogram")));
             assert!(
-                text.contains(&format!("# TYPE {name} ")),
+                histogram || text.contains(&format!("# TYPE {name} ")),
                 "undeclared {name}"
             );
         }

@@ -92,6 +92,7 @@ impl Outbound {
             }),
         };
         let connector = TlsConnector::from(tls_config);
+        let started = std::time::Instant::now();
         let tls = match timeout(self.ctx.timeouts.handshake, connector.connect(name, stream)).await
         {
             Err(_) => return self.refuse(client, "timeout"),
@@ -123,6 +124,7 @@ impl Outbound {
             tracing::Span::current().record("spiffe_id", tracing::field::display(&spiffe_id));
         }
         metrics.handshake(DIRECTION, true, "");
+        metrics.handshake_seconds[DIRECTION as usize].observe(started.elapsed());
         let registration = self.ctx.registry.register(&info.serial);
         tracing::debug!(%client, %upstream, serial = %info.serial, "outbound connection established");
         // The local client is the "peer" of an outbound connection in the metrics.

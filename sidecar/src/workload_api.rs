@@ -35,6 +35,11 @@
 //! certificate yet (still bootstrapping) and when it shuts down; `PERMISSION_DENIED` on an
 //! open `FetchX509SVID` stream when the certificate expired without renewal and is withdrawn
 //! (the Workload API's signal that every SVID is redacted, section 5.2.1).
+//!
+//! gRPC clients on the C core (py-spiffe's `grpcio`, C++, Ruby, PHP) send the socket path as
+//! the HTTP/2 `:authority`, which h2 refuses; [`authority`] rewrites it on the way in.
+
+mod authority;
 
 use std::fmt;
 use std::io;
@@ -45,6 +50,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustls_pki_types::PrivateKeyDer;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::UdsConnectInfo;
@@ -59,6 +65,8 @@ use trellis_proto::spiffe::workload::{
 };
 
 use crate::credentials::{Credentials, CredentialsRx};
+
+use authority::AuthorityFix;
 
 /// The gRPC metadata key every request must carry with the value `true` (Workload Endpoint,
 /// section 3: a guard against server-side request forgery).
@@ -223,9 +231,10 @@ impl WorkloadApiSocket {
             file_id,
         } = self;
         let mut shutdown = stop.clone();
+        let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new));
         let result = tonic::transport::Server::builder()
             .add_service(service(creds, stop))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 stopped(&mut shutdown).await;
             })
             .await

@@ -612,11 +612,11 @@ async fn admin_endpoint_reports_health_metrics_and_identity() {
         "{headers:?}"
     );
     assert!(
-        body.contains("trellis_connections_opened_total{direction=\"inbound\"} 7"),
+        body.contains("trellis_sidecar_connections_opened_total{direction=\"inbound\"} 7"),
         "{body}"
     );
     assert!(body.contains(
-        "trellis_handshakes_total{direction=\"inbound\",result=\"failed\",reason=\"unknown_issuer\"} 1"
+        "trellis_sidecar_handshakes_total{direction=\"inbound\",result=\"failed\",reason=\"unknown_issuer\"} 1"
     ));
 
     let (status, _, _) = http_get(admin, "/nope").await;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use trellis_identity::crl_reason::CrlReason;
 use trellis_identity::{SpiffeId, hex};
 use trellis_proto::admin::v1::admin_server::Admin;
 use trellis_proto::admin::v1::{
@@ -284,12 +285,25 @@ impl Admin for AdminService {
                 .into());
             }
         };
+        let code = match body.reason_code {
+            0 => CrlReason::from_text(&body.reason),
+            n => Some(CrlReason::from_code(n).ok_or_else(|| {
+                let known: Vec<String> = CrlReason::ALL.iter().map(|r| r.to_string()).collect();
+                CaError::InvalidArgument(format!(
+                    "reason_code {n} is not a CRLReason a revocation can carry; use one of {}",
+                    known.join(", ")
+                ))
+            })?),
+        };
         let reason = if body.reason.trim().is_empty() {
-            "unspecified".to_owned()
+            code.map_or("unspecified", CrlReason::rfc_name).to_owned()
         } else {
             body.reason
         };
-        let serials = self.state.revoke(target, &reason, caller.as_str()).await?;
+        let serials = self
+            .state
+            .revoke(target, &reason, code, caller.as_str())
+            .await?;
         Ok(Response::new(RevokeCertificateResponse { serials }))
     }
 

@@ -20,52 +20,75 @@ const MAX_JWKS: usize = 1024 * 1024;
 /// A fetch must finish within this.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// An `https://host[:port]/path` URL.
+/// An `https://host[:port]/path` URL; the host may be a DNS name, an IPv4 address or a
+/// bracketed IPv6 address (`https://[::1]:6443/keys`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpsUrl {
+    /// The host without brackets (`::1`), as TLS and `connect` want it.
     pub host: String,
     pub port: u16,
+    /// Path and query, at least `/`.
     pub path: String,
 }
 
 impl HttpsUrl {
-    /// Parses an HTTPS URL; anything else (http, userinfo, fragments) is refused.
+    /// Parses an HTTPS URL with `http::Uri`; anything else (http, userinfo, fragments) is
+    /// refused.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let rest = text
-            .strip_prefix("https://")
-            .ok_or_else(|| format!("{text:?} is not an https:// URL"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() || authority.contains('@') || path.contains('#') {
-            return Err(format!(
-                "{text:?} is not a plain https://host[:port]/path URL"
-            ));
+        let plain = || format!("{text:?} is not a plain https://host[:port]/path URL");
+        // `http::Uri` drops a fragment silently and keeps userinfo in the authority.
+        if text.contains('#') {
+            return Err(plain());
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h,
+        let uri: http::Uri = text.parse().map_err(|e| format!("{text:?}: {e}"))?;
+        if uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
+            return Err(format!("{text:?} is not an https:// URL"));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("{text:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(plain());
+        }
+        // `Authority::port` reads a port that is no u16 (`:70000`) as none; read it here.
+        let port = match authority.as_str().get(authority.host().len()..) {
+            Some("") => 443,
+            Some(p) => {
+                let p = p.strip_prefix(':').unwrap_or(p);
                 p.parse::<u16>()
-                    .map_err(|_| format!("{text:?}: port {p:?} is not a number"))?,
-            ),
-            _ => (authority, 443),
+                    .map_err(|_| format!("{text:?}: port {p:?} is not a number"))?
+            }
+            None => return Err(plain()),
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
         if host.is_empty() {
             return Err(format!("{text:?} has no host"));
         }
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
         Ok(Self {
             host: host.to_owned(),
             port,
-            path: path.to_owned(),
+            path: if path.is_empty() { "/" } else { path }.to_owned(),
         })
+    }
+
+    /// `host:port`, an IPv6 host in brackets: the `Host` header and the URL's authority.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
 impl std::fmt::Display for HttpsUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "https://{}:{}{}", self.host, self.port, self.path)
+        write!(f, "https://{}{}", self.authority(), self.path)
     }
 }
 
@@ -149,7 +172,7 @@ async fn fetch(
         .map_err(|e| format!("{url}: {e}"))?;
     tokio::spawn(connection);
     let mut request = http::Request::get(url.path.as_str())
-        .header(http::header::HOST, url.host.as_str())
+        .header(http::header::HOST, url.authority())
         .header(
             http::header::ACCEPT,
             "application/json, application/jwk-set+json",
@@ -190,7 +213,22 @@ mod tests {
         assert_eq!((u.port, u.path.as_str()), (6443, "/"));
         let u = HttpsUrl::parse("https://[::1]:8443/keys").expect("ok");
         assert_eq!(u.host, "::1");
+        assert_eq!(u.to_string(), "https://[::1]:8443/keys");
+        // No port: an IPv6 literal's colons are not one.
+        let u = HttpsUrl::parse("https://[::1]/keys").expect("ok");
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 443, "/keys")
+        );
+        let u = HttpsUrl::parse("https://[fd00::1:2]/k?x=1").expect("ok");
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("fd00::1:2", 443, "/k?x=1")
+        );
         for bad in [
+            "https://[::1/keys",
+            "https://h:70000/",
+            "https:///keys",
             "http://x/",
             "https://",
             "https://u@h/",

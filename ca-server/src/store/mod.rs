@@ -117,6 +117,8 @@ pub struct TokenUse {
 const META_TRUST_DOMAIN: &[u8] = b"trust_domain";
 const META_BUNDLE_VERSION: &[u8] = b"bundle_version";
 const META_ACTIVE_INTERMEDIATE: &[u8] = b"active_intermediate";
+/// Followed by an intermediate's id: the number of the last CRL it signed.
+const META_CRL_NUMBER: &str = "crl_number/";
 
 /// The CA's database.
 #[derive(Debug, Clone)]
@@ -271,6 +273,26 @@ impl Store {
         let t = self.trees()?;
         t.meta
             .insert(META_BUNDLE_VERSION, &version.to_be_bytes())
+            .map_err(self.err(&t))?;
+        Ok(())
+    }
+
+    /// The number of the last CRL intermediate `id` signed (0 before its first).
+    pub fn crl_number(&self, id: &str) -> Result<u64, StoreError> {
+        let t = self.trees()?;
+        Ok(t.meta
+            .get(format!("{META_CRL_NUMBER}{id}"))
+            .map_err(self.err(&t))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// Records the number of the CRL intermediate `id` is about to sign.
+    pub fn set_crl_number(&self, id: &str, number: u64) -> Result<(), StoreError> {
+        let t = self.trees()?;
+        t.meta
+            .insert(format!("{META_CRL_NUMBER}{id}"), &number.to_be_bytes())
             .map_err(self.err(&t))?;
         Ok(())
     }

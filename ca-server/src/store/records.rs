@@ -113,4 +113,8 @@ pub struct RevocationRecord {
     pub not_after: u64,
     /// The intermediate that signed it (whose CRL lists it).
     pub intermediate_id: String,
+    /// The RFC 5280 `CRLReason` code its CRL entry carries, if a reason was given (absent
+    /// in records written before reasons were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason_code: Option<u8>,
 }

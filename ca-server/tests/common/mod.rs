@@ -77,9 +77,17 @@ impl TestCa {
 
     /// Stops the CA gracefully and starts it again on the same data directory.
     pub async fn restart(&mut self) {
+        self.restart_configured(|_| {}).await;
+    }
+
+    /// Restarts with a configuration adjusted by `edit` (the first start's edits are not
+    /// kept).
+    pub async fn restart_configured(&mut self, edit: impl FnOnce(&mut Config)) {
         let old = self.running.take().expect("running");
         old.shutdown().await.expect("clean shutdown");
-        let running = trellis_ca::start_with_clock(config_for(self.data_dir()), self.clock.clone())
+        let mut config = config_for(self.data_dir());
+        edit(&mut config);
+        let running = trellis_ca::start_with_clock(config, self.clock.clone())
             .await
             .expect("CA restarts");
         self.running = Some(running);

@@ -40,6 +40,40 @@ fn environment_variables_work_without_a_context_and_flags_override_it() {
     assert!(line.contains("127.0.0.1:1"), "{line}");
 }
 
+/// `--context ctx.toml`: a bare file name, relative to the working directory, whose parent
+/// is the empty path (the atomic write once tried to fsync that and failed after writing).
+#[test]
+fn login_writes_a_context_file_given_as_a_bare_relative_name() {
+    let ca = Ca::start();
+    let user = User::new();
+    let mut cmd = user.command();
+    cmd.current_dir(user.home.path()).args([
+        "login",
+        "--context",
+        "ctx.toml",
+        "--ca-addr",
+        &ca.addr.to_string(),
+        "--admin-dir",
+        ca.admin_dir.to_str().expect("UTF-8"),
+    ]);
+    let login = run(cmd, CLI_TIMEOUT).success();
+    assert!(login.stdout.contains("Logged in"), "{}", login.stdout);
+    let saved = std::fs::read_to_string(user.path("ctx.toml")).expect("ctx.toml written");
+    assert!(
+        saved.contains(&format!("ca_addr = \"{}\"", ca.addr)),
+        "{saved}"
+    );
+    let names: Vec<_> = std::fs::read_dir(user.home.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("ctx.toml")],
+        "no temp file left"
+    );
+}
+
 #[test]
 fn colour_only_on_a_terminal_and_never_with_no_color() {
     let ca = Ca::start();

@@ -28,6 +28,10 @@ fn revoke_by_serial_shows_in_show_and_list_and_is_not_repeated() {
     assert!(human.starts_with("Revoked 1 certificate:\n"), "{human}");
     assert!(human.contains(&format!("\n  {serial}\n")), "{human}");
     assert!(human.contains("Reason: key compromise"), "{human}");
+    assert!(
+        human.contains("CRL reason code: keyCompromise (1)"),
+        "the text names a reason: {human}"
+    );
     assert!(!human.contains(&other), "only the one serial: {human}");
 
     // A second revocation changes nothing and says so, in both formats.
@@ -102,6 +106,8 @@ fn revoke_by_identity_revokes_every_live_certificate_of_it_and_nothing_else() {
             db,
             "--reason",
             "decommissioned",
+            "--reason-code",
+            "cessation-of-operation",
             "-o",
             "json",
         ])
@@ -109,6 +115,7 @@ fn revoke_by_identity_revokes_every_live_certificate_of_it_and_nothing_else() {
         .json();
     assert_eq!(json["spiffe_id"], db);
     assert_eq!(json["reason"], "decommissioned");
+    assert_eq!(json["reason_code"], "cessationOfOperation (5)");
     let revoked: BTreeSet<&str> = json["revoked"]
         .as_array()
         .expect("serials")

@@ -30,6 +30,42 @@ fn every_kustomization_renders_to_valid_kubernetes_objects() {
     }
 }
 
+/// Every container of every rendered workload has CPU and memory requests and limits (the
+/// sidecar sizes its thread count from its CPU limit; without limits a container may take
+/// a node's CPU from its neighbours), and every long-running container has readiness and
+/// liveness probes. Init containers run to completion: resources, no probes.
+#[test]
+fn every_container_has_requests_limits_and_probes() {
+    let mut checked = 0;
+    for dir in KUSTOMIZATIONS {
+        for doc in documents(&kustomize(dir)) {
+            let Some(pod) = pod_of(&doc) else { continue };
+            for (list, probed) in [("containers", true), ("initContainers", false)] {
+                for c in pod["spec"][list].as_array().into_iter().flatten() {
+                    let what = format!("{dir}: {} {list} {}", describe(&doc), c["name"]);
+                    for kind in ["requests", "limits"] {
+                        for resource in ["cpu", "memory"] {
+                            let value = &c["resources"][kind][resource];
+                            assert!(
+                                value.is_string() || value.is_number(),
+                                "{what}: no {kind}.{resource}"
+                            );
+                        }
+                    }
+                    if probed {
+                        for probe in ["readinessProbe", "livenessProbe"] {
+                            assert!(c[probe].is_object(), "{what}: no {probe}");
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    // The CA (and its import init container), two injectors' template, four demo containers.
+    assert!(checked >= 7, "only {checked} containers found");
+}
+
 #[test]
 fn the_validator_rejects_what_the_api_server_would() {
     // Without this, a validator that accepts anything would pass the test above.
@@ -168,8 +204,16 @@ fn invocations(docs: &[Value], scratch: &Path) -> Vec<Invocation> {
         {
             volumes.push(serde_json::json!({"name": claim["metadata"]["name"]}));
         }
-        let init = pod["spec"]["initContainers"].as_array().into_iter().flatten();
-        for c in pod["spec"]["containers"].as_array().into_iter().flatten().chain(init) {
+        let init = pod["spec"]["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten();
+        for c in pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(init)
+        {
             let Some(binary) = c["image"].as_str().and_then(binary_of) else {
                 continue;
             };
