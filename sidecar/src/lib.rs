@@ -4,7 +4,8 @@
 //! [`credentials::Credentials`] on a watch channel; `trust` decides the initial bundle;
 //! `join_token` and `k8s_token` (the pod's service-account token) are the bootstrap
 //! credentials; `svid_files` writes them out for the app; `retry_hint` reads the CA's
-//! RESOURCE_EXHAUSTED hint; `fd_limit` raises the open-file limit at start-up.
+//! RESOURCE_EXHAUSTED hint; `fd_limit` raises the open-file limit at start-up and
+//! `fd_budget` shares it between the listeners.
 //! Data side: `inbound`, `outbound` and `proxy` move bytes, `policy` decides who may
 //! connect, `admin` serves health, metrics and identity; `run` wires everything together.
 
@@ -12,6 +13,7 @@ pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod credentials;
+pub mod fd_budget;
 pub mod fd_limit;
 pub mod inbound;
 pub mod join_token;
