@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond cargo: openssl (interoperability tests), curl,
+# prlimit,
 # kubectl (renders deploy/ with its built-in kustomize) and python3 for kubernetes-validate
 # (validates the rendered manifests against the Kubernetes schemas; from PyPI, into a venv
 # under target/ so nothing else on the machine changes).
@@ -10,7 +11,9 @@ missing=()
 for tool in openssl curl; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
-# Debian names the package after what it holds, not after the command.
+# Debian names the package after what it holds, not after the command. prlimit (a test
+# starts trellis-ca with a small open-file limit) is in util-linux, present on most images.
+command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)

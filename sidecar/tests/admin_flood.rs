@@ -104,9 +104,12 @@ async fn a_flooded_admin_port_leaves_the_mesh_and_other_sources_served() {
     // The mesh still carries traffic, both ways through both listeners.
     for round in 0..3 {
         let data = payload(64 * 1024);
-        let back = within("echo through the mesh", send_and_collect(outbound, data.clone()))
-            .await
-            .unwrap();
+        let back = within(
+            "echo through the mesh",
+            send_and_collect(outbound, data.clone()),
+        )
+        .await
+        .unwrap();
         assert!(back == data, "round {round}: the payload changed");
     }
     // Another address (the kubelet's, say) still reaches the admin port.
