@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs beyond cargo: openssl (interoperability tests), curl,
-# prlimit,
+# Installs what the test suite needs beyond cargo: openssl (interoperability tests), curl, prlimit,
 # kubectl (renders deploy/ with its built-in kustomize) and python3 for kubernetes-validate
 # (validates the rendered manifests against the Kubernetes schemas; from PyPI, into a venv
 # under target/ so nothing else on the machine changes).
