@@ -26,7 +26,7 @@ pub mod retry;
 pub mod run;
 pub mod tmpfs;
 
-pub use bin::{binary, command};
+pub use bin::{binary, command, command_with_open_files};
 pub use ca::Ca;
 pub use process::Process;
 pub use retry::{poll_until, retry_until};

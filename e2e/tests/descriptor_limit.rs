@@ -1,27 +1,43 @@
-//! The real `trellis-ca` under a small open-file limit (set on the spawned binary with
-//! `prlimit`, so the CA cannot raise it): its HTTP port is flooded with idle connections,
-//! many more than the CA has descriptors. The HTTP port holds only its share, the gRPC port
-//! still serves admin calls, `accept` never runs out of descriptors, and the refusals are
-//! counted and logged once, not once each.
+//! The real binaries under a small open-file limit (set on the spawned binary with
+//! `prlimit`, so it cannot raise it), with a plain-HTTP port flooded by idle connections,
+//! many more than the process has descriptors: the CA's HTTP port (its gRPC port must
+//! still serve admin calls) and a sidecar's admin port (its mesh traffic must still flow).
+//! The flooded port holds only its share, `accept` never runs out of descriptors, and the
+//! refusals are counted and logged once, not once each.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::time::Duration;
 
-use trellis_e2e::bin::{binary, command};
+use mesh_support::{Echo, id, metric, round_trip, sidecar, sidecar_with_open_files};
 use trellis_e2e::ca::parse_listening;
-use trellis_e2e::process::Process;
-use trellis_e2e::run::run;
+use trellis_e2e::{Ca, Process, command, command_with_open_files, run};
 
-/// The CA's open-file limit: with it, a reserve of 256, 32 HTTP connections, 224 gRPC.
-const OPEN_FILES: u32 = 512;
-/// Idle connections the test opens to the HTTP port: more than the CA could hold.
+mod mesh_support;
+
+/// The open-file limit. The CA's split: a reserve of 256, 32 HTTP connections, 224 gRPC;
+/// the sidecar's: a reserve of 128, 48 admin connections (16 per address), 168 proxied.
+const OPEN_FILES: u64 = 512;
+/// Idle connections the test opens to the flooded port: more than the process could hold.
 const FLOOD: usize = 700;
 
 fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
+}
+
+/// Opens [`FLOOD`] idle connections to `addr`. Each must complete: a listener at its bound
+/// accepts and closes at once, so its backlog never fills; one that ran out of descriptors
+/// stops accepting, and connecting then times out.
+fn flood(addr: SocketAddr) -> Vec<TcpStream> {
+    let mut held = Vec::with_capacity(FLOOD);
+    for n in 0..FLOOD {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(stream) => held.push(stream),
+            Err(e) => panic!("{addr} stopped accepting after {n} connections: {e}"),
+        }
+    }
+    held
 }
 
 fn get(addr: SocketAddr, path: &str) -> String {
@@ -43,24 +59,15 @@ fn get(addr: SocketAddr, path: &str) -> String {
 fn a_flooded_http_port_cannot_take_the_cas_descriptors() {
     let dir = tempfile::tempdir().expect("dir");
     let http = free_port();
-    let mut cmd = Command::new("prlimit");
-    cmd.arg(format!("--nofile={OPEN_FILES}:{OPEN_FILES}"))
-        .arg("--")
-        .arg(binary("trellis-ca"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            &http.to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("ca"));
-    // Drop the developer's TRELLIS_* settings, as `command` does for the binaries.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("TRELLIS_") {
-            cmd.env_remove(&key);
-        }
-    }
+    let mut cmd = command_with_open_files("trellis-ca", OPEN_FILES);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        &http.to_string(),
+    ])
+    .arg("--data-dir")
+    .arg(dir.path().join("ca"));
     let mut ca = Process::spawn("trellis-ca", cmd, dir.path());
     let line = ca.wait_for_line(Duration::from_secs(60), |l| {
         l.starts_with("trellis-ca listening on ")
@@ -68,10 +75,7 @@ fn a_flooded_http_port_cannot_take_the_cas_descriptors() {
     let listening = parse_listening(&line).expect("listening line");
     let admin_dir = listening.admin_dir.clone();
 
-    let mut flood = Vec::with_capacity(FLOOD);
-    for _ in 0..FLOOD {
-        flood.push(TcpStream::connect(http).expect("the kernel accepts the connection"));
-    }
+    let flood = flood(http);
     // Once the CA has gone through its backlog, an admin call on the gRPC port succeeds.
     let status = |timeout| {
         let mut cli = command("trellis");
@@ -121,4 +125,58 @@ fn a_flooded_http_port_cannot_take_the_cas_descriptors() {
         "{refusal_lines} log lines for {refused} refusals (expected at most one per 10 s)"
     );
     ca.terminate(Duration::from_secs(10));
+}
+
+#[test]
+fn a_flooded_admin_port_cannot_take_the_sidecars_descriptors() {
+    let ca = Ca::start();
+    let echo = Echo::start();
+    let backend = sidecar_with_open_files(
+        &ca,
+        "backend",
+        &id("/ns/demo/sa/backend"),
+        "",
+        &format!(
+            "[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{}\"\n",
+            echo.addr
+        ),
+        Some(OPEN_FILES),
+    );
+    let frontend = sidecar(
+        &ca,
+        "frontend",
+        &id("/ns/demo/sa/frontend"),
+        "",
+        &format!(
+            "[[outbound]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nallow = [\"{}\"]\n",
+            backend.inbound.expect("backend inbound"),
+            id("/ns/demo/sa/backend")
+        ),
+    );
+    let flood = flood(backend.admin);
+    // New mesh connections, through the frontend's outbound and the backend's inbound
+    // listener, while the backend's admin port is flooded.
+    for round in 0..3 {
+        let message = format!("round {round} under an admin flood");
+        let reply = round_trip(frontend.outbound[0], message.as_bytes()).expect("round trip");
+        assert_eq!(reply, message.as_bytes());
+    }
+    drop(flood);
+    let refused = metric(
+        backend.admin,
+        "trellis_listener_connections_refused_total{listener=\"admin\"}",
+    );
+    assert!(
+        refused >= (FLOOD - 16) as u64,
+        "{refused} refusals for {FLOOD} connections from one address (16 allowed)"
+    );
+    let log = backend.process.stderr();
+    assert!(
+        !log.contains("Too many open files"),
+        "the sidecar ran out of descriptors:\n{log}"
+    );
+    assert!(
+        log.matches("connection refused:").count() <= 3,
+        "refusals were logged once each:\n{log}"
+    );
 }
