@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond cargo: openssl (interoperability tests), curl,
-# kubectl (renders deploy/ with its built-in kustomize), python3 for kubernetes-validate
+# prlimit, kubectl (renders deploy/ with its built-in kustomize), python3 for kubernetes-validate
 # (validates the rendered manifests against the Kubernetes schemas; from PyPI, into a venv
 # under target/ so nothing else on the machine changes), a second venv with clients
 # nobody here wrote: gRPC's C core (grpcio, as py-spiffe uses it) and the Prometheus text
@@ -14,7 +14,11 @@ for tool in openssl curl iptables; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+# setpriv and prlimit (a test starts trellis-ca with a small open-file limit) are in
+# util-linux, present on most images.
+if ! command -v setpriv >/dev/null 2>&1 || ! command -v prlimit >/dev/null 2>&1; then
+  missing+=(util-linux)
+fi
 # Debian names the package after what it holds, not after the command.
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

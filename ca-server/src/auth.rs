@@ -27,6 +27,8 @@ pub const ADMIN_PREFIX: &str = trellis_identity::spiffe::reserved::ADMIN_PREFIX;
 pub struct PeerInfo {
     pub remote_addr: Option<std::net::SocketAddr>,
     pub chain: Arc<PeerChain>,
+    /// Set by the connection's first request (`first_request.rs`).
+    pub request_seen: crate::first_request::RequestSeen,
 }
 
 /// A TLS connection that tells tonic about its peer.
@@ -47,6 +49,7 @@ impl TlsConn {
         let info = PeerInfo {
             remote_addr: tcp.peer_addr().ok(),
             chain: Arc::new(PeerChain::new(chain)),
+            request_seen: Default::default(),
         };
         Self { inner, info }
     }

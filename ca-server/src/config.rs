@@ -11,6 +11,7 @@ use trellis_identity::{TrustDomain, duration};
 
 use crate::attest::jwks::{HttpsUrl, KeySource};
 pub use crate::attest::kubernetes::KubernetesConfig;
+use crate::connections::{ConnectionsConfig, ConnectionsFile};
 use crate::limits::{LimitsConfig, LimitsFile};
 
 /// The shortest certificate lifetime the CA will issue (clients renew at half-life).
@@ -100,6 +101,8 @@ pub struct FileConfig {
     pub kubernetes: Option<KubernetesFile>,
     /// Overload protection (`crate::limits`).
     pub limits: Option<LimitsFile>,
+    /// Connection bounds per listener (`crate::connections`).
+    pub connections: Option<ConnectionsFile>,
 }
 
 /// The `[kubernetes]` table.
@@ -208,6 +211,8 @@ pub struct Config {
     pub kubernetes: Option<KubernetesConfig>,
     /// Concurrency and rate limits for issuance.
     pub limits: LimitsConfig,
+    /// Connection bounds and timeouts per listener.
+    pub connections: ConnectionsConfig,
 }
 
 /// A configuration problem, as one line naming the setting.
@@ -356,6 +361,7 @@ impl Config {
             )?,
             kubernetes: file.kubernetes.map(KubernetesFile::build).transpose()?,
             limits: file.limits.unwrap_or_default().build()?,
+            connections: file.connections.unwrap_or_default().build()?,
         })
     }
 }
@@ -453,6 +459,12 @@ mod tests {
                 "limits.busy_retry_after",
             ),
             ("[limits]\nrenewals_per_hour = 5", "unknown field"),
+            ("[connections]\nhttp_max = 0", "connections.http_max is 0"),
+            (
+                "[connections]\nhttp_header_timeout = \"1h\"",
+                "connections.http_header_timeout",
+            ),
+            ("[connections]\nmax_conns = 5", "unknown field"),
         ];
         for (text, expected) in cases {
             let err = file(text).expect_err(text).to_string();

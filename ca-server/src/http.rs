@@ -16,7 +16,9 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use trellis_identity::{CertInfo, pem};
+use trellis_proto::listen::{ConnBudget, Http1Settings, serve_http1};
 
+use crate::connections::Listeners;
 use crate::crl::CrlCache;
 use crate::error::CaError;
 use crate::state::{CaState, stopped, unix};
@@ -24,11 +26,23 @@ use crate::state::{CaState, stopped, unix};
 #[derive(Clone)]
 struct Http {
     state: Arc<CaState>,
+    listeners: Listeners,
     crls: Arc<CrlCache>,
 }
 
-/// Serves until `stop` is set.
-pub async fn serve(listener: TcpListener, state: Arc<CaState>, mut stop: watch::Receiver<bool>) {
+/// Serves until `stop` is set, within the `http` budget of `listeners` and its header
+/// timeout (`trellis_proto::listen::serve_http1`).
+pub async fn serve(
+    listener: TcpListener,
+    listeners: Listeners,
+    state: Arc<CaState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let settings = Http1Settings {
+        header_timeout: state.config.connections.http_header_timeout,
+        drain: state.config.shutdown_grace,
+    };
+    let budget = listeners.http.clone();
     let app = Router::new()
         .route("/crl", get(active_der))
         .route("/crl.pem", get(active_pem))
@@ -36,15 +50,11 @@ pub async fn serve(listener: TcpListener, state: Arc<CaState>, mut stop: watch::
         .route("/metrics", get(metrics))
         .with_state(Http {
             state,
+            listeners,
             crls: Arc::new(CrlCache::default()),
         });
     let shutdown = async move { stopped(&mut stop).await };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "CA HTTP endpoint failed");
-    }
+    serve_http1(listener, budget, settings, app, shutdown).await;
 }
 
 fn crl_response(result: Result<Vec<u8>, CaError>, as_pem: bool) -> Response {
@@ -133,6 +143,12 @@ async fn metrics(State(http): State<Http>) -> Response {
         }
     }
     crate::limits::metrics::render(&state.limits, &mut out);
+    let l = &http.listeners;
+    ConnBudget::render(
+        "trellis_ca",
+        &[&l.grpc, &l.grpc_handshakes, &l.http],
+        &mut out,
+    );
     let signer = state.signer();
     if let Ok(info) = CertInfo::parse(&signer.cert) {
         let _ = writeln!(

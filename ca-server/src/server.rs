@@ -11,25 +11,27 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
+use tower::util::MapRequestLayer;
 use trellis_identity::clock::{Clock, SystemClock};
 use trellis_identity::tls::{self, DeferredClientVerifier, Identity, Versions};
 use trellis_identity::{SpiffeId, WorkloadKey};
 use trellis_proto::admin::v1::admin_server::AdminServer;
 use trellis_proto::ca::v1::workload_ca_server::WorkloadCaServer;
+use trellis_proto::listen::{self, ThrottledLog};
 
 use crate::api::admin::AdminService;
 use crate::api::workload::WorkloadService;
 use crate::auth::{TlsConn, admin_interceptor};
 use crate::bootstrap::{self, CA_PATH};
 use crate::config::Config;
+use crate::connections::{ConnectionsConfig, Listeners};
 use crate::error::CaError;
+use crate::first_request::{GuardedConn, mark_request};
 use crate::issuance::Credential;
 use crate::state::CaState;
 
 /// Largest gRPC message the CA accepts. Requests are a CSR and a few strings.
 pub const MAX_MESSAGE: usize = 64 * 1024;
-/// A client must finish its TLS handshake within this, or its connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lifetime of the CA's serving certificate; renewed at half of it.
 const SERVING_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
@@ -41,6 +43,8 @@ pub struct RunningCa {
     /// The CRL and metrics endpoint, if configured.
     pub http_addr: Option<SocketAddr>,
     pub state: Arc<CaState>,
+    /// The listeners' connection budgets (what `/metrics` shows of them).
+    pub listeners: Listeners,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), CaError>>,
 }
@@ -105,20 +109,33 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         stopped.clone(),
     ));
     tokio::spawn(crate::roots::watch_expiry(state.clone(), stopped.clone()));
+    let listeners = Listeners::new(&state.config.connections);
     let http_addr = match http_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
-            tokio::spawn(crate::http::serve(listener, state.clone(), stopped.clone()));
+            tokio::spawn(crate::http::serve(
+                listener,
+                listeners.clone(),
+                state.clone(),
+                stopped.clone(),
+            ));
             addr
         }
         None => None,
     };
-    let task = tokio::spawn(serve(listener, state.clone(), tls.subscribe(), stopped));
+    let task = tokio::spawn(serve(
+        listener,
+        listeners.clone(),
+        state.clone(),
+        tls.subscribe(),
+        stopped,
+    ));
     tracing::info!(%addr, trust_domain = %state.config.trust_domain, "trellis-ca serving");
     Ok(RunningCa {
         addr,
         http_addr,
         state,
+        listeners,
         stop,
         task,
     })
@@ -206,6 +223,7 @@ async fn renew_serving_identity(
 /// Builds the tonic router with both APIs and the standard health service.
 async fn serve(
     listener: TcpListener,
+    listeners: Listeners,
     state: Arc<CaState>,
     tls: watch::Receiver<Arc<ServerConfig>>,
     mut stopped: watch::Receiver<bool>,
@@ -223,8 +241,15 @@ async fn serve(
         AdminServer::new(AdminService::new(state.clone())).max_decoding_message_size(MAX_MESSAGE),
         admin_interceptor(state.clone()),
     );
-    let (conns_tx, conns_rx) = mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
-    let accept = tokio::spawn(accept_loop(listener, tls, conns_tx, stopped.clone()));
+    let (conns_tx, conns_rx) = mpsc::channel::<Result<GuardedConn, std::io::Error>>(64);
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        tls,
+        conns_tx,
+        stopped.clone(),
+        listeners,
+        state.config.connections.clone(),
+    ));
     let grace = state.config.shutdown_grace;
     let mut stop_signal = stopped.clone();
     let server = tonic::transport::Server::builder()
@@ -232,6 +257,9 @@ async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .concurrency_limit_per_connection(256)
+        .layer(MapRequestLayer::new(
+            mark_request::<tonic::body::Body> as fn(_) -> _,
+        ))
         .add_service(health)
         .add_service(workload)
         .add_service(admin)
@@ -250,32 +278,42 @@ async fn serve(
     result.map_err(|e| CaError::Internal(format!("gRPC server: {e}")))
 }
 
+/// Accepts gRPC connections: each takes a slot of the listener's budget (in total and per
+/// source address) and, until its handshake is done, one of the handshake budget; over
+/// either it is closed at once. A handshake must finish within `handshake_timeout` of
+/// accept, and the first request must follow within `first_request_timeout`.
 async fn accept_loop(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
-    conns: mpsc::Sender<Result<TlsConn, std::io::Error>>,
+    conns: mpsc::Sender<Result<GuardedConn, std::io::Error>>,
     mut stopped: watch::Receiver<bool>,
+    listeners: Listeners,
+    limits: ConnectionsConfig,
 ) {
+    let failures = ThrottledLog::default();
     loop {
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listen::accept(&listener, "grpc", &failures) => accepted,
             _ = crate::state::stopped(&mut stopped) => return,
+        };
+        let Some(slot) = listeners.grpc.admit(peer.ip()) else {
+            continue;
+        };
+        let Some(handshake_slot) = listeners.grpc_handshakes.admit(peer.ip()) else {
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(tls.borrow().clone());
         let conns = conns.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+            let result = handshake.await;
+            drop(handshake_slot);
+            match result {
                 Ok(Ok(stream)) => {
-                    let _ = conns.send(Ok(TlsConn::new(stream))).await;
+                    let conn =
+                        GuardedConn::new(TlsConn::new(stream), slot, limits.first_request_timeout);
+                    let _ = conns.send(Ok(conn)).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -30,7 +30,22 @@ pub fn binary(name: &str) -> PathBuf {
 /// A command for workspace binary `name` with every inherited `TRELLIS_*` variable removed,
 /// so the developer's own settings never leak into a test.
 pub fn command(name: &str) -> Command {
-    let mut command = Command::new(binary(name));
+    without_trellis_vars(Command::new(binary(name)))
+}
+
+/// Like [`command`], run through `prlimit` with soft and hard open-file limits of
+/// `open_files`, so the binary cannot raise them (util-linux's `prlimit` execs it, so
+/// signals reach the binary itself).
+pub fn command_with_open_files(name: &str, open_files: u64) -> Command {
+    let mut command = Command::new("prlimit");
+    command
+        .arg(format!("--nofile={open_files}:{open_files}"))
+        .arg("--")
+        .arg(binary(name));
+    without_trellis_vars(command)
+}
+
+fn without_trellis_vars(mut command: Command) -> Command {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("TRELLIS_") {
             command.env_remove(&key);

@@ -30,7 +30,7 @@ pub mod retry;
 pub mod run;
 pub mod tmpfs;
 
-pub use bin::{binary, command};
+pub use bin::{binary, command, command_with_open_files};
 pub use ca::Ca;
 pub use netns::{Lan, Netns, Pod};
 pub use pod_sidecar::PodSidecar;

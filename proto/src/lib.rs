@@ -4,6 +4,9 @@
 //! - [`admin::v1`]: the admin API, callable only with an admin client certificate.
 //! - [`spiffe::workload`]: the standard SPIFFE Workload API (`proto/spiffe/workload/`),
 //!   which the sidecar serves to SPIFFE-aware workloads over a Unix domain socket.
+//!
+//! Beside them, what both binaries' clients and servers share: [`channel`] (a tonic channel
+//! over TLS) and [`listen`] (connection budgets, accept back-off, bounded HTTP/1).
 
 /// `trellis.ca.*`: the workload-facing certificate authority API.
 pub mod ca {
@@ -108,4 +111,5 @@ pub mod spiffe {
 }
 
 pub mod channel;
+pub mod listen;
 mod redact;

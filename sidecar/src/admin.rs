@@ -13,6 +13,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -23,6 +24,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use trellis_identity::bundle::{format_time, spki_sha256};
 use trellis_identity::hex;
+use trellis_proto::listen::{ConnBudget, Http1Settings, serve_http1};
 
 use crate::app_probes::AppProbes;
 use crate::capture::exposure::{Exposure, ExposureView};
@@ -33,12 +35,68 @@ use crate::shutdown::Shutdown;
 /// The Prometheus text exposition format's content type.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
+/// The admin port's bounds: it may be reachable from the pod network (kubelet probes,
+/// Prometheus), so a peer that opens connections and sends nothing, or sends headers that
+/// never end, must neither hold them for ever nor take descriptors from the data path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Open connections at once (lowered to fit the open-file limit, `fd_budget.rs`).
+    pub max_connections: usize,
+    /// Open connections from one source address (IPv6 per /64), so that one peer cannot
+    /// take the kubelet's probes' slots.
+    pub max_connections_per_source: usize,
+    /// A request head must arrive within this: after accept, and between requests.
+    pub header_timeout: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            max_connections_per_source: 16,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl AdminLimits {
+    /// The defaults with whatever is set; an error names the setting (without `admin.`).
+    pub fn build(
+        max_connections: Option<usize>,
+        max_connections_per_source: Option<usize>,
+        header_timeout: Option<Duration>,
+    ) -> Result<Self, String> {
+        let d = Self::default();
+        let count = |name: &str, v: Option<usize>, default: usize| match v.unwrap_or(default) {
+            n @ 1..=100_000 => Ok(n),
+            n => Err(format!("{name} is {n}; it must be between 1 and 100000")),
+        };
+        let header_timeout = header_timeout.unwrap_or(d.header_timeout);
+        if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&header_timeout) {
+            return Err(format!(
+                "header_timeout is {header_timeout:?}; it must be between 100ms and 10m"
+            ));
+        }
+        Ok(Self {
+            max_connections: count("max_connections", max_connections, d.max_connections)?,
+            max_connections_per_source: count(
+                "max_connections_per_source",
+                max_connections_per_source,
+                d.max_connections_per_source,
+            )?,
+            header_timeout,
+        })
+    }
+}
+
 #[derive(Clone)]
 struct AdminState {
     creds: CredentialsRx,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
     pod: PodState,
+    /// The admin port's connections, shown in `/metrics` when served.
+    budget: Option<Arc<ConnBudget>>,
 }
 
 /// What the admin endpoint knows of the pod around the sidecar.
@@ -55,24 +113,27 @@ pub fn router(
     shutdown: Shutdown,
     pod: PodState,
 ) -> Router {
+    routes(AdminState {
+        creds,
+        metrics,
+        shutdown,
+        pod,
+        budget: None,
+    })
+}
+
+fn routes(state: AdminState) -> Router {
     Router::new()
         .route("/live", get(live))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .route("/identity", get(identity))
         .route("/app-health/{container}/{kind}", get(app_health))
-        .with_state(AdminState {
-            creds,
-            metrics,
-            shutdown,
-            pod,
-        })
+        .with_state(state)
 }
 
-/// Serves the admin endpoint on `listener` until `shutdown`.
-///
-/// Wiring: bind `config.admin_listen`, then
-/// `tokio::spawn(serve_admin(listener, creds, metrics, shutdown))`.
+/// Serves the admin endpoint on `listener` until `shutdown`, with the default
+/// [`AdminLimits`].
 pub async fn serve_admin(
     listener: TcpListener,
     creds: CredentialsRx,
@@ -80,10 +141,52 @@ pub async fn serve_admin(
     shutdown: Shutdown,
     pod: PodState,
 ) -> io::Result<()> {
-    let app = router(creds, metrics, shutdown.clone(), pod);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
+    serve_admin_limited(
+        listener,
+        AdminLimits::default(),
+        creds,
+        metrics,
+        shutdown,
+        pod,
+    )
+    .await
+}
+
+/// Serves the admin endpoint on `listener` until `shutdown`, within `limits`: a connection
+/// over them is closed at accept and counted in
+/// `trellis_listener_connections_refused_total{listener="admin"}`.
+///
+/// Wiring: bind `config.admin_listen`, then
+/// `tokio::spawn(serve_admin_limited(listener, config.admin_limits, creds, metrics, shutdown, pod))`.
+pub async fn serve_admin_limited(
+    listener: TcpListener,
+    limits: AdminLimits,
+    creds: CredentialsRx,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    pod: PodState,
+) -> io::Result<()> {
+    let budget = ConnBudget::new(
+        "admin",
+        limits.max_connections,
+        limits.max_connections_per_source,
+    );
+    let app = routes(AdminState {
+        creds,
+        metrics,
+        shutdown: shutdown.clone(),
+        pod,
+        budget: Some(budget.clone()),
+    });
+    let settings = Http1Settings {
+        header_timeout: limits.header_timeout,
+        drain: Duration::from_secs(2),
+    };
+    serve_http1(listener, budget, settings, app, async move {
+        shutdown.wait().await
+    })
+    .await;
+    Ok(())
 }
 
 async fn live() -> &'static str {
@@ -122,10 +225,11 @@ async fn app_health(
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        state.metrics.render(),
-    )
+    let mut text = state.metrics.render();
+    if let Some(budget) = &state.budget {
+        ConnBudget::render("trellis_listener", &[budget], &mut text);
+    }
+    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text)
 }
 
 /// `/identity`: what the sidecar is, never its key.

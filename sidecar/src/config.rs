@@ -122,6 +122,9 @@ pub struct CaFile {
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub listen: Option<SocketAddr>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_source: Option<usize>,
+    pub header_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -259,6 +262,8 @@ pub struct Config {
     pub trust_domain: TrustDomain,
     pub ca: CaConfig,
     pub admin_listen: SocketAddr,
+    /// The admin port's connection bounds and header timeout.
+    pub admin_limits: crate::admin::AdminLimits,
     pub inbound: Option<InboundConfig>,
     pub outbound: Vec<OutboundConfig>,
     pub timeouts: Timeouts,
@@ -634,6 +639,15 @@ impl Config {
                 )));
             }
         };
+        let admin_limits = crate::admin::AdminLimits::build(
+            file.admin.max_connections,
+            file.admin.max_connections_per_source,
+            file.admin
+                .header_timeout
+                .map(|t| dur("admin.header_timeout", Some(t), Duration::ZERO))
+                .transpose()?,
+        )
+        .map_err(|e| err(format!("admin.{e}")))?;
         let workload_api_socket = file
             .workload_api_socket
             .map(|text| {
@@ -664,6 +678,7 @@ impl Config {
                 .admin
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15020))),
+            admin_limits,
             inbound,
             outbound,
             timeouts,
@@ -772,6 +787,14 @@ mod tests {
                 "workers 0: expected 1 to 256",
             ),
             (&format!("workers = 100000\n{MINIMAL}"), "workers 100000"),
+            (
+                &format!("{MINIMAL}[admin]\nmax_connections = 0"),
+                "admin.max_connections is 0",
+            ),
+            (
+                &format!("{MINIMAL}[admin]\nheader_timeout = \"1h\""),
+                "admin.header_timeout",
+            ),
         ];
         for (text, expected) in cases {
             let e = parse(text).expect_err(text).to_string();

@@ -52,7 +52,8 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Binds and starts everything.
-pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> {
+pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Running> {
+    crate::fd_budget::fit_current(&mut config);
     let admin_listener = bind(config.admin_listen, "admin endpoint").await?;
     let inbound_listener = match &config.inbound {
         Some(inbound) => Some(bind(inbound.listen, "inbound listener").await?),
@@ -126,9 +127,11 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
     )));
     {
         let (creds, metrics, shutdown) = (creds.clone(), metrics.clone(), shutdown.clone());
+        let limits = config.admin_limits;
         background.push(tokio::spawn(async move {
-            if let Err(e) = admin::serve_admin(admin_listener, creds, metrics, shutdown, pod).await
-            {
+            let served =
+                admin::serve_admin_limited(admin_listener, limits, creds, metrics, shutdown, pod);
+            if let Err(e) = served.await {
                 tracing::error!(error = %e, "admin endpoint stopped");
             }
         }));

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use std::process::Command;
 
 use trellis_e2e::pod_sidecar::{addr_after, outbound_addrs};
-use trellis_e2e::{Ca, Process, command, run};
+use trellis_e2e::{Ca, Process, command, command_with_open_files, run};
 
 pub const TD: &str = "cluster.local";
 pub const START: Duration = Duration::from_secs(30);
@@ -121,6 +121,18 @@ pub fn token_file(ca: &Ca, spiffe_id: &str) -> PathBuf {
 /// Starts a sidecar for `spiffe_id`; `ca_extra` goes into its `[ca]` table (e.g.
 /// `ttl = "1m"`), `tables` after it (`[inbound]`, `[[outbound]]`).
 pub fn sidecar(ca: &Ca, name: &str, spiffe_id: &str, ca_extra: &str, tables: &str) -> Sidecar {
+    sidecar_with_open_files(ca, name, spiffe_id, ca_extra, tables, None)
+}
+
+/// [`sidecar`], started with at most `open_files` descriptors if given (`prlimit`).
+pub fn sidecar_with_open_files(
+    ca: &Ca,
+    name: &str,
+    spiffe_id: &str,
+    ca_extra: &str,
+    tables: &str,
+    open_files: Option<u64>,
+) -> Sidecar {
     let token = token_file(ca, spiffe_id);
     let config = ca.scratch().join(format!("{name}.toml"));
     let text = format!(
@@ -132,7 +144,10 @@ pub fn sidecar(ca: &Ca, name: &str, spiffe_id: &str, ca_extra: &str, tables: &st
         token.display(),
     );
     std::fs::write(&config, text).expect("write sidecar config");
-    let mut cmd = command("trellis-sidecar");
+    let mut cmd = match open_files {
+        Some(n) => command_with_open_files("trellis-sidecar", n),
+        None => command("trellis-sidecar"),
+    };
     cmd.arg("--config").arg(&config);
     let mut process = Process::spawn(name, cmd, ca.scratch());
     let line = process.wait_for_line(START, |l| l.starts_with("trellis-sidecar admin on"));

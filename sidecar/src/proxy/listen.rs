@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument;
+use trellis_proto::listen::{self, ThrottledLog};
 
 use super::{Context, Registration};
 use crate::metrics::{Direction, Metrics};
@@ -18,9 +19,6 @@ use crate::shutdown::{Shutdown, Tracked, Tracker};
 
 /// After the drain deadline, how long closed connections get to finish their teardown.
 const FORCE_CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// After a failed `accept` (e.g. out of file descriptors), wait this long before the next.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// An accepted connection: counted in the metrics and the drain tracker, holding one of the
 /// listener's connection slots until dropped.
@@ -76,6 +74,7 @@ pub(crate) async fn accept_loop<H, F>(
         max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
     let tracker = Tracker::new();
+    let failures = ThrottledLog::default();
     loop {
         let permit = tokio::select! {
             biased;
@@ -85,20 +84,11 @@ pub(crate) async fn accept_loop<H, F>(
                 Err(_) => break,
             },
         };
-        let accepted = tokio::select! {
+        // Out of descriptors and the like: back off and retry, logging at most every 10s.
+        let (stream, peer) = tokio::select! {
             biased;
             () = ctx.shutdown.wait() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed; retrying");
-                tokio::select! {
-                    () = ctx.shutdown.wait() => break,
-                    () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
-                }
-            }
+            accepted = listen::accept(&listener, direction.as_str(), &failures) => accepted,
         };
         // A proxy forwards what it has at once; Nagle would only add latency.
         let _ = stream.set_nodelay(true);

@@ -1,0 +1,89 @@
+//! HTTP/1.1 on a connection budget, for the plain-HTTP endpoints (the CA's CRLs and
+//! metrics, the sidecar's admin port). `axum::serve` has no bound on connections and no
+//! header timeout: an idle connection or a request whose headers never end was held for
+//! ever. Here hyper's header read timeout runs from the moment the server waits for a
+//! request head, so it closes a connection that never sends one, one that sends it too
+//! slowly, and a keep-alive connection idle between requests.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::{Service, ServiceExt};
+
+use super::{ConnBudget, ThrottledLog, accept};
+
+/// Timeouts of [`serve_http1`].
+#[derive(Debug, Clone, Copy)]
+pub struct Http1Settings {
+    /// A request head must arrive within this of the server starting to wait for it (after
+    /// accept, and after each response on a keep-alive connection).
+    pub header_timeout: Duration,
+    /// On shutdown, a request in progress may finish for this long.
+    pub drain: Duration,
+}
+
+/// Serves `service` on `listener` until `shutdown` completes, each connection holding a
+/// slot of `budget` (a connection over budget is closed at accept).
+pub async fn serve_http1<S, B>(
+    listener: TcpListener,
+    budget: Arc<ConnBudget>,
+    settings: Http1Settings,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let failures = ThrottledLog::default();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = accept(&listener, budget.name(), &failures) => accepted,
+        };
+        let Some(permit) = budget.admit(peer.ip()) else {
+            drop(tcp);
+            continue;
+        };
+        let service = service.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let handler =
+                hyper::service::service_fn(move |request| service.clone().oneshot(request));
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(settings.header_timeout);
+            let conn = builder.serve_connection(TokioIo::new(tcp), handler);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                    }
+                    return;
+                }
+                _ = stop.wait_for(|stopped| *stopped) => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = tokio::time::timeout(settings.drain, conn).await;
+        });
+    }
+    drop(listener);
+    stop_tx.send_replace(true);
+}
