@@ -204,10 +204,13 @@ fn invocations(docs: &[Value], scratch: &Path) -> Vec<Invocation> {
         {
             volumes.push(serde_json::json!({"name": claim["metadata"]["name"]}));
         }
+        // An init container that runs a command of its own (the import overlay's copy step)
+        // does not start the image's binary.
         let init = pod["spec"]["initContainers"]
             .as_array()
             .into_iter()
-            .flatten();
+            .flatten()
+            .filter(|c| c["command"].is_null());
         for c in pod["spec"]["containers"]
             .as_array()
             .into_iter()
