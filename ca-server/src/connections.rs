@@ -108,10 +108,13 @@ impl ConnectionsFile {
             grpc_max: optional("grpc_max", self.grpc_max)?,
             grpc_max_per_source: count("grpc_max_per_source", self.grpc_max_per_source, 256)?,
             max_handshakes: count("max_handshakes", self.max_handshakes, 256)?,
+            // Half the total: a CA restart makes every client of one address (a node's
+            // SNAT, a test on loopback) handshake at once, and a slot over the bound is
+            // closed, not queued.
             max_handshakes_per_source: count(
                 "max_handshakes_per_source",
                 self.max_handshakes_per_source,
-                32,
+                128,
             )?,
             handshake_timeout: timeout(
                 "handshake_timeout",

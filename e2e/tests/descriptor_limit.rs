@@ -164,7 +164,7 @@ fn a_flooded_admin_port_cannot_take_the_sidecars_descriptors() {
     drop(flood);
     let refused = metric(
         backend.admin,
-        "trellis_listener_connections_refused_total{listener=\"admin\"}",
+        "trellis_sidecar_listener_connections_refused_total{listener=\"admin\"}",
     );
     assert!(
         refused >= (FLOOD - 16) as u64,

@@ -154,7 +154,7 @@ pub async fn serve_admin(
 
 /// Serves the admin endpoint on `listener` until `shutdown`, within `limits`: a connection
 /// over them is closed at accept and counted in
-/// `trellis_listener_connections_refused_total{listener="admin"}`.
+/// `trellis_sidecar_listener_connections_refused_total{listener="admin"}`.
 ///
 /// Wiring: bind `config.admin_listen`, then
 /// `tokio::spawn(serve_admin_limited(listener, config.admin_limits, creds, metrics, shutdown, pod))`.
@@ -227,7 +227,7 @@ async fn app_health(
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     let mut text = state.metrics.render();
     if let Some(budget) = &state.budget {
-        ConnBudget::render("trellis_listener", &[budget], &mut text);
+        ConnBudget::render("trellis_sidecar_listener", &[budget], &mut text);
     }
     ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text)
 }

@@ -137,7 +137,8 @@ async fn a_flooded_admin_port_leaves_the_mesh_and_other_sources_served() {
     );
     let metrics = get_from("127.0.0.1", admin, "/metrics").await;
     assert!(
-        metrics.contains("trellis_listener_connections_refused_total{listener=\"admin\"} 1"),
+        metrics
+            .contains("trellis_sidecar_listener_connections_refused_total{listener=\"admin\"} 1"),
         "{metrics}"
     );
 }

@@ -43,7 +43,7 @@ pub fn documents(yaml: &str) -> Vec<Value> {
 
 /// The Kubernetes versions manifests must be valid for: the oldest we support and the
 /// newest the validator knows.
-pub const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.33.0"];
+pub const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
 
 /// Runs kubernetes-validate (strict: unknown fields are errors) on a file.
 pub fn validate(file: &Path, version: &str) -> Outcome {
