@@ -16,7 +16,7 @@ use crate::limits::{LimitsConfig, LimitsFile};
 
 /// The shortest certificate lifetime the CA will issue (clients renew at half-life).
 pub const MIN_TTL: Duration = Duration::from_secs(60);
-/// The longest certificate lifetime the CA will issue (DESIGN.md: at most 24 h).
+/// The longest certificate lifetime the CA will issue (at most 24 h).
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Command-line flags; each also reads a `TRELLIS_*` environment variable.

@@ -1,4 +1,4 @@
-//! Trust-root rotation without downtime (DESIGN.md): add (pending, in the bundle) →
+//! Trust-root rotation without downtime: add (pending, in the bundle) →
 //! activate (a new intermediate under it signs; renewals move over) → retire (out of the
 //! bundle), with two safety checks no other mesh makes:
 //! - activation waits until every live workload has acknowledged a bundle that contains the

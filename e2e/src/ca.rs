@@ -165,6 +165,21 @@ impl Ca {
         self.dir.path()
     }
 
+    /// `trellis ARGS` with this CA's address and admin credentials as flags.
+    pub fn admin_command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = command("trellis");
+        cmd.arg("--ca-addr")
+            .arg(self.addr.to_string())
+            .arg("--admin-cert")
+            .arg(self.admin_dir.join("admin.pem"))
+            .arg("--admin-key")
+            .arg(self.admin_dir.join("admin.key.pem"))
+            .arg("--bundle")
+            .arg(self.admin_dir.join("bundle.pem"))
+            .args(args);
+        cmd
+    }
+
     /// The trust bundle the CA publishes for workloads (`<data-dir>/bundle.pem`).
     pub fn bundle_pem(&self) -> PathBuf {
         self.data_dir.join("bundle.pem")

@@ -23,17 +23,7 @@ pub struct PodSidecar {
 
 /// `trellis ...` with the admin credentials of `ca`, run inside the CA's namespace.
 pub fn trellis_in(lan: &Lan, ca: &Ca, args: &[&str]) -> Command {
-    let mut cmd = command("trellis");
-    cmd.arg("--ca-addr")
-        .arg(ca.addr.to_string())
-        .arg("--admin-cert")
-        .arg(ca.admin_dir.join("admin.pem"))
-        .arg("--admin-key")
-        .arg(ca.admin_dir.join("admin.key.pem"))
-        .arg("--bundle")
-        .arg(ca.admin_dir.join("bundle.pem"))
-        .args(args);
-    lan.bridge.wrap(&cmd)
+    lan.bridge.wrap(&ca.admin_command(args))
 }
 
 /// A fresh join token for `spiffe_id` in a 0600 file in the CA's scratch directory.

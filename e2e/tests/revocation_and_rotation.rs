@@ -1,4 +1,4 @@
-//! Issue 6 end to end with the real binaries: a revocation closes a live connection and
+//! Revocation and rotation end to end with the real binaries: a revocation closes a live connection and
 //! refuses new ones within 2 s, and a full add → activate → retire root rotation under a
 //! steady stream of requests completes with zero failed requests.
 

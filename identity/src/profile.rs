@@ -1,5 +1,5 @@
 //! Certificate profiles and signing: creating roots and intermediates, and issuing X.509-SVID
-//! leaves under a signing CA (profile per X509-SVID.md §4 and DESIGN.md "Identity"). Used by
+//! leaves under a signing CA (profile per the SPIFFE X509-SVID standard, §4). Used by
 //! the CA server and by `trellis ca init`.
 
 use std::time::{Duration, SystemTime};

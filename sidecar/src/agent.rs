@@ -1,7 +1,7 @@
 //! The identity agent: gets the first certificate, renews it at about half its lifetime,
 //! follows the CA's trust bundle, and survives CA outages.
 //!
-//! Rules (issue 3, DESIGN.md "Sidecar"):
+//! Rules:
 //! - a fresh P-256 key for every certificate, generated here; only the CSR leaves;
 //! - renewal at 40–60 % of the certificate's own lifetime (the fraction is derived from the
 //!   random serial, so a fleet spreads out and a certificate's schedule is stable);

@@ -23,7 +23,7 @@ pub struct CertRecord {
     pub issued_via: String,
 }
 
-/// Where a root is in its life (see DESIGN.md, trust-root rotation).
+/// Where a root is in its life (see `roots.rs`, trust-root rotation).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RootState {

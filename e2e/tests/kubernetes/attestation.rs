@@ -4,14 +4,14 @@
 //! token setting injection gives it. It must come up with the pod's service-account identity,
 //! and a token the CA refuses must keep it unready (fail closed).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use serde_json::{Value, json};
+use trellis_e2e::http::http_get;
 use trellis_e2e::{Ca, Process, command, retry_until};
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -75,25 +75,6 @@ impl ClusterKey {
             .expect("signature");
         format!("{input}.{}", b64url(signature.as_ref()))
     }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut conn = TcpStream::connect(addr)?;
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    conn.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    Ok((status, body))
 }
 
 fn start_ca(scratch: &Path, key: &ClusterKey) -> Ca {

@@ -91,17 +91,7 @@ pub fn trellis(ca: &Ca, args: &[&str]) -> trellis_e2e::Outcome {
 
 /// The `trellis` command line [`trellis`] runs.
 pub fn trellis_command(ca: &Ca, args: &[&str]) -> Command {
-    let mut cmd = command("trellis");
-    cmd.arg("--ca-addr")
-        .arg(ca.addr.to_string())
-        .arg("--admin-cert")
-        .arg(ca.admin_dir.join("admin.pem"))
-        .arg("--admin-key")
-        .arg(ca.admin_dir.join("admin.key.pem"))
-        .arg("--bundle")
-        .arg(ca.admin_dir.join("bundle.pem"))
-        .args(args);
-    cmd
+    ca.admin_command(args)
 }
 
 /// A fresh join token for `spiffe_id`, written to a 0600 file in the CA's scratch dir.
