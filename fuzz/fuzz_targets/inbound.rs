@@ -102,9 +102,11 @@ async fn listener(app: SocketAddr, permissive: bool, ctx: Context) -> SocketAddr
     ]);
     let config = InboundConfig {
         listen,
-        app,
+        app: Some(app),
         mode: PolicyMode::Deny,
         allow,
+        capture: false,
+        ports: Vec::new(),
         permissive_plaintext: permissive,
         max_connections: 64,
     };
