@@ -336,7 +336,12 @@ fn without_capture_an_app_open_beyond_loopback_is_reported() {
     let ca = Ca::start_in(&lan.bridge, lan.bridge_ip.into());
     let exposed = lan.pod("exposed");
     let private = lan.pod("private");
+    // Both pods also run a second service on 0.0.0.0:9090. As a Kubernetes pod (the
+    // kubelet's KUBERNETES_SERVICE_HOST set) every port is the pod's and counts; as a plain
+    // host, only the inbound app's port is the sidecar's business.
     let _open_app = app_in(&exposed.ns, WEB);
+    let _open_other = app_in(&exposed.ns, SKIPPED);
+    let _private_other = app_in(&private.ns, SKIPPED);
     let _private_app = Echo::serve(
         private
             .ns
@@ -353,7 +358,7 @@ fn without_capture_an_app_open_beyond_loopback_is_reported() {
         "exposed",
         &id("/ns/a/sa/open"),
         &tables,
-        &[],
+        &[("KUBERNETES_SERVICE_HOST", "198.18.0.1")],
     );
     let closed = PodSidecar::start(
         &private.ns,
@@ -366,7 +371,7 @@ fn without_capture_an_app_open_beyond_loopback_is_reported() {
     );
 
     let gauge = "trellis_sidecar_app_ports_exposed ";
-    assert_eq!(metric_in(&exposed.ns, open.admin, gauge), 1);
+    assert_eq!(metric_in(&exposed.ns, open.admin, gauge), 2);
     assert!(open.process.stderr().contains("UNPROTECTED"));
     let identity = |pod: &Pod| {
         let body = pod
@@ -378,7 +383,7 @@ fn without_capture_an_app_open_beyond_loopback_is_reported() {
     };
     assert_eq!(
         identity(&exposed),
-        serde_json::json!({"capture": false, "exposed_ports": [WEB]})
+        serde_json::json!({"capture": false, "exposed_ports": [WEB, SKIPPED]})
     );
 
     assert_eq!(metric_in(&private.ns, closed.admin, gauge), 0);

@@ -13,7 +13,7 @@ use trellis_identity::clock::Clock;
 
 use crate::admin::PodState;
 use crate::agent::{Agent, Pacing};
-use crate::capture::exposure::Exposure;
+use crate::capture::exposure::{Exposure, Scope};
 use crate::config::Config;
 use crate::credentials::CredentialsRx;
 use crate::join_token::BootstrapCredential;
@@ -111,20 +111,23 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         }));
     }
     let capture = config.inbound.as_ref().is_some_and(|i| i.capture);
-    let pod = PodState {
-        exposure: Arc::new(Exposure::new(capture)),
-        probes: Arc::new(config.app_probes.clone()),
-    };
     // The sidecar's own listeners are not the app's; the outbound ones are loopback only.
-    let own_ports: Vec<u16> = std::iter::once(admin_addr.port())
+    let own_ports = std::iter::once(admin_addr.port())
         .chain(inbound_addr.map(|a| a.port()))
         .collect();
-    pod.exposure.check(&own_ports, &metrics);
-    background.push(tokio::spawn(pod.exposure.clone().watch(
-        own_ports,
-        metrics.clone(),
-        stop.clone(),
-    )));
+    let app_ports = config
+        .inbound
+        .iter()
+        .filter_map(|i| i.app.map(|a| a.port()))
+        .collect();
+    let pod = PodState {
+        exposure: Arc::new(Exposure::new(capture, Scope::detect(own_ports, app_ports))),
+        probes: Arc::new(config.app_probes.clone()),
+    };
+    pod.exposure.check(&metrics);
+    background.push(tokio::spawn(
+        pod.exposure.clone().watch(metrics.clone(), stop.clone()),
+    ));
     {
         let (creds, metrics, shutdown) = (creds.clone(), metrics.clone(), shutdown.clone());
         let limits = config.admin_limits;

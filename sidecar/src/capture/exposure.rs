@@ -3,6 +3,10 @@
 //! an address other than loopback, and not one of the sidecar's own, is reachable by any
 //! peer on the pod network without passing the sidecar: without capture that is a hole, and
 //! the sidecar says so (a warning, `trellis_sidecar_app_ports_exposed`, `/identity`).
+//!
+//! Which ports count ([`Scope`]): in a pod (the kubelet sets `KUBERNETES_SERVICE_HOST` in
+//! every container) all of them but the sidecar's own; elsewhere, on a host whose other
+//! services are none of the sidecar's business, only the inbound app's port.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
@@ -20,10 +24,45 @@ pub const RECHECK: Duration = Duration::from_secs(10);
 /// The TCP state number of a listening socket in `/proc/net/tcp`.
 const LISTEN: &str = "0A";
 
+/// Which listening ports are the app's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every port but these (the sidecar's own): in a pod, every port is the pod's.
+    AllBut(Vec<u16>),
+    /// Only these (the inbound app's): on a shared host.
+    Only(Vec<u16>),
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Self::Only(Vec::new())
+    }
+}
+
+impl Scope {
+    /// The scope for a sidecar with `own` ports and `app` ports: all but its own in a
+    /// Kubernetes pod, else only the app's.
+    pub fn detect(own: Vec<u16>, app: Vec<u16>) -> Self {
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+            Self::AllBut(own)
+        } else {
+            Self::Only(app)
+        }
+    }
+
+    fn counts(&self, port: u16) -> bool {
+        match self {
+            Self::AllBut(own) => !own.contains(&port),
+            Self::Only(app) => app.contains(&port),
+        }
+    }
+}
+
 /// What the sidecar knows about its pod's exposure, for `/identity`.
 #[derive(Debug, Default)]
 pub struct Exposure {
     capture: bool,
+    scope: Scope,
     exposed: Mutex<Vec<u16>>,
 }
 
@@ -37,10 +76,11 @@ pub struct ExposureView {
 }
 
 impl Exposure {
-    /// The state for a sidecar with or without capture.
-    pub fn new(capture: bool) -> Self {
+    /// The state for a sidecar with or without capture, watching the ports of `scope`.
+    pub fn new(capture: bool, scope: Scope) -> Self {
         Self {
             capture,
+            scope,
             exposed: Mutex::new(Vec::new()),
         }
     }
@@ -78,12 +118,12 @@ impl Exposure {
         *exposed = ports;
     }
 
-    /// Reads the pod's listening sockets now and records the outcome; `own` are the
-    /// sidecar's own ports (inbound and admin listeners). Under capture there is nothing to
-    /// report. Cheap (two small /proc files), so start-up runs it before it says it is up.
-    pub fn check(&self, own: &[u16], metrics: &Metrics) {
+    /// Reads the pod's listening sockets now and records the outcome. Under capture there
+    /// is nothing to report. Cheap (two small /proc files), so start-up runs it before it
+    /// says it is up.
+    pub fn check(&self, metrics: &Metrics) {
         if !self.capture {
-            let ports = exposed_ports(&read("/proc/net/tcp"), &read("/proc/net/tcp6"), own);
+            let ports = exposed_ports(&read("/proc/net/tcp"), &read("/proc/net/tcp6"), &self.scope);
             self.update(ports, metrics);
         }
     }
@@ -91,7 +131,6 @@ impl Exposure {
     /// Checks again every [`RECHECK`] until `stop` (apps start after the sidecar).
     pub async fn watch(
         self: std::sync::Arc<Self>,
-        own: Vec<u16>,
         metrics: std::sync::Arc<Metrics>,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -103,8 +142,8 @@ impl Exposure {
                 _ = tokio::time::sleep(RECHECK) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let (exposure, own, metrics) = (self.clone(), own.clone(), metrics.clone());
-            let _ = tokio::task::spawn_blocking(move || exposure.check(&own, &metrics)).await;
+            let (exposure, metrics) = (self.clone(), metrics.clone());
+            let _ = tokio::task::spawn_blocking(move || exposure.check(&metrics)).await;
         }
     }
 }
@@ -113,13 +152,13 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// Listening ports on a non-loopback address, without `own`, sorted and unique.
-pub fn exposed_ports(tcp: &str, tcp6: &str, own: &[u16]) -> Vec<u16> {
+/// Listening ports on a non-loopback address within `scope`, sorted and unique.
+pub fn exposed_ports(tcp: &str, tcp6: &str, scope: &Scope) -> Vec<u16> {
     let mut ports: Vec<u16> = tcp
         .lines()
         .chain(tcp6.lines())
         .filter_map(listening_beyond_loopback)
-        .filter(|port| !own.contains(port))
+        .filter(|port| scope.counts(*port))
         .collect();
     ports.sort_unstable();
     ports.dedup();
@@ -183,13 +222,16 @@ mod tests {
             tcp_line("0000000000000000FFFF00000100007F:1F96", LISTEN), // [::ffff:127.0.0.1]
         ]
         .join("\n");
-        assert_eq!(exposed_ports(&tcp, &tcp6, &[15006]), vec![8081, 8082, 8085]);
+        let pod = Scope::AllBut(vec![15006]);
+        assert_eq!(exposed_ports(&tcp, &tcp6, &pod), vec![8081, 8082, 8085]);
+        let host = Scope::Only(vec![8080, 8081]);
+        assert_eq!(exposed_ports(&tcp, &tcp6, &host), vec![8081]);
     }
 
     #[test]
     fn a_change_is_recorded_in_the_metric_and_the_view() {
         let metrics = Metrics::default();
-        let exposure = Exposure::new(false);
+        let exposure = Exposure::new(false, Scope::default());
         exposure.update(vec![8080], &metrics);
         assert_eq!(metrics.app_ports_exposed.load(Relaxed), 1);
         assert_eq!(exposure.view().exposed_ports, vec![8080]);
@@ -203,7 +245,11 @@ mod tests {
     fn reads_the_real_proc_files() {
         let open = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
         let private = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let ports = exposed_ports(&read("/proc/net/tcp"), &read("/proc/net/tcp6"), &[]);
+        let ports = exposed_ports(
+            &read("/proc/net/tcp"),
+            &read("/proc/net/tcp6"),
+            &Scope::AllBut(Vec::new()),
+        );
         assert!(ports.contains(&open.local_addr().expect("addr").port()));
         assert!(!ports.contains(&private.local_addr().expect("addr").port()));
     }
