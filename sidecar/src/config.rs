@@ -635,7 +635,9 @@ impl Config {
         let key_exchange = if file.tls.require_post_quantum {
             if inbound.as_ref().is_some_and(|i| i.permissive_plaintext) {
                 return Err(err(
-                    "tls.require_post_quantum refuses TLS peers without X25519MLKEM768, but                      inbound.permissive_plaintext accepts peers without any TLS: turn one of                      them off",
+                    "tls.require_post_quantum refuses TLS peers without X25519MLKEM768, but \
+                     inbound.permissive_plaintext accepts peers without any TLS: turn one of \
+                     them off",
                 ));
             }
             KeyExchange::PostQuantumRequired
@@ -831,7 +833,8 @@ mod tests {
                     "{MINIMAL}[inbound]\nlisten = \"0.0.0.0:1\"\napp = \"127.0.0.1:2\"\n\
                      permissive_plaintext = true\n[tls]\nrequire_post_quantum = true"
                 ),
-                "inbound.permissive_plaintext accepts peers without any TLS",
+                "X25519MLKEM768, but inbound.permissive_plaintext accepts peers without any TLS: \
+                 turn one of them off",
             ),
         ];
         for (text, expected) in cases {
