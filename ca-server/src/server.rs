@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tower::util::MapRequestLayer;
 use trellis_identity::clock::{Clock, SystemClock};
-use trellis_identity::tls::{self, DeferredClientVerifier, Identity, Versions};
+use trellis_identity::tls::{self, DeferredClientVerifier, Identity, KeyExchange, Versions};
 use trellis_identity::{SpiffeId, WorkloadKey};
 use trellis_proto::admin::v1::admin_server::AdminServer;
 use trellis_proto::ca::v1::workload_ca_server::WorkloadCaServer;
@@ -168,6 +168,8 @@ async fn issue_serving_identity(state: &CaState) -> Result<Arc<ServerConfig>, Ca
         &identity,
         verifier,
         Versions::Tls12And13,
+        // Prefer-only: the CA also serves tools (openssl, grpcurl) without ML-KEM.
+        KeyExchange::PostQuantumPreferred,
         &[trellis_proto::channel::ALPN_H2],
     )
     .map_err(|e| CaError::Internal(e.to_string()))?;

@@ -1,13 +1,19 @@
 //! The server as a whole: trust-bundle streaming, gRPC health, interoperability with
-//! openssl, listing, and the real binary's configuration handling.
+//! openssl, post-quantum key exchange, listing, and the real binary's configuration
+//! handling.
 
 mod common;
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use trellis_identity::{TrustBundle, pem};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use trellis_identity::tls::{self, Versions, kx_group_name};
+use trellis_identity::{IdMatcher, TrustBundle, pem};
 use trellis_proto::admin::v1::{
     GetStatusRequest, IssueCertificateRequest, ListCertificatesRequest,
 };
@@ -155,6 +161,47 @@ async fn openssl_verifies_issued_chains_and_connects_to_the_ca() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("Verify return code: 0 (ok)"), "{stdout}");
     assert!(stdout.contains("ALPN protocol: h2"), "{stdout}");
+    // An openssl without ML-KEM (before 3.5) falls back to X25519; pinned to the groups
+    // OpenSSL 3.0 offers first, so that this holds on any version.
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string(), "-alpn", "h2"])
+            .args(["-groups", "X25519:P-256:P-384"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl runs")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("Server Temp Key: X25519"), "{stdout}");
+}
+
+#[tokio::test]
+async fn the_cli_and_sidecar_client_config_negotiates_the_hybrid_post_quantum_group_with_the_ca() {
+    let ca = TestCa::start().await;
+    let admin = ca.admin_identity();
+    // As `trellis` (cli/src/client.rs) and the sidecar's agent build it.
+    let config = tls::client_config(
+        ca.bundle(),
+        IdMatcher::exact(ca.id("/trellis/ca")),
+        Some(&admin),
+        Versions::Tls13,
+        &[trellis_proto::channel::ALPN_H2],
+    )
+    .expect("client config");
+    let tcp = TcpStream::connect(ca.running().addr)
+        .await
+        .expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("handshake with the CA");
+    let (_, conn) = tls.get_ref();
+    let group = conn.negotiated_key_exchange_group().expect("a group");
+    assert_eq!(kx_group_name(group.name()), "X25519MLKEM768");
+    assert_eq!(conn.alpn_protocol(), Some(&b"h2"[..]));
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use trellis_identity::clock::SystemClock;
 use trellis_identity::profile::{LeafSpec, SigningCa, new_intermediate, new_root};
+use trellis_identity::tls::KeyExchange;
 use trellis_identity::{IdMatcher, IdPattern, SpiffeId, TrustBundle, TrustDomain, WorkloadKey};
 use trellis_sidecar::config::{InboundConfig, PolicyMode, Timeouts};
 use trellis_sidecar::credentials::Credentials;
@@ -69,6 +70,7 @@ fn credentials() -> Arc<Credentials> {
             bundle,
             None,
             Arc::new(SystemClock),
+            KeyExchange::default(),
         )
         .expect("credentials"),
     )

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::aws_lc_rs::kx_group;
+use rustls::crypto::{CryptoProvider, SupportedKxGroup, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, Error, ServerConfig,
-    SignatureScheme, SupportedProtocolVersion,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, Error, NamedGroup,
+    ServerConfig, SignatureScheme, SupportedProtocolVersion,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
@@ -22,9 +23,64 @@ use crate::bundle::{TrustBundle, Usage};
 use crate::pattern::IdMatcher;
 use crate::svid::SvidError;
 
-/// The one crypto provider of the workspace: aws-lc-rs.
+/// The one crypto provider of the workspace: aws-lc-rs, offering the hybrid post-quantum
+/// key exchange first ([`KeyExchange::PostQuantumPreferred`]).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    provider_for(KeyExchange::PostQuantumPreferred)
+}
+
+/// The aws-lc-rs provider with the key-exchange groups of `kx`, in order of preference.
+pub fn provider_for(kx: KeyExchange) -> Arc<CryptoProvider> {
+    Arc::new(CryptoProvider {
+        kx_groups: kx.groups().to_vec(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    })
+}
+
+/// Which key exchanges a config offers (as a client, in this order) or accepts (as a
+/// server, in the client's order). Certificates and signatures are ECDSA P-256 either way:
+/// this is about the session keys, which a recording of today's traffic would need.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyExchange {
+    /// X25519MLKEM768 (X25519 combined with ML-KEM-768, draft-ietf-tls-ecdhe-mlkem) first,
+    /// then X25519, P-256 and P-384 for peers without it, such as OpenSSL before 3.5. A
+    /// rustls client sends key shares for both X25519MLKEM768 and X25519, so the fallback
+    /// costs no extra round trip.
+    #[default]
+    PostQuantumPreferred,
+    /// X25519MLKEM768 only: a peer without it fails the handshake (a server reports
+    /// `PeerIncompatible::NoKxGroupsInCommon`, see [`kx_group_name`]).
+    PostQuantumRequired,
+}
+
+static PQ_PREFERRED: &[&dyn SupportedKxGroup] = &[
+    kx_group::X25519MLKEM768,
+    kx_group::X25519,
+    kx_group::SECP256R1,
+    kx_group::SECP384R1,
+];
+
+static PQ_REQUIRED: &[&dyn SupportedKxGroup] = &[kx_group::X25519MLKEM768];
+
+impl KeyExchange {
+    fn groups(self) -> &'static [&'static dyn SupportedKxGroup] {
+        match self {
+            Self::PostQuantumPreferred => PQ_PREFERRED,
+            Self::PostQuantumRequired => PQ_REQUIRED,
+        }
+    }
+}
+
+/// The IANA name of a negotiated key-exchange group (TLS Supported Groups registry), for
+/// logs and metric labels: a fixed set, so a peer cannot grow a label's values.
+pub fn kx_group_name(group: NamedGroup) -> &'static str {
+    match group {
+        NamedGroup::X25519MLKEM768 => "X25519MLKEM768",
+        NamedGroup::X25519 => "x25519",
+        NamedGroup::secp256r1 => "secp256r1",
+        NamedGroup::secp384r1 => "secp384r1",
+        _ => "other",
+    }
 }
 
 /// Which TLS versions a config speaks.
@@ -76,14 +132,16 @@ impl Drop for Identity {
 #[error("TLS configuration: {0}")]
 pub struct ConfigError(#[from] Error);
 
-/// A server config presenting `identity`, verifying clients with `client_verifier`.
+/// A server config presenting `identity`, verifying clients with `client_verifier`,
+/// accepting the key exchanges of `kx`.
 pub fn server_config(
     identity: &Identity,
     client_verifier: Arc<dyn ClientCertVerifier>,
     versions: Versions,
+    kx: KeyExchange,
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, ConfigError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(provider_for(kx))
         .with_protocol_versions(versions.list())?
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
@@ -95,7 +153,8 @@ pub fn server_config(
 pub type Revoked = Arc<HashSet<String>>;
 
 /// A client config that accepts only servers whose SVID chains to `bundle` and whose
-/// SPIFFE ID `allowed` matches, presenting `identity` if given.
+/// SPIFFE ID `allowed` matches, presenting `identity` if given; post-quantum key exchange
+/// preferred.
 pub fn client_config(
     bundle: Arc<TrustBundle>,
     allowed: IdMatcher,
@@ -109,21 +168,24 @@ pub fn client_config(
         Revoked::default(),
         identity,
         versions,
+        KeyExchange::PostQuantumPreferred,
         alpn,
     )
 }
 
-/// [`client_config`] that also refuses servers whose leaf serial is in `revoked`.
+/// [`client_config`] that also refuses servers whose leaf serial is in `revoked`, and
+/// offers the key exchanges of `kx`.
 pub fn client_config_revoking(
     bundle: Arc<TrustBundle>,
     allowed: IdMatcher,
     revoked: Revoked,
     identity: Option<&Identity>,
     versions: Versions,
+    kx: KeyExchange,
     alpn: &[&[u8]],
 ) -> Result<ClientConfig, ConfigError> {
     let verifier = Arc::new(SpiffeServerVerifier::new(bundle, allowed).revoking(revoked));
-    let builder = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider_for(kx))
         .with_protocol_versions(versions.list())?
         .dangerous()
         // Not dangerous: SpiffeServerVerifier does full path validation; it only replaces
@@ -409,5 +471,239 @@ impl rustls::time_provider::TimeProvider for ClockTime {
             .duration_since(UNIX_EPOCH)
             .ok()
             .map(UnixTime::since_unix_epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::mpsc;
+
+    use rustls::{ClientConnection, ServerConnection};
+
+    use super::*;
+    use crate::profile::{LeafSpec, SigningCa, new_intermediate, new_root};
+    use crate::{IdPattern, TrustDomain, WorkloadKey};
+
+    struct Pki {
+        bundle: Arc<TrustBundle>,
+        identity: Identity,
+    }
+
+    fn pki() -> Pki {
+        let td = TrustDomain::new("pq.test").expect("td");
+        let start = SystemTime::now() - Duration::from_secs(600);
+        let day = Duration::from_secs(86_400);
+        let root = new_root(&td, start, day).expect("root");
+        let root_cert = root.cert.clone();
+        let root = SigningCa::new(root.cert, root.key).expect("root signer");
+        let inter = new_intermediate(&td, &root, start, day).expect("intermediate");
+        let inter = SigningCa::new(inter.cert, inter.key).expect("signer");
+        let key = WorkloadKey::generate().expect("key");
+        let spki = key.public_key_der();
+        let leaf = inter
+            .sign_leaf(
+                &LeafSpec {
+                    spiffe_id: td.id("/workload").expect("id"),
+                    dns_names: vec![],
+                    public_point: spki[spki.len() - 65..].to_vec(),
+                    lifetime: Duration::from_secs(3600),
+                },
+                SystemTime::now(),
+            )
+            .expect("leaf");
+        Pki {
+            bundle: Arc::new(TrustBundle::new(td, 1, vec![root_cert]).expect("bundle")),
+            identity: Identity {
+                chain: vec![leaf.der, inter.cert.clone()],
+                key: key.private_key_der(),
+            },
+        }
+    }
+
+    impl Pki {
+        fn server(&self, versions: Versions, kx: KeyExchange) -> ServerConfig {
+            let verifier = Arc::new(SpiffeClientVerifier::new(self.bundle.clone()));
+            server_config(&self.identity, verifier, versions, kx, &[b"t"]).expect("server")
+        }
+
+        fn client(&self, versions: Versions, kx: KeyExchange) -> ClientConfig {
+            client_config_revoking(
+                self.bundle.clone(),
+                self.any(),
+                Revoked::default(),
+                Some(&self.identity),
+                versions,
+                kx,
+                &[b"t"],
+            )
+            .expect("client")
+        }
+
+        fn any(&self) -> IdMatcher {
+            IdMatcher(vec![IdPattern::any_in(self.bundle.trust_domain())])
+        }
+
+        /// A client as a TLS stack without ML-KEM builds it (OpenSSL before 3.5, rustls
+        /// without the aws-lc-rs provider): X25519 and P-256 only.
+        fn classical_client(&self, versions: &[&'static SupportedProtocolVersion]) -> ClientConfig {
+            let provider = CryptoProvider {
+                kx_groups: vec![kx_group::X25519, kx_group::SECP256R1],
+                ..rustls::crypto::aws_lc_rs::default_provider()
+            };
+            let verifier = Arc::new(SpiffeServerVerifier::new(self.bundle.clone(), self.any()));
+            let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(versions)
+                .expect("versions")
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_client_auth_cert(self.identity.chain.clone(), self.identity.key.clone_key())
+                .expect("client");
+            config.alpn_protocols = vec![b"t".to_vec()];
+            config
+        }
+
+        /// A server without ML-KEM: X25519 and P-256 only.
+        fn classical_server(&self) -> ServerConfig {
+            let provider = CryptoProvider {
+                kx_groups: vec![kx_group::X25519, kx_group::SECP256R1],
+                ..rustls::crypto::aws_lc_rs::default_provider()
+            };
+            let verifier = Arc::new(SpiffeClientVerifier::new(self.bundle.clone()));
+            let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(TLS13_ONLY)
+                .expect("versions")
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(self.identity.chain.clone(), self.identity.key.clone_key())
+                .expect("server");
+            config.alpn_protocols = vec![b"t".to_vec()];
+            config
+        }
+    }
+
+    /// What one side of a handshake saw: the group it negotiated, or why it failed.
+    type Outcome = Result<&'static str, Error>;
+
+    fn negotiated(common: &rustls::CommonState) -> &'static str {
+        common
+            .negotiated_key_exchange_group()
+            .map_or("none", |g| kx_group_name(g.name()))
+    }
+
+    fn drive<D>(conn: &mut rustls::ConnectionCommon<D>, sock: &mut TcpStream) -> Result<(), Error> {
+        while conn.is_handshaking() {
+            conn.complete_io(sock).map_err(|e| match e.into_inner() {
+                Some(inner) => match inner.downcast::<Error>() {
+                    Ok(tls) => *tls,
+                    Err(other) => Error::General(other.to_string()),
+                },
+                None => Error::General("I/O error".into()),
+            })?;
+        }
+        // Flush the last flight (the client's Finished), so the server completes too.
+        while conn.wants_write() {
+            let _ = conn.write_tls(sock);
+        }
+        Ok(())
+    }
+
+    /// A real handshake over 127.0.0.1: (the client's outcome, the server's).
+    fn handshake(client: ClientConfig, server: ServerConfig) -> (Outcome, Outcome) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = mpsc::channel();
+        let server = Arc::new(server);
+        std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().expect("accept");
+            let mut conn = ServerConnection::new(server).expect("server connection");
+            let outcome = drive(&mut *conn, &mut sock).map(|()| negotiated(&conn));
+            let _ = tx.send(outcome);
+        });
+        let mut sock = TcpStream::connect(addr).expect("connect");
+        let name = ServerName::try_from("workload").expect("name");
+        let mut conn = ClientConnection::new(Arc::new(client), name).expect("client connection");
+        let client_outcome = drive(&mut *conn, &mut sock).map(|()| negotiated(&conn));
+        drop(sock);
+        let server_outcome = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("server finished");
+        (client_outcome, server_outcome)
+    }
+
+    #[test]
+    fn both_sides_negotiate_the_hybrid_post_quantum_group_by_default() {
+        let pki = pki();
+        for versions in [Versions::Tls13, Versions::Tls12And13] {
+            let (client, server) = handshake(
+                pki.client(Versions::Tls13, KeyExchange::default()),
+                pki.server(versions, KeyExchange::default()),
+            );
+            assert_eq!(client.expect("client"), "X25519MLKEM768");
+            assert_eq!(server.expect("server"), "X25519MLKEM768");
+        }
+        // The plain provider, as the CA's JWKS client and the sidecar's bootstrap use it.
+        assert_eq!(
+            provider().kx_groups[0].name(),
+            NamedGroup::X25519MLKEM768,
+            "hybrid first"
+        );
+    }
+
+    #[test]
+    fn a_peer_without_ml_kem_falls_back_to_x25519() {
+        let pki = pki();
+        let (client, server) = handshake(
+            pki.classical_client(TLS13_ONLY),
+            pki.server(Versions::Tls13, KeyExchange::default()),
+        );
+        assert_eq!(client.expect("client"), "x25519");
+        assert_eq!(server.expect("server"), "x25519");
+        // TLS 1.2 (tools talking to the CA) has no hybrid group: classical ECDHE.
+        let (client, server) = handshake(
+            pki.classical_client(&[&rustls::version::TLS12]),
+            pki.server(Versions::Tls12And13, KeyExchange::default()),
+        );
+        assert_eq!(client.expect("client"), "x25519");
+        assert_eq!(server.expect("server"), "x25519");
+        // Our client against a server without ML-KEM.
+        let (client, server) = handshake(
+            pki.client(Versions::Tls13, KeyExchange::default()),
+            pki.classical_server(),
+        );
+        assert_eq!(client.expect("client"), "x25519");
+        assert_eq!(server.expect("server"), "x25519");
+    }
+
+    #[test]
+    fn requiring_post_quantum_refuses_a_peer_without_it_either_way() {
+        let pki = pki();
+        let required = KeyExchange::PostQuantumRequired;
+        let (client, server) = handshake(
+            pki.classical_client(TLS13_ONLY),
+            pki.server(Versions::Tls13, required),
+        );
+        assert!(
+            matches!(
+                server,
+                Err(Error::PeerIncompatible(
+                    rustls::PeerIncompatible::NoKxGroupsInCommon
+                ))
+            ),
+            "{server:?}"
+        );
+        assert!(client.is_err(), "{client:?}");
+        let (client, server) = handshake(
+            pki.client(Versions::Tls13, required),
+            pki.classical_server(),
+        );
+        assert!(client.is_err(), "{client:?}");
+        assert!(server.is_err(), "{server:?}");
+        // Both sides with it: the hybrid group, as without the requirement.
+        let (client, server) = handshake(
+            pki.client(Versions::Tls13, required),
+            pki.server(Versions::Tls13, KeyExchange::default()),
+        );
+        assert_eq!(client.expect("client"), "X25519MLKEM768");
+        assert_eq!(server.expect("server"), "X25519MLKEM768");
     }
 }

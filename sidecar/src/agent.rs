@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tonic::Code;
 use trellis_identity::bundle::format_time;
 use trellis_identity::clock::Clock;
-use trellis_identity::tls::{self, ClockTime, Versions};
+use trellis_identity::tls::{self, ClockTime, KeyExchange, Versions};
 use trellis_identity::{IdMatcher, TrustBundle, WorkloadKey};
 use trellis_proto::ca::v1::workload_ca_client::WorkloadCaClient;
 
@@ -91,6 +91,8 @@ pub struct Agent {
     metrics: Arc<Metrics>,
     pacing: Pacing,
     registry: Option<Registry>,
+    /// For the data path's TLS configs in every [`Credentials`] published.
+    key_exchange: KeyExchange,
 }
 
 /// Why one attempt to get a certificate failed.
@@ -129,6 +131,7 @@ impl Agent {
             metrics,
             pacing,
             registry: None,
+            key_exchange: config.key_exchange,
         }
     }
 
@@ -400,6 +403,7 @@ impl Agent {
             verify_with,
             expected.as_ref(),
             self.clock.clone(),
+            self.key_exchange,
         )
         .map_err(|e| AttemptError::BadResponse(e.to_string()))?;
         Ok((creds, key, response_bundle))

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
+use trellis_identity::tls::KeyExchange;
 use trellis_identity::{IdMatcher, IdPattern, SpiffeId, TrustDomain, duration};
 
 use crate::app_probes::AppProbes;
@@ -75,6 +76,10 @@ pub struct Flags {
     /// Log format: text or json.
     #[arg(long, env = "TRELLIS_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Offer and accept only the hybrid post-quantum key exchange X25519MLKEM768 on the
+    /// data path, both ways: a peer without it fails the handshake (`tls.require_post_quantum`).
+    #[arg(long, env = "TRELLIS_REQUIRE_POST_QUANTUM")]
+    pub require_post_quantum: bool,
     /// Threads that run the proxy (default: one per core this process may use, at most 2).
     #[arg(long, env = "TRELLIS_WORKERS")]
     pub workers: Option<usize>,
@@ -102,6 +107,15 @@ pub struct FileConfig {
     pub outbound: Vec<OutboundFile>,
     #[serde(default)]
     pub timeouts: TimeoutsFile,
+    #[serde(default)]
+    pub tls: TlsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    #[serde(default)]
+    pub require_post_quantum: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,6 +291,10 @@ pub struct Config {
     pub workload_api_socket: Option<PathBuf>,
     /// The app's probes, run by the admin endpoint (see [`AppProbes`]).
     pub app_probes: AppProbes,
+    /// The data path's key exchanges, both ways: hybrid post-quantum preferred (the
+    /// default) or required (`tls.require_post_quantum`). The connection to the CA always
+    /// prefers it.
+    pub key_exchange: KeyExchange,
 }
 
 /// A configuration problem, as one line naming the setting.
@@ -426,6 +444,7 @@ impl Config {
         if flags.workload_api_socket.is_some() {
             file.workload_api_socket = flags.workload_api_socket;
         }
+        file.tls.require_post_quantum |= flags.require_post_quantum;
         let ca = &mut file.ca;
         if flags.ca_addr.is_some() {
             ca.address = flags.ca_addr;
@@ -613,6 +632,18 @@ impl Config {
                 max_connections: o.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             });
         }
+        let key_exchange = if file.tls.require_post_quantum {
+            if inbound.as_ref().is_some_and(|i| i.permissive_plaintext) {
+                return Err(err(
+                    "tls.require_post_quantum refuses TLS peers without X25519MLKEM768, but \
+                     inbound.permissive_plaintext accepts peers without any TLS: turn one of \
+                     them off",
+                ));
+            }
+            KeyExchange::PostQuantumRequired
+        } else {
+            KeyExchange::PostQuantumPreferred
+        };
         let t = file.timeouts;
         let timeouts = Timeouts {
             handshake: dur("timeouts.handshake", t.handshake, Duration::from_secs(10))?,
@@ -684,6 +715,7 @@ impl Config {
             timeouts,
             json_logs,
             workers,
+            key_exchange,
         })
     }
 }
@@ -705,6 +737,7 @@ mod tests {
         assert_eq!(c.admin_listen.port(), 15020);
         assert!(c.inbound.is_none() && c.outbound.is_empty());
         assert_eq!(c.workers, default_workers());
+        assert_eq!(c.key_exchange, KeyExchange::PostQuantumPreferred);
         let c = parse(&format!("workers = 4\n{MINIMAL}")).expect("valid");
         assert_eq!(c.workers, 4);
         let c = parse(&format!("workers = 1\n{MINIMAL}")).expect("valid");
@@ -795,6 +828,14 @@ mod tests {
                 &format!("{MINIMAL}[admin]\nheader_timeout = \"1h\""),
                 "admin.header_timeout",
             ),
+            (
+                &format!(
+                    "{MINIMAL}[inbound]\nlisten = \"0.0.0.0:1\"\napp = \"127.0.0.1:2\"\n\
+                     permissive_plaintext = true\n[tls]\nrequire_post_quantum = true"
+                ),
+                "X25519MLKEM768, but inbound.permissive_plaintext accepts peers without any TLS: \
+                 turn one of them off",
+            ),
         ];
         for (text, expected) in cases {
             let e = parse(text).expect_err(text).to_string();
@@ -843,6 +884,28 @@ mod tests {
         ]);
         let e = Config::load(flags).expect_err("no listener").to_string();
         assert!(e.contains("need --inbound-listen"), "{e}");
+    }
+
+    #[test]
+    fn post_quantum_can_be_required_by_file_or_flag() {
+        let c = parse(&format!("{MINIMAL}[tls]\nrequire_post_quantum = true\n")).expect("valid");
+        assert_eq!(c.key_exchange, KeyExchange::PostQuantumRequired);
+        let e = parse(&format!("{MINIMAL}[tls]\nrequire_post_quantum = \"yes\"\n"))
+            .expect_err("not a boolean")
+            .to_string();
+        assert!(e.contains("bool"), "{e}");
+        let base = [
+            "trellis-sidecar",
+            "--ca-addr",
+            "127.0.0.1:1",
+            "--trust-bundle",
+            "b.pem",
+        ];
+        let flags = Flags::parse_from(base.iter().chain(&["--require-post-quantum"]));
+        let c = Config::load(flags).expect("valid");
+        assert_eq!(c.key_exchange, KeyExchange::PostQuantumRequired);
+        let c = Config::load(Flags::parse_from(base)).expect("valid");
+        assert_eq!(c.key_exchange, KeyExchange::PostQuantumPreferred);
     }
 
     #[test]

@@ -16,7 +16,9 @@ use tokio::sync::watch;
 use trellis_identity::bundle::Usage;
 use trellis_identity::clock::Clock;
 use trellis_identity::svid::SvidError;
-use trellis_identity::tls::{self, ClockTime, Identity, Revoked, SpiffeClientVerifier, Versions};
+use trellis_identity::tls::{
+    self, ClockTime, Identity, KeyExchange, Revoked, SpiffeClientVerifier, Versions,
+};
 use trellis_identity::{CertInfo, IdMatcher, SpiffeId, TrustBundle, VerifiedSvid};
 
 /// The receiving end the data path holds: `None` until the first certificate arrives.
@@ -50,6 +52,8 @@ pub struct Credentials {
     pub bundle: Arc<TrustBundle>,
     /// Inbound: TLS 1.3, requires a client certificate chaining to the bundle.
     pub server_config: Arc<ServerConfig>,
+    /// The key exchanges both directions offer or accept (`tls.require_post_quantum`).
+    pub key_exchange: KeyExchange,
     /// Serials of revoked peers: refused in handshakes both ways.
     pub revoked: Revoked,
     clock: Arc<dyn Clock>,
@@ -60,7 +64,8 @@ pub struct Credentials {
 impl Credentials {
     /// Validates `chain` (leaf first) against `bundle` and builds the TLS configs.
     /// `expected` pins the identity (the current one, on renewal); `public_key_der` is the
-    /// SubjectPublicKeyInfo of the key the sidecar generated.
+    /// SubjectPublicKeyInfo of the key the sidecar generated; `key_exchange` applies to the
+    /// data path both ways.
     pub fn new(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
@@ -68,35 +73,37 @@ impl Credentials {
         bundle: Arc<TrustBundle>,
         expected: Option<&SpiffeId>,
         clock: Arc<dyn Clock>,
+        key_exchange: KeyExchange,
     ) -> Result<Self, CredentialError> {
         Self::build(
-            chain,
-            key,
+            Identity { chain, key },
             public_key_der,
             bundle,
             expected,
             clock,
             Revoked::default(),
+            key_exchange,
         )
     }
 
     fn build(
-        chain: Vec<CertificateDer<'static>>,
-        key: PrivateKeyDer<'static>,
+        identity: Identity,
         public_key_der: &[u8],
         bundle: Arc<TrustBundle>,
         expected: Option<&SpiffeId>,
         clock: Arc<dyn Clock>,
         revoked: Revoked,
+        key_exchange: KeyExchange,
     ) -> Result<Self, CredentialError> {
+        let chain = &identity.chain;
         let leaf = chain.first().ok_or(CredentialError::EmptyChain)?;
         let info = CertInfo::parse(leaf)?;
         if info.spki_der != public_key_der {
             return Err(CredentialError::WrongKey);
         }
         // Server and client usage: the certificate serves both directions.
-        let svid = bundle.verify(&chain, clock.now(), Usage::Client)?;
-        bundle.verify(&chain, clock.now(), Usage::Server)?;
+        let svid = bundle.verify(chain, clock.now(), Usage::Client)?;
+        bundle.verify(chain, clock.now(), Usage::Server)?;
         if let Some(expected) = expected
             && &svid.spiffe_id != expected
         {
@@ -105,12 +112,16 @@ impl Credentials {
                 expected: expected.to_string(),
             });
         }
-        let identity = Identity { chain, key };
         let verifier =
             Arc::new(SpiffeClientVerifier::new(bundle.clone()).revoking(revoked.clone()));
-        let mut server_config =
-            tls::server_config(&identity, verifier, Versions::Tls13, &[ALPN_TRELLIS])
-                .map_err(|e| CredentialError::Tls(e.to_string()))?;
+        let mut server_config = tls::server_config(
+            &identity,
+            verifier,
+            Versions::Tls13,
+            key_exchange,
+            &[ALPN_TRELLIS],
+        )
+        .map_err(|e| CredentialError::Tls(e.to_string()))?;
         server_config.time_provider = Arc::new(ClockTime(clock.clone()));
         Ok(Self {
             svid,
@@ -118,6 +129,7 @@ impl Credentials {
             identity,
             bundle,
             server_config: Arc::new(server_config),
+            key_exchange,
             revoked,
             clock,
             client_configs: Mutex::new(HashMap::new()),
@@ -137,13 +149,13 @@ impl Credentials {
     fn rebuild(&self, bundle: Arc<TrustBundle>, revoked: Revoked) -> Result<Self, CredentialError> {
         let public_key = CertInfo::parse(&self.identity.chain[0])?.spki_der;
         Self::build(
-            self.identity.chain.clone(),
-            self.identity.key.clone_key(),
+            self.identity.clone(),
             &public_key,
             bundle,
             Some(&self.svid.spiffe_id),
             self.clock.clone(),
             revoked,
+            self.key_exchange,
         )
     }
 
@@ -164,6 +176,7 @@ impl Credentials {
             self.revoked.clone(),
             Some(&self.identity),
             Versions::Tls13,
+            self.key_exchange,
             &[ALPN_TRELLIS],
         )
         .map_err(|e| CredentialError::Tls(e.to_string()))?;
@@ -260,6 +273,7 @@ mod tests {
             bundle.clone(),
             expected.as_ref(),
             Arc::new(SystemClock),
+            KeyExchange::default(),
         )
     }
 

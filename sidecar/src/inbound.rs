@@ -6,7 +6,9 @@
 //! original destination port picks the app port (on loopback) and its policy. A connection
 //! made to the listener's own port goes to the configured app, as without capture.
 //!
-//! Every refusal is logged with the peer address and a reason and counted in
+//! Every established session is counted in
+//! `trellis_sidecar_tls_sessions_total{direction="inbound",group=...}` by its key-exchange
+//! group. Every refusal is logged with the peer address and a reason and counted in
 //! `trellis_sidecar_handshakes_total{direction="inbound",result="failed",reason=...}` (or in
 //! `trellis_sidecar_policy_denials_total` for an authenticated peer the policy refuses).
 //!
@@ -30,7 +32,9 @@ use crate::config::InboundConfig;
 use crate::credentials::ALPN_TRELLIS;
 use crate::metrics::{Direction, Metrics};
 use crate::policy::Policy;
-use crate::proxy::{self, Coalesced, Conn, Context, PlainStream, tls_failure_reason};
+use crate::proxy::{
+    self, Coalesced, Conn, Context, PlainStream, session_params, tls_failure_reason,
+};
 
 /// The first byte of a TLS connection: a handshake record (RFC 8446 §5.1, content type 22).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -197,7 +201,9 @@ impl Inbound {
             return refuse(metrics, peer, "not_an_svid");
         };
         tracing::Span::current().record("spiffe_id", tracing::field::display(&spiffe_id));
+        let (kx_group, cipher_suite) = session_params(tls.get_ref().1);
         metrics.handshake(DIRECTION, true, "");
+        metrics.tls_session(DIRECTION, kx_group);
         metrics.handshake_seconds[DIRECTION as usize].observe(started.elapsed());
         let decision = route.policy.check(&spiffe_id);
         if !decision.is_allowed() {
@@ -216,7 +222,14 @@ impl Inbound {
             return;
         };
         let registration = self.ctx.registry.register(&info.serial);
-        tracing::debug!(%peer, %spiffe_id, serial = %info.serial, "inbound connection established");
+        tracing::debug!(
+            %peer,
+            %spiffe_id,
+            serial = %info.serial,
+            kx_group,
+            cipher_suite,
+            "inbound connection established"
+        );
         let outcome = proxy::proxy(
             Coalesced::new(tls, self.ctx.buffer_size),
             PlainStream::new(app, self.ctx.buffer_size),

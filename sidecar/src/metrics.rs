@@ -44,6 +44,8 @@ pub struct Metrics {
     /// (direction, result, reason) → count: "ok", or "failed" with a reason such as
     /// "no_client_cert", "unknown_issuer", "expired", "timeout", "wrong_identity", "no_alpn".
     handshakes: Mutex<BTreeMap<(&'static str, &'static str, String), u64>>,
+    /// (direction, key-exchange group) → established TLS sessions.
+    tls_sessions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Connections refused by policy, by direction.
     pub policy_denials: [AtomicU64; 2],
     /// Plaintext connections accepted in permissive mode.
@@ -100,6 +102,28 @@ impl Metrics {
             .get(&key)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Counts an established TLS session by its key-exchange group (an IANA name from
+    /// [`trellis_identity::tls::kx_group_name`], a fixed set).
+    pub fn tls_session(&self, d: Direction, group: &'static str) {
+        *self
+            .tls_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((d.as_str(), group))
+            .or_default() += 1;
+    }
+
+    /// TLS sessions counted so far for (direction, group).
+    pub fn tls_sessions(&self, d: Direction, group: &str) -> u64 {
+        self.tls_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((dir, g), _)| *dir == d.as_str() && *g == group)
+            .map(|(_, n)| *n)
+            .sum()
     }
 
     /// Counts a renewal attempt.
@@ -201,6 +225,25 @@ impl Metrics {
             "counter",
             "TLS handshakes by result and reason.",
             handshakes,
+        );
+        let sessions: Vec<(String, i64)> = self
+            .tls_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((d, group), n)| {
+                (
+                    format!("{{direction=\"{d}\",group=\"{group}\"}}"),
+                    as_i64(*n),
+                )
+            })
+            .collect();
+        family(
+            &mut out,
+            "trellis_sidecar_tls_sessions_total",
+            "counter",
+            "Established TLS sessions by key-exchange group (X25519MLKEM768: hybrid post-quantum).",
+            sessions,
         );
         family(
             &mut out,
@@ -332,6 +375,7 @@ mod tests {
         let m = Metrics::default();
         m.dir(Direction::Inbound).opened.fetch_add(3, Relaxed);
         m.handshake(Direction::Inbound, false, "no_client_cert");
+        m.tls_session(Direction::Outbound, "X25519MLKEM768");
         m.renewal(true);
         let text = m.render();
         assert!(text.contains("trellis_sidecar_connections_opened_total{direction=\"inbound\"} 3"));
@@ -339,6 +383,9 @@ mod tests {
             "trellis_sidecar_handshakes_total{direction=\"inbound\",result=\"failed\",reason=\"no_client_cert\"} 1"
         ));
         assert!(text.contains("trellis_sidecar_renewals_total{result=\"ok\"} 1"));
+        assert!(text.contains(
+            "trellis_sidecar_tls_sessions_total{direction=\"outbound\",group=\"X25519MLKEM768\"} 1"
+        ));
         assert!(text.contains("trellis_sidecar_last_renewal_age_seconds -1"));
         // Every sample line belongs to a declared family (a histogram's by its base name).
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -15,7 +15,9 @@ use trellis_identity::{CertInfo, IdMatcher};
 
 use crate::config::OutboundConfig;
 use crate::metrics::Direction;
-use crate::proxy::{self, Coalesced, Conn, Context, PlainStream, tls_failure_reason};
+use crate::proxy::{
+    self, Coalesced, Conn, Context, PlainStream, session_params, tls_failure_reason,
+};
 
 const DIRECTION: Direction = Direction::Outbound;
 
@@ -123,10 +125,19 @@ impl Outbound {
         if let Ok(spiffe_id) = info.spiffe_id() {
             tracing::Span::current().record("spiffe_id", tracing::field::display(&spiffe_id));
         }
+        let (kx_group, cipher_suite) = session_params(tls.get_ref().1);
         metrics.handshake(DIRECTION, true, "");
+        metrics.tls_session(DIRECTION, kx_group);
         metrics.handshake_seconds[DIRECTION as usize].observe(started.elapsed());
         let registration = self.ctx.registry.register(&info.serial);
-        tracing::debug!(%client, %upstream, serial = %info.serial, "outbound connection established");
+        tracing::debug!(
+            %client,
+            %upstream,
+            serial = %info.serial,
+            kx_group,
+            cipher_suite,
+            "outbound connection established"
+        );
         // The local client is the "peer" of an outbound connection in the metrics.
         let outcome = proxy::proxy(
             PlainStream::new(local, self.ctx.buffer_size),

@@ -8,7 +8,8 @@
 //!   revocation can close them ([`Registry::close_peer_serial`]).
 //! - [`Context`] and the accept loop (`listen.rs`) shared by the inbound and outbound
 //!   listeners: connection cap, a span per connection, graceful drain.
-//! - [`tls_failure_reason`] (`reason.rs`): short names for handshake failures.
+//! - [`tls_failure_reason`] and [`session_params`] (`reason.rs`): short names for
+//!   handshake failures and for what a handshake negotiated.
 //! - [`Workers`] (`workers.rs`): the single-threaded runtimes connections are spread over.
 
 mod listen;
@@ -29,7 +30,7 @@ use tokio::io::{AsyncBufRead, AsyncWrite};
 use tokio::time::Instant;
 
 pub(crate) use listen::{Conn, accept_loop};
-pub use reason::tls_failure_reason;
+pub use reason::{session_params, tls_failure_reason};
 pub use registry::{Registration, Registry};
 pub use streams::{BUFFER_SIZE, Coalesced, PlainStream};
 pub use workers::Workers;

@@ -640,6 +640,7 @@ async fn expired_credentials_make_the_sidecar_unready() {
         pki.bundle.clone(),
         None,
         clock.clone(),
+        trellis_identity::tls::KeyExchange::default(),
     )
     .unwrap();
     let mut sidecar = Sidecar::new(Some(Arc::new(creds)), timeouts());

@@ -58,7 +58,9 @@ pub fn client_config(
         IdMatcher::exact(server),
         Some(identity),
         Versions::Tls13,
-        &[],
+        // The sidecar's inbound refuses a client that does not offer its ALPN; the peers
+        // ignore an offer they were not configured for.
+        &[trellis_sidecar::credentials::ALPN_TRELLIS],
     )?;
     config.resumption = Resumption::disabled();
     Ok(Arc::new(config))

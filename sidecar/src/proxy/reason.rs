@@ -1,4 +1,5 @@
-//! Short names for TLS handshake failures, for the `reason` label and logs.
+//! Short names for TLS handshakes, for metric labels and logs: why one failed, and what
+//! one that succeeded negotiated.
 
 use std::io;
 
@@ -50,11 +51,26 @@ fn rustls_reason(e: &rustls::Error) -> &'static str {
         E::InvalidMessage(_)
         | E::InappropriateMessage { .. }
         | E::InappropriateHandshakeMessage { .. } => "bad_message",
+        // A server that requires X25519MLKEM768 and a client without it.
+        E::PeerIncompatible(rustls::PeerIncompatible::NoKxGroupsInCommon) => "no_shared_kx_group",
         E::PeerIncompatible(_) => "incompatible",
         E::NoApplicationProtocol => "no_alpn",
         E::PeerMisbehaved(_) => "peer_misbehaved",
         _ => "tls_error",
     }
+}
+
+/// The negotiated key-exchange group (its IANA name, see
+/// [`trellis_identity::tls::kx_group_name`]) and cipher suite of an established session.
+pub fn session_params(tls: &rustls::CommonState) -> (&'static str, &'static str) {
+    let group = tls
+        .negotiated_key_exchange_group()
+        .map_or("none", |g| trellis_identity::tls::kx_group_name(g.name()));
+    let suite = tls
+        .negotiated_cipher_suite()
+        .and_then(|s| s.suite().as_str())
+        .unwrap_or("unknown");
+    (group, suite)
 }
 
 #[cfg(test)]
@@ -88,6 +104,12 @@ mod tests {
         assert_eq!(
             tls_failure_reason(&io::ErrorKind::UnexpectedEof.into()),
             "eof"
+        );
+        assert_eq!(
+            tls_failure_reason(&wrap(rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::NoKxGroupsInCommon
+            ))),
+            "no_shared_kx_group"
         );
     }
 }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use trellis_identity::clock::SystemClock;
 use trellis_identity::profile::{LeafSpec, SigningCa, new_intermediate, new_root};
-use trellis_identity::tls::{self, Identity, SpiffeClientVerifier, Versions};
+use trellis_identity::tls::{self, Identity, KeyExchange, SpiffeClientVerifier, Versions};
 use trellis_identity::{IdMatcher, SpiffeId, TrustBundle, TrustDomain, WorkloadKey};
 use trellis_sidecar::config::{InboundConfig, OutboundConfig, PolicyMode, Timeouts};
 use trellis_sidecar::credentials::{ALPN_TRELLIS, Credentials};
@@ -127,6 +127,15 @@ impl Pki {
 
 impl Leaf {
     pub fn credentials(&self, bundle: &Arc<TrustBundle>) -> Arc<Credentials> {
+        self.credentials_with(bundle, KeyExchange::default())
+    }
+
+    /// Credentials whose data-path configs use `key_exchange`.
+    pub fn credentials_with(
+        &self,
+        bundle: &Arc<TrustBundle>,
+        key_exchange: KeyExchange,
+    ) -> Arc<Credentials> {
         Arc::new(
             Credentials::new(
                 self.chain.clone(),
@@ -135,6 +144,7 @@ impl Leaf {
                 bundle.clone(),
                 None,
                 Arc::new(SystemClock),
+                key_exchange,
             )
             .unwrap(),
         )
@@ -479,8 +489,19 @@ impl Drop for RawTlsServer {
 
 pub async fn raw_tls_server(identity: &Identity, bundle: &Arc<TrustBundle>) -> RawTlsServer {
     let verifier = Arc::new(SpiffeClientVerifier::new(bundle.clone()));
-    let config: ServerConfig =
-        tls::server_config(identity, verifier, Versions::Tls13, &[ALPN_TRELLIS]).unwrap();
+    let config: ServerConfig = tls::server_config(
+        identity,
+        verifier,
+        Versions::Tls13,
+        KeyExchange::default(),
+        &[ALPN_TRELLIS],
+    )
+    .unwrap();
+    raw_tls_server_with(config).await
+}
+
+/// A [`RawTlsServer`] with the given config.
+pub async fn raw_tls_server_with(config: ServerConfig) -> RawTlsServer {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
