@@ -201,15 +201,20 @@ async fn ready(State(state): State<AdminState>) -> (StatusCode, String) {
         );
     }
     let creds = state.creds.borrow().clone();
+    let why = state
+        .metrics
+        .last_failure()
+        .map(|w| format!(": {w}"))
+        .unwrap_or_default();
     match creds {
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no certificate yet\n".into(),
+            format!("not ready: no certificate yet{why}\n"),
         ),
         Some(c) if c.expired() => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "not ready: certificate expired at {}\n",
+                "not ready: certificate expired at {}{why}\n",
                 format_time(c.svid.not_after)
             ),
         ),

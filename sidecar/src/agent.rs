@@ -291,6 +291,8 @@ impl Agent {
                 Err(e) => {
                     failures += 1;
                     let delay = backoff(self.pacing, failures);
+                    self.metrics
+                        .note_failure(format!("no trust bundle yet: {e} (retrying in {delay:?})"));
                     if e.is_transient() {
                         tracing::warn!(error = %e, retry_in = ?delay, "no trust bundle yet; not ready");
                     } else {
@@ -565,6 +567,8 @@ impl Agent {
     }
 
     fn on_failure(&self, current: Option<&Credentials>, e: &AttemptError, delay: Duration) {
+        self.metrics
+            .note_failure(format!("{e} (retrying in {delay:?})"));
         match current {
             Some(c) if !c.expired() => tracing::warn!(
                 error = %e,

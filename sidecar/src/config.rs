@@ -19,7 +19,8 @@ use crate::app_probes::AppProbes;
     name = "trellis-sidecar",
     version,
     about = "Trellis sidecar: identity agent and mTLS proxy",
-    after_help = "The capture init step: trellis-sidecar init-network --help"
+    after_help = "The capture init step: trellis-sidecar init-network --help\n\
+                  The startup probe: trellis-sidecar probe-ready --help"
 )]
 pub struct Flags {
     /// TOML configuration file.

@@ -25,6 +25,7 @@ pub mod k8s_token;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod probe_ready;
 pub mod proxy;
 pub mod retry_hint;
 pub mod run;

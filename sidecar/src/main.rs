@@ -79,9 +79,23 @@ fn init_network() -> ExitCode {
     }
 }
 
+/// `trellis-sidecar probe-ready`: the native sidecar's startup probe.
+fn probe_ready() -> ExitCode {
+    use trellis_sidecar::probe_ready::{self, ProbeReadyFlags};
+    let (ready, said) = probe_ready::run(&ProbeReadyFlags::parse_from(std::env::args().skip(1)));
+    println!("{said}");
+    if ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("init-network") {
-        return init_network();
+    match std::env::args().nth(1).as_deref() {
+        Some("init-network") => return init_network(),
+        Some("probe-ready") => return probe_ready(),
+        _ => {}
     }
     let flags = Flags::parse();
     let check_only = flags.check_config;

@@ -63,6 +63,9 @@ pub struct Metrics {
     pub ca_retry_hints_honoured: AtomicU64,
     /// Without capture: app ports listening beyond loopback, which bypass the sidecar.
     pub app_ports_exposed: AtomicU64,
+    /// Why the last attempt to get the trust bundle or a certificate failed; `/ready` says
+    /// it while the sidecar is not ready, so the startup probe's event names the cause.
+    pub last_failure: Mutex<Option<String>>,
     /// How long successful TLS handshakes took, by direction.
     pub handshake_seconds: [Histogram; 2],
     /// How long issuance and renewal attempts at the CA took, whatever their result.
@@ -124,6 +127,19 @@ impl Metrics {
             .filter(|((dir, g), _)| *dir == d.as_str() && *g == group)
             .map(|(_, n)| *n)
             .sum()
+    }
+
+    /// Remembers why getting a certificate failed, for `/ready`.
+    pub fn note_failure(&self, why: String) {
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Why the last attempt to get a certificate failed, if one did.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Counts a renewal attempt.

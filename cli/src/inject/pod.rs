@@ -33,8 +33,10 @@ pub const CONFIG_MAP: &str = "trellis.dev/config";
 pub const SIDECAR_MODE: &str = "trellis.dev/sidecar-mode";
 /// How long the app's containers wait for the sidecar's first certificate at most (the
 /// startup probe's period times its failure threshold); after that the kubelet restarts the
-/// sidecar and the pod's events say the startup probe failed.
+/// sidecar. Meanwhile each failed probe's event says why the sidecar is not ready.
 pub const STARTUP_SECONDS: u64 = 300;
+/// The sidecar binary in its image (the startup probe runs it).
+pub const SIDECAR_BINARY: &str = "/usr/local/bin/trellis-sidecar";
 
 /// The injected container's name.
 pub const CONTAINER: &str = "trellis-sidecar";
@@ -289,9 +291,12 @@ pub fn plan(
     }
     let plain_container = if mode == Mode::Native {
         container.insert("restartPolicy".into(), json!("Always"));
+        // An exec probe of `/ready` rather than an httpGet one: the kubelet puts an exec
+        // probe's output, which says why the sidecar is not ready, into the pod's events.
         container.insert(
             "startupProbe".into(),
-            json!({"httpGet": {"path": "/ready", "port": ADMIN_PORT},
+            json!({"exec": {"command": [SIDECAR_BINARY, "probe-ready", "--admin",
+                                        format!("127.0.0.1:{ADMIN_PORT}")]},
                    "periodSeconds": 1, "failureThreshold": STARTUP_SECONDS}),
         );
         init.push(Value::Object(container));
@@ -716,8 +721,8 @@ mod tests {
         let sidecar = &after["spec"]["initContainers"][1];
         assert_eq!(sidecar["restartPolicy"], "Always");
         assert_eq!(
-            sidecar["startupProbe"]["httpGet"],
-            json!({"path": "/ready", "port": ADMIN_PORT})
+            sidecar["startupProbe"]["exec"]["command"],
+            json!([SIDECAR_BINARY, "probe-ready", "--admin", "127.0.0.1:15020"])
         );
         let init = &after["spec"]["initContainers"][0];
         assert_eq!(

@@ -314,8 +314,13 @@ fn every_workload_kind_gets_a_native_sidecar_after_the_capture_step() {
         assert_eq!(init[1]["name"], "trellis-sidecar", "{what}");
         assert_eq!(init[1]["restartPolicy"], "Always", "{what}");
         assert_eq!(
-            init[1]["startupProbe"]["httpGet"],
-            json!({"path": "/ready", "port": 15020}),
+            init[1]["startupProbe"]["exec"]["command"],
+            json!([
+                "/usr/local/bin/trellis-sidecar",
+                "probe-ready",
+                "--admin",
+                "127.0.0.1:15020"
+            ]),
             "{what}: the app starts only once the sidecar holds a certificate"
         );
         assert!(init[0].get("restartPolicy").is_none(), "{what}");
