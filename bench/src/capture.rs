@@ -77,7 +77,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let quiet = [("TRELLIS_LOG", "warn")];
     let _server_sidecar = PodSidecar::start(
         &server.ns,
-        &lan,
         &ca,
         "server",
         &server_id,
@@ -95,7 +94,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let client_sidecar = PodSidecar::start(
         &client.ns,
-        &lan,
         &ca,
         "client",
         &client_id,

@@ -165,7 +165,8 @@ impl Ca {
         self.dir.path()
     }
 
-    /// `trellis ARGS` with this CA's address and admin credentials as flags.
+    /// `trellis ARGS` with this CA's address and admin credentials as flags, run inside the
+    /// CA's network namespace if it has one (its address is reachable only there).
     pub fn admin_command(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = command("trellis");
         cmd.arg("--ca-addr")
@@ -177,7 +178,25 @@ impl Ca {
             .arg("--bundle")
             .arg(self.admin_dir.join("bundle.pem"))
             .args(args);
-        cmd
+        match &self.place.netns {
+            Some(netns) => crate::netns::wrap_in(netns, &cmd),
+            None => cmd,
+        }
+    }
+
+    /// A fresh join token for `spiffe_id` (`trellis token create`), in a 0600 file in the
+    /// scratch directory.
+    pub fn token_file(&self, spiffe_id: &str) -> PathBuf {
+        let out = crate::run(
+            self.admin_command(&["token", "create", "--spiffe-id", spiffe_id, "-o", "json"]),
+            START_TIMEOUT,
+        )
+        .success();
+        let token = out.json()["token"].as_str().expect("token").to_owned();
+        let name = spiffe_id.replace(['/', ':'], "_");
+        let path = self.scratch().join(format!("{name}.token"));
+        trellis_identity::files::write_secret(&path, token.as_bytes()).expect("write token");
+        path
     }
 
     /// The trust bundle the CA publishes for workloads (`<data-dir>/bundle.pem`).

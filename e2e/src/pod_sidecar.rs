@@ -1,12 +1,10 @@
-//! A `trellis-sidecar` inside a pod of a [`Lan`], bootstrapped with a join token from a CA
-//! that runs in the LAN's bridge namespace ([`Ca::start_in`]).
+//! A `trellis-sidecar` inside a pod of a [`crate::Lan`], bootstrapped with a join token from
+//! a CA that runs in the LAN's bridge namespace ([`Ca::start_in`]).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use crate::{Ca, Lan, Netns, Process, command, http, run};
+use crate::{Ca, Netns, Process, command, http};
 
 /// How long a sidecar may take to start and get its first certificate.
 const START: Duration = Duration::from_secs(60);
@@ -21,45 +19,19 @@ pub struct PodSidecar {
     pub outbound: Vec<SocketAddr>,
 }
 
-/// `trellis ...` with the admin credentials of `ca`, run inside the CA's namespace.
-pub fn trellis_in(lan: &Lan, ca: &Ca, args: &[&str]) -> Command {
-    lan.bridge.wrap(&ca.admin_command(args))
-}
-
-/// A fresh join token for `spiffe_id` in a 0600 file in the CA's scratch directory.
-pub fn token_file(lan: &Lan, ca: &Ca, spiffe_id: &str) -> PathBuf {
-    let out = run(
-        trellis_in(
-            lan,
-            ca,
-            &["token", "create", "--spiffe-id", spiffe_id, "-o", "json"],
-        ),
-        Duration::from_secs(60),
-    )
-    .success();
-    let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("token JSON");
-    let token = json["token"].as_str().expect("token").to_owned();
-    let path = ca
-        .scratch()
-        .join(format!("{}.token", spiffe_id.replace(['/', ':'], "_")));
-    trellis_identity::files::write_secret(&path, token.as_bytes()).expect("write token file");
-    path
-}
-
 impl PodSidecar {
     /// Starts a sidecar named `name` for `spiffe_id` in `ns`; `tables` follow its `[ca]`
     /// table (`[admin]`, `[inbound]`, `[[outbound]]`), `env` is added to its environment.
     /// Returns once it is ready (holds a certificate).
     pub fn start(
         ns: &Netns,
-        lan: &Lan,
         ca: &Ca,
         name: &str,
         spiffe_id: &str,
         tables: &str,
         env: &[(&str, &str)],
     ) -> Self {
-        let token = token_file(lan, ca, spiffe_id);
+        let token = ca.token_file(spiffe_id);
         let config = ca.scratch().join(format!("{name}.toml"));
         let text = format!(
             "trust_domain = \"{}\"\n\n[ca]\naddress = \"{}\"\ntrust_bundle = \"{}\"\n\

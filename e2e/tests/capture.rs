@@ -196,7 +196,6 @@ fn capture_puts_every_inbound_connection_of_the_pod_through_the_sidecar() {
     let reporter = id("/ns/demo/sa/reports");
     let server_sidecar = PodSidecar::start(
         &server.ns,
-        &lan,
         &ca,
         "server",
         &id("/ns/demo/sa/server"),
@@ -219,8 +218,8 @@ fn capture_puts_every_inbound_connection_of_the_pod_through_the_sidecar() {
         outbound(WEB),
         outbound(REPORTS)
     );
-    let front = PodSidecar::start(&client.ns, &lan, &ca, "frontend", &frontend, &both, &[]);
-    let report = PodSidecar::start(&client.ns, &lan, &ca, "reports", &reporter, &both, &[]);
+    let front = PodSidecar::start(&client.ns, &ca, "frontend", &frontend, &both, &[]);
+    let report = PodSidecar::start(&client.ns, &ca, "reports", &reporter, &both, &[]);
 
     // The client pod's sidecar reaches the app on its own port, through capture.
     for len in [1, 64 * 1024, 16 * 1024 * 1024] {
@@ -345,7 +344,6 @@ fn without_capture_an_app_open_beyond_loopback_is_reported() {
     );
     let open = PodSidecar::start(
         &exposed.ns,
-        &lan,
         &ca,
         "exposed",
         &id("/ns/a/sa/open"),
@@ -354,7 +352,6 @@ fn without_capture_an_app_open_beyond_loopback_is_reported() {
     );
     let closed = PodSidecar::start(
         &private.ns,
-        &lan,
         &ca,
         "private",
         &id("/ns/a/sa/closed"),

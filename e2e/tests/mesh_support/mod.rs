@@ -96,16 +96,7 @@ pub fn trellis_command(ca: &Ca, args: &[&str]) -> Command {
 
 /// A fresh join token for `spiffe_id`, written to a 0600 file in the CA's scratch dir.
 pub fn token_file(ca: &Ca, spiffe_id: &str) -> PathBuf {
-    let out = trellis(
-        ca,
-        &["token", "create", "--spiffe-id", spiffe_id, "-o", "json"],
-    )
-    .success();
-    let token = out.json()["token"].as_str().expect("token").to_owned();
-    let name = spiffe_id.replace(['/', ':'], "_");
-    let path = ca.scratch().join(format!("{name}.token"));
-    trellis_identity::files::write_secret(&path, token.as_bytes()).expect("write token");
-    path
+    ca.token_file(spiffe_id)
 }
 
 /// Starts a sidecar for `spiffe_id`; `ca_extra` goes into its `[ca]` table (e.g.
