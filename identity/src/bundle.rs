@@ -15,6 +15,7 @@ use crate::svid::{CertInfo, SvidError};
 
 mod known_issuer;
 pub use known_issuer::KnownIssuer;
+pub(crate) use known_issuer::{ECDSA_SHA256, signed_by};
 
 /// Why a set of roots cannot form a bundle.
 #[derive(Debug, thiserror::Error)]

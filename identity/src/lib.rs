@@ -5,6 +5,7 @@
 //! Architecture invariant: this crate knows nothing of gRPC, sockets or storage. It depends
 //! on no other Trellis crate.
 
+pub mod audit_log;
 pub mod bundle;
 pub mod cidr;
 pub mod clock;
