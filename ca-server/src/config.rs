@@ -11,6 +11,7 @@ use trellis_identity::{TrustDomain, duration};
 
 use crate::attest::jwks::{HttpsUrl, KeySource};
 pub use crate::attest::kubernetes::KubernetesConfig;
+use crate::audit::{AuditConfig, AuditFile};
 use crate::connections::{ConnectionsConfig, ConnectionsFile};
 use crate::limits::{LimitsConfig, LimitsFile};
 
@@ -76,6 +77,36 @@ pub struct Flags {
     /// Validate the configuration, print it, and exit without serving.
     #[arg(long)]
     pub check_config: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Offline tasks instead of serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Work with a data directory's audit log without a running CA.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `trellis-ca audit ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Verify the audit log's hash chain and signed checkpoints in a data directory (a copy,
+    /// or that of a stopped CA). Exit 0: intact; 1: tampered (the first bad entry is named);
+    /// 2: cannot be read.
+    Verify {
+        /// The data directory.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Trust only these roots (PEM) for checkpoint signatures; without it, the roots the
+        /// data directory records.
+        #[arg(long, value_name = "FILE")]
+        anchors: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The TOML file. Unknown keys are errors, so typos do not pass silently.
@@ -103,6 +134,8 @@ pub struct FileConfig {
     pub limits: Option<LimitsFile>,
     /// Connection bounds per listener (`crate::connections`).
     pub connections: Option<ConnectionsFile>,
+    /// Audit-log checkpoints and retention (`crate::audit`).
+    pub audit: Option<AuditFile>,
 }
 
 /// The `[kubernetes]` table.
@@ -213,6 +246,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Connection bounds and timeouts per listener.
     pub connections: ConnectionsConfig,
+    pub audit: AuditConfig,
 }
 
 /// A configuration problem, as one line naming the setting.
@@ -362,6 +396,7 @@ impl Config {
             kubernetes: file.kubernetes.map(KubernetesFile::build).transpose()?,
             limits: file.limits.unwrap_or_default().build()?,
             connections: file.connections.unwrap_or_default().build()?,
+            audit: file.audit.unwrap_or_default().build()?,
         })
     }
 }

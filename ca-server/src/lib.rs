@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod attest;
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;

@@ -451,7 +451,10 @@ impl CaState {
                 actor: actor.into(),
                 detail: detail.into(),
             })
-            .map_err(store_err)
+            .map_err(store_err)?;
+        // Every root change is signed into the audit log at once (durable with the change).
+        self.checkpoint_audit()?;
+        Ok(())
     }
 }
 

@@ -58,6 +58,10 @@ impl RunningCa {
             Ok(joined) => joined.map_err(|e| CaError::Internal(e.to_string()))??,
             Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
         }
+        // The last entries get a checkpoint of their own (flushed just below).
+        if let Err(e) = self.state.checkpoint_audit() {
+            tracing::warn!(error = %e, "no audit checkpoint at shutdown");
+        }
         self.state
             .store
             .flush_now()
@@ -109,6 +113,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         stopped.clone(),
     ));
     tokio::spawn(crate::roots::watch_expiry(state.clone(), stopped.clone()));
+    tokio::spawn(crate::audit::maintain(state.clone(), stopped.clone()));
     let listeners = Listeners::new(&state.config.connections);
     let http_addr = match http_listener {
         Some(listener) => {

@@ -7,6 +7,7 @@
 //! [`Command`] and one arm to [`run`].
 
 mod args;
+mod audit;
 mod ca;
 mod ca_init;
 mod cert;
@@ -72,6 +73,9 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Add the Trellis sidecar to Kubernetes manifests, or serve the injection webhook.
     Inject(inject::InjectArgs),
+    /// Verify the CA's tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
     /// Run a CA and two services behind sidecars on this machine, and show the mesh at work.
@@ -88,6 +92,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Root(command) => root::run(command, global).await,
         Command::Inspect(args) => inspect::run(args, global),
         Command::Inject(args) => inject::run(args, global).await,
+        Command::Audit(command) => audit::run(command, global).await,
         Command::Completions(args) => completions::run(args, Cli::command()),
         Command::Up(args) => up::run(args).await,
     }

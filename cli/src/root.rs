@@ -343,6 +343,7 @@ mod tests {
             live_certificates: 4,
             added_in_bundle_version: 1,
             workloads_using: 2,
+            ..Default::default()
         }
     }
 

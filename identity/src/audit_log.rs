@@ -199,9 +199,7 @@ fn signed_message(trust_domain: &str, sequence: u64, head: &Hash, time: u64) -> 
 /// What is wrong with a log, naming the first entry (or checkpoint) that shows it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Tamper {
-    #[error(
-        "entry {sequence} was altered: its content does not match the hash stored with it"
-    )]
+    #[error("entry {sequence} was altered: its content does not match the hash stored with it")]
     Altered { sequence: u64 },
     #[error(
         "entry {sequence} is missing: the log jumps from entry {before} to entry {after} \

@@ -7,9 +7,10 @@ use trellis_identity::crl_reason::CrlReason;
 use trellis_identity::{SpiffeId, hex};
 use trellis_proto::admin::v1::admin_server::Admin;
 use trellis_proto::admin::v1::{
-    ActivateRootRequest, AddRootRequest, AuditEvent, CertificateRecord, CreateJoinTokenRequest,
-    CreateJoinTokenResponse, GetCertificateRequest, GetStatusRequest, GetStatusResponse,
-    IntermediateInfo, IssueCertificateRequest, ListAuditEventsRequest, ListAuditEventsResponse,
+    ActivateRootRequest, AddRootRequest, AuditCheckpoint, AuditEvent, CertificateRecord,
+    CreateJoinTokenRequest, CreateJoinTokenResponse, GetCertificateRequest, GetStatusRequest,
+    GetStatusResponse, IntermediateInfo, IssueCertificateRequest, ListAuditCheckpointsRequest,
+    ListAuditCheckpointsResponse, ListAuditEventsRequest, ListAuditEventsResponse,
     ListCertificatesRequest, ListCertificatesResponse, ListRootsRequest, ListRootsResponse,
     RetireRootRequest, RevokeCertificateRequest, RevokeCertificateResponse, RootInfo,
 };
@@ -23,7 +24,7 @@ use crate::issuance::Credential;
 use crate::limits::ClientKey;
 use crate::revocation::RevokeTarget;
 use crate::state::CaState;
-use crate::store::identity_prefix;
+use crate::store::{AuditRecord, identity_prefix};
 
 /// The admin API over the CA state.
 #[derive(Debug, Clone)]
@@ -215,23 +216,60 @@ impl Admin for AdminService {
             0 => DEFAULT_LIMIT,
             n => n as usize,
         };
-        let events = self
+        let entries = self
             .state
             .store
-            .audit_after(body.after_sequence, limit)
-            .map_err(store_err)?
-            .into_iter()
-            .map(|(sequence, e)| AuditEvent {
-                sequence,
+            .audit_chain_after(body.after_sequence, limit)
+            .map_err(store_err)?;
+        let mut events = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let e: AuditRecord = serde_json::from_slice(&entry.body).map_err(|e| {
+                store_err(crate::store::StoreError::Corrupt {
+                    tree: "audit",
+                    reason: format!("entry {}: {e}", entry.sequence),
+                })
+            })?;
+            events.push(AuditEvent {
+                sequence: entry.sequence,
                 time: convert::unix_timestamp(e.time),
                 kind: e.kind,
                 spiffe_id: e.spiffe_id,
                 serial: e.serial,
                 actor: e.actor,
                 detail: e.detail,
+                prev_hash: entry.prev.to_vec(),
+                hash: entry.hash.to_vec(),
+                body: entry.body,
+            });
+        }
+        Ok(Response::new(ListAuditEventsResponse { events }))
+    }
+
+    async fn list_audit_checkpoints(
+        &self,
+        request: Request<ListAuditCheckpointsRequest>,
+    ) -> Result<Response<ListAuditCheckpointsResponse>, Status> {
+        let body = request.into_inner();
+        let limit = match body.limit {
+            0 => DEFAULT_LIMIT,
+            n => n as usize,
+        };
+        let checkpoints = self
+            .state
+            .store
+            .audit_checkpoints_after(body.after_sequence, limit)
+            .map_err(store_err)?
+            .into_iter()
+            .map(|c| AuditCheckpoint {
+                trust_domain: c.trust_domain,
+                sequence: c.sequence,
+                head: c.head.to_vec(),
+                time: c.time,
+                signer: c.signer,
+                signature: c.signature,
             })
             .collect();
-        Ok(Response::new(ListAuditEventsResponse { events }))
+        Ok(Response::new(ListAuditCheckpointsResponse { checkpoints }))
     }
 
     async fn get_status(

@@ -78,5 +78,6 @@ pub fn root(view: RootView) -> admin::RootInfo {
         live_certificates: view.live_certificates,
         added_in_bundle_version: view.record.added_in_bundle_version,
         workloads_using: view.workloads_using,
+        certificate: view.record.cert_der,
     }
 }

@@ -50,7 +50,13 @@ pub(super) struct Trees {
     pub intermediates: sled::Tree,
     pub tokens: sled::Tree,
     pub revocations: sled::Tree,
+    /// The audit chain (see `audit.rs`).
     pub audit: sled::Tree,
+    /// Audit entries written before the chain existed, chained into `audit` on first use.
+    pub legacy_audit: sled::Tree,
+    pub audit_checkpoints: sled::Tree,
+    /// The audit chain's head in this opening, loaded on first use (see `audit.rs`).
+    pub audit_head: Mutex<Option<trellis_identity::audit_log::Head>>,
     pub meta: sled::Tree,
 }
 
@@ -78,7 +84,10 @@ impl Trees {
             intermediates: tree("intermediates")?,
             tokens: tree("tokens")?,
             revocations: tree("revocations")?,
-            audit: tree("audit")?,
+            audit: tree("audit_chain")?,
+            legacy_audit: tree("audit")?,
+            audit_checkpoints: tree("audit_checkpoints")?,
+            audit_head: Mutex::new(None),
             meta: tree("meta")?,
             db,
         })

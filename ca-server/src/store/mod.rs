@@ -22,6 +22,7 @@
 //! database is closed and reopened (`live.rs`), and nothing written to it since the last
 //! good flush is acknowledged.
 
+mod audit;
 mod commit;
 mod failure;
 mod live;
@@ -575,45 +576,6 @@ impl Store {
             .iter()
             .values()
             .map(|v| decode("intermediates", &v.map_err(self.err(&t))?))
-            .collect()
-    }
-
-    // --- audit log ---
-
-    /// Appends audit entries outside an issuance.
-    pub fn append_audit(&self, entry: &AuditRecord) -> Result<(), StoreError> {
-        let t = self.trees()?;
-        self.append_audit_to(&t, entry)
-    }
-
-    fn append_audit_to(&self, t: &live::Trees, entry: &AuditRecord) -> Result<(), StoreError> {
-        // generate_id is monotonic across restarts; +1 so sequences start at 1.
-        let key = (t.db.generate_id().map_err(self.err(t))? + 1).to_be_bytes();
-        t.audit.insert(key, encode(entry)).map_err(self.err(t))?;
-        Ok(())
-    }
-
-    /// Audit entries with sequence greater than `after`, oldest first, at most `limit`.
-    pub fn audit_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
-        let t = self.trees()?;
-        let start = after.saturating_add(1).to_be_bytes();
-        t.audit
-            .range(start..)
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv.map_err(self.err(&t))?;
-                let seq = <[u8; 8]>::try_from(k.as_ref())
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt {
-                        tree: "audit",
-                        reason: "key is not 8 bytes".into(),
-                    })?;
-                Ok((seq, decode("audit", &v)?))
-            })
             .collect()
     }
 }

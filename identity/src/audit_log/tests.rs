@@ -20,11 +20,7 @@ fn ca() -> (TrustBundle, SigningCa) {
 }
 
 /// A log of `n` entries with a checkpoint after each entry in `checkpoint_at`.
-fn log(
-    n: u64,
-    checkpoint_at: &[u64],
-    signer: &SigningCa,
-) -> (Vec<ChainedEntry>, Vec<Checkpoint>) {
+fn log(n: u64, checkpoint_at: &[u64], signer: &SigningCa) -> (Vec<ChainedEntry>, Vec<Checkpoint>) {
     let mut head = Head::empty(TD);
     let mut entries = Vec::new();
     let mut checkpoints = Vec::new();
@@ -64,7 +60,10 @@ fn an_untouched_log_verifies_and_reports_its_unsigned_tail() {
     let (anchors, signer) = ca();
     let (entries, checkpoints) = log(50, &[20, 40], &signer);
     let verified = check(&entries, &checkpoints, &anchors).unwrap();
-    assert_eq!((verified.first, verified.last, verified.entries), (1, 50, 50));
+    assert_eq!(
+        (verified.first, verified.last, verified.entries),
+        (1, 50, 50)
+    );
     assert_eq!(verified.checkpoints, 2);
     assert_eq!(verified.last_checkpoint.map(|c| c.0), Some(40));
     assert_eq!(verified.unsigned_tail, 10);
