@@ -274,7 +274,11 @@ impl SignedStore {
         let root = SigningCa::new(root.cert, root.key).unwrap();
         let inter = profile::new_intermediate(&td, &root, now, 5 * day).unwrap();
         let anchors = dir.path().join("anchors.pem");
-        std::fs::write(&anchors, pem::certs_to_pem(std::slice::from_ref(&root.cert))).unwrap();
+        std::fs::write(
+            &anchors,
+            pem::certs_to_pem(std::slice::from_ref(&root.cert)),
+        )
+        .unwrap();
         Self {
             data,
             anchors,

@@ -223,12 +223,18 @@ impl Admin for AdminService {
             .map_err(store_err)?;
         let mut events = Vec::with_capacity(entries.len());
         for entry in entries {
-            let e: AuditRecord = serde_json::from_slice(&entry.body).map_err(|e| {
-                store_err(crate::store::StoreError::Corrupt {
-                    tree: "audit",
-                    reason: format!("entry {}: {e}", entry.sequence),
-                })
-            })?;
+            // An entry that no longer decodes is still listed, with its bytes, so that a
+            // verifier can name it rather than the whole listing failing.
+            let e = serde_json::from_slice::<AuditRecord>(&entry.body).unwrap_or_else(|e| {
+                AuditRecord {
+                    time: 0,
+                    kind: "undecodable".into(),
+                    spiffe_id: String::new(),
+                    serial: String::new(),
+                    actor: String::new(),
+                    detail: format!("the stored entry is not valid JSON: {e}"),
+                }
+            });
             events.push(AuditEvent {
                 sequence: entry.sequence,
                 time: convert::unix_timestamp(e.time),
