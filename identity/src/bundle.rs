@@ -257,34 +257,12 @@ pub fn root_id(cert_der: &[u8]) -> Result<String, SvidError> {
 
 /// Formats a time as RFC 3339 UTC (seconds precision), for messages and JSON.
 pub fn format_time(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_else(|e| -(e.duration().as_secs() as i64));
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let seconds = time::OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    seconds
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| format!("(time out of range: {e})"))
 }
 
 #[cfg(test)]
@@ -299,6 +277,11 @@ mod tests {
         assert_eq!(
             format_time(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
+        );
+        // Seconds precision: a fraction is cut, never rounded up.
+        assert_eq!(
+            format_time(UNIX_EPOCH + Duration::new(1_795_434_245, 999_999_999)),
+            "2026-11-23T11:44:05Z"
         );
     }
 }
