@@ -18,7 +18,7 @@ use std::sync::Arc;
 use rcgen::KeyPair;
 use rustls_pki_types::CertificateDer;
 use trellis_identity::clock::Clock;
-use trellis_identity::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey, pem};
+use trellis_identity::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey, ca_files, pem};
 
 use crate::config::Config;
 use crate::error::CaError;
@@ -51,7 +51,7 @@ impl DataDir {
         self.0.join("admin")
     }
     pub fn bundle_pem(&self) -> PathBuf {
-        self.0.join("bundle.pem")
+        self.0.join(ca_files::BUNDLE)
     }
 }
 
@@ -100,7 +100,7 @@ pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<CaState>,
     let state = Arc::new(load(config, store, clock, &dir)?);
     files::write_atomic(&dir.bundle_pem(), state.bundle().to_pem().as_bytes(), 0o644)
         .map_err(io("bundle.pem".into()))?;
-    if !dir.admin().join("admin.pem").exists() {
+    if !dir.admin().join(ca_files::ADMIN_CERT).exists() {
         write_admin_credentials(&state, &dir.admin()).await?;
     }
     Ok(state)
@@ -214,18 +214,16 @@ fn import_ca(
             .next()
             .ok_or_else(|| CaError::InvalidArgument(format!("import: {} is empty", path.display())))
     };
-    let root = read_cert("root.pem")?;
-    let intermediate = read_cert("intermediate.pem")?;
-    let key_path = dir.join("intermediate.key.pem");
-    let key_pem =
-        Zeroizing::new(files::read_secret(&key_path).map_err(|e| {
-            CaError::InvalidArgument(format!("import: {}: {e}", key_path.display()))
-        })?);
-    let key = KeyPair::from_pem(&String::from_utf8_lossy(&key_pem))
-        .map_err(|e| CaError::InvalidArgument(format!("import: {}: {e}", key_path.display())))?;
+    let root = read_cert(ca_files::ROOT_CERT)?;
+    let intermediate = read_cert(ca_files::INTERMEDIATE_CERT)?;
+    let key = load_key(
+        &dir.join(ca_files::INTERMEDIATE_KEY),
+        "import: intermediate key",
+    )
+    .map_err(|e| CaError::InvalidArgument(e.to_string()))?;
     let signer = SigningCa::new(intermediate, key)
         .map_err(|e| CaError::InvalidArgument(format!("import: intermediate: {e}")))?;
-    let root_key_path = dir.join("root.key.pem");
+    let root_key_path = dir.join(ca_files::ROOT_KEY);
     let root_key = if root_key_path.exists() {
         let bytes = Zeroizing::new(
             files::read_secret(&root_key_path)
@@ -251,7 +249,7 @@ fn record_imported_admin(
     store: &Store,
     now: std::time::SystemTime,
 ) -> Result<(), CaError> {
-    let path = import.join("admin.pem");
+    let path = import.join(ca_files::ADMIN_CERT);
     if !path.exists() {
         return Ok(());
     }
@@ -314,6 +312,28 @@ fn record_imported_admin(
     Ok(())
 }
 
+/// Reads a private key of the CA's (0600, refused if readable by others) from `path`.
+/// `what` names it in errors ("intermediate key", "root key").
+pub(crate) fn load_key(path: &Path, what: &str) -> Result<KeyPair, CaError> {
+    let pem = Zeroizing::new(
+        files::read_secret(path)
+            .map_err(|e| CaError::Unavailable(format!("{what} {}: {e}", path.display())))?,
+    );
+    KeyPair::from_pem(&String::from_utf8_lossy(&pem))
+        .map_err(|e| CaError::Internal(format!("{what} {}: {e}", path.display())))
+}
+
+/// The signer for a recorded intermediate, with its key from the keys directory.
+pub(crate) fn load_intermediate(
+    dir: &DataDir,
+    record: &crate::store::IntermediateRecord,
+) -> Result<SigningCa, CaError> {
+    let key = load_key(&dir.keys().join(&record.key_file), "intermediate key")?;
+    let mut signer = SigningCa::new(CertificateDer::from(record.cert_der.clone()), key)?;
+    signer.root_id = record.root_id.clone();
+    Ok(signer)
+}
+
 fn load(
     config: Config,
     store: Store,
@@ -324,14 +344,7 @@ fn load(
         .active_intermediate()
         .map_err(store_err)?
         .ok_or_else(|| CaError::Internal("no signing intermediate after initialisation".into()))?;
-    let key_path = dir.keys().join(&inter.key_file);
-    let key_pem = Zeroizing::new(files::read_secret(&key_path).map_err(|e| {
-        CaError::Unavailable(format!("intermediate key {}: {e}", key_path.display()))
-    })?);
-    let key = KeyPair::from_pem(&String::from_utf8_lossy(&key_pem))
-        .map_err(|e| CaError::Internal(format!("intermediate key {}: {e}", key_path.display())))?;
-    let mut signer = SigningCa::new(CertificateDer::from(inter.cert_der), key)?;
-    signer.root_id = inter.root_id;
+    let signer = load_intermediate(dir, &inter)?;
     let bundle = bundle_from_store(&config.trust_domain, &store)?;
     Ok(CaState::new(config, store, clock, signer, bundle))
 }
@@ -377,16 +390,16 @@ pub async fn write_admin_credentials(state: &CaState, out: &Path) -> Result<(), 
         )
         .await?;
     files::create_private_dir(out).map_err(io(format!("{}", out.display())))?;
-    files::write_secret(&out.join("admin.key.pem"), key.to_pem().as_bytes())
+    files::write_secret(&out.join(ca_files::ADMIN_KEY), key.to_pem().as_bytes())
         .map_err(io("admin key".into()))?;
     files::write_atomic(
-        &out.join("admin.pem"),
+        &out.join(ca_files::ADMIN_CERT),
         pem::certs_to_pem(&issued.chain).as_bytes(),
         0o644,
     )
     .map_err(io("admin certificate".into()))?;
     files::write_atomic(
-        &out.join("bundle.pem"),
+        &out.join(ca_files::BUNDLE),
         issued.bundle.to_pem().as_bytes(),
         0o644,
     )

@@ -337,7 +337,11 @@ impl Config {
         let day = Duration::from_secs(86_400);
         let intermediate_ttl = ttl("intermediate_ttl", file.intermediate_ttl, 365 * day)?;
         let root_ttl = ttl("root_ttl", file.root_ttl, 10 * 365 * day)?;
-        let admin_ttl = ttl("admin_ttl", file.admin_ttl, 90 * day)?;
+        let admin_ttl = ttl(
+            "admin_ttl",
+            file.admin_ttl,
+            trellis_identity::ca_files::ADMIN_LIFETIME,
+        )?;
         if intermediate_ttl < 2 * MAX_TTL || root_ttl < intermediate_ttl {
             return Err(ConfigError(
                 "intermediate_ttl must be at least 48h and root_ttl at least intermediate_ttl"

@@ -9,11 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Mutex;
 use trellis_identity::crl_reason::CrlReason;
 
-use rcgen::KeyPair;
-use rustls_pki_types::CertificateDer;
-use trellis_identity::files;
 use trellis_identity::profile::{CrlEntry, SigningCa};
-use zeroize::Zeroizing;
 
 use crate::bootstrap::DataDir;
 use crate::error::CaError;
@@ -119,14 +115,5 @@ fn load_intermediate(state: &CaState, id: &str) -> Result<SigningCa, CaError> {
         .ok_or_else(|| {
             CaError::NotFound(format!("no intermediate {id:?}; see `trellis ca status`"))
         })?;
-    let path = DataDir(state.config.data_dir.clone())
-        .keys()
-        .join(&record.key_file);
-    let pem =
-        Zeroizing::new(files::read_secret(&path).map_err(|e| {
-            CaError::Unavailable(format!("intermediate key {}: {e}", path.display()))
-        })?);
-    let key = KeyPair::from_pem(&String::from_utf8_lossy(&pem))
-        .map_err(|e| CaError::Internal(format!("intermediate key {}: {e}", path.display())))?;
-    Ok(SigningCa::new(CertificateDer::from(record.cert_der), key)?)
+    crate::bootstrap::load_intermediate(&DataDir(state.config.data_dir.clone()), &record)
 }

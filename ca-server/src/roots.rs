@@ -289,12 +289,7 @@ impl CaState {
             ))
         })?;
         let dir = DataDir(self.config.data_dir.clone());
-        let key_pem = Zeroizing::new(
-            files::read_secret(&dir.keys().join(&key_file))
-                .map_err(|e| CaError::Unavailable(format!("root key {key_file}: {e}")))?,
-        );
-        let key = KeyPair::from_pem(&String::from_utf8_lossy(&key_pem))
-            .map_err(|e| CaError::Internal(format!("root key {key_file}: {e}")))?;
+        let key = bootstrap::load_key(&dir.keys().join(&key_file), "root key")?;
         let root_signer = SigningCa::new(CertificateDer::from(target.cert_der.clone()), key)?;
         let now = self.now();
         let inter = profile::new_intermediate(

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use trellis_identity::profile::{LeafSpec, SigningCa, new_intermediate, new_root};
-use trellis_identity::{TrustDomain, WorkloadKey, hex, pem};
+use trellis_identity::{TrustDomain, WorkloadKey, ca_files, hex, pem};
 use zeroize::Zeroizing;
 
 use crate::Global;
@@ -29,8 +29,6 @@ use crate::{args, timefmt};
 
 /// The admin identity's path under the trust domain (what trellis-ca creates too).
 const ADMIN_PATH: &str = "/trellis/admin/default";
-/// How long the admin certificate lasts.
-const ADMIN_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
 /// The trust domain when none is given.
 const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
@@ -126,7 +124,7 @@ pub fn run(a: InitArgs, global: &Global) -> anyhow::Result<()> {
             spiffe_id: admin_id.clone(),
             dns_names: Vec::new(),
             public_point: admin_key.key_pair().public_key_raw().to_vec(),
-            lifetime: ADMIN_LIFETIME,
+            lifetime: ca_files::ADMIN_LIFETIME,
         },
         now,
     )?;
@@ -143,13 +141,19 @@ pub fn run(a: InitArgs, global: &Global) -> anyhow::Result<()> {
         Ok(path)
     };
     let written = vec![
-        public("root.pem", pem::certs_to_pem(&[&root.cert]))?,
-        secret("root.key.pem", &root_key_pem)?,
-        public("intermediate.pem", pem::certs_to_pem(&[&inter.cert]))?,
-        secret("intermediate.key.pem", &inter_key_pem)?,
-        public("admin.pem", pem::certs_to_pem(&[&admin.der, &inter.cert]))?,
-        secret("admin.key.pem", &admin_key.to_pem())?,
-        public("bundle.pem", pem::certs_to_pem(&[&root.cert]))?,
+        public(ca_files::ROOT_CERT, pem::certs_to_pem(&[&root.cert]))?,
+        secret(ca_files::ROOT_KEY, &root_key_pem)?,
+        public(
+            ca_files::INTERMEDIATE_CERT,
+            pem::certs_to_pem(&[&inter.cert]),
+        )?,
+        secret(ca_files::INTERMEDIATE_KEY, &inter_key_pem)?,
+        public(
+            ca_files::ADMIN_CERT,
+            pem::certs_to_pem(&[&admin.der, &inter.cert]),
+        )?,
+        secret(ca_files::ADMIN_KEY, &admin_key.to_pem())?,
+        public(ca_files::BUNDLE, pem::certs_to_pem(&[&root.cert]))?,
     ];
 
     let fingerprint = trellis_identity::bundle::spki_sha256(&root.cert)?;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::Serialize;
+use trellis_identity::ca_files;
 use trellis_proto::admin::v1::GetStatusRequest;
 
 use crate::Global;
@@ -106,9 +107,13 @@ pub async fn run(args: LoginArgs, global: &Global) -> anyhow::Result<()> {
     let settings = Settings {
         ca_addr: Some(ca_addr.clone()),
         trust_domain: flags.trust_domain.clone(),
-        admin_cert: Some(pick(&flags.admin_cert, "admin.pem", "admin certificate")?),
-        admin_key: Some(pick(&flags.admin_key, "admin.key.pem", "admin key")?),
-        bundle: Some(pick(&flags.bundle, "bundle.pem", "trust bundle")?),
+        admin_cert: Some(pick(
+            &flags.admin_cert,
+            ca_files::ADMIN_CERT,
+            "admin certificate",
+        )?),
+        admin_key: Some(pick(&flags.admin_key, ca_files::ADMIN_KEY, "admin key")?),
+        bundle: Some(pick(&flags.bundle, ca_files::BUNDLE, "trust bundle")?),
         context_file: None,
     };
     let target = Target::load(&settings)?;
