@@ -125,29 +125,32 @@ pub fn admin_interceptor(
     move |mut request: Request<()>| {
         let chain = peer_chain(&request);
         if chain.is_empty() {
-            return Err(Status::unauthenticated(
+            return Err(CaError::Unauthenticated(
                 "admin API needs an admin client certificate (admin/admin.pem in the CA's data \
-                 directory, or `trellis` with --admin-cert)",
-            ));
+                 directory, or `trellis` with --admin-cert)"
+                    .into(),
+            )
+            .into());
         }
         let verified = state
             .verify_peer(&chain, state.now())
             .map_err(|e| match e {
-                SvidError::Expired { not_after } => Status::unauthenticated(format!(
+                SvidError::Expired { not_after } => CaError::Unauthenticated(format!(
                     "admin certificate expired at {not_after}; admin certificates are not \
                      renewed: get a new one from whoever runs the CA (a CA started without \
                      admin/admin.pem in its data directory writes fresh admin credentials \
                      there), then run `trellis login` again"
                 )),
-                e => Status::unauthenticated(format!("admin certificate refused: {e}")),
+                e => CaError::Unauthenticated(format!("admin certificate refused: {e}")),
             })?;
         match state.revocation_of(&verified.serial) {
             Ok(None) => {}
             Ok(Some(_)) => {
-                return Err(Status::unauthenticated(format!(
+                return Err(CaError::Unauthenticated(format!(
                     "admin certificate {} was revoked",
                     verified.serial
-                )));
+                ))
+                .into());
             }
             Err(e) => return Err(CaError::store(NOT_DONE, e).into()),
         }
@@ -155,10 +158,11 @@ pub fn admin_interceptor(
         if !verified.spiffe_id.is_under(td, ADMIN_PREFIX)
             || verified.spiffe_id.path() == ADMIN_PREFIX
         {
-            return Err(Status::permission_denied(format!(
+            return Err(CaError::PermissionDenied(format!(
                 "{} is not an admin identity (admins are under spiffe://{td}{ADMIN_PREFIX}/)",
                 verified.spiffe_id
-            )));
+            ))
+            .into());
         }
         let serial = trellis_identity::hex::decode(&verified.serial).unwrap_or_default();
         match state.store.certificate(&serial) {
@@ -170,12 +174,13 @@ pub fn admin_interceptor(
                     "refused an admin certificate this CA never issued: it verifies against \
                      the bundle, so the intermediate key may have been copied"
                 );
-                return Err(Status::unauthenticated(format!(
+                return Err(CaError::Unauthenticated(format!(
                     "admin certificate {} is not in this CA's records: it was not issued by \
                      this CA, and only admin certificates the CA recorded are accepted; use \
                      the admin credentials the CA wrote (admin/ in its data directory)",
                     verified.serial
-                )));
+                ))
+                .into());
             }
             Err(e) => return Err(CaError::store(NOT_DONE, e).into()),
         }

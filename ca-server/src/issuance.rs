@@ -8,17 +8,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
+use trellis_identity::profile::LeafSpec;
+use trellis_identity::spiffe::reserved;
 use trellis_identity::{SpiffeId, TrustBundle, hex};
 
 use crate::attest::kubernetes::AttestError;
 use crate::config::MIN_TTL;
 use crate::csr;
 use crate::error::CaError;
+use crate::grantable::check_grantable;
 use crate::peer::PeerChain;
 use crate::state::{CaState, unix};
 use crate::store::{AuditRecord, CertRecord, RecordError, TokenUse};
 use crate::tokens;
-use trellis_identity::profile::LeafSpec;
 
 /// How the requester proved who it is.
 #[derive(Debug, Clone)]
@@ -70,30 +72,6 @@ struct Grant {
     actor: String,
     token: Option<[u8; 32]>,
     lifetime_override: Option<Duration>,
-}
-
-/// The part of a SPIFFE path reserved for the CA's own identities.
-pub const RESERVED_PREFIX: &str = trellis_identity::spiffe::reserved::PREFIX;
-
-/// Checks that an administrator may hand out `id`: right trust domain, a path, not reserved.
-pub fn check_grantable(state: &CaState, id: &SpiffeId) -> Result<(), CaError> {
-    let td = &state.config.trust_domain;
-    if id.trust_domain_name() != td.as_str() {
-        return Err(CaError::InvalidArgument(format!(
-            "{id} is not in this CA's trust domain {td}"
-        )));
-    }
-    if id.path().is_empty() {
-        return Err(CaError::InvalidArgument(format!(
-            "{id} has no path; workload IDs look like spiffe://{td}/ns/<namespace>/sa/<account>"
-        )));
-    }
-    if id.is_under(td.as_str(), RESERVED_PREFIX) {
-        return Err(CaError::InvalidArgument(format!(
-            "{id} is under {RESERVED_PREFIX}/, which is reserved for the CA and its admins"
-        )));
-    }
-    Ok(())
 }
 
 impl CaState {
@@ -293,7 +271,7 @@ impl CaState {
                     .verify_peer(&chain, now)
                     .map_err(|e| CaError::Unauthenticated(format!("renewal refused: {e}")))?;
                 let td = self.config.trust_domain.as_str();
-                if verified.spiffe_id.is_under(td, RESERVED_PREFIX) {
+                if verified.spiffe_id.is_under(td, reserved::PREFIX) {
                     return Err(CaError::PermissionDenied(format!(
                         "{} is a reserved identity and is not renewed over the workload API",
                         verified.spiffe_id
@@ -340,7 +318,7 @@ impl CaState {
                 spiffe_id,
                 dns_names,
             } => {
-                check_grantable(self, &spiffe_id)?;
+                check_grantable(&self.config.trust_domain, &spiffe_id)?;
                 Ok(Grant {
                     spiffe_id,
                     dns_names,

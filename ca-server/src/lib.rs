@@ -16,6 +16,7 @@ pub mod crl;
 pub mod csr;
 pub mod error;
 pub mod first_request;
+mod grantable;
 pub mod http;
 pub mod issuance;
 pub mod limits;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use trellis_identity::{SpiffeId, hex};
 
 use crate::error::CaError;
-use crate::issuance::check_grantable;
+use crate::grantable::check_grantable;
 use crate::state::CaState;
 use crate::store::{AuditRecord, TokenRecord};
 
@@ -54,7 +54,7 @@ impl CaState {
         ttl: Option<Duration>,
         created_by: &str,
     ) -> Result<NewToken, CaError> {
-        check_grantable(self, &spiffe_id)?;
+        check_grantable(&self.config.trust_domain, &spiffe_id)?;
         let ttl = ttl.unwrap_or(DEFAULT_TTL);
         if ttl.is_zero() || ttl > MAX_TTL {
             return Err(CaError::InvalidArgument(format!(

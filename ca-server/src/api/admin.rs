@@ -52,7 +52,7 @@ fn caller<T>(request: &Request<T>) -> Result<SpiffeId, Status> {
         .get::<AdminCaller>()
         .map(|c| c.0.clone())
         // Unreachable when served through the interceptor; fail closed if it ever is.
-        .ok_or_else(|| Status::unauthenticated("admin identity missing"))
+        .ok_or_else(|| CaError::Unauthenticated("admin identity missing".into()).into())
 }
 
 fn parse_id(field: &str, text: &str) -> Result<SpiffeId, Status> {

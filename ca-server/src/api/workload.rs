@@ -16,6 +16,7 @@ use trellis_proto::ca::v1::{
 
 use super::convert;
 use crate::auth::{PeerInfo, peer_chain};
+use crate::error::CaError;
 use crate::issuance::Credential;
 use crate::limits;
 use crate::state::CaState;
@@ -156,14 +157,16 @@ impl WorkloadCa for WorkloadService {
     ) -> Result<Response<AckTrustBundleResponse>, Status> {
         let chain = peer_chain(&request);
         if chain.is_empty() {
-            return Err(Status::unauthenticated(
-                "acknowledging a bundle needs your workload certificate as TLS client certificate",
-            ));
+            return Err(CaError::Unauthenticated(
+                "acknowledging a bundle needs your workload certificate as TLS client certificate"
+                    .into(),
+            )
+            .into());
         }
         let verified = self
             .state
             .verify_peer(&chain, self.state.now())
-            .map_err(|e| Status::unauthenticated(format!("certificate refused: {e}")))?;
+            .map_err(|e| CaError::Unauthenticated(format!("certificate refused: {e}")))?;
         let version = request.into_inner().version;
         self.state
             .report_bundle(verified.spiffe_id.as_str(), version);

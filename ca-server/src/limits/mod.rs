@@ -28,8 +28,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 use trellis_identity::duration;
 
 pub use bucket::Rate;
@@ -62,22 +60,14 @@ pub struct Refusal {
     pub retry_after: Duration,
 }
 
-impl From<Refusal> for Status {
-    fn from(r: Refusal) -> Self {
-        let message = format!(
+impl Refusal {
+    /// What the client reads: what happened, that nothing was done, and when to retry.
+    pub fn message(&self) -> String {
+        format!(
             "{}; nothing was issued, retry in {} (keep using your current certificate meanwhile)",
-            r.what,
-            human(r.retry_after)
-        );
-        let mut status = Status::with_error_details(
-            Code::ResourceExhausted,
-            message,
-            ErrorDetails::with_retry_info(Some(r.retry_after)),
-        );
-        if let Ok(value) = r.retry_after.as_millis().to_string().parse() {
-            status.metadata_mut().insert(PUSHBACK_TRAILER, value);
-        }
-        status
+            self.what,
+            human(self.retry_after)
+        )
     }
 }
 
@@ -249,7 +239,6 @@ fn source_of(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic_types::StatusExt;
 
     fn limits(max: u32, burst: u32) -> Limits {
         Limits::new(LimitsConfig {
@@ -297,31 +286,6 @@ mod tests {
         assert!(refused.what.contains("from 10.0.0.1"));
         assert_eq!(l.counters.refused_renewal_rate.load(Relaxed), 1);
         assert_eq!(l.counters.refused_bootstrap_rate.load(Relaxed), 1);
-    }
-
-    #[test]
-    fn the_status_carries_the_hint_three_ways() {
-        let status = Status::from(Refusal {
-            what: "the CA is busy".into(),
-            retry_after: Duration::from_millis(2500),
-        });
-        assert_eq!(status.code(), Code::ResourceExhausted);
-        assert_eq!(
-            status.get_details_retry_info().and_then(|r| r.retry_delay),
-            Some(Duration::from_millis(2500))
-        );
-        assert_eq!(
-            status
-                .metadata()
-                .get(PUSHBACK_TRAILER)
-                .and_then(|v| v.to_str().ok()),
-            Some("2500")
-        );
-        assert!(
-            status.message().contains("retry in 2.5s"),
-            "{}",
-            status.message()
-        );
     }
 
     #[test]
