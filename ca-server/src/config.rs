@@ -53,6 +53,9 @@ pub struct Flags {
     /// Plain-HTTP address for CRLs and metrics (off unless set).
     #[arg(long, env = "TRELLIS_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// HTTPS address of the SPIFFE bundle endpoint (off unless set).
+    #[arg(long, env = "TRELLIS_BUNDLE_ENDPOINT_LISTEN")]
+    pub bundle_endpoint_listen: Option<SocketAddr>,
     /// Log format: text or json.
     #[arg(long, env = "TRELLIS_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -116,6 +119,10 @@ pub struct FileConfig {
     pub trust_domain: Option<String>,
     pub listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
+    /// The SPIFFE bundle endpoint (HTTPS); off unless set.
+    pub bundle_endpoint_listen: Option<SocketAddr>,
+    /// The `spiffe_refresh_hint` the bundle endpoint advertises.
+    pub bundle_refresh_hint: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub import_dir: Option<PathBuf>,
     /// Extra DNS names / IPs for the CA's serving certificate (for tools that verify by host).
@@ -230,6 +237,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// CRLs and metrics over plain HTTP, if set.
     pub http_listen: Option<SocketAddr>,
+    pub bundle_endpoint_listen: Option<SocketAddr>,
+    pub bundle_refresh_hint: Duration,
     pub data_dir: PathBuf,
     pub import_dir: Option<PathBuf>,
     pub server_names: Vec<String>,
@@ -289,6 +298,7 @@ impl Config {
             trust_domain,
             listen,
             http_listen,
+            bundle_endpoint_listen,
             data_dir,
             import_dir,
             default_ttl,
@@ -381,6 +391,12 @@ impl Config {
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443))),
             http_listen: file.http_listen,
+            bundle_endpoint_listen: file.bundle_endpoint_listen,
+            bundle_refresh_hint: ttl(
+                "bundle_refresh_hint",
+                file.bundle_refresh_hint,
+                crate::bundle_endpoint::DEFAULT_REFRESH_HINT,
+            )?,
             data_dir: file
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from("trellis-data/ca")),

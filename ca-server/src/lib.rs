@@ -10,6 +10,7 @@ pub mod attest;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
+pub mod bundle_endpoint;
 pub mod config;
 pub mod connections;
 pub mod crl;

@@ -42,6 +42,8 @@ pub struct RunningCa {
     pub addr: SocketAddr,
     /// The CRL and metrics endpoint, if configured.
     pub http_addr: Option<SocketAddr>,
+    /// The SPIFFE bundle endpoint, if configured.
+    pub bundle_endpoint_addr: Option<SocketAddr>,
     pub state: Arc<CaState>,
     /// The listeners' connection budgets (what `/metrics` shows of them).
     pub listeners: Listeners,
@@ -99,6 +101,14 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         })?),
         None => None,
     };
+    let bundle_listener = match config.bundle_endpoint_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            CaError::Unavailable(format!(
+                "cannot listen on {addr} (bundle_endpoint_listen): {e}"
+            ))
+        })?),
+        None => None,
+    };
     let state = bootstrap::open(config, clock).await?;
     state.refresh_revocations()?;
     let tls = serving_config(&state).await?;
@@ -128,6 +138,19 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         }
         None => None,
     };
+    let bundle_endpoint_addr = match bundle_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            tokio::spawn(crate::bundle_endpoint::serve(
+                listener,
+                state.clone(),
+                tls.subscribe(),
+                stopped.clone(),
+            ));
+            addr
+        }
+        None => None,
+    };
     let task = tokio::spawn(serve(
         listener,
         listeners.clone(),
@@ -139,6 +162,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     Ok(RunningCa {
         addr,
         http_addr,
+        bundle_endpoint_addr,
         state,
         listeners,
         stop,

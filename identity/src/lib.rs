@@ -20,6 +20,7 @@ pub mod pattern;
 pub mod pem;
 pub mod profile;
 pub mod spiffe;
+pub mod spiffe_bundle;
 pub mod svid;
 pub mod tls;
 

@@ -1,5 +1,5 @@
 //! HTTP/1.1 on a connection budget, for the plain-HTTP endpoints (the CA's CRLs and
-//! metrics, the sidecar's admin port). `axum::serve` has no bound on connections and no
+//! metrics, the sidecar's admin port) and, over TLS, the CA's SPIFFE bundle endpoint. `axum::serve` has no bound on connections and no
 //! header timeout: an idle connection or a request whose headers never end was held for
 //! ever. Here hyper's header read timeout runs from the moment the server waits for a
 //! request head, so it closes a connection that never sends one, one that sends it too
@@ -13,8 +13,11 @@ use std::time::Duration;
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 use tower::{Service, ServiceExt};
 
 use super::{ConnBudget, ThrottledLog, accept};
@@ -47,6 +50,69 @@ pub async fn serve_http1<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let plain = |tcp: TcpStream, _peer| async move { Some(tcp) };
+    serve(listener, budget, settings, service, shutdown, plain).await;
+}
+
+/// Like [`serve_http1`] over TLS with the newest config of `tls` (no client certificate
+/// asked for); a handshake must finish within `handshake_timeout`.
+pub async fn serve_https1<S, B>(
+    listener: TcpListener,
+    budget: Arc<ConnBudget>,
+    settings: Http1Settings,
+    tls: watch::Receiver<Arc<ServerConfig>>,
+    handshake_timeout: Duration,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let handshake = move |tcp: TcpStream, peer: std::net::SocketAddr| {
+        let acceptor = TlsAcceptor::from(tls.borrow().clone());
+        async move {
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => Some(stream),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    None
+                }
+            }
+        }
+    };
+    serve(listener, budget, settings, service, shutdown, handshake).await;
+}
+
+async fn serve<S, B, W, F, Io>(
+    listener: TcpListener,
+    budget: Arc<ConnBudget>,
+    settings: Http1Settings,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+    wrap: W,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    W: Fn(TcpStream, std::net::SocketAddr) -> F,
+    F: Future<Output = Option<Io>> + Send + 'static,
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (stop_tx, stop_rx) = watch::channel(false);
     let failures = ThrottledLog::default();
     tokio::pin!(shutdown);
@@ -62,15 +128,17 @@ pub async fn serve_http1<S, B>(
         };
         let service = service.clone();
         let mut stop = stop_rx.clone();
+        let io = wrap(tcp, peer);
         tokio::spawn(async move {
             let _permit = permit;
+            let Some(io) = io.await else { return };
             let handler =
                 hyper::service::service_fn(move |request| service.clone().oneshot(request));
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(settings.header_timeout);
-            let conn = builder.serve_connection(TokioIo::new(tcp), handler);
+            let conn = builder.serve_connection(TokioIo::new(io), handler);
             tokio::pin!(conn);
             tokio::select! {
                 result = conn.as_mut() => {

@@ -1,0 +1,265 @@
+//! The SPIFFE bundle format (SPIFFE Trust Domain and Bundle, §4): a JWK Set whose keys are
+//! X.509 authorities (`use: x509-svid`, the root certificate in `x5c`) and JWT authorities
+//! (`use: jwt-svid`, with a `kid`), plus `spiffe_sequence` and `spiffe_refresh_hint`. What a
+//! bundle endpoint serves and what federation reads from another trust domain's.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use rustls_pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use x509_cert::Certificate;
+use x509_cert::der::Decode;
+use x509_cert::der::asn1::ObjectIdentifier;
+
+use crate::bundle::{BundleError, TrustBundle};
+use crate::spiffe::TrustDomain;
+
+const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+/// The largest bundle document accepted (a bundle holds a handful of keys).
+pub const MAX_BUNDLE_BYTES: usize = 256 * 1024;
+
+/// A JWT authority: an EC public key that verifies JWT-SVIDs whose header names its `kid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwtAuthority {
+    pub kid: String,
+    /// `P-256` (ES256).
+    pub crv: String,
+    /// The point's coordinates, base64url without padding (RFC 7518 §6.2.1).
+    pub x: String,
+    pub y: String,
+}
+
+/// One trust domain's bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpiffeBundle {
+    pub trust_domain: TrustDomain,
+    /// Increases with every change (`spiffe_sequence`).
+    pub sequence: u64,
+    /// How often a consumer should fetch it again (`spiffe_refresh_hint`).
+    pub refresh_hint: Option<Duration>,
+    pub x509_authorities: Vec<CertificateDer<'static>>,
+    pub jwt_authorities: Vec<JwtAuthority>,
+}
+
+/// Why a document is not a usable SPIFFE bundle.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BundleFormatError {
+    #[error("the bundle is {0} bytes; at most {MAX_BUNDLE_BYTES} are accepted")]
+    TooLarge(usize),
+    #[error("not a SPIFFE bundle (a JSON Web Key Set): {0}")]
+    Json(String),
+    #[error("key #{index} ({usage}): {reason}")]
+    BadKey {
+        index: usize,
+        usage: &'static str,
+        reason: String,
+    },
+    #[error("the bundle has no X.509 authority (no key with \"use\": \"x509-svid\")")]
+    NoX509Authority,
+    #[error("the bundle's roots are not usable: {0}")]
+    Roots(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct JwkSet {
+    keys: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spiffe_sequence: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spiffe_refresh_hint: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Jwk {
+    kty: String,
+    #[serde(rename = "use")]
+    usage: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crv: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    x: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    y: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    x5c: Option<Vec<String>>,
+}
+
+/// An EC certificate's curve name and point coordinates (base64url), from its SPKI.
+fn ec_point(cert: &[u8]) -> Result<(&'static str, String, String), String> {
+    let cert = Certificate::from_der(cert).map_err(|e| format!("not a certificate: {e}"))?;
+    let spki = &cert.tbs_certificate.subject_public_key_info;
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+    let (name, size) = match curve {
+        Some(P256) => ("P-256", 32),
+        Some(P384) => ("P-384", 48),
+        _ => return Err("not an EC P-256 or P-384 key".into()),
+    };
+    let point = spki.subject_public_key.raw_bytes();
+    if point.len() != 1 + 2 * size || point[0] != 4 {
+        return Err("the EC point is not uncompressed".into());
+    }
+    let x = URL_SAFE_NO_PAD.encode(&point[1..=size]);
+    let y = URL_SAFE_NO_PAD.encode(&point[1 + size..]);
+    Ok((name, x, y))
+}
+
+impl SpiffeBundle {
+    /// The bundle of `bundle`'s roots (no JWT authorities).
+    pub fn from_trust_bundle(bundle: &TrustBundle, refresh_hint: Option<Duration>) -> Self {
+        Self {
+            trust_domain: bundle.trust_domain().clone(),
+            sequence: bundle.version(),
+            refresh_hint,
+            x509_authorities: bundle.roots().to_vec(),
+            jwt_authorities: Vec::new(),
+        }
+    }
+
+    /// The X.509 authorities as a bundle to verify X509-SVIDs with.
+    pub fn to_trust_bundle(&self) -> Result<TrustBundle, BundleFormatError> {
+        TrustBundle::new(
+            self.trust_domain.clone(),
+            self.sequence,
+            self.x509_authorities.clone(),
+        )
+        .map_err(|e: BundleError| BundleFormatError::Roots(e.to_string()))
+    }
+
+    /// The JSON document (pretty-printed, as bundle endpoints usually serve it).
+    pub fn to_json(&self) -> String {
+        let mut keys = Vec::new();
+        for root in &self.x509_authorities {
+            // Roots were checked when they entered a TrustBundle; a key that cannot be
+            // described is left out rather than served wrong.
+            let Ok((crv, x, y)) = ec_point(root) else {
+                continue;
+            };
+            keys.push(Jwk {
+                kty: "EC".into(),
+                usage: "x509-svid".into(),
+                kid: None,
+                crv: Some(crv.into()),
+                x: Some(x),
+                y: Some(y),
+                x5c: Some(vec![STANDARD.encode(root)]),
+            });
+        }
+        for key in &self.jwt_authorities {
+            keys.push(Jwk {
+                kty: "EC".into(),
+                usage: "jwt-svid".into(),
+                kid: Some(key.kid.clone()),
+                crv: Some(key.crv.clone()),
+                x: Some(key.x.clone()),
+                y: Some(key.y.clone()),
+                x5c: None,
+            });
+        }
+        let set = JwkSet {
+            keys: keys
+                .into_iter()
+                .map(|k| serde_json::to_value(k).expect("a JWK is plain data"))
+                .collect(),
+            spiffe_sequence: Some(self.sequence),
+            spiffe_refresh_hint: self.refresh_hint.map(|d| d.as_secs()),
+        };
+        serde_json::to_string_pretty(&set).expect("a JWK set is plain data")
+    }
+
+    /// Reads the bundle document of `trust_domain`. Keys of unknown type or use are
+    /// ignored, as the standard says; a known key that is malformed is an error, and so is
+    /// a bundle without any X.509 authority.
+    pub fn parse(trust_domain: TrustDomain, document: &[u8]) -> Result<Self, BundleFormatError> {
+        if document.len() > MAX_BUNDLE_BYTES {
+            return Err(BundleFormatError::TooLarge(document.len()));
+        }
+        let set: JwkSet =
+            serde_json::from_slice(document).map_err(|e| BundleFormatError::Json(e.to_string()))?;
+        let mut bundle = Self {
+            trust_domain,
+            sequence: set.spiffe_sequence.unwrap_or(0),
+            refresh_hint: set.spiffe_refresh_hint.map(Duration::from_secs),
+            x509_authorities: Vec::new(),
+            jwt_authorities: Vec::new(),
+        };
+        for (index, value) in set.keys.into_iter().enumerate() {
+            let Ok(key) = serde_json::from_value::<Jwk>(value) else {
+                // No `kty` or `use`: not a key this standard describes.
+                continue;
+            };
+            match (key.kty.as_str(), key.usage.as_str()) {
+                (_, "x509-svid") => bundle.x509_authorities.push(x509_authority(index, key)?),
+                ("EC", "jwt-svid") => bundle.jwt_authorities.push(jwt_authority(index, key)?),
+                _ => {}
+            }
+        }
+        if bundle.x509_authorities.is_empty() {
+            return Err(BundleFormatError::NoX509Authority);
+        }
+        bundle.to_trust_bundle()?;
+        Ok(bundle)
+    }
+}
+
+fn x509_authority(index: usize, key: Jwk) -> Result<CertificateDer<'static>, BundleFormatError> {
+    let bad = |reason: String| BundleFormatError::BadKey {
+        index,
+        usage: "x509-svid",
+        reason,
+    };
+    let x5c = key.x5c.unwrap_or_default();
+    let [cert] = x5c.as_slice() else {
+        return Err(bad(format!(
+            "x5c must hold exactly one certificate, it holds {}",
+            x5c.len()
+        )));
+    };
+    let der = STANDARD
+        .decode(cert)
+        .map_err(|e| bad(format!("x5c is not base64: {e}")))?;
+    // The key parameters, when given, must describe the certificate's key.
+    if key.x.is_some() || key.y.is_some() {
+        let (crv, x, y) = ec_point(&der).map_err(bad)?;
+        if key.crv.as_deref() != Some(crv) || key.x != Some(x) || key.y != Some(y) {
+            return Err(bad(
+                "the key parameters do not match the certificate's public key".into(),
+            ));
+        }
+    }
+    Ok(CertificateDer::from(der))
+}
+
+fn jwt_authority(index: usize, key: Jwk) -> Result<JwtAuthority, BundleFormatError> {
+    let bad = |reason: &str| BundleFormatError::BadKey {
+        index,
+        usage: "jwt-svid",
+        reason: reason.to_owned(),
+    };
+    let kid = key
+        .kid
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| bad("a JWT authority needs a kid"))?;
+    let crv = key.crv.ok_or_else(|| bad("no crv"))?;
+    let (x, y) = match (key.x, key.y) {
+        (Some(x), Some(y)) => (x, y),
+        _ => return Err(bad("no x and y coordinates")),
+    };
+    for coordinate in [&x, &y] {
+        URL_SAFE_NO_PAD
+            .decode(coordinate)
+            .map_err(|_| bad("a coordinate is not base64url"))?;
+    }
+    Ok(JwtAuthority { kid, crv, x, y })
+}
+
+#[cfg(test)]
+mod tests;
