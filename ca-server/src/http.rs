@@ -100,6 +100,7 @@ async fn metrics(State(http): State<Http>) -> Response {
         "Certificates issued (Certify and admin IssueCertificate), from the credential check to the durable record.",
     );
     state.issuance_seconds.render(&mut out, name, "");
+    crate::federation::render_metrics(state, &mut out);
     // Absent, not zero, while the store is being reopened after a write failure.
     if let Some(count) = state.store.certificate_count() {
         let _ = writeln!(

@@ -16,6 +16,7 @@ mod client;
 mod completions;
 mod context;
 mod error;
+mod federation;
 mod files;
 mod inject;
 mod inspect;
@@ -73,6 +74,9 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Add the Trellis sidecar to Kubernetes manifests, or serve the injection webhook.
     Inject(inject::InjectArgs),
+    /// Trust other trust domains: add, list, show, refresh and remove federations.
+    #[command(subcommand)]
+    Federation(federation::FederationCommand),
     /// Verify the CA's tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -93,6 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(args, global),
         Command::Inject(args) => inject::run(args, global).await,
         Command::Audit(command) => audit::run(command, global).await,
+        Command::Federation(command) => federation::run(command, global).await,
         Command::Completions(args) => completions::run(args, Cli::command()),
         Command::Up(args) => up::run(args).await,
     }

@@ -14,7 +14,8 @@ use x509_cert::der::Decode;
 use x509_cert::der::asn1::ObjectIdentifier;
 
 use crate::bundle::{BundleError, TrustBundle};
-use crate::spiffe::TrustDomain;
+use crate::spiffe::{SpiffeId, TrustDomain};
+use crate::svid::CertInfo;
 
 const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
@@ -61,6 +62,12 @@ pub enum BundleFormatError {
     NoX509Authority,
     #[error("the bundle's roots are not usable: {0}")]
     Roots(String),
+    #[error("key #{index} is a root of trust domain {found}, not of {expected}")]
+    ForeignRoot {
+        index: usize,
+        found: String,
+        expected: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -197,7 +204,11 @@ impl SpiffeBundle {
                 continue;
             };
             match (key.kty.as_str(), key.usage.as_str()) {
-                (_, "x509-svid") => bundle.x509_authorities.push(x509_authority(index, key)?),
+                (_, "x509-svid") => {
+                    let root = x509_authority(index, key)?;
+                    check_trust_domain(index, &root, &bundle.trust_domain)?;
+                    bundle.x509_authorities.push(root);
+                }
                 ("EC", "jwt-svid") => bundle.jwt_authorities.push(jwt_authority(index, key)?),
                 _ => {}
             }
@@ -236,6 +247,32 @@ fn x509_authority(index: usize, key: Jwk) -> Result<CertificateDer<'static>, Bun
         }
     }
     Ok(CertificateDer::from(der))
+}
+
+/// A root that names a trust domain (a `spiffe://` URI SAN, as SPIRE's roots do) must name
+/// this one: a bundle of another trust domain's roots is refused.
+fn check_trust_domain(
+    index: usize,
+    root: &CertificateDer<'_>,
+    expected: &TrustDomain,
+) -> Result<(), BundleFormatError> {
+    let info = CertInfo::parse(root).map_err(|e| BundleFormatError::BadKey {
+        index,
+        usage: "x509-svid",
+        reason: e.to_string(),
+    })?;
+    for uri in &info.uris {
+        if let Ok(id) = SpiffeId::new(uri)
+            && id.trust_domain_name() != expected.as_str()
+        {
+            return Err(BundleFormatError::ForeignRoot {
+                index,
+                found: id.trust_domain_name().to_owned(),
+                expected: expected.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn jwt_authority(index: usize, key: Jwk) -> Result<JwtAuthority, BundleFormatError> {

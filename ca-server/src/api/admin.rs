@@ -7,11 +7,13 @@ use trellis_identity::crl_reason::CrlReason;
 use trellis_identity::{SpiffeId, hex};
 use trellis_proto::admin::v1::admin_server::Admin;
 use trellis_proto::admin::v1::{
-    ActivateRootRequest, AddRootRequest, AuditCheckpoint, AuditEvent, CertificateRecord,
-    CreateJoinTokenRequest, CreateJoinTokenResponse, GetCertificateRequest, GetStatusRequest,
-    GetStatusResponse, IntermediateInfo, IssueCertificateRequest, ListAuditCheckpointsRequest,
-    ListAuditCheckpointsResponse, ListAuditEventsRequest, ListAuditEventsResponse,
-    ListCertificatesRequest, ListCertificatesResponse, ListRootsRequest, ListRootsResponse,
+    ActivateRootRequest, AddFederationRequest, AddRootRequest, AuditCheckpoint, AuditEvent,
+    CertificateRecord, CreateJoinTokenRequest, CreateJoinTokenResponse, FederationInfo,
+    GetCertificateRequest, GetStatusRequest, GetStatusResponse, IntermediateInfo,
+    IssueCertificateRequest, ListAuditCheckpointsRequest, ListAuditCheckpointsResponse,
+    ListAuditEventsRequest, ListAuditEventsResponse, ListCertificatesRequest,
+    ListCertificatesResponse, ListFederationsRequest, ListFederationsResponse, ListRootsRequest,
+    ListRootsResponse, RefreshFederationRequest, RemoveFederationRequest, RemoveFederationResponse,
     RetireRootRequest, RevokeCertificateRequest, RevokeCertificateResponse, RootInfo,
 };
 use trellis_proto::ca::v1::CertifyResponse;
@@ -419,6 +421,59 @@ impl Admin for AdminService {
             .retire_root(body.root_id.trim(), body.force, caller.as_str())
             .await?;
         self.root_info(&record.id)
+    }
+
+    async fn add_federation(
+        &self,
+        request: Request<AddFederationRequest>,
+    ) -> Result<Response<FederationInfo>, Status> {
+        let caller = caller(&request)?;
+        let body = request.into_inner();
+        let federation = self
+            .state
+            .add_federation(
+                &body.trust_domain,
+                &body.endpoint_url,
+                &body.endpoint_spiffe_id,
+                &body.bundle,
+                caller.as_str(),
+            )
+            .await?;
+        Ok(Response::new(convert::federation(federation)))
+    }
+
+    async fn list_federations(
+        &self,
+        _request: Request<ListFederationsRequest>,
+    ) -> Result<Response<ListFederationsResponse>, Status> {
+        let federations = self
+            .state
+            .federations()?
+            .into_iter()
+            .map(convert::federation)
+            .collect();
+        Ok(Response::new(ListFederationsResponse { federations }))
+    }
+
+    async fn refresh_federation(
+        &self,
+        request: Request<RefreshFederationRequest>,
+    ) -> Result<Response<FederationInfo>, Status> {
+        let body = request.into_inner();
+        let federation = self.state.refresh_federation(&body.trust_domain).await?;
+        Ok(Response::new(convert::federation(federation)))
+    }
+
+    async fn remove_federation(
+        &self,
+        request: Request<RemoveFederationRequest>,
+    ) -> Result<Response<RemoveFederationResponse>, Status> {
+        let caller = caller(&request)?;
+        let body = request.into_inner();
+        self.state
+            .remove_federation(&body.trust_domain, caller.as_str())
+            .await?;
+        Ok(Response::new(RemoveFederationResponse {}))
     }
 }
 

@@ -81,3 +81,26 @@ pub fn root(view: RootView) -> admin::RootInfo {
         certificate: view.record.cert_der,
     }
 }
+
+pub fn federation(f: crate::federation::Federation) -> admin::FederationInfo {
+    let next = f.next_refresh_at();
+    admin::FederationInfo {
+        trust_domain: f.record.trust_domain,
+        endpoint_url: f.record.endpoint_url,
+        endpoint_spiffe_id: f.record.endpoint_spiffe_id,
+        sequence: f.bundle.sequence,
+        x509_authorities: f
+            .bundle
+            .x509_authorities
+            .iter()
+            .map(|c| c.to_vec())
+            .collect(),
+        jwt_authorities: u32::try_from(f.bundle.jwt_authorities.len()).unwrap_or(u32::MAX),
+        refreshed_at: unix_timestamp(f.record.refreshed_at),
+        last_attempt_at: (f.record.last_attempt_at > 0)
+            .then(|| unix_timestamp(f.record.last_attempt_at))
+            .flatten(),
+        last_error: f.record.last_error.unwrap_or_default(),
+        next_refresh_at: unix_timestamp(next),
+    }
+}

@@ -55,6 +55,7 @@ pub(super) struct Trees {
     /// Audit entries written before the chain existed, chained into `audit` on first use.
     pub legacy_audit: sled::Tree,
     pub audit_checkpoints: sled::Tree,
+    pub federations: sled::Tree,
     /// The audit chain's head in this opening, loaded on first use (see `audit.rs`).
     pub audit_head: Mutex<Option<trellis_identity::audit_log::Head>>,
     pub meta: sled::Tree,
@@ -87,6 +88,7 @@ impl Trees {
             audit: tree("audit_chain")?,
             legacy_audit: tree("audit")?,
             audit_checkpoints: tree("audit_checkpoints")?,
+            federations: tree("federations")?,
             audit_head: Mutex::new(None),
             meta: tree("meta")?,
             db,

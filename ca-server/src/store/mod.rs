@@ -25,6 +25,7 @@
 mod audit;
 mod commit;
 mod failure;
+mod federation;
 mod live;
 pub mod records;
 #[cfg(test)]
@@ -38,6 +39,7 @@ use serde::de::DeserializeOwned;
 
 pub use commit::{Committer, Flushable};
 pub use failure::{Cause, Failure};
+pub use federation::FederationRecord;
 pub use live::Mark;
 pub use records::{
     AuditRecord, CertRecord, IntermediateRecord, RevocationRecord, RootRecord, RootState,

@@ -94,3 +94,29 @@ fn garbage_and_empty_bundles_are_refused() {
         Err(BundleFormatError::TooLarge(_))
     ));
 }
+
+#[test]
+fn a_root_naming_another_trust_domain_is_refused() {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://other.example".try_into().unwrap(),
+    )];
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let root = params.self_signed(&key).unwrap().der().clone();
+    let foreign = SpiffeBundle {
+        trust_domain: TrustDomain::new("other.example").unwrap(),
+        sequence: 1,
+        refresh_hint: None,
+        x509_authorities: vec![root],
+        jwt_authorities: Vec::new(),
+    };
+    let json = foreign.to_json();
+    assert!(SpiffeBundle::parse(foreign.trust_domain.clone(), json.as_bytes()).is_ok());
+    let err =
+        SpiffeBundle::parse(TrustDomain::new("example.org").unwrap(), json.as_bytes()).unwrap_err();
+    assert!(
+        matches!(err, BundleFormatError::ForeignRoot { ref found, .. } if found == "other.example"),
+        "{err}"
+    );
+}
