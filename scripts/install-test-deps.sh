@@ -5,7 +5,8 @@
 # under target/ so nothing else on the machine changes), a second venv with clients
 # nobody here wrote: gRPC's C core (grpcio, as py-spiffe uses it) and the Prometheus text
 # parser (prometheus-client), and for the capture tests, which run pods as network
-# namespaces: ip (iproute2), iptables and setpriv (util-linux).
+# namespaces: ip (iproute2), iptables and setpriv (util-linux); and PostgreSQL, which the
+# tests start themselves.
 # A fresh Debian-based machine may lack them; this is a no-op where they are present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,11 @@ if ! command -v setpriv >/dev/null 2>&1 || ! command -v prlimit >/dev/null 2>&1;
 fi
 # Debian names the package after what it holds, not after the command.
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+# PostgreSQL (server tools in /usr/lib/postgresql/<version>/bin, psql in /usr/bin): the
+# tests start their own cluster in a temp dir as the postgres user the package creates.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
