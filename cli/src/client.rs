@@ -28,7 +28,9 @@ const LOGIN_HINT: &str =
 pub struct Target {
     /// The address as the user wrote it, for messages.
     pub addr_text: String,
-    pub addr: SocketAddr,
+    /// Every address of every replica given (`HOST:PORT[,HOST:PORT...]`, each name with
+    /// all the addresses it resolves to), tried in turn.
+    pub addrs: Vec<SocketAddr>,
     pub trust_domain: TrustDomain,
     pub admin_cert: PathBuf,
     pub bundle_path: PathBuf,
@@ -55,16 +57,21 @@ fn read_file(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     })
 }
 
-/// Resolves `host:port` to the first address it names.
-pub fn resolve_addr(text: &str) -> anyhow::Result<SocketAddr> {
-    let mut addrs = text.to_socket_addrs().map_err(|e| {
-        usage(format!(
-            "CA address {text:?} is not a usable host:port ({e}); pass e.g. --ca-addr 127.0.0.1:8443"
-        ))
-    })?;
-    addrs
-        .next()
-        .ok_or_else(|| usage(format!("CA address {text:?} resolves to no address")))
+/// Resolves `HOST:PORT[,HOST:PORT...]` (CA replicas) to every address they name, in order.
+pub fn resolve_addrs(text: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut all = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let addrs = part.to_socket_addrs().map_err(|e| {
+            usage(format!(
+                "CA address {part:?} is not a usable host:port ({e}); pass e.g. --ca-addr 127.0.0.1:8443"
+            ))
+        })?;
+        all.extend(addrs.filter(|a| !all.contains(a)).collect::<Vec<_>>());
+    }
+    if all.is_empty() {
+        return Err(usage(format!("CA address {text:?} resolves to no address")));
+    }
+    Ok(all)
 }
 
 /// Fails if the admin certificate has expired or is not valid yet.
@@ -118,7 +125,7 @@ impl Target {
         )?;
         let key_path = required(settings.admin_key.as_deref(), "admin key", "--admin-key")?;
         let bundle_path = required(settings.bundle.as_deref(), "trust bundle", "--bundle")?;
-        let addr = resolve_addr(addr_text)?;
+        let addrs = resolve_addrs(addr_text)?;
         let (identity, info) = load_admin_identity(cert_path, key_path)?;
         let trust_domain = match &settings.trust_domain {
             Some(td) => TrustDomain::new(td)
@@ -141,7 +148,7 @@ impl Target {
         .map_err(|e| usage(format!("trust bundle {}: {e}", bundle_path.display())))?;
         Ok(Self {
             addr_text: addr_text.to_owned(),
-            addr,
+            addrs,
             trust_domain,
             admin_cert: cert_path.to_owned(),
             bundle_path: bundle_path.to_owned(),
@@ -168,9 +175,16 @@ impl Target {
             Versions::Tls13,
             &[trellis_proto::channel::ALPN_H2],
         )?;
-        trellis_proto::channel::connect(self.addr, Arc::new(config))
-            .await
-            .map_err(|e| self.transport_error(&e))
+        let config = Arc::new(config);
+        // Each replica in turn; the error of the last one if none answers.
+        let mut last = None;
+        for addr in &self.addrs {
+            match trellis_proto::channel::connect(*addr, config.clone()).await {
+                Ok(channel) => return Ok(channel),
+                Err(e) => last = Some(self.transport_error(&e)),
+            }
+        }
+        Err(last.expect("a target has at least one address"))
     }
 
     /// Connects to the admin API.
@@ -325,11 +339,17 @@ mod tests {
 
     #[test]
     fn resolves_addresses_or_says_how() {
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
         assert_eq!(
-            resolve_addr("127.0.0.1:8443").expect("valid"),
-            "127.0.0.1:8443".parse().expect("addr")
+            resolve_addrs("127.0.0.1:8443").expect("valid"),
+            vec![addr("127.0.0.1:8443")]
         );
-        let err = resolve_addr("no-port").expect_err("missing port");
+        // Replicas, in order, each once.
+        assert_eq!(
+            resolve_addrs("127.0.0.1:8443, 127.0.0.2:8443,127.0.0.1:8443").expect("valid"),
+            vec![addr("127.0.0.1:8443"), addr("127.0.0.2:8443")]
+        );
+        let err = resolve_addrs("127.0.0.1:8443,no-port").expect_err("missing port");
         assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_USAGE);
         assert!(err.to_string().contains("--ca-addr"), "{err}");
     }

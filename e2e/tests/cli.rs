@@ -576,3 +576,39 @@ fn completions_are_printed_for_each_shell() {
     let line = user.trellis(&["completions", "tcsh"]);
     assert_eq!(line.code, Some(2), "{}", line.stderr);
 }
+
+#[test]
+fn a_list_of_ca_replicas_skips_one_that_does_not_answer() {
+    let ca = Ca::start();
+    // A port nothing listens on, first in the list: the CLI moves on to the next.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut status = trellis_e2e::command("trellis");
+    status
+        .arg("--ca-addr")
+        .arg(format!("{dead},{}", ca.addr))
+        .arg("--admin-cert")
+        .arg(ca.admin_dir.join("admin.pem"))
+        .arg("--admin-key")
+        .arg(ca.admin_dir.join("admin.key.pem"))
+        .arg("--bundle")
+        .arg(ca.admin_dir.join("bundle.pem"))
+        .args(["ca", "status", "-o", "json"]);
+    let json = run(status, CLI_TIMEOUT).success().json();
+    assert_eq!(json["trust_domain"], "cluster.local", "{json}");
+
+    // None answering: one line naming the addresses given.
+    let mut none = trellis_e2e::command("trellis");
+    none.arg("--ca-addr")
+        .arg(format!("{dead}"))
+        .arg("--admin-cert")
+        .arg(ca.admin_dir.join("admin.pem"))
+        .arg("--admin-key")
+        .arg(ca.admin_dir.join("admin.key.pem"))
+        .arg("--bundle")
+        .arg(ca.admin_dir.join("bundle.pem"))
+        .args(["ca", "status"]);
+    let line = run(none, CLI_TIMEOUT).failure(1);
+    assert!(line.contains("cannot reach the CA"), "{line}");
+}

@@ -329,3 +329,53 @@ async fn writes_svid_files_for_the_app_and_rewrites_them_on_rotation() {
         "files follow the rotation"
     );
 }
+
+#[tokio::test]
+async fn renews_from_another_replica_when_the_one_it_used_stops_answering() {
+    let mut mesh = Mesh::start().await;
+    // The replica's address is in the list from the start, as a Service's would be.
+    let replica_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let addresses = format!("{},{replica_addr}", mesh.addr);
+    let agent = mesh
+        .agent_with("/ns/demo/sa/ha", |ca| ca.address = Some(addresses))
+        .await;
+    let (mut creds, metrics) = (agent.creds.clone(), agent.metrics.clone());
+    let first = first_certificate(&mut creds).await;
+    let replica = mesh.start_replica(replica_addr).await;
+    // The first replica goes away; the renewal goes to the other one.
+    mesh.stop_ca().await;
+    mesh.pass_renewal_point(&first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let renewed = loop {
+        let current = creds.borrow_and_update().clone().expect("certificate");
+        if current.svid.serial != first.svid.serial {
+            break current;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no renewal from the replica; last failure: {:?}",
+            metrics.last_failure()
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), creds.changed()).await;
+    };
+    assert_eq!(renewed.svid.spiffe_id, first.svid.spiffe_id);
+    let issued_by_replica = replica
+        .state
+        .store
+        .certificate(&trellis_identity::hex::decode(&renewed.svid.serial).expect("hex"))
+        .expect("read");
+    assert!(
+        issued_by_replica.is_some(),
+        "the replica recorded the renewed certificate"
+    );
+    assert!(
+        metrics
+            .render()
+            .contains("trellis_sidecar_renewals_total{result=\"ok\"} 2"),
+        "{}",
+        metrics.render()
+    );
+    replica.shutdown().await.expect("replica stops");
+}

@@ -281,7 +281,7 @@ impl Agent {
             match trust::initial_bundle(
                 &self.ca.trust,
                 &self.trust_domain,
-                &self.ca.address,
+                &self.ca.replicas,
                 &self.ca.spiffe_id,
                 &self.clock,
             )
@@ -609,14 +609,25 @@ async fn ca_client(
     )
     .map_err(|e| AttemptError::BadResponse(e.to_string()))?;
     config.time_provider = Arc::new(ClockTime(clock.clone()));
-    let channel = tokio::time::timeout(
-        timeout,
-        trellis_proto::channel::connect_to(&ca.address, Arc::new(config)),
-    )
-    .await
-    .map_err(|_| AttemptError::Unreachable(format!("connecting to {} timed out", ca.address)))?
-    .map_err(|e| AttemptError::Unreachable(format!("{}: {}", ca.address, source_chain(&e))))?;
-    Ok(WorkloadCaClient::new(channel))
+    let config = Arc::new(config);
+    // Each replica in turn, from the one that answered last; all failing is one failed
+    // attempt, retried with the usual backoff.
+    let mut failures = Vec::new();
+    for (index, address) in ca.replicas.in_order() {
+        let connect = trellis_proto::channel::connect_to(address, config.clone());
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(channel)) => {
+                if !failures.is_empty() {
+                    tracing::info!(ca = address, "moved to another CA replica");
+                }
+                ca.replicas.answered(index);
+                return Ok(WorkloadCaClient::new(channel));
+            }
+            Ok(Err(e)) => failures.push(format!("{address}: {}", source_chain(&e))),
+            Err(_) => failures.push(format!("connecting to {address} timed out")),
+        }
+    }
+    Err(AttemptError::Unreachable(failures.join("; ")))
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

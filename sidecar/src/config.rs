@@ -29,7 +29,8 @@ pub struct Flags {
     /// Trust domain, e.g. cluster.local.
     #[arg(long, env = "TRELLIS_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
-    /// Address of the CA's gRPC endpoint: HOST:PORT (a DNS name or an IP).
+    /// Address of the CA's gRPC endpoint: HOST:PORT (a DNS name or an IP), or several
+    /// replicas' separated by commas (tried in turn when one stops answering).
     #[arg(long, env = "TRELLIS_CA_ADDR")]
     pub ca_addr: Option<String>,
     /// PEM file with the initial trust bundle.
@@ -209,8 +210,11 @@ pub enum PolicyMode {
 /// Validated CA-facing settings.
 #[derive(Debug, Clone)]
 pub struct CaConfig {
-    /// HOST:PORT, resolved on every connection (so a Service's DNS name follows it).
+    /// HOST:PORT, or several separated by commas (as given, for messages).
     pub address: String,
+    /// The replicas' HOST:PORT, each resolved on every connection (so a Service's DNS name
+    /// follows it), tried in turn from the one that answered last.
+    pub replicas: CaReplicas,
     /// The SPIFFE ID the CA must present.
     pub spiffe_id: SpiffeId,
     pub trust: TrustSource,
@@ -219,6 +223,56 @@ pub struct CaConfig {
     pub expected_spiffe_id: Option<SpiffeId>,
     pub ttl: Option<Duration>,
     pub svid_dir: Option<PathBuf>,
+}
+
+/// The CA replicas a sidecar may use, and which one answered last.
+#[derive(Debug, Clone)]
+pub struct CaReplicas {
+    addresses: Vec<String>,
+    last_good: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CaReplicas {
+    /// Parses `HOST:PORT[,HOST:PORT...]`.
+    pub fn parse(name: &str, text: &str) -> Result<Self, ConfigError> {
+        let addresses = text
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| host_port(name, a))
+            .collect::<Result<Vec<_>, _>>()?;
+        if addresses.is_empty() {
+            return Err(err(format!("{name} {text:?} names no address")));
+        }
+        Ok(Self {
+            addresses,
+            last_good: Default::default(),
+        })
+    }
+
+    /// Every address, starting with the one that answered last.
+    pub fn in_order(&self) -> impl Iterator<Item = (usize, &str)> {
+        let start = self.last_good.load(std::sync::atomic::Ordering::Relaxed);
+        let n = self.addresses.len();
+        (0..n).map(move |i| {
+            let index = (start + i) % n;
+            (index, self.addresses[index].as_str())
+        })
+    }
+
+    /// Remembers that the replica at `index` answered.
+    pub fn answered(&self, index: usize) {
+        self.last_good
+            .store(index, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn len(&self) -> usize {
+        self.addresses.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.addresses.is_empty()
+    }
 }
 
 /// A validated inbound listener.
@@ -519,7 +573,7 @@ impl Config {
         let address = ca.address.ok_or_else(|| {
             err("ca.address is required (--ca-addr or TRELLIS_CA_ADDR), e.g. 127.0.0.1:8443")
         })?;
-        let address = host_port("ca.address", &address)?;
+        let replicas = CaReplicas::parse("ca.address", &address)?;
         let ca_id_text = ca.spiffe_id.unwrap_or_else(|| {
             format!(
                 "spiffe://{trust_domain}{}",
@@ -697,6 +751,7 @@ impl Config {
             app_probes: AppProbes::default(),
             ca: CaConfig {
                 address,
+                replicas,
                 spiffe_id,
                 trust,
                 join_token_file: ca.join_token_file,
@@ -928,6 +983,22 @@ mod tests {
             "[nope]:1",
         ] {
             assert!(host_port("x", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ca_replicas_are_tried_from_the_one_that_answered_last() {
+        let replicas = CaReplicas::parse("ca.address", "a:1, b:2,c:3").expect("valid");
+        let order = |r: &CaReplicas| r.in_order().map(|(_, a)| a.to_owned()).collect::<Vec<_>>();
+        assert_eq!(order(&replicas), ["a:1", "b:2", "c:3"]);
+        replicas.answered(1);
+        assert_eq!(order(&replicas), ["b:2", "c:3", "a:1"]);
+        // Clones share what they learned (the agent's tasks each hold one).
+        let clone = replicas.clone();
+        clone.answered(2);
+        assert_eq!(order(&replicas), ["c:3", "a:1", "b:2"]);
+        for bad in ["", " , ", "a:1,b"] {
+            assert!(CaReplicas::parse("ca.address", bad).is_err(), "{bad:?}");
         }
     }
 

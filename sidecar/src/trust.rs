@@ -14,7 +14,7 @@ use trellis_identity::{SpiffeId, TrustBundle, TrustDomain, hex};
 use trellis_proto::ca::v1::GetTrustBundleRequest;
 use trellis_proto::ca::v1::workload_ca_client::WorkloadCaClient;
 
-use crate::config::TrustSource;
+use crate::config::{CaReplicas, TrustSource};
 
 /// Why the initial bundle could not be established.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ impl TrustError {
 pub async fn initial_bundle(
     source: &TrustSource,
     trust_domain: &TrustDomain,
-    ca_addr: &str,
+    replicas: &CaReplicas,
     ca_id: &SpiffeId,
     clock: &Arc<dyn Clock>,
 ) -> Result<TrustBundle, TrustError> {
@@ -56,7 +56,19 @@ pub async fn initial_bundle(
                 .map_err(|e| file_err(e.to_string()))
         }
         TrustSource::Fingerprint(fingerprint) => {
-            fetch_pinned(fingerprint, trust_domain, ca_addr, ca_id, clock).await
+            // The first replica that answers; a pin mismatch is final, not a reason to try
+            // another (they serve the same bundle).
+            let mut last = None;
+            for (index, addr) in replicas.in_order() {
+                match fetch_pinned(fingerprint, trust_domain, addr, ca_id, clock).await {
+                    Err(e @ TrustError::Unreachable { .. }) => last = Some(e),
+                    other => {
+                        replicas.answered(index);
+                        return other;
+                    }
+                }
+            }
+            Err(last.expect("a CA has at least one address"))
         }
     }
 }

@@ -101,6 +101,24 @@ impl Mesh {
     }
 
     /// Starts the CA again on the same address and data directory.
+    /// A second replica of the same CA (same trust domain, roots, signing key and records
+    /// so far) on a copy of its data directory, listening on `listen`; the first CA keeps
+    /// serving on its address. Records made after the copy are not shared: it stands in for
+    /// replicas on one database only for what was issued before.
+    pub async fn start_replica(&mut self, listen: SocketAddr) -> RunningCa {
+        self.stop_ca().await;
+        let copy = self.dir.path().join("replica");
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&self.data_dir)
+            .arg(&copy)
+            .status()
+            .expect("cp runs");
+        assert!(status.success(), "copying the CA's data directory failed");
+        self.restart_ca().await;
+        start_ca(&copy, listen, self.clock.clone(), &|_| {}).await
+    }
+
     pub async fn restart_ca(&mut self) {
         self.ca = Some(start_ca(&self.data_dir, self.addr, self.clock.clone(), &|_| {}).await);
     }
