@@ -13,7 +13,9 @@ use crate::pem;
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::svid::{CertInfo, SvidError};
 
+mod federated;
 mod known_issuer;
+pub use federated::{Federated, verify_federated};
 pub use known_issuer::KnownIssuer;
 pub(crate) use known_issuer::{ECDSA_SHA256, signed_by};
 

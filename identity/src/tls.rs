@@ -19,7 +19,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::bundle::{TrustBundle, Usage};
+use crate::bundle::{Federated, TrustBundle, Usage, verify_federated};
 use crate::pattern::IdMatcher;
 use crate::svid::SvidError;
 
@@ -222,6 +222,7 @@ fn algorithms() -> WebPkiSupportedAlgorithms {
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
     bundle: Arc<TrustBundle>,
+    federated: Federated,
     allowed: IdMatcher,
     revoked: Revoked,
     algorithms: WebPkiSupportedAlgorithms,
@@ -232,6 +233,7 @@ impl SpiffeServerVerifier {
     pub fn new(bundle: Arc<TrustBundle>, allowed: IdMatcher) -> Self {
         Self {
             bundle,
+            federated: Federated::default(),
             allowed,
             revoked: Revoked::default(),
             algorithms: algorithms(),
@@ -241,6 +243,13 @@ impl SpiffeServerVerifier {
     /// Also refuses servers whose leaf serial is in `revoked`.
     pub fn revoking(mut self, revoked: Revoked) -> Self {
         self.revoked = revoked;
+        self
+    }
+
+    /// Also accepts servers of the federated trust domains (each against its own bundle),
+    /// where `allowed` names them.
+    pub fn federating(mut self, federated: Federated) -> Self {
+        self.federated = federated;
         self
     }
 }
@@ -264,10 +273,14 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         let mut chain = Vec::with_capacity(1 + intermediates.len());
         chain.push(end_entity.clone());
         chain.extend(intermediates.iter().cloned());
-        let verified = self
-            .bundle
-            .verify(&chain, unix_to_system(now), Usage::Server)
-            .map_err(svid_to_rustls)?;
+        let verified = verify_federated(
+            &self.bundle,
+            &self.federated,
+            &chain,
+            unix_to_system(now),
+            Usage::Server,
+        )
+        .map_err(svid_to_rustls)?;
         refuse_revoked(&self.revoked, &verified.serial)?;
         if !self.allowed.matches(&verified.spiffe_id) {
             return Err(Error::InvalidCertificate(CertificateError::Other(
@@ -317,6 +330,7 @@ pub struct UnexpectedIdentity {
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
     bundle: Arc<TrustBundle>,
+    federated: Federated,
     hints: Vec<DistinguishedName>,
     revoked: Revoked,
     algorithms: WebPkiSupportedAlgorithms,
@@ -328,6 +342,7 @@ impl SpiffeClientVerifier {
         let hints = root_hints(&bundle);
         Self {
             bundle,
+            federated: Federated::default(),
             hints,
             revoked: Revoked::default(),
             algorithms: algorithms(),
@@ -337,6 +352,16 @@ impl SpiffeClientVerifier {
     /// Also refuses clients whose leaf serial is in `revoked`.
     pub fn revoking(mut self, revoked: Revoked) -> Self {
         self.revoked = revoked;
+        self
+    }
+
+    /// Also accepts clients of the federated trust domains, each against its own bundle
+    /// (which identities may then connect is the caller's policy, as for its own domain).
+    pub fn federating(mut self, federated: Federated) -> Self {
+        for bundle in federated.values() {
+            self.hints.extend(root_hints(bundle));
+        }
+        self.federated = federated;
         self
     }
 }
@@ -365,10 +390,14 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         let mut chain = Vec::with_capacity(1 + intermediates.len());
         chain.push(end_entity.clone());
         chain.extend(intermediates.iter().cloned());
-        let verified = self
-            .bundle
-            .verify(&chain, unix_to_system(now), Usage::Client)
-            .map_err(svid_to_rustls)?;
+        let verified = verify_federated(
+            &self.bundle,
+            &self.federated,
+            &chain,
+            unix_to_system(now),
+            Usage::Client,
+        )
+        .map_err(svid_to_rustls)?;
         refuse_revoked(&self.revoked, &verified.serial)?;
         Ok(ClientCertVerified::assertion())
     }
