@@ -6,6 +6,7 @@
 //! on no other Trellis crate.
 
 pub mod bundle;
+pub mod check;
 pub mod cidr;
 pub mod clock;
 pub mod crl_reason;
