@@ -1,15 +1,17 @@
 //! `trellis check` against the real `trellis-ca`: healthy (exit 0), an intermediate inside
 //! the warning window (made real with the shortest intermediate the CA allows), an expired
 //! admin certificate, and a CA whose store cannot write (a full tmpfs; needs root). Every
-//! run is read both as JSON and as text.
+//! run is read both as JSON and as text. And `trellis-sidecar check` against a real
+//! sidecar, before and after its CA goes away.
 
 mod crash_support;
+mod mesh_support;
 
 use std::time::Duration;
 
 use crash_support::CaAccess;
 use serde_json::Value;
-use trellis_e2e::{Ca, Outcome, Tmpfs, run};
+use trellis_e2e::{Ca, Outcome, Tmpfs, command, run};
 use trellis_identity::WorkloadKey;
 use trellis_proto::admin::v1::IssueCertificateRequest;
 
@@ -228,4 +230,74 @@ fn a_store_that_cannot_write_fails_the_store_check() {
         "{store}"
     );
     assert_eq!(level(&report, "CA reachable"), "ok", "{report:#}");
+}
+
+fn sidecar_check(admin: std::net::SocketAddr, args: &[&str]) -> (Value, i32) {
+    let mut cmd = command("trellis-sidecar");
+    cmd.args(["check", "--admin", &admin.to_string(), "-o", "json"])
+        .args(args);
+    let out = run(cmd, TIMEOUT);
+    let report: Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"));
+    (report, out.code.expect("exit code"))
+}
+
+#[test]
+fn the_sidecar_check_passes_while_the_ca_serves_and_warns_once_its_streams_are_gone() {
+    let mut ca = Ca::start();
+    let web = mesh_support::sidecar(&ca, "web", &mesh_support::id("/ns/check/sa/web"), "", "");
+    // The streams count as connected once the CA sent its state.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (report, code) = loop {
+        let (report, code) = sidecar_check(web.admin, &["--fail-on-warning"]);
+        if code == 0 || std::time::Instant::now() > deadline {
+            break (report, code);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, 0, "{report:#}");
+    for name in ["certificate", "renewal", "trust bundle", "CA streams"] {
+        assert_eq!(level(&report, name), "ok", "{report:#}");
+    }
+    let text = {
+        let mut cmd = command("trellis-sidecar");
+        cmd.args(["check", "--admin", &web.admin.to_string()]);
+        run(cmd, TIMEOUT)
+    };
+    assert!(
+        text.stdout
+            .lines()
+            .any(|l| l.starts_with("ok   certificate")),
+        "{text:?}"
+    );
+
+    ca.stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (report, code) = loop {
+        let (report, code) = sidecar_check(web.admin, &["--fail-on-warning"]);
+        if code != 0 || std::time::Instant::now() > deadline {
+            break (report, code);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, 1, "warnings with --fail-on-warning: {report:#}");
+    let streams = verdicts(&report, "CA streams")[0];
+    assert_eq!(streams["level"], "warn", "{report:#}");
+    assert!(
+        streams["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("revocations")),
+        "{streams}"
+    );
+    // Without the flag, warnings exit 0.
+    assert_eq!(sidecar_check(web.admin, &[]).1, 0);
+
+    drop(web);
+    let (report, code) = sidecar_check(
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port"),
+        &[],
+    );
+    assert_eq!(code, 2, "{report:#}");
 }

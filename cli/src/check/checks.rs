@@ -385,7 +385,10 @@ pub fn renewal_verdicts(records: &[CertificateRecord], now: SystemTime) -> Vec<V
         return vec![Verdict::new(
             NAME,
             Level::Ok,
-            format!("{} sidecar identit(ies) renewing on time", newest.len()),
+            match newest.len() {
+                1 => "1 sidecar identity renewing on time".to_owned(),
+                n => format!("{n} sidecar identities renewing on time"),
+            },
         )];
     }
     let shown: Vec<&str> = overdue.iter().take(5).map(String::as_str).collect();
