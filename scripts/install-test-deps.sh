@@ -5,8 +5,9 @@
 # under target/ so nothing else on the machine changes), a second venv with clients
 # nobody here wrote: gRPC's C core (grpcio, as py-spiffe uses it) and the Prometheus text
 # parser (prometheus-client), and for the capture tests, which run pods as network
-# namespaces: ip (iproute2), iptables and setpriv (util-linux); and PostgreSQL, which the
-# tests start themselves.
+# namespaces: ip (iproute2), iptables and setpriv (util-linux); PostgreSQL, which the tests
+# start themselves; and promtool (Debian's prometheus package), which checks and unit-tests
+# the shipped alerting rules.
 # A fresh Debian-based machine may lack them; this is a no-op where they are present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+fi
+
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "installing: prometheus (for promtool)" >&2
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  # The package would start a Prometheus server where an init system runs; only promtool
+  # is wanted, so services are kept from starting while it installs (policy-rc.d exit
+  # 101: "action forbidden"), unless the machine already has a policy of its own.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod 755 /usr/sbin/policy-rc.d
+    trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends prometheus
 fi
 
 venv=target/k8s-tools

@@ -88,6 +88,20 @@ impl CrlCache {
     }
 }
 
+impl CrlCache {
+    /// The nextUpdate of the CRL served for the signing intermediate now (signing one if
+    /// the cached one is due): what a relying party holding it may use it until.
+    pub async fn active_next_update(&self, state: &CaState) -> Result<SystemTime, CaError> {
+        let id = state.signer().id.clone();
+        self.get(state, Some(&id)).await?;
+        let cache = self.0.lock().await;
+        cache
+            .get(&id)
+            .map(|crl| crl.signed_at + CRL_VALIDITY)
+            .ok_or_else(|| CaError::Internal(format!("the CRL of {id} vanished from the cache")))
+    }
+}
+
 /// The number for intermediate `id`'s next CRL, on disk before it is used: the signing
 /// time in seconds, or one more than the last number if that is not above it (two CRLs
 /// within one second, or a clock set back), so numbers increase strictly per issuer

@@ -19,7 +19,6 @@ use trellis_identity::{CertInfo, pem};
 use trellis_proto::listen::{ConnBudget, Http1Settings, serve_http1};
 
 use crate::connections::Listeners;
-use crate::crl::CrlCache;
 use crate::error::CaError;
 use crate::state::{CaState, stopped, unix};
 
@@ -27,7 +26,6 @@ use crate::state::{CaState, stopped, unix};
 struct Http {
     state: Arc<CaState>,
     listeners: Listeners,
-    crls: Arc<CrlCache>,
 }
 
 /// Serves until `stop` is set, within the `http` budget of `listeners` and its header
@@ -48,11 +46,7 @@ pub async fn serve(
         .route("/crl.pem", get(active_pem))
         .route("/crl/{id}", get(by_id))
         .route("/metrics", get(metrics))
-        .with_state(Http {
-            state,
-            listeners,
-            crls: Arc::new(CrlCache::default()),
-        });
+        .with_state(Http { state, listeners });
     let shutdown = async move { stopped(&mut stop).await };
     serve_http1(listener, budget, settings, app, shutdown).await;
 }
@@ -74,11 +68,11 @@ fn crl_response(result: Result<Vec<u8>, CaError>, as_pem: bool) -> Response {
 }
 
 async fn active_der(State(http): State<Http>) -> Response {
-    crl_response(http.crls.get(&http.state, None).await, false)
+    crl_response(http.state.crls.get(&http.state, None).await, false)
 }
 
 async fn active_pem(State(http): State<Http>) -> Response {
-    crl_response(http.crls.get(&http.state, None).await, true)
+    crl_response(http.state.crls.get(&http.state, None).await, true)
 }
 
 async fn by_id(State(http): State<Http>, Path(id): Path<String>) -> Response {
@@ -86,7 +80,7 @@ async fn by_id(State(http): State<Http>, Path(id): Path<String>) -> Response {
         Some(bare) => (bare.to_owned(), true),
         None => (id, false),
     };
-    crl_response(http.crls.get(&http.state, Some(&id)).await, as_pem)
+    crl_response(http.state.crls.get(&http.state, Some(&id)).await, as_pem)
 }
 
 async fn metrics(State(http): State<Http>) -> Response {
@@ -143,6 +137,7 @@ async fn metrics(State(http): State<Http>) -> Response {
             );
         }
     }
+    expiry_timestamps(state, &mut out);
     crate::limits::metrics::render(&state.limits, &mut out);
     let l = &http.listeners;
     ConnBudget::render(
@@ -160,4 +155,44 @@ async fn metrics(State(http): State<Http>) -> Response {
         );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// When each CA certificate expires, as Unix seconds (the Prometheus convention for
+/// points in time: alerts compare them with `time()`). Roots carry their state, so an
+/// alert can ignore retired ones.
+fn expiry_timestamps(state: &CaState, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP trellis_ca_root_expiry_timestamp_seconds NotAfter of each root, in Unix seconds.\n# TYPE trellis_ca_root_expiry_timestamp_seconds gauge"
+    );
+    for root in state.store.roots().unwrap_or_default() {
+        if let Ok(info) = CertInfo::parse(&root.cert_der) {
+            let _ = writeln!(
+                out,
+                "trellis_ca_root_expiry_timestamp_seconds{{root=\"{}\",state=\"{}\"}} {}",
+                root.id,
+                root.state.as_str(),
+                unix(info.not_after)
+            );
+        }
+    }
+    let signer = state.signer();
+    if let Ok(info) = CertInfo::parse(&signer.cert) {
+        let _ = writeln!(
+            out,
+            "# HELP trellis_ca_intermediate_expiry_timestamp_seconds NotAfter of the signing intermediate, in Unix seconds.\n# TYPE trellis_ca_intermediate_expiry_timestamp_seconds gauge\ntrellis_ca_intermediate_expiry_timestamp_seconds{{intermediate=\"{}\",root=\"{}\"}} {}",
+            signer.id,
+            signer.root_id,
+            unix(info.not_after)
+        );
+    }
+    let serving = state
+        .serving_not_after
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if serving > 0 {
+        let _ = writeln!(
+            out,
+            "# HELP trellis_ca_serving_certificate_expiry_timestamp_seconds NotAfter of the CA's own TLS serving certificate, in Unix seconds (renewed at half its life).\n# TYPE trellis_ca_serving_certificate_expiry_timestamp_seconds gauge\ntrellis_ca_serving_certificate_expiry_timestamp_seconds {serving}"
+        );
+    }
 }

@@ -188,6 +188,14 @@ async fn issue_serving_identity(state: &CaState) -> Result<Arc<ServerConfig>, Ca
         names: state.config.server_names.clone(),
     };
     let issued = state.certify(&csr, credential, None).await?;
+    if let Some(leaf) = issued.chain.first()
+        && let Ok(info) = trellis_identity::CertInfo::parse(leaf)
+    {
+        state.serving_not_after.store(
+            crate::state::unix(info.not_after),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
     let identity = Identity {
         chain: issued.chain,
         key: key.private_key_der(),

@@ -40,6 +40,10 @@ pub struct CaState {
     pub limits: Limits,
     /// How long issuances took, for `/metrics`.
     pub issuance_seconds: Histogram,
+    /// Signed CRLs, shared by the HTTP endpoint and the admin status.
+    pub crls: crate::crl::CrlCache,
+    /// NotAfter (Unix seconds) of the newest serving certificate, 0 before the first.
+    pub(crate) serving_not_after: std::sync::atomic::AtomicU64,
 }
 
 /// The signing intermediate, and the same certificate as a verification shortcut for the
@@ -95,6 +99,8 @@ impl CaState {
                 .map(|k| Arc::new(Attestor::new(k))),
             limits: Limits::new(config.limits.clone()),
             issuance_seconds: Histogram::default(),
+            crls: crate::crl::CrlCache::default(),
+            serving_not_after: std::sync::atomic::AtomicU64::new(0),
             config,
             store,
             clock,

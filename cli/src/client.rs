@@ -94,9 +94,9 @@ pub fn check_validity(info: &CertInfo, path: &Path, now: SystemTime) -> anyhow::
     Ok(())
 }
 
-/// Loads the admin chain and key; fails early and clearly if either is missing, unreadable,
-/// or the certificate has expired.
-pub fn load_admin_identity(cert: &Path, key: &Path) -> anyhow::Result<(Identity, CertInfo)> {
+/// Loads the admin chain and key, whatever the certificate's validity; fails early and
+/// clearly if either is missing or unreadable.
+fn read_admin_identity(cert: &Path, key: &Path) -> anyhow::Result<(Identity, CertInfo)> {
     let chain = pem::certs_from_pem(&read_file(cert, "admin certificate")?)
         .map_err(|e| usage(format!("admin certificate {}: {e}", cert.display())))?;
     let info = CertInfo::parse(&chain[0])
@@ -104,7 +104,6 @@ pub fn load_admin_identity(cert: &Path, key: &Path) -> anyhow::Result<(Identity,
     let key_pem = zeroize::Zeroizing::new(crate::files::read_secret(key, "admin key")?);
     let key_der = pem::private_key_from_pem(&key_pem)
         .map_err(|e| usage(format!("admin key {}: {e}", key.display())))?;
-    check_validity(&info, cert, SystemTime::now())?;
     Ok((
         Identity {
             chain,
@@ -117,6 +116,14 @@ pub fn load_admin_identity(cert: &Path, key: &Path) -> anyhow::Result<(Identity,
 impl Target {
     /// Loads and checks the settings' address, credentials and bundle.
     pub fn load(settings: &Settings) -> anyhow::Result<Self> {
+        let target = Self::load_unchecked(settings)?;
+        check_validity(&target.admin_info, &target.admin_cert, SystemTime::now())?;
+        Ok(target)
+    }
+
+    /// Like [`Target::load`], but an admin certificate out of its validity is loaded too
+    /// (`trellis check` reports it rather than stopping at it).
+    pub fn load_unchecked(settings: &Settings) -> anyhow::Result<Self> {
         let addr_text = required(settings.ca_addr.as_deref(), "CA address", "--ca-addr")?;
         let cert_path = required(
             settings.admin_cert.as_deref(),
@@ -126,7 +133,7 @@ impl Target {
         let key_path = required(settings.admin_key.as_deref(), "admin key", "--admin-key")?;
         let bundle_path = required(settings.bundle.as_deref(), "trust bundle", "--bundle")?;
         let addrs = resolve_addrs(addr_text)?;
-        let (identity, info) = load_admin_identity(cert_path, key_path)?;
+        let (identity, info) = read_admin_identity(cert_path, key_path)?;
         let trust_domain = match &settings.trust_domain {
             Some(td) => TrustDomain::new(td)
                 .map_err(|e| usage(format!("trust domain {td:?}: {e}")))?,
@@ -185,6 +192,38 @@ impl Target {
             }
         }
         Err(last.expect("a target has at least one address"))
+    }
+
+    /// The certificate the CA presents, from a TLS handshake of its own (verified like
+    /// every connection to the CA).
+    pub async fn serving_certificate(&self) -> anyhow::Result<CertInfo> {
+        let config = tls::client_config(
+            self.bundle.clone(),
+            IdMatcher::exact(self.ca_id()?),
+            Some(&self.identity),
+            Versions::Tls13,
+            &[trellis_proto::channel::ALPN_H2],
+        )?;
+        let connect = async {
+            // The first replica that accepts, as for every connection.
+            let tcp = tokio::net::TcpStream::connect(self.addrs.as_slice()).await?;
+            let name = rustls::pki_types::ServerName::try_from("trellis-ca")
+                .expect("static DNS name is valid");
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+        };
+        let stream = tokio::time::timeout(CALL_TIMEOUT, connect)
+            .await
+            .map_err(|_| anyhow::anyhow!("TLS handshake with {} timed out", self.addr_text))?
+            .map_err(|e| anyhow::anyhow!("TLS handshake with {}: {e}", self.addr_text))?;
+        let leaf = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .ok_or_else(|| anyhow::anyhow!("the CA presented no certificate"))?;
+        Ok(CertInfo::parse(leaf)?)
     }
 
     /// Connects to the admin API.

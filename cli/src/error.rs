@@ -26,8 +26,36 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(message.into()))
 }
 
-/// The exit code for an error: 2 if anything in its chain is a [`UsageError`], else 1.
+/// A command that ran and chose its exit code (`trellis check`); the message is a summary,
+/// the details are already on stdout.
+#[derive(Debug)]
+pub struct ExitWith {
+    pub code: u8,
+    pub message: String,
+}
+
+impl fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ExitWith {}
+
+/// Ends the command with `code` and a one-line summary.
+pub fn exit_with(code: u8, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(ExitWith {
+        code,
+        message: message.into(),
+    })
+}
+
+/// The exit code for an error: the one an [`ExitWith`] chose, 2 if anything in its chain
+/// is a [`UsageError`], else 1.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(exit) = e.downcast_ref::<ExitWith>() {
+        return exit.code;
+    }
     if e.chain().any(|cause| cause.is::<UsageError>()) {
         EXIT_USAGE
     } else {

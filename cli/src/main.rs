@@ -12,6 +12,7 @@ mod ca;
 mod ca_init;
 mod cert;
 mod cert_issue;
+mod check;
 mod client;
 mod completions;
 mod context;
@@ -84,6 +85,9 @@ enum Command {
     Completions(completions::CompletionsArgs),
     /// Run a CA and two services behind sidecars on this machine, and show the mesh at work.
     Up(up::UpArgs),
+    /// Check everything that can quietly break the mesh: CA health, the store, expiry of
+    /// roots, intermediate and certificates, rotation, convergence, renewals, clocks, CRL.
+    Check(check::CheckArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -100,6 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Federation(command) => federation::run(command, global).await,
         Command::Completions(args) => completions::run(args, Cli::command()),
         Command::Up(args) => up::run(args).await,
+        Command::Check(args) => check::run(args, global).await,
     }
 }
 

@@ -86,6 +86,11 @@ impl Style {
         }
     }
 
+    /// Whether this style colours (stdout is a terminal).
+    pub fn is_colour(self) -> bool {
+        self.colour
+    }
+
     /// `text` in `tone`, or unchanged without colour.
     pub fn paint(self, tone: Tone, text: &str) -> String {
         if !self.colour {

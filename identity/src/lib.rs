@@ -8,6 +8,7 @@
 pub mod audit_log;
 pub mod bundle;
 pub mod ca_files;
+pub mod check;
 pub mod cidr;
 pub mod clock;
 pub mod crl_reason;

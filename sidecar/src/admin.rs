@@ -5,7 +5,8 @@
 //! - `GET /ready`: 200 once a certificate is held and unexpired, 503 with the reason before
 //!   (and while shutting down);
 //! - `GET /metrics`: [`Metrics::render`], `text/plain; version=0.0.4`;
-//! - `GET /identity`: SPIFFE ID, serial, validity, seconds left, bundle roots, whether
+//! - `GET /identity`: SPIFFE ID, serial, validity, seconds left, when it renews, the last
+//!   renewal error, whether the CA's streams are connected, bundle roots and expiry, whether
 //!   capture is on and which app ports are reachable around the sidecar; 503 JSON before the
 //!   first certificate;
 //! - `GET /app-health/<container>/<kind>`: the app's kubelet probe, run over loopback
@@ -13,6 +14,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -23,13 +25,13 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use trellis_identity::bundle::{format_time, spki_sha256};
-use trellis_identity::hex;
+use trellis_identity::{CertInfo, hex};
 use trellis_proto::listen::{ConnBudget, Http1Settings, serve_http1};
 
 use crate::app_probes::AppProbes;
 use crate::capture::exposure::{Exposure, ExposureView};
 use crate::credentials::{Credentials, CredentialsRx};
-use crate::metrics::Metrics;
+use crate::metrics::{CaStream, Metrics};
 use crate::shutdown::Shutdown;
 
 /// The Prometheus text exposition format's content type.
@@ -245,14 +247,34 @@ struct IdentityView {
     not_before: String,
     not_after: String,
     seconds_left: u64,
+    /// NotAfter − NotBefore.
+    lifetime_seconds: u64,
+    /// When the sidecar renews this certificate (40–60 % into its life), and how far off
+    /// that is (negative: overdue).
+    renews_at: String,
+    seconds_until_renewal: i64,
+    /// Why the last attempt to get a certificate failed, while no newer one was obtained.
+    last_renewal_error: Option<String>,
+    /// Whether the CA's streams are connected: the trust bundle and the revocations.
+    ca_streams: CaStreamsView,
     bundle: BundleView,
     pod: ExposureView,
+}
+
+#[derive(Debug, Serialize)]
+struct CaStreamsView {
+    trust_bundle: bool,
+    revocations: bool,
 }
 
 #[derive(Debug, Serialize)]
 struct BundleView {
     trust_domain: String,
     version: u64,
+    /// NotAfter of the longest-lived root: after it, the bundle trusts nothing.
+    not_after: String,
+    /// Until then (negative once passed).
+    seconds_left: i64,
     roots: Vec<RootView>,
 }
 
@@ -260,31 +282,60 @@ struct BundleView {
 struct RootView {
     id: String,
     spki_sha256: String,
+    not_after: String,
 }
 
 impl IdentityView {
-    fn of(c: &Credentials, pod: ExposureView) -> Self {
+    fn of(c: &Credentials, metrics: &Metrics, pod: ExposureView) -> Self {
+        let mut last_root_expiry = None;
         let roots = c
             .bundle
             .roots()
             .iter()
             .zip(c.bundle.root_ids())
-            .map(|(root, id)| RootView {
-                id: id.clone(),
-                spki_sha256: spki_sha256(root)
-                    .map(|fp| hex::encode(&fp))
-                    .unwrap_or_default(),
+            .map(|(root, id)| {
+                let not_after = CertInfo::parse(root).ok().map(|info| info.not_after);
+                last_root_expiry = last_root_expiry.max(not_after);
+                RootView {
+                    id: id.clone(),
+                    spki_sha256: spki_sha256(root)
+                        .map(|fp| hex::encode(&fp))
+                        .unwrap_or_default(),
+                    not_after: not_after.map(format_time).unwrap_or_default(),
+                }
             })
             .collect();
+        let connected = |s: CaStream| metrics.ca_streams[s as usize].load(Relaxed) == 1;
+        let now = std::time::SystemTime::now();
+        let signed = |t: std::time::SystemTime| match t.duration_since(now) {
+            Ok(ahead) => i64::try_from(ahead.as_secs()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+        };
+        let renews_at = crate::agent::renew_at(c);
         Self {
             spiffe_id: c.svid.spiffe_id.to_string(),
             serial: c.svid.serial.clone(),
             not_before: format_time(c.not_before),
             not_after: format_time(c.svid.not_after),
             seconds_left: c.time_left().as_secs(),
+            lifetime_seconds: c
+                .svid
+                .not_after
+                .duration_since(c.not_before)
+                .unwrap_or_default()
+                .as_secs(),
+            renews_at: format_time(renews_at),
+            seconds_until_renewal: signed(renews_at),
+            last_renewal_error: metrics.last_failure(),
+            ca_streams: CaStreamsView {
+                trust_bundle: connected(CaStream::TrustBundle),
+                revocations: connected(CaStream::Revocations),
+            },
             bundle: BundleView {
                 trust_domain: c.bundle.trust_domain().to_string(),
                 version: c.bundle.version(),
+                not_after: last_root_expiry.map(format_time).unwrap_or_default(),
+                seconds_left: last_root_expiry.map(signed).unwrap_or_default(),
                 roots,
             },
             pod,
@@ -295,7 +346,12 @@ impl IdentityView {
 async fn identity(State(state): State<AdminState>) -> Response {
     let creds = state.creds.borrow().clone();
     match creds {
-        Some(c) => Json(IdentityView::of(&c, state.pod.exposure.view())).into_response(),
+        Some(c) => Json(IdentityView::of(
+            &c,
+            &state.metrics,
+            state.pod.exposure.view(),
+        ))
+        .into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "error": "no certificate yet" })),

@@ -43,7 +43,7 @@ use trellis_proto::ca::v1::{
 use crate::config::{CaConfig, Config};
 use crate::credentials::Credentials;
 use crate::join_token::BootstrapCredential;
-use crate::metrics::Metrics;
+use crate::metrics::{CaStream, Metrics};
 use crate::proxy::Registry;
 use crate::retry_hint::{self, retry_hint};
 use crate::{svid_files, trust};
@@ -149,6 +149,7 @@ impl Agent {
         self.note_bundle(&bundle);
         let (bundle_tx, mut bundles) = watch::channel(Arc::new(bundle));
         let watcher = tokio::spawn(watch_bundle(
+            self.metrics.clone(),
             self.ca.clone(),
             self.trust_domain.clone(),
             self.clock.clone(),
@@ -158,6 +159,7 @@ impl Agent {
         ));
         let (revoked_tx, mut revoked) = watch::channel(Revoked::default());
         let revocation_watcher = tokio::spawn(watch_revocations(
+            self.metrics.clone(),
             self.ca.clone(),
             self.clock.clone(),
             bundles.clone(),
@@ -433,6 +435,7 @@ impl Agent {
     fn publish(&self, creds: Credentials, key: &WorkloadKey) {
         let m = &self.metrics;
         m.renewal(true);
+        m.clear_failure();
         m.cert_not_after.store(unix(creds.svid.not_after), Relaxed);
         m.last_renewal.store(unix(SystemTime::now()), Relaxed);
         self.note_bundle(&creds.bundle);
@@ -488,6 +491,16 @@ impl Agent {
 
     fn note_bundle(&self, bundle: &TrustBundle) {
         self.metrics.bundle_version.store(bundle.version(), Relaxed);
+        let last_root_expiry = bundle
+            .roots()
+            .iter()
+            .filter_map(|root| trellis_identity::CertInfo::parse(root).ok())
+            .map(|info| unix(info.not_after))
+            .max()
+            .unwrap_or(0);
+        self.metrics
+            .bundle_not_after
+            .store(last_root_expiry, Relaxed);
         self.metrics
             .bundle_roots
             .store(bundle.roots().len() as u64, Relaxed);
@@ -669,7 +682,7 @@ fn bundle_from_proto(
 /// never misses anything.
 #[allow(clippy::too_many_arguments)]
 async fn follow<M, F>(
-    what: &'static str,
+    (what, metrics): (CaStream, Arc<Metrics>),
     ca: CaConfig,
     clock: Arc<dyn Clock>,
     bundles: watch::Receiver<Arc<TrustBundle>>,
@@ -696,6 +709,7 @@ async fn follow<M, F>(
                     Ok(Some(message)) => {
                         failures = 0;
                         apply(message)?;
+                        what.set(&metrics, true);
                     }
                     Ok(None) => return Err("stream ended".to_owned()),
                     Err(status) => return Err(status.message().to_owned()),
@@ -706,6 +720,7 @@ async fn follow<M, F>(
             result = outcome => match result { Err(e) => e, Ok(()) => String::new() },
             _ = stopped(&mut stop) => return,
         };
+        what.set(&metrics, false);
         failures += 1;
         let delay = backoff(
             Pacing {
@@ -714,7 +729,7 @@ async fn follow<M, F>(
             },
             failures,
         );
-        tracing::debug!(stream = what, error = %error, retry_in = ?delay, "CA stream interrupted; reconnecting");
+        tracing::debug!(stream = what.as_str(), error = %error, retry_in = ?delay, "CA stream interrupted; reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stopped(&mut stop) => return,
@@ -724,6 +739,7 @@ async fn follow<M, F>(
 
 /// Follows `WatchTrustBundle` into `bundles`.
 async fn watch_bundle(
+    metrics: Arc<Metrics>,
     ca: CaConfig,
     td: trellis_identity::TrustDomain,
     clock: Arc<dyn Clock>,
@@ -733,7 +749,7 @@ async fn watch_bundle(
 ) {
     let current = bundles.subscribe();
     follow(
-        "trust bundle",
+        (CaStream::TrustBundle, metrics),
         ca,
         clock,
         current,
@@ -753,6 +769,7 @@ async fn watch_bundle(
 
 /// Follows `WatchRevocations` into `revoked`.
 async fn watch_revocations(
+    metrics: Arc<Metrics>,
     ca: CaConfig,
     clock: Arc<dyn Clock>,
     bundles: watch::Receiver<Arc<TrustBundle>>,
@@ -761,7 +778,7 @@ async fn watch_revocations(
     stop: watch::Receiver<bool>,
 ) {
     follow(
-        "revocations",
+        (CaStream::Revocations, metrics),
         ca,
         clock,
         bundles,

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod agent;
 pub mod app_probes;
 pub mod capture;
+pub mod check;
 pub mod config;
 pub mod credentials;
 pub mod fd_budget;

@@ -91,10 +91,19 @@ fn probe_ready() -> ExitCode {
     }
 }
 
+/// `trellis-sidecar check`: this pod's verdicts, as `trellis check` gives them for the mesh.
+fn check() -> ExitCode {
+    use trellis_sidecar::check::{self, CheckFlags};
+    let (text, code) = check::run(&CheckFlags::parse_from(std::env::args().skip(1)));
+    println!("{}", text.trim_end());
+    ExitCode::from(code)
+}
+
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         Some("init-network") => return init_network(),
         Some("probe-ready") => return probe_ready(),
+        Some("check") => return check(),
         _ => {}
     }
     let flags = Flags::parse();

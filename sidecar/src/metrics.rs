@@ -37,6 +37,27 @@ pub struct DirectionCounters {
     pub bytes_sent: AtomicU64,
 }
 
+/// The CA's state streams a sidecar follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaStream {
+    TrustBundle = 0,
+    Revocations = 1,
+}
+
+impl CaStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TrustBundle => "trust_bundle",
+            Self::Revocations => "revocations",
+        }
+    }
+
+    /// Records whether the stream is connected now.
+    pub fn set(self, metrics: &Metrics, connected: bool) {
+        metrics.ca_streams[self as usize].store(u64::from(connected), Relaxed);
+    }
+}
+
 /// Every metric the sidecar exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -57,6 +78,11 @@ pub struct Metrics {
     pub last_renewal: AtomicU64,
     pub bundle_version: AtomicU64,
     pub bundle_roots: AtomicU64,
+    /// Unix seconds: NotAfter of the bundle's longest-lived root (when the bundle would
+    /// trust nothing), 0 before the first bundle.
+    pub bundle_not_after: AtomicU64,
+    /// 1 while the CA's stream is connected and has sent its state, by [`CaStream`].
+    pub ca_streams: [AtomicU64; 2],
     /// Live connections closed because the peer's certificate was revoked.
     pub revoked_closed: AtomicU64,
     /// Retry hints from the CA (RESOURCE_EXHAUSTED) waited out in full before retrying.
@@ -132,6 +158,11 @@ impl Metrics {
     /// Remembers why getting a certificate failed, for `/ready`.
     pub fn note_failure(&self, why: String) {
         *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Forgets the last failure once a certificate was obtained.
+    pub fn clear_failure(&self) {
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Why the last attempt to get a certificate failed, if one did.
@@ -344,6 +375,25 @@ impl Metrics {
             "Roots in the trust bundle held.",
             [(String::new(), as_i64(self.bundle_roots.load(Relaxed)))],
         );
+        family(
+            &mut out,
+            "trellis_sidecar_trust_bundle_expiry_timestamp_seconds",
+            "gauge",
+            "NotAfter of the longest-lived root in the trust bundle held (0 before the first bundle): after it, the bundle trusts nothing.",
+            [(String::new(), as_i64(self.bundle_not_after.load(Relaxed)))],
+        );
+        family(
+            &mut out,
+            "trellis_sidecar_ca_stream_connected",
+            "gauge",
+            "1 while the CA's stream is connected (its state received), 0 while reconnecting.",
+            [CaStream::TrustBundle, CaStream::Revocations].map(|s| {
+                (
+                    format!("{{stream=\"{}\"}}", s.as_str()),
+                    as_i64(self.ca_streams[s as usize].load(Relaxed)),
+                )
+            }),
+        );
         let name = "trellis_sidecar_handshake_duration_seconds";
         histogram::header(
             &mut out,
@@ -403,6 +453,11 @@ mod tests {
             "trellis_sidecar_tls_sessions_total{direction=\"outbound\",group=\"X25519MLKEM768\"} 1"
         ));
         assert!(text.contains("trellis_sidecar_last_renewal_age_seconds -1"));
+        CaStream::Revocations.set(&m, true);
+        let text = m.render();
+        assert!(text.contains("trellis_sidecar_ca_stream_connected{stream=\"revocations\"} 1"));
+        assert!(text.contains("trellis_sidecar_ca_stream_connected{stream=\"trust_bundle\"} 0"));
+        assert!(text.contains("trellis_sidecar_trust_bundle_expiry_timestamp_seconds 0"));
         // Every sample line belongs to a declared family (a histogram's by its base name).
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap_or_default();

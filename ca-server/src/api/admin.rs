@@ -291,6 +291,7 @@ impl Admin for AdminService {
             .into_iter()
             .map(convert::root)
             .collect();
+        let crl = state.crls.active_next_update(state).await;
         let signer = state.signer();
         let inter = trellis_identity::CertInfo::parse(&signer.cert)
             .map_err(|e| CaError::Internal(e.to_string()))?;
@@ -308,6 +309,14 @@ impl Admin for AdminService {
             issued_total: state.store.certificate_count().unwrap_or_default() as u64,
             live_total: census.live_total,
             version: env!("CARGO_PKG_VERSION").into(),
+            current_time: convert::timestamp(state.now()),
+            store_failure: state
+                .store
+                .failure()
+                .map(|f| f.to_string())
+                .unwrap_or_default(),
+            crl_next_update: crl.as_ref().ok().and_then(|t| convert::timestamp(*t)),
+            crl_error: crl.err().map(|e| e.to_string()).unwrap_or_default(),
         }))
     }
 
