@@ -12,6 +12,7 @@ use trellis_identity::{TrustDomain, duration};
 use crate::attest::jwks::{HttpsUrl, KeySource};
 pub use crate::attest::kubernetes::KubernetesConfig;
 use crate::connections::{ConnectionsConfig, ConnectionsFile};
+use crate::jwt_svid::{JwtSvidConfig, JwtSvidFile};
 use crate::limits::{LimitsConfig, LimitsFile};
 
 /// The shortest certificate lifetime the CA will issue (clients renew at half-life).
@@ -103,6 +104,8 @@ pub struct FileConfig {
     pub limits: Option<LimitsFile>,
     /// Connection bounds per listener (`crate::connections`).
     pub connections: Option<ConnectionsFile>,
+    /// JWT-SVID lifetimes (`crate::jwt_svid`).
+    pub jwt_svid: Option<JwtSvidFile>,
 }
 
 /// The `[kubernetes]` table.
@@ -213,6 +216,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Connection bounds and timeouts per listener.
     pub connections: ConnectionsConfig,
+    /// JWT-SVID lifetimes.
+    pub jwt_svid: JwtSvidConfig,
 }
 
 /// A configuration problem, as one line naming the setting.
@@ -362,6 +367,7 @@ impl Config {
             kubernetes: file.kubernetes.map(KubernetesFile::build).transpose()?,
             limits: file.limits.unwrap_or_default().build()?,
             connections: file.connections.unwrap_or_default().build()?,
+            jwt_svid: file.jwt_svid.unwrap_or_default().build()?,
         })
     }
 }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod first_request;
 pub mod http;
 pub mod issuance;
+pub mod jwt_svid;
 pub mod limits;
 pub mod peer;
 pub mod revocation;

@@ -52,6 +52,7 @@ pub(super) struct Trees {
     pub revocations: sled::Tree,
     pub audit: sled::Tree,
     pub meta: sled::Tree,
+    pub jwt_keys: sled::Tree,
 }
 
 impl Trees {
@@ -80,6 +81,7 @@ impl Trees {
             revocations: tree("revocations")?,
             audit: tree("audit")?,
             meta: tree("meta")?,
+            jwt_keys: tree("jwt_keys")?,
             db,
         })
     }

@@ -24,6 +24,7 @@
 
 mod commit;
 mod failure;
+mod jwt_keys;
 mod live;
 pub mod records;
 #[cfg(test)]
@@ -37,6 +38,7 @@ use serde::de::DeserializeOwned;
 
 pub use commit::{Committer, Flushable};
 pub use failure::{Cause, Failure};
+pub use jwt_keys::JwtKeyRecord;
 pub use live::Mark;
 pub use records::{
     AuditRecord, CertRecord, IntermediateRecord, RevocationRecord, RootRecord, RootState,
