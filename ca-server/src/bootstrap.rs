@@ -98,6 +98,7 @@ pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<CaState>,
     if fresh {
         initialise(&config, &store, &dir, clock.now())?;
     }
+    crate::jwt_svid::ensure_active_key(&store, &dir, unix(clock.now()), !fresh)?;
     let state = Arc::new(load(config, store, clock, &dir)?);
     files::write_atomic(&dir.bundle_pem(), state.bundle().to_pem().as_bytes(), 0o644)
         .map_err(io("bundle.pem".into()))?;
@@ -333,7 +334,7 @@ fn load(
         .map_err(|e| CaError::Internal(format!("intermediate key {}: {e}", key_path.display())))?;
     let mut signer = SigningCa::new(CertificateDer::from(inter.cert_der), key)?;
     signer.root_id = inter.root_id;
-    let active_jwt = crate::jwt_svid::ensure_active_key(&store, dir, unix(clock.now()))?;
+    let active_jwt = crate::jwt_svid::ensure_active_key(&store, dir, unix(clock.now()), true)?;
     let jwt_signer = crate::jwt_svid::load_signer(dir, &active_jwt)?;
     let bundle = bundle_from_store(&config.trust_domain, &store)?;
     Ok(CaState::new(

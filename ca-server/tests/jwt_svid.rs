@@ -259,6 +259,11 @@ async fn rotation_refuses_an_unacknowledged_key_and_retiring_a_key_whose_tokens_
 async fn a_data_directory_from_before_jwt_svids_gets_a_key_at_start() {
     let mut ca = TestCa::start().await;
     let kid = ca.bundle().jwt_keys()[0].key_id.clone();
+    assert_eq!(
+        ca.bundle().version(),
+        1,
+        "a new CA's key is in its first bundle"
+    );
     ca.restart().await;
     assert_eq!(
         ca.bundle().jwt_keys()[0].key_id,
@@ -287,4 +292,9 @@ async fn a_data_directory_from_before_jwt_svids_gets_a_key_at_start() {
     let keys = ca.bundle().jwt_keys().to_vec();
     assert_eq!(keys.len(), 1);
     assert_ne!(keys[0].key_id, kid, "a new key");
+    assert_eq!(
+        ca.bundle().version(),
+        2,
+        "a new bundle version, so sidecars holding version 1 take the key in"
+    );
 }

@@ -419,7 +419,7 @@ async fn a_jwt_key_rotation_under_steady_validations_fails_none() {
             }
         }
     };
-    progress(5).await;
+    progress(20).await;
 
     let new_kid = admin
         .add_jwt_key(AddJwtKeyRequest {})
@@ -453,7 +453,7 @@ async fn a_jwt_key_rotation_under_steady_validations_fails_none() {
         }
     }
     let before = ok.load(Ordering::Relaxed);
-    progress(before + 5).await;
+    progress(before + 20).await;
 
     // The old key signed tokens that live up to the maximum lifetime: retiring it now is
     // refused; once the clock is past that, it goes.
@@ -489,7 +489,7 @@ async fn a_jwt_key_rotation_under_steady_validations_fails_none() {
         .await;
     }
     let before = ok.load(Ordering::Relaxed);
-    progress(before + 5).await;
+    progress(before + 20).await;
     stop.store(true, Ordering::Relaxed);
     tokio::time::timeout(WITHIN, traffic)
         .await

@@ -170,18 +170,30 @@ pub fn generate_key(dir: &DataDir, now: u64, bundle_version: u64) -> Result<JwtK
     })
 }
 
-/// At start-up: the active JWT key, created (active at once, in the current bundle
-/// version) if the data directory has none yet: a new CA, or one from before JWT-SVIDs.
-/// Nothing has been published then, so no workload can be missing the key.
-pub fn ensure_active_key(store: &Store, dir: &DataDir, now: u64) -> Result<JwtKeyRecord, CaError> {
+/// At start-up: the active JWT key, created (active at once) if the data directory has
+/// none yet. For a new CA the key joins the first bundle version; for a data directory from
+/// before JWT-SVIDs (`published`: sidecars may already hold its bundle) the bundle version
+/// moves on, so that every sidecar takes the key in. Nothing can have been signed with a
+/// key that did not exist, so no workload can refuse a token for lacking it, except for
+/// the moment until its bundle stream delivers it.
+pub fn ensure_active_key(
+    store: &Store,
+    dir: &DataDir,
+    now: u64,
+    published: bool,
+) -> Result<JwtKeyRecord, CaError> {
     let keys = store.jwt_keys().map_err(store_err)?;
     if let Some(active) = keys.iter().find(|k| k.state == RootState::Active) {
         return Ok(active.clone());
     }
-    let version = store.bundle_version().map_err(store_err)?;
+    let mut version = store.bundle_version().map_err(store_err)?;
+    if published {
+        version += 1;
+    }
     let mut record = generate_key(dir, now, version)?;
     record.state = RootState::Active;
     store.put_jwt_key(&record).map_err(store_err)?;
+    store.set_bundle_version(version).map_err(store_err)?;
     store
         .append_audit(&AuditRecord {
             time: now,
@@ -189,11 +201,11 @@ pub fn ensure_active_key(store: &Store, dir: &DataDir, now: u64) -> Result<JwtKe
             spiffe_id: String::new(),
             serial: record.kid.clone(),
             actor: "trellis-ca".into(),
-            detail: "first JWT-SVID signing key, active".into(),
+            detail: format!("JWT-SVID signing key, active, bundle version {version}"),
         })
         .map_err(store_err)?;
     store.flush_now().map_err(store_err)?;
-    tracing::info!(kid = %record.kid, "JWT-SVID signing key created");
+    tracing::info!(kid = %record.kid, version, "JWT-SVID signing key created");
     Ok(record)
 }
 

@@ -36,7 +36,14 @@ impl Store {
             .values()
             .map(|v| decode("jwt_keys", &v.map_err(self.err(&t))?))
             .collect::<Result<Vec<JwtKeyRecord>, StoreError>>()?;
-        keys.sort_by(|a, b| (a.created_at, &a.kid).cmp(&(b.created_at, &b.kid)));
+        // Each added key enters a new bundle version, so this is the order of addition.
+        keys.sort_by(|a, b| {
+            (a.added_in_bundle_version, a.created_at, &a.kid).cmp(&(
+                b.added_in_bundle_version,
+                b.created_at,
+                &b.kid,
+            ))
+        });
         Ok(keys)
     }
 
