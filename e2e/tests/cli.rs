@@ -576,3 +576,43 @@ fn completions_are_printed_for_each_shell() {
     let line = user.trellis(&["completions", "tcsh"]);
     assert_eq!(line.code, Some(2), "{}", line.stderr);
 }
+
+#[test]
+fn jwt_key_rotation_from_the_cli_refuses_retiring_a_key_whose_tokens_may_live() {
+    let ca = Ca::start();
+    let user = User::logged_in(&ca);
+    let list = user
+        .trellis(&["jwt-key", "list", "-o", "json"])
+        .success()
+        .json();
+    let keys = list["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 1, "{list}");
+    assert_eq!(keys[0]["state"], "active");
+    assert_eq!(keys[0]["public_jwk"]["crv"], "P-256");
+    let old = keys[0]["key_id"].as_str().expect("kid").to_owned();
+
+    let added = user
+        .trellis(&["jwt-key", "add", "-o", "json"])
+        .success()
+        .json();
+    assert_eq!(added["action"], "added");
+    assert_eq!(added["key"]["state"], "pending");
+    let new = added["key"]["key_id"].as_str().expect("kid").to_owned();
+    let human = user.trellis(&["jwt-key", "list"]).success().stdout;
+    assert!(human.contains(&new) && human.contains("pending"), "{human}");
+
+    let activated = user
+        .trellis(&["jwt-key", "activate", &new, "-o", "json"])
+        .success()
+        .json();
+    assert_eq!(activated["key"]["state"], "active");
+
+    let refused = user.trellis(&["jwt-key", "retire", &old]).failure(1);
+    assert!(refused.contains("may be valid until"), "{refused}");
+    let retired = user
+        .trellis(&["jwt-key", "retire", &old, "--force", "-o", "json"])
+        .success()
+        .json();
+    assert_eq!(retired["key"]["state"], "retired");
+    assert_eq!(retired["forced"], true);
+}

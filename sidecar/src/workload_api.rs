@@ -27,10 +27,10 @@
 //!   bundle change, each the complete set (spec 4.3): SPIFFE ID, the DER chain leaf first,
 //!   the PKCS#8 DER key and the DER roots of the trust domain.
 //! - `FetchX509Bundles` (spec 5.2.2): `{ "spiffe://<td>": DER roots }`, again on every change.
-//! - `FetchJWTSVID` (spec 6.2.1): a token for the requested audience (required), signed by
+//! - `FetchJWTSVID` (the spec's JWT-SVID profile): a token for the requested audience (required), signed by
 //!   the CA for the sidecar's identity and cached per audience set until its half-life
-//!   (`jwt.rs`). `FetchJWTBundles` (6.2.2): `{ "spiffe://<td>": JWK Set JSON }`, again on
-//!   every bundle change. `ValidateJWTSVID` (6.2.3): ES256 with a bundle key named by `kid`,
+//!   (`jwt.rs`). `FetchJWTBundles`: `{ "spiffe://<td>": JWK Set JSON }`, again on every
+//!   bundle change. `ValidateJWTSVID`: ES256 with a bundle key named by `kid`,
 //!   unexpired, for the audience; the SPIFFE ID and every claim. Served only when the
 //!   socket is given a [`JwtSvids`]; otherwise the three calls answer `UNIMPLEMENTED` (the
 //!   spec lets an operator disable a profile, section 1).
@@ -614,7 +614,7 @@ fn x509_svid_response(creds: &Credentials) -> Result<X509svidResponse, Status> {
     })
 }
 
-/// The JWT bundle map (spec 6.2.2): the trust domain's JWT keys as a JWK Set.
+/// The JWT bundle map: the trust domain's JWT keys as a JWK Set.
 fn jwt_bundles_response(creds: &Credentials) -> Result<JwtBundlesResponse, Status> {
     Ok(JwtBundlesResponse {
         bundles: [(

@@ -1,4 +1,4 @@
-//! The JWT-SVID profile of the Workload API (SPIFFE Workload API, section 6):
+//! The JWT-SVID profile of the SPIFFE Workload API:
 //! `FetchJWTSVID` asks the CA to sign a token for the sidecar's identity over mTLS with the
 //! current certificate (the CA takes `sub` from it) and caches it per audience set until
 //! its half-life; `FetchJWTBundles` and `ValidateJWTSVID` work from the JWT keys of the
