@@ -13,6 +13,7 @@ const SECRET_MESSAGES: &[&str] = &[
     ".trellis.ca.v1.CertifyRequest",
     ".trellis.ca.v1.CertifyRequest.credential",
     ".trellis.admin.v1.CreateJoinTokenResponse",
+    ".trellis.ca.v1.MintJwtSvidResponse",
     // SPIFFE Workload API: an X.509-SVID's private key, a JWT-SVID bearer token.
     ".X509SVID",
     ".JWTSVID",

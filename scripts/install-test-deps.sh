@@ -4,7 +4,8 @@
 # (validates the rendered manifests against the Kubernetes schemas; from PyPI, into a venv
 # under target/ so nothing else on the machine changes), a second venv with clients
 # nobody here wrote: gRPC's C core (grpcio, as py-spiffe uses it) and the Prometheus text
-# parser (prometheus-client), and for the capture tests, which run pods as network
+# parser (prometheus-client), PyJWT and cryptography (an independent JOSE implementation
+# that validates JWT-SVIDs), and for the capture tests, which run pods as network
 # namespaces: ip (iproute2), iptables and setpriv (util-linux); PostgreSQL, which the tests
 # start themselves; and promtool (Debian's prometheus package), which checks and unit-tests
 # the shipped alerting rules.
@@ -61,7 +62,7 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
 fi
 
 pyvenv=target/py-tools
-pins="grpcio==1.85.1 grpcio-tools==1.85.1 prometheus-client==0.26.0"
+pins="grpcio==1.85.1 grpcio-tools==1.85.1 prometheus-client==0.26.0 PyJWT==2.15.1 cryptography==50.0.2"
 if [ "$(cat "$pyvenv/pins" 2>/dev/null)" != "$pins" ]; then
   echo "installing $pins into $pyvenv" >&2
   rm -rf "$pyvenv"

@@ -6,6 +6,7 @@
 //! db/                        sled database
 //! keys/root-<id>.key.pem     0600, absent if the root was imported without its key
 //! keys/intermediate-<id>.key.pem
+//! keys/jwt-<kid>.key.pem     0600, JWT-SVID signing keys
 //! admin/admin.pem            admin client chain, for the `trellis` CLI
 //! admin/admin.key.pem        0600
 //! admin/bundle.pem           trust bundle to verify the CA with
@@ -97,6 +98,7 @@ pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<CaState>,
     if fresh {
         initialise(&config, &store, &dir, clock.now())?;
     }
+    crate::jwt_svid::ensure_active_key(&store, &dir, unix(clock.now()), !fresh)?;
     let state = Arc::new(load(config, store, clock, &dir)?);
     files::write_atomic(&dir.bundle_pem(), state.bundle().to_pem().as_bytes(), 0o644)
         .map_err(io("bundle.pem".into()))?;
@@ -345,17 +347,22 @@ fn load(
         .map_err(store_err)?
         .ok_or_else(|| CaError::Internal("no signing intermediate after initialisation".into()))?;
     let signer = load_intermediate(dir, &inter)?;
+    let active_jwt = crate::jwt_svid::ensure_active_key(&store, dir, unix(clock.now()), true)?;
+    let jwt_signer = crate::jwt_svid::load_signer(dir, &active_jwt)?;
     let bundle = bundle_from_store(&config.trust_domain, &store)?;
-    Ok(CaState::new(config, store, clock, signer, bundle))
+    Ok(CaState::new(
+        config, store, clock, signer, jwt_signer, bundle,
+    ))
 }
 
 /// The bundle as stored: every root not retired, in the order they were added (so that
-/// activating a root does not change the bundle).
+/// activating a root does not change the bundle), and every JWT-SVID key not retired.
 pub fn bundle_from_store(td: &TrustDomain, store: &Store) -> Result<TrustBundle, CaError> {
     let mut roots = store.roots().map_err(store_err)?;
     roots.retain(|r| r.state.in_bundle());
     roots.sort_by(|a, b| (a.added_at, &a.id).cmp(&(b.added_at, &b.id)));
     let version = store.bundle_version().map_err(store_err)?;
+    let jwt_keys = crate::jwt_svid::bundle_keys(store)?;
     TrustBundle::new(
         td.clone(),
         version,
@@ -364,6 +371,7 @@ pub fn bundle_from_store(td: &TrustDomain, store: &Store) -> Result<TrustBundle,
             .map(|r| CertificateDer::from(r.cert_der))
             .collect(),
     )
+    .map(|bundle| bundle.with_jwt_keys(jwt_keys))
     .map_err(|e| CaError::Internal(format!("stored trust bundle: {e}")))
 }
 

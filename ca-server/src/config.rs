@@ -13,6 +13,7 @@ use crate::attest::jwks::{HttpsUrl, KeySource};
 pub use crate::attest::kubernetes::KubernetesConfig;
 use crate::audit::{AuditConfig, AuditFile};
 use crate::connections::{ConnectionsConfig, ConnectionsFile};
+use crate::jwt_svid::{JwtSvidConfig, JwtSvidFile};
 use crate::limits::{LimitsConfig, LimitsFile};
 
 /// The shortest certificate lifetime the CA will issue (clients renew at half-life).
@@ -143,6 +144,8 @@ pub struct FileConfig {
     pub connections: Option<ConnectionsFile>,
     /// Audit-log checkpoints and retention (`crate::audit`).
     pub audit: Option<AuditFile>,
+    /// JWT-SVID lifetimes (`crate::jwt_svid`).
+    pub jwt_svid: Option<JwtSvidFile>,
 }
 
 /// The `[kubernetes]` table.
@@ -256,6 +259,8 @@ pub struct Config {
     /// Connection bounds and timeouts per listener.
     pub connections: ConnectionsConfig,
     pub audit: AuditConfig,
+    /// JWT-SVID lifetimes.
+    pub jwt_svid: JwtSvidConfig,
 }
 
 /// A configuration problem, as one line naming the setting.
@@ -417,6 +422,7 @@ impl Config {
             limits: file.limits.unwrap_or_default().build()?,
             connections: file.connections.unwrap_or_default().build()?,
             audit: file.audit.unwrap_or_default().build()?,
+            jwt_svid: file.jwt_svid.unwrap_or_default().build()?,
         })
     }
 }

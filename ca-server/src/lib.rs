@@ -22,6 +22,7 @@ mod grantable;
 pub mod http;
 mod https_get;
 pub mod issuance;
+pub mod jwt_svid;
 pub mod limits;
 pub mod peer;
 pub mod revocation;

@@ -90,7 +90,7 @@ impl CaState {
     }
 }
 
-fn describe(ids: &[String]) -> String {
+pub(crate) fn describe(ids: &[String]) -> String {
     let mut shown: Vec<&str> = ids.iter().take(NAMED).map(String::as_str).collect();
     shown.sort_unstable();
     let mut text = shown.join(", ");
@@ -410,7 +410,7 @@ impl CaState {
 
     /// Records a new bundle version, durably (with every write since `mark`), and
     /// publishes it.
-    async fn bump_bundle(
+    pub(crate) async fn bump_bundle(
         &self,
         mark: crate::store::Mark,
         version: u64,

@@ -14,6 +14,7 @@ use trellis_identity::svid::SvidError;
 
 use crate::attest::kubernetes::Attestor;
 use crate::config::Config;
+use crate::jwt_svid::JwtSigner;
 use crate::limits::Limits;
 use crate::peer::PeerChain;
 use crate::store::Store;
@@ -26,6 +27,8 @@ pub struct CaState {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     signer: RwLock<Signer>,
+    /// The active JWT-SVID signing key.
+    jwt_signer: RwLock<Arc<JwtSigner>>,
     /// Bumped whenever the signing intermediate changes (the serving certificate follows).
     signer_changes: watch::Sender<u64>,
     bundle: watch::Sender<Arc<TrustBundle>>,
@@ -90,6 +93,7 @@ impl CaState {
         store: Store,
         clock: Arc<dyn Clock>,
         signer: SigningCa,
+        jwt_signer: Arc<JwtSigner>,
         bundle: TrustBundle,
     ) -> Self {
         Self {
@@ -105,6 +109,7 @@ impl CaState {
             store,
             clock,
             signer: RwLock::new(Signer::new(signer, &bundle)),
+            jwt_signer: RwLock::new(jwt_signer),
             signer_changes: watch::Sender::new(0),
             bundle: watch::Sender::new(Arc::new(bundle)),
             revocations: watch::Sender::new(Arc::new(RevocationList::default())),
@@ -118,6 +123,19 @@ impl CaState {
         *self.signer.write().unwrap_or_else(|p| p.into_inner()) =
             Signer::new(signer, &self.bundle());
         self.signer_changes.send_modify(|n| *n += 1);
+    }
+
+    /// The active JWT-SVID signing key.
+    pub fn jwt_signer(&self) -> Arc<JwtSigner> {
+        self.jwt_signer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the JWT-SVID signing key (activation).
+    pub fn set_jwt_signer(&self, signer: Arc<JwtSigner>) {
+        *self.jwt_signer.write().unwrap_or_else(|p| p.into_inner()) = signer;
     }
 
     /// Follows changes of the signing intermediate.

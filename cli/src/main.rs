@@ -21,6 +21,7 @@ mod federation;
 mod files;
 mod inject;
 mod inspect;
+mod jwt_key;
 mod login;
 mod output;
 mod root;
@@ -71,6 +72,9 @@ enum Command {
     /// Rotate trust roots: list, add, activate and retire them.
     #[command(subcommand)]
     Root(root::RootCommand),
+    /// Rotate the JWT-SVID signing key: list, add, activate and retire keys.
+    #[command(subcommand)]
+    JwtKey(jwt_key::JwtKeyCommand),
     /// Show what a PEM certificate or chain contains, offline.
     Inspect(inspect::InspectArgs),
     /// Add the Trellis sidecar to Kubernetes manifests, or serve the injection webhook.
@@ -98,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(command) => token::run(command, global).await,
         Command::Cert(command) => cert::run(command, global).await,
         Command::Root(command) => root::run(command, global).await,
+        Command::JwtKey(command) => jwt_key::run(command, global).await,
         Command::Inspect(args) => inspect::run(args, global),
         Command::Inject(args) => inject::run(args, global).await,
         Command::Audit(command) => audit::run(command, global).await,

@@ -612,3 +612,43 @@ fn a_list_of_ca_replicas_skips_one_that_does_not_answer() {
     let line = run(none, CLI_TIMEOUT).failure(1);
     assert!(line.contains("cannot reach the CA"), "{line}");
 }
+
+#[test]
+fn jwt_key_rotation_from_the_cli_refuses_retiring_a_key_whose_tokens_may_live() {
+    let ca = Ca::start();
+    let user = User::logged_in(&ca);
+    let list = user
+        .trellis(&["jwt-key", "list", "-o", "json"])
+        .success()
+        .json();
+    let keys = list["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 1, "{list}");
+    assert_eq!(keys[0]["state"], "active");
+    assert_eq!(keys[0]["public_jwk"]["crv"], "P-256");
+    let old = keys[0]["key_id"].as_str().expect("kid").to_owned();
+
+    let added = user
+        .trellis(&["jwt-key", "add", "-o", "json"])
+        .success()
+        .json();
+    assert_eq!(added["action"], "added");
+    assert_eq!(added["key"]["state"], "pending");
+    let new = added["key"]["key_id"].as_str().expect("kid").to_owned();
+    let human = user.trellis(&["jwt-key", "list"]).success().stdout;
+    assert!(human.contains(&new) && human.contains("pending"), "{human}");
+
+    let activated = user
+        .trellis(&["jwt-key", "activate", &new, "-o", "json"])
+        .success()
+        .json();
+    assert_eq!(activated["key"]["state"], "active");
+
+    let refused = user.trellis(&["jwt-key", "retire", &old]).failure(1);
+    assert!(refused.contains("may be valid until"), "{refused}");
+    let retired = user
+        .trellis(&["jwt-key", "retire", &old, "--force", "-o", "json"])
+        .success()
+        .json();
+    assert_eq!(retired["key"]["state"], "retired");
+    assert_eq!(retired["forced"], true);
+}

@@ -60,6 +60,31 @@ pub struct TrustBundle {
     roots: Vec<CertificateDer<'static>>,
     anchors: Vec<TrustAnchor<'static>>,
     root_ids: Vec<String>,
+    jwt_keys: Vec<JwtKey>,
+}
+
+/// A public key that signs the trust domain's JWT-SVIDs (ES256), as the bundle carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtKey {
+    /// The `kid` of the tokens it signs.
+    pub key_id: String,
+    /// The uncompressed P-256 point: 0x04, X (32 bytes), Y (32 bytes).
+    pub public_key: Vec<u8>,
+}
+
+impl JwtKey {
+    /// Length of an uncompressed P-256 point.
+    pub const POINT_LEN: usize = 65;
+
+    /// The X and Y coordinates, if the key is a well-formed uncompressed P-256 point.
+    pub fn coordinates(&self) -> Option<(&[u8], &[u8])> {
+        match self.public_key.as_slice() {
+            [0x04, rest @ ..] if self.public_key.len() == Self::POINT_LEN => {
+                Some(rest.split_at(32))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl TrustBundle {
@@ -93,7 +118,19 @@ impl TrustBundle {
             roots,
             anchors,
             root_ids,
+            jwt_keys: Vec::new(),
         })
+    }
+
+    /// The same bundle with these JWT-SVID signing keys.
+    pub fn with_jwt_keys(mut self, keys: Vec<JwtKey>) -> Self {
+        self.jwt_keys = keys;
+        self
+    }
+
+    /// The JWT-SVID signing keys.
+    pub fn jwt_keys(&self) -> &[JwtKey] {
+        &self.jwt_keys
     }
 
     /// Reads a bundle from PEM `CERTIFICATE` blocks.
@@ -222,6 +259,10 @@ impl fmt::Debug for TrustBundle {
             .field("trust_domain", &self.trust_domain)
             .field("version", &self.version)
             .field("root_ids", &self.root_ids)
+            .field(
+                "jwt_key_ids",
+                &self.jwt_keys.iter().map(|k| &k.key_id).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

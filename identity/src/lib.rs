@@ -16,6 +16,8 @@ pub mod duration;
 pub mod files;
 pub mod hex;
 pub mod histogram;
+pub mod jwk;
+pub mod jwt_svid;
 pub mod key;
 pub mod pattern;
 pub mod pem;

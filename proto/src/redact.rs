@@ -4,8 +4,8 @@
 use std::fmt;
 
 use crate::admin::v1::CreateJoinTokenResponse;
-use crate::ca::v1::CertifyRequest;
 use crate::ca::v1::certify_request::Credential;
+use crate::ca::v1::{CertifyRequest, MintJwtSvidResponse};
 
 const REDACTED: &str = "[redacted]";
 
@@ -42,6 +42,17 @@ impl fmt::Debug for CreateJoinTokenResponse {
     }
 }
 
+impl fmt::Debug for MintJwtSvidResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MintJwtSvidResponse")
+            .field("token", &REDACTED)
+            .field("spiffe_id", &self.spiffe_id)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +75,12 @@ mod tests {
             token: secret.into(),
             ..Default::default()
         };
+        let minted = MintJwtSvidResponse {
+            token: jwt.into(),
+            ..Default::default()
+        };
+        let text = format!("{minted:?}");
+        assert!(!text.contains(jwt) && text.contains(REDACTED), "{text}");
         for text in [format!("{request:?}"), format!("{response:?}")] {
             assert!(!text.contains(secret), "{text}");
             assert!(text.contains(REDACTED), "{text}");

@@ -28,7 +28,7 @@ use rustls_pki_types::CertificateDer;
 use std::collections::HashSet;
 use tokio::sync::watch;
 use tonic::Code;
-use trellis_identity::bundle::format_time;
+use trellis_identity::bundle::{JwtKey, format_time};
 use trellis_identity::clock::Clock;
 use trellis_identity::tls::{self, ClockTime, KeyExchange, Versions};
 use trellis_identity::{IdMatcher, TrustBundle, WorkloadKey};
@@ -97,7 +97,7 @@ pub struct Agent {
 
 /// Why one attempt to get a certificate failed.
 #[derive(Debug, thiserror::Error)]
-enum AttemptError {
+pub(crate) enum AttemptError {
     #[error("CA unreachable: {0}")]
     Unreachable(String),
     #[error("CA refused ({code:?}): {message}")]
@@ -606,7 +606,7 @@ impl Agent {
 }
 
 /// Connects to the CA, verifying it by SPIFFE ID against `bundle`, presenting `identity`.
-async fn ca_client(
+pub(crate) async fn ca_client(
     ca: &CaConfig,
     clock: &Arc<dyn Clock>,
     bundle: Arc<TrustBundle>,
@@ -664,6 +664,14 @@ fn bundle_from_proto(
             b.trust_domain
         ));
     }
+    let jwt_keys = b
+        .jwt_keys
+        .into_iter()
+        .map(|k| JwtKey {
+            key_id: k.key_id,
+            public_key: k.public_key,
+        })
+        .collect();
     TrustBundle::new(
         td.clone(),
         b.version,
@@ -672,6 +680,7 @@ fn bundle_from_proto(
             .map(CertificateDer::from)
             .collect(),
     )
+    .map(|bundle| bundle.with_jwt_keys(jwt_keys))
     .map_err(|e| e.to_string())
 }
 

@@ -20,7 +20,7 @@ use crate::join_token::BootstrapCredential;
 use crate::metrics::Metrics;
 use crate::proxy::{Context, Registry, Workers};
 use crate::shutdown::Shutdown;
-use crate::workload_api::WorkloadApiSocket;
+use crate::workload_api::{JwtSvids, WorkloadApiSocket};
 use crate::{admin, inbound, outbound};
 
 /// A running sidecar.
@@ -103,6 +103,8 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     .with_registry(registry.clone());
     let mut background = vec![bridge, tokio::spawn(agent.run(stop.clone()))];
     if let Some(socket) = workload_api {
+        let jwt = JwtSvids::new(config.ca.clone(), options.clock.clone());
+        let socket = socket.with_jwt_svids(Arc::new(jwt));
         let (creds, stop) = (creds.clone(), stop.clone());
         background.push(tokio::spawn(async move {
             if let Err(e) = socket.serve(creds, stop).await {

@@ -27,8 +27,13 @@
 //!   bundle change, each the complete set (spec 4.3): SPIFFE ID, the DER chain leaf first,
 //!   the PKCS#8 DER key and the DER roots of the trust domain.
 //! - `FetchX509Bundles` (spec 5.2.2): `{ "spiffe://<td>": DER roots }`, again on every change.
-//! - The JWT-SVID profile is not offered: its three calls answer `UNIMPLEMENTED` (the spec lets
-//!   an operator disable a profile, section 1; Trellis issues no JWT-SVIDs yet).
+//! - `FetchJWTSVID` (the spec's JWT-SVID profile): a token for the requested audience (required), signed by
+//!   the CA for the sidecar's identity and cached per audience set until its half-life
+//!   (`jwt.rs`). `FetchJWTBundles`: `{ "spiffe://<td>": JWK Set JSON }`, again on every
+//!   bundle change. `ValidateJWTSVID`: ES256 with a bundle key named by `kid`,
+//!   unexpired, for the audience; the SPIFFE ID and every claim. Served only when the
+//!   socket is given a [`JwtSvids`]; otherwise the three calls answer `UNIMPLEMENTED` (the
+//!   spec lets an operator disable a profile, section 1).
 //!
 //! Status codes (Workload Endpoint, section 6 and appendix A): `INVALID_ARGUMENT` for a call
 //! without the `workload.spiffe.io: true` metadata; `UNAVAILABLE` while the sidecar has no
@@ -40,11 +45,13 @@
 //! the HTTP/2 `:authority`, which h2 refuses; [`authority`] rewrites it on the way in.
 
 mod authority;
+pub mod jwt;
 
 use std::fmt;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustls_pki_types::PrivateKeyDer;
@@ -59,14 +66,15 @@ use trellis_proto::spiffe::workload::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,
 };
 use trellis_proto::spiffe::workload::{
-    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
-    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
-    X509svidResponse,
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
+    X509svid, X509svidRequest, X509svidResponse,
 };
 
 use crate::credentials::{Credentials, CredentialsRx};
 
 use authority::AuthorityFix;
+pub use jwt::JwtSvids;
 
 /// The gRPC metadata key every request must carry with the value `true` (Workload Endpoint,
 /// section 3: a guard against server-side request forgery).
@@ -110,7 +118,16 @@ pub fn service(
     creds: CredentialsRx,
     stop: watch::Receiver<bool>,
 ) -> InterceptedService<SpiffeWorkloadApiServer<WorkloadApi>, SecurityHeaderCheck> {
-    let server = SpiffeWorkloadApiServer::new(WorkloadApi { creds, stop })
+    service_with_jwt(creds, stop, None)
+}
+
+/// [`service`] with the JWT-SVID profile served by `jwt` (UNIMPLEMENTED without it).
+pub fn service_with_jwt(
+    creds: CredentialsRx,
+    stop: watch::Receiver<bool>,
+    jwt: Option<Arc<JwtSvids>>,
+) -> InterceptedService<SpiffeWorkloadApiServer<WorkloadApi>, SecurityHeaderCheck> {
+    let server = SpiffeWorkloadApiServer::new(WorkloadApi { creds, stop, jwt })
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     InterceptedService::new(server, SecurityHeaderCheck)
 }
@@ -158,6 +175,8 @@ pub struct WorkloadApiSocket {
     path: PathBuf,
     /// Device and inode of the socket file, to remove it at the end only if it is still ours.
     file_id: (u64, u64),
+    /// Serves the JWT-SVID profile, if set.
+    jwt: Option<Arc<JwtSvids>>,
 }
 
 impl WorkloadApiSocket {
@@ -214,7 +233,14 @@ impl WorkloadApiSocket {
             listener,
             path: path.to_path_buf(),
             file_id: (meta.dev(), meta.ino()),
+            jwt: None,
         })
+    }
+
+    /// Serves the JWT-SVID profile through `jwt`.
+    pub fn with_jwt_svids(mut self, jwt: Arc<JwtSvids>) -> Self {
+        self.jwt = Some(jwt);
+        self
     }
 
     /// Where the socket is.
@@ -229,11 +255,12 @@ impl WorkloadApiSocket {
             listener,
             path,
             file_id,
+            jwt,
         } = self;
         let mut shutdown = stop.clone();
         let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new));
         let result = tonic::transport::Server::builder()
-            .add_service(service(creds, stop))
+            .add_service(service_with_jwt(creds, stop, jwt))
             .serve_with_incoming_shutdown(incoming, async move {
                 stopped(&mut shutdown).await;
             })
@@ -322,6 +349,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 pub struct WorkloadApi {
     creds: CredentialsRx,
     stop: watch::Receiver<bool>,
+    jwt: Option<Arc<JwtSvids>>,
 }
 
 impl fmt::Debug for WorkloadApi {
@@ -370,30 +398,88 @@ impl SpiffeWorkloadApi for WorkloadApi {
 
     async fn fetch_jwtsvid(
         &self,
-        _request: Request<JwtsvidRequest>,
+        request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        Err(jwt_unimplemented())
+        tracing::debug!(peer_uid = peer_uid(&request), "FetchJWTSVID");
+        let jwt = self.jwt()?;
+        let body = request.into_inner();
+        if body.audience.is_empty() || body.audience.iter().any(|a| a.trim().is_empty()) {
+            return Err(Status::invalid_argument(
+                "FetchJWTSVID needs at least one audience, none empty (the `aud` claim: the \
+                 service that will receive the token)",
+            ));
+        }
+        let creds = self.current()?;
+        if !body.spiffe_id.is_empty() && body.spiffe_id != creds.svid.spiffe_id.as_str() {
+            return Err(Status::permission_denied(format!(
+                "this sidecar serves only {}, not {}",
+                creds.svid.spiffe_id, body.spiffe_id
+            )));
+        }
+        let (spiffe_id, token) = jwt.fetch(&creds, body.audience).await?;
+        Ok(Response::new(JwtsvidResponse {
+            svids: vec![Jwtsvid {
+                spiffe_id,
+                svid: token.to_string(),
+                hint: String::new(),
+            }],
+        }))
     }
 
     async fn fetch_jwt_bundles(
         &self,
-        _request: Request<JwtBundlesRequest>,
+        request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        Err(jwt_unimplemented())
+        tracing::debug!(peer_uid = peer_uid(&request), "FetchJWTBundles");
+        self.jwt()?;
+        self.follow(jwt_bundles_response, OnWithdrawal::Wait)
     }
 
     async fn validate_jwtsvid(
         &self,
-        _request: Request<ValidateJwtsvidRequest>,
+        request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        Err(jwt_unimplemented())
+        tracing::debug!(peer_uid = peer_uid(&request), "ValidateJWTSVID");
+        let jwt = self.jwt()?;
+        let body = request.into_inner();
+        if body.audience.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "ValidateJWTSVID needs the audience the token must be for",
+            ));
+        }
+        if body.svid.is_empty() {
+            return Err(Status::invalid_argument(
+                "ValidateJWTSVID needs the token (svid)",
+            ));
+        }
+        let creds = self.current()?;
+        let valid = jwt
+            .validate(&creds, &body.svid, &body.audience)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: valid.spiffe_id.to_string(),
+            claims: Some(jwt::to_proto_struct(valid.claims)),
+        }))
+    }
+}
+
+impl WorkloadApi {
+    fn jwt(&self) -> Result<&Arc<JwtSvids>, Status> {
+        self.jwt.as_ref().ok_or_else(jwt_unimplemented)
+    }
+
+    fn current(&self) -> Result<Arc<Credentials>, Status> {
+        if *self.stop.borrow() {
+            return Err(shutting_down());
+        }
+        self.creds.borrow().clone().ok_or_else(not_ready)
     }
 }
 
 fn jwt_unimplemented() -> Status {
     Status::unimplemented(
-        "the JWT-SVID profile is not offered by the Trellis sidecar: Trellis issues X.509-SVIDs \
-         only; use FetchX509SVID / FetchX509Bundles",
+        "the JWT-SVID profile is not served on this socket; use FetchX509SVID / \
+         FetchX509Bundles",
     )
 }
 
@@ -525,6 +611,18 @@ fn x509_svid_response(creds: &Credentials) -> Result<X509svidResponse, Status> {
         }],
         crl: Vec::new(),
         federated_bundles: Default::default(),
+    })
+}
+
+/// The JWT bundle map: the trust domain's JWT keys as a JWK Set.
+fn jwt_bundles_response(creds: &Credentials) -> Result<JwtBundlesResponse, Status> {
+    Ok(JwtBundlesResponse {
+        bundles: [(
+            trust_domain_key(creds),
+            trellis_identity::jwk::set_json(creds.bundle.jwt_keys()),
+        )]
+        .into_iter()
+        .collect(),
     })
 }
 

@@ -7,14 +7,16 @@ use trellis_identity::crl_reason::CrlReason;
 use trellis_identity::{SpiffeId, hex};
 use trellis_proto::admin::v1::admin_server::Admin;
 use trellis_proto::admin::v1::{
-    ActivateRootRequest, AddFederationRequest, AddRootRequest, AuditCheckpoint, AuditEvent,
-    CertificateRecord, CreateJoinTokenRequest, CreateJoinTokenResponse, FederationInfo,
-    GetCertificateRequest, GetStatusRequest, GetStatusResponse, IntermediateInfo,
-    IssueCertificateRequest, ListAuditCheckpointsRequest, ListAuditCheckpointsResponse,
-    ListAuditEventsRequest, ListAuditEventsResponse, ListCertificatesRequest,
-    ListCertificatesResponse, ListFederationsRequest, ListFederationsResponse, ListRootsRequest,
-    ListRootsResponse, RefreshFederationRequest, RemoveFederationRequest, RemoveFederationResponse,
-    RetireRootRequest, RevokeCertificateRequest, RevokeCertificateResponse, RootInfo,
+    ActivateJwtKeyRequest, ActivateRootRequest, AddFederationRequest, AddJwtKeyRequest,
+    AddRootRequest, AuditCheckpoint, AuditEvent, CertificateRecord, CreateJoinTokenRequest,
+    CreateJoinTokenResponse, FederationInfo, GetCertificateRequest, GetStatusRequest,
+    GetStatusResponse, IntermediateInfo, IssueCertificateRequest, JwtKeyInfo,
+    ListAuditCheckpointsRequest, ListAuditCheckpointsResponse, ListAuditEventsRequest,
+    ListAuditEventsResponse, ListCertificatesRequest, ListCertificatesResponse,
+    ListFederationsRequest, ListFederationsResponse, ListJwtKeysRequest, ListJwtKeysResponse,
+    ListRootsRequest, ListRootsResponse, RefreshFederationRequest, RemoveFederationRequest,
+    RemoveFederationResponse, RetireJwtKeyRequest, RetireRootRequest, RevokeCertificateRequest,
+    RevokeCertificateResponse, RootInfo,
 };
 use trellis_proto::ca::v1::CertifyResponse;
 
@@ -483,6 +485,60 @@ impl Admin for AdminService {
             .remove_federation(&body.trust_domain, caller.as_str())
             .await?;
         Ok(Response::new(RemoveFederationResponse {}))
+    }
+
+    async fn list_jwt_keys(
+        &self,
+        _request: Request<ListJwtKeysRequest>,
+    ) -> Result<Response<ListJwtKeysResponse>, Status> {
+        let state = &self.state;
+        let version = state.bundle().version();
+        let convergence = state.convergence(&state.census()?, version);
+        Ok(Response::new(ListJwtKeysResponse {
+            keys: state
+                .list_jwt_keys()?
+                .into_iter()
+                .map(convert::jwt_key)
+                .collect(),
+            bundle_version: version,
+            live_workloads: convergence.live,
+            unconverged_workloads: convergence.unconverged,
+        }))
+    }
+
+    async fn add_jwt_key(
+        &self,
+        request: Request<AddJwtKeyRequest>,
+    ) -> Result<Response<JwtKeyInfo>, Status> {
+        let caller = caller(&request)?;
+        let view = self.state.add_jwt_key(caller.as_str()).await?;
+        Ok(Response::new(convert::jwt_key(view)))
+    }
+
+    async fn activate_jwt_key(
+        &self,
+        request: Request<ActivateJwtKeyRequest>,
+    ) -> Result<Response<JwtKeyInfo>, Status> {
+        let caller = caller(&request)?;
+        let body = request.into_inner();
+        let view = self
+            .state
+            .activate_jwt_key(body.key_id.trim(), body.force, caller.as_str())
+            .await?;
+        Ok(Response::new(convert::jwt_key(view)))
+    }
+
+    async fn retire_jwt_key(
+        &self,
+        request: Request<RetireJwtKeyRequest>,
+    ) -> Result<Response<JwtKeyInfo>, Status> {
+        let caller = caller(&request)?;
+        let body = request.into_inner();
+        let view = self
+            .state
+            .retire_jwt_key(body.key_id.trim(), body.force, caller.as_str())
+            .await?;
+        Ok(Response::new(convert::jwt_key(view)))
     }
 }
 

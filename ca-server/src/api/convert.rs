@@ -8,6 +8,7 @@ use trellis_proto::admin::v1 as admin;
 use trellis_proto::ca::v1 as ca;
 
 use crate::issuance::Issued;
+use crate::jwt_svid::JwtKeyView;
 use crate::roots::RootView;
 use crate::store::{CertRecord, RevocationRecord};
 
@@ -24,6 +25,14 @@ pub fn bundle(b: &TrustBundle) -> ca::TrustBundle {
         trust_domain: b.trust_domain().to_string(),
         version: b.version(),
         root_certificates_der: b.roots().iter().map(|r| r.to_vec()).collect(),
+        jwt_keys: b
+            .jwt_keys()
+            .iter()
+            .map(|k| ca::JwtKey {
+                key_id: k.key_id.clone(),
+                public_key: k.public_key.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -102,5 +111,21 @@ pub fn federation(f: crate::federation::Federation) -> admin::FederationInfo {
             .flatten(),
         last_error: f.record.last_error.unwrap_or_default(),
         next_refresh_at: unix_timestamp(next),
+    }
+}
+
+pub fn jwt_key(view: JwtKeyView) -> admin::JwtKeyInfo {
+    let key = trellis_identity::bundle::JwtKey {
+        key_id: view.record.kid.clone(),
+        public_key: view.record.public_key.clone(),
+    };
+    admin::JwtKeyInfo {
+        public_jwk: trellis_identity::jwk::to_json(&key).unwrap_or_default(),
+        key_id: view.record.kid,
+        state: view.record.state.as_str().into(),
+        created_at: unix_timestamp(view.record.created_at),
+        added_in_bundle_version: view.record.added_in_bundle_version,
+        deactivated_at: view.record.deactivated_at.and_then(unix_timestamp),
+        retirable_at: view.retirable_at.and_then(timestamp),
     }
 }

@@ -10,8 +10,8 @@ use trellis_proto::ca::v1::certify_request::Credential as ProtoCredential;
 use trellis_proto::ca::v1::workload_ca_server::WorkloadCa;
 use trellis_proto::ca::v1::{
     AckTrustBundleRequest, AckTrustBundleResponse, CertifyRequest, CertifyResponse,
-    GetTrustBundleRequest, RevocationList, RevokedCertificate, TrustBundle,
-    WatchRevocationsRequest, WatchTrustBundleRequest,
+    GetTrustBundleRequest, MintJwtSvidRequest, MintJwtSvidResponse, RevocationList,
+    RevokedCertificate, TrustBundle, WatchRevocationsRequest, WatchTrustBundleRequest,
 };
 
 use super::convert;
@@ -171,5 +171,25 @@ impl WorkloadCa for WorkloadService {
         self.state
             .report_bundle(verified.spiffe_id.as_str(), version);
         Ok(Response::new(AckTrustBundleResponse {}))
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        request: Request<MintJwtSvidRequest>,
+    ) -> Result<Response<MintJwtSvidResponse>, Status> {
+        let chain = peer_chain(&request);
+        let body = request.into_inner();
+        let subject = self.state.jwt_svid_subject(&chain)?;
+        let minted = self
+            .state
+            .mint_jwt_svid(&subject, body.audience, convert::ttl(body.ttl_seconds))
+            .await
+            .inspect_err(|e| tracing::info!(error = %e, %subject, "JWT-SVID refused"))?;
+        Ok(Response::new(MintJwtSvidResponse {
+            token: minted.token.to_string(),
+            spiffe_id: minted.claims.sub,
+            issued_at: convert::unix_timestamp(minted.claims.iat),
+            expires_at: convert::unix_timestamp(minted.claims.exp),
+        }))
     }
 }

@@ -59,6 +59,7 @@ pub(super) struct Trees {
     /// The audit chain's head in this opening, loaded on first use (see `audit.rs`).
     pub audit_head: Mutex<Option<trellis_identity::audit_log::Head>>,
     pub meta: sled::Tree,
+    pub jwt_keys: sled::Tree,
 }
 
 impl Trees {
@@ -91,6 +92,7 @@ impl Trees {
             federations: tree("federations")?,
             audit_head: Mutex::new(None),
             meta: tree("meta")?,
+            jwt_keys: tree("jwt_keys")?,
             db,
         })
     }

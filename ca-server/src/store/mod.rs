@@ -26,6 +26,7 @@ mod audit;
 mod commit;
 mod failure;
 mod federation;
+mod jwt_keys;
 mod live;
 pub mod records;
 #[cfg(test)]
@@ -40,6 +41,7 @@ use serde::de::DeserializeOwned;
 pub use commit::{Committer, Flushable};
 pub use failure::{Cause, Failure};
 pub use federation::FederationRecord;
+pub use jwt_keys::JwtKeyRecord;
 pub use live::Mark;
 pub use records::{
     AuditRecord, CertRecord, IntermediateRecord, RevocationRecord, RootRecord, RootState,

@@ -34,6 +34,8 @@ pub struct RunningAgent {
     pub creds: CredentialsRx,
     pub metrics: Arc<Metrics>,
     pub stop: watch::Sender<bool>,
+    /// Its `[ca]` settings (what the Workload API's JWT-SVIDs are minted through).
+    pub ca: trellis_sidecar::config::CaConfig,
 }
 
 /// A CA on a manual clock, and what agents need to reach it.
@@ -147,12 +149,13 @@ impl Mesh {
         AdminClient::new(channel)
     }
 
-    /// A fresh join token for `spiffe://cluster.local<path>`, through the admin API.
+    /// A fresh join token for `spiffe://<the CA's trust domain><path>`, through the admin API.
     pub async fn token(&self, path: &str) -> String {
+        let td = self.ca().state.config.trust_domain.to_string();
         self.admin()
             .await
             .create_join_token(CreateJoinTokenRequest {
-                spiffe_id: format!("spiffe://cluster.local{path}"),
+                spiffe_id: format!("spiffe://{td}{path}"),
                 ttl_seconds: 0,
             })
             .await
@@ -183,6 +186,7 @@ impl Mesh {
         edit(&mut ca);
         let config = Config::build(FileConfig {
             ca,
+            trust_domain: Some(self.ca().state.config.trust_domain.to_string()),
             ..FileConfig::default()
         })
         .expect("config");
@@ -203,6 +207,7 @@ impl Mesh {
             creds,
             metrics,
             stop,
+            ca: config.ca.clone(),
         }
     }
 

@@ -1,0 +1,217 @@
+//! JWT-SVID key rotation, with the safety of root rotation: add (pending, in the bundle) →
+//! activate (it signs; the old key is retiring, still in the bundle) → retire (out of the
+//! bundle).
+//! - activation waits until every live workload has acknowledged a bundle that contains the
+//!   key (otherwise they would refuse the tokens it signs);
+//! - retirement waits until no token the key signed can still be valid: its last signing
+//!   time (when another key was activated) plus the longest lifetime the CA signs.
+//!
+//! Both can be forced; the refusal says what would break.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{JwtSigner, SWITCH_GRACE, generate_key};
+use crate::bootstrap::{DataDir, store_err};
+use crate::error::CaError;
+use crate::roots::describe;
+use crate::state::CaState;
+use crate::store::{AuditRecord, JwtKeyRecord, RootState};
+
+/// A key with what the CLI shows.
+#[derive(Debug, Clone)]
+pub struct JwtKeyView {
+    pub record: JwtKeyRecord,
+    /// From when retiring it cannot cut off a valid token (None: it is active).
+    pub retirable_at: Option<SystemTime>,
+}
+
+impl CaState {
+    /// When no token signed by `key` can still be valid; None while it signs.
+    fn retirable_at(&self, key: &JwtKeyRecord) -> Option<SystemTime> {
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        match (key.state, key.deactivated_at) {
+            (RootState::Active, _) => None,
+            (_, Some(stopped)) => Some(at(stopped) + self.config.jwt_svid.max_ttl + SWITCH_GRACE),
+            // Never signed.
+            (_, None) => Some(at(key.created_at)),
+        }
+    }
+
+    /// Every JWT-SVID key, oldest first.
+    pub fn list_jwt_keys(&self) -> Result<Vec<JwtKeyView>, CaError> {
+        Ok(self
+            .store
+            .jwt_keys()
+            .map_err(store_err)?
+            .into_iter()
+            .map(|record| JwtKeyView {
+                retirable_at: self.retirable_at(&record),
+                record,
+            })
+            .collect())
+    }
+
+    fn jwt_key(&self, kid: &str) -> Result<JwtKeyRecord, CaError> {
+        self.store
+            .jwt_keys()
+            .map_err(store_err)?
+            .into_iter()
+            .find(|k| k.kid == kid)
+            .ok_or_else(|| {
+                CaError::NotFound(format!("no JWT key {kid:?}; see `trellis jwt-key list`"))
+            })
+    }
+
+    /// Generates a new key, pending: in the bundle, not signing.
+    pub async fn add_jwt_key(&self, actor: &str) -> Result<JwtKeyView, CaError> {
+        let dir = DataDir(self.config.data_dir.clone());
+        let version = self.bundle().version() + 1;
+        let record = generate_key(&dir, self.now_unix(), version)?;
+        let mark = self.store.mark();
+        self.store.put_jwt_key(&record).map_err(store_err)?;
+        self.bump_bundle(mark, version, "jwt_key_added", &record.kid, actor)
+            .await?;
+        Ok(JwtKeyView {
+            retirable_at: self.retirable_at(&record),
+            record,
+        })
+    }
+
+    /// Makes a pending (or retiring) key the signing one.
+    pub async fn activate_jwt_key(
+        &self,
+        kid: &str,
+        force: bool,
+        actor: &str,
+    ) -> Result<JwtKeyView, CaError> {
+        let target = self.jwt_key(kid)?;
+        match target.state {
+            RootState::Active => {
+                return Err(CaError::FailedPrecondition(format!(
+                    "JWT key {kid} is already active"
+                )));
+            }
+            RootState::Retired => {
+                return Err(CaError::FailedPrecondition(format!(
+                    "JWT key {kid} is retired (out of the bundle); add a new key instead"
+                )));
+            }
+            RootState::Pending | RootState::Retiring => {}
+        }
+        let convergence = self.convergence(&self.census()?, target.added_in_bundle_version);
+        if !convergence.unconverged.is_empty() && !force {
+            return Err(CaError::FailedPrecondition(format!(
+                "{} of {} live {} not yet received a trust bundle containing JWT key {kid} \
+                 (bundle version {}): {}. Wait for them (they follow the CA's bundle stream), or \
+                 use --force: until they receive it they will refuse tokens signed with it",
+                convergence.unconverged.len(),
+                convergence.live,
+                if convergence.live == 1 {
+                    "workload has"
+                } else {
+                    "workloads have"
+                },
+                target.added_in_bundle_version,
+                describe(&convergence.unconverged)
+            )));
+        }
+        let dir = DataDir(self.config.data_dir.clone());
+        let signer = std::sync::Arc::new(JwtSigner::load(&dir, &target)?);
+        let now = self.now_unix();
+        let mark = self.store.mark();
+        for mut key in self.store.jwt_keys().map_err(store_err)? {
+            if key.state == RootState::Active {
+                key.state = RootState::Retiring;
+                key.deactivated_at = Some(now);
+                self.store.put_jwt_key(&key).map_err(store_err)?;
+            }
+        }
+        let mut activated = target;
+        activated.state = RootState::Active;
+        activated.deactivated_at = None;
+        self.store.put_jwt_key(&activated).map_err(store_err)?;
+        self.audit_jwt_key(
+            "jwt_key_activated",
+            kid,
+            actor,
+            if force && !convergence.unconverged.is_empty() {
+                "forced"
+            } else {
+                ""
+            },
+        )?;
+        self.store.durable(mark).await.map_err(store_err)?;
+        self.set_jwt_signer(signer);
+        tracing::info!(kid, "JWT key activated; new JWT-SVIDs are signed with it");
+        Ok(JwtKeyView {
+            retirable_at: None,
+            record: activated,
+        })
+    }
+
+    /// Takes a key out of the bundle.
+    pub async fn retire_jwt_key(
+        &self,
+        kid: &str,
+        force: bool,
+        actor: &str,
+    ) -> Result<JwtKeyView, CaError> {
+        let target = self.jwt_key(kid)?;
+        match target.state {
+            RootState::Active => {
+                return Err(CaError::FailedPrecondition(format!(
+                    "JWT key {kid} is the active (signing) key; activate another key first"
+                )));
+            }
+            RootState::Retired => {
+                return Err(CaError::FailedPrecondition(format!(
+                    "JWT key {kid} is already retired"
+                )));
+            }
+            RootState::Pending | RootState::Retiring => {}
+        }
+        let retirable_at = self.retirable_at(&target);
+        if let Some(at) = retirable_at
+            && at > self.now()
+            && !force
+        {
+            return Err(CaError::FailedPrecondition(format!(
+                "JWT key {kid} signed tokens that may be valid until {} (its last signing time \
+                 plus the longest JWT-SVID lifetime, {}); retire it after that, or use --force: \
+                 those tokens will then be refused",
+                trellis_identity::bundle::format_time(at),
+                trellis_identity::duration::format(self.config.jwt_svid.max_ttl)
+            )));
+        }
+        let mut retired = target;
+        retired.state = RootState::Retired;
+        let mark = self.store.mark();
+        self.store.put_jwt_key(&retired).map_err(store_err)?;
+        let version = self.bundle().version() + 1;
+        self.bump_bundle(mark, version, "jwt_key_retired", kid, actor)
+            .await?;
+        Ok(JwtKeyView {
+            retirable_at,
+            record: retired,
+        })
+    }
+
+    fn audit_jwt_key(
+        &self,
+        kind: &str,
+        kid: &str,
+        actor: &str,
+        detail: &str,
+    ) -> Result<(), CaError> {
+        self.store
+            .append_audit(&AuditRecord {
+                time: self.now_unix(),
+                kind: kind.into(),
+                spiffe_id: String::new(),
+                serial: kid.into(),
+                actor: actor.into(),
+                detail: detail.into(),
+            })
+            .map_err(store_err)
+    }
+}
