@@ -333,7 +333,10 @@ fn load(
     let mut signer = SigningCa::new(CertificateDer::from(inter.cert_der), key)?;
     signer.root_id = inter.root_id;
     let bundle = bundle_from_store(&config.trust_domain, &store)?;
-    Ok(CaState::new(config, store, clock, signer, bundle))
+    store.start_counting(unix(clock.now())).map_err(store_err)?;
+    let state = CaState::new(config, store, clock, signer, bundle);
+    state.load_bundle_reports().map_err(store_err)?;
+    Ok(state)
 }
 
 /// The bundle as stored: every root not retired, in the order they were added (so that

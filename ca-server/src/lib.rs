@@ -19,6 +19,7 @@ pub mod http;
 pub mod issuance;
 pub mod limits;
 pub mod peer;
+pub mod retention;
 pub mod revocation;
 pub mod roots;
 pub mod server;

@@ -109,6 +109,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         stopped.clone(),
     ));
     tokio::spawn(crate::roots::watch_expiry(state.clone(), stopped.clone()));
+    tokio::spawn(crate::retention::run(state.clone(), stopped.clone()));
     let listeners = Listeners::new(&state.config.connections);
     let http_addr = match http_listener {
         Some(listener) => {

@@ -16,6 +16,7 @@ use trellis_proto::ca::v1::{
 
 use super::convert;
 use crate::auth::{PeerInfo, peer_chain};
+use crate::error::CaError;
 use crate::issuance::Credential;
 use crate::limits;
 use crate::state::CaState;
@@ -97,9 +98,14 @@ impl WorkloadCa for WorkloadService {
             .certify(&body.csr_der, credential, convert::ttl(body.ttl_seconds))
             .await
             .inspect_err(|e| tracing::info!(error = %e, "certify refused"))?;
-        if body.bundle_version > 0 {
-            self.state
-                .report_bundle(issued.spiffe_id.as_str(), body.bundle_version);
+        if body.bundle_version > 0
+            && let Err(e) = self
+                .state
+                .report_bundle(issued.spiffe_id.as_str(), body.bundle_version)
+                .await
+        {
+            // The certificate is issued and durable; the next report tries again.
+            tracing::warn!(error = %e, "recording a bundle acknowledgement failed");
         }
         Ok(Response::new(convert::issued(issued)))
     }
@@ -166,7 +172,11 @@ impl WorkloadCa for WorkloadService {
             .map_err(|e| Status::unauthenticated(format!("certificate refused: {e}")))?;
         let version = request.into_inner().version;
         self.state
-            .report_bundle(verified.spiffe_id.as_str(), version);
+            .report_bundle(verified.spiffe_id.as_str(), version)
+            .await
+            .map_err(|e| {
+                CaError::store("the acknowledgement was not recorded (send it again)", e)
+            })?;
         Ok(Response::new(AckTrustBundleResponse {}))
     }
 }

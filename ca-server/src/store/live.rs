@@ -46,10 +46,14 @@ pub(super) struct Trees {
     log: Arc<std::fs::File>,
     pub certs: sled::Tree,
     pub by_identity: sled::Tree,
+    /// Not-after (8 bytes, big-endian) + serial → the certificate's metadata (`index.rs`).
+    pub by_expiry: sled::Tree,
     pub roots: sled::Tree,
     pub intermediates: sled::Tree,
     pub tokens: sled::Tree,
     pub revocations: sled::Tree,
+    /// SPIFFE ID → the last bundle version it acknowledged (`acks.rs`).
+    pub acks: sled::Tree,
     pub audit: sled::Tree,
     pub meta: sled::Tree,
 }
@@ -74,10 +78,12 @@ impl Trees {
             log: Arc::new(log),
             certs: tree("certs")?,
             by_identity: tree("by_identity")?,
+            by_expiry: tree("by_expiry")?,
             roots: tree("roots")?,
             intermediates: tree("intermediates")?,
             tokens: tree("tokens")?,
             revocations: tree("revocations")?,
+            acks: tree("acks")?,
             audit: tree("audit")?,
             meta: tree("meta")?,
             db,
