@@ -379,21 +379,21 @@ pub async fn write_admin_credentials(state: &CaState, out: &Path) -> Result<(), 
             None,
         )
         .await?;
-    files::create_private_dir(out).map_err(io(format!("{}", out.display())))?;
-    files::write_secret(&out.join("admin.key.pem"), key.to_pem().as_bytes())
-        .map_err(io("admin key".into()))?;
-    files::write_atomic(
-        &out.join("admin.pem"),
-        pem::certs_to_pem(&issued.chain).as_bytes(),
-        0o644,
-    )
-    .map_err(io("admin certificate".into()))?;
-    files::write_atomic(
-        &out.join("bundle.pem"),
-        issued.bundle.to_pem().as_bytes(),
-        0o644,
-    )
-    .map_err(io("admin bundle".into()))?;
+    let out_dir = out.to_path_buf();
+    let key_pem = Zeroizing::new(key.to_pem());
+    let chain_pem = pem::certs_to_pem(&issued.chain);
+    let bundle_pem = issued.bundle.to_pem();
+    crate::state::off_runtime(move || {
+        let out = out_dir.as_path();
+        files::create_private_dir(out).map_err(io(format!("{}", out.display())))?;
+        files::write_secret(&out.join("admin.key.pem"), key_pem.as_bytes())
+            .map_err(io("admin key".into()))?;
+        files::write_atomic(&out.join("admin.pem"), chain_pem.as_bytes(), 0o644)
+            .map_err(io("admin certificate".into()))?;
+        files::write_atomic(&out.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)
+            .map_err(io("admin bundle".into()))
+    })
+    .await?;
     tracing::info!(dir = %out.display(), spiffe_id = %issued.spiffe_id, serial = %issued.serial, "admin credentials written");
     Ok(())
 }

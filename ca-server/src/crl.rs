@@ -4,6 +4,7 @@
 //! validity has passed.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Mutex;
@@ -17,7 +18,8 @@ use zeroize::Zeroizing;
 
 use crate::bootstrap::DataDir;
 use crate::error::CaError;
-use crate::state::{CaState, unix};
+use crate::state::{CaState, off_runtime, unix};
+use crate::store::Store;
 
 /// How long a CRL is valid (its nextUpdate); it is re-signed after half of this.
 pub const CRL_VALIDITY: Duration = Duration::from_secs(3600);
@@ -49,10 +51,17 @@ impl CrlCache {
         {
             return Ok(crl.der.clone());
         }
+        // Loading a key file and signing run on the blocking pool (a CRL over many
+        // revocations is a large signature input; the key is a file read).
         let issuer = if id == signer.id {
             signer
         } else {
-            std::sync::Arc::new(load_intermediate(state, &id)?)
+            let store = state.store.clone();
+            let keys = DataDir(state.config.data_dir.clone()).keys();
+            let wanted = id.clone();
+            std::sync::Arc::new(
+                off_runtime(move || load_intermediate(&store, &keys, &wanted)).await?,
+            )
         };
         let entries: Vec<CrlEntry> = revocations
             .entries
@@ -79,7 +88,9 @@ impl CrlCache {
                 _ => return Err(e),
             },
         };
-        let der = issuer.sign_crl(&entries, now, now + CRL_VALIDITY, number)?;
+        let der =
+            off_runtime(move || Ok(issuer.sign_crl(&entries, now, now + CRL_VALIDITY, number)?))
+                .await?;
         cache.insert(
             id,
             SignedCrl {
@@ -109,9 +120,8 @@ async fn next_crl_number(state: &CaState, id: &str, now: SystemTime) -> Result<u
     Ok(number)
 }
 
-fn load_intermediate(state: &CaState, id: &str) -> Result<SigningCa, CaError> {
-    let record = state
-        .store
+fn load_intermediate(store: &Store, keys: &Path, id: &str) -> Result<SigningCa, CaError> {
+    let record = store
         .intermediates()
         .map_err(crate::bootstrap::store_err)?
         .into_iter()
@@ -119,9 +129,7 @@ fn load_intermediate(state: &CaState, id: &str) -> Result<SigningCa, CaError> {
         .ok_or_else(|| {
             CaError::NotFound(format!("no intermediate {id:?}; see `trellis ca status`"))
         })?;
-    let path = DataDir(state.config.data_dir.clone())
-        .keys()
-        .join(&record.key_file);
+    let path = keys.join(&record.key_file);
     let pem =
         Zeroizing::new(files::read_secret(&path).map_err(|e| {
             CaError::Unavailable(format!("intermediate key {}: {e}", path.display()))

@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::bootstrap::{self, DataDir, store_err};
 use crate::error::CaError;
-use crate::state::{CaState, stopped, unix};
+use crate::state::{CaState, off_runtime, stopped, unix};
 use crate::store::{
     AuditRecord, CertRecord, IntermediateRecord, RootRecord, RootState, Store, StoreError,
 };
@@ -92,10 +92,7 @@ impl CaState {
             .map(|r| r.serial.clone())
             .collect();
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || Census::take(&store, now, &revoked))
-            .await
-            .map_err(|e| CaError::Internal(format!("census task: {e}")))?
-            .map_err(store_err)
+        off_runtime(move || Census::take(&store, now, &revoked).map_err(store_err)).await
     }
 }
 
@@ -233,9 +230,12 @@ impl CaState {
         let key_file = match key_pem {
             Some(pem) => {
                 let name = format!("root-{id}.key.pem");
-                let dir = DataDir(self.config.data_dir.clone());
-                files::write_secret(&dir.keys().join(&name), pem.as_bytes())
-                    .map_err(|e| CaError::Unavailable(format!("writing the root key: {e}")))?;
+                let path = DataDir(self.config.data_dir.clone()).keys().join(&name);
+                off_runtime(move || {
+                    files::write_secret(&path, pem.as_bytes())
+                        .map_err(|e| CaError::Unavailable(format!("writing the root key: {e}")))
+                })
+                .await?;
                 Some(name)
             }
             None => None,
@@ -306,9 +306,14 @@ impl CaState {
             ))
         })?;
         let dir = DataDir(self.config.data_dir.clone());
+        let root_key_path = dir.keys().join(&key_file);
+        let name = key_file.clone();
         let key_pem = Zeroizing::new(
-            files::read_secret(&dir.keys().join(&key_file))
-                .map_err(|e| CaError::Unavailable(format!("root key {key_file}: {e}")))?,
+            off_runtime(move || {
+                files::read_secret(&root_key_path)
+                    .map_err(|e| CaError::Unavailable(format!("root key {name}: {e}")))
+            })
+            .await?,
         );
         let key = KeyPair::from_pem(&String::from_utf8_lossy(&key_pem))
             .map_err(|e| CaError::Internal(format!("root key {key_file}: {e}")))?;
@@ -324,8 +329,12 @@ impl CaState {
         signer.root_id = target.id.clone();
         let inter_key_file = format!("intermediate-{}.key.pem", signer.id);
         let inter_key_pem = Zeroizing::new(signer.key().serialize_pem());
-        files::write_secret(&dir.keys().join(&inter_key_file), inter_key_pem.as_bytes())
-            .map_err(|e| CaError::Unavailable(format!("writing the intermediate key: {e}")))?;
+        let inter_key_path = dir.keys().join(&inter_key_file);
+        off_runtime(move || {
+            files::write_secret(&inter_key_path, inter_key_pem.as_bytes())
+                .map_err(|e| CaError::Unavailable(format!("writing the intermediate key: {e}")))
+        })
+        .await?;
         let mark = self.store.mark();
         for root in roots.iter_mut() {
             if root.state == RootState::Active {
@@ -445,9 +454,13 @@ impl CaState {
         self.audit_root(kind, root, actor, &format!("bundle version {version}"))?;
         self.store.durable(mark).await.map_err(store_err)?;
         let bundle = bootstrap::bundle_from_store(&self.config.trust_domain, &self.store)?;
-        let dir = DataDir(self.config.data_dir.clone());
-        files::write_atomic(&dir.bundle_pem(), bundle.to_pem().as_bytes(), 0o644)
-            .map_err(|e| CaError::Unavailable(format!("writing bundle.pem: {e}")))?;
+        let path = DataDir(self.config.data_dir.clone()).bundle_pem();
+        let pem = bundle.to_pem();
+        off_runtime(move || {
+            files::write_atomic(&path, pem.as_bytes(), 0o644)
+                .map_err(|e| CaError::Unavailable(format!("writing bundle.pem: {e}")))
+        })
+        .await?;
         tracing::info!(
             version,
             roots = bundle.roots().len(),

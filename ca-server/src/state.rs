@@ -276,6 +276,17 @@ pub fn unix(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs `work` on the blocking pool: file writes with fsync, key files, signatures on a
+/// cache miss, store scans. The async workers (two by default) carry every connection, so
+/// a call that waits on the disk there stalls issuance for its duration.
+pub async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::error::CaError> + Send + 'static,
+) -> Result<T, crate::error::CaError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| crate::error::CaError::Internal(format!("blocking task: {e}")))?
+}
+
 /// Resolves once the stop flag is set (or its sender is gone).
 pub async fn stopped(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|stop| *stop).await;
