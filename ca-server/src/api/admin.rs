@@ -265,7 +265,8 @@ impl Admin for AdminService {
                 Ok(Response::new(convert::record(record, der, revocation)))
             }
             None => Err(CaError::NotFound(format!(
-                "no certificate with serial {} was issued by this CA",
+                "no certificate with serial {} is recorded by this CA (never issued here, or \
+                 expired for longer than [store] certificate_retention)",
                 hex::encode(&serial)
             ))
             .into()),
