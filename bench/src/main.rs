@@ -13,6 +13,9 @@
 //! `trellis-bench capture` measures transparent inbound capture against the explicit inbound
 //! listener, with pods as network namespaces (see `capture.rs`).
 //!
+//! `trellis-bench store-scale` measures the CA's routine requests on a store with a large
+//! history of expired records against one without (see `store_scale.rs`).
+//!
 //! Every run is bounded in count and in time.
 
 mod admin;
@@ -23,6 +26,7 @@ mod fds;
 mod proxy;
 mod sidecar_conns;
 mod stats;
+mod store_scale;
 
 use clap::{Parser, Subcommand};
 
@@ -52,6 +56,9 @@ enum Command {
     /// What transparent inbound capture costs against the explicit inbound listener, with
     /// pods as network namespaces (needs root).
     Capture(capture::Args),
+    /// What the CA's routine requests cost as its store ages: start-up, /metrics, status,
+    /// listings, the root census and pruning with and without a large history.
+    StoreScale(store_scale::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,5 +68,6 @@ fn main() -> anyhow::Result<()> {
         Command::SidecarConns(args) => sidecar_conns::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Capture(args) => capture::run(args),
+        Command::StoreScale(args) => store_scale::run(args),
     }
 }

@@ -18,9 +18,9 @@ mod cgroups;
 mod handshakes;
 pub(crate) mod load;
 mod peers;
-mod procs;
+pub(crate) mod procs;
 mod slices;
-mod stacks;
+pub(crate) mod stacks;
 mod table;
 
 use std::net::SocketAddr;

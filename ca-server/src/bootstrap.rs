@@ -350,9 +350,10 @@ fn load(
     let active_jwt = crate::jwt_svid::ensure_active_key(&store, dir, unix(clock.now()), true)?;
     let jwt_signer = crate::jwt_svid::load_signer(dir, &active_jwt)?;
     let bundle = bundle_from_store(&config.trust_domain, &store)?;
-    Ok(CaState::new(
-        config, store, clock, signer, jwt_signer, bundle,
-    ))
+    store.start_counting(unix(clock.now())).map_err(store_err)?;
+    let state = CaState::new(config, store, clock, signer, jwt_signer, bundle);
+    state.load_bundle_reports().map_err(store_err)?;
+    Ok(state)
 }
 
 /// The bundle as stored: every root not retired, in the order they were added (so that
@@ -397,21 +398,21 @@ pub async fn write_admin_credentials(state: &CaState, out: &Path) -> Result<(), 
             None,
         )
         .await?;
-    files::create_private_dir(out).map_err(io(format!("{}", out.display())))?;
-    files::write_secret(&out.join(ca_files::ADMIN_KEY), key.to_pem().as_bytes())
-        .map_err(io("admin key".into()))?;
-    files::write_atomic(
-        &out.join(ca_files::ADMIN_CERT),
-        pem::certs_to_pem(&issued.chain).as_bytes(),
-        0o644,
-    )
-    .map_err(io("admin certificate".into()))?;
-    files::write_atomic(
-        &out.join(ca_files::BUNDLE),
-        issued.bundle.to_pem().as_bytes(),
-        0o644,
-    )
-    .map_err(io("admin bundle".into()))?;
+    let out_dir = out.to_path_buf();
+    let key_pem = Zeroizing::new(key.to_pem());
+    let chain_pem = pem::certs_to_pem(&issued.chain);
+    let bundle_pem = issued.bundle.to_pem();
+    crate::state::off_runtime(move || {
+        let out = out_dir.as_path();
+        files::create_private_dir(out).map_err(io(format!("{}", out.display())))?;
+        files::write_secret(&out.join(ca_files::ADMIN_KEY), key_pem.as_bytes())
+            .map_err(io("admin key".into()))?;
+        files::write_atomic(&out.join(ca_files::ADMIN_CERT), chain_pem.as_bytes(), 0o644)
+            .map_err(io("admin certificate".into()))?;
+        files::write_atomic(&out.join(ca_files::BUNDLE), bundle_pem.as_bytes(), 0o644)
+            .map_err(io("admin bundle".into()))
+    })
+    .await?;
     tracing::info!(dir = %out.display(), spiffe_id = %issued.spiffe_id, serial = %issued.serial, "admin credentials written");
     Ok(())
 }

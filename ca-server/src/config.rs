@@ -78,6 +78,9 @@ pub struct Flags {
     /// Bootstraps one source address may make at once.
     #[arg(long, env = "TRELLIS_BOOTSTRAP_BURST")]
     pub bootstrap_burst: Option<u32>,
+    /// How long expired certificate records are kept ("0" keeps them forever).
+    #[arg(long, env = "TRELLIS_CERTIFICATE_RETENTION")]
+    pub certificate_retention: Option<String>,
     /// Validate the configuration, print it, and exit without serving.
     #[arg(long)]
     pub check_config: bool,
@@ -146,7 +149,22 @@ pub struct FileConfig {
     pub audit: Option<AuditFile>,
     /// JWT-SVID lifetimes (`crate::jwt_svid`).
     pub jwt_svid: Option<JwtSvidFile>,
+    /// What the certificate store keeps.
+    pub store: Option<StoreFile>,
 }
+
+/// The `[store]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// How long an expired certificate's record (and its revocation) is kept; "0" keeps
+    /// every record forever.
+    pub certificate_retention: Option<String>,
+}
+
+/// How long expired certificate records are kept by default: long enough to investigate
+/// an incident after a weekend, short enough that the store holds a few days of history.
+pub const DEFAULT_CERTIFICATE_RETENTION: Duration = Duration::from_secs(3 * 86_400);
 
 /// The `[kubernetes]` table.
 #[derive(Debug, Default, Deserialize)]
@@ -261,6 +279,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// JWT-SVID lifetimes.
     pub jwt_svid: JwtSvidConfig,
+    /// How long an expired certificate's record is kept; `None` keeps it forever.
+    pub certificate_retention: Option<Duration>,
 }
 
 /// A configuration problem, as one line naming the setting.
@@ -310,6 +330,11 @@ impl Config {
             max_ttl,
             log_format
         );
+        if flags.certificate_retention.is_some() {
+            file.store
+                .get_or_insert_with(StoreFile::default)
+                .certificate_retention = flags.certificate_retention;
+        }
         let limits = file.limits.get_or_insert_with(LimitsFile::default);
         macro_rules! over_limits {
             ($($field:ident),*) => { $( if flags.$field.is_some() { limits.$field = flags.$field; } )* };
@@ -423,6 +448,20 @@ impl Config {
             connections: file.connections.unwrap_or_default().build()?,
             audit: file.audit.unwrap_or_default().build()?,
             jwt_svid: file.jwt_svid.unwrap_or_default().build()?,
+            certificate_retention: match file.store.and_then(|s| s.certificate_retention) {
+                None => Some(DEFAULT_CERTIFICATE_RETENTION),
+                Some(text) if text.trim() == "0" => None,
+                Some(text) => match duration::parse(&text) {
+                    Ok(d) if d.is_zero() => None,
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        return Err(ConfigError(format!(
+                            "store.certificate_retention: {e} (e.g. \"72h\", or \"0\" to keep \
+                             every record)"
+                        )));
+                    }
+                },
+            },
         })
     }
 }
@@ -458,8 +497,11 @@ mod tests {
             "7",
             "--renewal-burst",
             "3",
+            "--certificate-retention",
+            "0",
         ]);
         let config = Config::load(flags).expect("valid");
+        assert_eq!(config.certificate_retention, None, "0 keeps everything");
         assert_eq!(config.limits.max_concurrent_issuance, 7);
         assert_eq!(config.limits.renewals.burst, 3);
         assert_eq!(
@@ -474,6 +516,15 @@ mod tests {
         let config = file("").expect("defaults");
         assert_eq!(config.trust_domain.as_str(), "cluster.local");
         assert_eq!(config.default_ttl, Duration::from_secs(3600));
+        assert_eq!(
+            config.certificate_retention,
+            Some(DEFAULT_CERTIFICATE_RETENTION)
+        );
+        let kept = file("[store]\ncertificate_retention = \"36h\"").expect("valid");
+        assert_eq!(
+            kept.certificate_retention,
+            Some(Duration::from_secs(36 * 3600))
+        );
     }
 
     #[test]
@@ -487,6 +538,10 @@ mod tests {
                 "longer than max_ttl",
             ),
             ("log_format = \"xml\"", "log_format"),
+            (
+                "[store]\ncertificate_retention = \"3 days\"",
+                "store.certificate_retention",
+            ),
             ("server_names = [\"bad name\"]", "server_names"),
             ("trust_domian = \"typo.local\"", "unknown field"),
             (

@@ -4,8 +4,10 @@
 //! validity has passed.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use rustls_pki_types::CertificateDer;
 use tokio::sync::Mutex;
 use trellis_identity::crl_reason::CrlReason;
 
@@ -13,7 +15,8 @@ use trellis_identity::profile::{CrlEntry, SigningCa};
 
 use crate::bootstrap::DataDir;
 use crate::error::CaError;
-use crate::state::{CaState, unix};
+use crate::state::{CaState, off_runtime, unix};
+use crate::store::Store;
 
 /// How long a CRL is valid (its nextUpdate); it is re-signed after half of this.
 pub const CRL_VALIDITY: Duration = Duration::from_secs(3600);
@@ -45,10 +48,17 @@ impl CrlCache {
         {
             return Ok(crl.der.clone());
         }
+        // Loading a key file and signing run on the blocking pool (a CRL over many
+        // revocations is a large signature input; the key is a file read).
         let issuer = if id == signer.id {
             signer
         } else {
-            std::sync::Arc::new(load_intermediate(state, &id)?)
+            let store = state.store.clone();
+            let keys = DataDir(state.config.data_dir.clone()).keys();
+            let wanted = id.clone();
+            std::sync::Arc::new(
+                off_runtime(move || load_intermediate(&store, &keys, &wanted)).await?,
+            )
         };
         let entries: Vec<CrlEntry> = revocations
             .entries
@@ -75,7 +85,9 @@ impl CrlCache {
                 _ => return Err(e),
             },
         };
-        let der = issuer.sign_crl(&entries, now, now + CRL_VALIDITY, number)?;
+        let der =
+            off_runtime(move || Ok(issuer.sign_crl(&entries, now, now + CRL_VALIDITY, number)?))
+                .await?;
         cache.insert(
             id,
             SignedCrl {
@@ -119,9 +131,8 @@ async fn next_crl_number(state: &CaState, id: &str, now: SystemTime) -> Result<u
     Ok(number)
 }
 
-fn load_intermediate(state: &CaState, id: &str) -> Result<SigningCa, CaError> {
-    let record = state
-        .store
+fn load_intermediate(store: &Store, keys: &Path, id: &str) -> Result<SigningCa, CaError> {
+    let record = store
         .intermediates()
         .map_err(crate::bootstrap::store_err)?
         .into_iter()
@@ -129,5 +140,6 @@ fn load_intermediate(state: &CaState, id: &str) -> Result<SigningCa, CaError> {
         .ok_or_else(|| {
             CaError::NotFound(format!("no intermediate {id:?}; see `trellis ca status`"))
         })?;
-    crate::bootstrap::load_intermediate(&DataDir(state.config.data_dir.clone()), &record)
+    let key = crate::bootstrap::load_key(&keys.join(&record.key_file), "intermediate key")?;
+    Ok(SigningCa::new(CertificateDer::from(record.cert_der), key)?)
 }

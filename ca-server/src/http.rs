@@ -96,12 +96,29 @@ async fn metrics(State(http): State<Http>) -> Response {
     state.issuance_seconds.render(&mut out, name, "");
     crate::federation::render_metrics(state, &mut out);
     // Absent, not zero, while the store is being reopened after a write failure.
-    if let Some(count) = state.store.certificate_count() {
+    if let Some(count) = state.store.issued_total() {
         let _ = writeln!(
             out,
             "# HELP trellis_ca_certificates_issued_total Certificates issued since initialisation.\n# TYPE trellis_ca_certificates_issued_total counter\ntrellis_ca_certificates_issued_total {count}"
         );
     }
+    if let Some(live) = state.store.live_by_root(now as u64) {
+        let _ = writeln!(
+            out,
+            "# HELP trellis_ca_certificates_live Unexpired certificates (revoked ones included), by the root they chain to.\n# TYPE trellis_ca_certificates_live gauge"
+        );
+        for (root, count) in live {
+            let _ = writeln!(
+                out,
+                "trellis_ca_certificates_live{{root=\"{root}\"}} {count}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP trellis_ca_store_pruned_total Expired certificate records removed by retention since start.\n# TYPE trellis_ca_store_pruned_total counter\ntrellis_ca_store_pruned_total {}",
+        state.store.pruned_total()
+    );
     let _ = writeln!(
         out,
         "# HELP trellis_ca_store_writable 1 if the certificate store can record issuances, 0 while it cannot (disk full, read-only).\n# TYPE trellis_ca_store_writable gauge\ntrellis_ca_store_writable {}",

@@ -25,6 +25,7 @@ pub mod issuance;
 pub mod jwt_svid;
 pub mod limits;
 pub mod peer;
+pub mod retention;
 pub mod revocation;
 pub mod roots;
 pub mod server;

@@ -47,7 +47,8 @@ impl CaState {
                     .map_err(unavailable)?
                     .ok_or_else(|| {
                         CaError::NotFound(format!(
-                            "no certificate with serial {} was issued by this CA",
+                            "no certificate with serial {} is recorded by this CA (never issued \
+                             here, or expired for longer than [store] certificate_retention)",
                             hex::encode(serial)
                         ))
                     })?;

@@ -8,7 +8,7 @@
 //!
 //! Both can be forced; the refusal says how many and which identities are affected.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -16,13 +16,16 @@ use rcgen::KeyPair;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 use trellis_identity::profile::{self, SigningCa};
-use trellis_identity::{CertInfo, TrustBundle, files};
+use trellis_identity::spiffe::reserved;
+use trellis_identity::{CertInfo, SpiffeId, TrustBundle, files};
 use zeroize::Zeroizing;
 
 use crate::bootstrap::{self, DataDir, store_err};
 use crate::error::CaError;
-use crate::state::{CaState, stopped, unix};
-use crate::store::{AuditRecord, CertRecord, IntermediateRecord, RootRecord, RootState};
+use crate::state::{CaState, off_runtime, stopped, unix};
+use crate::store::{
+    AuditRecord, CertRecord, IntermediateRecord, RootRecord, RootState, Store, StoreError,
+};
 
 /// How many identities a refusal names before "and N more".
 const NAMED: usize = 10;
@@ -44,7 +47,8 @@ pub struct Convergence {
     pub unconverged: Vec<String>,
 }
 
-/// What the issued certificates say right now, gathered in one scan of the store.
+/// What the live certificates say right now, gathered in one walk of the expiry index
+/// (O(live certificates), whatever the history).
 #[derive(Debug, Default)]
 pub struct Census {
     /// Unexpired certificates (revoked ones included).
@@ -55,38 +59,40 @@ pub struct Census {
     newest: HashMap<String, CertRecord>,
 }
 
+impl Census {
+    fn take(store: &Store, now: u64, revoked: &HashSet<String>) -> Result<Self, StoreError> {
+        let mut census = Census::default();
+        store.for_each_live(now, |r| {
+            census.live_total += 1;
+            *census.live_by_root.entry(r.root_id.clone()).or_default() += 1;
+            if revoked.contains(&r.serial) {
+                return;
+            }
+            match census.newest.get(&r.spiffe_id) {
+                Some(existing)
+                    if (existing.issued_at, existing.issued_at_ns)
+                        >= (r.issued_at, r.issued_at_ns) => {}
+                _ => {
+                    census.newest.insert(r.spiffe_id.clone(), r);
+                }
+            }
+        })?;
+        Ok(census)
+    }
+}
+
 impl CaState {
-    /// Scans the issued certificates once.
-    pub fn census(&self) -> Result<Census, CaError> {
+    /// Takes a census of the live certificates, off the async worker threads.
+    pub async fn census(&self) -> Result<Census, CaError> {
         let now = self.now_unix();
-        let revoked: std::collections::HashSet<String> = self
+        let revoked: HashSet<String> = self
             .revocations()
             .entries
             .iter()
             .map(|r| r.serial.clone())
             .collect();
-        let mut census = Census::default();
-        self.store
-            .for_each_certificate(|r| {
-                if r.not_after <= now {
-                    return true;
-                }
-                census.live_total += 1;
-                *census.live_by_root.entry(r.root_id.clone()).or_default() += 1;
-                if !revoked.contains(&r.serial) {
-                    match census.newest.get(&r.spiffe_id) {
-                        Some(existing)
-                            if (existing.issued_at, existing.issued_at_ns)
-                                >= (r.issued_at, r.issued_at_ns) => {}
-                        _ => {
-                            census.newest.insert(r.spiffe_id.clone(), r);
-                        }
-                    }
-                }
-                true
-            })
-            .map_err(store_err)?;
-        Ok(census)
+        let store = self.store.clone();
+        off_runtime(move || Census::take(&store, now, &revoked).map_err(store_err)).await
     }
 }
 
@@ -124,18 +130,26 @@ impl CaState {
             .collect()
     }
 
-    /// Live workloads (an unexpired certificate, and a bundle report to the CA) and those
-    /// that have not acknowledged `version`.
+    /// Live workloads and those that have not acknowledged `version`. A workload is an
+    /// identity with an unexpired, unrevoked certificate; one that has never acknowledged a
+    /// bundle counts as not converged if its certificate came through the workload API (a
+    /// sidecar, which follows the bundle stream), and not at all otherwise: the CA's own
+    /// identities move with the activation, and a certificate an operator issued by hand
+    /// has nothing that follows the stream, so waiting for it would wait forever.
     pub fn convergence(&self, census: &Census, version: u64) -> Convergence {
         let reports = self.bundle_reports();
+        let td = self.config.trust_domain.as_str();
         let mut live = 0;
         let mut unconverged = Vec::new();
-        for id in census.newest.keys() {
-            let Some(report) = reports.get(id) else {
+        for (id, newest) in &census.newest {
+            let acknowledged = reports.get(id).map(|r| r.version);
+            let follows_stream = !matches!(newest.issued_via.as_str(), "admin" | "ca")
+                && !SpiffeId::new(id).is_ok_and(|i| i.is_under(td, reserved::PREFIX));
+            if acknowledged.is_none() && !follows_stream {
                 continue;
-            };
+            }
             live += 1;
-            if report.version < version {
+            if acknowledged.is_none_or(|v| v < version) {
                 unconverged.push(id.clone());
             }
         }
@@ -216,9 +230,12 @@ impl CaState {
         let key_file = match key_pem {
             Some(pem) => {
                 let name = format!("root-{id}.key.pem");
-                let dir = DataDir(self.config.data_dir.clone());
-                files::write_secret(&dir.keys().join(&name), pem.as_bytes())
-                    .map_err(|e| CaError::Unavailable(format!("writing the root key: {e}")))?;
+                let path = DataDir(self.config.data_dir.clone()).keys().join(&name);
+                off_runtime(move || {
+                    files::write_secret(&path, pem.as_bytes())
+                        .map_err(|e| CaError::Unavailable(format!("writing the root key: {e}")))
+                })
+                .await?;
                 Some(name)
             }
             None => None,
@@ -264,7 +281,7 @@ impl CaState {
             }
             RootState::Pending | RootState::Retiring => {}
         }
-        let convergence = self.convergence(&self.census()?, target.added_in_bundle_version);
+        let convergence = self.convergence(&self.census().await?, target.added_in_bundle_version);
         if !convergence.unconverged.is_empty() && !force {
             return Err(CaError::FailedPrecondition(format!(
                 "{} of {} live {} not yet received a trust bundle containing root {id} \
@@ -289,7 +306,8 @@ impl CaState {
             ))
         })?;
         let dir = DataDir(self.config.data_dir.clone());
-        let key = bootstrap::load_key(&dir.keys().join(&key_file), "root key")?;
+        let root_key_path = dir.keys().join(&key_file);
+        let key = off_runtime(move || bootstrap::load_key(&root_key_path, "root key")).await?;
         let root_signer = SigningCa::new(CertificateDer::from(target.cert_der.clone()), key)?;
         let now = self.now();
         let inter = profile::new_intermediate(
@@ -302,8 +320,12 @@ impl CaState {
         signer.root_id = target.id.clone();
         let inter_key_file = format!("intermediate-{}.key.pem", signer.id);
         let inter_key_pem = Zeroizing::new(signer.key().serialize_pem());
-        files::write_secret(&dir.keys().join(&inter_key_file), inter_key_pem.as_bytes())
-            .map_err(|e| CaError::Unavailable(format!("writing the intermediate key: {e}")))?;
+        let inter_key_path = dir.keys().join(&inter_key_file);
+        off_runtime(move || {
+            files::write_secret(&inter_key_path, inter_key_pem.as_bytes())
+                .map_err(|e| CaError::Unavailable(format!("writing the intermediate key: {e}")))
+        })
+        .await?;
         let mark = self.store.mark();
         for root in roots.iter_mut() {
             if root.state == RootState::Active {
@@ -376,7 +398,8 @@ impl CaState {
             RootState::Pending | RootState::Retiring => {}
         }
         let mut users: Vec<String> = self
-            .census()?
+            .census()
+            .await?
             .newest
             .into_values()
             .filter(|r| r.root_id == id)
@@ -422,9 +445,13 @@ impl CaState {
         self.audit_root(kind, root, actor, &format!("bundle version {version}"))?;
         self.store.durable(mark).await.map_err(store_err)?;
         let bundle = bootstrap::bundle_from_store(&self.config.trust_domain, &self.store)?;
-        let dir = DataDir(self.config.data_dir.clone());
-        files::write_atomic(&dir.bundle_pem(), bundle.to_pem().as_bytes(), 0o644)
-            .map_err(|e| CaError::Unavailable(format!("writing bundle.pem: {e}")))?;
+        let path = DataDir(self.config.data_dir.clone()).bundle_pem();
+        let pem = bundle.to_pem();
+        off_runtime(move || {
+            files::write_atomic(&path, pem.as_bytes(), 0o644)
+                .map_err(|e| CaError::Unavailable(format!("writing bundle.pem: {e}")))
+        })
+        .await?;
         tracing::info!(
             version,
             roots = bundle.roots().len(),

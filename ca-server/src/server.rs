@@ -125,6 +125,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     tokio::spawn(crate::roots::watch_expiry(state.clone(), stopped.clone()));
     tokio::spawn(crate::audit::maintain(state.clone(), stopped.clone()));
     tokio::spawn(crate::federation::maintain(state.clone(), stopped.clone()));
+    tokio::spawn(crate::retention::run(state.clone(), stopped.clone()));
     let listeners = Listeners::new(&state.config.connections);
     let http_addr = match http_listener {
         Some(listener) => {

@@ -33,7 +33,8 @@ pub struct CaState {
     signer_changes: watch::Sender<u64>,
     bundle: watch::Sender<Arc<TrustBundle>>,
     revocations: watch::Sender<Arc<RevocationList>>,
-    /// Last trust-bundle version each workload reported, and when.
+    /// Last trust-bundle version each workload reported, and when: what the store's
+    /// acknowledgements say, read at start-up and written through.
     reported_bundles: Mutex<HashMap<String, BundleReport>>,
     /// The serving TLS config, set once the server starts.
     pub(crate) serving_tls: OnceLock<watch::Sender<Arc<rustls::ServerConfig>>>,
@@ -167,16 +168,54 @@ impl CaState {
         });
     }
 
-    /// Records that `spiffe_id` holds bundle `version`.
-    pub fn report_bundle(&self, spiffe_id: &str, version: u64) {
+    /// Reads the acknowledgements the store holds (start-up), so that the rotation checks
+    /// answer after a restart as they did before it.
+    pub fn load_bundle_reports(&self) -> Result<(), crate::store::StoreError> {
+        let acks = self.store.acks()?;
+        let mut reports = self
+            .reported_bundles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (spiffe_id, version, reported_at) in acks {
+            reports.insert(
+                spiffe_id,
+                BundleReport {
+                    version,
+                    reported_at,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Records, durably, that `spiffe_id` holds bundle `version`. Writes only when the
+    /// version changes, so renewals that repeat it cost nothing.
+    pub async fn report_bundle(
+        &self,
+        spiffe_id: &str,
+        version: u64,
+    ) -> Result<(), crate::store::StoreError> {
+        let known = self
+            .reported_bundles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(spiffe_id)
+            .map(|r| r.version);
+        if known == Some(version) {
+            return Ok(());
+        }
         let report = BundleReport {
             version,
             reported_at: self.now_unix(),
         };
+        let mark = self.store.mark();
+        self.store.put_ack(spiffe_id, version, report.reported_at)?;
+        self.store.durable(mark).await?;
         self.reported_bundles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(spiffe_id.to_owned(), report);
+        Ok(())
     }
 
     /// Every workload's latest bundle report.
@@ -259,6 +298,17 @@ pub fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Runs `work` on the blocking pool: file writes with fsync, key files, signatures on a
+/// cache miss, store scans. The async workers (two by default) carry every connection, so
+/// a call that waits on the disk there stalls issuance for its duration.
+pub async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::error::CaError> + Send + 'static,
+) -> Result<T, crate::error::CaError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| crate::error::CaError::Internal(format!("blocking task: {e}")))?
 }
 
 /// Resolves once the stop flag is set (or its sender is gone).

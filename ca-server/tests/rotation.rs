@@ -366,3 +366,66 @@ async fn a_root_can_be_imported_with_or_without_its_key() {
         poser.message()
     );
 }
+
+/// The activation check answers the same after a restart: acknowledgements are stored, and
+/// a workload that never acknowledged counts as not converged rather than being skipped.
+#[tokio::test]
+async fn acknowledgements_survive_a_restart_and_a_silent_workload_blocks_activation() {
+    let mut ca = TestCa::start().await;
+    let (web_key, web) = ca.bootstrap("/ns/app/sa/web").await;
+    let web = identity_of(&web_key, &web);
+    // A second workload that holds a certificate but never acknowledges a bundle.
+    let _silent = ca.bootstrap("/ns/app/sa/silent").await;
+    let new_root = ca
+        .admin()
+        .await
+        .add_root(AddRootRequest::default())
+        .await
+        .expect("add")
+        .into_inner();
+    ca.workload(Some(&web))
+        .await
+        .ack_trust_bundle(AckTrustBundleRequest { version: 2 })
+        .await
+        .expect("ack");
+
+    ca.restart().await;
+
+    let refused = ca
+        .admin()
+        .await
+        .activate_root(ActivateRootRequest {
+            root_id: new_root.id.clone(),
+            force: false,
+        })
+        .await
+        .expect_err("the silent workload has not converged");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused
+            .message()
+            .starts_with("1 of 2 live workloads have not yet received"),
+        "web's acknowledgement survived the restart: {}",
+        refused.message()
+    );
+    assert!(
+        refused
+            .message()
+            .contains("spiffe://cluster.local/ns/app/sa/silent")
+            && !refused.message().contains("sa/web"),
+        "{}",
+        refused.message()
+    );
+    let roots = ca
+        .admin()
+        .await
+        .list_roots(ListRootsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(roots.live_workloads, 2);
+    assert_eq!(
+        roots.unconverged_workloads,
+        vec!["spiffe://cluster.local/ns/app/sa/silent".to_owned()]
+    );
+}

@@ -652,3 +652,77 @@ fn jwt_key_rotation_from_the_cli_refuses_retiring_a_key_whose_tokens_may_live() 
     assert_eq!(retired["key"]["state"], "retired");
     assert_eq!(retired["forced"], true);
 }
+
+/// Retention with the real binary: records expired for longer than
+/// `--certificate-retention` are gone after a start, the recently expired ones stay, and
+/// `cert show` of a pruned serial says why it is not found.
+#[test]
+fn expired_records_past_retention_are_removed_and_show_says_why() {
+    use trellis_ca::store::{CertRecord, Store};
+    let mut ca = Ca::start_with(&["--certificate-retention", "30m"]);
+    ca.stop();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let serial_hex = |tag: u8, i: u8| trellis_identity::hex::encode(&[tag, tag, tag, i]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = Store::open(&ca.data_dir.join("db")).expect("open the CA's store");
+        for (tag, expired_ago) in [(0x0au8, 3600u64), (0x0bu8, 600u64)] {
+            for i in 0..5u8 {
+                let record = CertRecord {
+                    serial: serial_hex(tag, i),
+                    spiffe_id: format!("spiffe://cluster.local/ns/old/sa/w{i}"),
+                    dns_names: Vec::new(),
+                    not_before: now - expired_ago - 3600,
+                    not_after: now - expired_ago,
+                    issued_at: now - expired_ago - 3600,
+                    issued_at_ns: 0,
+                    root_id: "old".into(),
+                    intermediate_id: "old".into(),
+                    issued_via: "renewal".into(),
+                };
+                store
+                    .record_issuance(&record, &[0x30; 300], &[tag, tag, tag, i], None, &[])
+                    .expect("record");
+            }
+        }
+        store.flush_now().expect("flush");
+    });
+    drop(rt);
+    ca.restart();
+    let user = User::logged_in(&ca);
+
+    let listed = |user: &User| -> Vec<String> {
+        user.trellis(&["cert", "list", "--include-expired", "-o", "json"])
+            .success()
+            .json()["certificates"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|c| c["serial"].as_str().expect("serial").to_owned())
+            .collect()
+    };
+    // Retention runs in the background from start-up; wait for its first pass.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let serials = loop {
+        let serials = listed(&user);
+        if !serials.iter().any(|s| s.starts_with("0a0a0a")) || std::time::Instant::now() > deadline
+        {
+            break serials;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    for i in 0..5 {
+        assert!(!serials.contains(&serial_hex(0x0a, i)), "{serials:?}");
+        assert!(serials.contains(&serial_hex(0x0b, i)), "{serials:?}");
+    }
+    let gone = user.trellis(&["cert", "show", &serial_hex(0x0a, 0)]);
+    assert_ne!(gone.code, Some(0), "{}", gone.stdout);
+    assert!(
+        gone.stderr.contains("certificate_retention"),
+        "{}",
+        gone.stderr
+    );
+}

@@ -49,6 +49,19 @@ const DEFAULT_PAGE: usize = 500;
 const MAX_PAGE: usize = 1000;
 /// Index entries one `ListCertificates` call reads at most, matched or not.
 const SCAN_PER_PAGE: usize = 10 * MAX_PAGE;
+/// How a page token of the expiry-ordered listing starts (not a hex digit).
+const EXPIRY_TOKEN: &str = "x";
+
+/// Which index a listing walks, and where it resumes.
+enum Listing {
+    /// Unexpired certificates of every identity, by expiry.
+    Expiry { after: Option<Vec<u8>> },
+    /// One identity's certificates (`prefix`), or every record ever kept (empty prefix).
+    Identity {
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+    },
+}
 
 fn caller<T>(request: &Request<T>) -> Result<SpiffeId, Status> {
     request
@@ -145,48 +158,101 @@ impl Admin for AdminService {
         let now = self.state.now_unix();
         let expiring_before = (filter.expiring_within_seconds > 0)
             .then(|| now.saturating_add(filter.expiring_within_seconds));
-        let keep = |r: &crate::store::CertRecord| {
-            (filter.include_expired || r.not_after > now)
-                && (filter.root_id.is_empty() || r.root_id == filter.root_id)
+        let root_id = filter.root_id.clone();
+        let include_expired = filter.include_expired;
+        let keep = move |r: &crate::store::CertRecord| {
+            (include_expired || r.not_after > now)
+                && (root_id.is_empty() || r.root_id == root_id)
                 && expiring_before.is_none_or(|t| r.not_after <= t && r.not_after > now)
         };
-        let prefix = if filter.spiffe_id.is_empty() {
-            Vec::new()
+        let bad_token = || {
+            Status::from(CaError::InvalidArgument(
+                "page_token is not one this listing returned (the filters must stay the same \
+                 from page to page); start again without it"
+                    .into(),
+            ))
+        };
+        // Without an identity, unexpired certificates come from the expiry index (O(page),
+        // however much history the store holds), in expiry order; its tokens start with
+        // EXPIRY_TOKEN, which no hex identity-index token does.
+        let listing = if filter.spiffe_id.is_empty() && !filter.include_expired {
+            let after = match filter.page_token.as_str() {
+                "" => None,
+                token => Some(
+                    token
+                        .strip_prefix(EXPIRY_TOKEN)
+                        .and_then(hex::decode)
+                        .ok_or_else(bad_token)?,
+                ),
+            };
+            Listing::Expiry { after }
         } else {
-            identity_prefix(parse_id("spiffe_id", &filter.spiffe_id)?.as_str())
+            let prefix = if filter.spiffe_id.is_empty() {
+                Vec::new()
+            } else {
+                identity_prefix(parse_id("spiffe_id", &filter.spiffe_id)?.as_str())
+            };
+            let after = match filter.page_token.as_str() {
+                "" => None,
+                token => Some(
+                    hex::decode(token)
+                        .filter(|key| key.starts_with(&prefix))
+                        .ok_or_else(bad_token)?,
+                ),
+            };
+            Listing::Identity { prefix, after }
         };
-        let after = match filter.page_token.as_str() {
-            "" => None,
-            token => Some(
-                hex::decode(token)
-                    .filter(|key| key.starts_with(&prefix))
-                    .ok_or_else(|| {
-                        CaError::InvalidArgument(
-                            "page_token is not one this listing returned (the filters must stay \
-                             the same from page to page); start again without it"
-                                .into(),
-                        )
-                    })?,
-            ),
-        };
-        let store = &self.state.store;
-        let page = store
-            .certificates_page(&prefix, after.as_deref(), page_size, SCAN_PER_PAGE, keep)
-            .map_err(store_err)?;
-        let mut certificates = Vec::with_capacity(page.certificates.len());
-        for (record, der) in page.certificates {
-            let serial = hex::decode(&record.serial).unwrap_or_default();
-            let revocation = store.revocation(&serial).map_err(store_err)?;
-            certificates.push(convert::record(record, der, revocation));
-        }
-        let next_page_token = page.next.map(|key| hex::encode(&key)).unwrap_or_default();
+        let store = self.state.store.clone();
+        let (page, next_page_token) = tokio::task::spawn_blocking(move || {
+            let (page, token_prefix) = match &listing {
+                Listing::Expiry { after } => (
+                    store.expiring_page(
+                        now,
+                        expiring_before,
+                        after.as_deref(),
+                        page_size,
+                        SCAN_PER_PAGE,
+                        keep,
+                    )?,
+                    EXPIRY_TOKEN,
+                ),
+                Listing::Identity { prefix, after } => (
+                    store.certificates_page(
+                        prefix,
+                        after.as_deref(),
+                        page_size,
+                        SCAN_PER_PAGE,
+                        keep,
+                    )?,
+                    "",
+                ),
+            };
+            let token = page
+                .next
+                .as_ref()
+                .map(|key| format!("{token_prefix}{}", hex::encode(key)))
+                .unwrap_or_default();
+            let mut with_revocations = Vec::with_capacity(page.certificates.len());
+            for (record, der) in page.certificates {
+                let serial = hex::decode(&record.serial).unwrap_or_default();
+                let revocation = store.revocation(&serial)?;
+                with_revocations.push((record, der, revocation));
+            }
+            Ok::<_, crate::store::StoreError>((with_revocations, token))
+        })
+        .await
+        .map_err(|e| CaError::Internal(format!("listing task: {e}")))?
+        .map_err(store_err)?;
+        let certificates = page
+            .into_iter()
+            .map(|(record, der, revocation)| convert::record(record, der, revocation))
+            .collect();
         Ok(Response::new(ListCertificatesResponse {
             certificates,
             truncated: !next_page_token.is_empty(),
             next_page_token,
         }))
     }
-
     async fn get_certificate(
         &self,
         request: Request<GetCertificateRequest>,
@@ -204,7 +270,8 @@ impl Admin for AdminService {
                 Ok(Response::new(convert::record(record, der, revocation)))
             }
             None => Err(CaError::NotFound(format!(
-                "no certificate with serial {} was issued by this CA",
+                "no certificate with serial {} is recorded by this CA (never issued here, or \
+                 expired for longer than [store] certificate_retention)",
                 hex::encode(&serial)
             ))
             .into()),
@@ -287,7 +354,7 @@ impl Admin for AdminService {
         _request: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusResponse>, Status> {
         let state = &self.state;
-        let census = state.census()?;
+        let census = state.census().await?;
         let root_infos: Vec<RootInfo> = state
             .list_roots(&census)?
             .into_iter()
@@ -308,7 +375,7 @@ impl Admin for AdminService {
                 not_after: convert::timestamp(inter.not_after),
             }),
             // Only `None` if the store failed since the census above read it.
-            issued_total: state.store.certificate_count().unwrap_or_default() as u64,
+            issued_total: state.store.issued_total().unwrap_or_default(),
             live_total: census.live_total,
             version: env!("CARGO_PKG_VERSION").into(),
             current_time: convert::timestamp(state.now()),
@@ -370,7 +437,7 @@ impl Admin for AdminService {
     ) -> Result<Response<ListRootsResponse>, Status> {
         let state = &self.state;
         let version = state.bundle().version();
-        let census = state.census()?;
+        let census = state.census().await?;
         let convergence = state.convergence(&census, version);
         Ok(Response::new(ListRootsResponse {
             roots: state
@@ -405,7 +472,7 @@ impl Admin for AdminService {
                 .import_root(&body.certificate_pem, key, caller.as_str())
                 .await?
         };
-        self.root_info(&record.id)
+        self.root_info(&record.id).await
     }
 
     async fn activate_root(
@@ -418,7 +485,7 @@ impl Admin for AdminService {
             .state
             .activate_root(body.root_id.trim(), body.force, caller.as_str())
             .await?;
-        self.root_info(&record.id)
+        self.root_info(&record.id).await
     }
 
     async fn retire_root(
@@ -431,7 +498,7 @@ impl Admin for AdminService {
             .state
             .retire_root(body.root_id.trim(), body.force, caller.as_str())
             .await?;
-        self.root_info(&record.id)
+        self.root_info(&record.id).await
     }
 
     async fn add_federation(
@@ -493,7 +560,7 @@ impl Admin for AdminService {
     ) -> Result<Response<ListJwtKeysResponse>, Status> {
         let state = &self.state;
         let version = state.bundle().version();
-        let convergence = state.convergence(&state.census()?, version);
+        let convergence = state.convergence(&state.census().await?, version);
         Ok(Response::new(ListJwtKeysResponse {
             keys: state
                 .list_jwt_keys()?
@@ -543,10 +610,10 @@ impl Admin for AdminService {
 }
 
 impl AdminService {
-    fn root_info(&self, id: &str) -> Result<Response<RootInfo>, Status> {
+    async fn root_info(&self, id: &str) -> Result<Response<RootInfo>, Status> {
         let view = self
             .state
-            .list_roots(&self.state.census()?)?
+            .list_roots(&self.state.census().await?)?
             .into_iter()
             .find(|r| r.record.id == id)
             .ok_or_else(|| CaError::Internal(format!("root {id} vanished")))?;

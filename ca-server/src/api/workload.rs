@@ -98,9 +98,14 @@ impl WorkloadCa for WorkloadService {
             .certify(&body.csr_der, credential, convert::ttl(body.ttl_seconds))
             .await
             .inspect_err(|e| tracing::info!(error = %e, "certify refused"))?;
-        if body.bundle_version > 0 {
-            self.state
-                .report_bundle(issued.spiffe_id.as_str(), body.bundle_version);
+        if body.bundle_version > 0
+            && let Err(e) = self
+                .state
+                .report_bundle(issued.spiffe_id.as_str(), body.bundle_version)
+                .await
+        {
+            // The certificate is issued and durable; the next report tries again.
+            tracing::warn!(error = %e, "recording a bundle acknowledgement failed");
         }
         Ok(Response::new(convert::issued(issued)))
     }
@@ -169,7 +174,11 @@ impl WorkloadCa for WorkloadService {
             .map_err(|e| CaError::Unauthenticated(format!("certificate refused: {e}")))?;
         let version = request.into_inner().version;
         self.state
-            .report_bundle(verified.spiffe_id.as_str(), version);
+            .report_bundle(verified.spiffe_id.as_str(), version)
+            .await
+            .map_err(|e| {
+                CaError::store("the acknowledgement was not recorded (send it again)", e)
+            })?;
         Ok(Response::new(AckTrustBundleResponse {}))
     }
 

@@ -98,7 +98,7 @@ impl CaState {
             }
             RootState::Pending | RootState::Retiring => {}
         }
-        let convergence = self.convergence(&self.census()?, target.added_in_bundle_version);
+        let convergence = self.convergence(&self.census().await?, target.added_in_bundle_version);
         if !convergence.unconverged.is_empty() && !force {
             return Err(CaError::FailedPrecondition(format!(
                 "{} of {} live {} not yet received a trust bundle containing JWT key {kid} \

@@ -46,10 +46,14 @@ pub(super) struct Trees {
     log: Arc<std::fs::File>,
     pub certs: sled::Tree,
     pub by_identity: sled::Tree,
+    /// Not-after (8 bytes, big-endian) + serial → the certificate's metadata (`index.rs`).
+    pub by_expiry: sled::Tree,
     pub roots: sled::Tree,
     pub intermediates: sled::Tree,
     pub tokens: sled::Tree,
     pub revocations: sled::Tree,
+    /// SPIFFE ID → the last bundle version it acknowledged (`acks.rs`).
+    pub acks: sled::Tree,
     /// The audit chain (see `audit.rs`).
     pub audit: sled::Tree,
     /// Audit entries written before the chain existed, chained into `audit` on first use.
@@ -82,6 +86,7 @@ impl Trees {
             log: Arc::new(log),
             certs: tree("certs")?,
             by_identity: tree("by_identity")?,
+            by_expiry: tree("by_expiry")?,
             roots: tree("roots")?,
             intermediates: tree("intermediates")?,
             tokens: tree("tokens")?,
@@ -91,6 +96,7 @@ impl Trees {
             audit_checkpoints: tree("audit_checkpoints")?,
             federations: tree("federations")?,
             audit_head: Mutex::new(None),
+            acks: tree("acks")?,
             meta: tree("meta")?,
             jwt_keys: tree("jwt_keys")?,
             db,

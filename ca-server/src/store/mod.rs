@@ -12,11 +12,20 @@
 //! ordered log, and nothing is acknowledged before the flush) is harmless:
 //! 1. consume the join token (`compare_and_swap` on its record: single use is atomic);
 //! 2. write the identity index entry (an entry without a certificate is skipped on read);
-//! 3. write the certificate, meta and DER in one value, with `compare_and_swap` from
+//! 3. write the expiry index entry (`index.rs`; one without a certificate is removed at
+//!    start-up if unexpired, by retention otherwise);
+//! 4. write the certificate, meta and DER in one value, with `compare_and_swap` from
 //!    absent, which is also what guarantees a serial is never used twice;
-//! 4. append the audit entries.
+//! 5. increment `issued_total` (one short after a crash here, for an issuance that was
+//!    never acknowledged);
+//! 6. append the audit entries.
 //!
 //! A crash after step 1 burns the token without a certificate: it fails closed.
+//!
+//! Nothing that a request or a scrape reads scans the history: the census, "expiring
+//! within" and retention walk the expiry index from "now" or up to a cut-off, and the
+//! counters are kept as they change (`index.rs`). Retention removes expired records in
+//! small batches, index entries last.
 //!
 //! A full or read-only disk is the same as a crash for what was not yet flushed: the failed
 //! database is closed and reopened (`live.rs`), and nothing written to it since the last
@@ -26,12 +35,17 @@ mod audit;
 mod commit;
 mod failure;
 mod federation;
+mod index;
+#[cfg(test)]
+mod index_tests;
 mod jwt_keys;
 mod live;
 pub mod records;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -130,6 +144,7 @@ const META_CRL_NUMBER: &str = "crl_number/";
 pub struct Store {
     live: Arc<live::Live>,
     committer: Committer,
+    counters: Arc<index::Counters>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -181,11 +196,24 @@ fn identity_key(spiffe_id: &str, serial: &[u8]) -> Vec<u8> {
 impl Store {
     /// Opens (creating if needed) the database in `dir`. Needs a tokio runtime (for the
     /// group-commit task and for reopening after a write failure).
+    /// A database written before the expiry index existed gets it here (once, O(history)).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Ok(Self {
+        let store = Self {
             live: live::Live::open(dir)?,
             committer: Committer::start(),
-        })
+            counters: Arc::default(),
+        };
+        let t = store.trees()?;
+        index::build_if_missing(&t).map_err(store.err(&t))?;
+        Ok(store)
+    }
+
+    /// Counts the certificates live at `now` (O(live)); until this runs, the live counts
+    /// are unknown. Call it once, before serving: a certificate recorded while it runs may
+    /// be counted twice.
+    pub fn start_counting(&self, now: u64) -> Result<(), StoreError> {
+        let t = self.trees()?;
+        self.counters.start(&t, now).map_err(self.err(&t))
     }
 
     /// The current opening of the database (or why there is none).
@@ -396,14 +424,28 @@ impl Store {
         t.by_identity
             .insert(identity_key(&record.spiffe_id, serial), &[])
             .map_err(&err)?;
+        let expiry_key = index::expiry_key(record.not_after, serial);
+        let meta = encode(record);
+        t.by_expiry
+            .insert(expiry_key.as_slice(), meta.as_slice())
+            .map_err(&err)?;
         let value = encode_certificate(record, der);
         let swapped = t
             .certs
             .compare_and_swap(serial, None as Option<&[u8]>, Some(value))
             .map_err(&err)?;
         if swapped.is_err() {
+            // Lost a race for the serial: our index entry goes (unless theirs replaced it).
+            let _ = t
+                .by_expiry
+                .compare_and_swap(expiry_key, Some(meta), None as Option<&[u8]>)
+                .map_err(&err)?;
             return Err(RecordError::SerialTaken);
         }
+        t.meta
+            .update_and_fetch(index::META_ISSUED_TOTAL, index::increment)
+            .map_err(&err)?;
+        self.counters.issued(record);
         for entry in audit {
             self.append_audit_to(&t, entry)?;
         }
@@ -521,7 +563,105 @@ impl Store {
         Ok(page)
     }
 
-    /// Visits every certificate record; stop early by returning `false`.
+    /// Visits every certificate unexpired at `now` (revoked ones included), in expiry
+    /// order, reading only the expiry index: O(live), whatever the history.
+    pub fn for_each_live(
+        &self,
+        now: u64,
+        mut visit: impl FnMut(CertRecord),
+    ) -> Result<(), StoreError> {
+        let t = self.trees()?;
+        let range = (index::live_from(now), Bound::<Vec<u8>>::Unbounded);
+        for entry in t.by_expiry.range(range) {
+            let (_, value) = entry.map_err(self.err(&t))?;
+            visit(decode("by_expiry", &value)?);
+        }
+        Ok(())
+    }
+
+    /// One page of the certificates unexpired at `now` that expire at or before `until`
+    /// (all unexpired if `None`), in expiry order, after the [`CertPage::next`] of the
+    /// page before; `max` and `scan` as in [`Store::certificates_page`].
+    pub fn expiring_page(
+        &self,
+        now: u64,
+        until: Option<u64>,
+        after: Option<&[u8]>,
+        max: usize,
+        scan: usize,
+        keep: impl Fn(&CertRecord) -> bool,
+    ) -> Result<CertPage, StoreError> {
+        let t = self.trees()?;
+        let err = self.err(&t);
+        // A cursor that time has overtaken starts again from now (what it skips expired).
+        let start = match (after, index::live_from(now)) {
+            (Some(key), Bound::Included(floor)) if key >= floor.as_slice() => {
+                Bound::Excluded(key.to_vec())
+            }
+            (_, floor) => floor,
+        };
+        let end = until.map_or(Bound::Unbounded, index::expired_until);
+        let mut page = CertPage::default();
+        let mut scanned = 0;
+        for entry in t.by_expiry.range::<Vec<u8>, _>((start, end)) {
+            let (key, _) = entry.map_err(&err)?;
+            scanned += 1;
+            let (_, serial) = index::split_key(&key)?;
+            if let Some(value) = t.certs.get(serial).map_err(&err)? {
+                let (record, der) = decode_certificate(&value)?;
+                if keep(&record) {
+                    page.certificates.push((record, der));
+                }
+            }
+            if page.certificates.len() >= max || scanned >= scan {
+                page.next = Some(key.to_vec());
+                return Ok(page);
+            }
+        }
+        Ok(page)
+    }
+
+    /// Removes up to `max` certificates that expired at or before `through`, with their
+    /// index entries and revocation records; returns how many. Call it again while it
+    /// returns `max`. The cut-off never passes what the live counts have been lowered to.
+    pub fn prune_expired(&self, through: u64, max: usize) -> Result<usize, StoreError> {
+        let t = self.trees()?;
+        let err = self.err(&t);
+        let through = match self.counters.expired_through() {
+            Some(counted) => through.min(counted),
+            None => through,
+        };
+        let batch: Vec<(sled::IVec, sled::IVec)> = t
+            .by_expiry
+            .range::<Vec<u8>, _>((Bound::Unbounded, index::expired_until(through)))
+            .take(max)
+            .collect::<Result<_, _>>()
+            .map_err(&err)?;
+        for (key, value) in &batch {
+            let (_, serial) = index::split_key(key)?;
+            if let Ok(record) = decode::<CertRecord>("by_expiry", value) {
+                t.by_identity
+                    .remove(identity_key(&record.spiffe_id, serial))
+                    .map_err(&err)?;
+            }
+            t.revocations.remove(serial).map_err(&err)?;
+            t.certs.remove(serial).map_err(&err)?;
+            t.by_expiry.remove(key).map_err(&err)?;
+        }
+        self.counters
+            .pruned
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(batch.len())
+    }
+
+    /// Certificate records retention removed since this store was opened.
+    pub fn pruned_total(&self) -> u64 {
+        self.counters
+            .pruned
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Visits every certificate record ever kept; O(history), for tools and tests only.
     pub fn for_each_certificate(
         &self,
         mut visit: impl FnMut(CertRecord) -> bool,
@@ -535,9 +675,21 @@ impl Store {
         Ok(())
     }
 
-    /// Number of certificates ever issued (`None` while the database is being reopened).
-    pub fn certificate_count(&self) -> Option<usize> {
-        self.trees().ok().map(|t| t.certs.len())
+    /// Number of certificates ever issued, pruned ones included (`None` while the database
+    /// is being reopened). One read.
+    pub fn issued_total(&self) -> Option<u64> {
+        let t = self.trees().ok()?;
+        t.meta
+            .get(index::META_ISSUED_TOTAL)
+            .ok()
+            .map(index::u64_value)
+    }
+
+    /// Certificates unexpired at `now`, by root (`None` before [`Store::start_counting`] or
+    /// while the database is being reopened). Reads only what expired since the last call.
+    pub fn live_by_root(&self, now: u64) -> Option<BTreeMap<String, u64>> {
+        let t = self.trees().ok()?;
+        self.counters.live(&t, now).ok().flatten()
     }
 
     // --- revocations ---
@@ -580,6 +732,40 @@ impl Store {
             .iter()
             .values()
             .map(|v| decode("intermediates", &v.map_err(self.err(&t))?))
+            .collect()
+    }
+
+    // --- bundle acknowledgements ---
+
+    /// Records that `spiffe_id` acknowledged bundle `version` at `at` (Unix seconds).
+    pub fn put_ack(&self, spiffe_id: &str, version: u64, at: u64) -> Result<(), StoreError> {
+        let t = self.trees()?;
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&version.to_be_bytes());
+        value[8..].copy_from_slice(&at.to_be_bytes());
+        t.acks.insert(spiffe_id, &value).map_err(self.err(&t))?;
+        Ok(())
+    }
+
+    /// Every identity's last acknowledgement: SPIFFE ID → (version, when).
+    pub fn acks(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let t = self.trees()?;
+        t.acks
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(self.err(&t))?;
+                let corrupt = || StoreError::Corrupt {
+                    tree: "acks",
+                    reason: "value is not two 8-byte numbers".into(),
+                };
+                let version = value.get(..8).ok_or_else(corrupt)?;
+                let at = value.get(8..16).ok_or_else(corrupt)?;
+                Ok((
+                    String::from_utf8_lossy(&key).into_owned(),
+                    index::u64_value(Some(version.into())),
+                    index::u64_value(Some(at.into())),
+                ))
+            })
             .collect()
     }
 }

@@ -1,0 +1,336 @@
+//! `trellis-bench store-scale`: what the CA's routine requests cost as its store ages.
+//!
+//! For each history size, a data directory is initialised by the real `trellis-ca`, then
+//! filled directly through the store API (no gRPC: fast) with that many expired
+//! certificate records and `--live` unexpired ones (a tenth of them expiring within 10
+//! minutes). The real `trellis-ca` is started on it (retention off, so the history stays
+//! for the measurement), and the bench measures start-up, `/metrics`, `trellis ca status`,
+//! `trellis cert list --expiring-within 10m`, `trellis root list` (the root census), the
+//! CA's RSS and the disk used; then, with the CA stopped, how fast retention removes the
+//! history. Medians of `--rounds`, side by side per history size. The records carry fake
+//! DER: nothing on these paths parses it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use trellis_ca::store::{CertRecord, Store};
+
+use crate::proxy::procs::{Proc, tree_rss_kib};
+use crate::proxy::stacks::{free_port, parse_ca_line, workspace_binary};
+use crate::stats::Latencies;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Expired records to fill the store with, one run per value (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0,1000000")]
+    history: Vec<u64>,
+    /// Unexpired certificates in every run.
+    #[arg(long, default_value_t = 100_000)]
+    live: u64,
+    /// Measurements per operation (the median is shown).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Distinct identities the records are spread over.
+    #[arg(long, default_value_t = 20_000)]
+    identities: u64,
+}
+
+/// The longest any one step may take.
+const STEP: Duration = Duration::from_secs(600);
+/// A DER-sized value for each record.
+const FAKE_DER: [u8; 600] = [0x30; 600];
+
+/// One history size's results.
+struct Run {
+    history: u64,
+    fill: Duration,
+    startup: Duration,
+    metrics: Duration,
+    status: Duration,
+    expiring: Duration,
+    roots: Duration,
+    rss_mib: f64,
+    disk_mib: f64,
+    prune_per_sec: f64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.rounds == 0 || args.live == 0 || args.identities == 0 {
+        bail!("--rounds, --live and --identities must be at least 1");
+    }
+    let mut runs = Vec::new();
+    for &history in &args.history {
+        let dir = tempfile::tempdir()?;
+        eprintln!("store-scale: history {history}, live {}", args.live);
+        runs.push(one(&args, history, dir.path())?);
+    }
+    print(&args, &runs);
+    Ok(())
+}
+
+fn one(args: &Args, history: u64, dir: &Path) -> anyhow::Result<Run> {
+    let data_dir = dir.join("ca");
+    // First start: initialise (root, intermediate, admin credentials), then stop.
+    drop(start_ca(&data_dir, dir)?);
+    let now = unix_now();
+    let fill = fill(&data_dir.join("db"), args, history, now)?;
+    let started = Instant::now();
+    let mut ca = start_ca(&data_dir, dir)?;
+    let startup = started.elapsed();
+    let metrics = median(args.rounds, || {
+        let text = http_get(ca.http, "/metrics")?;
+        if !text.contains("trellis_ca_certificates_issued_total") {
+            bail!("/metrics without the issued counter: {text}");
+        }
+        Ok(())
+    })?;
+    let status = median(args.rounds, || ca.trellis(&["ca", "status"]).map(drop))?;
+    let expiring = median(args.rounds, || {
+        ca.trellis(&["cert", "list", "--expiring-within", "10m", "--limit", "100"])
+            .map(drop)
+    })?;
+    let roots = median(args.rounds, || ca.trellis(&["root", "list"]).map(drop))?;
+    let rss_mib = tree_rss_kib(ca.proc.pid())? as f64 / 1024.0;
+    drop(ca);
+    let disk_mib = du(&data_dir.join("db"))? as f64 / (1024.0 * 1024.0);
+    let prune_per_sec = prune(&data_dir.join("db"), now)?;
+    Ok(Run {
+        history,
+        fill,
+        startup,
+        metrics,
+        status,
+        expiring,
+        roots,
+        rss_mib,
+        disk_mib,
+        prune_per_sec,
+    })
+}
+
+/// Writes `history` expired and `args.live` unexpired records; returns how long it took.
+fn fill(db: &Path, args: &Args, history: u64, now: u64) -> anyhow::Result<Duration> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let started = Instant::now();
+    rt.block_on(async {
+        let store = Store::open(db)?;
+        let total = history + args.live;
+        for i in 0..total {
+            let not_after = if i < history {
+                // Expired within the last day, spread over it.
+                now - 3600 - (i % 86_400)
+            } else if i % 10 == 0 {
+                now + 60 + (i % 500) // expiring within 10 minutes
+            } else {
+                now + 3600 + (i % 3600)
+            };
+            let mut serial = [0u8; 16];
+            serial[0] = 0x40;
+            serial[8..].copy_from_slice(&i.to_be_bytes());
+            let record = CertRecord {
+                serial: trellis_identity::hex::encode(&serial),
+                spiffe_id: format!(
+                    "spiffe://cluster.local/ns/bench/sa/w{}",
+                    i % args.identities
+                ),
+                dns_names: Vec::new(),
+                not_before: not_after - 3600,
+                not_after,
+                issued_at: not_after - 3600,
+                issued_at_ns: u128::from(i),
+                root_id: "bench".into(),
+                intermediate_id: "bench".into(),
+                issued_via: "renewal".into(),
+            };
+            store.record_issuance(&record, &FAKE_DER, &serial, None, &[])?;
+            if started.elapsed() > STEP {
+                bail!("filling {total} records took longer than {STEP:?}");
+            }
+        }
+        store.flush_now()?;
+        anyhow::Ok(())
+    })?;
+    Ok(started.elapsed())
+}
+
+/// Removes the history the way retention does (batches of 1,000); records per second.
+fn prune(db: &Path, now: u64) -> anyhow::Result<f64> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let store = Store::open(db)?;
+        store.start_counting(now)?;
+        let started = Instant::now();
+        let mut removed = 0;
+        loop {
+            let n = store.prune_expired(now, trellis_ca::retention::BATCH)?;
+            removed += n;
+            if n < trellis_ca::retention::BATCH || started.elapsed() > STEP {
+                break;
+            }
+        }
+        store.flush_now()?;
+        let secs = started.elapsed().as_secs_f64();
+        Ok(if removed == 0 {
+            0.0
+        } else {
+            removed as f64 / secs
+        })
+    })
+}
+
+struct RunningCa {
+    proc: Proc,
+    addr: SocketAddr,
+    http: SocketAddr,
+    admin_dir: PathBuf,
+    cli: PathBuf,
+}
+
+fn start_ca(data_dir: &Path, dir: &Path) -> anyhow::Result<RunningCa> {
+    let http = free_port()?;
+    let mut cmd = Command::new(workspace_binary("trellis-ca")?);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TRELLIS_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--http-listen")
+        .arg(http.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--certificate-retention")
+        .arg("0");
+    let mut proc = Proc::spawn("trellis-ca", cmd, dir)?;
+    let (addr, admin_dir) = proc.wait_for(STEP, parse_ca_line)?;
+    Ok(RunningCa {
+        proc,
+        addr,
+        http,
+        admin_dir,
+        cli: workspace_binary("trellis")?,
+    })
+}
+
+impl RunningCa {
+    fn trellis(&mut self, args: &[&str]) -> anyhow::Result<String> {
+        self.proc.check_running()?;
+        let output = Command::new(&self.cli)
+            .arg("--ca-addr")
+            .arg(self.addr.to_string())
+            .arg("--admin-cert")
+            .arg(self.admin_dir.join("admin.pem"))
+            .arg("--admin-key")
+            .arg(self.admin_dir.join("admin.key.pem"))
+            .arg("--bundle")
+            .arg(self.admin_dir.join("bundle.pem"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running trellis")?;
+        if !output.status.success() {
+            bail!(
+                "trellis {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// The median duration of `rounds` calls of `op`.
+fn median(rounds: usize, mut op: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Duration> {
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let started = Instant::now();
+        op()?;
+        times.push(started.elapsed());
+    }
+    Ok(Latencies::new(times).percentile(50.0))
+}
+
+/// Bytes under `dir`.
+fn du(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            du(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// How one row of the table shows a run.
+type Cell = Box<dyn Fn(&Run) -> String>;
+
+fn print(args: &Args, runs: &[Run]) {
+    println!(
+        "store-scale: {} live certificates over {} identities, medians of {} rounds \
+         (CLI times include starting the `trellis` process and its TLS handshake)",
+        args.live, args.identities, args.rounds
+    );
+    let mut header = format!("{:<34}", "expired records in the store");
+    for r in runs {
+        header.push_str(&format!("{:>16}", r.history));
+    }
+    println!("{header}");
+    let rows: [(&str, Cell); 9] = [
+        ("fill (store API, not measured)", Box::new(|r| ms(r.fill))),
+        ("CA start-up to ready", Box::new(|r| ms(r.startup))),
+        ("GET /metrics", Box::new(|r| ms(r.metrics))),
+        ("trellis ca status", Box::new(|r| ms(r.status))),
+        (
+            "trellis cert list --expiring-within",
+            Box::new(|r| ms(r.expiring)),
+        ),
+        ("trellis root list (census)", Box::new(|r| ms(r.roots))),
+        ("CA RSS", Box::new(|r| format!("{:.0} MiB", r.rss_mib))),
+        (
+            "disk (sled)",
+            Box::new(|r| format!("{:.0} MiB", r.disk_mib)),
+        ),
+        (
+            "pruning (records/s)",
+            Box::new(|r| format!("{:.0}", r.prune_per_sec)),
+        ),
+    ];
+    for (name, value) in &rows {
+        let mut line = format!("{name:<34}");
+        for r in runs {
+            line.push_str(&format!("{:>16}", value(r)));
+        }
+        println!("{line}");
+    }
+}

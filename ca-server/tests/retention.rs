@@ -1,0 +1,145 @@
+//! Retention at the CA: records expired for longer than `certificate_retention` go (with
+//! their index entries), the rest stay, `/metrics` counts what went and what is live, and
+//! a retention of 0 keeps everything.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use trellis_ca::store::{CertRecord, Store};
+use trellis_identity::clock::{Clock, ManualClock};
+
+const HOUR: u64 = 3600;
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).expect("after 1970").as_secs()
+}
+
+/// Writes `count` records expiring at `not_after`, returning their serials.
+fn fill(store: &Store, tag: u8, count: u32, not_after: u64) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            let mut serial = vec![tag; 12];
+            serial.extend_from_slice(&i.to_be_bytes());
+            let record = CertRecord {
+                serial: trellis_identity::hex::encode(&serial),
+                spiffe_id: format!("spiffe://cluster.local/ns/r/sa/w{}", i % 7),
+                dns_names: Vec::new(),
+                not_before: not_after - HOUR,
+                not_after,
+                issued_at: not_after - HOUR,
+                issued_at_ns: 0,
+                root_id: "bulk".into(),
+                intermediate_id: "bulk".into(),
+                issued_via: "renewal".into(),
+            };
+            store
+                .record_issuance(&record, &[0x30; 500], &serial, None, &[])
+                .expect("record");
+            serial
+        })
+        .collect()
+}
+
+async fn metrics(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut body))
+        .await
+        .expect("response in time")
+        .expect("read");
+    body
+}
+
+#[tokio::test]
+async fn records_past_retention_go_and_the_rest_stay() {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let ca = TestCa::start_configured(clock.clone(), |c| {
+        c.certificate_retention = Some(Duration::from_secs(HOUR));
+        c.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let state = &ca.running().state;
+    let now = unix(clock.now());
+    let old = fill(&state.store, 0xa1, 30, now - 2 * HOUR);
+    let recent = fill(&state.store, 0xa2, 10, now - HOUR / 2);
+    let live = fill(&state.store, 0xa3, 5, now + HOUR);
+    let issued_before = state.store.issued_total().expect("open");
+
+    let (_stop_tx, mut stop) = watch::channel(false);
+    let retention = Duration::from_secs(HOUR);
+    let removed = trellis_ca::retention::prune_pass(state, retention, &mut stop)
+        .await
+        .expect("prune");
+    assert_eq!(removed, 30);
+    for serial in &old {
+        assert!(state.store.certificate(serial).expect("read").is_none());
+    }
+    for serial in recent.iter().chain(&live) {
+        assert!(state.store.certificate(serial).expect("read").is_some());
+    }
+    let text = metrics(ca.running().http_addr.expect("http")).await;
+    assert!(
+        text.contains("trellis_ca_store_pruned_total 30\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("trellis_ca_certificates_live{root=\"bulk\"} 5\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "trellis_ca_certificates_issued_total {issued_before}\n"
+        )),
+        "pruning does not uncount: {text}"
+    );
+
+    // An hour later the recent ones are past retention too; the live ones have expired but
+    // are within it.
+    clock.advance(Duration::from_secs(HOUR + 60));
+    let removed = trellis_ca::retention::prune_pass(state, retention, &mut stop)
+        .await
+        .expect("prune");
+    assert_eq!(removed, 10);
+    for serial in &live {
+        assert!(state.store.certificate(serial).expect("read").is_some());
+    }
+    let text = metrics(ca.running().http_addr.expect("http")).await;
+    assert!(
+        !text.contains("trellis_ca_certificates_live{root=\"bulk\"}"),
+        "expired ones are not live: {text}"
+    );
+}
+
+#[tokio::test]
+async fn a_retention_of_zero_keeps_every_record() {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let ca = TestCa::start_configured(clock.clone(), |c| {
+        c.certificate_retention = None;
+    })
+    .await;
+    let state = ca.running().state.clone();
+    let now = unix(clock.now());
+    let old = fill(&state.store, 0xb1, 20, now - 1000 * HOUR);
+    let (_stop_tx, stop) = watch::channel(false);
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        trellis_ca::retention::run(state.clone(), stop),
+    )
+    .await
+    .expect("with retention off the task has nothing to do and ends");
+    for serial in &old {
+        assert!(state.store.certificate(serial).expect("read").is_some());
+    }
+    assert_eq!(state.store.pruned_total(), 0);
+}
