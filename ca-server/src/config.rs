@@ -73,6 +73,10 @@ pub struct Flags {
     /// Bootstraps one source address may make at once.
     #[arg(long, env = "TRELLIS_BOOTSTRAP_BURST")]
     pub bootstrap_burst: Option<u32>,
+    /// Once every listener is bound, write a JSON document here with their addresses, the
+    /// pid and the SPIFFE ID (atomically: a reader sees all of it or nothing).
+    #[arg(long, env = "TRELLIS_READY_FILE", value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
     /// Validate the configuration, print it, and exit without serving.
     #[arg(long)]
     pub check_config: bool,

@@ -70,7 +70,7 @@ enum Command {
     Root(root::RootCommand),
     /// Show what a PEM certificate or chain contains, offline.
     Inspect(inspect::InspectArgs),
-    /// Add the Trellis sidecar to Kubernetes manifests, or serve the injection webhook.
+    /// Add the Trellis sidecar to Kubernetes manifests (the webhook is `trellis-injector`).
     Inject(inject::InjectArgs),
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
@@ -87,7 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(command) => cert::run(command, global).await,
         Command::Root(command) => root::run(command, global).await,
         Command::Inspect(args) => inspect::run(args, global),
-        Command::Inject(args) => inject::run(args, global).await,
+        Command::Inject(args) => inject::run(args, global),
         Command::Completions(args) => completions::run(args, Cli::command()),
         Command::Up(args) => up::run(args).await,
     }

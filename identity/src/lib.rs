@@ -17,6 +17,7 @@ pub mod key;
 pub mod pattern;
 pub mod pem;
 pub mod profile;
+pub mod ready;
 pub mod spiffe;
 pub mod svid;
 pub mod tls;
