@@ -1,7 +1,7 @@
 //! Building the stacks under test from real processes: the Trellis CA (certificates for
 //! everyone), a Trellis sidecar pair, and the same pair topology from each peer proxy.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,6 +13,7 @@ use trellis_identity::{SpiffeId, TrustBundle, TrustDomain, files, pem};
 
 use super::peers::{CertFiles, Hop, Peer, Side};
 use super::procs::{Proc, tree, tree_rss_kib};
+use trellis_e2e::http::http_get;
 use trellis_e2e::ready_path;
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
@@ -312,7 +313,7 @@ fn sidecar(
         bail!("{name}: its ready file lacks the addresses: {ready:?}");
     };
     let deadline = Instant::now() + START;
-    while !http_ok(admin, "/ready") {
+    while !matches!(http_get(admin, "/ready"), Ok((200, _))) {
         proc.check_running()?;
         if Instant::now() > deadline {
             bail!("{name} not ready after {START:?}: {}", proc.stderr());
@@ -320,19 +321,6 @@ fn sidecar(
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok((proc, addr))
-}
-
-fn http_ok(addr: SocketAddr, path: &str) -> bool {
-    let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-        return false;
-    };
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = conn.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
 }
 
 /// The Trellis pair: inbound (policy `deny`, allowing the outbound sidecar and the
