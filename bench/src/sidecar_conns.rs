@@ -28,6 +28,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use trellis_ca::Config;
 use trellis_identity::IdMatcher;
+use trellis_identity::ready::Ready;
 use trellis_identity::tls::{self, Versions};
 
 use crate::admin;
@@ -145,8 +146,12 @@ async fn start_sidecar(
     token: String,
     app: SocketAddr,
 ) -> anyhow::Result<Sidecar> {
+    let ready_dir = tempfile::tempdir().context("a directory for the ready file")?;
+    let ready_file = ready_dir.path().join("sidecar.ready.json");
     let mut child = Command::new(&bin)
         .args(["--ca-addr", &ca.addr.to_string()])
+        .arg("--ready-file")
+        .arg(&ready_file)
         .arg("--trust-bundle")
         .arg(ca.state.config.data_dir.join("bundle.pem"))
         .args(["--inbound-listen", "127.0.0.1:0"])
@@ -158,38 +163,29 @@ async fn start_sidecar(
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let stderr = child.stderr.take().context("sidecar stderr")?;
-    // Its log, read on a thread (and shown) so it never blocks on a full pipe; the line
-    // with its addresses is passed back.
-    let (found_tx, found_rx) = tokio::sync::oneshot::channel::<String>();
+    // Its log, read on a thread (and shown) so it never blocks on a full pipe.
     std::thread::spawn(move || {
-        let mut found_tx = Some(found_tx);
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
         {
-            if line.contains("trellis-sidecar admin on") {
-                if let Some(tx) = found_tx.take() {
-                    let _ = tx.send(line);
-                }
-            } else {
-                eprintln!("sidecar: {}", line.trim());
-            }
+            eprintln!("sidecar: {}", line.trim());
         }
     });
-    let addr_after = |line: &str, marker: &str| -> Option<SocketAddr> {
-        let rest = &line[line.find(marker)? + marker.len()..];
-        rest.split([',', ' ']).next()?.parse().ok()
+    let started_by = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        if let Some(ready) = Ready::read(&ready_file)? {
+            break ready;
+        }
+        if child.try_wait()?.is_some() || Instant::now() > started_by {
+            let _ = child.kill();
+            bail!("the sidecar exited or did not bind its listeners within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let Ok(line) = found_rx.await else {
+    let (Some(inbound), Some(admin)) = (ready.addr("inbound"), ready.addr("admin")) else {
         let _ = child.kill();
-        bail!("the sidecar exited before printing its addresses");
-    };
-    let (Some(inbound), Some(admin)) = (
-        addr_after(&line, "inbound on "),
-        addr_after(&line, "admin on "),
-    ) else {
-        let _ = child.kill();
-        bail!("cannot read the sidecar's addresses from {line:?}");
+        bail!("the sidecar's ready file lacks its addresses: {ready:?}");
     };
     let sidecar = Sidecar {
         child,

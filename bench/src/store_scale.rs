@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use trellis_ca::store::{CertRecord, Store};
 
 use crate::proxy::procs::{Proc, tree_rss_kib};
-use crate::proxy::stacks::{free_port, parse_ca_line, workspace_binary};
+use crate::proxy::stacks::{free_port, workspace_binary};
 use crate::stats::Latencies;
 
 #[derive(clap::Args)]
@@ -206,8 +206,14 @@ fn start_ca(data_dir: &Path, dir: &Path) -> anyhow::Result<RunningCa> {
         .arg(data_dir)
         .arg("--certificate-retention")
         .arg("0");
+    let ready_file = trellis_e2e::ready_path(dir, "trellis-ca");
+    cmd.arg("--ready-file").arg(&ready_file);
     let mut proc = Proc::spawn("trellis-ca", cmd, dir)?;
-    let (addr, admin_dir) = proc.wait_for(STEP, parse_ca_line)?;
+    let ready = proc.wait_ready(&ready_file, STEP)?;
+    let addr = ready
+        .addr("grpc")
+        .context("the CA's ready file has no grpc listener")?;
+    let admin_dir = data_dir.join("admin");
     Ok(RunningCa {
         proc,
         addr,

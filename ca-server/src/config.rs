@@ -81,6 +81,10 @@ pub struct Flags {
     /// How long expired certificate records are kept ("0" keeps them forever).
     #[arg(long, env = "TRELLIS_CERTIFICATE_RETENTION")]
     pub certificate_retention: Option<String>,
+    /// Once every listener is bound, write a JSON document here with their addresses, the
+    /// pid and the SPIFFE ID (atomically: a reader sees all of it or nothing).
+    #[arg(long, env = "TRELLIS_READY_FILE", value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
     /// Validate the configuration, print it, and exit without serving.
     #[arg(long)]
     pub check_config: bool,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use trellis_ca::config::{AuditCommand, Command, Config, Flags};
+use trellis_identity::ready::Ready;
 
 /// mimalloc instead of glibc's malloc: issuance allocates and frees many small buffers on
 /// every runtime thread (HTTP/2 frames, DER, sled nodes); measured 1.10x the certificates per second
@@ -119,6 +120,7 @@ async fn main() -> ExitCode {
         return verify_audit(&data, anchors.as_deref(), json).await;
     }
     let check_only = flags.check_config;
+    let ready_file = flags.ready_file.clone();
     let config = match Config::load(flags) {
         Ok(config) => config,
         Err(e) => {
@@ -145,6 +147,25 @@ async fn main() -> ExitCode {
         running.state.config.trust_domain,
         running.state.config.data_dir.join("admin").display()
     );
+    if let Some(path) = &ready_file {
+        let mut ready = Ready::new("trellis-ca").listener("grpc", running.addr);
+        if let Some(http) = running.http_addr {
+            ready = ready.listener("http", http);
+        }
+        ready.spiffe_id = Some(format!(
+            "spiffe://{}{}",
+            running.state.config.trust_domain,
+            trellis_identity::spiffe::reserved::CA
+        ));
+        if let Err(e) = ready.write(path) {
+            eprintln!(
+                "trellis-ca: cannot write the ready file {}: {e}",
+                path.display()
+            );
+            let _ = running.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    }
     wait_for_signal().await;
     match running.shutdown().await {
         Ok(()) => ExitCode::SUCCESS,

@@ -77,7 +77,7 @@ enum Command {
     JwtKey(jwt_key::JwtKeyCommand),
     /// Show what a PEM certificate or chain contains, offline.
     Inspect(inspect::InspectArgs),
-    /// Add the Trellis sidecar to Kubernetes manifests, or serve the injection webhook.
+    /// Add the Trellis sidecar to Kubernetes manifests (the webhook is `trellis-injector`).
     Inject(inject::InjectArgs),
     /// Trust other trust domains: add, list, show, refresh and remove federations.
     #[command(subcommand)]
@@ -104,7 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Root(command) => root::run(command, global).await,
         Command::JwtKey(command) => jwt_key::run(command, global).await,
         Command::Inspect(args) => inspect::run(args, global),
-        Command::Inject(args) => inject::run(args, global).await,
+        Command::Inject(args) => inject::run(args, global),
         Command::Audit(command) => audit::run(command, global).await,
         Command::Federation(command) => federation::run(command, global).await,
         Command::Completions(args) => completions::run(args, Cli::command()),

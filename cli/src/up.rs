@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use trellis_identity::ready::Ready;
 use trellis_identity::{TrustBundle, TrustDomain, bundle, hex};
 use trellis_proto::admin::v1::CreateJoinTokenRequest;
 
@@ -41,6 +42,8 @@ struct Proc {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    /// Where it writes its ready document (`--ready-file`).
+    ready_file: PathBuf,
 }
 
 impl Proc {
@@ -51,6 +54,9 @@ impl Proc {
         envs: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let log = logs.join(format!("{name}.log"));
+        let ready_file = logs.join(format!("{name}.ready.json"));
+        let _ = std::fs::remove_file(&ready_file);
+        command.arg("--ready-file").arg(&ready_file);
         let file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         for (k, v) in envs {
@@ -62,16 +68,20 @@ impl Proc {
             .stderr(file)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        Ok(Self { name, child, log })
+        Ok(Self {
+            name,
+            child,
+            log,
+            ready_file,
+        })
     }
 
-    /// Waits for a log line containing `marker`, returning the line.
-    async fn wait_for(&mut self, marker: &str) -> anyhow::Result<String> {
+    /// Waits until every listener is bound, returning the ready document.
+    async fn wait_ready(&mut self) -> anyhow::Result<Ready> {
         let deadline = Instant::now() + STARTUP;
         loop {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.contains(marker)) {
-                return Ok(line.to_owned());
+            if let Some(ready) = Ready::read(&self.ready_file)? {
+                return Ok(ready);
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 bail!(
@@ -97,9 +107,12 @@ impl Proc {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        if let Some(pid) = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -131,11 +144,11 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Takes the first `IP:PORT` after `after` in a log line.
-fn addr_after(line: &str, after: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find(after)? + after.len()..];
-    rest.split(|c: char| c.is_whitespace() || c == ',' || c == ')')
-        .find_map(|w| w.parse().ok())
+/// Listener `name` of a process's ready document.
+fn listener(ready: &Ready, name: &str) -> anyhow::Result<SocketAddr> {
+    ready
+        .addr(name)
+        .with_context(|| format!("{} reports no {name} listener", ready.program))
 }
 
 struct Walkthrough {
@@ -277,8 +290,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ])
         .arg(dir.join("ca"));
     let mut ca = Proc::spawn("trellis-ca", ca_cmd, &logs, &[])?;
-    let line = ca.wait_for("trellis-ca listening on").await?;
-    let ca_addr = addr_after(&line, "listening on").context("CA address in its log")?;
+    let ca_addr = listener(&ca.wait_ready().await?, "grpc")?;
     let bundle_path = dir.join("ca/bundle.pem");
     let bundle = TrustBundle::from_pem(
         TrustDomain::new(TRUST_DOMAIN)?,
@@ -318,9 +330,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut cmd = Command::new(&sidecar_bin);
     cmd.arg("--config").arg(&config);
     let mut backend = Proc::spawn("backend-sidecar", cmd, &logs, &[])?;
-    let line = backend.wait_for("trellis-sidecar admin on").await?;
-    let backend_admin = addr_after(&line, "admin on").context("backend admin address")?;
-    let backend_inbound = addr_after(&line, "inbound on").context("backend inbound address")?;
+    let ready = backend.wait_ready().await?;
+    let backend_admin = listener(&ready, "admin")?;
+    let backend_inbound = listener(&ready, "inbound")?;
     let identity = wait_identity(backend_admin).await?;
     walk.ok(&format!(
         "backend sidecar: {}",
@@ -347,10 +359,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     .args(["--admin-listen", "127.0.0.1:0", "--outbound"])
     .arg(format!("127.0.0.1:0={backend_inbound}={BACKEND_ID}"));
     let mut frontend = Proc::spawn("frontend-sidecar", cmd, &logs, &[])?;
-    let line = frontend.wait_for("trellis-sidecar admin on").await?;
-    let frontend_admin = addr_after(&line, "admin on").context("frontend admin address")?;
-    let frontend_outbound =
-        addr_after(&line, "outbound on").context("frontend outbound address")?;
+    let ready = frontend.wait_ready().await?;
+    let frontend_admin = listener(&ready, "admin")?;
+    let frontend_outbound = listener(&ready, "outbound.0")?;
     let identity = wait_identity(frontend_admin).await?;
     walk.ok(&format!(
         "frontend sidecar: {}",
@@ -461,32 +472,4 @@ async fn round_trip(addr: SocketAddr, request: &[u8]) -> anyhow::Result<Vec<u8>>
     })
     .await
     .context("no answer within 5s")?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_addresses_in_startup_lines() {
-        let line = "trellis-sidecar admin on 127.0.0.1:4000, inbound on 127.0.0.1:4001, outbound on 127.0.0.1:4002";
-        assert_eq!(
-            addr_after(line, "admin on"),
-            Some("127.0.0.1:4000".parse().expect("addr"))
-        );
-        assert_eq!(
-            addr_after(line, "inbound on"),
-            Some("127.0.0.1:4001".parse().expect("addr"))
-        );
-        assert_eq!(
-            addr_after(line, "outbound on"),
-            Some("127.0.0.1:4002".parse().expect("addr"))
-        );
-        let ca = "trellis-ca listening on 127.0.0.1:5000 (trust domain cluster.local); admin";
-        assert_eq!(
-            addr_after(ca, "listening on"),
-            Some("127.0.0.1:5000".parse().expect("addr"))
-        );
-        assert_eq!(addr_after(line, "nowhere"), None);
-    }
 }

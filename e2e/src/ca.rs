@@ -6,16 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use trellis_identity::SpiffeId;
+use trellis_identity::ready::Ready;
+
 use crate::bin::command;
-use crate::process::Process;
+use crate::process::{Process, ready_path};
 
 /// How long a CA may take to initialise and start listening (key generation and sled in a
 /// debug build on a busy 2-core machine).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// The line the CA prints once it serves.
-const LISTENING: &str = "trellis-ca listening on ";
-
-/// What the CA's listening line says.
+/// What the CA's ready file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listening {
     pub addr: SocketAddr,
@@ -23,16 +23,16 @@ pub struct Listening {
     pub admin_dir: PathBuf,
 }
 
-/// Parses `trellis-ca listening on ADDR (trust domain TD); admin credentials in DIR`.
-pub fn parse_listening(line: &str) -> Option<Listening> {
-    let rest = line.strip_prefix(LISTENING)?;
-    let (addr, rest) = rest.split_once(" (trust domain ")?;
-    let (trust_domain, rest) = rest.split_once("); admin credentials in ")?;
-    Some(Listening {
-        addr: addr.parse().ok()?,
-        trust_domain: trust_domain.to_owned(),
-        admin_dir: PathBuf::from(rest.trim_end()),
-    })
+impl Listening {
+    /// Reads the CA's ready document; the admin credentials are in `<data_dir>/admin`.
+    pub fn from_ready(ready: &Ready, data_dir: &Path) -> Option<Self> {
+        let id = SpiffeId::new(ready.spiffe_id.as_deref()?).ok()?;
+        Some(Self {
+            addr: ready.addr("grpc")?,
+            trust_domain: id.trust_domain_name().to_owned(),
+            admin_dir: data_dir.join("admin"),
+        })
+    }
 }
 
 /// Where a CA runs: its listen address, and the network namespace it runs in, if any.
@@ -210,7 +210,7 @@ impl Ca {
     }
 }
 
-/// Starts `trellis-ca` on 127.0.0.1:0 with `data_dir` and waits for its listening line.
+/// Starts `trellis-ca` on 127.0.0.1:0 with `data_dir` and waits for its ready file.
 fn spawn(
     name: &str,
     log_dir: &Path,
@@ -219,8 +219,11 @@ fn spawn(
     vars: &[(String, String)],
     place: &Place,
 ) -> (Process, Listening) {
+    let ready_file = ready_path(log_dir, name);
     let mut cmd = command("trellis-ca");
-    cmd.arg("--listen")
+    cmd.arg("--ready-file")
+        .arg(&ready_file)
+        .arg("--listen")
         .arg(place.listen.to_string())
         .arg("--data-dir")
         .arg(data_dir)
@@ -230,9 +233,9 @@ fn spawn(
         cmd = crate::netns::wrap_in(netns, &cmd);
     }
     let mut process = Process::spawn(name, cmd, log_dir);
-    let line = process.wait_for_line(START_TIMEOUT, |l| l.starts_with(LISTENING));
-    let listening = parse_listening(&line)
-        .unwrap_or_else(|| panic!("cannot parse the CA's listening line: {line:?}"));
+    let ready = process.wait_for_ready(&ready_file, START_TIMEOUT);
+    let listening = Listening::from_ready(&ready, data_dir)
+        .unwrap_or_else(|| panic!("the CA's ready file lacks its gRPC address or ID: {ready:?}"));
     (process, listening)
 }
 
@@ -241,22 +244,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_listening_line() {
-        let line = "trellis-ca listening on 127.0.0.1:40123 (trust domain cluster.local); admin credentials in /tmp/x/ca/admin";
+    fn the_ready_document_gives_address_trust_domain_and_admin_dir() {
+        let mut ready =
+            Ready::new("trellis-ca").listener("grpc", "127.0.0.1:40123".parse().expect("addr"));
+        assert_eq!(Listening::from_ready(&ready, Path::new("/d")), None);
+        ready.spiffe_id = Some("spiffe://cluster.local/trellis/ca".into());
         assert_eq!(
-            parse_listening(line),
+            Listening::from_ready(&ready, Path::new("/d")),
             Some(Listening {
                 addr: "127.0.0.1:40123".parse().expect("addr"),
                 trust_domain: "cluster.local".into(),
-                admin_dir: PathBuf::from("/tmp/x/ca/admin"),
+                admin_dir: PathBuf::from("/d/admin"),
             })
-        );
-        assert_eq!(parse_listening("INFO something else"), None);
-        assert_eq!(
-            parse_listening(
-                "trellis-ca listening on nowhere (trust domain a); admin credentials in b"
-            ),
-            None
         );
     }
 }

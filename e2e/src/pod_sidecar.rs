@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::{Ca, Netns, Process, command, http};
+use trellis_identity::ready::Ready;
+
+use crate::{Ca, Netns, Process, command, http, ready_path};
 
 /// How long a sidecar may take to start and get its first certificate.
 const START: Duration = Duration::from_secs(60);
@@ -13,7 +15,7 @@ const START: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct PodSidecar {
     pub process: Process,
-    /// Its admin address as printed (reach it from inside the pod).
+    /// Its admin address as bound (reach it from inside the pod).
     pub admin: SocketAddr,
     /// Its outbound listeners, in the order of the config (loopback of the pod).
     pub outbound: Vec<SocketAddr>,
@@ -42,31 +44,30 @@ impl PodSidecar {
             token.display(),
         );
         std::fs::write(&config, text).expect("write sidecar config");
+        let ready_file = ready_path(ca.scratch(), name);
         let mut cmd = command("trellis-sidecar");
-        cmd.arg("--config").arg(&config).envs(env.iter().copied());
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--ready-file")
+            .arg(&ready_file)
+            .envs(env.iter().copied());
         let mut process = Process::spawn(name, ns.wrap(&cmd), ca.scratch());
-        let line = process.wait_for_line(START, |l| l.starts_with("trellis-sidecar admin on"));
-        let admin = addr_after(&line, "admin on").expect("admin address");
+        let ready = process.wait_for_ready(&ready_file, START);
+        let admin = ready.addr("admin").expect("admin address");
         let local_admin = SocketAddr::from(([127, 0, 0, 1], admin.port()));
         ns.enter(|| http::wait_ready(local_admin, START));
         Self {
             process,
             admin,
-            outbound: outbound_addrs(&line),
+            outbound: outbound_addrs(&ready),
         }
     }
 }
 
-/// The first socket address after `after` in a sidecar's start line.
-pub fn addr_after(line: &str, after: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find(after)? + after.len()..];
-    rest.split(|c: char| c.is_whitespace() || c == ',')
-        .find_map(|w| w.parse().ok())
-}
-
-/// Every outbound listener's address in a sidecar's start line.
-pub fn outbound_addrs(line: &str) -> Vec<SocketAddr> {
-    line.match_indices("outbound on ")
-        .filter_map(|(i, m)| addr_after(&line[i..], m))
+/// A sidecar's outbound listeners from its ready file (`outbound.0`, `outbound.1`, …), in
+/// the order of its config.
+pub fn outbound_addrs(ready: &Ready) -> Vec<SocketAddr> {
+    (0..)
+        .map_while(|i| ready.addr(&format!("outbound.{i}")))
         .collect()
 }

@@ -9,6 +9,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use trellis_identity::ready::Ready;
+
 use crate::retry::poll_until;
 
 /// A running child. Dropping it kills the child (and prints its stderr if the test is
@@ -22,6 +24,25 @@ pub struct Process {
     lines: Receiver<String>,
     reader: Option<JoinHandle<()>>,
     exited: Option<ExitStatus>,
+}
+
+pub use rustix::process::Signal;
+
+/// Sends `signal` to process `pid` (std has no signal API; rustix sends it without unsafe
+/// code). False if the process does not exist or may not be signalled.
+pub fn send_signal(pid: u32, signal: Signal) -> bool {
+    i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .is_some_and(|pid| rustix::process::kill_process(pid, signal).is_ok())
+}
+
+/// The ready file (`--ready-file`) of process `name` in `log_dir`, removed if an earlier
+/// start left one, so that [`Process::wait_for_ready`] reads this start's.
+pub fn ready_path(log_dir: &Path, name: &str) -> PathBuf {
+    let path = log_dir.join(format!("{name}.ready.json"));
+    let _ = std::fs::remove_file(&path);
+    path
 }
 
 impl Process {
@@ -105,6 +126,30 @@ impl Process {
         }
     }
 
+    /// Waits until the process has written its ready file at `path` (`--ready-file`) and
+    /// returns it. Panics (with the log) if the process exits first or `timeout` passes.
+    pub fn wait_for_ready(&mut self, path: &Path, timeout: Duration) -> Ready {
+        // An exit ends the wait at once (`Ok(Err)`); a missing file is waited for.
+        let waited = poll_until(timeout, || {
+            if !self.is_running() {
+                return Ok(Err(format!("exited ({:?})", self.exited)));
+            }
+            match Ready::read(path) {
+                Ok(Some(ready)) => Ok(Ok(ready)),
+                Ok(None) => Err(format!("no {}", path.display())),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        match waited {
+            Ok(Ok(ready)) => ready,
+            Ok(Err(why)) | Err(why) => panic!(
+                "{}: not ready within {timeout:?} ({why}); stderr so far:\n{}",
+                self.name,
+                self.stderr()
+            ),
+        }
+    }
+
     /// True while the child has not exited.
     pub fn is_running(&mut self) -> bool {
         if self.exited.is_some() {
@@ -126,11 +171,7 @@ impl Process {
         if let Some(status) = self.exited {
             return status;
         }
-        // std has no portable SIGTERM; `kill` is in every base system.
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
+        let sent = send_signal(self.id(), Signal::TERM);
         let graceful = if sent {
             poll_until(timeout, || match self.child.try_wait() {
                 Ok(Some(status)) => Ok(status),

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use mesh_support::{Echo, id, metric, round_trip, sidecar, sidecar_with_open_files};
-use trellis_e2e::ca::parse_listening;
+use trellis_e2e::ca::Listening;
 use trellis_e2e::{Ca, Process, command, command_with_open_files, run};
 
 mod mesh_support;
@@ -59,20 +59,21 @@ fn get(addr: SocketAddr, path: &str) -> String {
 fn a_flooded_http_port_cannot_take_the_cas_descriptors() {
     let dir = tempfile::tempdir().expect("dir");
     let http = free_port();
+    let ready_file = trellis_e2e::ready_path(dir.path(), "trellis-ca");
     let mut cmd = command_with_open_files("trellis-ca", OPEN_FILES);
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        &http.to_string(),
-    ])
-    .arg("--data-dir")
-    .arg(dir.path().join("ca"));
+    cmd.arg("--ready-file")
+        .arg(&ready_file)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            &http.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("ca"));
     let mut ca = Process::spawn("trellis-ca", cmd, dir.path());
-    let line = ca.wait_for_line(Duration::from_secs(60), |l| {
-        l.starts_with("trellis-ca listening on ")
-    });
-    let listening = parse_listening(&line).expect("listening line");
+    let ready = ca.wait_for_ready(&ready_file, Duration::from_secs(60));
+    let listening = Listening::from_ready(&ready, &dir.path().join("ca")).expect("ready file");
     let admin_dir = listening.admin_dir.clone();
 
     let flood = flood(http);

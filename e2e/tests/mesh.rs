@@ -108,6 +108,9 @@ fn openssl_to(
     openssl_alpn(addr, ca, files, Some("trellis/1"))
 }
 
+/// What openssl sends; the echo server returns it.
+const PING: &[u8] = b"ping-from-openssl\n";
+
 /// openssl s_client offering `alpn` (none: no ALPN extension at all).
 fn openssl_alpn(
     addr: std::net::SocketAddr,
@@ -144,11 +147,26 @@ fn openssl_alpn(
         .spawn()
         .expect("openssl runs (scripts/install-test-deps.sh)");
     let mut stdin = child.stdin.take().expect("stdin");
-    let _ = stdin.write_all(b"ping-from-openssl\n");
-    std::thread::sleep(Duration::from_millis(800));
+    let mut stdout = child.stdout.take().expect("stdout");
+    let _ = stdin.write_all(PING);
+    // Read until the echo arrives or the server closes (a refusal), under a deadline; only
+    // then end the input, which makes s_client exit.
+    let (echoed, seen) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            received.extend_from_slice(&buf[..n]);
+            if received.windows(PING.len()).any(|w| w == PING) {
+                let _ = echoed.send(());
+            }
+        }
+        received
+    });
+    let _ = seen.recv_timeout(Duration::from_secs(20));
     drop(stdin);
     let out = child.wait_with_output().expect("openssl finishes");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stdout = String::from_utf8_lossy(&reader.join().expect("reader")).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     (
         stdout.contains("ping-from-openssl"),
@@ -288,10 +306,7 @@ fn strangers_are_refused_and_openssl_with_an_allowed_certificate_gets_through() 
     );
 
     // Only the allowed openssl connection reached the app, and the sidecar counted why.
-    assert_eq!(
-        mesh.echo.received.load(Ordering::SeqCst),
-        "ping-from-openssl\n".len()
-    );
+    assert_eq!(mesh.echo.received.load(Ordering::SeqCst), PING.len());
     let admin = mesh.backend.admin;
     within(Duration::from_secs(5), "refusals counted", || {
         metric(

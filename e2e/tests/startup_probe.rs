@@ -34,11 +34,17 @@ fn the_startup_probe_fails_naming_the_cause_until_a_certificate_is_held() {
     .expect("write config");
     // The CA goes away before the sidecar's first attempt.
     ca.kill();
+    let ready_file = trellis_e2e::ready_path(ca.scratch(), "unready");
     let mut cmd = command("trellis-sidecar");
-    cmd.arg("--config").arg(&config);
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--ready-file")
+        .arg(&ready_file);
     let mut unready = Process::spawn("unready", cmd, ca.scratch());
-    let line = unready.wait_for_line(START, |l| l.starts_with("trellis-sidecar admin on"));
-    let admin = trellis_e2e::pod_sidecar::addr_after(&line, "admin on").expect("admin");
+    let admin = unready
+        .wait_for_ready(&ready_file, START)
+        .addr("admin")
+        .expect("admin");
     let mut last = None;
     within(Duration::from_secs(30), "the probe names the cause", || {
         let outcome = probe(admin);

@@ -6,6 +6,9 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+/// Mode of files anyone may read (certificates, bundles, ready files).
+pub const PUBLIC_MODE: u32 = 0o644;
+
 /// Writes `contents` to `path` atomically (temp file + fsync + rename) with `mode`.
 ///
 /// The temp file has a random name and is created with `O_EXCL` (`create_new`), so a file or

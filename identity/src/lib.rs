@@ -22,6 +22,7 @@ pub mod key;
 pub mod pattern;
 pub mod pem;
 pub mod profile;
+pub mod ready;
 pub mod spiffe;
 pub mod spiffe_bundle;
 pub mod svid;

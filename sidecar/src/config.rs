@@ -85,6 +85,10 @@ pub struct Flags {
     /// Threads that run the proxy (default: one per core this process may use, at most 2).
     #[arg(long, env = "TRELLIS_WORKERS")]
     pub workers: Option<usize>,
+    /// Once every listener is bound, write a JSON document here with their addresses, the
+    /// pid and the SPIFFE ID (atomically: a reader sees all of it or nothing).
+    #[arg(long, env = "TRELLIS_READY_FILE", value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
     /// Validate the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,

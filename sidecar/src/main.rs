@@ -1,12 +1,14 @@
 //! `trellis-sidecar` binary: configuration, logging, signals. Everything else is in the
 //! library (`run::start`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use trellis_identity::clock::SystemClock;
+use trellis_identity::ready::Ready;
 use trellis_sidecar::agent::Pacing;
 use trellis_sidecar::config::{Config, Flags};
 use trellis_sidecar::join_token::{BootstrapCredential, JoinToken, NoCredential, TokenSource};
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
     }
     let flags = Flags::parse();
     let check_only = flags.check_config;
+    let ready_file = flags.ready_file.clone();
     let config = match Config::load(flags) {
         Ok(config) => config,
         Err(e) => {
@@ -128,7 +131,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build();
     match runtime {
-        Ok(runtime) => runtime.block_on(serve(config)),
+        Ok(runtime) => runtime.block_on(serve(config, ready_file)),
         Err(e) => {
             eprintln!("trellis-sidecar: cannot start the runtime: {e}");
             ExitCode::FAILURE
@@ -137,8 +140,13 @@ fn main() -> ExitCode {
 }
 
 /// Runs the sidecar until SIGTERM or SIGINT, then drains.
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, ready_file: Option<PathBuf>) -> ExitCode {
     let bootstrap = bootstrap_credential(&config);
+    let spiffe_id = config
+        .ca
+        .expected_spiffe_id
+        .as_ref()
+        .map(ToString::to_string);
     let options = Options {
         clock: Arc::new(SystemClock),
         bootstrap,
@@ -164,6 +172,24 @@ async fn serve(config: Config) -> ExitCode {
             .map(|a| format!(", outbound on {a}"))
             .collect::<String>()
     );
+    if let Some(path) = &ready_file {
+        let mut ready = Ready::new("trellis-sidecar").listener("admin", running.admin_addr);
+        if let Some(inbound) = running.inbound_addr {
+            ready = ready.listener("inbound", inbound);
+        }
+        for (i, outbound) in running.outbound_addrs.iter().enumerate() {
+            ready = ready.listener(format!("outbound.{i}"), *outbound);
+        }
+        ready.spiffe_id = spiffe_id;
+        if let Err(e) = ready.write(path) {
+            eprintln!(
+                "trellis-sidecar: cannot write the ready file {}: {e}",
+                path.display()
+            );
+            running.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    }
     wait_for_signal().await;
     running.shutdown().await;
     ExitCode::SUCCESS

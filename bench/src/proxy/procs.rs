@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use trellis_e2e::process::{Signal, send_signal};
+use trellis_identity::ready::Ready;
 
 /// Pids of the children alive now, for the signal handler.
 static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
@@ -50,24 +52,20 @@ impl Proc {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
-    /// Waits until `find` returns something for the stderr written so far; fails if the
-    /// process exits or `timeout` passes, quoting its stderr.
-    pub fn wait_for<T>(
-        &mut self,
-        timeout: Duration,
-        find: impl Fn(&str) -> Option<T>,
-    ) -> anyhow::Result<T> {
+    /// Waits until the process has written its ready file (`--ready-file`) at `path`;
+    /// fails if it exits or `timeout` passes, quoting its stderr.
+    pub fn wait_ready(&mut self, path: &Path, timeout: Duration) -> anyhow::Result<Ready> {
         let deadline = Instant::now() + timeout;
         loop {
-            let text = self.stderr();
-            if let Some(found) = text.lines().find_map(&find) {
-                return Ok(found);
+            if let Some(ready) = Ready::read(path)? {
+                return Ok(ready);
             }
             self.check_running()?;
             if Instant::now() >= deadline {
                 bail!(
-                    "{} did not become ready within {timeout:?}; its stderr:\n{text}",
-                    self.name
+                    "{} did not become ready within {timeout:?}; its stderr:\n{}",
+                    self.name,
+                    self.stderr()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -92,14 +90,14 @@ impl Drop for Proc {
         let pid = self.pid();
         let family = descendants(pid);
         // SIGTERM first so nginx's master stops its workers itself; then make sure.
-        signal("TERM", &[pid]);
+        signal(Signal::TERM, &[pid]);
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        signal("KILL", &family);
+        signal(Signal::KILL, &family);
         LIVE.lock()
             .expect("the pid list is never poisoned")
             .retain(|p| *p != pid);
@@ -110,21 +108,15 @@ impl Drop for Proc {
 pub fn kill_all() {
     let pids = LIVE.lock().expect("the pid list is never poisoned").clone();
     for pid in pids {
-        signal("KILL", &tree(pid));
+        signal(Signal::KILL, &tree(pid));
     }
 }
 
-/// Sends `SIG<name>` with the `kill` command (std has no portable signal API and the
-/// workspace forbids `unsafe`).
-fn signal(name: &str, pids: &[u32]) {
-    if pids.is_empty() {
-        return;
+/// Sends `signal` to every process in `pids` (one that is gone already is skipped).
+fn signal(signal: Signal, pids: &[u32]) {
+    for pid in pids {
+        send_signal(*pid, signal);
     }
-    let _ = Command::new("kill")
-        .arg(format!("-{name}"))
-        .args(pids.iter().map(u32::to_string))
-        .stderr(Stdio::null())
-        .status();
 }
 
 /// The parent pid in a `/proc/<pid>/stat` line (the field after the parenthesised name,
@@ -207,11 +199,20 @@ mod tests {
     fn measures_a_real_process_tree_and_stops_it() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo started >&2; sleep 30 & sleep 30; wait"]);
+        // A ready file as the Trellis binaries write it: a temp file renamed into place.
+        let ready_file = dir.path().join("sh.ready.json");
+        cmd.args([
+            "-c",
+            r#"printf '{"program":"sh","pid":%d,"listeners":{}}' $$ > "$1.tmp" && mv "$1.tmp" "$1"; sleep 30 & sleep 30; wait"#,
+            "sh",
+        ])
+        .arg(&ready_file);
         let mut proc = Proc::spawn("sh", cmd, dir.path()).expect("spawn sh");
-        proc.wait_for(Duration::from_secs(10), |l| (l == "started").then_some(()))
+        let ready = proc
+            .wait_ready(&ready_file, Duration::from_secs(10))
             .expect("started");
         let pid = proc.pid();
+        assert_eq!(ready.pid, pid);
         // Both sleeps are children of the shell; /proc shows them a moment after fork.
         let deadline = Instant::now() + Duration::from_secs(10);
         while descendants(pid).len() < 2 && Instant::now() < deadline {

@@ -1,7 +1,7 @@
 //! Building the stacks under test from real processes: the Trellis CA (certificates for
 //! everyone), a Trellis sidecar pair, and the same pair topology from each peer proxy.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,6 +13,8 @@ use trellis_identity::{SpiffeId, TrustBundle, TrustDomain, files, pem};
 
 use super::peers::{CertFiles, Hop, Peer, Side};
 use super::procs::{Proc, tree, tree_rss_kib};
+use trellis_e2e::http::http_get;
+use trellis_e2e::ready_path;
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
 /// How long any process may take to start serving.
@@ -76,24 +78,23 @@ pub struct Ca {
     dir: PathBuf,
 }
 
-/// Parses `trellis-ca listening on ADDR (trust domain TD); admin credentials in DIR`.
-pub fn parse_ca_line(line: &str) -> Option<(SocketAddr, PathBuf)> {
-    let rest = line.strip_prefix("trellis-ca listening on ")?;
-    let (addr, rest) = rest.split_once(" (trust domain ")?;
-    let (_, dir) = rest.split_once("); admin credentials in ")?;
-    Some((addr.parse().ok()?, PathBuf::from(dir.trim_end())))
-}
-
 impl Ca {
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
         let data_dir = dir.join("ca");
+        let ready_file = ready_path(dir, "trellis-ca");
         let mut cmd = command(&workspace_binary("trellis-ca")?);
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
-            .arg(&data_dir);
+            .arg(&data_dir)
+            .arg("--ready-file")
+            .arg(&ready_file);
         let mut proc = Proc::spawn("trellis-ca", cmd, dir)?;
-        let (addr, admin_dir) = proc.wait_for(START, parse_ca_line)?;
+        let ready = proc.wait_ready(&ready_file, START)?;
+        let addr = ready
+            .addr("grpc")
+            .context("the CA's ready file has no grpc listener")?;
+        let admin_dir = data_dir.join("admin");
         Ok(Self {
             proc,
             addr,
@@ -282,12 +283,6 @@ pub fn sidecar_toml(ca: &Ca, token: &Path, workers: Option<usize>, tables: &str)
     )
 }
 
-fn addr_after(line: &str, after: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find(after)? + after.len()..];
-    rest.split(|c: char| c.is_whitespace() || c == ',')
-        .find_map(|w| w.parse().ok())
-}
-
 /// Starts one sidecar and waits until it has its certificate; returns it with its
 /// printed inbound or outbound address.
 fn sidecar(
@@ -301,23 +296,24 @@ fn sidecar(
     let token = ca.token_file(spiffe_id, name)?;
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, sidecar_toml(ca, &token, workers, tables))?;
+    let ready_file = ready_path(dir, name);
     let mut cmd = command(&workspace_binary("trellis-sidecar")?);
     // Warnings and errors only: a log line per connection would cost the sidecar time.
-    cmd.arg("--config").arg(&config).env("TRELLIS_LOG", "warn");
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--ready-file")
+        .arg(&ready_file)
+        .env("TRELLIS_LOG", "warn");
     let mut proc = Proc::spawn(name, cmd, dir)?;
-    let (admin, addr) = proc.wait_for(START, |l| {
-        l.starts_with("trellis-sidecar admin on").then(|| {
-            (
-                addr_after(l, "admin on"),
-                addr_after(l, "inbound on").or_else(|| addr_after(l, "outbound on")),
-            )
-        })
-    })?;
-    let (Some(admin), Some(addr)) = (admin, addr) else {
-        bail!("{name}: cannot read its addresses from {:?}", proc.stderr());
+    let ready = proc.wait_ready(&ready_file, START)?;
+    let (Some(admin), Some(addr)) = (
+        ready.addr("admin"),
+        ready.addr("inbound").or_else(|| ready.addr("outbound.0")),
+    ) else {
+        bail!("{name}: its ready file lacks the addresses: {ready:?}");
     };
     let deadline = Instant::now() + START;
-    while !http_ok(admin, "/ready") {
+    while !matches!(http_get(admin, "/ready"), Ok((200, _))) {
         proc.check_running()?;
         if Instant::now() > deadline {
             bail!("{name} not ready after {START:?}: {}", proc.stderr());
@@ -325,19 +321,6 @@ fn sidecar(
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok((proc, addr))
-}
-
-fn http_ok(addr: SocketAddr, path: &str) -> bool {
-    let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-        return false;
-    };
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = conn.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
 }
 
 /// The Trellis pair: inbound (policy `deny`, allowing the outbound sidecar and the
@@ -449,17 +432,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_ca_line() {
-        let (addr, dir) = parse_ca_line(
-            "trellis-ca listening on 127.0.0.1:4000 (trust domain cluster.local); admin credentials in /t/ca/admin",
-        )
-        .expect("parsed");
-        assert_eq!(addr, "127.0.0.1:4000".parse().expect("addr"));
-        assert_eq!(dir, PathBuf::from("/t/ca/admin"));
-        assert!(parse_ca_line("2026 INFO starting").is_none());
-    }
-
-    #[test]
     fn reads_json_fields() {
         let json = "{\n  \"token\": \"trellis-jt-ab12\",\n  \"spiffe_id\": \"x\"\n}";
         assert_eq!(
@@ -467,19 +439,5 @@ mod tests {
             Some("trellis-jt-ab12")
         );
         assert_eq!(json_string_field(json, "missing"), None);
-    }
-
-    #[test]
-    fn reads_sidecar_addresses() {
-        let line = "trellis-sidecar admin on 127.0.0.1:1, inbound on 127.0.0.1:2";
-        assert_eq!(
-            addr_after(line, "admin on"),
-            Some("127.0.0.1:1".parse().expect("a"))
-        );
-        assert_eq!(
-            addr_after(line, "inbound on"),
-            Some("127.0.0.1:2".parse().expect("a"))
-        );
-        assert_eq!(addr_after(line, "outbound on"), None);
     }
 }

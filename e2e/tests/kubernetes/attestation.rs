@@ -100,12 +100,13 @@ fn start_sidecar(ca: &Ca, token: &Path, name: &str) -> (Process, SocketAddr) {
         .env("TRELLIS_TRUST_BUNDLE", ca.bundle_pem())
         .env("TRELLIS_SERVICE_ACCOUNT_TOKEN_FILE", token)
         .env("TRELLIS_ADMIN_LISTEN", "127.0.0.1:0");
+    let ready_file = trellis_e2e::ready_path(ca.scratch(), name);
+    cmd.env("TRELLIS_READY_FILE", &ready_file);
     let mut process = Process::spawn(name, cmd, ca.scratch());
-    let line = process.wait_for_line(START, |l| l.starts_with("trellis-sidecar admin on"));
-    let admin = line
-        .split_whitespace()
-        .find_map(|w| w.trim_end_matches(',').parse().ok())
-        .expect("admin address in the start line");
+    let admin = process
+        .wait_for_ready(&ready_file, START)
+        .addr("admin")
+        .expect("admin address in the ready file");
     (process, admin)
 }
 

@@ -159,7 +159,7 @@ fn binary_of(image: &str) -> Option<&'static str> {
     match repository.rsplit('/').next()? {
         "ca" if repository.starts_with("trellis/") => Some("trellis-ca"),
         "sidecar" if repository.starts_with("trellis/") => Some("trellis-sidecar"),
-        "cli" if repository.starts_with("trellis/") => Some("trellis"),
+        "injector" if repository.starts_with("trellis/") => Some("trellis-injector"),
         _ => None,
     }
 }
@@ -275,7 +275,7 @@ fn the_ca_accepts_every_setting_the_manifests_hand_it() {
 
 #[test]
 fn the_injector_accepts_every_setting_the_manifests_hand_it() {
-    check_settings_of("trellis");
+    check_settings_of("trellis-injector");
 }
 
 #[test]
@@ -326,7 +326,7 @@ fn check_settings_of(binary: &str) {
         // And the check is real: one bad value makes the same command fail.
         let init_network = invocation.args.first().is_some_and(|a| a == "init-network");
         let bad = match invocation.binary {
-            "trellis" => {
+            "trellis-injector" => {
                 let mut cmd = invocation.command(&[]);
                 cmd.arg("--image-pull-policy=Sometimes");
                 run(cmd, TOOL_TIMEOUT)
@@ -349,4 +349,94 @@ fn check_settings_of(binary: &str) {
             invocation.binary
         );
     }
+}
+
+/// The cert-manager overlay: the Kubernetes objects stay valid, and cert-manager's (its
+/// CRDs, which the validator does not know) fit together: the webhook configuration's
+/// `inject-ca-from` names a Certificate for the Service every webhook calls, stored in the
+/// Secret the injector mounts, issued by a CA Issuer whose CA is itself a Certificate (so a
+/// renewed serving certificate never changes the caBundle).
+#[test]
+fn the_cert_manager_overlay_issues_the_serving_certificate_and_fills_the_ca_bundle() {
+    let docs = documents(&kustomize("deploy/overlays/cert-manager"));
+    let (cert_manager, core): (Vec<Value>, Vec<Value>) = docs.into_iter().partition(|d| {
+        d["apiVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("cert-manager.io/"))
+    });
+    let yaml: Vec<String> = core
+        .iter()
+        .map(|d| serde_yaml::to_string(d).expect("yaml"))
+        .collect();
+    assert_valid("deploy/overlays/cert-manager", &yaml.join("---\n"));
+    let find = |kind: &str, name: &str| {
+        cert_manager
+            .iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} in the overlay"))
+    };
+
+    let webhook = core
+        .iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .expect("the webhook configuration");
+    let inject_from = webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        .as_str()
+        .expect("the overlay annotates the webhook configuration");
+    let (namespace, name) = inject_from.split_once('/').expect("namespace/name");
+    let certificate = find("Certificate", name);
+    assert_eq!(certificate["metadata"]["namespace"], namespace);
+    let dns_names = certificate["spec"]["dnsNames"]
+        .as_array()
+        .expect("dnsNames");
+    for hook in webhook["webhooks"].as_array().expect("webhooks") {
+        let service = &hook["clientConfig"]["service"];
+        let host = format!(
+            "{}.{}.svc",
+            service["name"].as_str().expect("service name"),
+            service["namespace"].as_str().expect("service namespace")
+        );
+        assert!(dns_names.contains(&Value::from(host.clone())), "{host}");
+    }
+
+    let injector = core
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "trellis-injector")
+        .expect("the injector Deployment");
+    assert_eq!(injector["metadata"]["namespace"], namespace);
+    let mounted: Vec<&Value> = injector["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v.pointer("/secret/secretName"))
+        .collect();
+    assert!(
+        mounted.contains(&&certificate["spec"]["secretName"]),
+        "the injector mounts {mounted:?}, not {}",
+        certificate["spec"]["secretName"]
+    );
+
+    let issuer_name = certificate["spec"]["issuerRef"]["name"]
+        .as_str()
+        .expect("issuer");
+    let issuer = find("Issuer", issuer_name);
+    let ca_secret = &issuer["spec"]["ca"]["secretName"];
+    let ca = cert_manager
+        .iter()
+        .find(|d| d["kind"] == "Certificate" && d["spec"]["secretName"] == *ca_secret)
+        .expect("the CA Issuer's secret is a cert-manager Certificate");
+    assert_eq!(ca["spec"]["isCA"], true);
+    let root = find(
+        "Issuer",
+        ca["spec"]["issuerRef"]["name"].as_str().expect("issuer"),
+    );
+    assert!(root["spec"]["selfSigned"].is_object());
+
+    // Without the overlay there is no annotation: the base leaves caBundle to the user.
+    let base = documents(&kustomize("deploy/webhook"));
+    let plain = base
+        .iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .expect("webhook configuration");
+    assert!(plain["metadata"]["annotations"].is_null());
 }

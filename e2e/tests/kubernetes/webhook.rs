@@ -1,6 +1,8 @@
-//! `trellis inject serve-webhook` over real HTTPS (a certificate made with openssl, as the
-//! README does), sent AdmissionReview v1 requests with curl the way the API server sends
-//! them; the JSON Patch it returns is applied here, independently, and the result checked.
+//! The real `trellis-injector` binary over real HTTPS (a certificate made with openssl, as
+//! docs/kubernetes.md does by hand), sent AdmissionReview v1 requests with curl the way the
+//! API server sends them; the JSON Patch it returns is applied here, independently, and the
+//! result checked. Its serving certificate is then replaced on disk, as cert-manager renews
+//! a Secret, and must be served without a restart.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,21 +26,24 @@ impl Webhook {
         let cert = dir.path().join("tls.crt");
         let key = dir.path().join("tls.key");
         make_certificate(&cert, &key);
-        let mut cmd = command("trellis");
-        cmd.args(["inject", "serve-webhook", "--listen", "127.0.0.1:0"])
+        let ready_file = dir.path().join("ready.json");
+        let mut cmd = command("trellis-injector");
+        cmd.args(["--listen", "127.0.0.1:0"])
             .arg("--tls-cert")
             .arg(&cert)
             .arg("--tls-key")
-            .arg(&key);
-        let mut process = Process::spawn("webhook", cmd, dir.path());
-        let line = process.wait_for_line(Duration::from_secs(30), |l| {
-            l.contains("webhook listening on https://")
-        });
-        let base = line
-            .split_whitespace()
-            .last()
-            .expect("the line ends with the URL")
-            .to_owned();
+            .arg(&key)
+            .arg("--ready-file")
+            .arg(&ready_file);
+        let mut process = Process::spawn("injector", cmd, dir.path());
+        let ready = process.wait_for_ready(&ready_file, Duration::from_secs(30));
+        assert_eq!(ready.program, "trellis-injector");
+        assert_eq!(ready.pid, process.id());
+        let addr = ready
+            .addr("https")
+            .expect("the ready file names the https listener");
+        // The certificate names 127.0.0.1, so curl verifies it by that address.
+        let base = format!("https://{addr}");
         Self {
             process,
             base,
@@ -58,6 +63,11 @@ impl Webhook {
     }
 
     fn curl(&self, path: &str) -> Command {
+        self.curl_trusting(path, &self.cert)
+    }
+
+    /// curl on `path`, verifying the server with `ca` only.
+    fn curl_trusting(&self, path: &str, ca: &Path) -> Command {
         let mut curl = Command::new("curl");
         curl.args([
             "-sS",
@@ -67,7 +77,7 @@ impl Webhook {
             "\n%{http_code}",
             "--cacert",
         ])
-        .arg(&self.cert)
+        .arg(ca)
         .arg(format!("{}{path}", self.base));
         curl
     }
@@ -301,14 +311,34 @@ fn the_webhook_honours_annotations_and_refuses_what_it_cannot_inject() {
     assert!(body.contains("not an AdmissionReview"), "{body}");
     let (status, _) = webhook.post("/elsewhere", b"{}");
     assert_eq!(status, 404);
-    let (status, body) = webhook.send(webhook.curl("/healthz"));
+    let (status, body) = webhook.send(webhook.curl("/live"));
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, body) = webhook.send(webhook.curl("/ready"));
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+
+    // Every answer above is counted by outcome.
+    let (status, metrics) = webhook.send(webhook.curl("/metrics"));
+    assert_eq!(status, 200);
+    for (outcome, count) in [
+        ("patched", 1),
+        ("skipped", 2),
+        ("refused", 1),
+        ("ignored", 0),
+        ("bad_request", 1),
+    ] {
+        let line = format!("trellis_injector_requests_total{{outcome=\"{outcome}\"}} {count}\n");
+        assert!(metrics.contains(&line), "no {line:?} in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("trellis_injector_request_duration_seconds_count 5\n"),
+        "{metrics}"
+    );
 
     // Plaintext is not served.
     let mut plaintext = Command::new("curl");
     plaintext
         .args(["-sS", "--max-time", "10"])
-        .arg(webhook.base.replace("https://", "http://") + "/healthz");
+        .arg(webhook.base.replace("https://", "http://") + "/live");
     let outcome = run(plaintext, TOOL_TIMEOUT);
     assert!(
         outcome.code != Some(0) || !outcome.stdout.contains("ok"),
@@ -318,8 +348,8 @@ fn the_webhook_honours_annotations_and_refuses_what_it_cannot_inject() {
 
 #[test]
 fn a_rotated_serving_certificate_is_used_without_a_restart() {
-    let webhook = Webhook::start();
-    let (status, _) = webhook.send(webhook.curl("/healthz"));
+    let mut webhook = Webhook::start();
+    let (status, _) = webhook.send(webhook.curl("/live"));
     assert_eq!(status, 200);
 
     // A new certificate and key replace the old ones in place, as a Secret update does.
@@ -340,7 +370,7 @@ fn a_rotated_serving_certificate_is_used_without_a_restart() {
             let mut curl = Command::new("curl");
             curl.args(["-sS", "--max-time", "5", "--cacert"])
                 .arg(&new_ca)
-                .arg(format!("{}/healthz", webhook.base));
+                .arg(format!("{}/live", webhook.base));
             let outcome = run(curl, TOOL_TIMEOUT);
             if outcome.code == Some(0) && outcome.stdout == "ok\n" {
                 Ok(())
@@ -353,6 +383,15 @@ fn a_rotated_serving_certificate_is_used_without_a_restart() {
     let mut old = Command::new("curl");
     old.args(["-sS", "--max-time", "5", "--cacert"])
         .arg(webhook.dir.path().join("old-ca.crt"))
-        .arg(format!("{}/healthz", webhook.base));
+        .arg(format!("{}/live", webhook.base));
     assert_ne!(run(old, TOOL_TIMEOUT).code, Some(0));
+
+    // The same process served both certificates, and counted the reload.
+    assert!(webhook.process.is_running(), "the injector restarted");
+    let (status, metrics) = webhook.send(webhook.curl_trusting("/metrics", &new_ca));
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("trellis_injector_certificate_reloads_total 1\n"),
+        "{metrics}"
+    );
 }

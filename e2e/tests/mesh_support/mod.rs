@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use std::process::Command;
 
-use trellis_e2e::pod_sidecar::{addr_after, outbound_addrs};
-use trellis_e2e::{Ca, Process, command, command_with_open_files, run};
+use trellis_e2e::pod_sidecar::outbound_addrs;
+use trellis_e2e::{Ca, Process, command, command_with_open_files, ready_path, run};
 
 pub const TD: &str = "cluster.local";
 pub const START: Duration = Duration::from_secs(30);
@@ -129,13 +129,17 @@ pub fn sidecar_with_open_files(
         Some(n) => command_with_open_files("trellis-sidecar", n),
         None => command("trellis-sidecar"),
     };
-    cmd.arg("--config").arg(&config);
+    let ready_file = ready_path(ca.scratch(), name);
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--ready-file")
+        .arg(&ready_file);
     let mut process = Process::spawn(name, cmd, ca.scratch());
-    let line = process.wait_for_line(START, |l| l.starts_with("trellis-sidecar admin on"));
+    let ready = process.wait_for_ready(&ready_file, START);
     let sidecar = Sidecar {
-        admin: addr_after(&line, "admin on").expect("admin address"),
-        inbound: addr_after(&line, "inbound on"),
-        outbound: outbound_addrs(&line),
+        admin: ready.addr("admin").expect("admin address"),
+        inbound: ready.addr("inbound"),
+        outbound: outbound_addrs(&ready),
         process,
     };
     wait_ready(sidecar.admin);

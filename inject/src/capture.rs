@@ -8,8 +8,8 @@
 use serde_json::{Map, Value, json};
 use trellis_identity::cidr::Cidr;
 
-use super::patch::Add;
-use super::pod::{ADMIN_PORT, INBOUND_PORT, InjectError, annotation};
+use crate::patch::Add;
+use crate::pod::{ADMIN_PORT, INBOUND_PORT, InjectError, annotation};
 
 /// `enabled` (the default) or `disabled`: whether the pod's inbound TCP is captured.
 pub const CAPTURE: &str = "trellis.dev/capture";

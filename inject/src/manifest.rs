@@ -6,9 +6,9 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::patch::{self, PatchError};
-use super::pod::{self, InjectError, Plan, Settings, Skip, Unannotated};
-use super::yaml;
+use crate::patch::{self, PatchError};
+use crate::pod::{self, InjectError, Plan, Settings, Skip, Unannotated};
+use crate::yaml;
 
 /// What happened to one workload, for the report on stderr.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::metrics::Metrics;
+
 /// The files are looked at (one `stat` each) at most this often, during handshakes.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 
@@ -51,6 +53,7 @@ pub struct ReloadingCert {
     key: PathBuf,
     provider: Arc<CryptoProvider>,
     current: Mutex<Current>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for ReloadingCert {
@@ -63,8 +66,13 @@ impl std::fmt::Debug for ReloadingCert {
 }
 
 impl ReloadingCert {
-    /// Loads the pair once; fails if it does not load now.
-    pub fn new(cert: PathBuf, key: PathBuf, provider: Arc<CryptoProvider>) -> Result<Self, String> {
+    /// Loads the pair once; fails if it does not load now. Reloads are counted in `metrics`.
+    pub fn new(
+        cert: PathBuf,
+        key: PathBuf,
+        provider: Arc<CryptoProvider>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let stamps = [modified(&cert), modified(&key)];
         let loaded = load(&cert, &key, &provider)?;
         Ok(Self {
@@ -76,6 +84,7 @@ impl ReloadingCert {
             cert,
             key,
             provider,
+            metrics,
         })
     }
 }
@@ -91,15 +100,27 @@ impl ResolvesServerCert for ReloadingCert {
                     Ok(loaded) => {
                         current.key = Arc::new(loaded);
                         current.stamps = stamps;
-                        eprintln!(
-                            "inject: serving certificate reloaded from {}",
-                            self.cert.display()
-                        );
+                        self.metrics.certificate_reloaded();
+                        tracing::info!(file = %self.cert.display(), "serving certificate reloaded");
                     }
-                    Err(e) => eprintln!("inject: keeping the current serving certificate: {e}"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "keeping the current serving certificate");
+                    }
                 }
             }
         }
         Some(current.key.clone())
     }
+}
+
+/// The server's TLS configuration: HTTP/1.1 over TLS 1.2 or 1.3, no client certificates
+/// (the API server does not present one), the certificate from `certificate`.
+pub fn server_config(certificate: Arc<ReloadingCert>) -> Result<rustls::ServerConfig, String> {
+    let mut config = rustls::ServerConfig::builder_with_provider(certificate.provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(certificate);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }

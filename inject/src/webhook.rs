@@ -1,4 +1,4 @@
-//! The mutating admission webhook's logic, without the server: an `AdmissionReview` v1
+//! The mutating admission webhook's logic, without the server (that is `trellis-injector`): an `AdmissionReview` v1
 //! request in, an `AdmissionReview` response out, with the same JSON Patch the offline
 //! `trellis inject` applies.
 //!
@@ -6,15 +6,51 @@
 
 use serde_json::{Value, json};
 
-use super::pod::{self, Plan, Settings, Unannotated};
+use crate::pod::{self, Plan, Settings, Unannotated};
 
-/// What the webhook decided for one request, for its log line.
+/// What the webhook decided for one request, for its log line and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     /// `namespace/name` of the pod (its `generateName` when it has no name yet).
     pub pod: String,
-    /// "injected", a skip reason, or the refusal.
-    pub outcome: String,
+    /// What happened to it.
+    pub outcome: Outcome,
+}
+
+/// What the webhook did with one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The pod was patched.
+    Injected,
+    /// The pod was allowed unchanged, for this reason.
+    Skipped(String),
+    /// The pod was refused: it asked for injection that cannot be done as written.
+    Refused(String),
+    /// Not a pod creation: allowed unchanged.
+    NotAPodCreation,
+}
+
+impl Outcome {
+    /// A short name for metrics labels: `patched`, `skipped`, `refused` or `ignored`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Injected => "patched",
+            Self::Skipped(_) => "skipped",
+            Self::Refused(_) => "refused",
+            Self::NotAPodCreation => "ignored",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Injected => f.write_str("injected"),
+            Self::Skipped(reason) => write!(f, "skipped: {reason}"),
+            Self::Refused(reason) => write!(f, "refused: {reason}"),
+            Self::NotAPodCreation => f.write_str("not a pod creation"),
+        }
+    }
 }
 
 /// A request that is not an `AdmissionReview` we can answer (HTTP 400).
@@ -71,7 +107,7 @@ pub fn review(
     let (response, outcome) = if !is_pod_create {
         (
             json!({"uid": uid, "allowed": true}),
-            "not a pod creation".to_owned(),
+            Outcome::NotAPodCreation,
         )
     } else {
         match pod::plan(object, "", None, settings, unannotated) {
@@ -84,12 +120,12 @@ pub fn review(
                         "patchType": "JSONPatch",
                         "patch": base64(&patch),
                     }),
-                    "injected".to_owned(),
+                    Outcome::Injected,
                 )
             }
             Ok(Plan::Skip(skip)) => (
                 json!({"uid": uid, "allowed": true}),
-                format!("skipped: {}", skip.reason()),
+                Outcome::Skipped(skip.reason().to_owned()),
             ),
             Err(e) => {
                 let message = format!("trellis sidecar injection: {e}");
@@ -99,7 +135,7 @@ pub fn review(
                         "allowed": false,
                         "status": {"code": 400, "reason": "BadRequest", "message": message},
                     }),
-                    format!("refused: {e}"),
+                    Outcome::Refused(e.to_string()),
                 )
             }
         }
@@ -138,7 +174,7 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inject::patch::{Add, apply};
+    use crate::patch::{Add, apply};
 
     fn settings() -> Settings {
         Settings {
@@ -244,7 +280,14 @@ mod tests {
         let (answer, decision) =
             review(&request(pod, "CREATE"), &settings(), Unannotated::Skip).expect("answers");
         assert!(answer["response"].get("patch").is_none());
-        assert_eq!(decision.outcome, "skipped: injection not requested");
+        assert_eq!(
+            decision.outcome,
+            Outcome::Skipped("injection not requested".into())
+        );
+        assert_eq!(
+            decision.outcome.to_string(),
+            "skipped: injection not requested"
+        );
         let bad = json!({"metadata": {"annotations": {"trellis.dev/inbound-port": "0"}}, "spec": {"containers": []}});
         let (answer, _) =
             review(&request(bad, "CREATE"), &settings(), Unannotated::Inject).expect("answers");

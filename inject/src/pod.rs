@@ -13,8 +13,8 @@
 
 use serde_json::{Map, Value, json};
 
-use super::capture;
-use super::patch::{Add, escape};
+use crate::capture;
+use crate::patch::{Add, escape};
 
 /// Annotation a pod (or namespace-level webhook) uses to ask for or refuse injection.
 pub const INJECT: &str = "trellis.dev/inject";
@@ -531,7 +531,7 @@ fn sidecar_container(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inject::patch::apply;
+    use crate::patch::apply;
 
     pub(crate) fn settings() -> Settings {
         Settings {

@@ -1,0 +1,66 @@
+//! `trellis-injector` binary: flags, logging, signals. Everything else is in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+use trellis_injector::config::Flags;
+
+fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_env("TRELLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Cancels `stop` on SIGTERM or SIGINT.
+async fn cancel_on_signal(stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    stop.cancel();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let config = match flags.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("trellis-injector: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if flags.check_config {
+        println!("configuration OK: {config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.json_logs);
+    let stop = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(stop.clone()));
+    match trellis_injector::run(config, stop).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trellis-injector: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
