@@ -152,6 +152,9 @@ async fn main() -> ExitCode {
         if let Some(http) = running.http_addr {
             ready = ready.listener("http", http);
         }
+        if let Some(bundle_endpoint) = running.bundle_endpoint_addr {
+            ready = ready.listener("bundle_endpoint", bundle_endpoint);
+        }
         ready.spiffe_id = Some(format!(
             "spiffe://{}{}",
             running.state.config.trust_domain,

@@ -112,6 +112,13 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     let state = bootstrap::open(config, clock).await?;
     state.refresh_revocations()?;
     let tls = serving_config(&state).await?;
+    // What initialisation and this start wrote is signed at once, so that even a CA younger
+    // than one checkpoint interval has its whole audit log covered.
+    state.checkpoint_audit()?;
+    state
+        .store
+        .flush_now()
+        .map_err(|e| CaError::Unavailable(e.to_string()))?;
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(renew_serving_identity(
         state.clone(),

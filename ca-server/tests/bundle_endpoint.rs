@@ -54,6 +54,9 @@ async fn curl_fetches_the_bundle_and_it_follows_a_new_root() {
     assert_eq!(bundle.x509_authorities, ca.bundle().roots().to_vec());
     assert_eq!(bundle.sequence, ca.bundle().version());
     assert_eq!(bundle.refresh_hint, Some(Duration::from_secs(120)));
+    // The JWT-SVID keys travel in the same document.
+    assert!(!bundle.jwt_authorities.is_empty());
+    assert_eq!(bundle.jwt_authorities, ca.bundle().jwt_keys().to_vec());
 
     ca.admin()
         .await

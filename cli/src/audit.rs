@@ -5,9 +5,12 @@
 
 use std::path::PathBuf;
 
+use rustls::pki_types::CertificateDer;
 use serde::Serialize;
+use tonic::transport::Channel;
 use trellis_identity::audit_log::{self, ChainedEntry, Checkpoint, Verified};
 use trellis_identity::{TrustBundle, pem};
+use trellis_proto::admin::v1::admin_client::AdminClient;
 use trellis_proto::admin::v1::{
     GetStatusRequest, ListAuditCheckpointsRequest, ListAuditEventsRequest, ListRootsRequest,
 };
@@ -42,7 +45,7 @@ pub struct VerifyArgs {
 }
 
 #[derive(Debug, Serialize)]
-struct VerifyReport {
+pub struct VerifyReport {
     intact: bool,
     trust_domain: String,
     first_entry: u64,
@@ -91,7 +94,7 @@ impl Report for VerifyReport {
 }
 
 impl VerifyReport {
-    fn new(trust_domain: &str, result: Result<Verified, audit_log::Tamper>) -> Self {
+    pub fn new(trust_domain: &str, result: Result<Verified, audit_log::Tamper>) -> Self {
         let mut report = Self {
             intact: result.is_ok(),
             trust_domain: trust_domain.to_owned(),
@@ -135,7 +138,6 @@ pub async fn run(command: AuditCommand, global: &Global) -> anyhow::Result<()> {
 
 async fn verify(args: VerifyArgs, global: &Global) -> anyhow::Result<()> {
     let target = Target::load(&context::resolve(&global.connection)?)?;
-    let trust_domain = target.trust_domain.clone();
     let explicit = match &args.anchors {
         Some(path) => {
             let text = std::fs::read(path)
@@ -148,7 +150,28 @@ async fn verify(args: VerifyArgs, global: &Global) -> anyhow::Result<()> {
         None => None,
     };
     let mut admin = target.admin().await?;
-    let roots = match explicit {
+    let result = verify_log(&target, &mut admin, explicit).await?;
+    let report = VerifyReport::new(target.trust_domain.as_str(), result);
+    output::emit(global.output, &report)?;
+    match report.problem_entry {
+        // The report (stdout) says what is wrong; stderr and the exit code tell scripts.
+        Some(entry) => Err(anyhow::anyhow!(
+            "the audit log is not intact (first finding at entry {entry})"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Reads the whole audit log and its checkpoints over the admin API and verifies them,
+/// against `anchors` if given, else the CLI's trust bundle and every root the CA reports.
+/// `Err` only when the log could not be read; a tampered log is `Ok(Err(..))`.
+pub async fn verify_log(
+    target: &Target,
+    admin: &mut AdminClient<Channel>,
+    anchors: Option<Vec<CertificateDer<'static>>>,
+) -> anyhow::Result<Result<Verified, audit_log::Tamper>> {
+    let trust_domain = target.trust_domain.clone();
+    let roots = match anchors {
         Some(roots) => roots,
         None => {
             let mut roots = target.bundle.roots().to_vec();
@@ -177,7 +200,6 @@ async fn verify(args: VerifyArgs, global: &Global) -> anyhow::Result<()> {
     };
     let anchors = TrustBundle::new(trust_domain.clone(), 0, roots)
         .map_err(|e| usage(format!("trust anchors for checkpoints: {e}")))?;
-
     let mut checkpoints = Vec::new();
     let mut after = 0;
     loop {
@@ -240,14 +262,10 @@ async fn verify(args: VerifyArgs, global: &Global) -> anyhow::Result<()> {
             );
         }
     }
-    let result = audit_log::verify(trust_domain.as_str(), entries, &checkpoints, &anchors);
-    let report = VerifyReport::new(trust_domain.as_str(), result);
-    output::emit(global.output, &report)?;
-    match report.problem_entry {
-        // The report (stdout) says what is wrong; stderr and the exit code tell scripts.
-        Some(entry) => Err(anyhow::anyhow!(
-            "the audit log is not intact (first finding at entry {entry})"
-        )),
-        None => Ok(()),
-    }
+    Ok(audit_log::verify(
+        trust_domain.as_str(),
+        entries,
+        &checkpoints,
+        &anchors,
+    ))
 }

@@ -38,7 +38,8 @@ pub enum FederationCommand {
 #[derive(Debug, clap::Args)]
 pub struct AddArgs {
     /// The foreign trust domain, e.g. partner.example.
-    trust_domain: String,
+    #[arg(value_name = "TRUST_DOMAIN")]
+    foreign: String,
     /// Its SPIFFE bundle endpoint, https://host[:port]/path.
     #[arg(long, value_name = "URL")]
     endpoint: String,
@@ -46,17 +47,18 @@ pub struct AddArgs {
     /// CA: spiffe://<its trust domain>/trellis/ca).
     #[arg(long, value_name = "ID")]
     endpoint_spiffe_id: String,
-    /// Its current bundle, obtained out of band: the SPIFFE bundle format (JSON) or PEM
-    /// roots.
+    /// Its current bundle, obtained out of band, to start from: the SPIFFE bundle format
+    /// (JSON) or PEM roots. (`--bundle` is the global flag naming this CA's own bundle.)
     #[arg(long, value_name = "FILE")]
-    bundle: PathBuf,
+    initial_bundle: PathBuf,
 }
 
 /// A trust domain argument.
 #[derive(Debug, clap::Args)]
 pub struct NameArgs {
     /// The federated trust domain.
-    trust_domain: String,
+    #[arg(value_name = "TRUST_DOMAIN")]
+    foreign: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -185,13 +187,17 @@ pub async fn run(command: FederationCommand, global: &Global) -> anyhow::Result<
     let mut admin = target.admin().await?;
     match command {
         FederationCommand::Add(args) => {
-            let bundle = std::fs::read(&args.bundle)
-                .map_err(|e| usage(format!("--bundle {}: {e}", args.bundle.display())))?;
+            let bundle = std::fs::read(&args.initial_bundle).map_err(|e| {
+                usage(format!(
+                    "--initial-bundle {}: {e}",
+                    args.initial_bundle.display()
+                ))
+            })?;
             let added = target
                 .call(
                     "the federation",
                     admin.add_federation(AddFederationRequest {
-                        trust_domain: args.trust_domain,
+                        trust_domain: args.foreign,
                         endpoint_url: args.endpoint,
                         endpoint_spiffe_id: args.endpoint_spiffe_id,
                         bundle,
@@ -224,11 +230,11 @@ pub async fn run(command: FederationCommand, global: &Global) -> anyhow::Result<
             let found = listed
                 .federations
                 .into_iter()
-                .find(|f| f.trust_domain == args.trust_domain.trim())
+                .find(|f| f.trust_domain == args.foreign.trim())
                 .ok_or_else(|| {
                     anyhow::anyhow!(
                         "no federation with {:?}; see `trellis federation list`",
-                        args.trust_domain
+                        args.foreign
                     )
                 })?;
             output::emit(global.output, &FederationView::new(found))
@@ -238,7 +244,7 @@ pub async fn run(command: FederationCommand, global: &Global) -> anyhow::Result<
                 .call(
                     "the federated bundle",
                     admin.refresh_federation(RefreshFederationRequest {
-                        trust_domain: args.trust_domain,
+                        trust_domain: args.foreign,
                     }),
                 )
                 .await?;
@@ -249,14 +255,14 @@ pub async fn run(command: FederationCommand, global: &Global) -> anyhow::Result<
                 .call(
                     "the federation",
                     admin.remove_federation(RemoveFederationRequest {
-                        trust_domain: args.trust_domain.clone(),
+                        trust_domain: args.foreign.clone(),
                     }),
                 )
                 .await?;
             output::emit(
                 global.output,
                 &Removed {
-                    removed: args.trust_domain,
+                    removed: args.foreign,
                 },
             )
         }

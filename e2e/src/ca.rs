@@ -21,6 +21,8 @@ pub struct Listening {
     pub addr: SocketAddr,
     pub trust_domain: String,
     pub admin_dir: PathBuf,
+    /// The SPIFFE bundle endpoint, when `--bundle-endpoint-listen` was given.
+    pub bundle_endpoint: Option<SocketAddr>,
 }
 
 impl Listening {
@@ -31,6 +33,7 @@ impl Listening {
             addr: ready.addr("grpc")?,
             trust_domain: id.trust_domain_name().to_owned(),
             admin_dir: data_dir.join("admin"),
+            bundle_endpoint: ready.addr("bundle_endpoint"),
         })
     }
 }
@@ -57,6 +60,8 @@ pub struct Ca {
     pub process: Process,
     pub addr: SocketAddr,
     pub trust_domain: String,
+    /// Its SPIFFE bundle endpoint, when started with `--bundle-endpoint-listen`.
+    pub bundle_endpoint: Option<SocketAddr>,
     /// The CA's data directory.
     pub data_dir: PathBuf,
     /// admin.pem, admin.key.pem and bundle.pem for the admin API.
@@ -127,6 +132,7 @@ impl Ca {
             process,
             addr: listening.addr,
             trust_domain: listening.trust_domain,
+            bundle_endpoint: listening.bundle_endpoint,
             data_dir,
             admin_dir: listening.admin_dir,
             args,
@@ -158,6 +164,7 @@ impl Ca {
         );
         self.process = process;
         self.addr = listening.addr;
+        self.bundle_endpoint = listening.bundle_endpoint;
     }
 
     /// A scratch directory next to the CA's data, removed with it.
@@ -255,6 +262,7 @@ mod tests {
                 addr: "127.0.0.1:40123".parse().expect("addr"),
                 trust_domain: "cluster.local".into(),
                 admin_dir: PathBuf::from("/d/admin"),
+                bundle_endpoint: None,
             })
         );
     }

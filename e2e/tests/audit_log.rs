@@ -105,4 +105,23 @@ fn an_edited_entry_is_named_online_and_offline() {
         online.stdout,
         online.stderr
     );
+
+    // `trellis check` fails the audit-log check and exits 2.
+    let checked = run(tampered.admin_command(&["check", "-o", "json"]), TIMEOUT);
+    assert_eq!(checked.code, Some(2), "{}", checked.stdout);
+    let report = checked.json();
+    let audit = report["verdicts"]
+        .as_array()
+        .expect("verdicts")
+        .iter()
+        .find(|v| v["check"] == "audit log")
+        .cloned()
+        .expect("an audit log verdict");
+    assert_eq!(audit["level"], "fail", "{audit}");
+    assert!(
+        audit["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("entry 3")),
+        "{audit}"
+    );
 }

@@ -13,7 +13,7 @@ use x509_cert::Certificate;
 use x509_cert::der::Decode;
 use x509_cert::der::asn1::ObjectIdentifier;
 
-use crate::bundle::{BundleError, TrustBundle};
+use crate::bundle::{BundleError, JwtKey, TrustBundle};
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::svid::CertInfo;
 
@@ -21,17 +21,6 @@ const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7
 const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 /// The largest bundle document accepted (a bundle holds a handful of keys).
 pub const MAX_BUNDLE_BYTES: usize = 256 * 1024;
-
-/// A JWT authority: an EC public key that verifies JWT-SVIDs whose header names its `kid`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JwtAuthority {
-    pub kid: String,
-    /// `P-256` (ES256).
-    pub crv: String,
-    /// The point's coordinates, base64url without padding (RFC 7518 §6.2.1).
-    pub x: String,
-    pub y: String,
-}
 
 /// One trust domain's bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +31,8 @@ pub struct SpiffeBundle {
     /// How often a consumer should fetch it again (`spiffe_refresh_hint`).
     pub refresh_hint: Option<Duration>,
     pub x509_authorities: Vec<CertificateDer<'static>>,
-    pub jwt_authorities: Vec<JwtAuthority>,
+    /// The keys that sign its JWT-SVIDs (ES256); keys of other curves are ignored.
+    pub jwt_authorities: Vec<JwtKey>,
 }
 
 /// Why a document is not a usable SPIFFE bundle.
@@ -120,14 +110,14 @@ fn ec_point(cert: &[u8]) -> Result<(&'static str, String, String), String> {
 }
 
 impl SpiffeBundle {
-    /// The bundle of `bundle`'s roots (no JWT authorities).
+    /// The bundle of `bundle`'s roots and JWT keys.
     pub fn from_trust_bundle(bundle: &TrustBundle, refresh_hint: Option<Duration>) -> Self {
         Self {
             trust_domain: bundle.trust_domain().clone(),
             sequence: bundle.version(),
             refresh_hint,
             x509_authorities: bundle.roots().to_vec(),
-            jwt_authorities: Vec::new(),
+            jwt_authorities: bundle.jwt_keys().to_vec(),
         }
     }
 
@@ -138,6 +128,7 @@ impl SpiffeBundle {
             self.sequence,
             self.x509_authorities.clone(),
         )
+        .map(|b| b.with_jwt_keys(self.jwt_authorities.clone()))
         .map_err(|e: BundleError| BundleFormatError::Roots(e.to_string()))
     }
 
@@ -161,13 +152,16 @@ impl SpiffeBundle {
             });
         }
         for key in &self.jwt_authorities {
+            let Some((x, y)) = key.coordinates() else {
+                continue;
+            };
             keys.push(Jwk {
                 kty: "EC".into(),
                 usage: "jwt-svid".into(),
-                kid: Some(key.kid.clone()),
-                crv: Some(key.crv.clone()),
-                x: Some(key.x.clone()),
-                y: Some(key.y.clone()),
+                kid: Some(key.key_id.clone()),
+                crv: Some("P-256".into()),
+                x: Some(URL_SAFE_NO_PAD.encode(x)),
+                y: Some(URL_SAFE_NO_PAD.encode(y)),
                 x5c: None,
             });
         }
@@ -209,7 +203,11 @@ impl SpiffeBundle {
                     check_trust_domain(index, &root, &bundle.trust_domain)?;
                     bundle.x509_authorities.push(root);
                 }
-                ("EC", "jwt-svid") => bundle.jwt_authorities.push(jwt_authority(index, key)?),
+                ("EC", "jwt-svid") => {
+                    if let Some(key) = jwt_authority(index, key)? {
+                        bundle.jwt_authorities.push(key);
+                    }
+                }
                 _ => {}
             }
         }
@@ -275,27 +273,30 @@ fn check_trust_domain(
     Ok(())
 }
 
-fn jwt_authority(index: usize, key: Jwk) -> Result<JwtAuthority, BundleFormatError> {
+fn jwt_authority(index: usize, key: Jwk) -> Result<Option<JwtKey>, BundleFormatError> {
     let bad = |reason: &str| BundleFormatError::BadKey {
         index,
         usage: "jwt-svid",
         reason: reason.to_owned(),
     };
-    let kid = key
+    let key_id = key
         .kid
         .filter(|k| !k.is_empty())
         .ok_or_else(|| bad("a JWT authority needs a kid"))?;
-    let crv = key.crv.ok_or_else(|| bad("no crv"))?;
-    let (x, y) = match (key.x, key.y) {
-        (Some(x), Some(y)) => (x, y),
-        _ => return Err(bad("no x and y coordinates")),
-    };
-    for coordinate in [&x, &y] {
-        URL_SAFE_NO_PAD
-            .decode(coordinate)
-            .map_err(|_| bad("a coordinate is not base64url"))?;
+    // Trellis validates ES256 only: a key on another curve cannot have signed a token it
+    // accepts, so it is left out (its tokens fail as of an unknown kid).
+    if key.crv.as_deref() != Some("P-256") {
+        return Ok(None);
     }
-    Ok(JwtAuthority { kid, crv, x, y })
+    let coordinate = |c: Option<String>| {
+        c.and_then(|c| URL_SAFE_NO_PAD.decode(c).ok())
+            .filter(|c| c.len() == 32)
+            .ok_or_else(|| bad("x and y must be 32-byte base64url coordinates"))
+    };
+    let mut public_key = vec![4u8];
+    public_key.extend(coordinate(key.x)?);
+    public_key.extend(coordinate(key.y)?);
+    Ok(Some(JwtKey { key_id, public_key }))
 }
 
 #[cfg(test)]

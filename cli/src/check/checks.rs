@@ -64,6 +64,10 @@ pub const CHECKS: &[Check] = &[
         name: "CRL",
         run: crl,
     },
+    Check {
+        name: "audit log",
+        run: audit_log,
+    },
 ];
 
 /// Clock skew this machine and the CA may have: above it a warning, above the second a
@@ -491,6 +495,38 @@ fn crl(facts: &Facts) -> Vec<Verdict> {
         format!("next update {when}")
     };
     vec![Verdict::new(NAME, level, detail).hint(HINT)]
+}
+
+fn audit_log(facts: &Facts) -> Vec<Verdict> {
+    const NAME: &str = "audit log";
+    let verdict = match &facts.audit {
+        Ok(Ok(v)) if v.entries > 0 && v.last_checkpoint.is_none() => Verdict::new(
+            NAME,
+            Level::Warn,
+            format!(
+                "{} entries chained, but no checkpoint signed yet: a rewrite of the whole log \
+                 would not be detected",
+                v.entries
+            ),
+        )
+        .hint(
+            "the CA signs one every [audit] checkpoint_interval, on root changes and at shutdown",
+        ),
+        Ok(Ok(v)) => Verdict::new(
+            NAME,
+            Level::Ok,
+            format!(
+                "intact: {} entries, {} signed checkpoints, {} entries after the last one",
+                v.entries, v.checkpoints, v.unsigned_tail
+            ),
+        ),
+        Ok(Err(tamper)) => Verdict::new(NAME, Level::Fail, tamper.to_string()).hint(
+            "the CA's store was changed behind its back: keep a copy of the data directory for \
+             investigation, see `trellis audit verify`",
+        ),
+        Err(why) => Verdict::new(NAME, Level::Skipped, format!("not read: {why}")),
+    };
+    vec![verdict]
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use trellis_identity::CertInfo;
+use trellis_identity::audit_log::{Tamper, Verified};
 use trellis_proto::admin::v1::admin_client::AdminClient;
 use trellis_proto::admin::v1::{
     CertificateRecord, GetStatusRequest, GetStatusResponse, ListCertificatesRequest,
@@ -72,6 +73,8 @@ pub struct Facts {
     pub roots: Result<ListRootsResponse, Refusal>,
     /// Every live certificate, for the renewal check.
     pub certificates: Result<Vec<CertificateRecord>, Refusal>,
+    /// The audit log verified end to end (`trellis audit verify`); `Err` if unreadable.
+    pub audit: Result<Result<Verified, Tamper>, String>,
 }
 
 /// Why the CA did not answer an admin call.
@@ -126,6 +129,7 @@ async fn gather(target: &Target, thresholds: Thresholds) -> Facts {
         Ok(channel) => channel,
         Err(e) => {
             let why = unreachable(&e);
+            let why_audit = why.clone();
             let refused = Refusal {
                 code: tonic::Code::Unavailable,
                 text: why.clone(),
@@ -140,6 +144,7 @@ async fn gather(target: &Target, thresholds: Thresholds) -> Facts {
                 status: Err(refused.clone()),
                 roots: Err(refused.clone()),
                 certificates: Err(refused),
+                audit: Err(why_audit),
             };
         }
     };
@@ -173,6 +178,9 @@ async fn gather(target: &Target, thresholds: Thresholds) -> Facts {
         .map(|r| r.into_inner())
         .map_err(|s| refusal(target, "the root list", &s));
     let certificates = live_certificates(target, &mut client).await;
+    let audit = crate::audit::verify_log(target, &mut client, None)
+        .await
+        .map_err(|e| unreachable(&e));
     Facts {
         now: SystemTime::now(),
         thresholds,
@@ -183,6 +191,7 @@ async fn gather(target: &Target, thresholds: Thresholds) -> Facts {
         status,
         roots,
         certificates,
+        audit,
     }
 }
 

@@ -22,11 +22,9 @@ fn bundle() -> SpiffeBundle {
         sequence: 7,
         refresh_hint: Some(Duration::from_secs(300)),
         x509_authorities: roots,
-        jwt_authorities: vec![JwtAuthority {
-            kid: "k1".into(),
-            crv: "P-256".into(),
-            x: URL_SAFE_NO_PAD.encode([1u8; 32]),
-            y: URL_SAFE_NO_PAD.encode([2u8; 32]),
+        jwt_authorities: vec![JwtKey {
+            key_id: "k1".into(),
+            public_key: [vec![4u8], vec![1u8; 32], vec![2u8; 32]].concat(),
         }],
     }
 }
