@@ -7,7 +7,7 @@
 //! made to the listener's own port goes to the configured app, as without capture.
 //!
 //! Every established session is counted in
-//! `trellis_sidecar_tls_sessions_total{direction="inbound",group=...}` by its key-exchange
+//! `trellis_sidecar_tls_sessions_total{direction="inbound",group=...,cipher_suite=...}` by its key-exchange
 //! group. Every refusal is logged with the peer address and a reason and counted in
 //! `trellis_sidecar_handshakes_total{direction="inbound",result="failed",reason=...}` (or in
 //! `trellis_sidecar_policy_denials_total` for an authenticated peer the policy refuses).
@@ -203,7 +203,7 @@ impl Inbound {
         tracing::Span::current().record("spiffe_id", tracing::field::display(&spiffe_id));
         let (kx_group, cipher_suite) = session_params(tls.get_ref().1);
         metrics.handshake(DIRECTION, true, "");
-        metrics.tls_session(DIRECTION, kx_group);
+        metrics.tls_session(DIRECTION, kx_group, cipher_suite);
         metrics.handshake_seconds[DIRECTION as usize].observe(started.elapsed());
         let decision = route.policy.check(&spiffe_id);
         if !decision.is_allowed() {

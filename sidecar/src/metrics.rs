@@ -65,8 +65,8 @@ pub struct Metrics {
     /// (direction, result, reason) → count: "ok", or "failed" with a reason such as
     /// "no_client_cert", "unknown_issuer", "expired", "timeout", "wrong_identity", "no_alpn".
     handshakes: Mutex<BTreeMap<(&'static str, &'static str, String), u64>>,
-    /// (direction, key-exchange group) → established TLS sessions.
-    tls_sessions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// (direction, key-exchange group, cipher suite) → established TLS sessions.
+    tls_sessions: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
     /// Connections refused by policy, by direction.
     pub policy_denials: [AtomicU64; 2],
     /// Plaintext connections accepted in permissive mode.
@@ -134,13 +134,14 @@ impl Metrics {
     }
 
     /// Counts an established TLS session by its key-exchange group (an IANA name from
-    /// [`trellis_identity::tls::kx_group_name`], a fixed set).
-    pub fn tls_session(&self, d: Direction, group: &'static str) {
+    /// [`trellis_identity::tls::kx_group_name`]) and cipher suite (rustls's name): both
+    /// fixed sets, so the label values are bounded.
+    pub fn tls_session(&self, d: Direction, group: &'static str, suite: &'static str) {
         *self
             .tls_sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((d.as_str(), group))
+            .entry((d.as_str(), group, suite))
             .or_default() += 1;
     }
 
@@ -150,7 +151,7 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|((dir, g), _)| *dir == d.as_str() && *g == group)
+            .filter(|((dir, g, _), _)| *dir == d.as_str() && *g == group)
             .map(|(_, n)| *n)
             .sum()
     }
@@ -278,9 +279,9 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|((d, group), n)| {
+            .map(|((d, group, suite), n)| {
                 (
-                    format!("{{direction=\"{d}\",group=\"{group}\"}}"),
+                    format!("{{direction=\"{d}\",group=\"{group}\",cipher_suite=\"{suite}\"}}"),
                     as_i64(*n),
                 )
             })
@@ -289,7 +290,7 @@ impl Metrics {
             &mut out,
             "trellis_sidecar_tls_sessions_total",
             "counter",
-            "Established TLS sessions by key-exchange group (X25519MLKEM768: hybrid post-quantum).",
+            "Established TLS sessions by key-exchange group (X25519MLKEM768: hybrid post-quantum) and cipher suite.",
             sessions,
         );
         family(
@@ -441,7 +442,11 @@ mod tests {
         let m = Metrics::default();
         m.dir(Direction::Inbound).opened.fetch_add(3, Relaxed);
         m.handshake(Direction::Inbound, false, "no_client_cert");
-        m.tls_session(Direction::Outbound, "X25519MLKEM768");
+        m.tls_session(
+            Direction::Outbound,
+            "X25519MLKEM768",
+            "TLS13_AES_128_GCM_SHA256",
+        );
         m.renewal(true);
         let text = m.render();
         assert!(text.contains("trellis_sidecar_connections_opened_total{direction=\"inbound\"} 3"));
@@ -450,7 +455,7 @@ mod tests {
         ));
         assert!(text.contains("trellis_sidecar_renewals_total{result=\"ok\"} 1"));
         assert!(text.contains(
-            "trellis_sidecar_tls_sessions_total{direction=\"outbound\",group=\"X25519MLKEM768\"} 1"
+            "trellis_sidecar_tls_sessions_total{direction=\"outbound\",group=\"X25519MLKEM768\",cipher_suite=\"TLS13_AES_128_GCM_SHA256\"} 1"
         ));
         assert!(text.contains("trellis_sidecar_last_renewal_age_seconds -1"));
         CaStream::Revocations.set(&m, true);

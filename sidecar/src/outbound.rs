@@ -127,7 +127,7 @@ impl Outbound {
         }
         let (kx_group, cipher_suite) = session_params(tls.get_ref().1);
         metrics.handshake(DIRECTION, true, "");
-        metrics.tls_session(DIRECTION, kx_group);
+        metrics.tls_session(DIRECTION, kx_group, cipher_suite);
         metrics.handshake_seconds[DIRECTION as usize].observe(started.elapsed());
         let registration = self.ctx.registry.register(&info.serial);
         tracing::debug!(

@@ -160,10 +160,11 @@ async fn two_sidecars_negotiate_the_hybrid_post_quantum_group_by_default() {
     assert_eq!(group_seen_by_a_trellis_client(inbound, &pki).await, HYBRID);
     let (status, _, text) = http_get(admin, "/metrics").await;
     assert_eq!(status, 200);
+    // Labelled by group and by cipher suite (a TLS 1.3 one, between two sidecars).
     assert!(
-        text.contains(
-            "trellis_sidecar_tls_sessions_total{direction=\"inbound\",group=\"X25519MLKEM768\"} 2"
-        ),
+        text.lines().any(|l| l.starts_with(
+            "trellis_sidecar_tls_sessions_total{direction=\"inbound\",group=\"X25519MLKEM768\",cipher_suite=\"TLS13_"
+        ) && l.ends_with("\"} 2")),
         "{text}"
     );
 }
