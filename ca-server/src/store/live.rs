@@ -169,10 +169,31 @@ pub(super) struct Live {
     runtime: tokio::runtime::Handle,
 }
 
+/// How long an opening waits for the database's lock: a predecessor (a CA restarting in the
+/// same process, or one still exiting) releases it only once sled's background flusher has
+/// let go of the files, a moment after the last handle is dropped.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// [`Trees::open`], retried while another opening still holds sled's exclusive lock.
+fn open_when_unlocked(dir: &Path) -> Result<Trees, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match Trees::open(dir, 1) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Live {
     /// Opens the database (generation 1). Needs a tokio runtime, for reopening.
     pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
-        let trees = Trees::open(dir, 1).map_err(|e| match Cause::of_sled(&e) {
+        let trees = open_when_unlocked(dir).map_err(|e| match Cause::of_sled(&e) {
             _ if matches!(e, sled::Error::Corruption { .. }) => StoreError::Damaged {
                 dir: dir.to_path_buf(),
                 detail: e.to_string(),

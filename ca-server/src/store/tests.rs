@@ -140,3 +140,19 @@ async fn an_unfinished_snapshot_left_by_an_interrupted_start_is_removed() {
     assert_eq!(kept.spiffe_id, "spiffe://td/a");
     assert_eq!(der, b"der");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opening_waits_for_the_one_before_it_to_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(dir.path()).unwrap();
+    first.set_trust_domain("td").unwrap();
+    first.flush_now().unwrap();
+    // The first opening goes away a little later, as a restarting CA's predecessor does.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+    });
+    let second = Store::open(dir.path()).expect("opens once the first lets go");
+    assert_eq!(second.trust_domain().unwrap().as_deref(), Some("td"));
+    release.join().unwrap();
+}
