@@ -264,6 +264,7 @@ async fn fetch(federation: &Federation) -> Result<SpiffeBundle, String> {
         &url,
         tls,
         "application/json",
+        None,
         trellis_identity::spiffe_bundle::MAX_BUNDLE_BYTES,
         FETCH_TIMEOUT,
     )

@@ -1,5 +1,5 @@
 //! One HTTPS GET with a caller-built TLS config, a deadline and a size limit: how the CA
-//! reads a foreign trust domain's bundle endpoint.
+//! reads a foreign trust domain's bundle endpoint and the cluster's service-account keys.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,10 +18,11 @@ pub async fn get(
     url: &HttpsUrl,
     tls: rustls::ClientConfig,
     accept: &str,
+    bearer_token: Option<&str>,
     max: usize,
     timeout: Duration,
 ) -> Result<Bytes, String> {
-    tokio::time::timeout(timeout, exchange(url, tls, accept, max))
+    tokio::time::timeout(timeout, exchange(url, tls, accept, bearer_token, max))
         .await
         .map_err(|_| format!("{url}: no answer within {}s", timeout.as_secs()))?
 }
@@ -30,6 +31,7 @@ async fn exchange(
     url: &HttpsUrl,
     tls: rustls::ClientConfig,
     accept: &str,
+    bearer_token: Option<&str>,
     max: usize,
 ) -> Result<Bytes, String> {
     let server_name =
@@ -45,9 +47,13 @@ async fn exchange(
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     tokio::spawn(connection);
-    let request = http::Request::get(url.path.as_str())
+    let mut request = http::Request::get(url.path.as_str())
         .header(http::header::HOST, url.authority())
-        .header(http::header::ACCEPT, accept)
+        .header(http::header::ACCEPT, accept);
+    if let Some(token) = bearer_token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("{url}: {e}"))?;
     let response = sender

@@ -3,14 +3,9 @@
 //! `system:service-account-issuer-discovery` role), verified against a given CA file.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use tokio_rustls::TlsConnector;
 use trellis_identity::pem;
 
 use super::jwt::KeySet;
@@ -118,13 +113,9 @@ pub async fn load(source: &KeySource) -> Result<KeySet, String> {
             url,
             ca_file,
             bearer_token_file,
-        } => tokio::time::timeout(
-            FETCH_TIMEOUT,
-            fetch(url, ca_file, bearer_token_file.as_ref()),
-        )
-        .await
-        .map_err(|_| format!("{url}: no answer within {FETCH_TIMEOUT:?}"))??
-        .to_vec(),
+        } => fetch(url, ca_file, bearer_token_file.as_ref())
+            .await?
+            .to_vec(),
     };
     KeySet::parse(&bytes).map_err(|e| e.to_string())
 }
@@ -158,44 +149,15 @@ async fn fetch(
         ),
         None => None,
     };
-    let server_name =
-        ServerName::try_from(url.host.clone()).map_err(|e| format!("{url}: host: {e}"))?;
-    let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let stream = TlsConnector::from(Arc::new(tls))
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| format!("{url}: TLS: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    tokio::spawn(connection);
-    let mut request = http::Request::get(url.path.as_str())
-        .header(http::header::HOST, url.authority())
-        .header(
-            http::header::ACCEPT,
-            "application/json, application/jwk-set+json",
-        );
-    if let Some(token) = token {
-        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let request = request
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("{url}: {e}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(format!("{url}: HTTP {status}"));
-    }
-    Ok(Limited::new(response.into_body(), MAX_JWKS)
-        .collect()
-        .await
-        .map_err(|e| format!("{url}: body: {e}"))?
-        .to_bytes())
+    crate::https_get::get(
+        url,
+        tls,
+        "application/json, application/jwk-set+json",
+        token.as_deref(),
+        MAX_JWKS,
+        FETCH_TIMEOUT,
+    )
+    .await
 }
 
 #[cfg(test)]
