@@ -5,9 +5,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rustls_pki_types::CertificateDer;
+use tonic::transport::Channel;
 use trellis_ca::Config;
 use trellis_identity::tls::Identity;
 use trellis_identity::{TrustBundle, WorkloadKey};
+use trellis_proto::admin::v1::admin_client::AdminClient;
+use trellis_proto::admin::v1::{GetStatusRequest, ListCertificatesRequest, ListRootsRequest};
 use trellis_proto::ca::v1::CertifyRequest;
 use trellis_proto::ca::v1::certify_request::Credential;
 use trellis_proto::ca::v1::workload_ca_client::WorkloadCaClient;
@@ -33,6 +36,11 @@ pub struct Args {
     /// 2,982 certificates/s at concurrency 32, medians of three runs).
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
+    /// Run each level twice, the second time while an operator's reads (`ca status`,
+    /// `root list`, `cert list --limit 10`) repeat back to back over the admin API, to see
+    /// what they cost issuance.
+    #[arg(long)]
+    admin_load: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -73,27 +81,44 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or(0)
     );
     println!(
-        "{:>11} {:>9} {:>10} {:>9} {:>9} {:>9}",
-        "concurrency", "issued", "certs/s", "p50 ms", "p99 ms", "errors"
+        "{:>11} {:>11} {:>9} {:>10} {:>9} {:>9} {:>9} {:>11}",
+        "concurrency",
+        "admin load",
+        "issued",
+        "certs/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "admin reads"
     );
+    let loads: &[bool] = if args.admin_load {
+        &[false, true]
+    } else {
+        &[false]
+    };
     for &concurrency in &args.concurrency {
-        let row = client_runtime.block_on(level(
-            addr,
-            bundle.clone(),
-            &admin_dir,
-            concurrency,
-            args.requests,
-            Duration::from_secs(args.seconds),
-        ))?;
-        println!(
-            "{:>11} {:>9} {:>10.0} {:>9} {:>9} {:>9}",
-            concurrency,
-            row.latencies.len(),
-            row.latencies.len() as f64 / row.elapsed.as_secs_f64(),
-            ms(row.latencies.percentile(50.0)),
-            ms(row.latencies.percentile(99.0)),
-            row.errors
-        );
+        for &with_admin_load in loads {
+            let row = client_runtime.block_on(level(
+                addr,
+                bundle.clone(),
+                &admin_dir,
+                concurrency,
+                args.requests,
+                Duration::from_secs(args.seconds),
+                with_admin_load,
+            ))?;
+            println!(
+                "{:>11} {:>11} {:>9} {:>10.0} {:>9} {:>9} {:>9} {:>11}",
+                concurrency,
+                if with_admin_load { "yes" } else { "no" },
+                row.latencies.len(),
+                row.latencies.len() as f64 / row.elapsed.as_secs_f64(),
+                ms(row.latencies.percentile(50.0)),
+                ms(row.latencies.percentile(99.0)),
+                row.errors,
+                row.admin_reads
+            );
+        }
     }
     ca_runtime.block_on(ca.shutdown())?;
     Ok(())
@@ -103,6 +128,28 @@ struct Row {
     latencies: Latencies,
     elapsed: Duration,
     errors: usize,
+    /// Admin reads completed alongside (with `admin_load`).
+    admin_reads: usize,
+}
+
+/// An operator's reads, back to back until `deadline`; returns how many completed.
+async fn admin_reads(mut admin: AdminClient<Channel>, deadline: Instant) -> usize {
+    let mut done = 0;
+    while Instant::now() < deadline {
+        let status = admin.get_status(GetStatusRequest {}).await;
+        let roots = admin.list_roots(ListRootsRequest {}).await;
+        let listed = admin
+            .list_certificates(ListCertificatesRequest {
+                page_size: 10,
+                ..Default::default()
+            })
+            .await;
+        done += [status.is_ok(), roots.is_ok(), listed.is_ok()]
+            .iter()
+            .filter(|ok| **ok)
+            .count();
+    }
+    done
 }
 
 /// One concurrency level: bootstrap `concurrency` workloads, then renew in a loop.
@@ -113,13 +160,15 @@ async fn level(
     concurrency: usize,
     max_requests: usize,
     max_time: Duration,
+    with_admin_load: bool,
 ) -> anyhow::Result<Row> {
     let mut admin = admin::client(addr, bundle.clone(), admin_dir).await?;
     let mut clients = Vec::with_capacity(concurrency);
     for i in 0..concurrency {
         let spiffe_id = format!(
-            "spiffe://{}/bench/c{concurrency}/w{i}",
-            bundle.trust_domain()
+            "spiffe://{}/bench/c{concurrency}/{}/w{i}",
+            bundle.trust_domain(),
+            if with_admin_load { "loaded" } else { "quiet" }
         );
         let token = admin::token(&mut admin, &spiffe_id).await?;
         let key = WorkloadKey::generate()?;
@@ -148,6 +197,10 @@ async fn level(
     let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(max_requests));
     let deadline = Instant::now() + max_time;
     let started = Instant::now();
+    let reads = with_admin_load.then(|| {
+        let admin = admin.clone();
+        tokio::spawn(admin_reads(admin, deadline))
+    });
     let mut tasks = Vec::new();
     for (mut client, csr) in clients {
         let remaining = remaining.clone();
@@ -183,9 +236,15 @@ async fn level(
         all.extend(latencies);
         errors += e;
     }
+    let elapsed = started.elapsed();
+    let admin_reads = match reads {
+        Some(task) => task.await?,
+        None => 0,
+    };
     Ok(Row {
-        elapsed: started.elapsed(),
+        elapsed,
         latencies: Latencies::new(all),
         errors,
+        admin_reads,
     })
 }
