@@ -244,3 +244,28 @@ async fn a_database_from_before_the_index_gets_it_when_opened() {
         "the old one is indexed too"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_passes_that_meet_count_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for i in 0..200u32 {
+        let serial = [&[0xb0u8][..], &i.to_be_bytes()].concat();
+        let record = CertRecord {
+            serial: trellis_identity::hex::encode(&serial),
+            issued_at_ns: u128::from(i),
+            ..cert(0, &format!("spiffe://td/w{i}"), "root", 10)
+        };
+        store
+            .record_issuance(&record, b"der", &serial, None, &[])
+            .unwrap();
+    }
+    store.start_counting(1_000).unwrap();
+    let a = store.clone();
+    let b = store.clone();
+    let first = std::thread::spawn(move || a.prune_expired(500, 1_000).unwrap());
+    let second = std::thread::spawn(move || b.prune_expired(500, 1_000).unwrap());
+    let removed = first.join().unwrap() + second.join().unwrap();
+    assert_eq!(removed, 200);
+    assert_eq!(store.pruned_total(), 200);
+}

@@ -637,6 +637,9 @@ impl Store {
             .take(max)
             .collect::<Result<_, _>>()
             .map_err(&err)?;
+        // Two passes may meet (the background task and an explicit one): each record counts
+        // once, for the pass that removed its expiry entry.
+        let mut removed = 0;
         for (key, value) in &batch {
             let (_, serial) = index::split_key(key)?;
             if let Ok(record) = decode::<CertRecord>("by_expiry", value) {
@@ -646,12 +649,14 @@ impl Store {
             }
             t.revocations.remove(serial).map_err(&err)?;
             t.certs.remove(serial).map_err(&err)?;
-            t.by_expiry.remove(key).map_err(&err)?;
+            if t.by_expiry.remove(key).map_err(&err)?.is_some() {
+                removed += 1;
+            }
         }
         self.counters
             .pruned
-            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(batch.len())
+            .fetch_add(removed as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(removed)
     }
 
     /// Certificate records retention removed since this store was opened.
