@@ -38,24 +38,6 @@ fn raise_open_file_limit() {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-                _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 /// `trellis-ca audit verify`: exit 0 intact, 1 tampered, 2 unreadable.
 async fn verify_audit(
     data: &std::path::Path,
@@ -169,7 +151,8 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    wait_for_signal().await;
+    let signal = trellis_proto::signals::stop_requested().await;
+    tracing::info!("{signal} received, shutting down");
     match running.shutdown().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -21,21 +21,8 @@ fn init_logging(json: bool) {
 
 /// Cancels `stop` on SIGTERM or SIGINT.
 async fn cancel_on_signal(stop: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-                _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    let signal = trellis_proto::signals::stop_requested().await;
+    tracing::info!("{signal} received, shutting down");
     stop.cancel();
 }
 

@@ -112,4 +112,5 @@ pub mod spiffe {
 
 pub mod channel;
 pub mod listen;
+pub mod signals;
 mod redact;

@@ -46,24 +46,6 @@ fn bootstrap_credential(config: &Config) -> Arc<dyn BootstrapCredential> {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received, draining"),
-                _ = int.recv() => tracing::info!("SIGINT received, draining"),
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 /// `trellis-sidecar init-network ...`: the capture init step, a separate entry point so that
 /// the sidecar's own flags stay flat.
 fn init_network() -> ExitCode {
@@ -190,7 +172,8 @@ async fn serve(config: Config, ready_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    wait_for_signal().await;
+    let signal = trellis_proto::signals::stop_requested().await;
+    tracing::info!("{signal} received, draining");
     running.shutdown().await;
     ExitCode::SUCCESS
 }
