@@ -112,5 +112,5 @@ pub mod spiffe {
 
 pub mod channel;
 pub mod listen;
-pub mod signals;
 mod redact;
+pub mod signals;
