@@ -79,6 +79,14 @@ fn sequence_of(key: &[u8]) -> Result<u64, StoreError> {
         })
 }
 
+/// A stored entry with its links; a value too short for them is corrupt, named by sequence.
+fn decode_entry(sequence: u64, value: &[u8]) -> Result<ChainedEntry, StoreError> {
+    ChainedEntry::decode(sequence, value).ok_or_else(|| StoreError::Corrupt {
+        tree: "audit",
+        reason: format!("entry {sequence} is shorter than its two hashes"),
+    })
+}
+
 impl Store {
     /// Appends an audit entry outside an issuance.
     pub fn append_audit(&self, entry: &AuditRecord) -> Result<(), StoreError> {
@@ -113,10 +121,7 @@ impl Store {
             return Ok(Head::empty(&trust_domain));
         };
         let sequence = sequence_of(&key)?;
-        let entry = ChainedEntry::decode(sequence, &value).ok_or_else(|| StoreError::Corrupt {
-            tree: "audit",
-            reason: format!("entry {sequence} is shorter than its two hashes"),
-        })?;
+        let entry = decode_entry(sequence, &value)?;
         Ok(Head {
             sequence,
             hash: entry.hash,
@@ -186,26 +191,15 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<ChainedEntry>, StoreError> {
-        let t = self.trees()?;
-        // Make sure plain entries of an older data directory are chained first.
-        drop(self.audit_head(&t)?);
-        let start = after.saturating_add(1).to_be_bytes();
-        t.audit
-            .range(start..)
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv.map_err(self.err(&t))?;
-                let sequence = sequence_of(&k)?;
-                ChainedEntry::decode(sequence, &v).ok_or_else(|| StoreError::Corrupt {
-                    tree: "audit",
-                    reason: format!("entry {sequence} is shorter than its two hashes"),
-                })
-            })
+        self.audit_raw_after(after, limit)?
+            .into_iter()
+            .map(|(sequence, value)| decode_entry(sequence, &value))
             .collect()
     }
 
     /// Audit values with sequence greater than `after` exactly as stored, for a verifier
-    /// that must see damaged entries too.
+    /// that must see damaged entries too. Plain entries of an older data directory are
+    /// chained first.
     pub fn audit_raw_after(
         &self,
         after: u64,
@@ -286,11 +280,7 @@ impl Store {
                 // Already removed by an earlier cut: look further.
                 continue;
             };
-            let entry =
-                ChainedEntry::decode(sequence, &value).ok_or_else(|| StoreError::Corrupt {
-                    tree: "audit",
-                    reason: format!("entry {sequence} is shorter than its two hashes"),
-                })?;
+            let entry = decode_entry(sequence, &value)?;
             if decode::<AuditRecord>("audit", &entry.body)?.time >= cutoff {
                 break;
             }
