@@ -357,13 +357,15 @@ fn load(
 }
 
 /// The bundle as stored: every root not retired, in the order they were added (so that
-/// activating a root does not change the bundle), and every JWT-SVID key not retired.
+/// activating a root does not change the bundle), every JWT-SVID key not retired, and the
+/// bundle in force of every federated trust domain.
 pub fn bundle_from_store(td: &TrustDomain, store: &Store) -> Result<TrustBundle, CaError> {
     let mut roots = store.roots().map_err(store_err)?;
     roots.retain(|r| r.state.in_bundle());
     roots.sort_by(|a, b| (a.added_at, &a.id).cmp(&(b.added_at, &b.id)));
     let version = store.bundle_version().map_err(store_err)?;
     let jwt_keys = crate::jwt_svid::bundle_keys(store)?;
+    let federated = crate::federation::federated_bundles(store)?;
     TrustBundle::new(
         td.clone(),
         version,
@@ -372,7 +374,7 @@ pub fn bundle_from_store(td: &TrustDomain, store: &Store) -> Result<TrustBundle,
             .map(|r| CertificateDer::from(r.cert_der))
             .collect(),
     )
-    .map(|bundle| bundle.with_jwt_keys(jwt_keys))
+    .map(|bundle| bundle.with_jwt_keys(jwt_keys).with_federated(federated))
     .map_err(|e| CaError::Internal(format!("stored trust bundle: {e}")))
 }
 

@@ -8,10 +8,12 @@
 //! force. On any failure the last good bundle stays in force, the failure is recorded (and
 //! shown by `trellis federation list` and `/metrics`), and the fetch is retried.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use trellis_identity::bundle::Federated;
 use trellis_identity::spiffe_bundle::SpiffeBundle;
 use trellis_identity::tls::{self, Versions};
 use trellis_identity::{IdMatcher, SpiffeId, TrustBundle, TrustDomain, pem};
@@ -20,7 +22,7 @@ use crate::attest::jwks::HttpsUrl;
 use crate::bootstrap::store_err;
 use crate::error::CaError;
 use crate::state::{CaState, stopped};
-use crate::store::{AuditRecord, FederationRecord};
+use crate::store::{AuditRecord, FederationRecord, Mark, Store};
 
 /// Refresh interval when a bundle gives no hint, and the bounds put on a hint.
 const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
@@ -86,6 +88,26 @@ fn given_bundle(td: &TrustDomain, bytes: &[u8]) -> Result<SpiffeBundle, CaError>
     Ok(SpiffeBundle::from_trust_bundle(&bundle, None))
 }
 
+/// The bundle in force of every federated trust domain, as the CA's own bundle carries them
+/// to sidecars. A stored bundle that no longer parses is left out, loudly: it cannot be
+/// trusted, and the other trust domains must not suffer for it.
+pub fn federated_bundles(store: &Store) -> Result<Federated, CaError> {
+    let mut bundles = BTreeMap::new();
+    for record in store.federations().map_err(store_err)? {
+        match Federation::new(record).and_then(|f| {
+            f.bundle
+                .to_trust_bundle()
+                .map_err(|e| CaError::Internal(e.to_string()))
+        }) {
+            Ok(bundle) => {
+                bundles.insert(bundle.trust_domain().clone(), Arc::new(bundle));
+            }
+            Err(e) => tracing::error!(error = %e, "a federated bundle is left out"),
+        }
+    }
+    Ok(Arc::new(bundles))
+}
+
 impl CaState {
     /// Starts trusting `trust_domain`, with `bundle` in force until its endpoint is read.
     pub async fn add_federation(
@@ -128,10 +150,12 @@ impl CaState {
             added_at: now,
             added_by: actor.to_owned(),
         };
+        let _bundle_change = self.changing_bundle().await;
         let mark = self.store.mark();
         self.store.put_federation(&record).map_err(store_err)?;
         self.audit_federation("federation_added", &record, actor, &url.to_string())?;
-        self.store.durable(mark).await.map_err(store_err)?;
+        self.bump_for_federation(mark, "federation_added", &record.trust_domain)
+            .await?;
         Ok(Federation { record, bundle })
     }
 
@@ -161,13 +185,14 @@ impl CaState {
     /// Stops trusting `trust_domain`.
     pub async fn remove_federation(&self, trust_domain: &str, actor: &str) -> Result<(), CaError> {
         let federation = self.federation(trust_domain)?;
+        let _bundle_change = self.changing_bundle().await;
         let mark = self.store.mark();
         self.store
             .remove_federation(&federation.record.trust_domain)
             .map_err(store_err)?;
         self.audit_federation("federation_removed", &federation.record, actor, "")?;
-        self.store.durable(mark).await.map_err(store_err)?;
-        Ok(())
+        self.bump_for_federation(mark, "federation_removed", &federation.record.trust_domain)
+            .await
     }
 
     /// Fetches `trust_domain`'s bundle from its endpoint now. The outcome is recorded
@@ -190,6 +215,7 @@ impl CaState {
                 Err(reason)
             }
         };
+        let _bundle_change = self.changing_bundle().await;
         let mark = self.store.mark();
         self.store.put_federation(&record).map_err(store_err)?;
         if let Ok((bundle, true)) = &outcome {
@@ -200,8 +226,11 @@ impl CaState {
                 "bundle_endpoint",
                 &detail,
             )?;
+            self.bump_for_federation(mark, "federation_bundle_updated", &record.trust_domain)
+                .await?;
+        } else {
+            self.store.durable(mark).await.map_err(store_err)?;
         }
-        self.store.durable(mark).await.map_err(store_err)?;
         match outcome {
             Ok((bundle, changed)) => {
                 if changed {
@@ -219,6 +248,21 @@ impl CaState {
                 record.trust_domain
             ))),
         }
+    }
+
+    /// A federated bundle changed: the CA's own bundle gets a new version (so sidecars take
+    /// it and acknowledge it), durably with the change since `mark`, and is published. The
+    /// caller holds [`CaState::changing_bundle`].
+    async fn bump_for_federation(
+        &self,
+        mark: Mark,
+        kind: &str,
+        trust_domain: &str,
+    ) -> Result<(), CaError> {
+        let version = self.bundle().version() + 1;
+        self.store.set_bundle_version(version).map_err(store_err)?;
+        self.store.durable(mark).await.map_err(store_err)?;
+        self.republish_bundle(kind, trust_domain).await
     }
 
     fn audit_federation(

@@ -240,6 +240,7 @@ impl CaState {
             }
             None => None,
         };
+        let _bundle_change = self.changing_bundle().await;
         let version = self.bundle().version() + 1;
         let record = RootRecord {
             id,
@@ -425,6 +426,7 @@ impl CaState {
         retired.state = RootState::Retired;
         let mark = self.store.mark();
         self.store.put_root(&retired).map_err(store_err)?;
+        let _bundle_change = self.changing_bundle().await;
         let version = self.bundle().version() + 1;
         self.bump_bundle(mark, version, "root_retired", id, actor)
             .await?;
@@ -444,6 +446,12 @@ impl CaState {
         self.store.set_bundle_version(version).map_err(store_err)?;
         self.audit_root(kind, root, actor, &format!("bundle version {version}"))?;
         self.store.durable(mark).await.map_err(store_err)?;
+        self.republish_bundle(kind, root).await
+    }
+
+    /// Publishes the bundle as now stored (and rewrites bundle.pem), after a change of
+    /// `subject` by `kind` that has already been made durable with its new version.
+    pub(crate) async fn republish_bundle(&self, kind: &str, subject: &str) -> Result<(), CaError> {
         let bundle = bootstrap::bundle_from_store(&self.config.trust_domain, &self.store)?;
         let path = DataDir(self.config.data_dir.clone()).bundle_pem();
         let pem = bundle.to_pem();
@@ -453,10 +461,11 @@ impl CaState {
         })
         .await?;
         tracing::info!(
-            version,
+            version = bundle.version(),
             roots = bundle.roots().len(),
+            federated = bundle.federated().len(),
             kind,
-            root,
+            subject,
             "trust bundle changed"
         );
         self.publish_bundle(bundle);

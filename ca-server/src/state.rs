@@ -32,6 +32,9 @@ pub struct CaState {
     /// Bumped whenever the signing intermediate changes (the serving certificate follows).
     signer_changes: watch::Sender<u64>,
     bundle: watch::Sender<Arc<TrustBundle>>,
+    /// Held from reading the bundle version to publishing the next one, so that root, JWT
+    /// key and federation changes never give two different bundles the same version.
+    bundle_changes: tokio::sync::Mutex<()>,
     revocations: watch::Sender<Arc<RevocationList>>,
     /// Last trust-bundle version each workload reported, and when: what the store's
     /// acknowledgements say, read at start-up and written through.
@@ -113,6 +116,7 @@ impl CaState {
             jwt_signer: RwLock::new(jwt_signer),
             signer_changes: watch::Sender::new(0),
             bundle: watch::Sender::new(Arc::new(bundle)),
+            bundle_changes: tokio::sync::Mutex::new(()),
             revocations: watch::Sender::new(Arc::new(RevocationList::default())),
             reported_bundles: Mutex::new(HashMap::new()),
             serving_tls: OnceLock::new(),
@@ -275,6 +279,12 @@ impl CaState {
     /// Follows trust-bundle changes.
     pub fn watch_bundle(&self) -> watch::Receiver<Arc<TrustBundle>> {
         self.bundle.subscribe()
+    }
+
+    /// Waits for any other bundle change to finish; hold the guard until the new version is
+    /// published.
+    pub(crate) async fn changing_bundle(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.bundle_changes.lock().await
     }
 
     /// Publishes a new trust bundle to every watcher.

@@ -1,6 +1,7 @@
 //! Federation between two real CAs of different trust domains on loopback: one reads the
-//! other's SPIFFE bundle endpoint, follows a root it adds, and keeps the last good bundle
-//! when the endpoint cannot be authenticated or serves something that is not a bundle.
+//! other's SPIFFE bundle endpoint, follows a root it adds, keeps the last good bundle when
+//! the endpoint cannot be authenticated or serves something that is not a bundle, and hands
+//! the federated bundles to its workloads with its own bundle.
 
 mod common;
 
@@ -11,9 +12,11 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_ca::CaError;
 use trellis_identity::clock::SystemClock;
+use trellis_identity::jwt_svid::{self, JwtSvidError};
 use trellis_identity::tls::{self, Identity, Versions};
 use trellis_identity::{TrustDomain, WorkloadKey};
 use trellis_proto::admin::v1::{AddRootRequest, IssueCertificateRequest};
+use trellis_proto::ca::v1::{MintJwtSvidRequest, WatchTrustBundleRequest};
 
 const A: &str = "a.example";
 
@@ -236,4 +239,106 @@ async fn garbage_and_an_empty_bundle_leave_the_last_good_one_in_force() {
         assert_eq!(kept.bundle.x509_authorities, a.bundle().roots().to_vec());
         state.remove_federation(A, "test").await.expect("removed");
     }
+}
+
+async fn jwt_svid_of(ca: &TestCa, path: &str, audience: &str) -> String {
+    let (key, issued) = ca.bootstrap(path).await;
+    ca.workload(Some(&identity_of(&key, &issued)))
+        .await
+        .mint_jwt_svid(MintJwtSvidRequest {
+            audience: vec![audience.into()],
+            ttl_seconds: 0,
+        })
+        .await
+        .expect("minted")
+        .into_inner()
+        .token
+}
+
+#[tokio::test]
+async fn federated_bundles_travel_with_a_new_bundle_version_and_validate_foreign_tokens() {
+    let a = ca(A).await;
+    let b = ca("b.example").await;
+    let stranger = ca("c.example").await;
+    let state = &b.running().state;
+    let mut stream = b
+        .workload(None)
+        .await
+        .watch_trust_bundle(WatchTrustBundleRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = stream.message().await.expect("stream").expect("bundle");
+    assert!(first.federated_bundles.is_empty());
+
+    state
+        .add_federation(
+            A,
+            &endpoint(&a),
+            "spiffe://a.example/trellis/ca",
+            a.bundle().to_pem().as_bytes(),
+            "test",
+        )
+        .await
+        .expect("federation added");
+    state.refresh_federation(A).await.expect("endpoint read");
+
+    // Each change is a new version of B's own bundle, and the stream carries A's roots and
+    // JWT keys with it.
+    let mut pushed = stream.message().await.expect("stream").expect("bundle");
+    assert!(pushed.version > first.version);
+    while pushed.version < b.bundle().version() {
+        pushed = stream.message().await.expect("stream").expect("bundle");
+    }
+    assert_eq!(pushed.root_certificates_der, first.root_certificates_der);
+    let [foreign] = pushed.federated_bundles.as_slice() else {
+        panic!("one federated bundle: {:?}", pushed.federated_bundles);
+    };
+    assert_eq!(foreign.trust_domain, A);
+    assert_eq!(
+        foreign.root_certificates_der,
+        a.bundle()
+            .roots()
+            .iter()
+            .map(|r| r.to_vec())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(foreign.jwt_keys.len(), a.bundle().jwt_keys().len());
+    assert!(foreign.federated_bundles.is_empty(), "never nested");
+
+    // A's token validates against B's bundle only through the federated path; C's, not
+    // federated, is refused; B's own tokens are unaffected.
+    let from_a = jwt_svid_of(&a, "/ns/billing/sa/api", "b-service").await;
+    let now = std::time::SystemTime::now();
+    let valid = jwt_svid::validate_federated(&from_a, "b-service", &b.bundle(), now)
+        .expect("A's token validates with A's federated keys");
+    assert_eq!(
+        valid.spiffe_id.as_str(),
+        "spiffe://a.example/ns/billing/sa/api"
+    );
+    assert!(jwt_svid::validate(&from_a, "b-service", &b.bundle(), now).is_err());
+    assert!(
+        jwt_svid::validate_federated(&from_a, "elsewhere", &b.bundle(), now).is_err(),
+        "audience still checked"
+    );
+    let from_c = jwt_svid_of(&stranger, "/ns/billing/sa/api", "b-service").await;
+    let refused = jwt_svid::validate_federated(&from_c, "b-service", &b.bundle(), now)
+        .expect_err("C is not federated");
+    assert!(matches!(refused, JwtSvidError::UnknownKey(..)), "{refused}");
+    let own = jwt_svid_of(&b, "/ns/web/sa/ui", "b-service").await;
+    jwt_svid::validate_federated(&own, "b-service", &b.bundle(), now).expect("own token");
+
+    // Removing the federation is a bundle change too; A's token is refused again.
+    let before = b.bundle().version();
+    state.remove_federation(A, "test").await.expect("removed");
+    assert!(b.bundle().version() > before);
+    assert!(b.bundle().federated().is_empty());
+    assert!(jwt_svid::validate_federated(&from_a, "b-service", &b.bundle(), now).is_err());
+    let last = loop {
+        let m = stream.message().await.expect("stream").expect("bundle");
+        if m.version == b.bundle().version() {
+            break m;
+        }
+    };
+    assert!(last.federated_bundles.is_empty());
 }

@@ -61,6 +61,7 @@ pub struct TrustBundle {
     anchors: Vec<TrustAnchor<'static>>,
     root_ids: Vec<String>,
     jwt_keys: Vec<JwtKey>,
+    federated: Federated,
 }
 
 /// A public key that signs the trust domain's JWT-SVIDs (ES256), as the bundle carries it.
@@ -119,6 +120,7 @@ impl TrustBundle {
             anchors,
             root_ids,
             jwt_keys: Vec::new(),
+            federated: Federated::default(),
         })
     }
 
@@ -131,6 +133,19 @@ impl TrustBundle {
     /// The JWT-SVID signing keys.
     pub fn jwt_keys(&self) -> &[JwtKey] {
         &self.jwt_keys
+    }
+
+    /// The same bundle carrying the bundles of the trust domains it federates with. They
+    /// travel with it (a change of them is a new version) but [`TrustBundle::verify`] never
+    /// uses them: only a verifier built with `federating` does.
+    pub fn with_federated(mut self, federated: Federated) -> Self {
+        self.federated = federated;
+        self
+    }
+
+    /// The federated trust domains' bundles.
+    pub fn federated(&self) -> &Federated {
+        &self.federated
     }
 
     /// Reads a bundle from PEM `CERTIFICATE` blocks.
@@ -263,6 +278,7 @@ impl fmt::Debug for TrustBundle {
                 "jwt_key_ids",
                 &self.jwt_keys.iter().map(|k| &k.key_id).collect::<Vec<_>>(),
             )
+            .field("federated", &self.federated.keys().collect::<Vec<_>>())
             .finish()
     }
 }

@@ -154,7 +154,8 @@ pub type Revoked = Arc<HashSet<String>>;
 
 /// A client config that accepts only servers whose SVID chains to `bundle` and whose
 /// SPIFFE ID `allowed` matches, presenting `identity` if given; post-quantum key exchange
-/// preferred.
+/// preferred. Servers of federated trust domains are not accepted (the control plane is
+/// always in the own trust domain).
 pub fn client_config(
     bundle: Arc<TrustBundle>,
     allowed: IdMatcher,
@@ -162,10 +163,9 @@ pub fn client_config(
     versions: Versions,
     alpn: &[&[u8]],
 ) -> Result<ClientConfig, ConfigError> {
-    client_config_revoking(
-        bundle,
-        allowed,
-        Revoked::default(),
+    let verifier = SpiffeServerVerifier::new(bundle, allowed);
+    client_config_with(
+        verifier,
         identity,
         versions,
         KeyExchange::PostQuantumPreferred,
@@ -173,8 +173,10 @@ pub fn client_config(
     )
 }
 
-/// [`client_config`] that also refuses servers whose leaf serial is in `revoked`, and
-/// offers the key exchanges of `kx`.
+/// The data path's client config: like [`client_config`], and also refuses servers whose
+/// leaf serial is in `revoked`, offers the key exchanges of `kx`, and accepts servers of
+/// the trust domains `bundle` federates with (each against its own bundle) where `allowed`
+/// names them.
 pub fn client_config_revoking(
     bundle: Arc<TrustBundle>,
     allowed: IdMatcher,
@@ -184,13 +186,26 @@ pub fn client_config_revoking(
     kx: KeyExchange,
     alpn: &[&[u8]],
 ) -> Result<ClientConfig, ConfigError> {
-    let verifier = Arc::new(SpiffeServerVerifier::new(bundle, allowed).revoking(revoked));
+    let federated = bundle.federated().clone();
+    let verifier = SpiffeServerVerifier::new(bundle, allowed)
+        .revoking(revoked)
+        .federating(federated);
+    client_config_with(verifier, identity, versions, kx, alpn)
+}
+
+fn client_config_with(
+    verifier: SpiffeServerVerifier,
+    identity: Option<&Identity>,
+    versions: Versions,
+    kx: KeyExchange,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, ConfigError> {
     let builder = ClientConfig::builder_with_provider(provider_for(kx))
         .with_protocol_versions(versions.list())?
         .dangerous()
         // Not dangerous: SpiffeServerVerifier does full path validation; it only replaces
         // the host-name check with the SPIFFE ID check.
-        .with_custom_certificate_verifier(verifier);
+        .with_custom_certificate_verifier(Arc::new(verifier));
     let mut config = match identity {
         Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
         None => builder.with_no_client_auth(),

@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::CertificateDer;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use tokio::sync::watch;
 use tonic::Code;
 use trellis_identity::bundle::{JwtKey, format_time};
@@ -664,8 +664,41 @@ fn bundle_from_proto(
             b.trust_domain
         ));
     }
-    let jwt_keys = b
-        .jwt_keys
+    let mut federated = BTreeMap::new();
+    for foreign in b.federated_bundles {
+        // One unusable foreign bundle must not cost the own trust domain its update: it is
+        // left out (its peers refused) and said so.
+        match federated_from_proto(td, foreign) {
+            Ok(bundle) => {
+                federated.insert(bundle.trust_domain().clone(), Arc::new(bundle));
+            }
+            Err(e) => tracing::warn!(error = %e, "a federated bundle from the CA is left out"),
+        }
+    }
+    own_or_foreign_from_proto(td.clone(), b.version, b.root_certificates_der, b.jwt_keys)
+        .map(|bundle| bundle.with_federated(Arc::new(federated)))
+}
+
+fn federated_from_proto(
+    own: &trellis_identity::TrustDomain,
+    b: ProtoBundle,
+) -> Result<TrustBundle, String> {
+    let td = trellis_identity::TrustDomain::new(&b.trust_domain)
+        .map_err(|e| format!("federated trust domain {:?}: {e}", b.trust_domain))?;
+    if &td == own {
+        return Err(format!("{td} is the own trust domain, not a federated one"));
+    }
+    own_or_foreign_from_proto(td, b.version, b.root_certificates_der, b.jwt_keys)
+        .map_err(|e| format!("federated trust domain {}: {e}", b.trust_domain))
+}
+
+fn own_or_foreign_from_proto(
+    td: trellis_identity::TrustDomain,
+    version: u64,
+    roots: Vec<Vec<u8>>,
+    jwt_keys: Vec<trellis_proto::ca::v1::JwtKey>,
+) -> Result<TrustBundle, String> {
+    let jwt_keys = jwt_keys
         .into_iter()
         .map(|k| JwtKey {
             key_id: k.key_id,
@@ -673,12 +706,9 @@ fn bundle_from_proto(
         })
         .collect();
     TrustBundle::new(
-        td.clone(),
-        b.version,
-        b.root_certificates_der
-            .into_iter()
-            .map(CertificateDer::from)
-            .collect(),
+        td,
+        version,
+        roots.into_iter().map(CertificateDer::from).collect(),
     )
     .map(|bundle| bundle.with_jwt_keys(jwt_keys))
     .map_err(|e| e.to_string())

@@ -112,8 +112,13 @@ impl Credentials {
                 expected: expected.to_string(),
             });
         }
-        let verifier =
-            Arc::new(SpiffeClientVerifier::new(bundle.clone()).revoking(revoked.clone()));
+        // Peers of federated trust domains pass the handshake against their own domain's
+        // bundle; whether they may talk is the listener's policy, which names them or not.
+        let verifier = Arc::new(
+            SpiffeClientVerifier::new(bundle.clone())
+                .revoking(revoked.clone())
+                .federating(bundle.federated().clone()),
+        );
         let mut server_config = tls::server_config(
             &identity,
             verifier,

@@ -72,6 +72,7 @@ use trellis_proto::spiffe::workload::{
 };
 
 use crate::credentials::{Credentials, CredentialsRx};
+use trellis_identity::TrustBundle;
 
 use authority::AuthorityFix;
 pub use jwt::JwtSvids;
@@ -610,29 +611,40 @@ fn x509_svid_response(creds: &Credentials) -> Result<X509svidResponse, Status> {
             hint: String::new(),
         }],
         crl: Vec::new(),
-        federated_bundles: Default::default(),
+        federated_bundles: federated(creds, |b| concat(b.roots())),
     })
 }
 
-/// The JWT bundle map: the trust domain's JWT keys as a JWK Set.
+/// The federated trust domains' entries of a bundle map, keyed like the own one.
+fn federated<V>(
+    creds: &Credentials,
+    value: impl Fn(&TrustBundle) -> V,
+) -> std::collections::HashMap<String, V> {
+    creds
+        .bundle
+        .federated()
+        .iter()
+        .map(|(td, bundle)| (format!("spiffe://{td}"), value(bundle)))
+        .collect()
+}
+
+/// The JWT bundle map: each trust domain's JWT keys as a JWK Set, the own and the
+/// federated ones.
 fn jwt_bundles_response(creds: &Credentials) -> Result<JwtBundlesResponse, Status> {
-    Ok(JwtBundlesResponse {
-        bundles: [(
-            trust_domain_key(creds),
-            trellis_identity::jwk::set_json(creds.bundle.jwt_keys()),
-        )]
-        .into_iter()
-        .collect(),
-    })
+    let jwks = |b: &TrustBundle| trellis_identity::jwk::set_json(b.jwt_keys());
+    let mut bundles = federated(creds, jwks);
+    bundles.insert(trust_domain_key(creds), jwks(&creds.bundle));
+    Ok(JwtBundlesResponse { bundles })
 }
 
-/// The bundle map (spec 5.2.2): the sidecar's own trust domain; Trellis has no federation.
+/// The bundle map (spec 5.2.2): the sidecar's own trust domain and the federated ones.
 fn x509_bundles_response(creds: &Credentials) -> Result<X509BundlesResponse, Status> {
+    let roots = |b: &TrustBundle| concat(b.roots());
+    let mut bundles = federated(creds, roots);
+    bundles.insert(trust_domain_key(creds), roots(&creds.bundle));
     Ok(X509BundlesResponse {
         crl: Vec::new(),
-        bundles: [(trust_domain_key(creds), concat(creds.bundle.roots()))]
-            .into_iter()
-            .collect(),
+        bundles,
     })
 }
 

@@ -22,6 +22,7 @@ pub fn unix_timestamp(secs: u64) -> Option<Timestamp> {
 
 pub fn bundle(b: &TrustBundle) -> ca::TrustBundle {
     ca::TrustBundle {
+        federated_bundles: b.federated().values().map(|f| bundle(f)).collect(),
         trust_domain: b.trust_domain().to_string(),
         version: b.version(),
         root_certificates_der: b.roots().iter().map(|r| r.to_vec()).collect(),

@@ -65,6 +65,7 @@ impl CaState {
     /// Generates a new key, pending: in the bundle, not signing.
     pub async fn add_jwt_key(&self, actor: &str) -> Result<JwtKeyView, CaError> {
         let dir = DataDir(self.config.data_dir.clone());
+        let _bundle_change = self.changing_bundle().await;
         let version = self.bundle().version() + 1;
         let record = generate_key(&dir, self.now_unix(), version)?;
         let mark = self.store.mark();
@@ -187,6 +188,7 @@ impl CaState {
         retired.state = RootState::Retired;
         let mark = self.store.mark();
         self.store.put_jwt_key(&retired).map_err(store_err)?;
+        let _bundle_change = self.changing_bundle().await;
         let version = self.bundle().version() + 1;
         self.bump_bundle(mark, version, "jwt_key_retired", kid, actor)
             .await?;

@@ -130,14 +130,15 @@ impl JwtSvids {
         Ok((minted.spiffe_id, token))
     }
 
-    /// Validates `token` for `audience` against the JWT keys of `creds`' bundle, now.
+    /// Validates `token` for `audience` against the JWT keys of `creds`' bundle (or of the
+    /// federated trust domain its subject names), now.
     pub fn validate(
         &self,
         creds: &Credentials,
         token: &str,
         audience: &str,
     ) -> Result<jwt_svid::ValidatedJwtSvid, JwtSvidError> {
-        jwt_svid::validate(token, audience, &creds.bundle, self.clock.now())
+        jwt_svid::validate_federated(token, audience, &creds.bundle, self.clock.now())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BTreeSet<String>, Cached>> {
