@@ -218,9 +218,30 @@ async fn garbage_and_an_empty_bundle_leave_the_last_good_one_in_force() {
         .expect("issued")
         .into_inner();
     let identity = identity_of(&key, &issued);
+    // A root that names another trust domain (as SPIRE's roots do, by URI SAN).
+    let mut foreign_root = rcgen::CertificateParams::default();
+    foreign_root.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    foreign_root.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://c.example".try_into().expect("uri"),
+    )];
+    let foreign_root = foreign_root
+        .self_signed(&rcgen::KeyPair::generate().expect("key"))
+        .expect("root");
+    let other_domains_bundle = trellis_identity::spiffe_bundle::SpiffeBundle {
+        trust_domain: TrustDomain::new(A).expect("td"),
+        sequence: 99,
+        refresh_hint: None,
+        x509_authorities: vec![foreign_root.der().clone()],
+        jwt_authorities: Vec::new(),
+    }
+    .to_json();
     for (body, expect) in [
         ("<html>maintenance</html>", "not a SPIFFE bundle"),
         (r#"{"keys": []}"#, "no X.509 authority"),
+        (
+            &*other_domains_bundle.leak(),
+            "is a root of trust domain c.example, not of a.example",
+        ),
     ] {
         let url = serve_body(identity.clone(), body).await;
         state

@@ -1,10 +1,17 @@
 //! Federation as an operator sets it up, with the real binaries: two CAs of different trust
 //! domains on loopback, each serving its SPIFFE bundle endpoint; `trellis federation` on one
 //! trusts the other, follows a root the other adds, and keeps the last good bundle when the
-//! endpoint goes away. curl fetches the endpoint as any SPIFFE implementation would.
+//! endpoint goes away. curl fetches the endpoint as any SPIFFE implementation would. Then
+//! sidecars of the two trust domains, federated both ways, talk mTLS where their policies
+//! name each other and are refused where they do not, through a root rotation on one side.
 
-use std::time::Duration;
+mod mesh_support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mesh_support::{Echo, Sidecar, round_trip, sidecar_in, within};
 use trellis_e2e::{Ca, run};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -120,4 +127,239 @@ fn a_federated_bundle_is_added_refreshed_and_kept_through_an_outage() {
         .success()
         .stdout;
     assert!(none.contains("No federated trust domains"), "{none}");
+}
+
+const HOME: &str = "home.example";
+const PARTNER: &str = "partner.example";
+
+/// `of` trusts `other`'s trust domain, starting from its bundle.pem, read at once.
+fn federate(of: &Ca, other: &Ca, other_domain: &str) {
+    let ca_id = format!("spiffe://{other_domain}/trellis/ca");
+    let bundle = other.bundle_pem().display().to_string();
+    run(
+        of.admin_command(&[
+            "federation",
+            "add",
+            other_domain,
+            "--endpoint",
+            &endpoint(other),
+            "--endpoint-spiffe-id",
+            &ca_id,
+            "--initial-bundle",
+            &bundle,
+        ]),
+        TIMEOUT,
+    )
+    .success();
+    refresh(of, other_domain);
+}
+
+fn refresh(of: &Ca, other_domain: &str) {
+    run(
+        of.admin_command(&["federation", "refresh", other_domain]),
+        TIMEOUT,
+    )
+    .success();
+}
+
+/// `trellis root list -o json` of `ca`.
+fn roots(ca: &Ca) -> serde_json::Value {
+    run(ca.admin_command(&["root", "list", "-o", "json"]), TIMEOUT)
+        .success()
+        .json()
+}
+
+/// Waits until every live workload of `ca` holds its current bundle.
+fn converged(ca: &Ca, what: &str) {
+    within(Duration::from_secs(20), what, || {
+        let list = roots(ca);
+        list["live_workloads"].as_u64() >= Some(1)
+            && list["unconverged_workloads"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+    });
+}
+
+fn echoes(addr: std::net::SocketAddr, message: &[u8]) -> bool {
+    round_trip(addr, message).is_ok_and(|reply| reply == message)
+}
+
+/// `name` in `trust_domain` with one outbound listener per `(upstream, allow)`.
+fn client(
+    ca: &Ca,
+    trust_domain: &str,
+    path: &str,
+    outbound: &[(std::net::SocketAddr, &str)],
+) -> Sidecar {
+    let tables: String = outbound
+        .iter()
+        .map(|(upstream, allow)| {
+            format!(
+                "[[outbound]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nallow = [\"{allow}\"]\n\n"
+            )
+        })
+        .collect();
+    let name = path.rsplit('/').next().expect("a path");
+    sidecar_in(
+        ca,
+        trust_domain,
+        name,
+        &format!("spiffe://{trust_domain}{path}"),
+        "",
+        &tables,
+    )
+}
+
+#[test]
+fn sidecars_of_federated_trust_domains_talk_where_policy_names_them_through_a_root_rotation() {
+    let home = ca(HOME);
+    let partner = ca(PARTNER);
+    federate(&home, &partner, PARTNER);
+    federate(&partner, &home, HOME);
+
+    // The partner's billing API: only home's shop frontend may call it; its strict
+    // neighbour accepts its own trust domain, and nothing foreign by default.
+    let echo = Echo::start();
+    let billing = sidecar_in(
+        &partner,
+        PARTNER,
+        "billing",
+        "spiffe://partner.example/ns/billing/sa/api",
+        "ttl = \"1m\"",
+        &format!(
+            "[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{}\"\npolicy = \"deny\"\n\
+             allow = [\"spiffe://home.example/ns/shop/sa/frontend\"]\n",
+            echo.addr
+        ),
+    );
+    let strict = sidecar_in(
+        &partner,
+        PARTNER,
+        "ledger",
+        "spiffe://partner.example/ns/billing/sa/ledger",
+        "ttl = \"1m\"",
+        &format!(
+            "[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{}\"\npolicy = \"strict\"\n",
+            echo.addr
+        ),
+    );
+    let billing_in = billing.inbound.expect("inbound");
+    let strict_in = strict.inbound.expect("inbound");
+    let frontend = client(
+        &home,
+        HOME,
+        "/ns/shop/sa/frontend",
+        &[
+            (billing_in, "spiffe://partner.example/ns/billing/*"),
+            // The own trust domain as a whole does not name a foreign server.
+            (billing_in, "spiffe://home.example/*"),
+            (strict_in, "spiffe://partner.example/ns/billing/*"),
+        ],
+    );
+    let other = client(
+        &home,
+        HOME,
+        "/ns/shop/sa/other",
+        &[(billing_in, "spiffe://partner.example/ns/billing/*")],
+    );
+    let [to_billing, to_billing_own_only, to_strict] = frontend.outbound[..] else {
+        panic!("three outbound listeners: {:?}", frontend.outbound);
+    };
+
+    assert!(echoes(to_billing, b"named both ways"), "allowed both ways");
+    assert!(
+        !echoes(to_billing_own_only, b"x"),
+        "client policy names only its domain"
+    );
+    assert!(
+        !echoes(to_strict, b"x"),
+        "strict does not take a foreign domain"
+    );
+    assert!(
+        !echoes(other.outbound[0], b"x"),
+        "server policy names another identity"
+    );
+
+    // The partner rotates its root under steady traffic from home.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let traffic = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            // Bounded: at most 5 minutes, one request every 50 ms.
+            let deadline = Instant::now() + Duration::from_secs(300);
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                n += 1;
+                let counter = if echoes(to_billing, format!("request {n}").as_bytes()) {
+                    &ok
+                } else {
+                    &failed
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let old_root = roots(&partner)["roots"][0]["id"]
+        .as_str()
+        .expect("root id")
+        .to_owned();
+    let added = run(
+        partner.admin_command(&["root", "add", "-o", "json"]),
+        TIMEOUT,
+    )
+    .success()
+    .json();
+    let new_root = added["root"]["id"].as_str().expect("root id").to_owned();
+    // Home reads the new root from the partner's endpoint (the poller would within its
+    // refresh hint) and its sidecars hold it before the partner signs with it.
+    refresh(&home, PARTNER);
+    converged(&home, "home's sidecars take the partner's new root");
+    converged(&partner, "the partner's sidecars take the new root");
+    run(
+        partner.admin_command(&["root", "activate", &new_root]),
+        TIMEOUT,
+    )
+    .success();
+    within(
+        Duration::from_secs(90),
+        "the partner's sidecars renew onto the new root",
+        || {
+            roots(&partner)["roots"]
+                .as_array()
+                .and_then(|r| r.iter().find(|r| r["id"] == old_root.as_str()))
+                .is_some_and(|r| r["workloads_using"] == 0)
+        },
+    );
+    run(
+        partner.admin_command(&["root", "retire", &old_root]),
+        TIMEOUT,
+    )
+    .success();
+    refresh(&home, PARTNER);
+    converged(&home, "home's sidecars drop the partner's old root");
+    let after = ok.load(Ordering::SeqCst);
+    within(Duration::from_secs(10), "requests keep flowing", || {
+        ok.load(Ordering::SeqCst) >= after + 20
+    });
+    stop.store(true, Ordering::SeqCst);
+    traffic.join().expect("traffic");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "{} requests succeeded, some failed",
+        ok.load(Ordering::SeqCst)
+    );
+    // A new connection now verifies the partner only against its new root.
+    assert!(echoes(to_billing, b"after the rotation"));
+    let shown = run(
+        home.admin_command(&["federation", "show", PARTNER, "-o", "json"]),
+        TIMEOUT,
+    )
+    .success()
+    .json();
+    assert_eq!(shown["roots"].as_array().map(Vec::len), Some(1), "{shown}");
+    assert_eq!(shown["roots"][0], new_root.as_str(), "{shown}");
 }

@@ -114,10 +114,33 @@ pub fn sidecar_with_open_files(
     tables: &str,
     open_files: Option<u64>,
 ) -> Sidecar {
+    start_sidecar(ca, TD, name, spiffe_id, [ca_extra, tables], open_files)
+}
+
+/// [`sidecar`] for a CA of another trust domain than [`TD`].
+pub fn sidecar_in(
+    ca: &Ca,
+    trust_domain: &str,
+    name: &str,
+    spiffe_id: &str,
+    ca_extra: &str,
+    tables: &str,
+) -> Sidecar {
+    start_sidecar(ca, trust_domain, name, spiffe_id, [ca_extra, tables], None)
+}
+
+fn start_sidecar(
+    ca: &Ca,
+    trust_domain: &str,
+    name: &str,
+    spiffe_id: &str,
+    [ca_extra, tables]: [&str; 2],
+    open_files: Option<u64>,
+) -> Sidecar {
     let token = token_file(ca, spiffe_id);
     let config = ca.scratch().join(format!("{name}.toml"));
     let text = format!(
-        "trust_domain = \"{TD}\"\n\n[ca]\naddress = \"{}\"\ntrust_bundle = \"{}\"\n\
+        "trust_domain = \"{trust_domain}\"\n\n[ca]\naddress = \"{}\"\ntrust_bundle = \"{}\"\n\
          join_token_file = \"{}\"\n{ca_extra}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
          [timeouts]\ndrain = \"3s\"\n\n{tables}\n",
         ca.addr,
