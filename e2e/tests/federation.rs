@@ -117,6 +117,24 @@ fn a_federated_bundle_is_added_refreshed_and_kept_through_an_outage() {
         human.contains("failing (last good bundle in force)"),
         "{human}"
     );
+    // `trellis check` warns while it fails (and fails once the bundle is a day old).
+    let checked = run(home.admin_command(&["check", "-o", "json"]), TIMEOUT).json();
+    let federated = checked["verdicts"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["check"] == "federated bundles"))
+        .unwrap_or_else(|| panic!("a federated bundles verdict: {checked}"));
+    assert_eq!(federated["level"], "warn", "{federated}");
+    let detail = federated["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("partner.example: refresh failing"),
+        "{federated}"
+    );
+    assert!(
+        federated["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("trellis federation refresh partner.example")),
+        "{federated}"
+    );
 
     run(
         home.admin_command(&["federation", "remove", "partner.example"]),

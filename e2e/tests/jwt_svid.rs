@@ -507,3 +507,98 @@ async fn a_jwt_key_rotation_under_steady_validations_fails_none() {
         ok.load(Ordering::Relaxed)
     );
 }
+
+/// `mesh`'s CA starts federating with `partner`'s trust domain (what `trellis federation
+/// add` and its first refresh do), and `agent` receives the bundle.
+async fn federate(mesh: &Mesh, partner: &Mesh, agent: &RunningAgent) {
+    let state = &mesh.ca().state;
+    let own = state.bundle();
+    let foreign = partner.ca().state.bundle();
+    let version = own.version() + 1;
+    state.publish_bundle(
+        trellis_identity::TrustBundle::new(
+            own.trust_domain().clone(),
+            version,
+            own.roots().to_vec(),
+        )
+        .expect("bundle")
+        .with_jwt_keys(own.jwt_keys().to_vec())
+        .with_federated(Arc::new(std::collections::BTreeMap::from([(
+            foreign.trust_domain().clone(),
+            foreign,
+        )]))),
+    );
+    wait(&mut agent.creds.clone(), "the federated bundle", |b| {
+        b.version() == version && !b.federated().is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_federated_trust_domains_tokens_validate_with_its_keys_and_only_for_its_ids() {
+    let mesh = Mesh::start().await;
+    let agent = started_agent(&mesh, "/ns/demo/sa/web").await;
+    let served = Served::start(&mesh, mesh.dir.path(), &agent).await;
+    let mut api = served.raw().await;
+    let partner = Mesh::start_configured(|c| {
+        c.trust_domain = trellis_identity::TrustDomain::new("partner.example").expect("td");
+    })
+    .await;
+    let partner_agent = started_agent(&partner, "/ns/billing/sa/api").await;
+    let partner_dir = tempfile::tempdir().expect("dir");
+    let partner_served = Served::start(&partner, partner_dir.path(), &partner_agent).await;
+    let foreign = fetch(&mut partner_served.raw().await, &["web"]).await;
+
+    let before = validate(&mut api, &foreign, "web").await;
+    assert!(before.is_err(), "not federated yet: {before:?}");
+    federate(&mesh, &partner, &agent).await;
+    assert_eq!(
+        validate(&mut api, &foreign, "web").await,
+        Ok("spiffe://partner.example/ns/billing/sa/api".into())
+    );
+    let wrong_audience = validate(&mut api, &foreign, "elsewhere").await;
+    assert!(
+        matches!(wrong_audience, Err((tonic::Code::InvalidArgument, _))),
+        "{wrong_audience:?}"
+    );
+
+    // FetchJWTBundles hands the partner's keys to applications, as a JWK Set the spiffe
+    // crate reads.
+    let bundles = served
+        .spiffe_client()
+        .await
+        .fetch_jwt_bundles()
+        .await
+        .expect("JWT bundles");
+    let partner_td = spiffe::TrustDomain::new("partner.example").expect("td");
+    let partner_kid = &partner.ca().state.bundle().jwt_keys()[0].key_id.clone();
+    assert!(
+        bundles
+            .get(&partner_td)
+            .expect("partner JWT bundle")
+            .find_jwt_authority(partner_kid)
+            .is_some()
+    );
+
+    // The partner's own key cannot vouch for an identity of this trust domain.
+    let key_file = partner
+        .ca()
+        .state
+        .config
+        .data_dir
+        .join("keys")
+        .join(format!("jwt-{partner_kid}.key.pem"));
+    let pem = std::fs::read(key_file).expect("partner JWT key");
+    let key = trellis_identity::pem::private_key_from_pem(&pem).expect("PKCS#8 PEM");
+    let key = jsonwebtoken::EncodingKey::from_ec_der(key.secret_der());
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(partner_kid.clone());
+    let (_, mut claims) = header_and_claims(&foreign);
+    claims["sub"] = "spiffe://cluster.local/ns/demo/sa/admin".into();
+    let borrowed = jsonwebtoken::encode(&header, &claims, &key).expect("signed");
+    let refused = validate(&mut api, &borrowed, "web").await;
+    assert!(
+        matches!(&refused, Err((tonic::Code::InvalidArgument, m)) if m.contains(partner_kid.as_str())),
+        "{refused:?}"
+    );
+}

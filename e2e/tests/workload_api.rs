@@ -427,3 +427,87 @@ async fn the_spec_refusals_and_the_socket_mode_hold() {
     );
     served.stop().await;
 }
+
+/// A trust domain of its own: a fresh root, as a federated bundle. (JWT bundles of
+/// federated trust domains: `jwt_svid.rs`.)
+fn partner_bundle() -> TrustBundle {
+    let td = trellis_identity::TrustDomain::new("partner.example").expect("td");
+    let root = trellis_identity::profile::new_root(
+        &td,
+        std::time::SystemTime::now(),
+        Duration::from_secs(86_400),
+    )
+    .expect("root");
+    TrustBundle::new(td, 7, vec![root.cert]).expect("bundle")
+}
+
+#[tokio::test]
+async fn federated_bundles_reach_applications_through_every_bundle_call() {
+    let mesh = Mesh::start().await;
+    let (mut creds, _first, _agent) = agent(&mesh, "/ns/demo/sa/federated").await;
+    let served = Served::start(mesh.dir.path(), creds.clone()).await;
+
+    // The CA's bundle now carries a federated trust domain (as `trellis federation add`
+    // makes it), and streams it to the agent.
+    let partner = partner_bundle();
+    let state = &mesh.ca().state;
+    let version = state.bundle().version() + 1;
+    let own = state.bundle();
+    let federated = std::collections::BTreeMap::from([(
+        partner.trust_domain().clone(),
+        Arc::new(partner.clone()),
+    )]);
+    state.publish_bundle(
+        TrustBundle::new(own.trust_domain().clone(), version, own.roots().to_vec())
+            .expect("bundle")
+            .with_jwt_keys(own.jwt_keys().to_vec())
+            .with_federated(Arc::new(federated)),
+    );
+    wait(&mut creds, "the federated bundle at the agent", |c| {
+        c.is_some_and(|c| c.bundle.version() == version && !c.bundle.federated().is_empty())
+    })
+    .await;
+
+    let client = served.client().await;
+    let partner_td = SpiffeTrustDomain::new("partner.example").expect("td");
+    let own_td = SpiffeTrustDomain::new("cluster.local").expect("td");
+    let partner_roots = der(partner.roots());
+
+    let bundles = client.fetch_x509_bundles().await.expect("x509 bundles");
+    assert!(bundles.get(&own_td).is_some(), "the own trust domain stays");
+    let authorities = |b: &spiffe::X509Bundle| -> Vec<Vec<u8>> {
+        b.authorities()
+            .iter()
+            .map(|c| c.as_bytes().to_vec())
+            .collect()
+    };
+    assert_eq!(
+        authorities(&bundles.get(&partner_td).expect("partner bundle")),
+        partner_roots
+    );
+    let context = client.fetch_x509_context().await.expect("context");
+    assert_eq!(
+        authorities(&context.bundle_set().get(&partner_td).expect("partner")),
+        partner_roots,
+        "X509SVIDResponse.federated_bundles"
+    );
+
+    // The raw map keys are trust-domain SPIFFE IDs (spec 5.2.2).
+    let mut raw = raw_client(&served.path).await;
+    let response = next(
+        &mut raw
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .expect("stream")
+            .into_inner(),
+        "X509-SVID response",
+    )
+    .await
+    .expect("a response")
+    .expect("valid");
+    assert_eq!(
+        response.federated_bundles.keys().collect::<Vec<_>>(),
+        vec!["spiffe://partner.example"]
+    );
+    served.stop().await;
+}

@@ -513,6 +513,7 @@ impl Agent {
         tracing::info!(
             version = bundle.version(),
             roots = bundle.roots().len(),
+            federated = ?bundle.federated().keys().collect::<Vec<_>>(),
             "trust bundle changed"
         );
         let current = self.creds.borrow().clone();

@@ -68,7 +68,16 @@ pub const CHECKS: &[Check] = &[
         name: "audit log",
         run: audit_log,
     },
+    Check {
+        name: "federated bundles",
+        run: federations,
+    },
 ];
+
+/// A federated bundle not refreshed for this long, while its endpoint fails, fails the
+/// check: the other trust domain may have rotated its root by then, and its workloads
+/// would be refused. Any failing refresh is a warning before that.
+pub const FEDERATION_STALE_FAIL: Duration = Duration::from_secs(24 * 3600);
 
 /// Clock skew this machine and the CA may have: above it a warning, above the second a
 /// failure (the CA backdates NotBefore by at most 60 s, so a larger skew makes fresh
@@ -527,6 +536,55 @@ fn audit_log(facts: &Facts) -> Vec<Verdict> {
         Err(why) => Verdict::new(NAME, Level::Skipped, format!("not read: {why}")),
     };
     vec![verdict]
+}
+
+fn federations(facts: &Facts) -> Vec<Verdict> {
+    const NAME: &str = "federated bundles";
+    let all = match &facts.federations {
+        Ok(all) => all,
+        // An older CA without federation answers UNIMPLEMENTED: nothing to check there.
+        Err(r) if r.code == tonic::Code::Unimplemented => {
+            return skipped(NAME, "this CA does not support federation");
+        }
+        Err(r) => return skipped(NAME, r),
+    };
+    if all.is_empty() {
+        return vec![Verdict::new(NAME, Level::Ok, "no federated trust domains")];
+    }
+    all.iter()
+        .map(|f| {
+            let refreshed = time(f.refreshed_at.as_ref()).unwrap_or(facts.now);
+            let age = timefmt::since(refreshed, facts.now);
+            if f.last_error.is_empty() {
+                return Verdict::new(
+                    NAME,
+                    Level::Ok,
+                    format!(
+                        "{}: bundle sequence {} fetched {age}",
+                        f.trust_domain, f.sequence
+                    ),
+                );
+            }
+            let stale = facts
+                .now
+                .duration_since(refreshed)
+                .is_ok_and(|d| d >= FEDERATION_STALE_FAIL);
+            let level = if stale { Level::Fail } else { Level::Warn };
+            Verdict::new(
+                NAME,
+                level,
+                format!(
+                    "{}: refresh failing, the bundle in force was fetched {age}: {}",
+                    f.trust_domain, f.last_error
+                ),
+            )
+            .hint(format!(
+                "check that {} is reachable and serves with {}; `trellis federation refresh \
+                 {}` retries now",
+                f.endpoint_url, f.endpoint_spiffe_id, f.trust_domain
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use trellis_identity::CertInfo;
 use trellis_identity::audit_log::{Tamper, Verified};
 use trellis_proto::admin::v1::admin_client::AdminClient;
 use trellis_proto::admin::v1::{
-    CertificateRecord, GetStatusRequest, GetStatusResponse, ListCertificatesRequest,
-    ListRootsRequest, ListRootsResponse,
+    CertificateRecord, FederationInfo, GetStatusRequest, GetStatusResponse,
+    ListCertificatesRequest, ListFederationsRequest, ListRootsRequest, ListRootsResponse,
 };
 
 use crate::Global;
@@ -75,6 +75,8 @@ pub struct Facts {
     pub certificates: Result<Vec<CertificateRecord>, Refusal>,
     /// The audit log verified end to end (`trellis audit verify`); `Err` if unreadable.
     pub audit: Result<Result<Verified, Tamper>, String>,
+    /// Every federated trust domain and the state of its bundle.
+    pub federations: Result<Vec<FederationInfo>, Refusal>,
 }
 
 /// Why the CA did not answer an admin call.
@@ -143,8 +145,9 @@ async fn gather(target: &Target, thresholds: Thresholds) -> Facts {
                 serving: Err(why),
                 status: Err(refused.clone()),
                 roots: Err(refused.clone()),
-                certificates: Err(refused),
+                certificates: Err(refused.clone()),
                 audit: Err(why_audit),
+                federations: Err(refused),
             };
         }
     };
@@ -181,6 +184,11 @@ async fn gather(target: &Target, thresholds: Thresholds) -> Facts {
     let audit = crate::audit::verify_log(target, &mut client, None)
         .await
         .map_err(|e| unreachable(&e));
+    let federations = client
+        .list_federations(ListFederationsRequest {})
+        .await
+        .map(|r| r.into_inner().federations)
+        .map_err(|s| refusal(target, "the federation list", &s));
     Facts {
         now: SystemTime::now(),
         thresholds,
@@ -192,6 +200,7 @@ async fn gather(target: &Target, thresholds: Thresholds) -> Facts {
         roots,
         certificates,
         audit,
+        federations,
     }
 }
 
