@@ -198,6 +198,23 @@ fn converged(ca: &Ca, what: &str) {
     });
 }
 
+/// Waits until `of` holds `count` roots of `other_domain`, fetched by its own poller.
+fn federated_roots(of: &Ca, other_domain: &str, count: usize) {
+    within(
+        Duration::from_secs(40),
+        &format!("{other_domain}'s bundle with {count} roots, by the poller"),
+        || {
+            let shown = run(
+                of.admin_command(&["federation", "show", other_domain, "-o", "json"]),
+                TIMEOUT,
+            )
+            .success()
+            .json();
+            shown["roots"].as_array().map(Vec::len) == Some(count)
+        },
+    );
+}
+
 fn echoes(addr: std::net::SocketAddr, message: &[u8]) -> bool {
     round_trip(addr, message).is_ok_and(|reply| reply == message)
 }
@@ -231,7 +248,18 @@ fn client(
 #[test]
 fn sidecars_of_federated_trust_domains_talk_where_policy_names_them_through_a_root_rotation() {
     let home = ca(HOME);
-    let partner = ca(PARTNER);
+    // The partner advertises a 10 s refresh hint, so home's poller follows it quickly.
+    let config = tempfile::tempdir().expect("dir");
+    let partner_config = config.path().join("partner.toml");
+    std::fs::write(&partner_config, "bundle_refresh_hint = \"10s\"\n").expect("config");
+    let partner = Ca::start_with(&[
+        "--trust-domain",
+        PARTNER,
+        "--bundle-endpoint-listen",
+        "127.0.0.1:0",
+        "--config",
+        &partner_config.display().to_string(),
+    ]);
     federate(&home, &partner, PARTNER);
     federate(&partner, &home, HOME);
 
@@ -331,9 +359,9 @@ fn sidecars_of_federated_trust_domains_talk_where_policy_names_them_through_a_ro
     .success()
     .json();
     let new_root = added["root"]["id"].as_str().expect("root id").to_owned();
-    // Home reads the new root from the partner's endpoint (the poller would within its
-    // refresh hint) and its sidecars hold it before the partner signs with it.
-    refresh(&home, PARTNER);
+    // Home's poller reads the new root from the partner's endpoint within the partner's
+    // refresh hint (10 s), and home's sidecars hold it before the partner signs with it.
+    federated_roots(&home, PARTNER, 2);
     converged(&home, "home's sidecars take the partner's new root");
     converged(&partner, "the partner's sidecars take the new root");
     run(
@@ -356,7 +384,7 @@ fn sidecars_of_federated_trust_domains_talk_where_policy_names_them_through_a_ro
         TIMEOUT,
     )
     .success();
-    refresh(&home, PARTNER);
+    federated_roots(&home, PARTNER, 1);
     converged(&home, "home's sidecars drop the partner's old root");
     let after = ok.load(Ordering::SeqCst);
     within(Duration::from_secs(10), "requests keep flowing", || {
