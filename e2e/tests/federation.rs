@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mesh_support::{Echo, Sidecar, round_trip, sidecar_in, within};
+use mesh_support::{Echo, Sidecar, metric, round_trip, sidecar_in, within};
 use trellis_e2e::{Ca, run};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -313,6 +313,10 @@ fn sidecars_of_federated_trust_domains_talk_where_policy_names_them_through_a_ro
     };
 
     assert!(echoes(to_billing, b"named both ways"), "allowed both ways");
+    assert_eq!(
+        metric(frontend.admin, "trellis_sidecar_federated_trust_domains "),
+        1
+    );
     assert!(
         !echoes(to_billing_own_only, b"x"),
         "client policy names only its domain"

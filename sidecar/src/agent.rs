@@ -504,6 +504,9 @@ impl Agent {
         self.metrics
             .bundle_roots
             .store(bundle.roots().len() as u64, Relaxed);
+        self.metrics
+            .federated_trust_domains
+            .store(bundle.federated().len() as u64, Relaxed);
     }
 
     /// A new bundle: keep the current certificate under it (so new roots are trusted at

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub last_renewal: AtomicU64,
     pub bundle_version: AtomicU64,
     pub bundle_roots: AtomicU64,
+    /// Federated trust domains whose bundles came with the own bundle.
+    pub federated_trust_domains: AtomicU64,
     /// Unix seconds: NotAfter of the bundle's longest-lived root (when the bundle would
     /// trust nothing), 0 before the first bundle.
     pub bundle_not_after: AtomicU64,
@@ -375,6 +377,16 @@ impl Metrics {
             "gauge",
             "Roots in the trust bundle held.",
             [(String::new(), as_i64(self.bundle_roots.load(Relaxed)))],
+        );
+        family(
+            &mut out,
+            "trellis_sidecar_federated_trust_domains",
+            "gauge",
+            "Other trust domains whose bundles the sidecar holds (federation), whose peers it verifies where policy names them.",
+            [(
+                String::new(),
+                as_i64(self.federated_trust_domains.load(Relaxed)),
+            )],
         );
         family(
             &mut out,
