@@ -352,38 +352,35 @@ pub async fn maintain(state: Arc<CaState>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// `/metrics` lines: each federation's last successful refresh and whether it is failing.
-pub fn render_metrics(state: &CaState, out: &mut String) {
-    use std::fmt::Write;
+/// `/metrics` families: each federation's last successful refresh and whether it is failing.
+pub fn collect_metrics(
+    state: &CaState,
+    f: &mut trellis_proto::metrics::Families<'_>,
+) -> std::fmt::Result {
+    use trellis_proto::metrics::label;
     let Ok(federations) = state.federations() else {
-        return;
+        return Ok(());
     };
     if federations.is_empty() {
-        return;
+        return Ok(());
     }
-    out.push_str(
-        "# HELP trellis_ca_federation_refreshed_timestamp_seconds When the federated bundle in \
-         force was fetched (or given).\n# TYPE trellis_ca_federation_refreshed_timestamp_seconds \
-         gauge\n",
-    );
-    for f in &federations {
-        let _ = writeln!(
-            out,
-            "trellis_ca_federation_refreshed_timestamp_seconds{{trust_domain=\"{}\"}} {}",
-            f.record.trust_domain, f.record.refreshed_at
-        );
-    }
-    out.push_str(
-        "# HELP trellis_ca_federation_refresh_failing 1 while the last fetch of a federated \
-         bundle failed (the last good one stays in force).\n# TYPE \
-         trellis_ca_federation_refresh_failing gauge\n",
-    );
-    for f in &federations {
-        let _ = writeln!(
-            out,
-            "trellis_ca_federation_refresh_failing{{trust_domain=\"{}\"}} {}",
-            f.record.trust_domain,
-            u8::from(f.record.last_error.is_some() && f.record.last_attempt_at > 0)
-        );
-    }
+    let of = |fed: &Federation| label("trust_domain", fed.record.trust_domain.clone());
+    f.gauge(
+        "trellis_ca_federation_refreshed_timestamp_seconds",
+        "When the federated bundle in force was fetched (or given).",
+        federations.iter().map(|fed| {
+            (
+                of(fed),
+                i64::try_from(fed.record.refreshed_at).unwrap_or(i64::MAX),
+            )
+        }),
+    )?;
+    f.gauge(
+        "trellis_ca_federation_refresh_failing",
+        "1 while the last fetch of a federated bundle failed (the last good one stays in force).",
+        federations.iter().map(|fed| {
+            let failing = fed.record.last_error.is_some() && fed.record.last_attempt_at > 0;
+            (of(fed), i64::from(failing))
+        }),
+    )
 }

@@ -24,6 +24,7 @@ mod https_get;
 pub mod issuance;
 pub mod jwt_svid;
 pub mod limits;
+mod metrics;
 pub mod peer;
 pub mod retention;
 pub mod revocation;

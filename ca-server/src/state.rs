@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
-use trellis_identity::histogram::Histogram;
+use trellis_proto::metrics::Histogram;
 
 use tokio::sync::watch;
 use trellis_identity::TrustBundle;

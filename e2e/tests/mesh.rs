@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mesh_support::*;
+use trellis_e2e::http::http_get_with;
 use trellis_e2e::{Ca, command, run};
 
 struct Pair {
@@ -416,13 +417,16 @@ fn free_port() -> std::net::SocketAddr {
 
 /// `/metrics` text parsed by the Prometheus client library's parser (Python
 /// `prometheus_client`, in the test venv): (family name, type, samples).
-fn prometheus_families(text: &str) -> Vec<serde_json::Value> {
+fn prometheus_families(text: &str, openmetrics: bool) -> Vec<serde_json::Value> {
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("metrics.txt");
     std::fs::write(&file, text).expect("write");
     let mut cmd = Command::new(trellis_e2e::python::python());
-    cmd.arg(trellis_e2e::python::workspace().join("e2e/tests/metrics_py/parse.py"))
-        .arg(&file);
+    cmd.arg(trellis_e2e::python::workspace().join("e2e/tests/metrics_py/parse.py"));
+    if openmetrics {
+        cmd.arg("--openmetrics");
+    }
+    cmd.arg(&file);
     let parsed = run(cmd, Duration::from_secs(60)).success().json();
     parsed.as_array().expect("a list of families").clone()
 }
@@ -451,6 +455,14 @@ fn metrics_parse_as_prometheus_text_and_follow_its_naming_rules() {
     let sidecar = http_get(frontend, "/metrics").expect("sidecar metrics").1;
     let (status, ca) = http_get(http, "/metrics").expect("CA metrics");
     assert_eq!(status, 200, "{ca}");
+    // What Prometheus asks for: OpenMetrics, which the strict parser accepts.
+    let accept = [("Accept", "application/openmetrics-text; version=1.0.0")];
+    for addr in [frontend, http] {
+        let (status, text) = http_get_with(addr, "/metrics", &accept).expect("OpenMetrics");
+        assert_eq!(status, 200, "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(prometheus_families(&text, true).len() > 5, "{text}");
+    }
     for (text, prefix, histograms) in [
         (
             &sidecar,
@@ -466,7 +478,7 @@ fn metrics_parse_as_prometheus_text_and_follow_its_naming_rules() {
             &["trellis_ca_issuance_duration_seconds"][..],
         ),
     ] {
-        let families = prometheus_families(text);
+        let families = prometheus_families(text, false);
         assert!(families.len() > 5, "{text}");
         for family in &families {
             let name = family["name"].as_str().expect("name");

@@ -15,7 +15,6 @@ pub mod crl_reason;
 pub mod duration;
 pub mod files;
 pub mod hex;
-pub mod histogram;
 pub mod jwk;
 pub mod jwt_svid;
 pub mod key;

@@ -1,12 +1,12 @@
-//! The injector's `/metrics` (Prometheus text): requests by outcome, their latency, failed
-//! TLS handshakes and serving-certificate reloads.
+//! The injector's `/metrics`: requests by outcome, their latency, failed TLS handshakes
+//! and serving-certificate reloads.
 
-use std::fmt::Write;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use trellis_identity::histogram::{self, Histogram};
 use trellis_inject::webhook::Outcome;
+use trellis_proto::metrics::{Families, Histogram, Labels, Source, label};
 
 /// Outcome labels in the order of [`Metrics::requests`]; `bad_request` is a body that is
 /// not an AdmissionReview.
@@ -48,45 +48,34 @@ impl Metrics {
     pub fn certificate_reloaded(&self) {
         self.certificate_reloads.fetch_add(1, Relaxed);
     }
+}
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let name = "trellis_injector_requests_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} AdmissionReview requests by outcome: patched, skipped (allowed \
-             unchanged), refused (injection asked for but impossible), ignored (not a pod \
-             creation), bad_request (not an AdmissionReview).\n# TYPE {name} counter"
-        );
-        for (label, count) in OUTCOMES.iter().zip(&self.requests) {
-            let _ = writeln!(out, "{name}{{outcome=\"{label}\"}} {}", count.load(Relaxed));
-        }
-        let name = "trellis_injector_request_duration_seconds";
-        histogram::header(
-            &mut out,
-            name,
+impl Source for Metrics {
+    fn collect(&self, f: &mut Families<'_>) -> fmt::Result {
+        f.counter(
+            "trellis_injector_requests_total",
+            "AdmissionReview requests by outcome: patched, skipped (allowed unchanged), refused \
+             (injection asked for but impossible), ignored (not a pod creation), bad_request (not \
+             an AdmissionReview).",
+            OUTCOMES
+                .iter()
+                .zip(&self.requests)
+                .map(|(outcome, n)| (label("outcome", *outcome), n.load(Relaxed))),
+        )?;
+        f.histogram(
+            "trellis_injector_request_duration_seconds",
             "Time to answer an AdmissionReview, from the body read to the response.",
-        );
-        self.latency.render(&mut out, name, "");
-        for (name, help, value) in [
-            (
-                "trellis_injector_tls_handshake_failures_total",
-                "TLS handshakes that failed or timed out.",
-                &self.handshake_failures,
-            ),
-            (
-                "trellis_injector_certificate_reloads_total",
-                "Serving certificates loaded again because their files changed.",
-                &self.certificate_reloads,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Relaxed)
-            );
-        }
-        out
+            [(Labels::new(), &self.latency)],
+        )?;
+        f.counter(
+            "trellis_injector_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out.",
+            [(Labels::new(), self.handshake_failures.load(Relaxed))],
+        )?;
+        f.counter(
+            "trellis_injector_certificate_reloads_total",
+            "Serving certificates loaded again because their files changed.",
+            [(Labels::new(), self.certificate_reloads.load(Relaxed))],
+        )
     }
 }

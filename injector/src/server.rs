@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -97,12 +97,10 @@ async fn ready(State(injector): State<Injector>) -> Response {
     }
 }
 
-async fn metrics(State(injector): State<Injector>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        injector.metrics.render(),
-    )
-        .into_response()
+async fn metrics(State(injector): State<Injector>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = trellis_proto::metrics::negotiate(accept, &injector.metrics);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// Serves `router` over TLS on `listener` until `stop` is cancelled, then lets requests

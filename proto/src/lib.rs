@@ -6,7 +6,8 @@
 //!   which the sidecar serves to SPIFFE-aware workloads over a Unix domain socket.
 //!
 //! Beside them, what both binaries' clients and servers share: [`channel`] (a tonic channel
-//! over TLS) and [`listen`] (connection budgets, accept back-off, bounded HTTP/1).
+//! over TLS), [`listen`] (connection budgets, accept back-off, bounded HTTP/1) and
+//! [`metrics`] (`/metrics` in the OpenMetrics format).
 
 /// `trellis.ca.*`: the workload-facing certificate authority API.
 pub mod ca {
@@ -112,5 +113,6 @@ pub mod spiffe {
 
 pub mod channel;
 pub mod listen;
+pub mod metrics;
 mod redact;
 pub mod signals;

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -27,15 +27,13 @@ use tokio::net::TcpListener;
 use trellis_identity::bundle::{format_time, spki_sha256};
 use trellis_identity::{CertInfo, hex};
 use trellis_proto::listen::{ConnBudget, Http1Settings, serve_http1};
+use trellis_proto::metrics as exposition;
 
 use crate::app_probes::AppProbes;
 use crate::capture::exposure::{Exposure, ExposureView};
 use crate::credentials::{Credentials, CredentialsRx};
 use crate::metrics::{CaStream, Metrics};
 use crate::shutdown::Shutdown;
-
-/// The Prometheus text exposition format's content type.
-pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// The admin port's bounds: it may be reachable from the pod network (kubelet probes,
 /// Prometheus), so a peer that opens connections and sends nothing, or sends headers that
@@ -231,12 +229,30 @@ async fn app_health(
     state.pod.probes.run(&container, &kind).await
 }
 
-async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
-    let mut text = state.metrics.render();
-    if let Some(budget) = &state.budget {
-        ConnBudget::render("trellis_sidecar_listener", &[budget], &mut text);
+/// The sidecar's metrics and its admin listener's connection budget, in one exposition.
+struct Exported {
+    metrics: Arc<Metrics>,
+    budget: Option<Arc<ConnBudget>>,
+}
+
+impl exposition::Source for Exported {
+    fn collect(&self, families: &mut exposition::Families<'_>) -> std::fmt::Result {
+        self.metrics.collect(families)?;
+        match &self.budget {
+            Some(budget) => ConnBudget::collect("trellis_sidecar_listener", &[budget], families),
+            None => Ok(()),
+        }
     }
-    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text)
+}
+
+async fn metrics_text(State(state): State<AdminState>, headers: HeaderMap) -> impl IntoResponse {
+    let exported = Arc::new(Exported {
+        metrics: state.metrics.clone(),
+        budget: state.budget.clone(),
+    });
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = exposition::negotiate(accept, &exported);
+    ([(header::CONTENT_TYPE, content_type)], body)
 }
 
 /// `/identity`: what the sidecar is, never its key.

@@ -1,13 +1,13 @@
-//! Counters and gauges for `/metrics`, rendered in the Prometheus text format.
+//! Counters and gauges for `/metrics` (written by `trellis_proto::metrics`).
 //! Hot-path counters (bytes, connections) are atomics; rarer labelled events use a map.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use trellis_identity::histogram::{self, Histogram};
+use trellis_proto::metrics::{Families, Histogram, Labels, Source, label};
 
 /// Which way a connection goes through the sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +101,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// These metrics alone in the OpenMetrics format (`/metrics` adds the admin
+    /// listener's), for tests and diagnostics.
+    pub fn render(self: &std::sync::Arc<Self>) -> String {
+        trellis_proto::metrics::render(self)
+    }
+
     pub fn dir(&self, d: Direction) -> &DirectionCounters {
         &self.directions[d as usize]
     }
@@ -204,142 +210,128 @@ impl Metrics {
             .copied()
             .unwrap_or(0)
     }
+}
 
-    /// The Prometheus text exposition: each family's HELP and TYPE, then its samples.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
+impl Source for Metrics {
+    fn collect(&self, f: &mut Families<'_>) -> fmt::Result {
         let dirs = [Direction::Inbound, Direction::Outbound];
-        let per_direction = |value: &dyn Fn(Direction) -> i64| -> Vec<(String, i64)> {
+        let per_direction = |value: &dyn Fn(Direction) -> u64| -> Vec<(Labels, u64)> {
             dirs.iter()
-                .map(|d| (format!("{{direction=\"{}\"}}", d.as_str()), value(*d)))
+                .map(|d| (label("direction", d.as_str()), value(*d)))
                 .collect()
         };
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        family(
-            &mut out,
+        f.counter(
             "trellis_sidecar_connections_opened_total",
-            "counter",
             "Connections accepted.",
-            per_direction(&|d| as_i64(self.dir(d).opened.load(Relaxed))),
-        );
-        family(
-            &mut out,
+            per_direction(&|d| self.dir(d).opened.load(Relaxed)),
+        )?;
+        f.counter(
             "trellis_sidecar_connections_closed_total",
-            "counter",
             "Connections finished.",
-            per_direction(&|d| as_i64(self.dir(d).closed.load(Relaxed))),
-        );
-        family(
-            &mut out,
+            per_direction(&|d| self.dir(d).closed.load(Relaxed)),
+        )?;
+        f.gauge(
             "trellis_sidecar_connections_active",
-            "gauge",
             "Connections open now.",
-            per_direction(&|d| self.dir(d).active.load(Relaxed)),
-        );
-        family(
-            &mut out,
+            dirs.map(|d| {
+                (
+                    label("direction", d.as_str()),
+                    self.dir(d).active.load(Relaxed),
+                )
+            }),
+        )?;
+        f.counter(
             "trellis_sidecar_received_bytes_total",
-            "counter",
             "Bytes received from the peer.",
-            per_direction(&|d| as_i64(self.dir(d).bytes_received.load(Relaxed))),
-        );
-        family(
-            &mut out,
+            per_direction(&|d| self.dir(d).bytes_received.load(Relaxed)),
+        )?;
+        f.counter(
             "trellis_sidecar_sent_bytes_total",
-            "counter",
             "Bytes sent to the peer.",
-            per_direction(&|d| as_i64(self.dir(d).bytes_sent.load(Relaxed))),
-        );
-        family(
-            &mut out,
+            per_direction(&|d| self.dir(d).bytes_sent.load(Relaxed)),
+        )?;
+        f.counter(
             "trellis_sidecar_policy_denials_total",
-            "counter",
             "Connections refused by identity policy.",
-            per_direction(&|d| as_i64(self.policy_denials[d as usize].load(Relaxed))),
-        );
-        let handshakes: Vec<(String, i64)> = self
+            per_direction(&|d| self.policy_denials[d as usize].load(Relaxed)),
+        )?;
+        let handshakes: Vec<(Labels, u64)> = self
             .handshakes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|((d, result, reason), n)| {
                 (
-                    format!("{{direction=\"{d}\",result=\"{result}\",reason=\"{reason}\"}}"),
-                    as_i64(*n),
+                    vec![
+                        ("direction", (*d).to_owned()),
+                        ("result", (*result).to_owned()),
+                        ("reason", reason.clone()),
+                    ],
+                    *n,
                 )
             })
             .collect();
-        family(
-            &mut out,
+        f.counter(
             "trellis_sidecar_handshakes_total",
-            "counter",
             "TLS handshakes by result and reason.",
             handshakes,
-        );
-        let sessions: Vec<(String, i64)> = self
+        )?;
+        let sessions: Vec<(Labels, u64)> = self
             .tls_sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|((d, group, suite), n)| {
                 (
-                    format!("{{direction=\"{d}\",group=\"{group}\",cipher_suite=\"{suite}\"}}"),
-                    as_i64(*n),
+                    vec![
+                        ("direction", (*d).to_owned()),
+                        ("group", (*group).to_owned()),
+                        ("cipher_suite", (*suite).to_owned()),
+                    ],
+                    *n,
                 )
             })
             .collect();
-        family(
-            &mut out,
+        f.counter(
             "trellis_sidecar_tls_sessions_total",
-            "counter",
             "Established TLS sessions by key-exchange group (X25519MLKEM768: hybrid post-quantum) and cipher suite.",
             sessions,
-        );
-        family(
-            &mut out,
+        )?;
+        let one = |v: &AtomicU64| [(Labels::new(), v.load(Relaxed))];
+        f.counter(
             "trellis_sidecar_plaintext_accepted_total",
-            "counter",
             "Plaintext connections accepted in permissive mode.",
-            [(String::new(), as_i64(self.plaintext_accepted.load(Relaxed)))],
-        );
-        family(
-            &mut out,
+            one(&self.plaintext_accepted),
+        )?;
+        let gauge = |v: &AtomicU64| [(Labels::new(), as_i64(v.load(Relaxed)))];
+        f.gauge(
             "trellis_sidecar_app_ports_exposed",
-            "gauge",
             "Ports of the pod listening beyond loopback while inbound capture is off: reachable without mTLS.",
-            [(String::new(), as_i64(self.app_ports_exposed.load(Relaxed)))],
-        );
-        family(
-            &mut out,
+            gauge(&self.app_ports_exposed),
+        )?;
+        f.counter(
             "trellis_sidecar_revoked_connections_closed_total",
-            "counter",
             "Live connections closed because the peer was revoked.",
-            [(String::new(), as_i64(self.revoked_closed.load(Relaxed)))],
-        );
-        let renewals: Vec<(String, i64)> = self
+            one(&self.revoked_closed),
+        )?;
+        let renewals: Vec<(Labels, u64)> = self
             .renewals
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(result, n)| (format!("{{result=\"{result}\"}}"), as_i64(*n)))
+            .map(|(result, n)| (label("result", *result), *n))
             .collect();
-        family(
-            &mut out,
+        f.counter(
             "trellis_sidecar_renewals_total",
-            "counter",
             "Certificate renewal attempts by result (throttled: the CA answered RESOURCE_EXHAUSTED).",
             renewals,
-        );
-        family(
-            &mut out,
+        )?;
+        f.counter(
             "trellis_sidecar_ca_retry_hints_honoured_total",
-            "counter",
             "Retry hints from the CA waited out in full before the next attempt.",
-            [(
-                String::new(),
-                as_i64(self.ca_retry_hints_honoured.load(Relaxed)),
-            )],
-        );
+            one(&self.ca_retry_hints_honoured),
+        )?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -350,98 +342,61 @@ impl Metrics {
         } else {
             as_i64(now.saturating_sub(last))
         };
-        family(
-            &mut out,
+        f.gauge(
             "trellis_sidecar_certificate_expiry_timestamp_seconds",
-            "gauge",
             "NotAfter of the current certificate (0 before the first).",
-            [(String::new(), as_i64(self.cert_not_after.load(Relaxed)))],
-        );
-        family(
-            &mut out,
+            gauge(&self.cert_not_after),
+        )?;
+        f.gauge(
             "trellis_sidecar_last_renewal_age_seconds",
-            "gauge",
             "Seconds since the last successful issuance or renewal (-1: never).",
-            [(String::new(), since)],
-        );
-        family(
-            &mut out,
+            [(Labels::new(), since)],
+        )?;
+        f.gauge(
             "trellis_sidecar_trust_bundle_version",
-            "gauge",
             "Version of the trust bundle held.",
-            [(String::new(), as_i64(self.bundle_version.load(Relaxed)))],
-        );
-        family(
-            &mut out,
+            gauge(&self.bundle_version),
+        )?;
+        f.gauge(
             "trellis_sidecar_trust_bundle_roots",
-            "gauge",
             "Roots in the trust bundle held.",
-            [(String::new(), as_i64(self.bundle_roots.load(Relaxed)))],
-        );
-        family(
-            &mut out,
+            gauge(&self.bundle_roots),
+        )?;
+        f.gauge(
             "trellis_sidecar_federated_trust_domains",
-            "gauge",
             "Other trust domains whose bundles the sidecar holds (federation), whose peers it verifies where policy names them.",
-            [(
-                String::new(),
-                as_i64(self.federated_trust_domains.load(Relaxed)),
-            )],
-        );
-        family(
-            &mut out,
+            gauge(&self.federated_trust_domains),
+        )?;
+        f.gauge(
             "trellis_sidecar_trust_bundle_expiry_timestamp_seconds",
-            "gauge",
             "NotAfter of the longest-lived root in the trust bundle held (0 before the first bundle): after it, the bundle trusts nothing.",
-            [(String::new(), as_i64(self.bundle_not_after.load(Relaxed)))],
-        );
-        family(
-            &mut out,
+            gauge(&self.bundle_not_after),
+        )?;
+        f.gauge(
             "trellis_sidecar_ca_stream_connected",
-            "gauge",
             "1 while the CA's stream is connected (its state received), 0 while reconnecting.",
             [CaStream::TrustBundle, CaStream::Revocations].map(|s| {
                 (
-                    format!("{{stream=\"{}\"}}", s.as_str()),
+                    label("stream", s.as_str()),
                     as_i64(self.ca_streams[s as usize].load(Relaxed)),
                 )
             }),
-        );
-        let name = "trellis_sidecar_handshake_duration_seconds";
-        histogram::header(
-            &mut out,
-            name,
+        )?;
+        f.histogram(
+            "trellis_sidecar_handshake_duration_seconds",
             "Successful TLS handshakes, from the first byte.",
-        );
-        for d in dirs {
-            self.handshake_seconds[d as usize].render(
-                &mut out,
-                name,
-                &format!("direction=\"{}\"", d.as_str()),
-            );
-        }
-        let name = "trellis_sidecar_renewal_duration_seconds";
-        histogram::header(
-            &mut out,
-            name,
+            dirs.map(|d| {
+                (
+                    label("direction", d.as_str()),
+                    &self.handshake_seconds[d as usize],
+                )
+            }),
+        )?;
+        f.histogram(
+            "trellis_sidecar_renewal_duration_seconds",
             "Issuance and renewal attempts at the CA, whatever their result.",
-        );
-        self.renewal_seconds.render(&mut out, name, "");
-        out
-    }
-}
-
-/// Writes one metric family: HELP, TYPE, then every sample.
-fn family(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (String, i64)>,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let _ = writeln!(out, "{name}{labels} {value}");
+            [(Labels::new(), &self.renewal_seconds)],
+        )
     }
 }
 
@@ -450,7 +405,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_prometheus_text() {
+    fn renders_openmetrics_text() {
         let m = Metrics::default();
         m.dir(Direction::Inbound).opened.fetch_add(3, Relaxed);
         m.handshake(Direction::Inbound, false, "no_client_cert");
@@ -460,6 +415,7 @@ mod tests {
             "TLS13_AES_128_GCM_SHA256",
         );
         m.renewal(true);
+        let m = std::sync::Arc::new(m);
         let text = m.render();
         assert!(text.contains("trellis_sidecar_connections_opened_total{direction=\"inbound\"} 3"));
         assert!(text.contains(
@@ -475,15 +431,21 @@ mod tests {
         assert!(text.contains("trellis_sidecar_ca_stream_connected{stream=\"revocations\"} 1"));
         assert!(text.contains("trellis_sidecar_ca_stream_connected{stream=\"trust_bundle\"} 0"));
         assert!(text.contains("trellis_sidecar_trust_bundle_expiry_timestamp_seconds 0"));
-        // Every sample line belongs to a declared family (a histogram's by its base name).
+        // Every sample line belongs to a declared family (a counter's or a histogram's
+        // by its name without the suffix).
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let declared =
+                |base: &str, kind: &str| text.contains(&format!("# TYPE {base} {kind}\n"));
+            let counter = name
+                .strip_suffix("_total")
+                .is_some_and(|base| declared(base, "counter"));
             let histogram = ["_bucket", "_sum", "_count"]
                 .iter()
                 .filter_map(|suffix| name.strip_suffix(suffix))
-                .any(|base| text.contains(&format!("# TYPE {base} histogram")));
+                .any(|base| declared(base, "histogram"));
             assert!(
-                histogram || text.contains(&format!("# TYPE {name} ")),
+                counter || histogram || text.contains(&format!("# TYPE {name} ")),
                 "undeclared {name}"
             );
         }

@@ -608,7 +608,7 @@ async fn admin_endpoint_reports_health_metrics_and_identity() {
     assert!(
         headers
             .iter()
-            .any(|(k, v)| k == "content-type" && v == "text/plain; version=0.0.4"),
+            .any(|(k, v)| k == "content-type" && v == trellis_proto::metrics::PROMETHEUS_TEXT),
         "{headers:?}"
     );
     assert!(

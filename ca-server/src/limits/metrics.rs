@@ -1,40 +1,51 @@
-//! The limiter's lines in the CA's `/metrics`.
+//! The limiter's families in the CA's `/metrics`.
 
-use std::fmt::Write;
+use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
+
+use trellis_proto::metrics::{Families, Labels, label};
 
 use super::Limits;
 
-/// Appends the limiter's counters and gauges in the Prometheus text format.
-pub fn render(limits: &Limits, out: &mut String) {
+/// Writes the limiter's counters and gauges.
+pub fn collect(limits: &Limits, f: &mut Families<'_>) -> fmt::Result {
     let c = &limits.counters;
-    let _ = writeln!(
-        out,
-        "# HELP trellis_ca_issuance_in_flight Issuance requests being handled now.\n\
-         # TYPE trellis_ca_issuance_in_flight gauge\n\
-         trellis_ca_issuance_in_flight {}\n\
-         # HELP trellis_ca_issuance_concurrency_limit limits.max_concurrent_issuance.\n\
-         # TYPE trellis_ca_issuance_concurrency_limit gauge\n\
-         trellis_ca_issuance_concurrency_limit {}\n\
-         # HELP trellis_ca_issuance_admitted_total Issuance requests admitted by the limiter.\n\
-         # TYPE trellis_ca_issuance_admitted_total counter\n\
-         trellis_ca_issuance_admitted_total {}\n\
-         # HELP trellis_ca_issuance_refused_total Issuance requests refused with RESOURCE_EXHAUSTED, by limit.\n\
-         # TYPE trellis_ca_issuance_refused_total counter\n\
-         trellis_ca_issuance_refused_total{{limit=\"concurrency\"}} {}\n\
-         trellis_ca_issuance_refused_total{{limit=\"renewal_rate\"}} {}\n\
-         trellis_ca_issuance_refused_total{{limit=\"bootstrap_rate\"}} {}\n\
-         # HELP trellis_ca_rate_limited_clients Clients with a rate-limit bucket, by kind.\n\
-         # TYPE trellis_ca_rate_limited_clients gauge\n\
-         trellis_ca_rate_limited_clients{{kind=\"identity\"}} {}\n\
-         trellis_ca_rate_limited_clients{{kind=\"source_address\"}} {}",
-        limits.in_flight(),
-        limits.config().max_concurrent_issuance,
-        c.admitted.load(Relaxed),
-        c.refused_busy.load(Relaxed),
-        c.refused_renewal_rate.load(Relaxed),
-        c.refused_bootstrap_rate.load(Relaxed),
-        limits.tracked_clients().0,
-        limits.tracked_clients().1,
-    );
+    let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    f.gauge(
+        "trellis_ca_issuance_in_flight",
+        "Issuance requests being handled now.",
+        [(Labels::new(), as_i64(limits.in_flight() as u64))],
+    )?;
+    f.gauge(
+        "trellis_ca_issuance_concurrency_limit",
+        "limits.max_concurrent_issuance.",
+        [(
+            Labels::new(),
+            as_i64(u64::from(limits.config().max_concurrent_issuance)),
+        )],
+    )?;
+    f.counter(
+        "trellis_ca_issuance_admitted_total",
+        "Issuance requests admitted by the limiter.",
+        [(Labels::new(), c.admitted.load(Relaxed))],
+    )?;
+    f.counter(
+        "trellis_ca_issuance_refused_total",
+        "Issuance requests refused with RESOURCE_EXHAUSTED, by limit.",
+        [
+            ("concurrency", &c.refused_busy),
+            ("renewal_rate", &c.refused_renewal_rate),
+            ("bootstrap_rate", &c.refused_bootstrap_rate),
+        ]
+        .map(|(limit, n)| (label("limit", limit), n.load(Relaxed))),
+    )?;
+    let (identities, addresses) = limits.tracked_clients();
+    f.gauge(
+        "trellis_ca_rate_limited_clients",
+        "Clients with a rate-limit bucket, by kind.",
+        [
+            (label("kind", "identity"), as_i64(identities as u64)),
+            (label("kind", "source_address"), as_i64(addresses as u64)),
+        ],
+    )
 }

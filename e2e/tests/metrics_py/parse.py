@@ -1,6 +1,9 @@
 """Parses a Prometheus text exposition with the Prometheus client library's own parser.
 
-Usage: parse.py FILE
+Usage: parse.py [--openmetrics] FILE
+
+With --openmetrics, the library's OpenMetrics parser, which is strict: it refuses an
+exposition without `# EOF`, a counter sample without `_total`, a malformed label.
 
 Prints one JSON line: every family with its type and samples. A malformed exposition
 raises, so the command fails.
@@ -9,11 +12,17 @@ raises, so the command fails.
 import json
 import sys
 
+from prometheus_client.openmetrics import parser as openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 
 def main():
-    with open(sys.argv[1], encoding="utf-8") as f:
+    args = sys.argv[1:]
+    parse = text_string_to_metric_families
+    if args[0] == "--openmetrics":
+        parse = openmetrics.text_string_to_metric_families
+        args = args[1:]
+    with open(args[0], encoding="utf-8") as f:
         text = f.read()
     families = [
         {
@@ -23,7 +32,7 @@ def main():
                 {"name": s.name, "labels": s.labels, "value": s.value} for s in family.samples
             ],
         }
-        for family in text_string_to_metric_families(text)
+        for family in parse(text)
     ]
     print(json.dumps(families))
 

@@ -131,44 +131,35 @@ impl ConnBudget {
         self.refused.load(Relaxed)
     }
 
-    /// Prometheus lines for these budgets: `{prefix}_connections_open`,
-    /// `{prefix}_connections_max` and `{prefix}_connections_refused_total`, each labelled
-    /// with `listener`.
-    pub fn render(prefix: &str, budgets: &[&ConnBudget], out: &mut String) {
-        use std::fmt::Write;
-        type Value = fn(&ConnBudget) -> u64;
-        let series: [(&str, &str, &str, Value); 3] = [
-            (
-                "connections_open",
-                "gauge",
-                "Connections open on each listener.",
-                |b| b.open() as u64,
-            ),
-            (
-                "connections_max",
-                "gauge",
-                "The bound on open connections of each listener (sized from the open-file limit).",
-                |b| b.max() as u64,
-            ),
-            (
-                "connections_refused_total",
-                "counter",
-                "Connections closed at accept because the listener or the source address was at its bound.",
-                |b| b.refused(),
-            ),
-        ];
-        for (name, kind, help, value) in series {
-            let _ = writeln!(out, "# HELP {prefix}_{name} {help}");
-            let _ = writeln!(out, "# TYPE {prefix}_{name} {kind}");
-            for budget in budgets {
-                let _ = writeln!(
-                    out,
-                    "{prefix}_{name}{{listener=\"{}\"}} {}",
-                    budget.name(),
-                    value(budget)
-                );
-            }
-        }
+    /// The `/metrics` families of `budgets`, one sample per listener, named under
+    /// `prefix`.
+    pub fn collect(
+        prefix: &str,
+        budgets: &[&ConnBudget],
+        families: &mut crate::metrics::Families<'_>,
+    ) -> std::fmt::Result {
+        use crate::metrics::label;
+        let per_listener = |value: fn(&ConnBudget) -> u64| {
+            budgets
+                .iter()
+                .map(move |b| (label("listener", b.name()), value(b)))
+        };
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        families.gauge(
+            &format!("{prefix}_connections_open"),
+            "Connections open on each listener.",
+            per_listener(|b| b.open() as u64).map(|(l, v)| (l, as_i64(v))),
+        )?;
+        families.gauge(
+            &format!("{prefix}_connections_max"),
+            "The bound on open connections of each listener (sized from the open-file limit).",
+            per_listener(|b| b.max() as u64).map(|(l, v)| (l, as_i64(v))),
+        )?;
+        families.counter(
+            &format!("{prefix}_connections_refused_total"),
+            "Connections closed at accept because the listener or the source address was at its bound.",
+            per_listener(|b| b.refused()),
+        )
     }
 }
 
@@ -206,8 +197,13 @@ mod tests {
         drop(a1);
         assert_eq!(budget.open(), 2);
         let _c1 = budget.admit(ip("10.0.0.3")).expect("a slot came back");
-        let mut text = String::new();
-        ConnBudget::render("x", &[&budget], &mut text);
+        struct Budgets(Arc<ConnBudget>);
+        impl crate::metrics::Source for Budgets {
+            fn collect(&self, families: &mut crate::metrics::Families<'_>) -> std::fmt::Result {
+                ConnBudget::collect("x", &[&self.0], families)
+            }
+        }
+        let text = crate::metrics::render(&std::sync::Arc::new(Budgets(budget.clone())));
         assert!(
             text.contains("x_connections_refused_total{listener=\"test\"} 2"),
             "{text}"

@@ -1,0 +1,147 @@
+//! The CA's `/metrics` (served by `http.rs`): issuance, the store, the trust bundle, the
+//! expiry of every CA certificate, federation, the limiter and the listeners' connection
+//! budgets, read from the state at each scrape and written by `trellis_proto::metrics`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use trellis_identity::CertInfo;
+use trellis_proto::listen::ConnBudget;
+use trellis_proto::metrics::{Families, Labels, Source, label};
+
+use crate::connections::Listeners;
+use crate::state::{CaState, unix};
+
+/// Everything the CA exports.
+pub struct Exported {
+    pub state: Arc<CaState>,
+    pub listeners: Listeners,
+}
+
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn one(value: i64) -> [(Labels, i64); 1] {
+    [(Labels::new(), value)]
+}
+
+impl Source for Exported {
+    fn collect(&self, f: &mut Families<'_>) -> fmt::Result {
+        let state = &self.state;
+        let now = state.now_unix();
+        f.histogram(
+            "trellis_ca_issuance_duration_seconds",
+            "Certificates issued (Certify and admin IssueCertificate), from the credential check to the durable record.",
+            [(Labels::new(), &state.issuance_seconds)],
+        )?;
+        crate::federation::collect_metrics(state, f)?;
+        // Absent, not zero, while the store is being reopened after a write failure.
+        if let Some(count) = state.store.issued_total() {
+            f.counter(
+                "trellis_ca_certificates_issued_total",
+                "Certificates issued since initialisation.",
+                [(Labels::new(), count)],
+            )?;
+        }
+        if let Some(live) = state.store.live_by_root(now) {
+            f.gauge(
+                "trellis_ca_certificates_live",
+                "Unexpired certificates (revoked ones included), by the root they chain to.",
+                live.into_iter()
+                    .map(|(root, count)| (label("root", root), as_i64(count))),
+            )?;
+        }
+        f.counter(
+            "trellis_ca_store_pruned_total",
+            "Expired certificate records removed by retention since start.",
+            [(Labels::new(), state.store.pruned_total())],
+        )?;
+        f.gauge(
+            "trellis_ca_store_writable",
+            "1 if the certificate store can record issuances, 0 while it cannot (disk full, read-only).",
+            one(i64::from(state.store.failure().is_none())),
+        )?;
+        f.counter(
+            "trellis_ca_store_flushes_total",
+            "Group-commit flushes of the certificate store (each ends in fdatasync) since start; issuances per flush is how well writers share them.",
+            [(Labels::new(), state.store.flushes())],
+        )?;
+        f.gauge(
+            "trellis_ca_revoked_unexpired",
+            "Revoked certificates that have not expired.",
+            one(as_i64(state.revocations().entries.len() as u64)),
+        )?;
+        f.gauge(
+            "trellis_ca_trust_bundle_version",
+            "Current trust-bundle version.",
+            one(as_i64(state.bundle().version())),
+        )?;
+        expiry(state, now, f)?;
+        crate::limits::metrics::collect(&state.limits, f)?;
+        let l = &self.listeners;
+        ConnBudget::collect("trellis_ca", &[&l.grpc, &l.grpc_handshakes, &l.http], f)
+    }
+}
+
+/// How long each CA certificate has left, as seconds and as its NotAfter in Unix seconds
+/// (the Prometheus convention for points in time: alerts compare them with `time()`).
+/// Roots carry their state, so an alert can ignore retired ones.
+fn expiry(state: &CaState, now: u64, f: &mut Families<'_>) -> fmt::Result {
+    let roots: Vec<(Labels, u64)> = state
+        .store
+        .roots()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|root| {
+            let info = CertInfo::parse(&root.cert_der).ok()?;
+            let labels = vec![
+                ("root", root.id.clone()),
+                ("state", root.state.as_str().to_owned()),
+            ];
+            Some((labels, unix(info.not_after)))
+        })
+        .collect();
+    let left = |at: u64| as_i64(at) - as_i64(now);
+    f.gauge(
+        "trellis_ca_root_expiry_seconds",
+        "Seconds until each root expires.",
+        roots.iter().map(|(l, at)| (l.clone(), left(*at))),
+    )?;
+    f.gauge(
+        "trellis_ca_root_expiry_timestamp_seconds",
+        "NotAfter of each root, in Unix seconds.",
+        roots.iter().map(|(l, at)| (l.clone(), as_i64(*at))),
+    )?;
+    let signer = state.signer();
+    if let Ok(info) = CertInfo::parse(&signer.cert) {
+        let not_after = unix(info.not_after);
+        f.gauge(
+            "trellis_ca_intermediate_expiry_seconds",
+            "Seconds until the signing intermediate expires.",
+            [(label("intermediate", signer.id.clone()), left(not_after))],
+        )?;
+        f.gauge(
+            "trellis_ca_intermediate_expiry_timestamp_seconds",
+            "NotAfter of the signing intermediate, in Unix seconds.",
+            [(
+                vec![
+                    ("intermediate", signer.id.clone()),
+                    ("root", signer.root_id.clone()),
+                ],
+                as_i64(not_after),
+            )],
+        )?;
+    }
+    let serving = state
+        .serving_not_after
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if serving > 0 {
+        f.gauge(
+            "trellis_ca_serving_certificate_expiry_timestamp_seconds",
+            "NotAfter of the CA's own TLS serving certificate, in Unix seconds (renewed at half its life).",
+            one(as_i64(serving)),
+        )?;
+    }
+    Ok(())
+}
