@@ -10,8 +10,7 @@
 //! history. Medians of `--rounds`, side by side per history size. The records carry fake
 //! DER: nothing on these paths parses it.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -82,7 +81,7 @@ fn one(args: &Args, history: u64, dir: &Path) -> anyhow::Result<Run> {
     let mut ca = start_ca(&data_dir, dir)?;
     let startup = started.elapsed();
     let metrics = median(args.rounds, || {
-        let text = http_get(ca.http, "/metrics")?;
+        let (_, text) = trellis_e2e::http::http_get(ca.http, "/metrics")?;
         if !text.contains("trellis_ca_certificates_issued_total") {
             bail!("/metrics without the issued counter: {text}");
         }
@@ -247,18 +246,6 @@ impl RunningCa {
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body)?;
-    Ok(body)
 }
 
 /// The median duration of `rounds` calls of `op`.

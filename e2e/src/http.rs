@@ -15,8 +15,10 @@ pub fn http_get_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
-    let mut conn = TcpStream::connect(addr)?;
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    // Generous: a CA with a large store answers `/metrics` in milliseconds, but a shared
+    // machine under load may not.
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let extra: String = headers
         .iter()
         .map(|(name, value)| format!("{name}: {value}\r\n"))

@@ -5,7 +5,6 @@
 //! The flooded port holds only its share, `accept` never runs out of descriptors, and the
 //! refusals are counted and logged once, not once each.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
@@ -38,21 +37,6 @@ fn flood(addr: SocketAddr) -> Vec<TcpStream> {
         }
     }
     held
-}
-
-fn get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("response");
-    text
 }
 
 #[test]
@@ -101,7 +85,7 @@ fn a_flooded_http_port_cannot_take_the_cas_descriptors() {
     assert_eq!(outcome.json()["health"], "serving", "{}", outcome.stdout);
     drop(flood);
 
-    let metrics = get(http, "/metrics");
+    let (_, metrics) = trellis_e2e::http::http_get(http, "/metrics").expect("CA metrics");
     let refused: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("trellis_ca_connections_refused_total{listener=\"http\"} "))
