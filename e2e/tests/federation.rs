@@ -7,11 +7,9 @@
 
 mod mesh_support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mesh_support::{Echo, Sidecar, metric, round_trip, sidecar_in, within};
+use mesh_support::{Echo, Sidecar, SteadyTraffic, metric, round_trip, sidecar_in, within};
 use trellis_e2e::{Ca, run};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -331,27 +329,8 @@ fn sidecars_of_federated_trust_domains_talk_where_policy_names_them_through_a_ro
     );
 
     // The partner rotates its root under steady traffic from home.
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let traffic = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        std::thread::spawn(move || {
-            // Bounded: at most 5 minutes, one request every 50 ms.
-            let deadline = Instant::now() + Duration::from_secs(300);
-            let mut n = 0u64;
-            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                n += 1;
-                let counter = if echoes(to_billing, format!("request {n}").as_bytes()) {
-                    &ok
-                } else {
-                    &failed
-                };
-                counter.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    // Bounded: at most 5 minutes of requests.
+    let traffic = SteadyTraffic::start(to_billing, Duration::from_secs(300));
     let old_root = roots(&partner)["roots"][0]["id"]
         .as_str()
         .expect("root id")
@@ -390,18 +369,12 @@ fn sidecars_of_federated_trust_domains_talk_where_policy_names_them_through_a_ro
     .success();
     federated_roots(&home, PARTNER, 1);
     converged(&home, "home's sidecars drop the partner's old root");
-    let after = ok.load(Ordering::SeqCst);
+    let after = traffic.ok();
     within(Duration::from_secs(10), "requests keep flowing", || {
-        ok.load(Ordering::SeqCst) >= after + 20
+        traffic.ok() >= after + 20
     });
-    stop.store(true, Ordering::SeqCst);
-    traffic.join().expect("traffic");
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "{} requests succeeded, some failed",
-        ok.load(Ordering::SeqCst)
-    );
+    let (ok, failed) = traffic.stop();
+    assert_eq!(failed, 0, "{ok} requests succeeded, some failed");
     // A new connection now verifies the partner only against its new root.
     assert!(echoes(to_billing, b"after the rotation"));
     let shown = run(

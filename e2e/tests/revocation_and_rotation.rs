@@ -6,8 +6,6 @@ mod mesh_support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mesh_support::*;
@@ -108,26 +106,8 @@ fn a_full_root_rotation_under_steady_traffic_fails_no_request() {
     let (_backend, frontend) = pair(&ca, &echo, "ttl = \"1m\"");
     let outbound = frontend.outbound[0];
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let traffic = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            // Bounded: at most 10 minutes of requests, one new connection every 50 ms.
-            let deadline = Instant::now() + Duration::from_secs(600);
-            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                n += 1;
-                let message = format!("request {n}");
-                match round_trip(outbound, message.as_bytes()) {
-                    Ok(reply) if reply == message.as_bytes() => ok.fetch_add(1, Ordering::SeqCst),
-                    _ => failed.fetch_add(1, Ordering::SeqCst),
-                };
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    // Bounded: at most 10 minutes of requests.
+    let traffic = SteadyTraffic::start(outbound, Duration::from_secs(600));
 
     let mut admin = Admin::connect(&ca);
     let list = |admin: &mut Admin| {
@@ -187,14 +167,13 @@ fn a_full_root_rotation_under_steady_traffic_fails_no_request() {
         })
         .expect("retire");
     // Keep traffic flowing while both sidecars drop the old root from their bundles.
-    let after_retire = ok.load(Ordering::SeqCst);
+    let after_retire = traffic.ok();
     within(
         Duration::from_secs(10),
         "requests keep succeeding after retirement",
-        || ok.load(Ordering::SeqCst) >= after_retire + 20,
+        || traffic.ok() >= after_retire + 20,
     );
-    stop.store(true, Ordering::SeqCst);
-    traffic.join().expect("traffic thread");
+    let (ok, failed) = traffic.stop();
 
     // The old admin connection's certificate chained to the retired root: reconnect with
     // the admin credentials the CA re-issued under the new root at activation.
@@ -218,11 +197,6 @@ fn a_full_root_rotation_under_steady_traffic_fails_no_request() {
             .state,
         "retired"
     );
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "{} requests succeeded, some failed",
-        ok.load(Ordering::SeqCst)
-    );
-    assert!(ok.load(Ordering::SeqCst) > 100);
+    assert_eq!(failed, 0, "{ok} requests succeeded, some failed");
+    assert!(ok > 100);
 }

@@ -290,3 +290,59 @@ impl Admin {
             .map(tonic::Response::into_inner)
     }
 }
+
+/// New connections through `addr`, one every 50 ms, each sending a numbered request and
+/// checking the echo, until stopped (or `at_most` has passed): what a rotation must not
+/// disturb.
+pub struct SteadyTraffic {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<std::sync::atomic::AtomicU64>,
+    failed: Arc<std::sync::atomic::AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SteadyTraffic {
+    pub fn start(addr: SocketAddr, at_most: Duration) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let thread = {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + at_most;
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    n += 1;
+                    let message = format!("request {n}");
+                    let counter = match round_trip(addr, message.as_bytes()) {
+                        Ok(reply) if reply == message.as_bytes() => &ok,
+                        _ => &failed,
+                    };
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        Self {
+            stop,
+            ok,
+            failed,
+            thread,
+        }
+    }
+
+    /// Requests answered so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Stops and returns (answered, failed).
+    pub fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("traffic thread");
+        (
+            self.ok.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+        )
+    }
+}
