@@ -315,6 +315,19 @@ fn sidecars_of_federated_trust_domains_talk_where_policy_names_them_through_a_ro
         metric(frontend.admin, "trellis_sidecar_federated_trust_domains "),
         1
     );
+    let partner_root = roots(&partner)["roots"][0]["id"].clone();
+    let identity = mesh_support::http_get(frontend.admin, "/identity")
+        .expect("identity")
+        .1;
+    let identity: serde_json::Value = serde_json::from_str(&identity).expect("JSON");
+    assert_eq!(
+        identity["bundle"]["federated"][0]["trust_domain"], PARTNER,
+        "{identity}"
+    );
+    assert_eq!(
+        identity["bundle"]["federated"][0]["roots"][0], partner_root,
+        "{identity}"
+    );
     assert!(
         !echoes(to_billing_own_only, b"x"),
         "client policy names only its domain"

@@ -292,6 +292,18 @@ struct BundleView {
     /// Until then (negative once passed).
     seconds_left: i64,
     roots: Vec<RootView>,
+    /// The trust domains this one federates with, whose peers are verified against their
+    /// own roots where a policy names them.
+    federated: Vec<FederatedView>,
+}
+
+#[derive(Debug, Serialize)]
+struct FederatedView {
+    trust_domain: String,
+    /// The foreign bundle's sequence number.
+    sequence: u64,
+    /// Root ids (SPKI SHA-256 prefixes, as `trellis root list` shows them).
+    roots: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -353,6 +365,16 @@ impl IdentityView {
                 not_after: last_root_expiry.map(format_time).unwrap_or_default(),
                 seconds_left: last_root_expiry.map(signed).unwrap_or_default(),
                 roots,
+                federated: c
+                    .bundle
+                    .federated()
+                    .values()
+                    .map(|b| FederatedView {
+                        trust_domain: b.trust_domain().to_string(),
+                        sequence: b.version(),
+                        roots: b.root_ids().to_vec(),
+                    })
+                    .collect(),
             },
             pod,
         }
