@@ -60,9 +60,9 @@ pub struct Census {
 }
 
 impl Census {
-    fn take(store: &Store, now: u64, revoked: &HashSet<String>) -> Result<Self, StoreError> {
+    fn take(store: &dyn Store, now: u64, revoked: &HashSet<String>) -> Result<Self, StoreError> {
         let mut census = Census::default();
-        store.for_each_live(now, |r| {
+        store.for_each_live(now, &mut |r| {
             census.live_total += 1;
             *census.live_by_root.entry(r.root_id.clone()).or_default() += 1;
             if revoked.contains(&r.serial) {
@@ -92,7 +92,7 @@ impl CaState {
             .map(|r| r.serial.clone())
             .collect();
         let store = self.store.clone();
-        off_runtime(move || Census::take(&store, now, &revoked).map_err(store_err)).await
+        off_runtime(move || Census::take(&*store, now, &revoked).map_err(store_err)).await
     }
 }
 
@@ -444,7 +444,7 @@ impl CaState {
         self.store.set_bundle_version(version).map_err(store_err)?;
         self.audit_root(kind, root, actor, &format!("bundle version {version}"))?;
         self.store.durable(mark).await.map_err(store_err)?;
-        let bundle = bootstrap::bundle_from_store(&self.config.trust_domain, &self.store)?;
+        let bundle = bootstrap::bundle_from_store(&self.config.trust_domain, &*self.store)?;
         let path = DataDir(self.config.data_dir.clone()).bundle_pem();
         let pem = bundle.to_pem();
         off_runtime(move || {

@@ -177,7 +177,7 @@ pub fn generate_key(dir: &DataDir, now: u64, bundle_version: u64) -> Result<JwtK
 /// key that did not exist, so no workload can refuse a token for lacking it, except for
 /// the moment until its bundle stream delivers it.
 pub fn ensure_active_key(
-    store: &Store,
+    store: &dyn Store,
     dir: &DataDir,
     now: u64,
     published: bool,
@@ -210,7 +210,7 @@ pub fn ensure_active_key(
 }
 
 /// The keys the bundle carries: every one not retired, oldest first.
-pub fn bundle_keys(store: &Store) -> Result<Vec<trellis_identity::bundle::JwtKey>, CaError> {
+pub fn bundle_keys(store: &dyn Store) -> Result<Vec<trellis_identity::bundle::JwtKey>, CaError> {
     Ok(store
         .jwt_keys()
         .map_err(store_err)?

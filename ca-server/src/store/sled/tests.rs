@@ -22,7 +22,7 @@ fn record(serial: &[u8], spiffe_id: &str) -> CertRecord {
 #[tokio::test]
 async fn a_taken_serial_is_refused_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
     let serial = [0x42u8; 9];
     let first = record(&serial, "spiffe://td/a");
     store
@@ -73,7 +73,7 @@ async fn a_taken_serial_is_refused_and_leaves_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_returns_after_a_flush_that_concurrent_writers_share() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
     assert_eq!(store.flushes(), 0);
     let mark = store.mark();
     store
@@ -112,7 +112,7 @@ async fn an_unfinished_snapshot_left_by_an_interrupted_start_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     let serial = [0x17u8; 9];
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         store
             .record_issuance(
                 &record(&serial, "spiffe://td/a"),
@@ -134,7 +134,7 @@ async fn an_unfinished_snapshot_left_by_an_interrupted_start_is_removed() {
         bare.map(|_| ())
     );
 
-    let store = Store::open(dir.path()).expect("opens despite the unfinished snapshot");
+    let store = SledStore::open(dir.path()).expect("opens despite the unfinished snapshot");
     assert!(!leftover.exists());
     let (kept, der) = store.certificate(&serial).unwrap().expect("still recorded");
     assert_eq!(kept.spiffe_id, "spiffe://td/a");
@@ -144,7 +144,7 @@ async fn an_unfinished_snapshot_left_by_an_interrupted_start_is_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opening_waits_for_the_one_before_it_to_let_go() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Store::open(dir.path()).unwrap();
+    let first = SledStore::open(dir.path()).unwrap();
     first.set_trust_domain("td").unwrap();
     first.flush_now().unwrap();
     // The first opening goes away a little later, as a restarting CA's predecessor does.
@@ -152,7 +152,15 @@ async fn an_opening_waits_for_the_one_before_it_to_let_go() {
         std::thread::sleep(std::time::Duration::from_millis(300));
         drop(first);
     });
-    let second = Store::open(dir.path()).expect("opens once the first lets go");
+    let second = SledStore::open(dir.path()).expect("opens once the first lets go");
     assert_eq!(second.trust_domain().unwrap().as_deref(), Some("td"));
     release.join().unwrap();
+}
+
+#[test]
+fn an_io_error_keeps_its_kind_when_sled_clones_it() {
+    let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+    let cloned = sled::Error::Io(full).clone();
+    assert_eq!(live::cause_of(&cloned), Some(crate::store::Cause::DiskFull));
+    assert_eq!(live::cause_of(&sled::Error::Unsupported("x".into())), None);
 }
