@@ -26,6 +26,9 @@ mod failure;
 pub mod records;
 pub mod sled;
 
+#[cfg(test)]
+pub(crate) mod conformance;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;

@@ -164,3 +164,32 @@ fn an_io_error_keeps_its_kind_when_sled_clones_it() {
     assert_eq!(live::cause_of(&cloned), Some(crate::store::Cause::DiskFull));
     assert_eq!(live::cause_of(&sled::Error::Unsupported("x".into())), None);
 }
+
+/// The store contract (`crate::store::conformance`) on sled, each check in a temp dir.
+mod conformance {
+    use std::sync::Arc;
+
+    use crate::store::conformance::{Harness, conformance_tests};
+    use crate::store::{Store, sled::SledStore};
+
+    #[derive(Default)]
+    struct Sled {
+        dir: Option<tempfile::TempDir>,
+    }
+
+    impl Harness for Sled {
+        fn create(&mut self) -> Arc<dyn Store> {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = SledStore::open(dir.path()).expect("open a new store");
+            self.dir = Some(dir);
+            Arc::new(store)
+        }
+
+        fn reopen(&mut self) -> Arc<dyn Store> {
+            let dir = self.dir.as_ref().expect("create comes first");
+            Arc::new(SledStore::open(dir.path()).expect("reopen the store"))
+        }
+    }
+
+    conformance_tests!(Sled::default());
+}
