@@ -10,7 +10,7 @@ use std::sync::{Arc, Barrier};
 use trellis_identity::audit_log::Checkpoint;
 
 use super::{
-    AuditRecord, CertRecord, ErrorKind, FederationRecord, IntermediateRecord, JwtKeyRecord,
+    AuditRecord, CertRecord, Change, ErrorKind, FederationRecord, IntermediateRecord, JwtKeyRecord,
     Listing, PageToken, RecordError, RevocationRecord, RootRecord, RootState, Store, TokenRecord,
     TokenRefusal, TokenUse,
 };
@@ -30,6 +30,7 @@ macro_rules! conformance_tests {
             $harness;
             metadata_is_kept_and_read_back,
             roots_and_the_signing_intermediate_are_kept,
+            a_rotation_step_is_applied_whole,
             a_token_is_checked_without_being_consumed,
             a_token_is_consumed_exactly_once_under_concurrent_callers,
             a_serial_is_recorded_once_and_a_refusal_writes_nothing,
@@ -92,6 +93,14 @@ fn audit(time: u64, kind: &str, serial: &str) -> AuditRecord {
         actor: "test".into(),
         detail: String::new(),
     }
+}
+
+fn created() -> AuditRecord {
+    audit(NOW - 10, "join_token_created", "")
+}
+
+fn revoked(c: &CertRecord) -> AuditRecord {
+    audit(NOW - 200, "certificate_revoked", &c.serial)
 }
 
 fn token(expires_at: u64) -> TokenRecord {
@@ -189,6 +198,68 @@ pub(crate) async fn roots_and_the_signing_intermediate_are_kept(h: &mut dyn Harn
     );
 }
 
+pub(crate) async fn a_rotation_step_is_applied_whole(h: &mut dyn Harness) {
+    let store = h.create();
+    let root = |id: &str, state| RootRecord {
+        id: id.into(),
+        cert_der: id.as_bytes().to_vec(),
+        state,
+        added_at: NOW,
+        key_file: None,
+        added_in_bundle_version: 2,
+    };
+    let key = |kid: &str, state| JwtKeyRecord {
+        kid: kid.into(),
+        state,
+        created_at: NOW,
+        public_key: vec![4; 65],
+        key_file: format!("jwt-{kid}.key.pem"),
+        added_in_bundle_version: 2,
+        deactivated_at: None,
+    };
+    let intermediate = IntermediateRecord {
+        id: "i2".into(),
+        root_id: "r2".into(),
+        cert_der: vec![2],
+        key_file: "intermediate-i2.key.pem".into(),
+    };
+    store.set_bundle_version(2).unwrap();
+    store.put_root(&root("r1", RootState::Active)).unwrap();
+    let change = Change {
+        roots: vec![
+            root("r1", RootState::Retiring),
+            root("r2", RootState::Active),
+        ],
+        jwt_keys: vec![key("k1", RootState::Pending)],
+        intermediate: Some(intermediate.clone()),
+        bundle_version: Some(3),
+        audit: vec![
+            audit(NOW, "root_activated", "r2"),
+            audit(NOW, "bundle_changed", "r2"),
+        ],
+    };
+    let mark = store.mark();
+    store.apply(&change).unwrap();
+    store.durable(mark).await.unwrap();
+    drop(store);
+    let store = h.reopen();
+    assert_eq!(store.roots().unwrap(), change.roots);
+    assert_eq!(store.jwt_keys().unwrap(), change.jwt_keys);
+    assert_eq!(store.active_intermediate().unwrap(), Some(intermediate));
+    assert_eq!(store.bundle_version().unwrap(), 3);
+    let entries: Vec<_> = store
+        .audit_after(0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(entries, change.audit, "in order");
+    // An empty change writes nothing.
+    store.apply(&Change::default()).unwrap();
+    assert_eq!(store.bundle_version().unwrap(), 3);
+    assert_eq!(store.audit_chain_head().unwrap().sequence, 2);
+}
+
 pub(crate) async fn a_token_is_checked_without_being_consumed(h: &mut dyn Harness) {
     let store = h.create();
     let unknown = store.check_token(&[1; 32], NOW).unwrap_err();
@@ -197,7 +268,9 @@ pub(crate) async fn a_token_is_checked_without_being_consumed(h: &mut dyn Harnes
         "{unknown:?}"
     );
     assert_eq!(unknown.kind(), ErrorKind::NotFound);
-    store.put_token(&[2; 32], &token(NOW + 600)).unwrap();
+    store
+        .create_token(&[2; 32], &token(NOW + 600), &created())
+        .unwrap();
     for _ in 0..2 {
         assert_eq!(store.check_token(&[2; 32], NOW).unwrap(), token(NOW + 600));
     }
@@ -232,7 +305,9 @@ pub(crate) async fn a_token_is_consumed_exactly_once_under_concurrent_callers(h:
     const CALLERS: u8 = 16;
     let store = h.create();
     let hash = [9u8; 32];
-    store.put_token(&hash, &token(NOW + 600)).unwrap();
+    store
+        .create_token(&hash, &token(NOW + 600), &created())
+        .unwrap();
     let start = Arc::new(Barrier::new(usize::from(CALLERS)));
     let callers: Vec<_> = (0..CALLERS)
         .map(|n| {
@@ -277,7 +352,19 @@ pub(crate) async fn a_token_is_consumed_exactly_once_under_concurrent_callers(h:
         "only the winner's certificate is recorded"
     );
     assert_eq!(store.issued_total(), Some(1));
-    assert_eq!(store.audit_after(0, 100).unwrap().len(), 1);
+    let kinds: Vec<_> = store
+        .audit_after(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| (e.kind, e.serial))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("join_token_created".to_owned(), String::new()),
+            ("certificate_issued".to_owned(), won[0].clone()),
+        ]
+    );
 }
 
 pub(crate) async fn a_serial_is_recorded_once_and_a_refusal_writes_nothing(h: &mut dyn Harness) {
@@ -285,7 +372,9 @@ pub(crate) async fn a_serial_is_recorded_once_and_a_refusal_writes_nothing(h: &m
     let first = cert(&serial(4), "spiffe://td/a", "r1", NOW + 3600);
     issue(&*store, &first).await;
     let hash = [3u8; 32];
-    store.put_token(&hash, &token(NOW + 600)).unwrap();
+    store
+        .create_token(&hash, &token(NOW + 600), &created())
+        .unwrap();
     let second = cert(&serial(4), "spiffe://td/b", "r1", NOW + 7200);
     let refused = store
         .record_issuance(
@@ -308,7 +397,11 @@ pub(crate) async fn a_serial_is_recorded_once_and_a_refusal_writes_nothing(h: &m
         "the token stays unused"
     );
     assert_eq!(store.issued_total(), Some(1));
-    assert!(store.audit_after(0, 10).unwrap().is_empty());
+    assert_eq!(
+        store.audit_after(0, 10).unwrap(),
+        vec![(1, created())],
+        "only the token's creation is in the audit log"
+    );
     let mut live = Vec::new();
     store.for_each_live(NOW, &mut |r| live.push(r)).unwrap();
     assert_eq!(live, vec![first]);
@@ -660,8 +753,10 @@ pub(crate) async fn pruning_removes_expired_records_in_batches_and_keeps_the_res
         intermediate_id: c.intermediate_id.clone(),
         reason_code: None,
     };
-    store.put_revocation(&revocation(&expired[3])).unwrap();
-    store.put_revocation(&revocation(&live)).unwrap();
+    store
+        .revoke(&revocation(&expired[3]), &revoked(&expired[3]))
+        .unwrap();
+    store.revoke(&revocation(&live), &revoked(&live)).unwrap();
     store.start_counting(NOW).unwrap();
     let _ = store.live_by_root(NOW);
 
@@ -718,10 +813,17 @@ pub(crate) async fn a_revocation_is_recorded_once(h: &mut dyn Harness) {
         reason_code: Some(1),
     };
     assert_eq!(store.revocation(&serial(7)).unwrap(), None);
-    assert!(store.put_revocation(&record("first")).unwrap());
-    assert!(!store.put_revocation(&record("second")).unwrap());
+    let entry = audit(NOW, "certificate_revoked", &record("first").serial);
+    assert!(store.revoke(&record("first"), &entry).unwrap());
+    assert!(!store.revoke(&record("second"), &entry).unwrap());
     assert_eq!(store.revocation(&serial(7)).unwrap(), Some(record("first")));
     assert_eq!(store.revocations().unwrap(), vec![record("first")]);
+    let entries = store.audit_after(0, 10).unwrap();
+    assert_eq!(
+        entries,
+        vec![(1, entry)],
+        "one audit entry, with the revocation that was recorded"
+    );
 }
 
 pub(crate) async fn the_audit_chain_links_entries_and_survives_reopening(h: &mut dyn Harness) {

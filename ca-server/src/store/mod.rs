@@ -171,6 +171,23 @@ pub struct TokenUse {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark(pub u64);
 
+/// Records that change together, written by [`Store::apply`] as one unit: a step of root
+/// or JWT-key rotation (the roots or keys, the signing intermediate, the bundle version that
+/// publishes them and the audit entries that record it).
+#[derive(Debug, Default)]
+pub struct Change {
+    /// Roots to insert or replace.
+    pub roots: Vec<RootRecord>,
+    /// JWT-SVID keys to insert or replace.
+    pub jwt_keys: Vec<JwtKeyRecord>,
+    /// An intermediate to insert and make the signing one.
+    pub intermediate: Option<IntermediateRecord>,
+    /// The new trust-bundle version.
+    pub bundle_version: Option<u64>,
+    /// Audit entries to append, in order.
+    pub audit: Vec<AuditRecord>,
+}
+
 /// Which certificates a listing walks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listing<'a> {
@@ -226,7 +243,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn set_trust_domain(&self, td: &str) -> Result<(), StoreError>;
     /// The trust-bundle version (0 before initialisation).
     fn bundle_version(&self) -> Result<u64, StoreError>;
-    /// Sets the trust-bundle version.
+    /// Sets the trust-bundle version (initialisation; a rotation step uses [`Store::apply`]).
     fn set_bundle_version(&self, version: u64) -> Result<(), StoreError>;
     /// The number of the last CRL intermediate `id` signed (0 before its first).
     fn crl_number(&self, id: &str) -> Result<u64, StoreError>;
@@ -237,10 +254,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Every root, in id order.
     fn roots(&self) -> Result<Vec<RootRecord>, StoreError>;
-    /// Inserts or replaces a root.
+    /// Inserts or replaces a root (initialisation; a rotation step uses [`Store::apply`]).
     fn put_root(&self, root: &RootRecord) -> Result<(), StoreError>;
-    /// Inserts an intermediate and makes it the signing one.
+    /// Inserts an intermediate and makes it the signing one (initialisation).
     fn activate_intermediate(&self, record: &IntermediateRecord) -> Result<(), StoreError>;
+    /// Writes every record of `change` as one unit (an implementation with transactions
+    /// makes it one); in the order roots, JWT keys, intermediate, bundle version, audit
+    /// entries, so that without transactions a prefix of it is what a crash can leave.
+    fn apply(&self, change: &Change) -> Result<(), StoreError>;
     /// The signing intermediate, if the CA is initialised.
     fn active_intermediate(&self) -> Result<Option<IntermediateRecord>, StoreError>;
     /// Every intermediate ever used, in id order.
@@ -248,8 +269,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     // --- join tokens ---
 
-    /// Stores a new token under the hash of its secret.
-    fn put_token(&self, hash: &[u8; 32], token: &TokenRecord) -> Result<(), StoreError>;
+    /// Stores a new token under the hash of its secret, with the audit entry of its creation.
+    fn create_token(
+        &self,
+        hash: &[u8; 32],
+        token: &TokenRecord,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
     /// Looks a token up by hash, checking it is redeemable at `now` (read only; only
     /// [`Store::record_issuance`] consumes it).
     fn check_token(&self, hash: &[u8; 32], now: u64) -> Result<TokenRecord, RecordError>;
@@ -326,8 +352,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     // --- revocations ---
 
-    /// Records a revocation (idempotent: an existing record is kept, and `false` returned).
-    fn put_revocation(&self, record: &RevocationRecord) -> Result<bool, StoreError>;
+    /// Records a revocation with its audit entry. Idempotent: a certificate already revoked
+    /// keeps its first record, gets no second entry, and `false` is returned.
+    fn revoke(&self, record: &RevocationRecord, audit: &AuditRecord) -> Result<bool, StoreError>;
     /// The revocation of a certificate, if it was revoked.
     fn revocation(&self, serial: &[u8]) -> Result<Option<RevocationRecord>, StoreError>;
     /// Every revocation kept (retention removes those of removed certificates).
@@ -387,7 +414,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Every JWT-SVID key, in the order they were added.
     fn jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError>;
-    /// Inserts or replaces a JWT-SVID key.
+    /// Inserts or replaces a JWT-SVID key (initialisation; a rotation step uses
+    /// [`Store::apply`]).
     fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError>;
 
     // --- federation ---

@@ -119,8 +119,8 @@ async fn retention_removes_expired_records_with_their_entries_and_keeps_live_one
         intermediate_id: "inter".into(),
         reason_code: None,
     };
-    assert!(store.put_revocation(&revoked(1)).unwrap());
-    assert!(store.put_revocation(&revoked(20)).unwrap());
+    assert!(store.revoke(&revoked(1), &audit()).unwrap());
+    assert!(store.revoke(&revoked(20), &audit()).unwrap());
 
     // The counts stand at 50: nothing they still count as live may go.
     assert_eq!(store.prune_expired(200, 1000).unwrap(), 0);
@@ -270,4 +270,15 @@ async fn two_passes_that_meet_count_each_record_once() {
     let removed = first.join().unwrap() + second.join().unwrap();
     assert_eq!(removed, 200);
     assert_eq!(store.pruned_total(), 200);
+}
+
+fn audit() -> AuditRecord {
+    AuditRecord {
+        time: 60,
+        kind: "certificate_revoked".into(),
+        spiffe_id: "spiffe://td/old".into(),
+        serial: String::new(),
+        actor: "test".into(),
+        detail: String::new(),
+    }
 }

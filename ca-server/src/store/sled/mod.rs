@@ -50,9 +50,9 @@ use trellis_identity::audit_log::{Checkpoint, Head};
 use trellis_identity::hex;
 
 use super::{
-    AuditRecord, CertPage, CertRecord, Failure, FederationRecord, IntermediateRecord, JwtKeyRecord,
-    Listing, Mark, PageToken, RecordError, RevocationRecord, RootRecord, Store, StoreError,
-    StoreFuture, TokenRecord, TokenRefusal, TokenUse, decode, encode, redeemable,
+    AuditRecord, CertPage, CertRecord, Change, Failure, FederationRecord, IntermediateRecord,
+    JwtKeyRecord, Listing, Mark, PageToken, RecordError, RevocationRecord, RootRecord, Store,
+    StoreError, StoreFuture, TokenRecord, TokenRefusal, TokenUse, decode, encode, redeemable,
 };
 use commit::Committer;
 
@@ -417,6 +417,38 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn apply(&self, change: &Change) -> Result<(), StoreError> {
+        let t = self.trees()?;
+        let err = self.err(&t);
+        for root in &change.roots {
+            t.roots
+                .insert(root.id.as_bytes(), encode(root))
+                .map_err(&err)?;
+        }
+        for key in &change.jwt_keys {
+            t.jwt_keys
+                .insert(key.kid.as_bytes(), encode(key))
+                .map_err(&err)?;
+        }
+        if let Some(record) = &change.intermediate {
+            t.intermediates
+                .insert(record.id.as_bytes(), encode(record))
+                .map_err(&err)?;
+            t.meta
+                .insert(META_ACTIVE_INTERMEDIATE, record.id.as_bytes())
+                .map_err(&err)?;
+        }
+        if let Some(version) = change.bundle_version {
+            t.meta
+                .insert(META_BUNDLE_VERSION, &version.to_be_bytes())
+                .map_err(&err)?;
+        }
+        for entry in &change.audit {
+            self.append_audit_to(&t, entry)?;
+        }
+        Ok(())
+    }
+
     /// The signing intermediate, if the CA is initialised.
     fn active_intermediate(&self) -> Result<Option<IntermediateRecord>, StoreError> {
         let t = self.trees()?;
@@ -433,10 +465,15 @@ impl Store for SledStore {
     // --- join tokens ---
 
     /// Stores a new token under the hash of its secret.
-    fn put_token(&self, hash: &[u8; 32], token: &TokenRecord) -> Result<(), StoreError> {
+    fn create_token(
+        &self,
+        hash: &[u8; 32],
+        token: &TokenRecord,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
         let t = self.trees()?;
         t.tokens.insert(hash, encode(token)).map_err(self.err(&t))?;
-        Ok(())
+        self.append_audit_to(&t, audit)
     }
 
     /// Looks a token up by hash, checking it is redeemable at `now` (read only).
@@ -622,14 +659,18 @@ impl Store for SledStore {
     // --- revocations ---
 
     /// Records a revocation (idempotent: an existing record is kept, and `false` returned).
-    fn put_revocation(&self, record: &RevocationRecord) -> Result<bool, StoreError> {
+    fn revoke(&self, record: &RevocationRecord, audit: &AuditRecord) -> Result<bool, StoreError> {
         let t = self.trees()?;
         let serial = trellis_identity::hex::decode(&record.serial).unwrap_or_default();
         let swapped = t
             .revocations
             .compare_and_swap(serial, None as Option<&[u8]>, Some(encode(record)))
             .map_err(self.err(&t))?;
-        Ok(swapped.is_ok())
+        if swapped.is_err() {
+            return Ok(false);
+        }
+        self.append_audit_to(&t, audit)?;
+        Ok(true)
     }
 
     /// The revocation of a certificate, if it was revoked.

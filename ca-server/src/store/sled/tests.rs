@@ -52,7 +52,15 @@ async fn a_taken_serial_is_refused_and_leaves_nothing_behind() {
         used_at: None,
         used_for_serial: None,
     };
-    store.put_token(&hash, &token).unwrap();
+    let created = AuditRecord {
+        time: 0,
+        kind: "join_token_created".into(),
+        spiffe_id: "spiffe://td/b".into(),
+        serial: String::new(),
+        actor: "test".into(),
+        detail: String::new(),
+    };
+    store.create_token(&hash, &token, &created).unwrap();
     let refused = store.record_issuance(
         &second,
         b"second",
