@@ -26,7 +26,7 @@ use crate::error::CaError;
 use crate::issuance::Credential;
 use crate::state::{CaState, unix};
 use crate::store::{
-    AuditRecord, Cause, IntermediateRecord, RootRecord, RootState, Store, StoreError,
+    AuditRecord, Cause, Change, IntermediateRecord, RootRecord, RootState, Store, StoreError,
 };
 use trellis_identity::files;
 use trellis_identity::profile::{self, SigningCa};
@@ -148,44 +148,48 @@ fn initialise(
         .map_err(io("writing intermediate key".into()))?;
     let now_unix = unix(now);
     store
-        .put_root(&RootRecord {
-            id: root_id.clone(),
-            cert_der: root_cert.to_vec(),
-            state: RootState::Active,
-            added_at: now_unix,
-            key_file: root_key_file,
-            added_in_bundle_version: 1,
-        })
-        .map_err(store_err)?;
-    store
-        .activate_intermediate(&IntermediateRecord {
-            id: signer.id.clone(),
-            root_id: root_id.clone(),
-            cert_der: signer.cert.to_vec(),
-            key_file: inter_key_file,
+        .apply(&Change {
+            roots: vec![RootRecord {
+                id: root_id.clone(),
+                cert_der: root_cert.to_vec(),
+                state: RootState::Active,
+                added_at: now_unix,
+                key_file: root_key_file,
+                added_in_bundle_version: 1,
+            }],
+            intermediate: Some(IntermediateRecord {
+                id: signer.id.clone(),
+                root_id: root_id.clone(),
+                cert_der: signer.cert.to_vec(),
+                key_file: inter_key_file,
+            }),
+            ..Change::default()
         })
         .map_err(store_err)?;
     if let Some(import) = &config.import_dir {
         record_imported_admin(import, td, &root_cert, &root_id, &signer, store, now)?;
     }
     store.set_trust_domain(td.as_str()).map_err(store_err)?;
-    store.set_bundle_version(1).map_err(store_err)?;
     store
-        .append_audit(&AuditRecord {
-            time: now_unix,
-            kind: "ca_initialised".into(),
-            spiffe_id: td.id(CA_PATH).map(|i| i.to_string()).unwrap_or_default(),
-            serial: String::new(),
-            actor: "trellis-ca".into(),
-            detail: format!(
-                "root {root_id} {}, intermediate {}",
-                if config.import_dir.is_some() {
-                    "imported"
-                } else {
-                    "generated"
-                },
-                signer.id
-            ),
+        .apply(&Change {
+            bundle_version: Some(1),
+            audit: vec![AuditRecord {
+                time: now_unix,
+                kind: "ca_initialised".into(),
+                spiffe_id: td.id(CA_PATH).map(|i| i.to_string()).unwrap_or_default(),
+                serial: String::new(),
+                actor: "trellis-ca".into(),
+                detail: format!(
+                    "root {root_id} {}, intermediate {}",
+                    if config.import_dir.is_some() {
+                        "imported"
+                    } else {
+                        "generated"
+                    },
+                    signer.id
+                ),
+            }],
+            ..Change::default()
         })
         .map_err(store_err)?;
     store.flush_now().map_err(store_err)?;

@@ -139,7 +139,12 @@ pub(crate) async fn metadata_is_kept_and_read_back(h: &mut dyn Harness) {
     assert_eq!(store.crl_number("i1").unwrap(), 0);
     let mark = store.mark();
     store.set_trust_domain("example.org").unwrap();
-    store.set_bundle_version(7).unwrap();
+    store
+        .apply(&Change {
+            bundle_version: Some(7),
+            ..Change::default()
+        })
+        .unwrap();
     store.set_crl_number("i1", 1_700_000_000).unwrap();
     store.durable(mark).await.unwrap();
     drop(store);
@@ -169,9 +174,16 @@ pub(crate) async fn roots_and_the_signing_intermediate_are_kept(h: &mut dyn Harn
         key_file: Some(format!("root-{id}.key.pem")),
         added_in_bundle_version: 1,
     };
-    store.put_root(&root("r2", RootState::Pending)).unwrap();
-    store.put_root(&root("r1", RootState::Active)).unwrap();
-    store.put_root(&root("r2", RootState::Retiring)).unwrap();
+    let put_root = |r: RootRecord| {
+        let change = Change {
+            roots: vec![r],
+            ..Change::default()
+        };
+        store.apply(&change).unwrap();
+    };
+    put_root(root("r2", RootState::Pending));
+    put_root(root("r1", RootState::Active));
+    put_root(root("r2", RootState::Retiring));
     assert_eq!(
         store.roots().unwrap(),
         vec![
@@ -186,8 +198,13 @@ pub(crate) async fn roots_and_the_signing_intermediate_are_kept(h: &mut dyn Harn
         cert_der: id.as_bytes().to_vec(),
         key_file: format!("intermediate-{id}.key.pem"),
     };
-    store.activate_intermediate(&inter("i2", "r1")).unwrap();
-    store.activate_intermediate(&inter("i1", "r2")).unwrap();
+    for (id, root) in [("i2", "r1"), ("i1", "r2")] {
+        let change = Change {
+            intermediate: Some(inter(id, root)),
+            ..Change::default()
+        };
+        store.apply(&change).unwrap();
+    }
     assert_eq!(
         store.active_intermediate().unwrap(),
         Some(inter("i1", "r2"))
@@ -223,8 +240,12 @@ pub(crate) async fn a_rotation_step_is_applied_whole(h: &mut dyn Harness) {
         cert_der: vec![2],
         key_file: "intermediate-i2.key.pem".into(),
     };
-    store.set_bundle_version(2).unwrap();
-    store.put_root(&root("r1", RootState::Active)).unwrap();
+    let first = Change {
+        roots: vec![root("r1", RootState::Active)],
+        bundle_version: Some(2),
+        ..Change::default()
+    };
+    store.apply(&first).unwrap();
     let change = Change {
         roots: vec![
             root("r1", RootState::Retiring),
@@ -925,13 +946,16 @@ pub(crate) async fn jwt_keys_come_back_in_the_order_they_were_added(h: &mut dyn 
         added_in_bundle_version: version,
         deactivated_at: None,
     };
-    store.put_jwt_key(&key("zz", 1, RootState::Active)).unwrap();
-    store
-        .put_jwt_key(&key("aa", 2, RootState::Pending))
-        .unwrap();
-    store
-        .put_jwt_key(&key("zz", 1, RootState::Retiring))
-        .unwrap();
+    let put = |k: JwtKeyRecord| {
+        let change = Change {
+            jwt_keys: vec![k],
+            ..Change::default()
+        };
+        store.apply(&change).unwrap();
+    };
+    put(key("zz", 1, RootState::Active));
+    put(key("aa", 2, RootState::Pending));
+    put(key("zz", 1, RootState::Retiring));
     assert_eq!(
         store.jwt_keys().unwrap(),
         vec![

@@ -171,9 +171,10 @@ pub struct TokenUse {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark(pub u64);
 
-/// Records that change together, written by [`Store::apply`] as one unit: a step of root
-/// or JWT-key rotation (the roots or keys, the signing intermediate, the bundle version that
-/// publishes them and the audit entries that record it).
+/// Records that change together, written by [`Store::apply`] as one unit: the CA's
+/// initialisation or a step of root or JWT-key rotation (the roots or keys, the signing
+/// intermediate, the bundle version that publishes them and the audit entries that record
+/// it). Roots, keys, intermediates and the bundle version are written only this way.
 #[derive(Debug, Default)]
 pub struct Change {
     /// Roots to insert or replace.
@@ -243,8 +244,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn set_trust_domain(&self, td: &str) -> Result<(), StoreError>;
     /// The trust-bundle version (0 before initialisation).
     fn bundle_version(&self) -> Result<u64, StoreError>;
-    /// Sets the trust-bundle version (initialisation; a rotation step uses [`Store::apply`]).
-    fn set_bundle_version(&self, version: u64) -> Result<(), StoreError>;
     /// The number of the last CRL intermediate `id` signed (0 before its first).
     fn crl_number(&self, id: &str) -> Result<u64, StoreError>;
     /// Records the number of the CRL intermediate `id` is about to sign.
@@ -254,10 +253,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Every root, in id order.
     fn roots(&self) -> Result<Vec<RootRecord>, StoreError>;
-    /// Inserts or replaces a root (initialisation; a rotation step uses [`Store::apply`]).
-    fn put_root(&self, root: &RootRecord) -> Result<(), StoreError>;
-    /// Inserts an intermediate and makes it the signing one (initialisation).
-    fn activate_intermediate(&self, record: &IntermediateRecord) -> Result<(), StoreError>;
     /// Writes every record of `change` as one unit (an implementation with transactions
     /// makes it one); in the order roots, JWT keys, intermediate, bundle version, audit
     /// entries, so that without transactions a prefix of it is what a crash can leave.
@@ -414,9 +409,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Every JWT-SVID key, in the order they were added.
     fn jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError>;
-    /// Inserts or replaces a JWT-SVID key (initialisation; a rotation step uses
-    /// [`Store::apply`]).
-    fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError>;
 
     // --- federation ---
 

@@ -2,7 +2,7 @@
 //! key is a file in `<data>/keys/` (0600), like the intermediates'; the record names it.
 
 use super::SledStore;
-use crate::store::{JwtKeyRecord, StoreError, decode, encode};
+use crate::store::{JwtKeyRecord, StoreError, decode};
 
 impl SledStore {
     /// Every JWT-SVID key, oldest first.
@@ -23,14 +23,5 @@ impl SledStore {
             ))
         });
         Ok(keys)
-    }
-
-    /// Inserts or replaces a JWT-SVID key.
-    pub(super) fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
-        let t = self.trees()?;
-        t.jwt_keys
-            .insert(key.kid.as_bytes(), encode(key))
-            .map_err(self.err(&t))?;
-        Ok(())
     }
 }

@@ -355,15 +355,6 @@ impl Store for SledStore {
             .unwrap_or(0))
     }
 
-    /// Sets the trust-bundle version.
-    fn set_bundle_version(&self, version: u64) -> Result<(), StoreError> {
-        let t = self.trees()?;
-        t.meta
-            .insert(META_BUNDLE_VERSION, &version.to_be_bytes())
-            .map_err(self.err(&t))?;
-        Ok(())
-    }
-
     /// The number of the last CRL intermediate `id` signed (0 before its first).
     fn crl_number(&self, id: &str) -> Result<u64, StoreError> {
         let t = self.trees()?;
@@ -394,27 +385,6 @@ impl Store for SledStore {
             .values()
             .map(|v| decode("roots", &v.map_err(self.err(&t))?))
             .collect()
-    }
-
-    /// Inserts or replaces a root.
-    fn put_root(&self, root: &RootRecord) -> Result<(), StoreError> {
-        let t = self.trees()?;
-        t.roots
-            .insert(root.id.as_bytes(), encode(root))
-            .map_err(self.err(&t))?;
-        Ok(())
-    }
-
-    /// Inserts an intermediate and makes it the signing one.
-    fn activate_intermediate(&self, record: &IntermediateRecord) -> Result<(), StoreError> {
-        let t = self.trees()?;
-        t.intermediates
-            .insert(record.id.as_bytes(), encode(record))
-            .map_err(self.err(&t))?;
-        t.meta
-            .insert(META_ACTIVE_INTERMEDIATE, record.id.as_bytes())
-            .map_err(self.err(&t))?;
-        Ok(())
     }
 
     fn apply(&self, change: &Change) -> Result<(), StoreError> {
@@ -820,10 +790,6 @@ impl Store for SledStore {
 
     fn jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError> {
         SledStore::jwt_keys(self)
-    }
-
-    fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
-        SledStore::put_jwt_key(self, key)
     }
 
     fn put_federation(&self, record: &FederationRecord) -> Result<(), StoreError> {
