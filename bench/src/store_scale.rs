@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use trellis_ca::store::{CertRecord, Store};
+use trellis_ca::store::CertRecord;
 
 use crate::proxy::procs::{Proc, tree_rss_kib};
 use crate::proxy::stacks::{free_port, workspace_binary};
@@ -116,7 +116,7 @@ fn fill(db: &Path, args: &Args, history: u64, now: u64) -> anyhow::Result<Durati
     let rt = tokio::runtime::Runtime::new()?;
     let started = Instant::now();
     rt.block_on(async {
-        let store = Store::open(db)?;
+        let store = trellis_ca::store::open(db)?;
         let total = history + args.live;
         for i in 0..total {
             let not_after = if i < history {
@@ -160,7 +160,7 @@ fn fill(db: &Path, args: &Args, history: u64, now: u64) -> anyhow::Result<Durati
 fn prune(db: &Path, now: u64) -> anyhow::Result<f64> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let store = Store::open(db)?;
+        let store = trellis_ca::store::open(db)?;
         store.start_counting(now)?;
         let started = Instant::now();
         let mut removed = 0;

@@ -26,7 +26,7 @@ use crate::error::CaError;
 use crate::issuance::Credential;
 use crate::state::{CaState, unix};
 use crate::store::{
-    AuditRecord, Cause, IntermediateRecord, RootRecord, RootState, Store, StoreError,
+    AuditRecord, Cause, Change, IntermediateRecord, RootRecord, RootState, Store, StoreError,
 };
 use trellis_identity::files;
 use trellis_identity::profile::{self, SigningCa};
@@ -74,7 +74,7 @@ pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<CaState>,
     let dir = DataDir(config.data_dir.clone());
     files::create_private_dir(&dir.0).map_err(io(format!("data directory {}", dir.0.display())))?;
     files::create_private_dir(&dir.keys()).map_err(io("keys directory".into()))?;
-    let store = Store::open(&dir.db()).map_err(|e| match e {
+    let store = crate::store::open(&dir.db()).map_err(|e| match e {
         // Says what is wrong with the database and what to do, naming its directory.
         StoreError::Damaged { .. } | StoreError::Unavailable(_) => {
             CaError::Unavailable(format!("cannot open the database: {e}"))
@@ -96,9 +96,9 @@ pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<CaState>,
     }
     let fresh = store.active_intermediate().map_err(store_err)?.is_none();
     if fresh {
-        initialise(&config, &store, &dir, clock.now())?;
+        initialise(&config, &*store, &dir, clock.now())?;
     }
-    crate::jwt_svid::ensure_active_key(&store, &dir, unix(clock.now()), !fresh)?;
+    crate::jwt_svid::ensure_active_key(&*store, &dir, unix(clock.now()), !fresh)?;
     let state = Arc::new(load(config, store, clock, &dir)?);
     files::write_atomic(&dir.bundle_pem(), state.bundle().to_pem().as_bytes(), 0o644)
         .map_err(io("bundle.pem".into()))?;
@@ -115,7 +115,7 @@ pub(crate) fn store_err(e: crate::store::StoreError) -> CaError {
 
 fn initialise(
     config: &Config,
-    store: &Store,
+    store: &dyn Store,
     dir: &DataDir,
     now: std::time::SystemTime,
 ) -> Result<(), CaError> {
@@ -148,44 +148,48 @@ fn initialise(
         .map_err(io("writing intermediate key".into()))?;
     let now_unix = unix(now);
     store
-        .put_root(&RootRecord {
-            id: root_id.clone(),
-            cert_der: root_cert.to_vec(),
-            state: RootState::Active,
-            added_at: now_unix,
-            key_file: root_key_file,
-            added_in_bundle_version: 1,
-        })
-        .map_err(store_err)?;
-    store
-        .activate_intermediate(&IntermediateRecord {
-            id: signer.id.clone(),
-            root_id: root_id.clone(),
-            cert_der: signer.cert.to_vec(),
-            key_file: inter_key_file,
+        .apply(&Change {
+            roots: vec![RootRecord {
+                id: root_id.clone(),
+                cert_der: root_cert.to_vec(),
+                state: RootState::Active,
+                added_at: now_unix,
+                key_file: root_key_file,
+                added_in_bundle_version: 1,
+            }],
+            intermediate: Some(IntermediateRecord {
+                id: signer.id.clone(),
+                root_id: root_id.clone(),
+                cert_der: signer.cert.to_vec(),
+                key_file: inter_key_file,
+            }),
+            ..Change::default()
         })
         .map_err(store_err)?;
     if let Some(import) = &config.import_dir {
         record_imported_admin(import, td, &root_cert, &root_id, &signer, store, now)?;
     }
     store.set_trust_domain(td.as_str()).map_err(store_err)?;
-    store.set_bundle_version(1).map_err(store_err)?;
     store
-        .append_audit(&AuditRecord {
-            time: now_unix,
-            kind: "ca_initialised".into(),
-            spiffe_id: td.id(CA_PATH).map(|i| i.to_string()).unwrap_or_default(),
-            serial: String::new(),
-            actor: "trellis-ca".into(),
-            detail: format!(
-                "root {root_id} {}, intermediate {}",
-                if config.import_dir.is_some() {
-                    "imported"
-                } else {
-                    "generated"
-                },
-                signer.id
-            ),
+        .apply(&Change {
+            bundle_version: Some(1),
+            audit: vec![AuditRecord {
+                time: now_unix,
+                kind: "ca_initialised".into(),
+                spiffe_id: td.id(CA_PATH).map(|i| i.to_string()).unwrap_or_default(),
+                serial: String::new(),
+                actor: "trellis-ca".into(),
+                detail: format!(
+                    "root {root_id} {}, intermediate {}",
+                    if config.import_dir.is_some() {
+                        "imported"
+                    } else {
+                        "generated"
+                    },
+                    signer.id
+                ),
+            }],
+            ..Change::default()
         })
         .map_err(store_err)?;
     store.flush_now().map_err(store_err)?;
@@ -248,7 +252,7 @@ fn record_imported_admin(
     root: &CertificateDer<'static>,
     root_id: &str,
     signer: &SigningCa,
-    store: &Store,
+    store: &dyn Store,
     now: std::time::SystemTime,
 ) -> Result<(), CaError> {
     let path = import.join(ca_files::ADMIN_CERT);
@@ -338,7 +342,7 @@ pub(crate) fn load_intermediate(
 
 fn load(
     config: Config,
-    store: Store,
+    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     dir: &DataDir,
 ) -> Result<CaState, CaError> {
@@ -347,9 +351,9 @@ fn load(
         .map_err(store_err)?
         .ok_or_else(|| CaError::Internal("no signing intermediate after initialisation".into()))?;
     let signer = load_intermediate(dir, &inter)?;
-    let active_jwt = crate::jwt_svid::ensure_active_key(&store, dir, unix(clock.now()), true)?;
+    let active_jwt = crate::jwt_svid::ensure_active_key(&*store, dir, unix(clock.now()), true)?;
     let jwt_signer = crate::jwt_svid::load_signer(dir, &active_jwt)?;
-    let bundle = bundle_from_store(&config.trust_domain, &store)?;
+    let bundle = bundle_from_store(&config.trust_domain, &*store)?;
     store.start_counting(unix(clock.now())).map_err(store_err)?;
     let state = CaState::new(config, store, clock, signer, jwt_signer, bundle);
     state.load_bundle_reports().map_err(store_err)?;
@@ -359,7 +363,7 @@ fn load(
 /// The bundle as stored: every root not retired, in the order they were added (so that
 /// activating a root does not change the bundle), every JWT-SVID key not retired, and the
 /// bundle in force of every federated trust domain.
-pub fn bundle_from_store(td: &TrustDomain, store: &Store) -> Result<TrustBundle, CaError> {
+pub fn bundle_from_store(td: &TrustDomain, store: &dyn Store) -> Result<TrustBundle, CaError> {
     let mut roots = store.roots().map_err(store_err)?;
     roots.retain(|r| r.state.in_bundle());
     roots.sort_by(|a, b| (a.added_at, &a.id).cmp(&(b.added_at, &b.id)));

@@ -57,7 +57,7 @@ impl CrlCache {
             let keys = DataDir(state.config.data_dir.clone()).keys();
             let wanted = id.clone();
             std::sync::Arc::new(
-                off_runtime(move || load_intermediate(&store, &keys, &wanted)).await?,
+                off_runtime(move || load_intermediate(&*store, &keys, &wanted)).await?,
             )
         };
         let entries: Vec<CrlEntry> = revocations
@@ -131,7 +131,7 @@ async fn next_crl_number(state: &CaState, id: &str, now: SystemTime) -> Result<u
     Ok(number)
 }
 
-fn load_intermediate(store: &Store, keys: &Path, id: &str) -> Result<SigningCa, CaError> {
+fn load_intermediate(store: &dyn Store, keys: &Path, id: &str) -> Result<SigningCa, CaError> {
     let record = store
         .intermediates()
         .map_err(crate::bootstrap::store_err)?

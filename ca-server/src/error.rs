@@ -78,12 +78,6 @@ impl From<Refusal> for Status {
     }
 }
 
-impl From<sled::Error> for CaError {
-    fn from(e: sled::Error) -> Self {
-        CaError::store("nothing was done", e)
-    }
-}
-
 impl From<trellis_identity::profile::ProfileError> for CaError {
     fn from(e: trellis_identity::profile::ProfileError) -> Self {
         use trellis_identity::profile::ProfileError;

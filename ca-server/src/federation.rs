@@ -22,7 +22,7 @@ use crate::attest::jwks::HttpsUrl;
 use crate::bootstrap::store_err;
 use crate::error::CaError;
 use crate::state::{CaState, stopped};
-use crate::store::{AuditRecord, FederationRecord, Mark, Store};
+use crate::store::{AuditRecord, Change, FederationRecord, Store};
 
 /// Refresh interval when a bundle gives no hint, and the bounds put on a hint.
 const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
@@ -91,7 +91,7 @@ fn given_bundle(td: &TrustDomain, bytes: &[u8]) -> Result<SpiffeBundle, CaError>
 /// The bundle in force of every federated trust domain, as the CA's own bundle carries them
 /// to sidecars. A stored bundle that no longer parses is left out, loudly: it cannot be
 /// trusted, and the other trust domains must not suffer for it.
-pub fn federated_bundles(store: &Store) -> Result<Federated, CaError> {
+pub fn federated_bundles(store: &dyn Store) -> Result<Federated, CaError> {
     let mut bundles = BTreeMap::new();
     for record in store.federations().map_err(store_err)? {
         match Federation::new(record).and_then(|f| {
@@ -150,12 +150,19 @@ impl CaState {
             added_at: now,
             added_by: actor.to_owned(),
         };
-        let _bundle_change = self.changing_bundle().await;
-        let mark = self.store.mark();
-        self.store.put_federation(&record).map_err(store_err)?;
-        self.audit_federation("federation_added", &record, actor, &url.to_string())?;
-        self.bump_for_federation(mark, "federation_added", &record.trust_domain)
-            .await?;
+        let audit = federation_audit(
+            "federation_added",
+            &record,
+            actor,
+            &url.to_string(),
+            self.now_unix(),
+        );
+        self.change_federations(Change {
+            federations: vec![record.clone()],
+            audit: vec![audit],
+            ..Change::default()
+        })
+        .await?;
         Ok(Federation { record, bundle })
     }
 
@@ -185,14 +192,14 @@ impl CaState {
     /// Stops trusting `trust_domain`.
     pub async fn remove_federation(&self, trust_domain: &str, actor: &str) -> Result<(), CaError> {
         let federation = self.federation(trust_domain)?;
-        let _bundle_change = self.changing_bundle().await;
-        let mark = self.store.mark();
-        self.store
-            .remove_federation(&federation.record.trust_domain)
-            .map_err(store_err)?;
-        self.audit_federation("federation_removed", &federation.record, actor, "")?;
-        self.bump_for_federation(mark, "federation_removed", &federation.record.trust_domain)
-            .await
+        let record = &federation.record;
+        let audit = federation_audit("federation_removed", record, actor, "", self.now_unix());
+        self.change_federations(Change {
+            removed_federations: vec![record.trust_domain.clone()],
+            audit: vec![audit],
+            ..Change::default()
+        })
+        .await
     }
 
     /// Fetches `trust_domain`'s bundle from its endpoint now. The outcome is recorded
@@ -215,20 +222,24 @@ impl CaState {
                 Err(reason)
             }
         };
-        let _bundle_change = self.changing_bundle().await;
-        let mark = self.store.mark();
-        self.store.put_federation(&record).map_err(store_err)?;
+        let mut change = Change {
+            federations: vec![record.clone()],
+            ..Change::default()
+        };
         if let Ok((bundle, true)) = &outcome {
             let detail = format!("bundle sequence {}", bundle.sequence);
-            self.audit_federation(
+            change.audit.push(federation_audit(
                 "federation_bundle_updated",
                 &record,
                 "bundle_endpoint",
                 &detail,
-            )?;
-            self.bump_for_federation(mark, "federation_bundle_updated", &record.trust_domain)
-                .await?;
+                self.now_unix(),
+            ));
+            self.change_federations(change).await?;
         } else {
+            // Only the attempt's outcome: the bundle in force is the same, so is the CA's.
+            let mark = self.store.mark();
+            self.store.apply(&change).map_err(store_err)?;
             self.store.durable(mark).await.map_err(store_err)?;
         }
         match outcome {
@@ -250,40 +261,43 @@ impl CaState {
         }
     }
 
-    /// A federated bundle changed: the CA's own bundle gets a new version (so sidecars take
-    /// it and acknowledge it), durably with the change since `mark`, and is published. The
-    /// caller holds [`CaState::changing_bundle`].
-    async fn bump_for_federation(
-        &self,
-        mark: Mark,
-        kind: &str,
-        trust_domain: &str,
-    ) -> Result<(), CaError> {
-        let version = self.bundle().version() + 1;
-        self.store.set_bundle_version(version).map_err(store_err)?;
+    /// A federated bundle changed (`change`): written in one step with a new version of
+    /// the CA's own bundle (so sidecars take it and acknowledge it), durably, then
+    /// published.
+    async fn change_federations(&self, mut change: Change) -> Result<(), CaError> {
+        let _bundle_change = self.changing_bundle().await;
+        change.bundle_version = Some(self.bundle().version() + 1);
+        let mark = self.store.mark();
+        self.store.apply(&change).map_err(store_err)?;
         self.store.durable(mark).await.map_err(store_err)?;
-        self.republish_bundle(kind, trust_domain).await
+        let kind = change.audit.first().map(|a| a.kind.as_str());
+        let trust_domain = change
+            .federations
+            .first()
+            .map(|f| f.trust_domain.as_str())
+            .or(change.removed_federations.first().map(String::as_str));
+        self.republish_bundle(kind.unwrap_or_default(), trust_domain.unwrap_or_default())
+            .await
     }
+}
 
-    fn audit_federation(
-        &self,
-        kind: &str,
-        record: &FederationRecord,
-        actor: &str,
-        detail: &str,
-    ) -> Result<(), CaError> {
-        self.store
-            .append_audit(&AuditRecord {
-                time: self.now_unix(),
-                kind: kind.into(),
-                spiffe_id: record.endpoint_spiffe_id.clone(),
-                serial: String::new(),
-                actor: actor.into(),
-                detail: format!("{} {detail}", record.trust_domain)
-                    .trim()
-                    .to_owned(),
-            })
-            .map_err(store_err)
+/// The audit entry of a federation change.
+fn federation_audit(
+    kind: &str,
+    record: &FederationRecord,
+    actor: &str,
+    detail: &str,
+    now: u64,
+) -> AuditRecord {
+    AuditRecord {
+        time: now,
+        kind: kind.into(),
+        spiffe_id: record.endpoint_spiffe_id.clone(),
+        serial: String::new(),
+        actor: actor.into(),
+        detail: format!("{} {detail}", record.trust_domain)
+            .trim()
+            .to_owned(),
     }
 }
 

@@ -80,21 +80,19 @@ impl CaState {
                 intermediate_id: record.intermediate_id.clone(),
                 reason_code: code.map(CrlReason::code),
             };
+            let audit = AuditRecord {
+                time: now,
+                kind: "certificate_revoked".into(),
+                spiffe_id: record.spiffe_id.clone(),
+                serial: record.serial.clone(),
+                actor: actor.to_owned(),
+                detail: reason.to_owned(),
+            };
             if self
                 .store
-                .put_revocation(&revocation)
+                .revoke(&revocation, &audit)
                 .map_err(unavailable)?
             {
-                self.store
-                    .append_audit(&AuditRecord {
-                        time: now,
-                        kind: "certificate_revoked".into(),
-                        spiffe_id: record.spiffe_id.clone(),
-                        serial: record.serial.clone(),
-                        actor: actor.to_owned(),
-                        detail: reason.to_owned(),
-                    })
-                    .map_err(unavailable)?;
                 newly.push(record.serial);
             }
         }

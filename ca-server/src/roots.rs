@@ -24,7 +24,7 @@ use crate::bootstrap::{self, DataDir, store_err};
 use crate::error::CaError;
 use crate::state::{CaState, off_runtime, stopped, unix};
 use crate::store::{
-    AuditRecord, CertRecord, IntermediateRecord, RootRecord, RootState, Store, StoreError,
+    AuditRecord, CertRecord, Change, IntermediateRecord, RootRecord, RootState, Store, StoreError,
 };
 
 /// How many identities a refusal names before "and N more".
@@ -60,9 +60,9 @@ pub struct Census {
 }
 
 impl Census {
-    fn take(store: &Store, now: u64, revoked: &HashSet<String>) -> Result<Self, StoreError> {
+    fn take(store: &dyn Store, now: u64, revoked: &HashSet<String>) -> Result<Self, StoreError> {
         let mut census = Census::default();
-        store.for_each_live(now, |r| {
+        store.for_each_live(now, &mut |r| {
             census.live_total += 1;
             *census.live_by_root.entry(r.root_id.clone()).or_default() += 1;
             if revoked.contains(&r.serial) {
@@ -92,7 +92,7 @@ impl CaState {
             .map(|r| r.serial.clone())
             .collect();
         let store = self.store.clone();
-        off_runtime(move || Census::take(&store, now, &revoked).map_err(store_err)).await
+        off_runtime(move || Census::take(&*store, now, &revoked).map_err(store_err)).await
     }
 }
 
@@ -250,9 +250,11 @@ impl CaState {
             key_file,
             added_in_bundle_version: version,
         };
-        let mark = self.store.mark();
-        self.store.put_root(&record).map_err(store_err)?;
-        self.bump_bundle(mark, version, "root_added", &record.id, actor)
+        let change = Change {
+            roots: vec![record.clone()],
+            ..Change::default()
+        };
+        self.bump_bundle(change, version, "root_added", &record.id, actor)
             .await?;
         Ok(record)
     }
@@ -327,25 +329,23 @@ impl CaState {
                 .map_err(|e| CaError::Unavailable(format!("writing the intermediate key: {e}")))
         })
         .await?;
-        let mark = self.store.mark();
+        let mut change = Change::default();
         for root in roots.iter_mut() {
             if root.state == RootState::Active {
                 root.state = RootState::Retiring;
-                self.store.put_root(root).map_err(store_err)?;
+                change.roots.push(root.clone());
             }
         }
         let mut activated = target;
         activated.state = RootState::Active;
-        self.store.put_root(&activated).map_err(store_err)?;
-        self.store
-            .activate_intermediate(&IntermediateRecord {
-                id: signer.id.clone(),
-                root_id: activated.id.clone(),
-                cert_der: signer.cert.to_vec(),
-                key_file: inter_key_file,
-            })
-            .map_err(store_err)?;
-        self.audit_root(
+        change.roots.push(activated.clone());
+        change.intermediate = Some(IntermediateRecord {
+            id: signer.id.clone(),
+            root_id: activated.id.clone(),
+            cert_der: signer.cert.to_vec(),
+            key_file: inter_key_file,
+        });
+        change.audit.push(self.root_audit(
             "root_activated",
             id,
             actor,
@@ -358,8 +358,8 @@ impl CaState {
                     ""
                 }
             ),
-        )?;
-        self.store.durable(mark).await.map_err(store_err)?;
+        ));
+        self.commit_root_change(&change).await?;
         self.set_signer(signer);
         // The CA's own serving certificate moves now, not in the background, so that a
         // retirement right after this cannot cut clients off from the CA.
@@ -424,35 +424,38 @@ impl CaState {
         }
         let mut retired = target;
         retired.state = RootState::Retired;
-        let mark = self.store.mark();
-        self.store.put_root(&retired).map_err(store_err)?;
+        let change = Change {
+            roots: vec![retired.clone()],
+            ..Change::default()
+        };
         let _bundle_change = self.changing_bundle().await;
         let version = self.bundle().version() + 1;
-        self.bump_bundle(mark, version, "root_retired", id, actor)
+        self.bump_bundle(change, version, "root_retired", id, actor)
             .await?;
         Ok(retired)
     }
 
-    /// Records a new bundle version, durably (with every write since `mark`), and
-    /// publishes it.
+    /// Records `change` with a new bundle version, durably, and publishes the bundle.
     pub(crate) async fn bump_bundle(
         &self,
-        mark: crate::store::Mark,
+        mut change: Change,
         version: u64,
         kind: &str,
         root: &str,
         actor: &str,
     ) -> Result<(), CaError> {
-        self.store.set_bundle_version(version).map_err(store_err)?;
-        self.audit_root(kind, root, actor, &format!("bundle version {version}"))?;
-        self.store.durable(mark).await.map_err(store_err)?;
+        change.bundle_version = Some(version);
+        change
+            .audit
+            .push(self.root_audit(kind, root, actor, &format!("bundle version {version}")));
+        self.commit_root_change(&change).await?;
         self.republish_bundle(kind, root).await
     }
 
     /// Publishes the bundle as now stored (and rewrites bundle.pem), after a change of
     /// `subject` by `kind` that has already been made durable with its new version.
     pub(crate) async fn republish_bundle(&self, kind: &str, subject: &str) -> Result<(), CaError> {
-        let bundle = bootstrap::bundle_from_store(&self.config.trust_domain, &self.store)?;
+        let bundle = bootstrap::bundle_from_store(&self.config.trust_domain, &*self.store)?;
         let path = DataDir(self.config.data_dir.clone()).bundle_pem();
         let pem = bundle.to_pem();
         off_runtime(move || {
@@ -472,20 +475,31 @@ impl CaState {
         Ok(())
     }
 
-    fn audit_root(&self, kind: &str, root: &str, actor: &str, detail: &str) -> Result<(), CaError> {
-        self.store
-            .append_audit(&AuditRecord {
-                time: self.now_unix(),
-                kind: kind.into(),
-                spiffe_id: String::new(),
-                serial: root.into(),
-                actor: actor.into(),
-                detail: detail.into(),
-            })
-            .map_err(store_err)?;
-        // Every root change is signed into the audit log at once (durable with the change).
+    /// Writes `change` in one step and signs the audit log's new head at once (every
+    /// root change is checkpointed), then waits until both are durable.
+    async fn commit_root_change(&self, change: &Change) -> Result<(), CaError> {
+        let mark = self.store.mark();
+        self.store.apply(change).map_err(store_err)?;
         self.checkpoint_audit()?;
-        Ok(())
+        self.store.durable(mark).await.map_err(store_err)
+    }
+
+    /// The audit entry of a change to root (or JWT key) `root`.
+    pub(crate) fn root_audit(
+        &self,
+        kind: &str,
+        root: &str,
+        actor: &str,
+        detail: &str,
+    ) -> AuditRecord {
+        AuditRecord {
+            time: self.now_unix(),
+            kind: kind.into(),
+            spiffe_id: String::new(),
+            serial: root.into(),
+            actor: actor.into(),
+            detail: detail.into(),
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use trellis_identity::profile::SigningCa;
 #[derive(Debug)]
 pub struct CaState {
     pub config: Config,
-    pub store: Store,
+    pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     signer: RwLock<Signer>,
     /// The active JWT-SVID signing key.
@@ -94,7 +94,7 @@ impl CaState {
     /// Assembles the state of an initialised CA.
     pub fn new(
         config: Config,
-        store: Store,
+        store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         signer: SigningCa,
         jwt_signer: Arc<JwtSigner>,

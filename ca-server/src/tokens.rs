@@ -70,7 +70,7 @@ impl CaState {
         let expires_at = now + ttl.as_secs();
         let mark = self.store.mark();
         self.store
-            .put_token(
+            .create_token(
                 &hash(&secret),
                 &TokenRecord {
                     spiffe_id: spiffe_id.to_string(),
@@ -80,17 +80,15 @@ impl CaState {
                     used_at: None,
                     used_for_serial: None,
                 },
-            )
-            .and_then(|()| {
-                self.store.append_audit(&AuditRecord {
+                &AuditRecord {
                     time: now,
                     kind: "join_token_created".into(),
                     spiffe_id: spiffe_id.to_string(),
                     serial: String::new(),
                     actor: created_by.to_owned(),
                     detail: format!("expires at unix {expires_at}"),
-                })
-            })
+                },
+            )
             .map_err(|e| CaError::store(TOKEN_NOT_CREATED, e))?;
         self.store
             .durable(mark)

@@ -257,7 +257,7 @@ struct SignedStore {
     _dir: tempfile::TempDir,
     data: PathBuf,
     anchors: PathBuf,
-    store: Store,
+    store: std::sync::Arc<dyn Store>,
     signer: SigningCa,
 }
 
@@ -265,7 +265,7 @@ impl SignedStore {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("ca");
-        let store = Store::open(&data.join("db")).unwrap();
+        let store = trellis_ca::store::open(&data.join("db")).unwrap();
         store.set_trust_domain("cluster.local").unwrap();
         let td = TrustDomain::new("cluster.local").unwrap();
         let now = SystemTime::now();
@@ -314,7 +314,7 @@ impl SignedStore {
         drop(store);
         let result = verify_when_free(&data, Some(&anchors)).await;
         let store = loop {
-            match Store::open(&data.join("db")) {
+            match trellis_ca::store::open(&data.join("db")) {
                 Ok(store) => break store,
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
             }
@@ -394,7 +394,7 @@ async fn a_log_written_before_the_chain_is_chained_in_order_on_first_use() {
         }
         db.flush().unwrap();
     }
-    let store = Store::open(&db_dir).unwrap();
+    let store = trellis_ca::store::open(&db_dir).unwrap();
     let entries = store.audit_after(0, 100).unwrap();
     let numbered: Vec<_> = entries.iter().map(|(seq, e)| (*seq, e.time)).collect();
     assert_eq!(numbered, vec![(1, 10), (2, 11), (3, 12)]);

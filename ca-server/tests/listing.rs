@@ -114,7 +114,7 @@ async fn every_certificate_is_listed_exactly_once_across_pages() {
     ca.running()
         .state
         .store
-        .for_each_certificate(|r| {
+        .for_each_certificate(&mut |r| {
             if !written.contains_key(&r.serial) {
                 everything.push(r.serial);
             }

@@ -22,7 +22,7 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 /// Writes `count` records expiring at `not_after`, returning their serials.
-fn fill(store: &Store, tag: u8, count: u32, not_after: u64) -> Vec<Vec<u8>> {
+fn fill(store: &dyn Store, tag: u8, count: u32, not_after: u64) -> Vec<Vec<u8>> {
     (0..count)
         .map(|i| {
             let mut serial = vec![tag; 12];
@@ -72,9 +72,9 @@ async fn records_past_retention_go_and_the_rest_stay() {
     .await;
     let state = &ca.running().state;
     let now = unix(clock.now());
-    let old = fill(&state.store, 0xa1, 30, now - 2 * HOUR);
-    let recent = fill(&state.store, 0xa2, 10, now - HOUR / 2);
-    let live = fill(&state.store, 0xa3, 5, now + HOUR);
+    let old = fill(&*state.store, 0xa1, 30, now - 2 * HOUR);
+    let recent = fill(&*state.store, 0xa2, 10, now - HOUR / 2);
+    let live = fill(&*state.store, 0xa3, 5, now + HOUR);
     let issued_before = state.store.issued_total().expect("open");
 
     let (_stop_tx, mut stop) = watch::channel(false);
@@ -131,7 +131,7 @@ async fn a_retention_of_zero_keeps_every_record() {
     .await;
     let state = ca.running().state.clone();
     let now = unix(clock.now());
-    let old = fill(&state.store, 0xb1, 20, now - 1000 * HOUR);
+    let old = fill(&*state.store, 0xb1, 20, now - 1000 * HOUR);
     let (_stop_tx, stop) = watch::channel(false);
     tokio::time::timeout(
         Duration::from_secs(5),

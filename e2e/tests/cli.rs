@@ -318,7 +318,7 @@ fn cert_list_and_show_find_what_was_issued() {
 /// it, and the JSON is one document with every record exactly once.
 #[test]
 fn cert_list_pages_through_a_store_larger_than_a_grpc_message() {
-    use trellis_ca::store::{CertRecord, Store};
+    use trellis_ca::store::CertRecord;
     const RECORDS: u32 = 6_500;
     let mut ca = Ca::start();
     ca.stop();
@@ -330,7 +330,7 @@ fn cert_list_pages_through_a_store_larger_than_a_grpc_message() {
         .as_secs();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let store = Store::open(&ca.data_dir.join("db")).expect("open the CA's store");
+        let store = trellis_ca::store::open(&ca.data_dir.join("db")).expect("open the CA's store");
         for i in 0..RECORDS {
             let mut serial = vec![0x5a; 12];
             serial.extend_from_slice(&i.to_be_bytes());
@@ -658,7 +658,7 @@ fn jwt_key_rotation_from_the_cli_refuses_retiring_a_key_whose_tokens_may_live() 
 /// `cert show` of a pruned serial says why it is not found.
 #[test]
 fn expired_records_past_retention_are_removed_and_show_says_why() {
-    use trellis_ca::store::{CertRecord, Store};
+    use trellis_ca::store::CertRecord;
     let mut ca = Ca::start_with(&["--certificate-retention", "30m"]);
     ca.stop();
     let now = std::time::SystemTime::now()
@@ -668,7 +668,7 @@ fn expired_records_past_retention_are_removed_and_show_says_why() {
     let serial_hex = |tag: u8, i: u8| trellis_identity::hex::encode(&[tag, tag, tag, i]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let store = Store::open(&ca.data_dir.join("db")).expect("open the CA's store");
+        let store = trellis_ca::store::open(&ca.data_dir.join("db")).expect("open the CA's store");
         for (tag, expired_ago) in [(0x0au8, 3600u64), (0x0bu8, 600u64)] {
             for i in 0..5u8 {
                 let record = CertRecord {

@@ -405,9 +405,9 @@ fn a_start_refused_on_a_full_disk_does_not_stop_the_next_one() {
 /// flush again (the write may not have reached the disk).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_store_never_acknowledges_a_write_made_before_it_was_reopened() {
-    use trellis_ca::store::{AuditRecord, Store};
+    use trellis_ca::store::AuditRecord;
     let disk = Tmpfs::mount("8m");
-    let store = Store::open(&disk.path().join("db")).expect("open the store");
+    let store = trellis_ca::store::open(&disk.path().join("db")).expect("open the store");
     let entry = AuditRecord {
         time: 1,
         kind: "test".into(),

@@ -28,7 +28,7 @@ use crate::issuance::Credential;
 use crate::limits::ClientKey;
 use crate::revocation::RevokeTarget;
 use crate::state::CaState;
-use crate::store::{AuditRecord, identity_prefix};
+use crate::store::{AuditRecord, ErrorKind, Listing, PageToken};
 
 /// The admin API over the CA state.
 #[derive(Debug, Clone)]
@@ -49,20 +49,6 @@ const DEFAULT_PAGE: usize = 500;
 const MAX_PAGE: usize = 1000;
 /// Index entries one `ListCertificates` call reads at most, matched or not.
 const SCAN_PER_PAGE: usize = 10 * MAX_PAGE;
-/// How a page token of the expiry-ordered listing starts (not a hex digit).
-const EXPIRY_TOKEN: &str = "x";
-
-/// Which index a listing walks, and where it resumes.
-enum Listing {
-    /// Unexpired certificates of every identity, by expiry.
-    Expiry { after: Option<Vec<u8>> },
-    /// One identity's certificates (`prefix`), or every record ever kept (empty prefix).
-    Identity {
-        prefix: Vec<u8>,
-        after: Option<Vec<u8>>,
-    },
-}
-
 fn caller<T>(request: &Request<T>) -> Result<SpiffeId, Status> {
     request
         .extensions()
@@ -172,66 +158,31 @@ impl Admin for AdminService {
                     .into(),
             ))
         };
-        // Without an identity, unexpired certificates come from the expiry index (O(page),
-        // however much history the store holds), in expiry order; its tokens start with
-        // EXPIRY_TOKEN, which no hex identity-index token does.
-        let listing = if filter.spiffe_id.is_empty() && !filter.include_expired {
-            let after = match filter.page_token.as_str() {
-                "" => None,
-                token => Some(
-                    token
-                        .strip_prefix(EXPIRY_TOKEN)
-                        .and_then(hex::decode)
-                        .ok_or_else(bad_token)?,
-                ),
-            };
-            Listing::Expiry { after }
-        } else {
-            let prefix = if filter.spiffe_id.is_empty() {
-                Vec::new()
-            } else {
-                identity_prefix(parse_id("spiffe_id", &filter.spiffe_id)?.as_str())
-            };
-            let after = match filter.page_token.as_str() {
-                "" => None,
-                token => Some(
-                    hex::decode(token)
-                        .filter(|key| key.starts_with(&prefix))
-                        .ok_or_else(bad_token)?,
-                ),
-            };
-            Listing::Identity { prefix, after }
+        // Without an identity, unexpired certificates come in expiry order (O(page), however
+        // much history the store holds); with one, or with expired ones, by identity.
+        let spiffe_id = match filter.spiffe_id.as_str() {
+            "" => None,
+            id => Some(parse_id("spiffe_id", id)?.as_str().to_owned()),
         };
+        let after = (!filter.page_token.is_empty()).then(|| PageToken(filter.page_token.clone()));
         let store = self.state.store.clone();
         let (page, next_page_token) = tokio::task::spawn_blocking(move || {
-            let (page, token_prefix) = match &listing {
-                Listing::Expiry { after } => (
-                    store.expiring_page(
-                        now,
-                        expiring_before,
-                        after.as_deref(),
-                        page_size,
-                        SCAN_PER_PAGE,
-                        keep,
-                    )?,
-                    EXPIRY_TOKEN,
-                ),
-                Listing::Identity { prefix, after } => (
-                    store.certificates_page(
-                        prefix,
-                        after.as_deref(),
-                        page_size,
-                        SCAN_PER_PAGE,
-                        keep,
-                    )?,
-                    "",
-                ),
+            let listing = if spiffe_id.is_none() && !include_expired {
+                Listing::Expiring {
+                    now,
+                    until: expiring_before,
+                }
+            } else {
+                Listing::ByIdentity(spiffe_id.as_deref())
             };
-            let token = page
-                .next
-                .as_ref()
-                .map(|key| format!("{token_prefix}{}", hex::encode(key)))
-                .unwrap_or_default();
+            let page = store.certificates_page(
+                listing,
+                after.as_ref(),
+                page_size,
+                SCAN_PER_PAGE,
+                &keep,
+            )?;
+            let token = page.next.map(|t| t.0).unwrap_or_default();
             let mut with_revocations = Vec::with_capacity(page.certificates.len());
             for (record, der) in page.certificates {
                 let serial = hex::decode(&record.serial).unwrap_or_default();
@@ -242,7 +193,10 @@ impl Admin for AdminService {
         })
         .await
         .map_err(|e| CaError::Internal(format!("listing task: {e}")))?
-        .map_err(store_err)?;
+        .map_err(|e| match e.kind() {
+            ErrorKind::Invalid => bad_token(),
+            _ => store_err(e).into(),
+        })?;
         let certificates = page
             .into_iter()
             .map(|(record, der, revocation)| convert::record(record, der, revocation))

@@ -79,8 +79,12 @@ impl WorkloadCa for WorkloadService {
             .and_then(|p| p.remote_addr);
         let body = request.into_inner();
         // Admission before any cryptography, so that refusing is cheap.
-        let (key, record) =
-            limits::certify_key(&self.state.store, body.credential.is_some(), &chain, remote);
+        let (key, record) = limits::certify_key(
+            &*self.state.store,
+            body.credential.is_some(),
+            &chain,
+            remote,
+        );
         let _permit = self
             .state
             .limits

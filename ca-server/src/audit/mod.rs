@@ -1,5 +1,6 @@
 //! The audit log's signed checkpoints and its retention. The chain itself is in
-//! `store/audit.rs` (storage) and `trellis_identity::audit_log` (hashing, verification).
+//! `store/sled/audit.rs` (storage, behind the `Store` trait) and
+//! `trellis_identity::audit_log` (hashing, verification).
 //!
 //! The CA signs a checkpoint of the chain's head with its signing intermediate every
 //! `[audit] checkpoint_interval` when the log grew, on every root change and at shutdown.

@@ -7,7 +7,6 @@ use trellis_identity::audit_log::{self, ChainedEntry, Tamper, Verified};
 use trellis_identity::{TrustBundle, TrustDomain, pem};
 
 use crate::bootstrap::DataDir;
-use crate::store::Store;
 
 /// What verification found: the trust domain's log verified, or the first problem.
 pub type Outcome = Result<Verified, Tamper>;
@@ -37,7 +36,7 @@ pub async fn verify(
     anchors: Option<&Path>,
 ) -> Result<(String, Outcome), OfflineError> {
     let dir = DataDir(data_dir.to_owned());
-    let store = Store::open(&dir.db()).map_err(|e| OfflineError::Open {
+    let store = crate::store::open(&dir.db()).map_err(|e| OfflineError::Open {
         dir: dir.db(),
         detail: e.to_string(),
     })?;

@@ -26,7 +26,7 @@ use crate::config::ConfigError;
 use crate::error::CaError;
 use crate::peer::PeerChain;
 use crate::state::CaState;
-use crate::store::{AuditRecord, JwtKeyRecord, RootState, Store};
+use crate::store::{AuditRecord, Change, JwtKeyRecord, RootState, Store};
 use trellis_identity::spiffe::reserved::PREFIX as RESERVED_PREFIX;
 
 /// The longest JWT-SVID lifetime a configuration may allow.
@@ -177,7 +177,7 @@ pub fn generate_key(dir: &DataDir, now: u64, bundle_version: u64) -> Result<JwtK
 /// key that did not exist, so no workload can refuse a token for lacking it, except for
 /// the moment until its bundle stream delivers it.
 pub fn ensure_active_key(
-    store: &Store,
+    store: &dyn Store,
     dir: &DataDir,
     now: u64,
     published: bool,
@@ -192,16 +192,19 @@ pub fn ensure_active_key(
     }
     let mut record = generate_key(dir, now, version)?;
     record.state = RootState::Active;
-    store.put_jwt_key(&record).map_err(store_err)?;
-    store.set_bundle_version(version).map_err(store_err)?;
     store
-        .append_audit(&AuditRecord {
-            time: now,
-            kind: "jwt_key_created".into(),
-            spiffe_id: String::new(),
-            serial: record.kid.clone(),
-            actor: "trellis-ca".into(),
-            detail: format!("JWT-SVID signing key, active, bundle version {version}"),
+        .apply(&Change {
+            jwt_keys: vec![record.clone()],
+            bundle_version: Some(version),
+            audit: vec![AuditRecord {
+                time: now,
+                kind: "jwt_key_created".into(),
+                spiffe_id: String::new(),
+                serial: record.kid.clone(),
+                actor: "trellis-ca".into(),
+                detail: format!("JWT-SVID signing key, active, bundle version {version}"),
+            }],
+            ..Change::default()
         })
         .map_err(store_err)?;
     store.flush_now().map_err(store_err)?;
@@ -210,7 +213,7 @@ pub fn ensure_active_key(
 }
 
 /// The keys the bundle carries: every one not retired, oldest first.
-pub fn bundle_keys(store: &Store) -> Result<Vec<trellis_identity::bundle::JwtKey>, CaError> {
+pub fn bundle_keys(store: &dyn Store) -> Result<Vec<trellis_identity::bundle::JwtKey>, CaError> {
     Ok(store
         .jwt_keys()
         .map_err(store_err)?

@@ -15,7 +15,7 @@ use crate::bootstrap::{DataDir, store_err};
 use crate::error::CaError;
 use crate::roots::describe;
 use crate::state::CaState;
-use crate::store::{AuditRecord, JwtKeyRecord, RootState};
+use crate::store::{Change, JwtKeyRecord, RootState};
 
 /// A key with what the CLI shows.
 #[derive(Debug, Clone)]
@@ -68,9 +68,11 @@ impl CaState {
         let _bundle_change = self.changing_bundle().await;
         let version = self.bundle().version() + 1;
         let record = generate_key(&dir, self.now_unix(), version)?;
-        let mark = self.store.mark();
-        self.store.put_jwt_key(&record).map_err(store_err)?;
-        self.bump_bundle(mark, version, "jwt_key_added", &record.kid, actor)
+        let change = Change {
+            jwt_keys: vec![record.clone()],
+            ..Change::default()
+        };
+        self.bump_bundle(change, version, "jwt_key_added", &record.kid, actor)
             .await?;
         Ok(JwtKeyView {
             retirable_at: self.retirable_at(&record),
@@ -119,19 +121,19 @@ impl CaState {
         let dir = DataDir(self.config.data_dir.clone());
         let signer = std::sync::Arc::new(JwtSigner::load(&dir, &target)?);
         let now = self.now_unix();
-        let mark = self.store.mark();
+        let mut change = Change::default();
         for mut key in self.store.jwt_keys().map_err(store_err)? {
             if key.state == RootState::Active {
                 key.state = RootState::Retiring;
                 key.deactivated_at = Some(now);
-                self.store.put_jwt_key(&key).map_err(store_err)?;
+                change.jwt_keys.push(key);
             }
         }
         let mut activated = target;
         activated.state = RootState::Active;
         activated.deactivated_at = None;
-        self.store.put_jwt_key(&activated).map_err(store_err)?;
-        self.audit_jwt_key(
+        change.jwt_keys.push(activated.clone());
+        change.audit.push(self.root_audit(
             "jwt_key_activated",
             kid,
             actor,
@@ -140,7 +142,9 @@ impl CaState {
             } else {
                 ""
             },
-        )?;
+        ));
+        let mark = self.store.mark();
+        self.store.apply(&change).map_err(store_err)?;
         self.store.durable(mark).await.map_err(store_err)?;
         self.set_jwt_signer(signer);
         tracing::info!(kid, "JWT key activated; new JWT-SVIDs are signed with it");
@@ -186,34 +190,17 @@ impl CaState {
         }
         let mut retired = target;
         retired.state = RootState::Retired;
-        let mark = self.store.mark();
-        self.store.put_jwt_key(&retired).map_err(store_err)?;
+        let change = Change {
+            jwt_keys: vec![retired.clone()],
+            ..Change::default()
+        };
         let _bundle_change = self.changing_bundle().await;
         let version = self.bundle().version() + 1;
-        self.bump_bundle(mark, version, "jwt_key_retired", kid, actor)
+        self.bump_bundle(change, version, "jwt_key_retired", kid, actor)
             .await?;
         Ok(JwtKeyView {
             retirable_at,
             record: retired,
         })
-    }
-
-    fn audit_jwt_key(
-        &self,
-        kind: &str,
-        kid: &str,
-        actor: &str,
-        detail: &str,
-    ) -> Result<(), CaError> {
-        self.store
-            .append_audit(&AuditRecord {
-                time: self.now_unix(),
-                kind: kind.into(),
-                spiffe_id: String::new(),
-                serial: kid.into(),
-                actor: actor.into(),
-                detail: detail.into(),
-            })
-            .map_err(store_err)
     }
 }

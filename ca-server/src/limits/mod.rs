@@ -202,7 +202,7 @@ impl Limits {
 /// the CA's record of the presented leaf when it matches byte for byte, so the renewal
 /// (after verifying the chain) need not read it again.
 pub fn certify_key(
-    store: &Store,
+    store: &dyn Store,
     bootstrap: bool,
     chain: &PeerChain,
     remote: Option<SocketAddr>,

@@ -15,21 +15,12 @@ pub enum Cause {
 }
 
 impl Cause {
-    /// Classifies an I/O error by its kind (sled keeps the kind when it clones an error, not
-    /// the OS error number).
+    /// Classifies an I/O error by its kind.
     pub fn of_io(e: &std::io::Error) -> Self {
         match e.kind() {
             ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Cause::DiskFull,
             ErrorKind::ReadOnlyFilesystem => Cause::ReadOnly,
             _ => Cause::Io(e.to_string()),
-        }
-    }
-
-    /// Classifies a sled error; `None` if it is not an I/O failure (corruption, a bug).
-    pub fn of_sled(e: &sled::Error) -> Option<Self> {
-        match e {
-            sled::Error::Io(io) => Some(Self::of_io(io)),
-            _ => None,
         }
     }
 }
@@ -94,9 +85,5 @@ mod tests {
             text.contains("read-only") && text.contains("remount"),
             "{text}"
         );
-        // sled's clone of an I/O error keeps its kind.
-        let cloned = sled::Error::Io(full).clone();
-        assert_eq!(Cause::of_sled(&cloned), Some(Cause::DiskFull));
-        assert_eq!(Cause::of_sled(&sled::Error::Unsupported("x".into())), None);
     }
 }

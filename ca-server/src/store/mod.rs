@@ -1,81 +1,97 @@
-//! The CA's durable state in one sled database: issued certificates (by serial, and an index
-//! by identity), trust roots, intermediates, join-token hashes, the audit log and metadata.
+//! What the CA needs from storage, as one interface: [`Store`]. The CA holds an
+//! `Arc<dyn Store>` and nothing else of its storage; the embedded default is sled
+//! ([`sled::SledStore`], opened by [`open`]).
 //!
-//! Architecture invariant: a certificate is recorded, and that record flushed to disk, before
-//! the reply that carries it is sent. [`Store::record_issuance`] writes the records, then
-//! [`Store::durable`] waits for a (shared) fsync.
+//! Architecture invariant: a certificate is recorded, and that record durable, before the
+//! reply that carries it is sent. A writer takes a [`Store::mark`], writes, then awaits
+//! [`Store::durable`] with the mark; an implementation whose writes are durable when they
+//! return (a SQL transaction that committed) answers at once.
 //!
-//! Why no sled transactions: in sled 0.34 a transaction (or `apply_batch`) takes a
-//! process-wide write lock that serialises every other operation; plain `insert` and
-//! `compare_and_swap` do not. So an issuance is a short sequence of single-key atomic writes,
-//! ordered so that any prefix of it (all a crash can leave, since every tree shares one
-//! ordered log, and nothing is acknowledged before the flush) is harmless:
-//! 1. consume the join token (`compare_and_swap` on its record: single use is atomic);
-//! 2. write the identity index entry (an entry without a certificate is skipped on read);
-//! 3. write the expiry index entry (`index.rs`; one without a certificate is removed at
-//!    start-up if unexpired, by retention otherwise);
-//! 4. write the certificate, meta and DER in one value, with `compare_and_swap` from
-//!    absent, which is also what guarantees a serial is never used twice;
-//! 5. increment `issued_total` (one short after a crash here, for an issuance that was
-//!    never acknowledged);
-//! 6. append the audit entries.
+//! Every invariant that spans records is one call, so that an implementation can make it
+//! one transaction: [`Store::record_issuance`] consumes the join token, records the
+//! certificate under a serial never used before, counts it and appends its audit entries;
+//! it does all of that or nothing an acknowledgement could depend on.
 //!
-//! A crash after step 1 burns the token without a certificate: it fails closed.
+//! The interface is in the CA's terms (serial numbers, SPIFFE IDs, expiry instants, opaque
+//! page tokens), never in an implementation's (trees, keys, transactions), and its errors are
+//! [`StoreError`]s whose [`ErrorKind`] says what a caller can do: nothing found, a conflict
+//! with what is stored, retry later, or damaged data.
 //!
-//! Nothing that a request or a scrape reads scans the history: the census, "expiring
-//! within" and retention walk the expiry index from "now" or up to a cut-off, and the
-//! counters are kept as they change (`index.rs`). Retention removes expired records in
-//! small batches, index entries last.
-//!
-//! A full or read-only disk is the same as a crash for what was not yet flushed: the failed
-//! database is closed and reopened (`live.rs`), and nothing written to it since the last
-//! good flush is acknowledged.
+//! Methods are synchronous and may block on I/O: reads that walk many records (the census,
+//! listings, pruning) are called off the async workers (`crate::state::off_runtime`); single
+//! writes are expected to be cheap (sled applies them in memory) and the wait for the disk
+//! is [`Store::durable`], which is async and shared by concurrent writers (group commit).
 
-mod audit;
-mod commit;
 mod failure;
-mod federation;
-mod index;
-#[cfg(test)]
-mod index_tests;
-mod jwt_keys;
-mod live;
 pub mod records;
+pub mod sled;
+
 #[cfg(test)]
-mod tests;
+pub(crate) mod conformance;
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use trellis_identity::audit_log::{ChainedEntry, Checkpoint, Head};
 
-pub use commit::{Committer, Flushable};
 pub use failure::{Cause, Failure};
-pub use federation::FederationRecord;
-pub use jwt_keys::JwtKeyRecord;
-pub use live::Mark;
 pub use records::{
-    AuditRecord, CertRecord, IntermediateRecord, RevocationRecord, RootRecord, RootState,
-    TokenRecord,
+    AuditRecord, CertRecord, FederationRecord, IntermediateRecord, JwtKeyRecord, RevocationRecord,
+    RootRecord, RootState, TokenRecord,
 };
+
+/// Opens (creating if needed) the embedded store in `dir`. Needs a tokio runtime (for the
+/// group-commit task and for reopening after a write failure).
+pub fn open(dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(sled::SledStore::open(dir)?))
+}
+
+/// A future a [`Store`] returns (boxed, so that the trait can be used as `dyn Store`).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a caller can do about a [`StoreError`] or a [`RecordError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// What the request named is not stored (an unknown join token).
+    NotFound,
+    /// The write contradicts what is stored (a serial already used, a join token already
+    /// used or expired); retrying the same write cannot succeed.
+    Conflict,
+    /// The caller passed something the store never produced (a page token of another
+    /// listing).
+    Invalid,
+    /// The store cannot serve now (disk full, read-only, connection lost, reopened while
+    /// the write was in flight); nothing was acknowledged, a retry later may succeed.
+    Unavailable,
+    /// Stored data cannot be read back; it needs an operator (restore from a backup).
+    Corrupt,
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("storage: {0}")]
-    Storage(String),
-    /// The database cannot write (disk full, read-only, I/O error) and is being reopened.
+    /// The storage cannot write (disk full, read-only, I/O error) and is being reopened.
     #[error("{0}")]
     Unavailable(Failure),
-    #[error("corrupt record in tree {tree}: {reason}")]
-    Corrupt { tree: &'static str, reason: String },
-    /// sled cannot read the database files themselves (unfinished snapshots, which an
-    /// interrupted start leaves, are removed before opening, so this is real damage).
+    /// A transient failure other than the disk's (says what to do).
+    #[error("{0}")]
+    Retry(String),
+    /// A failure of the storage engine that is neither the disk's nor the data's.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// A page token that this listing did not return.
+    #[error("page token {0:?} is not one this listing returned")]
+    BadPageToken(String),
+    /// A stored record that does not decode.
+    #[error("corrupt record in {table}: {reason}")]
+    Corrupt { table: &'static str, reason: String },
+    /// The storage's own files cannot be read (unfinished snapshots, which an interrupted
+    /// start leaves, are removed before opening, so this is real damage).
     #[error(
-        "the database in {dir} is damaged and cannot be opened (sled: {detail}); restore that \
+        "the database in {dir} is damaged and cannot be opened ({detail}); restore that \
          directory from a backup of the data directory"
     )]
     Damaged {
@@ -84,9 +100,14 @@ pub enum StoreError {
     },
 }
 
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        StoreError::Storage(e.to_string())
+impl StoreError {
+    /// What a caller can do about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Unavailable(_) | Self::Retry(_) | Self::Storage(_) => ErrorKind::Unavailable,
+            Self::BadPageToken(_) => ErrorKind::Invalid,
+            Self::Corrupt { .. } | Self::Damaged { .. } => ErrorKind::Corrupt,
+        }
     }
 }
 
@@ -101,6 +122,18 @@ pub enum RecordError {
     Store(#[from] StoreError),
 }
 
+impl RecordError {
+    /// What a caller can do about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::SerialTaken => ErrorKind::Conflict,
+            Self::Token(TokenRefusal::Unknown) => ErrorKind::NotFound,
+            Self::Token(_) => ErrorKind::Conflict,
+            Self::Store(e) => e.kind(),
+        }
+    }
+}
+
 /// Why a join token cannot be redeemed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenRefusal {
@@ -112,670 +145,8 @@ pub enum TokenRefusal {
     Expired { at: u64 },
 }
 
-/// A page of [`Store::certificates_page`].
-#[derive(Debug, Default)]
-pub struct CertPage {
-    /// The records and their DER, in index order.
-    pub certificates: Vec<(CertRecord, Vec<u8>)>,
-    /// The index key to continue after, if the listing may go on.
-    pub next: Option<Vec<u8>>,
-}
-
-/// The index prefix of every certificate of `spiffe_id`, for [`Store::certificates_page`].
-pub fn identity_prefix(spiffe_id: &str) -> Vec<u8> {
-    identity_key(spiffe_id, &[])
-}
-
-/// A token to consume as part of an issuance.
-#[derive(Debug, Clone, Copy)]
-pub struct TokenUse {
-    pub hash: [u8; 32],
-    pub now: u64,
-}
-
-const META_TRUST_DOMAIN: &[u8] = b"trust_domain";
-const META_BUNDLE_VERSION: &[u8] = b"bundle_version";
-const META_ACTIVE_INTERMEDIATE: &[u8] = b"active_intermediate";
-/// Followed by an intermediate's id: the number of the last CRL it signed.
-const META_CRL_NUMBER: &str = "crl_number/";
-
-/// The CA's database.
-#[derive(Debug, Clone)]
-pub struct Store {
-    live: Arc<live::Live>,
-    committer: Committer,
-    counters: Arc<index::Counters>,
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("records are plain data and always serialise")
-}
-
-fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        tree,
-        reason: e.to_string(),
-    })
-}
-
-/// A certificate value: 4-byte big-endian length of the JSON metadata, the metadata, the DER.
-fn encode_certificate(record: &CertRecord, der: &[u8]) -> Vec<u8> {
-    let meta = encode(record);
-    let len = u32::try_from(meta.len()).expect("certificate metadata is far below 4 GiB");
-    let mut value = Vec::with_capacity(4 + meta.len() + der.len());
-    value.extend_from_slice(&len.to_be_bytes());
-    value.extend_from_slice(&meta);
-    value.extend_from_slice(der);
-    value
-}
-
-fn decode_certificate(value: &[u8]) -> Result<(CertRecord, Vec<u8>), StoreError> {
-    let corrupt = |reason: &str| StoreError::Corrupt {
-        tree: "certs",
-        reason: reason.to_owned(),
-    };
-    let len_bytes: [u8; 4] = value
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| corrupt("value shorter than its length prefix"))?;
-    let meta_end = 4 + u32::from_be_bytes(len_bytes) as usize;
-    let meta = value
-        .get(4..meta_end)
-        .ok_or_else(|| corrupt("metadata length exceeds the value"))?;
-    Ok((decode("certs", meta)?, value[meta_end..].to_vec()))
-}
-
-fn identity_key(spiffe_id: &str, serial: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(spiffe_id.len() + 1 + serial.len());
-    key.extend_from_slice(spiffe_id.as_bytes());
-    key.push(0);
-    key.extend_from_slice(serial);
-    key
-}
-
-impl Store {
-    /// Opens (creating if needed) the database in `dir`. Needs a tokio runtime (for the
-    /// group-commit task and for reopening after a write failure).
-    /// A database written before the expiry index existed gets it here (once, O(history)).
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let store = Self {
-            live: live::Live::open(dir)?,
-            committer: Committer::start(),
-            counters: Arc::default(),
-        };
-        let t = store.trees()?;
-        index::build_if_missing(&t).map_err(store.err(&t))?;
-        Ok(store)
-    }
-
-    /// Counts the certificates live at `now` (O(live)); until this runs, the live counts
-    /// are unknown. Call it once, before serving: a certificate recorded while it runs may
-    /// be counted twice.
-    pub fn start_counting(&self, now: u64) -> Result<(), StoreError> {
-        let t = self.trees()?;
-        self.counters.start(&t, now).map_err(self.err(&t))
-    }
-
-    /// The current opening of the database (or why there is none).
-    fn trees(&self) -> Result<Arc<live::Trees>, StoreError> {
-        self.live.trees()
-    }
-
-    /// Maps an error of `trees`'s generation; an I/O error starts a reopen.
-    fn err<'a>(&'a self, trees: &live::Trees) -> impl Fn(sled::Error) -> StoreError + 'a {
-        let generation = trees.generation;
-        move |e| self.live.fail(generation, e)
-    }
-
-    /// Group-commit flushes so far (see [`Committer::flushes`]).
-    pub fn flushes(&self) -> u64 {
-        self.committer.flushes()
-    }
-
-    /// Take this before writing; pass it to [`Store::durable`] after.
-    pub fn mark(&self) -> Mark {
-        self.live.mark()
-    }
-
-    /// Waits until every write made since `mark` is on disk (shared with concurrent
-    /// callers: group commit). Fails if the database was reopened since the mark: those
-    /// writes may be lost.
-    pub async fn durable(&self, mark: Mark) -> Result<(), StoreError> {
-        let trees = self.trees()?;
-        if trees.generation != mark.0 {
-            return Err(StoreError::Storage(
-                "the database was reopened after a write failure while this request was \
-                 being recorded; nothing was acknowledged, retry"
-                    .into(),
-            ));
-        }
-        self.committer
-            .durable(trees.generation, trees.flushable())
-            .await
-            .map_err(self.err(&trees))
-    }
-
-    /// Flushes synchronously (start-up and shutdown paths).
-    pub fn flush_now(&self) -> Result<(), StoreError> {
-        let trees = self.trees()?;
-        trees.flushable().flush().map_err(self.err(&trees))?;
-        Ok(())
-    }
-
-    /// Why the database cannot write right now, if it cannot.
-    pub fn failure(&self) -> Option<Failure> {
-        match self.trees() {
-            Err(StoreError::Unavailable(failure)) => Some(failure),
-            _ => None,
-        }
-    }
-
-    // --- metadata ---
-
-    /// The trust domain this database belongs to, if initialised.
-    pub fn trust_domain(&self) -> Result<Option<String>, StoreError> {
-        let t = self.trees()?;
-        Ok(t.meta
-            .get(META_TRUST_DOMAIN)
-            .map_err(self.err(&t))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
-    }
-
-    /// Records the trust domain (once, at initialisation).
-    pub fn set_trust_domain(&self, td: &str) -> Result<(), StoreError> {
-        let t = self.trees()?;
-        t.meta
-            .insert(META_TRUST_DOMAIN, td.as_bytes())
-            .map_err(self.err(&t))?;
-        Ok(())
-    }
-
-    /// The trust-bundle version (0 before initialisation).
-    pub fn bundle_version(&self) -> Result<u64, StoreError> {
-        let t = self.trees()?;
-        Ok(t.meta
-            .get(META_BUNDLE_VERSION)
-            .map_err(self.err(&t))?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
-    }
-
-    /// Sets the trust-bundle version.
-    pub fn set_bundle_version(&self, version: u64) -> Result<(), StoreError> {
-        let t = self.trees()?;
-        t.meta
-            .insert(META_BUNDLE_VERSION, &version.to_be_bytes())
-            .map_err(self.err(&t))?;
-        Ok(())
-    }
-
-    /// The number of the last CRL intermediate `id` signed (0 before its first).
-    pub fn crl_number(&self, id: &str) -> Result<u64, StoreError> {
-        let t = self.trees()?;
-        Ok(t.meta
-            .get(format!("{META_CRL_NUMBER}{id}"))
-            .map_err(self.err(&t))?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
-    }
-
-    /// Records the number of the CRL intermediate `id` is about to sign.
-    pub fn set_crl_number(&self, id: &str, number: u64) -> Result<(), StoreError> {
-        let t = self.trees()?;
-        t.meta
-            .insert(format!("{META_CRL_NUMBER}{id}"), &number.to_be_bytes())
-            .map_err(self.err(&t))?;
-        Ok(())
-    }
-
-    // --- roots and intermediates ---
-
-    /// Every root, in id order.
-    pub fn roots(&self) -> Result<Vec<RootRecord>, StoreError> {
-        let t = self.trees()?;
-        t.roots
-            .iter()
-            .values()
-            .map(|v| decode("roots", &v.map_err(self.err(&t))?))
-            .collect()
-    }
-
-    /// Inserts or replaces a root.
-    pub fn put_root(&self, root: &RootRecord) -> Result<(), StoreError> {
-        let t = self.trees()?;
-        t.roots
-            .insert(root.id.as_bytes(), encode(root))
-            .map_err(self.err(&t))?;
-        Ok(())
-    }
-
-    /// Inserts an intermediate and makes it the signing one.
-    pub fn activate_intermediate(&self, record: &IntermediateRecord) -> Result<(), StoreError> {
-        let t = self.trees()?;
-        t.intermediates
-            .insert(record.id.as_bytes(), encode(record))
-            .map_err(self.err(&t))?;
-        t.meta
-            .insert(META_ACTIVE_INTERMEDIATE, record.id.as_bytes())
-            .map_err(self.err(&t))?;
-        Ok(())
-    }
-
-    /// The signing intermediate, if the CA is initialised.
-    pub fn active_intermediate(&self) -> Result<Option<IntermediateRecord>, StoreError> {
-        let t = self.trees()?;
-        let Some(id) = t.meta.get(META_ACTIVE_INTERMEDIATE).map_err(self.err(&t))? else {
-            return Ok(None);
-        };
-        t.intermediates
-            .get(id)
-            .map_err(self.err(&t))?
-            .map(|v| decode("intermediates", &v))
-            .transpose()
-    }
-
-    // --- join tokens ---
-
-    /// Stores a new token under the hash of its secret.
-    pub fn put_token(&self, hash: &[u8; 32], token: &TokenRecord) -> Result<(), StoreError> {
-        let t = self.trees()?;
-        t.tokens.insert(hash, encode(token)).map_err(self.err(&t))?;
-        Ok(())
-    }
-
-    /// Looks a token up by hash, checking it is redeemable at `now` (read only).
-    pub fn check_token(&self, hash: &[u8; 32], now: u64) -> Result<TokenRecord, RecordError> {
-        let t = self.trees()?;
-        let bytes = t
-            .tokens
-            .get(hash)
-            .map_err(self.err(&t))?
-            .ok_or(RecordError::Token(TokenRefusal::Unknown))?;
-        let token: TokenRecord = decode("tokens", &bytes)?;
-        redeemable(&token, now).map_err(RecordError::Token)?;
-        Ok(token)
-    }
-
-    // --- certificates ---
-
-    /// Records an issued certificate, its index entry and audit entries, consuming the join
-    /// token first if one is given (see the module docs for the order and why). Take a
-    /// [`Store::mark`] before and call [`Store::durable`] after.
-    pub fn record_issuance(
-        &self,
-        record: &CertRecord,
-        der: &[u8],
-        serial: &[u8],
-        token: Option<TokenUse>,
-        audit: &[AuditRecord],
-    ) -> Result<(), RecordError> {
-        let t = self.trees()?;
-        let err = self.err(&t);
-        // Looked up first so that a taken serial costs nothing: no token, no index entry
-        // (the swap below still decides a race).
-        if t.certs.contains_key(serial).map_err(&err)? {
-            return Err(RecordError::SerialTaken);
-        }
-        if let Some(use_) = token {
-            self.consume_token(&t, &use_, &record.serial)?;
-        }
-        t.by_identity
-            .insert(identity_key(&record.spiffe_id, serial), &[])
-            .map_err(&err)?;
-        let expiry_key = index::expiry_key(record.not_after, serial);
-        let meta = encode(record);
-        t.by_expiry
-            .insert(expiry_key.as_slice(), meta.as_slice())
-            .map_err(&err)?;
-        let value = encode_certificate(record, der);
-        let swapped = t
-            .certs
-            .compare_and_swap(serial, None as Option<&[u8]>, Some(value))
-            .map_err(&err)?;
-        if swapped.is_err() {
-            // Lost a race for the serial: our index entry goes (unless theirs replaced it).
-            let _ = t
-                .by_expiry
-                .compare_and_swap(expiry_key, Some(meta), None as Option<&[u8]>)
-                .map_err(&err)?;
-            return Err(RecordError::SerialTaken);
-        }
-        t.meta
-            .update_and_fetch(index::META_ISSUED_TOTAL, index::increment)
-            .map_err(&err)?;
-        self.counters.issued(record);
-        for entry in audit {
-            self.append_audit_to(&t, entry)?;
-        }
-        Ok(())
-    }
-
-    fn consume_token(
-        &self,
-        t: &live::Trees,
-        use_: &TokenUse,
-        serial: &str,
-    ) -> Result<(), RecordError> {
-        let current = t
-            .tokens
-            .get(use_.hash)
-            .map_err(self.err(t))?
-            .ok_or(RecordError::Token(TokenRefusal::Unknown))?;
-        let mut token: TokenRecord = decode("tokens", &current)?;
-        redeemable(&token, use_.now).map_err(RecordError::Token)?;
-        token.used_at = Some(use_.now);
-        token.used_for_serial = Some(serial.to_owned());
-        let swapped = t
-            .tokens
-            .compare_and_swap(use_.hash, Some(current), Some(encode(&token)))
-            .map_err(self.err(t))?;
-        match swapped {
-            Ok(()) => Ok(()),
-            // Someone redeemed it between our read and our write: report what they left.
-            Err(conflict) => {
-                let now_used = conflict
-                    .current
-                    .and_then(|v| decode::<TokenRecord>("tokens", &v).ok())
-                    .and_then(|t| t.used_at)
-                    .unwrap_or(use_.now);
-                Err(RecordError::Token(TokenRefusal::Used { at: now_used }))
-            }
-        }
-    }
-
-    /// A certificate's record and DER, by serial bytes.
-    pub fn certificate(&self, serial: &[u8]) -> Result<Option<(CertRecord, Vec<u8>)>, StoreError> {
-        let t = self.trees()?;
-        t.certs
-            .get(serial)
-            .map_err(self.err(&t))?
-            .map(|value| decode_certificate(&value))
-            .transpose()
-    }
-
-    /// Records of every certificate issued to `spiffe_id`.
-    pub fn certificates_of(&self, spiffe_id: &str) -> Result<Vec<CertRecord>, StoreError> {
-        let t = self.trees()?;
-        let err = self.err(&t);
-        let prefix = identity_key(spiffe_id, &[]);
-        let mut out = Vec::new();
-        for key in t.by_identity.scan_prefix(&prefix).keys() {
-            let key = key.map_err(&err)?;
-            if let Some(value) = t.certs.get(&key[prefix.len()..]).map_err(&err)? {
-                out.push(decode_certificate(&value)?.0);
-            }
-        }
-        Ok(out)
-    }
-
-    /// One page of certificates in index order (SPIFFE ID, then serial): those under
-    /// `prefix` (an [`identity_prefix`], or empty for all) whose index key comes after
-    /// `after` (the [`CertPage::next`] of the page before), at most `max` of those `keep`
-    /// accepts. At most `scan` index entries are read, so a filter that rejects most records
-    /// still costs one page's work: the page may then be short, or empty, with a `next`.
-    pub fn certificates_page(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        max: usize,
-        scan: usize,
-        keep: impl Fn(&CertRecord) -> bool,
-    ) -> Result<CertPage, StoreError> {
-        use std::ops::Bound;
-        let t = self.trees()?;
-        let err = self.err(&t);
-        let start = match after {
-            Some(key) => Bound::Excluded(key.to_vec()),
-            None => Bound::Included(prefix.to_vec()),
-        };
-        let mut page = CertPage::default();
-        let mut scanned = 0;
-        for entry in t.by_identity.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
-            let (key, _) = entry.map_err(&err)?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            scanned += 1;
-            // An index key is the SPIFFE ID (which has no NUL), a NUL, the serial.
-            let serial = key
-                .iter()
-                .position(|&b| b == 0)
-                .map(|nul| &key[nul + 1..])
-                .ok_or_else(|| StoreError::Corrupt {
-                    tree: "by_identity",
-                    reason: "key without a NUL after the SPIFFE ID".into(),
-                })?;
-            // An index entry without its certificate is what a crash between the two
-            // writes leaves (see the module docs); it is skipped.
-            if let Some(value) = t.certs.get(serial).map_err(&err)? {
-                let (record, der) = decode_certificate(&value)?;
-                if keep(&record) {
-                    page.certificates.push((record, der));
-                }
-            }
-            if page.certificates.len() >= max || scanned >= scan {
-                page.next = Some(key.to_vec());
-                return Ok(page);
-            }
-        }
-        Ok(page)
-    }
-
-    /// Visits every certificate unexpired at `now` (revoked ones included), in expiry
-    /// order, reading only the expiry index: O(live), whatever the history.
-    pub fn for_each_live(
-        &self,
-        now: u64,
-        mut visit: impl FnMut(CertRecord),
-    ) -> Result<(), StoreError> {
-        let t = self.trees()?;
-        let range = (index::live_from(now), Bound::<Vec<u8>>::Unbounded);
-        for entry in t.by_expiry.range(range) {
-            let (_, value) = entry.map_err(self.err(&t))?;
-            visit(decode("by_expiry", &value)?);
-        }
-        Ok(())
-    }
-
-    /// One page of the certificates unexpired at `now` that expire at or before `until`
-    /// (all unexpired if `None`), in expiry order, after the [`CertPage::next`] of the
-    /// page before; `max` and `scan` as in [`Store::certificates_page`].
-    pub fn expiring_page(
-        &self,
-        now: u64,
-        until: Option<u64>,
-        after: Option<&[u8]>,
-        max: usize,
-        scan: usize,
-        keep: impl Fn(&CertRecord) -> bool,
-    ) -> Result<CertPage, StoreError> {
-        let t = self.trees()?;
-        let err = self.err(&t);
-        // A cursor that time has overtaken starts again from now (what it skips expired).
-        let start = match (after, index::live_from(now)) {
-            (Some(key), Bound::Included(floor)) if key >= floor.as_slice() => {
-                Bound::Excluded(key.to_vec())
-            }
-            (_, floor) => floor,
-        };
-        let end = until.map_or(Bound::Unbounded, index::expired_until);
-        let mut page = CertPage::default();
-        let mut scanned = 0;
-        for entry in t.by_expiry.range::<Vec<u8>, _>((start, end)) {
-            let (key, _) = entry.map_err(&err)?;
-            scanned += 1;
-            let (_, serial) = index::split_key(&key)?;
-            if let Some(value) = t.certs.get(serial).map_err(&err)? {
-                let (record, der) = decode_certificate(&value)?;
-                if keep(&record) {
-                    page.certificates.push((record, der));
-                }
-            }
-            if page.certificates.len() >= max || scanned >= scan {
-                page.next = Some(key.to_vec());
-                return Ok(page);
-            }
-        }
-        Ok(page)
-    }
-
-    /// Removes up to `max` certificates that expired at or before `through`, with their
-    /// index entries and revocation records; returns how many. Call it again while it
-    /// returns `max`. The cut-off never passes what the live counts have been lowered to.
-    pub fn prune_expired(&self, through: u64, max: usize) -> Result<usize, StoreError> {
-        let t = self.trees()?;
-        let err = self.err(&t);
-        let through = match self.counters.expired_through() {
-            Some(counted) => through.min(counted),
-            None => through,
-        };
-        let batch: Vec<(sled::IVec, sled::IVec)> = t
-            .by_expiry
-            .range::<Vec<u8>, _>((Bound::Unbounded, index::expired_until(through)))
-            .take(max)
-            .collect::<Result<_, _>>()
-            .map_err(&err)?;
-        // Two passes may meet (the background task and an explicit one): each record counts
-        // once, for the pass that removed its expiry entry.
-        let mut removed = 0;
-        for (key, value) in &batch {
-            let (_, serial) = index::split_key(key)?;
-            if let Ok(record) = decode::<CertRecord>("by_expiry", value) {
-                t.by_identity
-                    .remove(identity_key(&record.spiffe_id, serial))
-                    .map_err(&err)?;
-            }
-            t.revocations.remove(serial).map_err(&err)?;
-            t.certs.remove(serial).map_err(&err)?;
-            if t.by_expiry.remove(key).map_err(&err)?.is_some() {
-                removed += 1;
-            }
-        }
-        self.counters
-            .pruned
-            .fetch_add(removed as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(removed)
-    }
-
-    /// Certificate records retention removed since this store was opened.
-    pub fn pruned_total(&self) -> u64 {
-        self.counters
-            .pruned
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Visits every certificate record ever kept; O(history), for tools and tests only.
-    pub fn for_each_certificate(
-        &self,
-        mut visit: impl FnMut(CertRecord) -> bool,
-    ) -> Result<(), StoreError> {
-        let t = self.trees()?;
-        for value in t.certs.iter().values() {
-            if !visit(decode_certificate(&value.map_err(self.err(&t))?)?.0) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Number of certificates ever issued, pruned ones included (`None` while the database
-    /// is being reopened). One read.
-    pub fn issued_total(&self) -> Option<u64> {
-        let t = self.trees().ok()?;
-        t.meta
-            .get(index::META_ISSUED_TOTAL)
-            .ok()
-            .map(index::u64_value)
-    }
-
-    /// Certificates unexpired at `now`, by root (`None` before [`Store::start_counting`] or
-    /// while the database is being reopened). Reads only what expired since the last call.
-    pub fn live_by_root(&self, now: u64) -> Option<BTreeMap<String, u64>> {
-        let t = self.trees().ok()?;
-        self.counters.live(&t, now).ok().flatten()
-    }
-
-    // --- revocations ---
-
-    /// Records a revocation (idempotent: an existing record is kept, and `false` returned).
-    pub fn put_revocation(&self, record: &RevocationRecord) -> Result<bool, StoreError> {
-        let t = self.trees()?;
-        let serial = trellis_identity::hex::decode(&record.serial).unwrap_or_default();
-        let swapped = t
-            .revocations
-            .compare_and_swap(serial, None as Option<&[u8]>, Some(encode(record)))
-            .map_err(self.err(&t))?;
-        Ok(swapped.is_ok())
-    }
-
-    /// The revocation of a certificate, if it was revoked.
-    pub fn revocation(&self, serial: &[u8]) -> Result<Option<RevocationRecord>, StoreError> {
-        let t = self.trees()?;
-        t.revocations
-            .get(serial)
-            .map_err(self.err(&t))?
-            .map(|v| decode("revocations", &v))
-            .transpose()
-    }
-
-    /// Every revocation ever recorded.
-    pub fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError> {
-        let t = self.trees()?;
-        t.revocations
-            .iter()
-            .values()
-            .map(|v| decode("revocations", &v.map_err(self.err(&t))?))
-            .collect()
-    }
-
-    /// Every intermediate ever used.
-    pub fn intermediates(&self) -> Result<Vec<IntermediateRecord>, StoreError> {
-        let t = self.trees()?;
-        t.intermediates
-            .iter()
-            .values()
-            .map(|v| decode("intermediates", &v.map_err(self.err(&t))?))
-            .collect()
-    }
-
-    // --- bundle acknowledgements ---
-
-    /// Records that `spiffe_id` acknowledged bundle `version` at `at` (Unix seconds).
-    pub fn put_ack(&self, spiffe_id: &str, version: u64, at: u64) -> Result<(), StoreError> {
-        let t = self.trees()?;
-        let mut value = [0u8; 16];
-        value[..8].copy_from_slice(&version.to_be_bytes());
-        value[8..].copy_from_slice(&at.to_be_bytes());
-        t.acks.insert(spiffe_id, &value).map_err(self.err(&t))?;
-        Ok(())
-    }
-
-    /// Every identity's last acknowledgement: SPIFFE ID → (version, when).
-    pub fn acks(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
-        let t = self.trees()?;
-        t.acks
-            .iter()
-            .map(|entry| {
-                let (key, value) = entry.map_err(self.err(&t))?;
-                let corrupt = || StoreError::Corrupt {
-                    tree: "acks",
-                    reason: "value is not two 8-byte numbers".into(),
-                };
-                let version = value.get(..8).ok_or_else(corrupt)?;
-                let at = value.get(8..16).ok_or_else(corrupt)?;
-                Ok((
-                    String::from_utf8_lossy(&key).into_owned(),
-                    index::u64_value(Some(version.into())),
-                    index::u64_value(Some(at.into())),
-                ))
-            })
-            .collect()
-    }
-}
-
-fn redeemable(token: &TokenRecord, now: u64) -> Result<(), TokenRefusal> {
+/// Whether `token` can be redeemed at `now`.
+pub fn redeemable(token: &TokenRecord, now: u64) -> Result<(), TokenRefusal> {
     if let Some(at) = token.used_at {
         return Err(TokenRefusal::Used { at });
     }
@@ -785,4 +156,293 @@ fn redeemable(token: &TokenRecord, now: u64) -> Result<(), TokenRefusal> {
         });
     }
     Ok(())
+}
+
+/// A token to consume as part of an issuance.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenUse {
+    /// The SHA-256 of the token's secret.
+    pub hash: [u8; 32],
+    pub now: u64,
+}
+
+/// Where the writes that follow it go; see [`Store::durable`]. An implementation without
+/// generations returns any value and ignores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark(pub u64);
+
+/// Records that change together, written by [`Store::apply`] as one unit: the CA's
+/// initialisation or a step of root or JWT-key rotation (the roots or keys, the signing
+/// intermediate, the bundle version that publishes them and the audit entries that record
+/// it). Roots, keys, intermediates and the bundle version are written only this way.
+#[derive(Debug, Default)]
+pub struct Change {
+    /// Roots to insert or replace.
+    pub roots: Vec<RootRecord>,
+    /// JWT-SVID keys to insert or replace.
+    pub jwt_keys: Vec<JwtKeyRecord>,
+    /// An intermediate to insert and make the signing one.
+    pub intermediate: Option<IntermediateRecord>,
+    /// Federations to insert or replace (a federated bundle given, fetched, or failing).
+    pub federations: Vec<FederationRecord>,
+    /// Trust domains whose federation ends.
+    pub removed_federations: Vec<String>,
+    /// The new trust-bundle version.
+    pub bundle_version: Option<u64>,
+    /// Audit entries to append, in order.
+    pub audit: Vec<AuditRecord>,
+}
+
+/// Which certificates a listing walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing<'a> {
+    /// Expired ones included, ordered by SPIFFE ID then serial; only those of one SPIFFE ID
+    /// if given.
+    ByIdentity(Option<&'a str>),
+    /// Those unexpired at `now` that expire at or before `until` (all unexpired if `None`),
+    /// ordered by expiry.
+    Expiring { now: u64, until: Option<u64> },
+}
+
+/// Where a listing goes on: opaque to the caller, who hands it back unchanged (it travels
+/// to clients as a gRPC page token, so it is text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageToken(pub String);
+
+/// A page of [`Store::certificates_page`].
+#[derive(Debug, Default)]
+pub struct CertPage {
+    /// The records and their DER, in the listing's order.
+    pub certificates: Vec<(CertRecord, Vec<u8>)>,
+    /// Where to continue, if the listing may go on.
+    pub next: Option<PageToken>,
+}
+
+/// The CA's durable state: everything the CA keeps across restarts goes through this.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    // --- durability ---
+
+    /// Take this before writing; pass it to [`Store::durable`] after.
+    fn mark(&self) -> Mark;
+
+    /// Resolves once every write made since `mark` is durable (one wait shared by
+    /// concurrent callers). Fails if those writes may have been lost (the storage was
+    /// reopened after a write failure since the mark): nothing may be acknowledged then.
+    fn durable(&self, mark: Mark) -> StoreFuture<'_, Result<(), StoreError>>;
+
+    /// Makes every write so far durable, blocking (start-up and shutdown).
+    fn flush_now(&self) -> Result<(), StoreError>;
+
+    /// Why the store cannot write right now, if it cannot.
+    fn failure(&self) -> Option<Failure>;
+
+    /// Durability waits served so far (each one a flush of the disk); with the number of
+    /// certificates issued it tells how many writers one wait covers.
+    fn flushes(&self) -> u64;
+
+    // --- metadata ---
+
+    /// The trust domain this store belongs to, if initialised.
+    fn trust_domain(&self) -> Result<Option<String>, StoreError>;
+    /// Records the trust domain (once, at initialisation).
+    fn set_trust_domain(&self, td: &str) -> Result<(), StoreError>;
+    /// The trust-bundle version (0 before initialisation).
+    fn bundle_version(&self) -> Result<u64, StoreError>;
+    /// The number of the last CRL intermediate `id` signed (0 before its first).
+    fn crl_number(&self, id: &str) -> Result<u64, StoreError>;
+    /// Records the number of the CRL intermediate `id` is about to sign.
+    fn set_crl_number(&self, id: &str, number: u64) -> Result<(), StoreError>;
+
+    // --- roots and intermediates ---
+
+    /// Every root, in id order.
+    fn roots(&self) -> Result<Vec<RootRecord>, StoreError>;
+    /// Writes every record of `change` as one unit (an implementation with transactions
+    /// makes it one); in the order roots, JWT keys, intermediate, bundle version, audit
+    /// entries, so that without transactions a prefix of it is what a crash can leave.
+    fn apply(&self, change: &Change) -> Result<(), StoreError>;
+    /// The signing intermediate, if the CA is initialised.
+    fn active_intermediate(&self) -> Result<Option<IntermediateRecord>, StoreError>;
+    /// Every intermediate ever used, in id order.
+    fn intermediates(&self) -> Result<Vec<IntermediateRecord>, StoreError>;
+
+    // --- join tokens ---
+
+    /// Stores a new token under the hash of its secret, with the audit entry of its creation.
+    fn create_token(
+        &self,
+        hash: &[u8; 32],
+        token: &TokenRecord,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
+    /// Looks a token up by hash, checking it is redeemable at `now` (read only; only
+    /// [`Store::record_issuance`] consumes it).
+    fn check_token(&self, hash: &[u8; 32], now: u64) -> Result<TokenRecord, RecordError>;
+
+    // --- certificates ---
+
+    /// Records an issued certificate (`serial` is its serial's bytes, `record.serial` their
+    /// hex), in one step: consumes the join token if one is given (exactly once, whatever
+    /// the concurrency), refuses a serial already recorded, indexes the certificate by
+    /// identity and expiry, counts it (issued total, live by root) and appends `audit`.
+    /// On an error nothing was recorded that a later call could see, except that a token
+    /// may be consumed if the storage failed part-way (it fails closed).
+    fn record_issuance(
+        &self,
+        record: &CertRecord,
+        der: &[u8],
+        serial: &[u8],
+        token: Option<TokenUse>,
+        audit: &[AuditRecord],
+    ) -> Result<(), RecordError>;
+
+    /// A certificate's record and DER, by serial.
+    fn certificate(&self, serial: &[u8]) -> Result<Option<(CertRecord, Vec<u8>)>, StoreError>;
+
+    /// Records of every certificate kept for `spiffe_id` (expired ones until retention
+    /// removes them), in serial order.
+    fn certificates_of(&self, spiffe_id: &str) -> Result<Vec<CertRecord>, StoreError>;
+
+    /// One page of `listing`, continuing after `after` (the [`CertPage::next`] of the page
+    /// before): at most `max` records that `keep` accepts, reading at most `scan` records,
+    /// so that a filter that rejects most costs one page's work (the page is then short, or
+    /// empty, with a `next`). Records inserted between pages appear if they sort after the
+    /// cursor; none is listed twice. An Expiring cursor that time has overtaken starts again
+    /// from `now`. A token another listing returned is [`StoreError::BadPageToken`].
+    fn certificates_page(
+        &self,
+        listing: Listing<'_>,
+        after: Option<&PageToken>,
+        max: usize,
+        scan: usize,
+        keep: &dyn Fn(&CertRecord) -> bool,
+    ) -> Result<CertPage, StoreError>;
+
+    /// Visits every certificate unexpired at `now` (revoked ones included), in expiry
+    /// order: O(live), whatever the history.
+    fn for_each_live(&self, now: u64, visit: &mut dyn FnMut(CertRecord)) -> Result<(), StoreError>;
+
+    /// Visits every certificate record kept until `visit` returns false; O(history), for
+    /// tools and tests only.
+    fn for_each_certificate(
+        &self,
+        visit: &mut dyn FnMut(CertRecord) -> bool,
+    ) -> Result<(), StoreError>;
+
+    /// Counts the certificates live at `now` (O(live)); until this runs, [`Store::live_by_root`]
+    /// is unknown. Call it once, before serving.
+    fn start_counting(&self, now: u64) -> Result<(), StoreError>;
+
+    /// Certificates ever recorded, pruned ones included, kept durably across restarts
+    /// (`None` while the store is unavailable). Never a scan.
+    fn issued_total(&self) -> Option<u64>;
+
+    /// Certificates unexpired at `now`, by root (`None` before [`Store::start_counting`] or
+    /// while the store is unavailable). Never a scan of the history.
+    fn live_by_root(&self, now: u64) -> Option<BTreeMap<String, u64>>;
+
+    /// Removes up to `max` certificates that expired at or before `through`, with their
+    /// index entries and revocation records; returns how many. Call it again while it
+    /// returns `max`. Never removes what the live counts still count.
+    fn prune_expired(&self, through: u64, max: usize) -> Result<usize, StoreError>;
+
+    /// Certificate records [`Store::prune_expired`] removed since this store was opened.
+    fn pruned_total(&self) -> u64;
+
+    // --- revocations ---
+
+    /// Records a revocation with its audit entry. Idempotent: a certificate already revoked
+    /// keeps its first record, gets no second entry, and `false` is returned.
+    fn revoke(&self, record: &RevocationRecord, audit: &AuditRecord) -> Result<bool, StoreError>;
+    /// The revocation of a certificate, if it was revoked.
+    fn revocation(&self, serial: &[u8]) -> Result<Option<RevocationRecord>, StoreError>;
+    /// Every revocation kept (retention removes those of removed certificates).
+    fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError>;
+
+    // --- bundle acknowledgements ---
+
+    /// Records that `spiffe_id` acknowledged bundle `version` at `at` (Unix seconds),
+    /// replacing its earlier acknowledgement.
+    fn put_ack(&self, spiffe_id: &str, version: u64, at: u64) -> Result<(), StoreError>;
+    /// Every identity's last acknowledgement: (SPIFFE ID, version, when), by SPIFFE ID.
+    fn acks(&self) -> Result<Vec<(String, u64, u64)>, StoreError>;
+
+    // --- audit log ---
+
+    /// Appends an audit entry outside an issuance (chained after the head).
+    fn append_audit(&self, entry: &AuditRecord) -> Result<(), StoreError>;
+    /// The current head of the chain (what a checkpoint signs).
+    fn audit_chain_head(&self) -> Result<Head, StoreError>;
+    /// Audit values with sequence greater than `after` exactly as stored, oldest first, at
+    /// most `limit`, for a verifier that must see damaged entries too.
+    fn audit_raw_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Records a signed checkpoint.
+    fn put_audit_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
+    /// Checkpoints at entries after `after`, oldest first, at most `limit`.
+    fn audit_checkpoints_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Checkpoint>, StoreError>;
+    /// The newest checkpoint, if any.
+    fn latest_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
+    /// Removes the oldest entries recorded before `cutoff` (Unix seconds), only up to a
+    /// checkpoint that stays as the start of what remains, and never the newest entry; at
+    /// most `max_batches` batches. Returns how many entries were removed.
+    fn prune_audit(&self, cutoff: u64, max_batches: usize) -> Result<u64, StoreError>;
+
+    /// Audit entries with sequence greater than `after` with their links, oldest first, at
+    /// most `limit`. A value too short for its links is reported as corrupt.
+    fn audit_chain_after(&self, after: u64, limit: usize) -> Result<Vec<ChainedEntry>, StoreError> {
+        self.audit_raw_after(after, limit)?
+            .into_iter()
+            .map(|(sequence, value)| decode_audit_entry(sequence, &value))
+            .collect()
+    }
+
+    /// Audit entries with sequence greater than `after`, oldest first, at most `limit`,
+    /// decoded.
+    fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
+        self.audit_chain_after(after, limit)?
+            .into_iter()
+            .map(|entry| Ok((entry.sequence, decode("audit", &entry.body)?)))
+            .collect()
+    }
+
+    // --- JWT-SVID keys ---
+
+    /// Every JWT-SVID key, in the order they were added.
+    fn jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError>;
+
+    // --- federation ---
+
+    /// Every federation, by trust domain (written through [`Store::apply`]).
+    fn federations(&self) -> Result<Vec<FederationRecord>, StoreError>;
+    /// One federation.
+    fn federation(&self, trust_domain: &str) -> Result<Option<FederationRecord>, StoreError>;
+}
+
+/// Records as every implementation stores them: JSON.
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records are plain data and always serialise")
+}
+
+/// Decodes a record of `table`.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        reason: e.to_string(),
+    })
+}
+
+/// A stored audit entry with its links; a value too short for them is corrupt, named by
+/// sequence.
+pub(crate) fn decode_audit_entry(sequence: u64, value: &[u8]) -> Result<ChainedEntry, StoreError> {
+    ChainedEntry::decode(sequence, value).ok_or_else(|| StoreError::Corrupt {
+        table: "audit",
+        reason: format!("entry {sequence} is shorter than its two hashes"),
+    })
 }

@@ -118,3 +118,41 @@ pub struct RevocationRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason_code: Option<u8>,
 }
+
+/// A JWT-SVID signing key. It moves through the same states as a root: pending (in the
+/// bundle, not signing), active (signing), retiring (in the bundle, no longer signing),
+/// retired (out of the bundle).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JwtKeyRecord {
+    /// The `kid` header of the tokens it signs.
+    pub kid: String,
+    pub state: RootState,
+    pub created_at: u64,
+    /// The uncompressed P-256 public point (0x04, X, Y).
+    pub public_key: Vec<u8>,
+    /// The PKCS#8 private key's file name in `<data>/keys/`.
+    pub key_file: String,
+    /// The bundle version that first carried the key.
+    pub added_in_bundle_version: u64,
+    /// When it stopped signing (another key was activated); no token it signed was issued
+    /// later than this.
+    #[serde(default)]
+    pub deactivated_at: Option<u64>,
+}
+
+/// One federated trust domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederationRecord {
+    pub trust_domain: String,
+    pub endpoint_url: String,
+    pub endpoint_spiffe_id: String,
+    /// The bundle in force, in the SPIFFE bundle format.
+    pub bundle_json: String,
+    /// Unix seconds: when the bundle in force was fetched or given, and the last attempt.
+    pub refreshed_at: u64,
+    pub last_attempt_at: u64,
+    /// Why the last attempt failed; `None` after a success.
+    pub last_error: Option<String>,
+    pub added_at: u64,
+    pub added_by: String,
+}

@@ -12,7 +12,7 @@
 //! the trust bundle, revocation list and health are served from memory.
 //!
 //! Each opening is a *generation*. A writer takes a [`Mark`] before it writes, and
-//! [`super::Store::durable`] acknowledges only if the database it flushed is still the
+//! [`crate::store::Store::durable`] acknowledges only if the database it flushed is still the
 //! generation the mark names. A write made to a generation that failed may or may not be on
 //! disk after the reopen, so it is never acknowledged; since generations only grow and a
 //! failed generation refuses every write, "same generation at the mark and at the flush"
@@ -22,9 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::StoreError;
 use super::commit::Flushable;
-use super::failure::{Cause, Failure};
+use crate::store::{Cause, Failure, Mark, StoreError};
 
 /// How often a failed database is reopened.
 pub const RETRY: Duration = Duration::from_millis(500);
@@ -32,10 +31,6 @@ pub const RETRY: Duration = Duration::from_millis(500);
 const LOG_EVERY: u64 = 60;
 /// The key of the write that proves a reopened database can write again.
 const PROBE_KEY: &[u8] = b"write_probe";
-
-/// Which opening of the database a write went to; see the module docs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mark(pub(super) u64);
 
 /// One opening of the database and its trees.
 #[derive(Debug)]
@@ -155,6 +150,15 @@ fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Classifies a sled error; `None` if it is not an I/O failure (corruption, a bug). sled
+/// keeps an I/O error's kind when it clones it, not the OS error number.
+pub(super) fn cause_of(e: &sled::Error) -> Option<Cause> {
+    match e {
+        sled::Error::Io(io) => Some(Cause::of_io(io)),
+        _ => None,
+    }
+}
+
 #[derive(Debug)]
 enum State {
     Open(Arc<Trees>),
@@ -193,12 +197,12 @@ fn open_when_unlocked(dir: &Path) -> Result<Trees, sled::Error> {
 impl Live {
     /// Opens the database (generation 1). Needs a tokio runtime, for reopening.
     pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
-        let trees = open_when_unlocked(dir).map_err(|e| match Cause::of_sled(&e) {
+        let trees = open_when_unlocked(dir).map_err(|e| match cause_of(&e) {
             _ if matches!(e, sled::Error::Corruption { .. }) => StoreError::Damaged {
                 dir: dir.to_path_buf(),
                 detail: e.to_string(),
             },
-            Some(Cause::Io(_)) | None => StoreError::from(e),
+            Some(Cause::Io(_)) | None => StoreError::Storage(e.to_string()),
             Some(cause) => StoreError::Unavailable(Failure::new(cause, dir)),
         })?;
         Ok(Arc::new(Self {
@@ -231,8 +235,8 @@ impl Live {
     /// Turns an error of generation `generation` into a [`StoreError`]; an I/O error closes
     /// that generation and starts reopening.
     pub fn fail(self: &Arc<Self>, generation: u64, e: sled::Error) -> StoreError {
-        let Some(cause) = Cause::of_sled(&e) else {
-            return StoreError::from(e);
+        let Some(cause) = cause_of(&e) else {
+            return StoreError::Storage(e.to_string());
         };
         let failure = Failure::new(cause, &self.dir);
         let mut state = self.lock();
@@ -258,7 +262,7 @@ impl Live {
 
     fn note_reopen_failure(&self, e: &sled::Error) {
         // A lock conflict (the old opening not yet closed) says nothing new about the disk.
-        let Some(cause @ (Cause::DiskFull | Cause::ReadOnly)) = Cause::of_sled(e) else {
+        let Some(cause @ (Cause::DiskFull | Cause::ReadOnly)) = cause_of(e) else {
             return;
         };
         if let State::Failed(failure) = &mut *self.lock() {

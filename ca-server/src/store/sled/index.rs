@@ -10,7 +10,7 @@
 //! after the certificate is written; a crash between the two leaves it one short for an
 //! issuance that was never acknowledged, so it counts at least every acknowledged issuance.
 //! The live counts by root are not kept on disk, because time changes them without any
-//! write: they are recounted from the index at start-up ([`super::Store::start_counting`],
+//! write: they are recounted from the index at start-up ([`crate::store::Store::start_counting`],
 //! O(live)), raised by each issuance and lowered by walking the index from the last
 //! point counted to now ([`Counters`]), which reads only what expired in between. A crash
 //! cannot leave them wrong, since nothing of them survives it.
@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
 use super::live::Trees;
-use super::{CertRecord, StoreError, decode, encode};
+use crate::store::{CertRecord, StoreError, decode, encode};
 
 /// Set once the expiry index and `issued_total` cover every certificate record.
 pub(super) const META_EXPIRY_INDEX: &[u8] = b"expiry_index";
@@ -49,7 +49,7 @@ pub(super) fn split_key(key: &[u8]) -> Result<(u64, &[u8]), StoreError> {
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map(u64::from_be_bytes)
         .ok_or_else(|| StoreError::Corrupt {
-            tree: "by_expiry",
+            table: "by_expiry",
             reason: "key shorter than its 8-byte expiry".into(),
         })?;
     Ok((not_after, &key[8..]))

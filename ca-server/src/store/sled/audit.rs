@@ -13,11 +13,14 @@
 use std::sync::MutexGuard;
 
 use serde::{Deserialize, Serialize};
-use trellis_identity::audit_log::{ChainedEntry, Checkpoint, Head};
+use trellis_identity::audit_log::{Checkpoint, Head};
 use trellis_identity::hex;
 
+use super::SledStore;
 use super::live::Trees;
-use super::{AuditRecord, Store, StoreError, decode, encode};
+use crate::store::{
+    AuditRecord, Store, StoreError, decode, decode_audit_entry as decode_entry, encode,
+};
 
 /// Set once the entries of a pre-chain data directory are all in the chain.
 const META_LEGACY_AUDIT_CHAINED: &[u8] = b"legacy_audit_chained";
@@ -51,7 +54,7 @@ impl From<&Checkpoint> for CheckpointRecord {
 impl CheckpointRecord {
     fn into_checkpoint(self) -> Result<Checkpoint, StoreError> {
         let corrupt = |reason: &str| StoreError::Corrupt {
-            tree: "audit_checkpoints",
+            table: "audit_checkpoints",
             reason: reason.to_owned(),
         };
         let bytes = |field: &str, value: &str| {
@@ -74,22 +77,14 @@ fn sequence_of(key: &[u8]) -> Result<u64, StoreError> {
     <[u8; 8]>::try_from(key)
         .map(u64::from_be_bytes)
         .map_err(|_| StoreError::Corrupt {
-            tree: "audit",
+            table: "audit",
             reason: "key is not 8 bytes".into(),
         })
 }
 
-/// A stored entry with its links; a value too short for them is corrupt, named by sequence.
-fn decode_entry(sequence: u64, value: &[u8]) -> Result<ChainedEntry, StoreError> {
-    ChainedEntry::decode(sequence, value).ok_or_else(|| StoreError::Corrupt {
-        tree: "audit",
-        reason: format!("entry {sequence} is shorter than its two hashes"),
-    })
-}
-
-impl Store {
+impl SledStore {
     /// Appends an audit entry outside an issuance.
-    pub fn append_audit(&self, entry: &AuditRecord) -> Result<(), StoreError> {
+    pub(super) fn append_audit(&self, entry: &AuditRecord) -> Result<(), StoreError> {
         let t = self.trees()?;
         self.append_audit_to(&t, entry)
     }
@@ -164,43 +159,16 @@ impl Store {
     }
 
     /// The current head of the chain (what a checkpoint signs).
-    pub fn audit_chain_head(&self) -> Result<Head, StoreError> {
+    pub(super) fn audit_chain_head(&self) -> Result<Head, StoreError> {
         let t = self.trees()?;
         let head = self.audit_head(&t)?;
         Ok(head.expect("audit_head loads the head"))
     }
 
-    /// Audit entries with sequence greater than `after`, oldest first, at most `limit`,
-    /// decoded.
-    pub fn audit_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
-        self.audit_chain_after(after, limit)?
-            .into_iter()
-            .map(|entry| Ok((entry.sequence, decode("audit", &entry.body)?)))
-            .collect()
-    }
-
-    /// Audit entries with sequence greater than `after` as stored (with their links),
-    /// oldest first, at most `limit`. A value too short for its links is reported as
-    /// corrupt, naming its sequence.
-    pub fn audit_chain_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<ChainedEntry>, StoreError> {
-        self.audit_raw_after(after, limit)?
-            .into_iter()
-            .map(|(sequence, value)| decode_entry(sequence, &value))
-            .collect()
-    }
-
     /// Audit values with sequence greater than `after` exactly as stored, for a verifier
     /// that must see damaged entries too. Plain entries of an older data directory are
     /// chained first.
-    pub fn audit_raw_after(
+    pub(super) fn audit_raw_after(
         &self,
         after: u64,
         limit: usize,
@@ -219,7 +187,7 @@ impl Store {
     }
 
     /// Records a signed checkpoint.
-    pub fn put_audit_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+    pub(super) fn put_audit_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
         let t = self.trees()?;
         t.audit_checkpoints
             .insert(
@@ -231,7 +199,7 @@ impl Store {
     }
 
     /// Checkpoints at entries after `after`, oldest first, at most `limit`.
-    pub fn audit_checkpoints_after(
+    pub(super) fn audit_checkpoints_after(
         &self,
         after: u64,
         limit: usize,
@@ -249,7 +217,7 @@ impl Store {
     }
 
     /// The newest checkpoint, if any.
-    pub fn latest_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+    pub(super) fn latest_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
         let t = self.trees()?;
         t.audit_checkpoints
             .last()
@@ -261,7 +229,7 @@ impl Store {
     /// Removes the oldest entries recorded before `cutoff` (unix seconds), only up to a
     /// checkpoint that stays as the start of what remains (the cut), and never the newest
     /// entry. At most `max_batches` batches. Returns how many entries were removed.
-    pub fn prune_audit(&self, cutoff: u64, max_batches: usize) -> Result<u64, StoreError> {
+    pub(super) fn prune_audit(&self, cutoff: u64, max_batches: usize) -> Result<u64, StoreError> {
         let t = self.trees()?;
         let err = self.err(&t);
         let Some((last_key, _)) = t.audit.last().map_err(&err)? else {

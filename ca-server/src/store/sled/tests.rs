@@ -22,7 +22,7 @@ fn record(serial: &[u8], spiffe_id: &str) -> CertRecord {
 #[tokio::test]
 async fn a_taken_serial_is_refused_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
     let serial = [0x42u8; 9];
     let first = record(&serial, "spiffe://td/a");
     store
@@ -52,7 +52,15 @@ async fn a_taken_serial_is_refused_and_leaves_nothing_behind() {
         used_at: None,
         used_for_serial: None,
     };
-    store.put_token(&hash, &token).unwrap();
+    let created = AuditRecord {
+        time: 0,
+        kind: "join_token_created".into(),
+        spiffe_id: "spiffe://td/b".into(),
+        serial: String::new(),
+        actor: "test".into(),
+        detail: String::new(),
+    };
+    store.create_token(&hash, &token, &created).unwrap();
     let refused = store.record_issuance(
         &second,
         b"second",
@@ -73,7 +81,7 @@ async fn a_taken_serial_is_refused_and_leaves_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_returns_after_a_flush_that_concurrent_writers_share() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
     assert_eq!(store.flushes(), 0);
     let mark = store.mark();
     store
@@ -112,7 +120,7 @@ async fn an_unfinished_snapshot_left_by_an_interrupted_start_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     let serial = [0x17u8; 9];
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         store
             .record_issuance(
                 &record(&serial, "spiffe://td/a"),
@@ -134,7 +142,7 @@ async fn an_unfinished_snapshot_left_by_an_interrupted_start_is_removed() {
         bare.map(|_| ())
     );
 
-    let store = Store::open(dir.path()).expect("opens despite the unfinished snapshot");
+    let store = SledStore::open(dir.path()).expect("opens despite the unfinished snapshot");
     assert!(!leftover.exists());
     let (kept, der) = store.certificate(&serial).unwrap().expect("still recorded");
     assert_eq!(kept.spiffe_id, "spiffe://td/a");
@@ -144,7 +152,7 @@ async fn an_unfinished_snapshot_left_by_an_interrupted_start_is_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opening_waits_for_the_one_before_it_to_let_go() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Store::open(dir.path()).unwrap();
+    let first = SledStore::open(dir.path()).unwrap();
     first.set_trust_domain("td").unwrap();
     first.flush_now().unwrap();
     // The first opening goes away a little later, as a restarting CA's predecessor does.
@@ -152,7 +160,44 @@ async fn an_opening_waits_for_the_one_before_it_to_let_go() {
         std::thread::sleep(std::time::Duration::from_millis(300));
         drop(first);
     });
-    let second = Store::open(dir.path()).expect("opens once the first lets go");
+    let second = SledStore::open(dir.path()).expect("opens once the first lets go");
     assert_eq!(second.trust_domain().unwrap().as_deref(), Some("td"));
     release.join().unwrap();
+}
+
+#[test]
+fn an_io_error_keeps_its_kind_when_sled_clones_it() {
+    let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+    let cloned = sled::Error::Io(full).clone();
+    assert_eq!(live::cause_of(&cloned), Some(crate::store::Cause::DiskFull));
+    assert_eq!(live::cause_of(&sled::Error::Unsupported("x".into())), None);
+}
+
+/// The store contract (`crate::store::conformance`) on sled, each check in a temp dir.
+mod conformance {
+    use std::sync::Arc;
+
+    use crate::store::conformance::{Harness, conformance_tests};
+    use crate::store::{Store, sled::SledStore};
+
+    #[derive(Default)]
+    struct Sled {
+        dir: Option<tempfile::TempDir>,
+    }
+
+    impl Harness for Sled {
+        fn create(&mut self) -> Arc<dyn Store> {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = SledStore::open(dir.path()).expect("open a new store");
+            self.dir = Some(dir);
+            Arc::new(store)
+        }
+
+        fn reopen(&mut self) -> Arc<dyn Store> {
+            let dir = self.dir.as_ref().expect("create comes first");
+            Arc::new(SledStore::open(dir.path()).expect("reopen the store"))
+        }
+    }
+
+    conformance_tests!(Sled::default());
 }

@@ -18,7 +18,7 @@ fn cert(serial: u8, spiffe_id: &str, root: &str, not_after: u64) -> CertRecord {
     }
 }
 
-fn record(store: &Store, c: &CertRecord) {
+fn record(store: &SledStore, c: &CertRecord) {
     let serial = trellis_identity::hex::decode(&c.serial).unwrap();
     store
         .record_issuance(c, b"der", &serial, None, &[])
@@ -29,9 +29,11 @@ fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
 }
 
-fn live_serials(store: &Store, now: u64) -> Vec<String> {
+fn live_serials(store: &SledStore, now: u64) -> Vec<String> {
     let mut out = Vec::new();
-    store.for_each_live(now, |r| out.push(r.serial)).unwrap();
+    store
+        .for_each_live(now, &mut |r| out.push(r.serial))
+        .unwrap();
     out
 }
 
@@ -39,7 +41,7 @@ fn live_serials(store: &Store, now: u64) -> Vec<String> {
 async fn counters_follow_issuance_and_expiry_and_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.issued_total(), Some(0));
         assert_eq!(store.live_by_root(1000), None, "unknown before counting");
         store.start_counting(1000).unwrap();
@@ -62,7 +64,7 @@ async fn counters_follow_issuance_and_expiry_and_survive_reopening() {
         assert_eq!(store.live_by_root(3000), Some(counts(&[])));
         store.flush_now().unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.issued_total(), Some(4), "issued_total is durable");
     store.start_counting(1000).unwrap();
     assert_eq!(
@@ -84,7 +86,7 @@ async fn counters_follow_issuance_and_expiry_and_survive_reopening() {
 #[tokio::test]
 async fn an_index_entry_without_its_certificate_is_not_counted_and_goes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
     record(&store, &cert(1, "spiffe://td/a", "r1", 2000));
     let orphan = cert(2, "spiffe://td/b", "r1", 2000);
     let t = store.trees().unwrap();
@@ -99,7 +101,7 @@ async fn an_index_entry_without_its_certificate_is_not_counted_and_goes() {
 #[tokio::test]
 async fn retention_removes_expired_records_with_their_entries_and_keeps_live_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
     store.start_counting(50).unwrap();
     for i in 0..10u8 {
         record(
@@ -117,8 +119,8 @@ async fn retention_removes_expired_records_with_their_entries_and_keeps_live_one
         intermediate_id: "inter".into(),
         reason_code: None,
     };
-    assert!(store.put_revocation(&revoked(1)).unwrap());
-    assert!(store.put_revocation(&revoked(20)).unwrap());
+    assert!(store.revoke(&revoked(1), &audit()).unwrap());
+    assert!(store.revoke(&revoked(20), &audit()).unwrap());
 
     // The counts stand at 50: nothing they still count as live may go.
     assert_eq!(store.prune_expired(200, 1000).unwrap(), 0);
@@ -163,7 +165,7 @@ async fn retention_removes_expired_records_with_their_entries_and_keeps_live_one
 #[tokio::test]
 async fn the_expiring_listing_pages_with_a_cursor_in_expiry_order() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
     // Expired, expiring within 10 (five of them), later.
     for i in 1..=20u8 {
         record(&store, &cert(i, "spiffe://td/a", "r1", 95 + u64::from(i)));
@@ -173,7 +175,7 @@ async fn the_expiring_listing_pages_with_a_cursor_in_expiry_order() {
     let mut pages = 0;
     loop {
         let page = store
-            .expiring_page(100, Some(110), after.as_deref(), 3, 100, |_| true)
+            .expiring_page(100, Some(110), after.as_deref(), 3, 100, &|_| true)
             .unwrap();
         pages += 1;
         assert!(page.certificates.len() <= 3);
@@ -187,11 +189,11 @@ async fn the_expiring_listing_pages_with_a_cursor_in_expiry_order() {
     assert_eq!(pages, 4);
     // A scan bound shorter than the page stops early, with a cursor, and resumes.
     let page = store
-        .expiring_page(100, None, None, 10, 2, |r| r.not_after % 2 == 0)
+        .expiring_page(100, None, None, 10, 2, &|r| r.not_after % 2 == 0)
         .unwrap();
     assert_eq!(page.certificates.len(), 1);
     let next = store
-        .expiring_page(100, None, page.next.as_deref(), 10, 2, |r| {
+        .expiring_page(100, None, page.next.as_deref(), 10, 2, &|r| {
             r.not_after % 2 == 0
         })
         .unwrap();
@@ -202,13 +204,13 @@ async fn the_expiring_listing_pages_with_a_cursor_in_expiry_order() {
 async fn acknowledgements_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         store.put_ack("spiffe://td/a", 3, 100).unwrap();
         store.put_ack("spiffe://td/b", 1, 90).unwrap();
         store.put_ack("spiffe://td/a", 4, 110).unwrap();
         store.flush_now().unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
     let mut acks = store.acks().unwrap();
     acks.sort();
     assert_eq!(
@@ -225,7 +227,7 @@ async fn acknowledgements_survive_reopening() {
 async fn a_database_from_before_the_index_gets_it_when_opened() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         record(&store, &cert(1, "spiffe://td/a", "r1", 2000));
         record(&store, &cert(2, "spiffe://td/b", "r2", 500));
         let t = store.trees().unwrap();
@@ -234,7 +236,7 @@ async fn a_database_from_before_the_index_gets_it_when_opened() {
         t.meta.remove(index::META_ISSUED_TOTAL).unwrap();
         store.flush_now().unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.issued_total(), Some(2));
     store.start_counting(1000).unwrap();
     assert_eq!(store.live_by_root(1000), Some(counts(&[("r1", 1)])));
@@ -248,7 +250,7 @@ async fn a_database_from_before_the_index_gets_it_when_opened() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_passes_that_meet_count_each_record_once() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
     for i in 0..200u32 {
         let serial = [&[0xb0u8][..], &i.to_be_bytes()].concat();
         let record = CertRecord {
@@ -268,4 +270,15 @@ async fn two_passes_that_meet_count_each_record_once() {
     let removed = first.join().unwrap() + second.join().unwrap();
     assert_eq!(removed, 200);
     assert_eq!(store.pruned_total(), 200);
+}
+
+fn audit() -> AuditRecord {
+    AuditRecord {
+        time: 60,
+        kind: "certificate_revoked".into(),
+        spiffe_id: "spiffe://td/old".into(),
+        serial: String::new(),
+        actor: "test".into(),
+        detail: String::new(),
+    }
 }
