@@ -212,4 +212,13 @@ fn expiry_timestamps(state: &CaState, out: &mut String) {
             "# HELP trellis_ca_serving_certificate_expiry_timestamp_seconds NotAfter of the CA's own TLS serving certificate, in Unix seconds (renewed at half its life).\n# TYPE trellis_ca_serving_certificate_expiry_timestamp_seconds gauge\ntrellis_ca_serving_certificate_expiry_timestamp_seconds {serving}"
         );
     }
+    if let Some(attestor) = &state.kubernetes {
+        let stats = attestor.key_stats();
+        let _ = writeln!(
+            out,
+            "# HELP trellis_ca_kubernetes_keys Service-account signing keys in force (the last set read successfully).\n# TYPE trellis_ca_kubernetes_keys gauge\ntrellis_ca_kubernetes_keys {}\n# HELP trellis_ca_kubernetes_key_refresh_failures_total Reads of the service-account signing keys that failed since start.\n# TYPE trellis_ca_kubernetes_key_refresh_failures_total counter\ntrellis_ca_kubernetes_key_refresh_failures_total {}",
+            stats.keys.load(std::sync::atomic::Ordering::Relaxed),
+            stats.failures.load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
 }
