@@ -51,7 +51,11 @@ fn check_config_prints_the_settings_without_reading_the_tls_files() {
         "--check-config",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.starts_with("configuration OK"), "{stdout}");
     assert!(stdout.contains("example.org"), "{stdout}");
 }
