@@ -683,6 +683,35 @@ async fn the_first_read_is_waited_for_at_most_fetch_wait() {
     assert!(started.elapsed() < WAIT_BOUND, "{:?}", started.elapsed());
 }
 
+/// A CA that started while the endpoint failed does not wait out its retry backoff once the
+/// endpoint is back: a request with no keys to check asks for a read and waits for it.
+#[tokio::test]
+async fn a_request_without_keys_asks_for_a_read_at_once() {
+    let minted = mint(&[("k", "EC")], json!([token("t", "k", "demo", "web")]));
+    let jwks = JwksServer::start(&[minted.jwk("k")]).await;
+    jwks.set_mode(Mode::Fail);
+    let ca = ca_with(jwks.config()).await;
+    let (code, message) = certify(&ca, &minted.token("t")).await.expect_err("no keys");
+    assert_eq!(code, Code::Unavailable, "{message}");
+    assert!(message.contains("HTTP 503"), "{message}");
+    assert_eq!(
+        jwks.hits(),
+        2,
+        "the first read, and the one the request asked for"
+    );
+    // The background retry is a second or more away (backoff after two failures).
+    jwks.set_mode(Mode::Serve);
+    assert_eq!(
+        certify(&ca, &minted.token("t")).await,
+        Ok("spiffe://cluster.local/ns/demo/sa/web".to_owned())
+    );
+    let (keys, failures) = key_stats(&ca);
+    assert!(
+        keys == 1 && failures >= 2,
+        "{keys} keys, {failures} failed reads"
+    );
+}
+
 #[tokio::test]
 async fn keys_from_a_file_and_an_unreachable_endpoint() {
     let minted = mint(

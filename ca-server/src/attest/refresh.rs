@@ -1,8 +1,8 @@
 //! The issuer's keys kept fresh by a background task, so that verifying a token never waits
 //! on the network: the task re-reads the keys every `refresh`, sooner when a token names an
 //! unknown key id (at most once per `min_refresh`), and keeps the last good set when a read
-//! fails. A request waits only for a read already asked for, and at most `fetch_wait`: the
-//! first read after start, or the one its unknown key id asked for.
+//! fails. A request waits only for a read, and at most `fetch_wait`: the first one after
+//! start, or the one it asked for because its key id was unknown or no read had succeeded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,24 +86,32 @@ impl KeyCache {
         &self.stats
     }
 
-    /// The key set in force; before the first read has finished, waits for it up to
-    /// `fetch_wait`.
+    /// The key set in force. Before the first read has finished, waits for it up to
+    /// `fetch_wait`; when the reads so far all failed, asks for another at once (rate
+    /// limited) rather than leave the request to the retry backoff, and waits for that one.
     pub async fn current(&self) -> Result<Arc<KeySet>, NoKeys> {
         let mut rx = self.snapshot.clone();
         let _ = tokio::time::timeout(self.fetch_wait, rx.wait_for(|s| s.reads > 0)).await;
-        let snapshot = rx.borrow();
-        snapshot.keys.clone().ok_or_else(|| {
-            NoKeys(
-                snapshot
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| "the first read of the keys has not finished".into()),
-            )
-        })
+        let (keys, reads) = {
+            let s = rx.borrow();
+            (s.keys.clone(), s.reads)
+        };
+        if let Some(keys) = keys {
+            return Ok(keys);
+        }
+        if reads > 0
+            && let Some(keys) = self.reread().await
+        {
+            return Ok(keys);
+        }
+        let error = self.snapshot.borrow().error.clone();
+        Err(NoKeys(error.unwrap_or_else(|| {
+            "the first read of the keys has not finished".into()
+        })))
     }
 
-    /// Asks for a re-read because a token named a key id the set lacks (the issuer may have
-    /// rotated its keys), and waits up to `fetch_wait` for it. Returns the newer set, or None
+    /// Asks for a re-read, because a token named a key id the set lacks (the issuer may have
+    /// rotated its keys) or there is no set, and waits up to `fetch_wait` for it. Returns the newer set, or None
     /// when the rate limit allows no read now or none finished in time.
     pub async fn reread(&self) -> Option<Arc<KeySet>> {
         let mut rx = self.snapshot.clone();
