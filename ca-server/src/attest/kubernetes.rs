@@ -41,8 +41,8 @@ pub struct KubernetesConfig {
     pub refresh: Duration,
     /// Re-reads for an unknown kid happen at most this often.
     pub min_refresh: Duration,
-    /// The longest a request waits for a read of the keys: the first one after start, or
-    /// the one its unknown kid asked for. Past it the request is answered with what is known.
+    /// The longest a request waits for reads of the keys (the first one after start, or the
+    /// one it asked for); past it the request is answered with what is known.
     pub fetch_wait: Duration,
     /// Tolerance for clock differences on `exp` and `nbf`.
     pub clock_skew: Duration,
@@ -210,13 +210,15 @@ impl Attestor {
         let kid = header
             .kid
             .ok_or_else(|| refused("JWT header has no kid (key id)"))?;
+        // One deadline for every read this request waits for.
+        let deadline = self.keys.deadline();
         let mut keys = self
             .keys
-            .current()
+            .current(deadline)
             .await
             .map_err(|e| AttestError::Unavailable(e.0))?;
         if keys.get(&kid).is_none()
-            && let Some(newer) = self.keys.reread().await
+            && let Some(newer) = self.keys.reread(deadline).await
         {
             keys = newer;
         }

@@ -1,8 +1,9 @@
 //! The issuer's keys kept fresh by a background task, so that verifying a token never waits
 //! on the network: the task re-reads the keys every `refresh`, sooner when a token names an
 //! unknown key id (at most once per `min_refresh`), and keeps the last good set when a read
-//! fails. A request waits only for a read, and at most `fetch_wait`: the first one after
-//! start, or the one it asked for because its key id was unknown or no read had succeeded.
+//! fails. A request waits only for a read, and at most `fetch_wait` in all: for the first
+//! one after start, or the one it asked for because its key id was unknown or no read had
+//! succeeded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,12 +87,17 @@ impl KeyCache {
         &self.stats
     }
 
-    /// The key set in force. Before the first read has finished, waits for it up to
-    /// `fetch_wait`; when the reads so far all failed, asks for another at once (rate
-    /// limited) rather than leave the request to the retry backoff, and waits for that one.
-    pub async fn current(&self) -> Result<Arc<KeySet>, NoKeys> {
+    /// When a request that starts now must stop waiting for reads.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.fetch_wait
+    }
+
+    /// The key set in force. Before the first read has finished, waits for it until
+    /// `deadline`; when the reads so far all failed, asks for another at once (rate limited)
+    /// rather than leave the request to the retry backoff, and waits for that one.
+    pub async fn current(&self, deadline: Instant) -> Result<Arc<KeySet>, NoKeys> {
         let mut rx = self.snapshot.clone();
-        let _ = tokio::time::timeout(self.fetch_wait, rx.wait_for(|s| s.reads > 0)).await;
+        let _ = tokio::time::timeout_at(deadline, rx.wait_for(|s| s.reads > 0)).await;
         let (keys, reads) = {
             let s = rx.borrow();
             (s.keys.clone(), s.reads)
@@ -100,7 +106,7 @@ impl KeyCache {
             return Ok(keys);
         }
         if reads > 0
-            && let Some(keys) = self.reread().await
+            && let Some(keys) = self.reread(deadline).await
         {
             return Ok(keys);
         }
@@ -111,9 +117,9 @@ impl KeyCache {
     }
 
     /// Asks for a re-read, because a token named a key id the set lacks (the issuer may have
-    /// rotated its keys) or there is no set, and waits up to `fetch_wait` for it. Returns the newer set, or None
+    /// rotated its keys) or there is no set, and waits for it until `deadline`. Returns the newer set, or None
     /// when the rate limit allows no read now or none finished in time.
-    pub async fn reread(&self) -> Option<Arc<KeySet>> {
+    pub async fn reread(&self, deadline: Instant) -> Option<Arc<KeySet>> {
         let mut rx = self.snapshot.clone();
         let seen = {
             let s = rx.borrow();
@@ -123,7 +129,7 @@ impl KeyCache {
             s.reads
         };
         self.wanted.notify_one();
-        let newer = tokio::time::timeout(self.fetch_wait, rx.wait_for(|s| s.reads > seen)).await;
+        let newer = tokio::time::timeout_at(deadline, rx.wait_for(|s| s.reads > seen)).await;
         newer.ok()?.ok()?.keys.clone()
     }
 }
