@@ -83,15 +83,6 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     let metrics = Arc::new(Metrics::default());
     let registry = Registry::new();
     let shutdown = CancellationToken::new();
-    // The agent and the Workload API stop on a watch flag; bridge it from the shutdown.
-    let (stop_tx, stop) = watch::channel(false);
-    let bridge = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            stop_tx.send_replace(true);
-        })
-    };
     let agent = Agent::new(
         &config,
         options.clock.clone(),
@@ -101,11 +92,11 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         options.pacing,
     )
     .with_registry(registry.clone());
-    let mut background = vec![bridge, tokio::spawn(agent.run(stop.clone()))];
+    let mut background = vec![tokio::spawn(agent.run(shutdown.clone()))];
     if let Some(socket) = workload_api {
         let jwt = JwtSvids::new(config.ca.clone(), options.clock.clone());
         let socket = socket.with_jwt_svids(Arc::new(jwt));
-        let (creds, stop) = (creds.clone(), stop.clone());
+        let (creds, stop) = (creds.clone(), shutdown.clone());
         background.push(tokio::spawn(async move {
             if let Err(e) = socket.serve(creds, stop).await {
                 tracing::error!(error = %e, "Workload API stopped");
@@ -128,7 +119,9 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     };
     pod.exposure.check(&metrics);
     background.push(tokio::spawn(
-        pod.exposure.clone().watch(metrics.clone(), stop.clone()),
+        pod.exposure
+            .clone()
+            .watch(metrics.clone(), shutdown.clone()),
     ));
     {
         let (creds, metrics, shutdown) = (creds.clone(), metrics.clone(), shutdown.clone());
