@@ -5,7 +5,7 @@
 # under target/ so nothing else on the machine changes), a second venv with clients
 # nobody here wrote: gRPC's C core (grpcio, as py-spiffe uses it) and the Prometheus text
 # parser (prometheus-client), PyJWT and cryptography (an independent JOSE implementation
-# that validates JWT-SVIDs), and for the capture tests, which run pods as network
+# that validates JWT-SVIDs and mints Kubernetes service-account tokens), and for the capture tests, which run pods as network
 # namespaces: ip (iproute2), iptables and setpriv (util-linux); PostgreSQL, which the tests
 # start themselves; and promtool (Debian's prometheus package), which checks and unit-tests
 # the shipped alerting rules.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use trellis_ca::Config;
 use trellis_identity::clock::{Clock, SystemClock};
 use trellis_sidecar::agent::{Agent, Pacing};
@@ -156,7 +157,7 @@ async fn storm(args: &Args, ca: &trellis_ca::RunningCa) -> anyhow::Result<Outcom
             .await?,
         );
     }
-    let (stop, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut monitors = Vec::new();
     let mut all_metrics = Vec::new();
@@ -183,7 +184,7 @@ async fn storm(args: &Args, ca: &trellis_ca::RunningCa) -> anyhow::Result<Outcom
             metrics.clone(),
             Pacing::default(),
         );
-        tokio::spawn(agent.run(stop_rx.clone()));
+        tokio::spawn(agent.run(stop.clone()));
         monitors.push(tokio::spawn(monitor(creds, end)));
         all_metrics.push(metrics);
     }
@@ -191,7 +192,7 @@ async fn storm(args: &Args, ca: &trellis_ca::RunningCa) -> anyhow::Result<Outcom
     for m in monitors {
         histories.push(m.await?);
     }
-    stop.send_replace(true);
+    stop.cancel();
     Ok((histories, all_metrics, started.elapsed()))
 }
 

@@ -17,10 +17,11 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::rustls::ServerConfig;
+use tokio_util::sync::CancellationToken;
 use trellis_identity::spiffe_bundle::SpiffeBundle;
 use trellis_proto::listen::{ConnBudget, Http1Settings, serve_https1};
 
-use crate::state::{CaState, stopped};
+use crate::state::CaState;
 
 /// Connections the endpoint holds at once, in total and per source address. Consumers
 /// poll at the refresh hint, so a few suffice; the bound keeps a flood from taking the
@@ -47,7 +48,7 @@ pub async fn serve(
     listener: TcpListener,
     state: Arc<CaState>,
     grpc_tls: watch::Receiver<Arc<ServerConfig>>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let tls = http1_configs(grpc_tls, stop.clone());
     let settings = Http1Settings {
@@ -61,7 +62,7 @@ pub async fn serve(
         MAX_CONNECTIONS_PER_SOURCE,
     );
     let app = Router::new().route("/", get(bundle)).with_state(state);
-    let shutdown = async move { stopped(&mut stop).await };
+    let shutdown = async move { stop.cancelled().await };
     serve_https1(
         listener,
         budget,
@@ -78,7 +79,7 @@ pub async fn serve(
 /// as the only ALPN protocol.
 fn http1_configs(
     mut grpc_tls: watch::Receiver<Arc<ServerConfig>>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> watch::Receiver<Arc<ServerConfig>> {
     let http1 = |config: &Arc<ServerConfig>| {
         let mut config = ServerConfig::clone(config);
@@ -90,7 +91,7 @@ fn http1_configs(
         loop {
             tokio::select! {
                 changed = grpc_tls.changed() => if changed.is_err() { return },
-                _ = stopped(&mut stop) => return,
+                _ = stop.cancelled() => return,
             }
             tx.send_replace(http1(&grpc_tls.borrow_and_update()));
         }

@@ -190,6 +190,9 @@ pub struct KubernetesFile {
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 /// Unknown key ids trigger a re-read of the keys at most this often.
 const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
+/// A request waits at most this long for a read of the keys (the first one, or the one its
+/// unknown key id asked for); the read itself may take longer, in the background.
+const JWKS_FETCH_WAIT: Duration = Duration::from_secs(3);
 
 impl KubernetesFile {
     fn build(self) -> Result<KubernetesConfig, ConfigError> {
@@ -248,6 +251,7 @@ impl KubernetesFile {
             keys,
             refresh,
             min_refresh: JWKS_MIN_REFRESH,
+            fetch_wait: JWKS_FETCH_WAIT,
             clock_skew,
             allowed_namespaces,
             allowed_service_accounts,

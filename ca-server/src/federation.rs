@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use trellis_identity::bundle::Federated;
 use trellis_identity::spiffe_bundle::SpiffeBundle;
 use trellis_identity::tls::{self, Versions};
@@ -21,7 +21,7 @@ use trellis_identity::{IdMatcher, SpiffeId, TrustBundle, TrustDomain, pem};
 use crate::attest::jwks::HttpsUrl;
 use crate::bootstrap::store_err;
 use crate::error::CaError;
-use crate::state::{CaState, stopped};
+use crate::state::CaState;
 use crate::store::{AuditRecord, Change, FederationRecord, Store};
 
 /// Refresh interval when a bundle gives no hint, and the bounds put on a hint.
@@ -339,11 +339,11 @@ async fn fetch(federation: &Federation) -> Result<SpiffeBundle, String> {
 }
 
 /// Refreshes each federation when due, until `stop`.
-pub async fn maintain(state: Arc<CaState>, mut stop: watch::Receiver<bool>) {
+pub async fn maintain(state: Arc<CaState>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
-            _ = stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
         }
         let due = match state.federations() {
             Ok(all) => all

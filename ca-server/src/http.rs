@@ -12,13 +12,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use trellis_identity::pem;
 use trellis_proto::listen::{Http1Settings, serve_http1};
 
 use crate::connections::Listeners;
 use crate::error::CaError;
-use crate::state::{CaState, stopped};
+use crate::state::CaState;
 
 #[derive(Clone)]
 struct Http {
@@ -32,7 +32,7 @@ pub async fn serve(
     listener: TcpListener,
     listeners: Listeners,
     state: Arc<CaState>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let settings = Http1Settings {
         header_timeout: state.config.connections.http_header_timeout,
@@ -45,7 +45,7 @@ pub async fn serve(
         .route("/crl/{id}", get(by_id))
         .route("/metrics", get(metrics))
         .with_state(Http { state, listeners });
-    let shutdown = async move { stopped(&mut stop).await };
+    let shutdown = async move { stop.cancelled().await };
     serve_http1(listener, budget, settings, app, shutdown).await;
 }
 

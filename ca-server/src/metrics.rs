@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use trellis_identity::CertInfo;
 use trellis_proto::listen::ConnBudget;
@@ -78,6 +79,19 @@ impl Source for Exported {
             one(as_i64(state.bundle().version())),
         )?;
         expiry(state, now, f)?;
+        if let Some(attestor) = &state.kubernetes {
+            let stats = attestor.key_stats();
+            f.gauge(
+                "trellis_ca_kubernetes_keys",
+                "Service-account signing keys in force (the last set read successfully).",
+                one(as_i64(stats.keys.load(Relaxed))),
+            )?;
+            f.counter(
+                "trellis_ca_kubernetes_key_refresh_failures_total",
+                "Reads of the service-account signing keys that failed since start.",
+                [(Labels::new(), stats.failures.load(Relaxed))],
+            )?;
+        }
         crate::limits::metrics::collect(&state.limits, f)?;
         let l = &self.listeners;
         ConnBudget::collect("trellis_ca", &[&l.grpc, &l.grpc_handshakes, &l.http], f)

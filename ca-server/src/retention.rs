@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use crate::state::{CaState, stopped};
+use crate::state::CaState;
 
 /// Records removed per batch.
 pub const BATCH: usize = 1_000;
@@ -22,12 +22,12 @@ const EVERY: Duration = Duration::from_secs(60);
 const PAUSE: Duration = Duration::from_millis(5);
 
 /// Runs a pass at start and every [`EVERY`] until stopped; nothing if retention is off.
-pub async fn run(state: Arc<CaState>, mut stop: watch::Receiver<bool>) {
+pub async fn run(state: Arc<CaState>, stop: CancellationToken) {
     let Some(retention) = state.config.certificate_retention else {
         return;
     };
     loop {
-        match prune_pass(&state, retention, &mut stop).await {
+        match prune_pass(&state, retention, &stop).await {
             Ok(0) => {}
             Ok(removed) => tracing::info!(
                 removed,
@@ -38,7 +38,7 @@ pub async fn run(state: Arc<CaState>, mut stop: watch::Receiver<bool>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
-            _ = stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
         }
     }
 }
@@ -48,7 +48,7 @@ pub async fn run(state: Arc<CaState>, mut stop: watch::Receiver<bool>) {
 pub async fn prune_pass(
     state: &CaState,
     retention: Duration,
-    stop: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Result<u64, crate::store::StoreError> {
     let now = state.now_unix();
     // The live counts are brought to now first: retention removes only what they no
@@ -62,7 +62,7 @@ pub async fn prune_pass(
             .await
             .map_err(|e| crate::store::StoreError::Storage(format!("retention task: {e}")))??;
         removed += batch as u64;
-        if batch < BATCH || *stop.borrow() {
+        if batch < BATCH || stop.is_cancelled() {
             return Ok(removed);
         }
         tokio::time::sleep(PAUSE).await;

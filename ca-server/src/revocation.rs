@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use trellis_identity::crl_reason::CrlReason;
 use trellis_identity::{SpiffeId, hex};
 
 use crate::bootstrap::store_err;
 use crate::error::CaError;
-use crate::state::{CaState, stopped};
+use crate::state::CaState;
 use crate::store::{AuditRecord, RevocationRecord};
 
 /// What to revoke.
@@ -123,11 +123,11 @@ impl CaState {
 }
 
 /// Drops expired entries from the published list, once a minute.
-pub async fn prune_expired(state: std::sync::Arc<CaState>, mut stop: watch::Receiver<bool>) {
+pub async fn prune_expired(state: std::sync::Arc<CaState>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-            _ = stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
         }
         if let Err(e) = state.refresh_revocations() {
             tracing::warn!(error = %e, "refreshing the revocation list failed");

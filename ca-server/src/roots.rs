@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::KeyPair;
 use rustls_pki_types::CertificateDer;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use trellis_identity::profile::{self, SigningCa};
 use trellis_identity::spiffe::reserved;
 use trellis_identity::{CertInfo, SpiffeId, TrustBundle, files};
@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::bootstrap::{self, DataDir, store_err};
 use crate::error::CaError;
-use crate::state::{CaState, off_runtime, stopped, unix};
+use crate::state::{CaState, off_runtime, unix};
 use crate::store::{
     AuditRecord, CertRecord, Change, IntermediateRecord, RootRecord, RootState, Store, StoreError,
 };
@@ -505,7 +505,7 @@ impl CaState {
 
 /// Logs a warning when a root or the signing intermediate enters the last 20 % of its life;
 /// checks at start and hourly.
-pub async fn watch_expiry(state: Arc<CaState>, mut stop: watch::Receiver<bool>) {
+pub async fn watch_expiry(state: Arc<CaState>, stop: CancellationToken) {
     loop {
         let now = state.now();
         let mut certs: Vec<(String, Vec<u8>)> = state
@@ -531,7 +531,7 @@ pub async fn watch_expiry(state: Arc<CaState>, mut stop: watch::Receiver<bool>) 
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            _ = stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
         }
     }
 }

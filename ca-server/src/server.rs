@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::util::MapRequestLayer;
 use trellis_identity::clock::{Clock, SystemClock};
 use trellis_identity::tls::{self, DeferredClientVerifier, Identity, KeyExchange, Versions};
@@ -47,14 +48,16 @@ pub struct RunningCa {
     pub state: Arc<CaState>,
     /// The listeners' connection budgets (what `/metrics` shows of them).
     pub listeners: Listeners,
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
+    /// Stops the background tasks if the CA is dropped without [`RunningCa::shutdown`].
+    _stop_on_drop: DropGuard,
     task: JoinHandle<Result<(), CaError>>,
 }
 
 impl RunningCa {
     /// Stops accepting, lets in-flight requests finish (up to `shutdown_grace`), flushes.
     pub async fn shutdown(self) -> Result<(), CaError> {
-        self.stop.send_replace(true);
+        self.stop.cancel();
         let grace = self.state.config.shutdown_grace;
         match tokio::time::timeout(grace + Duration::from_secs(1), self.task).await {
             Ok(joined) => joined.map_err(|e| CaError::Internal(e.to_string()))??,
@@ -119,7 +122,8 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         .store
         .flush_now()
         .map_err(|e| CaError::Unavailable(e.to_string()))?;
-    let (stop, stopped) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
     tokio::spawn(renew_serving_identity(
         state.clone(),
         tls.clone(),
@@ -174,6 +178,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         bundle_endpoint_addr,
         state,
         listeners,
+        _stop_on_drop: stop.clone().drop_guard(),
         stop,
         task,
     })
@@ -245,7 +250,7 @@ impl CaState {
 async fn renew_serving_identity(
     state: Arc<CaState>,
     tls: watch::Sender<Arc<ServerConfig>>,
-    mut stopped: watch::Receiver<bool>,
+    stopped: CancellationToken,
 ) {
     let mut bundles = state.watch_bundle();
     let mut signers = state.watch_signer();
@@ -254,7 +259,7 @@ async fn renew_serving_identity(
             _ = tokio::time::sleep(SERVING_LIFETIME / 2) => {}
             changed = bundles.changed() => if changed.is_err() { return },
             changed = signers.changed() => if changed.is_err() { return },
-            _ = crate::state::stopped(&mut stopped) => return,
+            _ = stopped.cancelled() => return,
         }
         match issue_serving_identity(&state).await {
             Ok(config) => {
@@ -274,7 +279,7 @@ async fn serve(
     listeners: Listeners,
     state: Arc<CaState>,
     tls: watch::Receiver<Arc<ServerConfig>>,
-    mut stopped: watch::Receiver<bool>,
+    stopped: CancellationToken,
 ) -> Result<(), CaError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -299,7 +304,7 @@ async fn serve(
         state.config.connections.clone(),
     ));
     let grace = state.config.shutdown_grace;
-    let mut stop_signal = stopped.clone();
+    let stop_signal = stopped.clone();
     let server = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -312,13 +317,13 @@ async fn serve(
         .add_service(workload)
         .add_service(admin)
         .serve_with_incoming_shutdown(ReceiverStream::new(conns_rx), async move {
-            let _ = stop_signal.wait_for(|s| *s).await;
+            stop_signal.cancelled().await;
         });
     tokio::pin!(server);
     let result = tokio::select! {
         result = &mut server => result,
         _ = async {
-            let _ = stopped.wait_for(|s| *s).await;
+            stopped.cancelled().await;
             tokio::time::sleep(grace).await;
         } => Ok(()),
     };
@@ -334,7 +339,7 @@ async fn accept_loop(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
     conns: mpsc::Sender<Result<GuardedConn, std::io::Error>>,
-    mut stopped: watch::Receiver<bool>,
+    stopped: CancellationToken,
     listeners: Listeners,
     limits: ConnectionsConfig,
 ) {
@@ -342,7 +347,7 @@ async fn accept_loop(
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listen::accept(&listener, "grpc", &failures) => accepted,
-            _ = crate::state::stopped(&mut stopped) => return,
+            _ = stopped.cancelled() => return,
         };
         let Some(slot) = listeners.grpc.admit(peer.ip()) else {
             continue;

@@ -320,8 +320,3 @@ pub async fn off_runtime<T: Send + 'static>(
         .await
         .map_err(|e| crate::error::CaError::Internal(format!("blocking task: {e}")))?
 }
-
-/// Resolves once the stop flag is set (or its sender is gone).
-pub async fn stopped(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|stop| *stop).await;
-}

@@ -1,20 +1,18 @@
 //! Kubernetes service-account attestation against a real CA: a local HTTPS endpoint serves
-//! the JWK Set, tokens are minted here with the claim layout of Kubernetes projected tokens
-//! (RS256 with an RSA key and ES256 with a P-256 key, both from aws-lc-rs), and sent to the
-//! CA's Certify over gRPC/TLS with a real CSR.
+//! the JWK Set, tokens are minted by PyJWT and `cryptography` (an implementation nobody here
+//! wrote, `scripts/test-support/sa_tokens.py`) in the shape the API server issues them (RS256
+//! with a 2048-bit RSA key and ES256 with a P-256 key, a `kid`, the `kubernetes.io` claim),
+//! and sent to the CA's Certify over gRPC/TLS with a real CSR.
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _, RSA_PKCS1_SHA256,
-};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -30,111 +28,96 @@ use common::TestCa;
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 const BEARER: &str = "the-ca-own-service-account-token";
+/// How long a request may wait for a read of the keys in these tests: a local read takes
+/// milliseconds, a hanging one 10 s (the fetch timeout); this lies well between.
+const FETCH_WAIT: Duration = Duration::from_secs(2);
+/// Comfortably above `FETCH_WAIT`, comfortably below the 10 s a hanging read takes.
+const WAIT_BOUND: Duration = Duration::from_secs(6);
 
 // ---------------------------------------------------------------------------------------
-// Token minting
+// Token minting, by PyJWT
 
-fn b64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
+/// Keys and tokens from one run of the minting script.
+struct Minted {
+    jwks: HashMap<String, Value>,
+    tokens: HashMap<String, String>,
 }
 
-/// A signing key as the API server holds it.
-enum Signer {
-    Rsa(aws_lc_rs::rsa::KeyPair, String),
-    Ec(EcdsaKeyPair, String),
+impl Minted {
+    fn token(&self, name: &str) -> String {
+        self.tokens
+            .get(name)
+            .unwrap_or_else(|| panic!("no token {name:?} minted"))
+            .clone()
+    }
+
+    fn jwk(&self, kid: &str) -> Value {
+        self.jwks
+            .get(kid)
+            .unwrap_or_else(|| panic!("no key {kid:?}"))
+            .clone()
+    }
 }
 
-impl Signer {
-    fn rsa(kid: &str) -> Self {
-        Self::Rsa(
-            aws_lc_rs::rsa::KeyPair::generate(KeySize::Rsa2048).expect("RSA key"),
-            kid.into(),
-        )
-    }
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("ca-server/ is inside the workspace")
+        .to_path_buf()
+}
 
-    fn ec(kid: &str) -> Self {
-        Self::Ec(
-            EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("P-256 key"),
-            kid.into(),
-        )
+/// Runs the minting script with `keys` (kid, "RSA" or "EC") and token specs (see the script).
+fn mint(keys: &[(&str, &str)], tokens: Value) -> Minted {
+    let python = workspace().join("target/py-tools/bin/python3");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/install-test-deps.sh",
+        python.display()
+    );
+    let spec = json!({
+        "keys": keys.iter().map(|(kid, kty)| json!({"kid": kid, "kty": kty})).collect::<Vec<_>>(),
+        "tokens": tokens,
+    });
+    let mut child = Command::new(python)
+        .arg(workspace().join("scripts/test-support/sa_tokens.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the minting script");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut stdin, spec.to_string().as_bytes()).expect("write the spec");
+    drop(stdin);
+    let out = child.wait_with_output().expect("minting script");
+    assert!(
+        out.status.success(),
+        "sa_tokens.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out: Value = serde_json::from_slice(&out.stdout).expect("JSON from sa_tokens.py");
+    Minted {
+        jwks: out["jwks"]["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| (k["kid"].as_str().expect("kid").to_owned(), k.clone()))
+            .collect(),
+        tokens: serde_json::from_value(out["tokens"].clone()).expect("tokens"),
     }
+}
 
-    fn kid(&self) -> &str {
-        match self {
-            Self::Rsa(_, kid) | Self::Ec(_, kid) => kid,
-        }
-    }
+/// A token spec for the pod of `namespace/account` signed with `key`.
+fn token(name: &str, key: &str, namespace: &str, account: &str) -> Value {
+    json!({"name": name, "key": key, "namespace": namespace, "service_account": account})
+}
 
-    /// The public half as a JWK, as /openid/v1/jwks publishes it.
-    fn jwk(&self) -> Value {
-        match self {
-            Self::Rsa(key, kid) => {
-                let public = key.public_key();
-                json!({
-                    "use": "sig", "kty": "RSA", "kid": kid, "alg": "RS256",
-                    "n": b64url(public.modulus().big_endian_without_leading_zero()),
-                    "e": b64url(public.exponent().big_endian_without_leading_zero()),
-                })
-            }
-            Self::Ec(key, kid) => {
-                let point = key.public_key().as_ref();
-                json!({
-                    "use": "sig", "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
-                    "x": b64url(&point[1..33]), "y": b64url(&point[33..65]),
-                })
-            }
-        }
+/// [`token`] with `extra` fields (`set`, `remove`, `headers`, `forge`, `audience`).
+fn token_with(name: &str, key: &str, extra: Value) -> Value {
+    let mut spec = token(name, key, "demo", "web");
+    for (k, v) in extra.as_object().expect("an object") {
+        spec[k] = v.clone();
     }
-
-    fn alg(&self) -> &'static str {
-        match self {
-            Self::Rsa(..) => "RS256",
-            Self::Ec(..) => "ES256",
-        }
-    }
-
-    fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
-        let input = format!(
-            "{}.{}",
-            b64url(header.to_string().as_bytes()),
-            b64url(claims.to_string().as_bytes())
-        );
-        let rng = SystemRandom::new();
-        let signature = match self {
-            Self::Rsa(key, _) => {
-                let mut sig = vec![0; key.public_modulus_len()];
-                key.sign(&RSA_PKCS1_SHA256, &rng, input.as_bytes(), &mut sig)
-                    .expect("RSA signature");
-                sig
-            }
-            Self::Ec(key, _) => key
-                .sign(&rng, input.as_bytes())
-                .expect("ECDSA signature")
-                .as_ref()
-                .to_vec(),
-        };
-        format!("{input}.{}", b64url(&signature))
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        self.sign_with_header(
-            &json!({"alg": self.alg(), "kid": self.kid(), "typ": "JWT"}),
-            claims,
-        )
-    }
+    spec
 }
 
 fn now() -> u64 {
@@ -144,35 +127,26 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// The claims of a projected token the kubelet requested for a pod, valid from now.
-fn claims(namespace: &str, service_account: &str) -> Value {
-    let now = now();
-    json!({
-        "aud": ["trellis-ca"],
-        "exp": now + 3600,
-        "iat": now,
-        "nbf": now,
-        "iss": ISSUER,
-        "jti": "4bb3fa5c-2cfa-4d05-9f2b-9c8c7d3c1a11",
-        "kubernetes.io": {
-            "namespace": namespace,
-            "node": {"name": "node-1", "uid": "5d1c2a0e-7f4b-4d55-8d9f-0c1f5b1e2a33"},
-            "pod": {"name": format!("{service_account}-7d9c5b7f8-x2x9q"), "uid": "a1b2c3d4-0000-4000-8000-000000000001"},
-            "serviceaccount": {"name": service_account, "uid": "e5f6a7b8-0000-4000-8000-000000000002"},
-            "warnafter": now + 3000,
-        },
-        "sub": format!("system:serviceaccount:{namespace}:{service_account}"),
-    })
-}
-
 // ---------------------------------------------------------------------------------------
 // The JWKS endpoint: real HTTPS on 127.0.0.1 (or ::1) with a certificate made here.
+
+/// What the endpoint does with a request.
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum Mode {
+    Serve = 0,
+    /// Answers 503, as an API server under maintenance.
+    Fail = 1,
+    /// Reads the request and never answers.
+    Stall = 2,
+}
 
 struct JwksServer {
     url: String,
     ca_file: PathBuf,
     token_file: PathBuf,
     body: Arc<Mutex<String>>,
+    mode: Arc<AtomicU8>,
     hits: Arc<AtomicUsize>,
     authorizations: Arc<Mutex<Vec<String>>>,
     /// The `Host` header of every request.
@@ -181,12 +155,12 @@ struct JwksServer {
 }
 
 impl JwksServer {
-    async fn start(keys: &[&Signer]) -> Self {
+    async fn start(keys: &[Value]) -> Self {
         Self::start_on("127.0.0.1", keys).await
     }
 
     /// Serves on `ip` (an IPv4 or IPv6 address), with a certificate for that address.
-    async fn start_on(ip: &str, keys: &[&Signer]) -> Self {
+    async fn start_on(ip: &str, keys: &[Value]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let key = rcgen::KeyPair::generate().expect("server key");
         let mut params = rcgen::CertificateParams::new(vec![ip.into()]).expect("params");
@@ -212,24 +186,33 @@ impl JwksServer {
             "https://{}/openid/v1/jwks",
             listener.local_addr().expect("addr")
         );
-        let body = Arc::new(Mutex::new(String::new()));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let authorizations = Arc::new(Mutex::new(Vec::new()));
-        let hosts = Arc::new(Mutex::new(Vec::new()));
-        let (b, h, a, hs) = (
-            body.clone(),
-            hits.clone(),
-            authorizations.clone(),
-            hosts.clone(),
+        let server = Self {
+            url,
+            ca_file,
+            token_file,
+            body: Arc::default(),
+            mode: Arc::new(AtomicU8::new(Mode::Serve as u8)),
+            hits: Arc::default(),
+            authorizations: Arc::default(),
+            hosts: Arc::default(),
+            _dir: dir,
+        };
+        let (body, mode, hits, auth, hosts) = (
+            server.body.clone(),
+            server.mode.clone(),
+            server.hits.clone(),
+            server.authorizations.clone(),
+            server.hosts.clone(),
         );
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, body, hits, auth, host) = (
+                let (acceptor, body, mode, hits, auth, host) = (
                     acceptor.clone(),
-                    b.clone(),
-                    h.clone(),
-                    a.clone(),
-                    hs.clone(),
+                    body.clone(),
+                    mode.clone(),
+                    hits.clone(),
+                    auth.clone(),
+                    hosts.clone(),
                 );
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
@@ -245,47 +228,44 @@ impl JwksServer {
                     }
                     let text = String::from_utf8_lossy(&request).into_owned();
                     for line in text.lines() {
-                        if let Some(v) = line
-                            .strip_prefix("authorization: ")
-                            .or_else(|| line.strip_prefix("Authorization: "))
-                        {
-                            auth.lock().expect("lock").push(v.to_owned());
-                        }
-                        if let Some(v) = line
-                            .strip_prefix("host: ")
-                            .or_else(|| line.strip_prefix("Host: "))
-                        {
-                            host.lock().expect("lock").push(v.to_owned());
+                        if let Some((name, value)) = line.split_once(": ") {
+                            match name.to_ascii_lowercase().as_str() {
+                                "authorization" => auth.lock().expect("lock").push(value.into()),
+                                "host" => host.lock().expect("lock").push(value.into()),
+                                _ => {}
+                            }
                         }
                     }
                     hits.fetch_add(1, Ordering::SeqCst);
-                    let payload = body.lock().expect("lock").clone();
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/jwk-set+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-                        payload.len()
-                    );
+                    let response = match mode.load(Ordering::SeqCst) {
+                        0 => {
+                            let payload = body.lock().expect("lock").clone();
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/jwk-set+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+                                payload.len()
+                            )
+                        }
+                        1 => "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+                        _ => {
+                            tokio::time::sleep(Duration::from_secs(120)).await;
+                            return;
+                        }
+                    };
                     let _ = tls.write_all(response.as_bytes()).await;
                     let _ = tls.shutdown().await;
                 });
             }
         });
-        let server = Self {
-            url,
-            ca_file,
-            token_file,
-            body,
-            hits,
-            authorizations,
-            hosts,
-            _dir: dir,
-        };
         server.publish(keys);
         server
     }
 
-    fn publish(&self, keys: &[&Signer]) {
-        let set = json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
-        *self.body.lock().expect("lock") = set.to_string();
+    fn publish(&self, keys: &[Value]) {
+        *self.body.lock().expect("lock") = json!({ "keys": keys }).to_string();
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
     }
 
     fn hits(&self) -> usize {
@@ -303,10 +283,20 @@ impl JwksServer {
             },
             refresh: Duration::from_secs(3600),
             min_refresh: Duration::ZERO,
+            fetch_wait: FETCH_WAIT,
             clock_skew: Duration::from_secs(60),
             allowed_namespaces: Vec::new(),
             allowed_service_accounts: Vec::new(),
         }
+    }
+}
+
+/// Polls `check` every 50 ms until it holds, failing the test after `deadline`.
+async fn eventually(deadline: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !check() {
+        assert!(Instant::now() < end, "not within {deadline:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -334,33 +324,55 @@ async fn certify(ca: &TestCa, token: &str) -> Result<String, (Code, String)> {
     }
 }
 
+fn key_stats(ca: &TestCa) -> (u64, u64) {
+    let stats = ca
+        .running()
+        .state
+        .kubernetes
+        .as_ref()
+        .expect("attestation configured")
+        .key_stats();
+    (
+        stats.keys.load(Ordering::Relaxed),
+        stats.failures.load(Ordering::Relaxed),
+    )
+}
+
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test]
 async fn rs256_and_es256_tokens_get_their_service_account_identity() {
-    let rsa = Signer::rsa("rsa-key-1");
-    let ec = Signer::ec("ec-key-1");
-    let jwks = JwksServer::start(&[&rsa, &ec]).await;
+    let minted = mint(
+        &[("rsa-key-1", "RSA"), ("ec-key-1", "EC")],
+        json!([
+            token("rsa", "rsa-key-1", "demo", "web"),
+            token("ec", "ec-key-1", "prod", "api"),
+            token_with(
+                "single-aud",
+                "ec-key-1",
+                json!({"set": {"aud": "trellis-ca"}})
+            ),
+        ]),
+    );
+    let jwks = JwksServer::start(&[minted.jwk("rsa-key-1"), minted.jwk("ec-key-1")]).await;
     let ca = ca_with(jwks.config()).await;
 
-    let token = rsa.sign(&claims("demo", "web"));
+    let rsa = minted.token("rsa");
     assert_eq!(
-        certify(&ca, &token).await,
+        certify(&ca, &rsa).await,
         Ok("spiffe://cluster.local/ns/demo/sa/web".to_owned())
     );
     // The token is not consumed: the same one works again (the kubelet rotates it, not us).
     assert_eq!(
-        certify(&ca, &token).await,
+        certify(&ca, &rsa).await,
         Ok("spiffe://cluster.local/ns/demo/sa/web".to_owned())
     );
     assert_eq!(
-        certify(&ca, &ec.sign(&claims("prod", "api"))).await,
+        certify(&ca, &minted.token("ec")).await,
         Ok("spiffe://cluster.local/ns/prod/sa/api".to_owned())
     );
     // aud as a plain string is the JWT spec's other form.
-    let mut single = claims("prod", "api");
-    single["aud"] = json!("trellis-ca");
-    assert!(certify(&ca, &ec.sign(&single)).await.is_ok());
+    assert!(certify(&ca, &minted.token("single-aud")).await.is_ok());
 
     // One fetch served all of it, authenticated with the CA's own token.
     assert_eq!(jwks.hits(), 1);
@@ -368,18 +380,22 @@ async fn rs256_and_es256_tokens_get_their_service_account_identity() {
         *jwks.authorizations.lock().expect("lock"),
         [format!("Bearer {BEARER}")]
     );
+    assert_eq!(key_stats(&ca), (2, 0));
 }
 
 /// The endpoint named by an IPv6 literal (`https://[::1]:PORT/...`), as a cluster with an
 /// IPv6 service network names its API server.
 #[tokio::test]
 async fn keys_from_an_ipv6_endpoint() {
-    let ec = Signer::ec("ec-key-6");
-    let jwks = JwksServer::start_on("::1", &[&ec]).await;
+    let minted = mint(
+        &[("ec-key-6", "EC")],
+        json!([token("t", "ec-key-6", "v6", "api")]),
+    );
+    let jwks = JwksServer::start_on("::1", &[minted.jwk("ec-key-6")]).await;
     assert!(jwks.url.starts_with("https://[::1]:"), "{}", jwks.url);
     let ca = ca_with(jwks.config()).await;
     assert_eq!(
-        certify(&ca, &ec.sign(&claims("v6", "api"))).await,
+        certify(&ca, &minted.token("t")).await,
         Ok("spiffe://cluster.local/ns/v6/sa/api".to_owned())
     );
     assert_eq!(jwks.hits(), 1);
@@ -394,113 +410,130 @@ async fn keys_from_an_ipv6_endpoint() {
 
 #[tokio::test]
 async fn every_bad_token_is_refused_unauthenticated_with_the_reason() {
-    let rsa = Signer::rsa("rsa-key-1");
-    let ec = Signer::ec("ec-key-1");
-    let stranger = Signer::ec("not-published");
-    let impostor = Signer::ec("ec-key-1"); // same kid, different key
-    let jwks = JwksServer::start(&[&rsa, &ec]).await;
+    let now = now();
+    let t = token_with;
+    let minted = mint(
+        &[
+            ("rsa-key-1", "RSA"),
+            ("ec-key-1", "EC"),
+            ("not-published", "EC"),
+        ],
+        json!([
+            t("good", "rsa-key-1", json!({})),
+            t("other audience", "rsa-key-1", json!({"audience": "vault"})),
+            t("expired", "rsa-key-1", json!({"set": {"exp": now - 600}})),
+            t(
+                "not yet valid",
+                "ec-key-1",
+                json!({"set": {"nbf": now + 900}})
+            ),
+            t("alg none", "rsa-key-1", json!({"forge": "none"})),
+            t(
+                "HS256 with the public key",
+                "rsa-key-1",
+                json!({"forge": "hs256-public-key"})
+            ),
+            t("unknown key", "not-published", json!({})),
+            t(
+                "tampered signature",
+                "rsa-key-1",
+                json!({"forge": "tamper"})
+            ),
+            t(
+                "tampered ES256 signature",
+                "ec-key-1",
+                json!({"forge": "tamper"})
+            ),
+            t(
+                "key type does not match alg",
+                "ec-key-1",
+                json!({"forge": "alg-mismatch"})
+            ),
+            t("no kid", "rsa-key-1", json!({"headers": {"kid": null}})),
+            t(
+                "critical extension",
+                "rsa-key-1",
+                json!({"headers": {"crit": ["exp"]}})
+            ),
+            t(
+                "other issuer",
+                "rsa-key-1",
+                json!({"set": {"iss": "https://evil.example"}})
+            ),
+            t("no exp", "rsa-key-1", json!({"remove": ["exp"]})),
+            t(
+                "exp not a number",
+                "rsa-key-1",
+                json!({"set": {"exp": "tomorrow"}})
+            ),
+            t(
+                "no kubernetes.io claim",
+                "rsa-key-1",
+                json!({"remove": ["kubernetes.io"]})
+            ),
+            t(
+                "no service account",
+                "rsa-key-1",
+                json!({"set": {"kubernetes.io.serviceaccount": {}}})
+            ),
+            t(
+                "sub disagrees",
+                "rsa-key-1",
+                json!({"set": {"sub": "system:serviceaccount:kube-system:admin"}})
+            ),
+            token("disallowed namespace", "rsa-key-1", "kube-system", "web"),
+            token("disallowed service account", "rsa-key-1", "prod", "batch"),
+        ]),
+    );
+    // The same kid as a published key, another key: a forgery by someone who read the JWKS.
+    let impostor = mint(
+        &[("ec-key-1", "EC")],
+        json!([t("impostor", "ec-key-1", json!({}))]),
+    );
+    let jwks = JwksServer::start(&[minted.jwk("rsa-key-1"), minted.jwk("ec-key-1")]).await;
     let mut config = jwks.config();
     config.allowed_namespaces = vec!["demo".into(), "prod".into()];
     config.allowed_service_accounts = vec!["demo/*".into(), "prod/api".into()];
     let ca = ca_with(config).await;
-    let good = claims("demo", "web");
-    let with = |edit: &dyn Fn(&mut Value)| {
-        let mut c = good.clone();
-        edit(&mut c);
-        c
-    };
-    // One base64url character in the middle of the signature changed.
-    let mut tampered = rsa.sign(&good).into_bytes();
-    let i = tampered.len() - 10;
-    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
-    let tampered = String::from_utf8(tampered).expect("ASCII");
-    let unsigned = format!(
-        "{}.{}.",
-        b64url(br#"{"alg":"none","kid":"rsa-key-1"}"#),
-        b64url(good.to_string().as_bytes())
-    );
-    let cases: Vec<(&str, String, &str)> = vec![
-        (
-            "other audience",
-            rsa.sign(&with(&|c| c["aud"] = json!(["vault"]))),
-            "does not include \"trellis-ca\"",
-        ),
-        (
-            "expired",
-            rsa.sign(&with(&|c| c["exp"] = json!(now() - 600))),
-            "expired 60",
-        ),
-        (
-            "not yet valid",
-            ec.sign(&with(&|c| c["nbf"] = json!(now() + 900))),
-            "not valid for another",
-        ),
-        ("alg none", unsigned, "alg \"none\""),
-        (
-            "HMAC",
-            rsa.sign_with_header(&json!({"alg": "HS256", "kid": "rsa-key-1"}), &good),
-            "\"HS256\" is not accepted",
-        ),
-        (
-            "unknown key",
-            stranger.sign(&good),
-            "unknown key \"not-published\"",
-        ),
-        ("bad signature", tampered, "bad signature"),
-        (
-            "forged with a known kid",
-            impostor.sign(&good),
-            "bad signature",
-        ),
-        (
-            "key type does not match alg",
-            ec.sign_with_header(&json!({"alg": "RS256", "kid": "ec-key-1"}), &good),
-            "but the token says",
-        ),
-        (
-            "other issuer",
-            rsa.sign(&with(&|c| c["iss"] = json!("https://evil.example"))),
-            "issuer \"https://evil.example\"",
-        ),
-        (
-            "no exp",
-            rsa.sign(&with(&|c| {
-                c.as_object_mut().map(|m| m.remove("exp"));
-            })),
-            "no exp",
-        ),
-        (
-            "no kubernetes.io claim",
-            rsa.sign(&with(&|c| {
-                c.as_object_mut().map(|m| m.remove("kubernetes.io"));
-            })),
-            "no kubernetes.io claim",
-        ),
-        (
-            "no service account",
-            rsa.sign(&with(&|c| c["kubernetes.io"]["serviceaccount"] = json!({}))),
-            "no kubernetes.io.serviceaccount.name",
-        ),
-        (
-            "sub disagrees",
-            rsa.sign(&with(&|c| {
-                c["sub"] = json!("system:serviceaccount:kube-system:admin")
-            })),
-            "sub does not match",
-        ),
+    let cases: &[(&str, &str)] = &[
+        ("other audience", "does not include \"trellis-ca\""),
+        ("expired", "expired 60"),
+        ("not yet valid", "not valid for another"),
+        ("alg none", "never unsigned ones"),
+        ("HS256 with the public key", "HS256 is not accepted"),
+        ("unknown key", "unknown key \"not-published\""),
+        ("tampered signature", "bad signature"),
+        ("tampered ES256 signature", "bad signature"),
+        ("key type does not match alg", "but the token says RS256"),
+        ("no kid", "no kid"),
+        ("critical extension", "critical extensions"),
+        ("other issuer", "issuer \"https://evil.example\""),
+        ("no exp", "no exp"),
+        ("exp not a number", "JWT claims refused"),
+        ("no kubernetes.io claim", "no kubernetes.io claim"),
+        ("no service account", "no kubernetes.io.serviceaccount.name"),
+        ("sub disagrees", "sub does not match"),
         (
             "disallowed namespace",
-            rsa.sign(&claims("kube-system", "web")),
             "namespace \"kube-system\" is not in kubernetes.allowed_namespaces",
         ),
         (
             "disallowed service account",
-            rsa.sign(&claims("prod", "batch")),
             "prod/batch is not in kubernetes.allowed_service_accounts",
         ),
-        ("not a JWT", "not-a-token".into(), "not a JWT"),
     ];
-    for (what, token, expected) in cases {
+    let mut tokens: Vec<(&str, String, &str)> = cases
+        .iter()
+        .map(|(what, expected)| (*what, minted.token(what), *expected))
+        .collect();
+    tokens.push((
+        "forged with a known kid",
+        impostor.token("impostor"),
+        "bad signature",
+    ));
+    tokens.push(("not a JWT", "not-a-token".into(), "not a JWT"));
+    tokens.push(("too long", "a".repeat(16 * 1024 + 1), "longer than"));
+    for (what, token, expected) in tokens {
         let (code, message) = certify(&ca, &token)
             .await
             .expect_err(&format!("{what} must be refused"));
@@ -512,39 +545,42 @@ async fn every_bad_token_is_refused_unauthenticated_with_the_reason() {
         assert!(!message.contains(&token), "{what}: the token is echoed");
     }
     // The good token still works after all that.
-    assert!(certify(&ca, &rsa.sign(&good)).await.is_ok());
+    assert!(certify(&ca, &minted.token("good")).await.is_ok());
 }
 
 #[tokio::test]
-async fn an_unknown_kid_refetches_the_keys_at_most_as_often_as_allowed() {
-    let old = Signer::rsa("2024-key");
-    let new = Signer::ec("2025-key");
-    let jwks = JwksServer::start(&[&old]).await;
-    let ca = ca_with(jwks.config()).await;
-    assert!(
-        certify(&ca, &old.sign(&claims("demo", "web")))
-            .await
-            .is_ok()
+async fn an_unknown_kid_makes_the_background_task_reread_the_keys_rate_limited() {
+    let minted = mint(
+        &[("2024-key", "RSA"), ("2025-key", "EC"), ("unknown", "EC")],
+        json!([
+            token("old", "2024-key", "demo", "web"),
+            token("new", "2025-key", "demo", "web"),
+            token("stranger", "unknown", "demo", "web"),
+        ]),
     );
+    let (old, new) = (minted.jwk("2024-key"), minted.jwk("2025-key"));
+    let jwks = JwksServer::start(std::slice::from_ref(&old)).await;
+    let ca = ca_with(jwks.config()).await;
+    assert!(certify(&ca, &minted.token("old")).await.is_ok());
     assert_eq!(jwks.hits(), 1);
 
-    // The cluster rotates its signing key: the first token with the new kid makes the CA
-    // look again, and it is accepted.
-    jwks.publish(&[&old, &new]);
+    // The cluster rotates its signing key: the first token with the new kid makes the
+    // background task look again, and the request, which waits for that read, is accepted.
+    jwks.publish(&[old.clone(), new]);
     assert_eq!(
-        certify(&ca, &new.sign(&claims("demo", "web"))).await,
+        certify(&ca, &minted.token("new")).await,
         Ok("spiffe://cluster.local/ns/demo/sa/web".to_owned())
     );
     assert_eq!(jwks.hits(), 2);
+    assert_eq!(key_stats(&ca), (2, 0));
 
     // With a rate limit, a flood of unknown kids does not become a flood of fetches.
-    let jwks = JwksServer::start(&[&old]).await;
+    let jwks = JwksServer::start(&[old]).await;
     let mut config = jwks.config();
     config.min_refresh = Duration::from_secs(3600);
     let ca = ca_with(config).await;
-    let stranger = Signer::ec("unknown");
     for _ in 0..5 {
-        let (code, _) = certify(&ca, &stranger.sign(&claims("demo", "web")))
+        let (code, _) = certify(&ca, &minted.token("stranger"))
             .await
             .expect_err("unknown key");
         assert_eq!(code, Code::Unauthenticated);
@@ -552,18 +588,145 @@ async fn an_unknown_kid_refetches_the_keys_at_most_as_often_as_allowed() {
     assert_eq!(jwks.hits(), 1, "one load, then rate limited");
 }
 
+/// The keys are re-read on the `refresh` interval with no request asking, and a request is
+/// answered from the keys in memory: with the endpoint hanging, tokens of both the old and
+/// the newly read key are accepted at once.
+#[tokio::test]
+async fn keys_are_refreshed_in_the_background_and_requests_never_fetch() {
+    let minted = mint(
+        &[("old", "RSA"), ("new", "EC")],
+        json!([
+            token("old", "old", "demo", "web"),
+            token("new", "new", "demo", "db")
+        ]),
+    );
+    let jwks = JwksServer::start(&[minted.jwk("old")]).await;
+    let mut config = jwks.config();
+    config.refresh = Duration::from_millis(200);
+    let ca = ca_with(config).await;
+    eventually(Duration::from_secs(10), "the first read", || {
+        jwks.hits() >= 1
+    })
+    .await;
+    jwks.publish(&[minted.jwk("old"), minted.jwk("new")]);
+    let before = jwks.hits();
+    eventually(Duration::from_secs(10), "a periodic re-read", || {
+        jwks.hits() >= before + 2
+    })
+    .await;
+    jwks.set_mode(Mode::Stall);
+    for (name, id) in [("new", "db"), ("old", "web")] {
+        let started = Instant::now();
+        assert_eq!(
+            certify(&ca, &minted.token(name)).await,
+            Ok(format!("spiffe://cluster.local/ns/demo/sa/{id}"))
+        );
+        // Below the 10 s a hanging read takes: nothing on the request path touched the
+        // endpoint.
+        assert!(started.elapsed() < WAIT_BOUND, "{:?}", started.elapsed());
+    }
+}
+
+/// A failing endpoint leaves the last good keys in force (logged and counted), and a
+/// hanging one delays a request by at most `fetch_wait`.
+#[tokio::test]
+async fn a_failing_or_hanging_endpoint_keeps_the_last_good_keys() {
+    let minted = mint(
+        &[("k1", "EC"), ("k2", "EC")],
+        json!([
+            token("k1", "k1", "demo", "web"),
+            token("k2", "k2", "demo", "web")
+        ]),
+    );
+    let jwks = JwksServer::start(&[minted.jwk("k1")]).await;
+    let ca = ca_with(jwks.config()).await;
+    assert!(certify(&ca, &minted.token("k1")).await.is_ok());
+
+    // 503: an unknown kid asks for a read, which fails; k1 still verifies.
+    jwks.set_mode(Mode::Fail);
+    let (code, message) = certify(&ca, &minted.token("k2"))
+        .await
+        .expect_err("unknown");
+    assert_eq!(code, Code::Unauthenticated, "{message}");
+    assert_eq!(jwks.hits(), 2);
+    assert_eq!(key_stats(&ca), (1, 1), "one key in force, one failed read");
+    assert!(certify(&ca, &minted.token("k1")).await.is_ok());
+
+    // Hanging: the request that asked for the read is answered after `fetch_wait`, not after
+    // the read's own 10 s timeout.
+    jwks.set_mode(Mode::Stall);
+    let started = Instant::now();
+    let (code, message) = certify(&ca, &minted.token("k2"))
+        .await
+        .expect_err("unknown");
+    let waited = started.elapsed();
+    assert_eq!(code, Code::Unauthenticated, "{message}");
+    assert!(message.contains("unknown key \"k2\""), "{message}");
+    assert!(
+        waited >= FETCH_WAIT && waited < WAIT_BOUND,
+        "waited {waited:?}"
+    );
+    assert!(certify(&ca, &minted.token("k1")).await.is_ok());
+}
+
+/// A CA whose endpoint hangs from the start answers UNAVAILABLE after `fetch_wait`.
+#[tokio::test]
+async fn the_first_read_is_waited_for_at_most_fetch_wait() {
+    let minted = mint(&[("k", "EC")], json!([token("t", "k", "demo", "web")]));
+    let jwks = JwksServer::start(&[minted.jwk("k")]).await;
+    jwks.set_mode(Mode::Stall);
+    let ca = ca_with(jwks.config()).await;
+    let started = Instant::now();
+    let (code, message) = certify(&ca, &minted.token("t")).await.expect_err("no keys");
+    assert_eq!(code, Code::Unavailable, "{message}");
+    assert!(message.contains("has not finished"), "{message}");
+    assert!(started.elapsed() < WAIT_BOUND, "{:?}", started.elapsed());
+}
+
+/// A CA that started while the endpoint failed does not wait out its retry backoff once the
+/// endpoint is back: a request with no keys to check asks for a read and waits for it.
+#[tokio::test]
+async fn a_request_without_keys_asks_for_a_read_at_once() {
+    let minted = mint(&[("k", "EC")], json!([token("t", "k", "demo", "web")]));
+    let jwks = JwksServer::start(&[minted.jwk("k")]).await;
+    jwks.set_mode(Mode::Fail);
+    let ca = ca_with(jwks.config()).await;
+    let (code, message) = certify(&ca, &minted.token("t")).await.expect_err("no keys");
+    assert_eq!(code, Code::Unavailable, "{message}");
+    assert!(message.contains("HTTP 503"), "{message}");
+    assert_eq!(
+        jwks.hits(),
+        2,
+        "the first read, and the one the request asked for"
+    );
+    // The background retry is a second or more away (backoff after two failures).
+    jwks.set_mode(Mode::Serve);
+    assert_eq!(
+        certify(&ca, &minted.token("t")).await,
+        Ok("spiffe://cluster.local/ns/demo/sa/web".to_owned())
+    );
+    let (keys, failures) = key_stats(&ca);
+    assert!(
+        keys == 1 && failures >= 2,
+        "{keys} keys, {failures} failed reads"
+    );
+}
+
 #[tokio::test]
 async fn keys_from_a_file_and_an_unreachable_endpoint() {
-    let ec = Signer::ec("file-key");
+    let minted = mint(
+        &[("file-key", "EC")],
+        json!([token("t", "file-key", "demo", "db")]),
+    );
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("jwks.json");
-    std::fs::write(&file, json!({"keys": [ec.jwk()]}).to_string()).expect("write");
+    std::fs::write(&file, json!({"keys": [minted.jwk("file-key")]}).to_string()).expect("write");
     let jwks = JwksServer::start(&[]).await;
     let mut config = jwks.config();
     config.keys = KeySource::File(file);
     let ca = ca_with(config.clone()).await;
     assert_eq!(
-        certify(&ca, &ec.sign(&claims("demo", "db"))).await,
+        certify(&ca, &minted.token("t")).await,
         Ok("spiffe://cluster.local/ns/demo/sa/db".to_owned())
     );
 
@@ -578,9 +741,7 @@ async fn keys_from_a_file_and_an_unreachable_endpoint() {
         bearer_token_file: None,
     };
     let ca = ca_with(config).await;
-    let (code, message) = certify(&ca, &ec.sign(&claims("demo", "db")))
-        .await
-        .expect_err("no keys");
+    let (code, message) = certify(&ca, &minted.token("t")).await.expect_err("no keys");
     assert_eq!(code, Code::Unavailable, "{message}");
     assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
 }

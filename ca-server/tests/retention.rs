@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use trellis_ca::store::{CertRecord, Store};
 use trellis_identity::clock::{Clock, ManualClock};
 
@@ -77,9 +77,9 @@ async fn records_past_retention_go_and_the_rest_stay() {
     let live = fill(&*state.store, 0xa3, 5, now + HOUR);
     let issued_before = state.store.issued_total().expect("open");
 
-    let (_stop_tx, mut stop) = watch::channel(false);
+    let stop = CancellationToken::new();
     let retention = Duration::from_secs(HOUR);
-    let removed = trellis_ca::retention::prune_pass(state, retention, &mut stop)
+    let removed = trellis_ca::retention::prune_pass(state, retention, &stop)
         .await
         .expect("prune");
     assert_eq!(removed, 30);
@@ -108,7 +108,7 @@ async fn records_past_retention_go_and_the_rest_stay() {
     // An hour later the recent ones are past retention too; the live ones have expired but
     // are within it.
     clock.advance(Duration::from_secs(HOUR + 60));
-    let removed = trellis_ca::retention::prune_pass(state, retention, &mut stop)
+    let removed = trellis_ca::retention::prune_pass(state, retention, &stop)
         .await
         .expect("prune");
     assert_eq!(removed, 10);
@@ -132,7 +132,7 @@ async fn a_retention_of_zero_keeps_every_record() {
     let state = ca.running().state.clone();
     let now = unix(clock.now());
     let old = fill(&*state.store, 0xb1, 20, now - 1000 * HOUR);
-    let (_stop_tx, stop) = watch::channel(false);
+    let stop = CancellationToken::new();
     tokio::time::timeout(
         Duration::from_secs(5),
         trellis_ca::retention::run(state.clone(), stop),

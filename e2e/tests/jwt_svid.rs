@@ -18,8 +18,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hyper_util::rt::TokioIo;
 use spiffe::WorkloadApiClient;
 use tokio::net::UnixStream;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::transport::{Channel, Endpoint};
 use trellis_proto::admin::v1::{
     ActivateJwtKeyRequest, AddJwtKeyRequest, ListJwtKeysRequest, RetireJwtKeyRequest,
@@ -35,7 +35,7 @@ const WITHIN: Duration = Duration::from_secs(15);
 /// The Workload API with the JWT-SVID profile on a socket in `dir`.
 struct Served {
     path: PathBuf,
-    _stop: watch::Sender<bool>,
+    _stop: DropGuard,
     _task: JoinHandle<std::io::Result<()>>,
 }
 
@@ -47,11 +47,11 @@ impl Served {
             .await
             .expect("bind")
             .with_jwt_svids(Arc::new(jwt));
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(socket.serve(agent.creds.clone(), stop_rx));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(socket.serve(agent.creds.clone(), stop.clone()));
         Self {
             path,
-            _stop: stop,
+            _stop: stop.drop_guard(),
             _task: task,
         }
     }

@@ -18,6 +18,7 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::transport::{Channel, Endpoint};
 use trellis_identity::clock::Clock;
 use trellis_identity::{CertInfo, TrustBundle, WorkloadKey, pem};
@@ -39,10 +40,11 @@ async fn agent(mesh: &Mesh, path: &str) -> (CredentialsRx, Arc<Credentials>, Run
     (creds, first, agent)
 }
 
-/// The Workload API on a socket in `dir`, serving `creds` until the returned sender says stop.
+/// The Workload API on a socket in `dir`, serving `creds` until stopped or dropped.
 struct Served {
     path: PathBuf,
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
+    _stop_on_drop: DropGuard,
     task: JoinHandle<std::io::Result<()>>,
 }
 
@@ -50,9 +52,14 @@ impl Served {
     async fn start(dir: &Path, creds: CredentialsRx) -> Self {
         let path = dir.join("spire-compatible").join("workload.sock");
         let socket = WorkloadApiSocket::bind(&path).await.expect("bind");
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(socket.serve(creds, stop_rx));
-        Self { path, stop, task }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(socket.serve(creds, stop.clone()));
+        Self {
+            path,
+            _stop_on_drop: stop.clone().drop_guard(),
+            stop,
+            task,
+        }
     }
 
     fn endpoint(&self) -> String {
@@ -67,7 +74,7 @@ impl Served {
 
     /// Stops the server and checks that it ends cleanly and removes its socket.
     async fn stop(self) {
-        self.stop.send_replace(true);
+        self.stop.cancel();
         tokio::time::timeout(WITHIN, self.task)
             .await
             .expect("the Workload API stops in time")

@@ -33,7 +33,7 @@ use crate::app_probes::AppProbes;
 use crate::capture::exposure::{Exposure, ExposureView};
 use crate::credentials::{Credentials, CredentialsRx};
 use crate::metrics::{CaStream, Metrics};
-use crate::shutdown::Shutdown;
+use tokio_util::sync::CancellationToken;
 
 /// The admin port's bounds: it may be reachable from the pod network (kubelet probes,
 /// Prometheus), so a peer that opens connections and sends nothing, or sends headers that
@@ -93,7 +93,7 @@ impl AdminLimits {
 struct AdminState {
     creds: CredentialsRx,
     metrics: Arc<Metrics>,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
     pod: PodState,
     /// The admin port's connections, shown in `/metrics` when served.
     budget: Option<Arc<ConnBudget>>,
@@ -110,7 +110,7 @@ pub struct PodState {
 pub fn router(
     creds: CredentialsRx,
     metrics: Arc<Metrics>,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
     pod: PodState,
 ) -> Router {
     routes(AdminState {
@@ -138,7 +138,7 @@ pub async fn serve_admin(
     listener: TcpListener,
     creds: CredentialsRx,
     metrics: Arc<Metrics>,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
     pod: PodState,
 ) -> io::Result<()> {
     serve_admin_limited(
@@ -163,7 +163,7 @@ pub async fn serve_admin_limited(
     limits: AdminLimits,
     creds: CredentialsRx,
     metrics: Arc<Metrics>,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
     pod: PodState,
 ) -> io::Result<()> {
     let budget = ConnBudget::new(
@@ -183,7 +183,7 @@ pub async fn serve_admin_limited(
         drain: Duration::from_secs(2),
     };
     serve_http1(listener, budget, settings, app, async move {
-        shutdown.wait().await
+        shutdown.cancelled().await
     })
     .await;
     Ok(())
@@ -194,7 +194,7 @@ async fn live() -> &'static str {
 }
 
 async fn ready(State(state): State<AdminState>) -> (StatusCode, String) {
-    if state.shutdown.is_triggered() {
+    if state.shutdown.is_cancelled() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: shutting down\n".into(),

@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls_pki_types::CertificateDer;
 use std::collections::{BTreeMap, HashSet};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use trellis_identity::bundle::{JwtKey, format_time};
 use trellis_identity::clock::Clock;
@@ -142,8 +143,8 @@ impl Agent {
     }
 
     /// Runs until `stop` becomes true.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let Some(bundle) = self.initial_bundle(&mut stop).await else {
+    pub async fn run(self, stop: CancellationToken) {
+        let Some(bundle) = self.initial_bundle(&stop).await else {
             return;
         };
         self.note_bundle(&bundle);
@@ -190,7 +191,7 @@ impl Agent {
                     self.on_revocations(set);
                     continue;
                 }
-                _ = stopped(&mut stop) => break,
+                _ = stop.cancelled() => break,
             }
             let bundle = bundles.borrow().clone();
             let started = std::time::Instant::now();
@@ -218,7 +219,7 @@ impl Agent {
                 }) => {
                     self.metrics.renewal_throttled();
                     if !self
-                        .wait_for_hint(current.as_deref(), &message, hint, &mut stop)
+                        .wait_for_hint(current.as_deref(), &message, hint, &stop)
                         .await
                     {
                         break;
@@ -231,7 +232,7 @@ impl Agent {
                     self.on_failure(current.as_deref(), &e, delay);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = stopped(&mut stop) => break,
+                        _ = stop.cancelled() => break,
                     }
                 }
             }
@@ -277,7 +278,7 @@ impl Agent {
         tracing::info!(revoked = revoked.len(), closed, "revocation list applied");
     }
 
-    async fn initial_bundle(&self, stop: &mut watch::Receiver<bool>) -> Option<TrustBundle> {
+    async fn initial_bundle(&self, stop: &CancellationToken) -> Option<TrustBundle> {
         let mut failures = 0;
         loop {
             match trust::initial_bundle(
@@ -302,7 +303,7 @@ impl Agent {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = stopped(stop) => return None,
+                        _ = stop.cancelled() => return None,
                     }
                 }
             }
@@ -548,7 +549,7 @@ impl Agent {
         current: Option<&Credentials>,
         message: &str,
         hint: Duration,
-        stop: &mut watch::Receiver<bool>,
+        stop: &CancellationToken,
     ) -> bool {
         let refused_at = self.clock.now();
         let delay = retry_hint::with_jitter(hint);
@@ -575,7 +576,7 @@ impl Agent {
         }
         tokio::select! {
             _ = sleep_until(&self.clock, until, self.pacing.tick) => {}
-            _ = stopped(stop) => return false,
+            _ = stop.cancelled() => return false,
         }
         if self.clock.now() >= refused_at + hint {
             self.metrics.ca_retry_hints_honoured.fetch_add(1, Relaxed);
@@ -730,7 +731,7 @@ async fn follow<M, F>(
     clock: Arc<dyn Clock>,
     bundles: watch::Receiver<Arc<TrustBundle>>,
     pacing: Pacing,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     open: impl Fn(WorkloadCaClient<tonic::transport::Channel>) -> F,
     mut apply: impl FnMut(M) -> Result<(), String>,
 ) where
@@ -761,7 +762,7 @@ async fn follow<M, F>(
         };
         let error: String = tokio::select! {
             result = outcome => match result { Err(e) => e, Ok(()) => String::new() },
-            _ = stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
         };
         what.set(&metrics, false);
         failures += 1;
@@ -775,7 +776,7 @@ async fn follow<M, F>(
         tracing::debug!(stream = what.as_str(), error = %error, retry_in = ?delay, "CA stream interrupted; reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
         }
     }
 }
@@ -788,7 +789,7 @@ async fn watch_bundle(
     clock: Arc<dyn Clock>,
     bundles: watch::Sender<Arc<TrustBundle>>,
     pacing: Pacing,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let current = bundles.subscribe();
     follow(
@@ -818,7 +819,7 @@ async fn watch_revocations(
     bundles: watch::Receiver<Arc<TrustBundle>>,
     revoked: watch::Sender<Revoked>,
     pacing: Pacing,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     follow(
         (CaStream::Revocations, metrics),
@@ -884,10 +885,6 @@ async fn sleep_until(clock: &Arc<dyn Clock>, deadline: SystemTime, tick: Duratio
         }
         tokio::time::sleep(left.min(tick)).await;
     }
-}
-
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 fn unix(t: SystemTime) -> u64 {

@@ -260,7 +260,7 @@ impl Inbound {
             PlainStream::new(app, self.ctx.buffer_size),
             self.ctx.timeouts.idle,
             metrics.dir(DIRECTION),
-            conn.close_now().wait(),
+            conn.close_now().cancelled(),
         )
         .await;
         outcome.log();

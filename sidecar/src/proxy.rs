@@ -38,7 +38,7 @@ pub use workers::Workers;
 use crate::config::Timeouts;
 use crate::credentials::CredentialsRx;
 use crate::metrics::{DirectionCounters, Metrics};
-use crate::shutdown::Shutdown;
+use tokio_util::sync::CancellationToken;
 
 /// What every listener shares; clone one per listener.
 #[derive(Clone, Debug)]
@@ -50,7 +50,7 @@ pub struct Context {
     /// Live connections by peer serial, for closing revoked peers.
     pub registry: Registry,
     /// Set on SIGTERM: listeners stop accepting and drain for `timeouts.drain`.
-    pub shutdown: Shutdown,
+    pub shutdown: CancellationToken,
     /// Read buffer per direction of a connection; [`BUFFER_SIZE`] unless measuring.
     pub buffer_size: usize,
     /// The runtimes connections run on; the current one unless the sidecar starts more.
@@ -65,7 +65,7 @@ impl Context {
         creds: CredentialsRx,
         metrics: Arc<Metrics>,
         registry: Registry,
-        shutdown: Shutdown,
+        shutdown: CancellationToken,
     ) -> Self {
         Self {
             timeouts,

@@ -1,6 +1,6 @@
 //! Wiring: binds every listener first (so a bad address fails start-up with one line), then
 //! starts the identity agent, the data path, the admin endpoint and the Workload API, all
-//! stopped together by one [`Shutdown`].
+//! stopped together by one `CancellationToken`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,9 +19,9 @@ use crate::credentials::CredentialsRx;
 use crate::join_token::BootstrapCredential;
 use crate::metrics::Metrics;
 use crate::proxy::{Context, Registry, Workers};
-use crate::shutdown::Shutdown;
 use crate::workload_api::{JwtSvids, WorkloadApiSocket};
 use crate::{admin, inbound, outbound};
+use tokio_util::sync::CancellationToken;
 
 /// A running sidecar.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ pub struct Running {
     pub creds: CredentialsRx,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
     data_path: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
 }
@@ -82,16 +82,7 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     let (creds_tx, creds) = watch::channel(None);
     let metrics = Arc::new(Metrics::default());
     let registry = Registry::new();
-    let shutdown = Shutdown::new();
-    // The agent and the Workload API stop on a watch flag; bridge it from the shutdown.
-    let (stop_tx, stop) = watch::channel(false);
-    let bridge = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.wait().await;
-            stop_tx.send_replace(true);
-        })
-    };
+    let shutdown = CancellationToken::new();
     let agent = Agent::new(
         &config,
         options.clock.clone(),
@@ -101,11 +92,11 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
         options.pacing,
     )
     .with_registry(registry.clone());
-    let mut background = vec![bridge, tokio::spawn(agent.run(stop.clone()))];
+    let mut background = vec![tokio::spawn(agent.run(shutdown.clone()))];
     if let Some(socket) = workload_api {
         let jwt = JwtSvids::new(config.ca.clone(), options.clock.clone());
         let socket = socket.with_jwt_svids(Arc::new(jwt));
-        let (creds, stop) = (creds.clone(), stop.clone());
+        let (creds, stop) = (creds.clone(), shutdown.clone());
         background.push(tokio::spawn(async move {
             if let Err(e) = socket.serve(creds, stop).await {
                 tracing::error!(error = %e, "Workload API stopped");
@@ -128,7 +119,9 @@ pub async fn start(mut config: Config, options: Options) -> anyhow::Result<Runni
     };
     pod.exposure.check(&metrics);
     background.push(tokio::spawn(
-        pod.exposure.clone().watch(metrics.clone(), stop.clone()),
+        pod.exposure
+            .clone()
+            .watch(metrics.clone(), shutdown.clone()),
     ));
     {
         let (creds, metrics, shutdown) = (creds.clone(), metrics.clone(), shutdown.clone());
@@ -189,7 +182,7 @@ impl Running {
     /// Graceful stop: listeners stop accepting and drain (up to the configured deadline),
     /// then the agent, admin endpoint and Workload API stop.
     pub async fn shutdown(self) {
-        self.shutdown.trigger();
+        self.shutdown.cancel();
         for task in self.data_path {
             let _ = task.await;
         }

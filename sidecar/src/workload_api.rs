@@ -56,9 +56,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustls_pki_types::PrivateKeyDer;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
@@ -105,7 +106,7 @@ const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub async fn serve_workload_api(
     socket: PathBuf,
     creds: CredentialsRx,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> io::Result<()> {
     WorkloadApiSocket::bind(&socket)
         .await?
@@ -117,7 +118,7 @@ pub async fn serve_workload_api(
 /// a transport of the caller's choice ([`WorkloadApiSocket::serve`] uses the Unix socket).
 pub fn service(
     creds: CredentialsRx,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> InterceptedService<SpiffeWorkloadApiServer<WorkloadApi>, SecurityHeaderCheck> {
     service_with_jwt(creds, stop, None)
 }
@@ -125,7 +126,7 @@ pub fn service(
 /// [`service`] with the JWT-SVID profile served by `jwt` (UNIMPLEMENTED without it).
 pub fn service_with_jwt(
     creds: CredentialsRx,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     jwt: Option<Arc<JwtSvids>>,
 ) -> InterceptedService<SpiffeWorkloadApiServer<WorkloadApi>, SecurityHeaderCheck> {
     let server = SpiffeWorkloadApiServer::new(WorkloadApi { creds, stop, jwt })
@@ -251,19 +252,19 @@ impl WorkloadApiSocket {
 
     /// Serves the Workload API until `stop` becomes true (or its sender is dropped): open
     /// streams end with `UNAVAILABLE`, then the server drains and the socket file is removed.
-    pub async fn serve(self, creds: CredentialsRx, stop: watch::Receiver<bool>) -> io::Result<()> {
+    pub async fn serve(self, creds: CredentialsRx, stop: CancellationToken) -> io::Result<()> {
         let Self {
             listener,
             path,
             file_id,
             jwt,
         } = self;
-        let mut shutdown = stop.clone();
+        let shutdown = stop.clone();
         let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new));
         let result = tonic::transport::Server::builder()
             .add_service(service_with_jwt(creds, stop, jwt))
             .serve_with_incoming_shutdown(incoming, async move {
-                stopped(&mut shutdown).await;
+                shutdown.cancelled().await;
             })
             .await
             .map_err(io::Error::other);
@@ -340,16 +341,11 @@ fn context(e: io::Error, what: &str, path: &Path) -> io::Error {
     )
 }
 
-/// Completes when `stop` is true or its sender is gone.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 /// The `SpiffeWorkloadAPI` implementation over the identity agent's credentials.
 #[derive(Clone)]
 pub struct WorkloadApi {
     creds: CredentialsRx,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     jwt: Option<Arc<JwtSvids>>,
 }
 
@@ -470,7 +466,7 @@ impl WorkloadApi {
     }
 
     fn current(&self) -> Result<Arc<Credentials>, Status> {
-        if *self.stop.borrow() {
+        if self.stop.is_cancelled() {
             return Err(shutting_down());
         }
         self.creds.borrow().clone().ok_or_else(not_ready)
@@ -517,7 +513,7 @@ impl WorkloadApi {
     where
         T: PartialEq + Clone + Send + 'static,
     {
-        if *self.stop.borrow() {
+        if self.stop.is_cancelled() {
             return Err(shutting_down());
         }
         let mut creds = self.creds.clone();
@@ -542,7 +538,7 @@ impl WorkloadApi {
 async fn stream_updates<T: PartialEq + Clone>(
     first: T,
     mut creds: CredentialsRx,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     tx: &mpsc::Sender<Result<T, Status>>,
     render: fn(&Credentials) -> Result<T, Status>,
     on_withdrawal: OnWithdrawal,
@@ -553,12 +549,12 @@ async fn stream_updates<T: PartialEq + Clone>(
         if let Some(message) = pending.take() {
             tokio::select! {
                 sent = tx.send(Ok(message)) => if sent.is_err() { return None },
-                _ = stopped(&mut stop) => return Some(shutting_down()),
+                _ = stop.cancelled() => return Some(shutting_down()),
             }
         }
         tokio::select! {
             _ = tx.closed() => return None,
-            _ = stopped(&mut stop) => return Some(shutting_down()),
+            _ = stop.cancelled() => return Some(shutting_down()),
             changed = creds.changed() => {
                 if changed.is_err() {
                     return Some(Status::unavailable("the sidecar's identity agent stopped"));

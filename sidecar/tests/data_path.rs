@@ -523,7 +523,7 @@ async fn shutdown_stops_accepting_and_drains_until_the_deadline() {
     let mut s = TcpStream::connect(p.outbound).await.unwrap();
     assert_eq!(round_trip(&mut s, b"1").await.unwrap(), b"1");
 
-    p.server.shutdown.trigger();
+    p.server.shutdown.cancel();
     let triggered = Instant::now();
     let inbound = p.inbound;
     let mut refused = false;
@@ -622,7 +622,7 @@ async fn admin_endpoint_reports_health_metrics_and_identity() {
     let (status, _, _) = http_get(admin, "/nope").await;
     assert_eq!(status, 404);
     // Shutting down stops the endpoint.
-    sidecar.shutdown.trigger();
+    sidecar.shutdown.cancel();
     let task = sidecar.tasks.remove(0);
     within("admin stopped", task).await.unwrap();
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use trellis_proto::ca::v1::certify_request::Credential as ProtoCredential;
 use trellis_proto::ca::v1::workload_ca_server::WorkloadCa;
@@ -25,12 +26,12 @@ use crate::state::CaState;
 #[derive(Debug, Clone)]
 pub struct WorkloadService {
     state: Arc<CaState>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 }
 
 impl WorkloadService {
     /// Serves `state`; open streams end when `shutdown` becomes true.
-    pub fn new(state: Arc<CaState>, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(state: Arc<CaState>, shutdown: CancellationToken) -> Self {
         Self { state, shutdown }
     }
 }
@@ -42,7 +43,7 @@ type RevocationStream = Pin<Box<dyn Stream<Item = Result<RevocationList, Status>
 /// client goes away or the server shuts down.
 fn follow<T, M>(
     mut source: watch::Receiver<T>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     convert: impl Fn(&T) -> M + Send + 'static,
 ) -> Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>
 where
@@ -58,7 +59,7 @@ where
             }
             tokio::select! {
                 changed = source.changed() => if changed.is_err() { return },
-                _ = crate::state::stopped(&mut shutdown) => return,
+                _ = shutdown.cancelled() => return,
                 _ = tx.closed() => return,
             }
         }

@@ -1,14 +1,20 @@
-//! Where the cluster's service-account signing keys come from: a JWK Set file, or the API
-//! server's JWKS endpoint over HTTPS (`/openid/v1/jwks`, readable with the built-in
-//! `system:service-account-issuer-discovery` role), verified against a given CA file.
+//! The cluster's service-account signing keys: where they come from (a JWK Set file, or the
+//! API server's JWKS endpoint over HTTPS, `/openid/v1/jwks`, readable with the built-in
+//! `system:service-account-issuer-discovery` role, verified against a given CA file) and the
+//! [`KeySet`] they make, through `jsonwebtoken`'s JWK types ([RFC 7517]).
+//!
+//! [RFC 7517]: https://www.rfc-editor.org/rfc/rfc7517
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
 use trellis_identity::pem;
-
-use super::jwt::KeySet;
 
 /// A JWK Set larger than this is refused (real ones are a few KiB).
 const MAX_JWKS: usize = 1024 * 1024;
@@ -103,6 +109,121 @@ pub enum KeySource {
     },
 }
 
+/// One signing key of the issuer.
+#[derive(Clone)]
+pub struct VerifyingKey {
+    pub kid: String,
+    /// The one algorithm this key verifies: RS256 for an RSA key, ES256 for a P-256 key.
+    pub alg: Algorithm,
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VerifyingKey({:?}, {:?})", self.kid, self.alg)
+    }
+}
+
+/// The verification keys of an issuer.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: Vec<VerifyingKey>,
+}
+
+/// Why a key set could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("JWK Set: {0}")]
+pub struct KeySetError(String);
+
+/// Just enough of a key to decide whether it is one of ours, before `jsonwebtoken` reads it.
+#[derive(Deserialize)]
+struct KeyKind {
+    kty: Option<String>,
+    crv: Option<String>,
+    #[serde(rename = "use")]
+    usage: Option<String>,
+}
+
+impl KeySet {
+    /// Parses a JWK Set document. Keys that are not RSA or P-256 signing keys are skipped
+    /// (an issuer may publish others); a key that claims to be one but is malformed or weak
+    /// (RSA under 2048 bits) is an error, and so is a set with no usable key.
+    pub fn parse(json: &[u8]) -> Result<Self, KeySetError> {
+        #[derive(Deserialize)]
+        struct RawSet {
+            keys: Vec<serde_json::Value>,
+        }
+        let raw: RawSet =
+            serde_json::from_slice(json).map_err(|e| KeySetError(format!("not a JWK Set: {e}")))?;
+        let mut keys = Vec::new();
+        for (i, value) in raw.keys.into_iter().enumerate() {
+            let bad = |m: String| KeySetError(format!("key {i}: {m}"));
+            let kind = KeyKind::deserialize(&value).map_err(|e| bad(e.to_string()))?;
+            if kind.usage.as_deref().is_some_and(|u| u != "sig") {
+                continue;
+            }
+            let (alg, key_alg) = match (kind.kty.as_deref(), kind.crv.as_deref()) {
+                (Some("RSA"), _) => (Algorithm::RS256, KeyAlgorithm::RS256),
+                (Some("EC"), Some("P-256")) => (Algorithm::ES256, KeyAlgorithm::ES256),
+                _ => continue,
+            };
+            let jwk = Jwk::deserialize(&value).map_err(|e| bad(e.to_string()))?;
+            // A key published for another algorithm (RS512, say) is not one we verify with.
+            if jwk.common.key_algorithm.is_some_and(|a| a != key_alg) {
+                continue;
+            }
+            let decoded = |field: &str, text: &str| {
+                URL_SAFE_NO_PAD
+                    .decode(text)
+                    .map_err(|_| bad(format!("{field} is not base64url")))
+            };
+            match &jwk.algorithm {
+                AlgorithmParameters::RSA(rsa) => {
+                    let n = decoded("n", &rsa.n)?;
+                    let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
+                    if bits < 2048 {
+                        return Err(bad(format!(
+                            "RSA modulus of {bits} bits; at least 2048 are required"
+                        )));
+                    }
+                    decoded("e", &rsa.e)?;
+                }
+                AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                    if decoded("x", &ec.x)?.len() != 32 || decoded("y", &ec.y)?.len() != 32 {
+                        return Err(bad("P-256 coordinates must be 32 bytes".into()));
+                    }
+                }
+                _ => return Err(bad("kty does not match the key's parameters".into())),
+            }
+            let key = DecodingKey::from_jwk(&jwk).map_err(|e| bad(e.to_string()))?;
+            keys.push(VerifyingKey {
+                kid: jwk.common.key_id.unwrap_or_default(),
+                alg,
+                key,
+            });
+        }
+        if keys.is_empty() {
+            return Err(KeySetError("no RSA or P-256 signing key in the set".into()));
+        }
+        Ok(Self { keys })
+    }
+
+    /// The key with this id.
+    pub fn get(&self, kid: &str) -> Option<&VerifyingKey> {
+        self.keys.iter().find(|k| k.kid == kid)
+    }
+
+    /// How many keys the set holds.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the set holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
 /// Reads the key set once.
 pub async fn load(source: &KeySource) -> Result<KeySet, String> {
     let bytes = match source {
@@ -163,6 +284,36 @@ async fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_sets_skip_foreign_keys_and_refuse_weak_ones() {
+        let p256 = r#"{"kty":"EC","crv":"P-256","kid":"ec","x":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","y":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}"#;
+        let set = KeySet::parse(
+            format!(r#"{{"keys":[{{"kty":"oct","k":"c2VjcmV0"}},{{"kty":"EC","crv":"P-384","x":"","y":""}},{{"kty":"OKP","crv":"Ed25519","x":"AA"}},{p256}]}}"#)
+                .as_bytes(),
+        )
+        .expect("one usable key");
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.get("ec").map(|k| k.alg), Some(Algorithm::ES256));
+        let weak = r#"{"keys":[{"kty":"RSA","kid":"r","n":"AQAB","e":"AQAB"}]}"#;
+        assert!(
+            KeySet::parse(weak.as_bytes())
+                .expect_err("weak")
+                .to_string()
+                .contains("2048")
+        );
+        let short = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"e","x":"AAAA","y":"AAAA"}]}"#;
+        assert!(
+            KeySet::parse(short.as_bytes())
+                .expect_err("short")
+                .to_string()
+                .contains("32 bytes")
+        );
+        let padded = p256.replace("AAA\"", "AA=\"");
+        assert!(KeySet::parse(format!(r#"{{"keys":[{padded}]}}"#).as_bytes()).is_err());
+        assert!(KeySet::parse(br#"{"keys":[]}"#).is_err());
+        assert!(KeySet::parse(b"[]").is_err());
+    }
 
     #[test]
     fn urls() {

@@ -4,21 +4,29 @@
 //! `spiffe://<td>/ns/<namespace>/sa/<service-account>`.
 //!
 //! Checks, in order, each refusal naming what failed: size and shape; `alg` is RS256 or ES256
-//! (never `none`); the key id is one of the issuer's keys (the set is re-fetched, rate
-//! limited, when it is not); the signature; `iss`; `aud`; `exp` and `nbf` with a small skew
-//! allowance; `kubernetes.io.namespace` and `.serviceaccount.name` present, agreeing with
-//! `sub`, and allowed by the configuration.
+//! (never `none`, never HMAC) and no critical header extension; the key id is one of the
+//! issuer's keys (kept fresh in the background by [`KeyCache`], which re-reads them, rate
+//! limited, when it is not) and the key is of the header's algorithm; the signature
+//! (`jsonwebtoken` on aws-lc-rs); then the claims, decoded into [`ServiceAccountClaims`]:
+//! `iss`; `aud`; `exp` and `nbf` with a small skew allowance against the injected clock;
+//! `kubernetes.io.namespace` and `.serviceaccount.name` present, agreeing with `sub`, and
+//! allowed by the configuration.
 //!
 //! Token format: <https://kubernetes.io/docs/reference/access-authn-authz/service-accounts-admin/#bound-service-account-tokens>
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
 use trellis_identity::{SpiffeId, TrustDomain};
 
-use super::jwks::{self, KeySource};
-use super::jwt::{self, KeySet};
+use super::jwks::KeySource;
+use super::refresh::KeyCache;
+
+/// Tokens longer than this are refused before any parsing (Kubernetes tokens are ~1 KiB).
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
 /// Validated `[kubernetes]` settings.
 #[derive(Debug, Clone)]
@@ -33,6 +41,9 @@ pub struct KubernetesConfig {
     pub refresh: Duration,
     /// Re-reads for an unknown kid happen at most this often.
     pub min_refresh: Duration,
+    /// The longest a request waits for reads of the keys (the first one after start, or the
+    /// one it asked for); past it the request is answered with what is known.
+    pub fetch_wait: Duration,
     /// Tolerance for clock differences on `exp` and `nbf`.
     pub clock_skew: Duration,
     /// Namespaces whose service accounts may get certificates; empty means all.
@@ -66,21 +77,63 @@ fn refused(reason: impl Into<String>) -> AttestError {
     AttestError::Refused(reason.into())
 }
 
-struct Cache {
-    keys: Option<Arc<KeySet>>,
-    /// When the keys were last loaded successfully.
-    loaded: Option<Instant>,
-    /// When a load was last attempted, successful or not.
-    attempted: Option<Instant>,
-    last_error: Option<String>,
+/// The claims of a projected service-account token, as the API server issues them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceAccountClaims {
+    pub iss: Option<String>,
+    /// `system:serviceaccount:NAMESPACE:NAME`.
+    pub sub: Option<String>,
+    pub aud: Option<Audience>,
+    pub exp: Option<NumericDate>,
+    pub nbf: Option<NumericDate>,
+    pub iat: Option<NumericDate>,
+    #[serde(rename = "kubernetes.io")]
+    pub kubernetes: Option<KubernetesClaim>,
+}
+
+/// `aud`: one string or a list (RFC 7519, section 4.1.3).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Seconds since the epoch (RFC 7519, section 2); a fraction is allowed and dropped.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "f64")]
+pub struct NumericDate(pub u64);
+
+impl TryFrom<f64> for NumericDate {
+    type Error = &'static str;
+    fn try_from(seconds: f64) -> Result<Self, Self::Error> {
+        if seconds.is_finite() && (0.0..1e15).contains(&seconds) {
+            Ok(Self(seconds as u64))
+        } else {
+            Err("not a number of seconds since 1970")
+        }
+    }
+}
+
+/// The `kubernetes.io` claim: what the token is bound to.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KubernetesClaim {
+    pub namespace: Option<String>,
+    pub pod: Option<ObjectRef>,
+    pub serviceaccount: Option<ObjectRef>,
+}
+
+/// A Kubernetes object the token names.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ObjectRef {
+    pub name: Option<String>,
+    pub uid: Option<String>,
 }
 
 /// Verifies service-account tokens; one per CA, shared by every request.
 pub struct Attestor {
     config: KubernetesConfig,
-    cache: Mutex<Cache>,
-    /// Serialises loads so a burst of requests with a new kid causes one fetch.
-    loading: tokio::sync::Mutex<()>,
+    keys: KeyCache,
 }
 
 impl std::fmt::Debug for Attestor {
@@ -93,17 +146,6 @@ impl std::fmt::Debug for Attestor {
     }
 }
 
-fn seconds(claims: &Value, name: &str) -> Result<Option<u64>, AttestError> {
-    match claims.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-            .map(Some)
-            .ok_or_else(|| refused(format!("claim {name} is not a number of seconds"))),
-    }
-}
-
 fn is_dns_label(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 253
@@ -113,59 +155,24 @@ fn is_dns_label(text: &str) -> bool {
 }
 
 impl Attestor {
+    /// Starts reading the keys in the background (on the current Tokio runtime).
     pub fn new(config: KubernetesConfig) -> Self {
-        Self {
-            config,
-            cache: Mutex::new(Cache {
-                keys: None,
-                loaded: None,
-                attempted: None,
-                last_error: None,
-            }),
-            loading: tokio::sync::Mutex::new(()),
-        }
+        let keys = KeyCache::start(
+            config.keys.clone(),
+            config.refresh,
+            config.min_refresh,
+            config.fetch_wait,
+        );
+        Self { config, keys }
     }
 
     pub fn config(&self) -> &KubernetesConfig {
         &self.config
     }
 
-    fn cached(&self) -> (Option<Arc<KeySet>>, bool, bool) {
-        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        let stale = cache
-            .loaded
-            .is_none_or(|t| t.elapsed() >= self.config.refresh);
-        let may_retry = cache
-            .attempted
-            .is_none_or(|t| t.elapsed() >= self.config.min_refresh);
-        (cache.keys.clone(), stale, may_retry)
-    }
-
-    /// Loads the keys unless another caller just did.
-    async fn load(&self, force: bool) -> Option<Arc<KeySet>> {
-        let _one_at_a_time = self.loading.lock().await;
-        let (keys, stale, may_retry) = self.cached();
-        if !may_retry || (!force && !stale) {
-            return keys;
-        }
-        let result = jwks::load(&self.config.keys).await;
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        cache.attempted = Some(Instant::now());
-        match result {
-            Ok(set) => {
-                tracing::info!(keys = set.len(), source = ?self.config.keys, "service-account signing keys loaded");
-                cache.keys = Some(Arc::new(set));
-                cache.loaded = Some(Instant::now());
-                cache.last_error = None;
-            }
-            Err(e) => {
-                // Keep the keys we have: the issuer rotating keys is rare, an outage of the
-                // endpoint is not, and refusing every pod during it helps nobody.
-                tracing::warn!(error = %e, source = ?self.config.keys, "cannot load service-account signing keys");
-                cache.last_error = Some(e);
-            }
-        }
-        cache.keys.clone()
+    /// The key refresh counters, for the metrics endpoint.
+    pub fn key_stats(&self) -> &super::refresh::RefreshStats {
+        self.keys.stats()
     }
 
     /// Verifies a token at `now` and maps it to an identity in `trust_domain`.
@@ -175,47 +182,84 @@ impl Attestor {
         now: SystemTime,
         trust_domain: &TrustDomain,
     ) -> Result<Attested, AttestError> {
-        let unverified = jwt::parse(token.trim()).map_err(refused)?;
-        let (mut keys, stale, _) = self.cached();
-        if keys.is_none() || stale {
-            keys = self.load(false).await;
+        let token = token.trim();
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(refused(format!(
+                "token is longer than {MAX_TOKEN_LEN} bytes"
+            )));
         }
-        let known = keys
-            .as_ref()
-            .is_some_and(|k| k.get(&unverified.kid).is_some());
-        if !known {
-            // Perhaps the issuer rotated its keys since we last looked.
-            keys = self.load(true).await;
+        // An `alg` jsonwebtoken does not know, "none" among them, fails here.
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::InvalidToken => refused("not a JWT: expected three dot-separated parts"),
+            _ => refused(format!(
+                "JWT header refused ({e}): only RS256 or ES256 tokens with a kid are accepted, \
+                 never unsigned ones"
+            )),
+        })?;
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+            return Err(refused(format!(
+                "token algorithm {:?} is not accepted (RS256 or ES256)",
+                header.alg
+            )));
         }
-        let Some(keys) = keys else {
-            let error = self
-                .cache
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "no keys loaded yet".into());
-            return Err(AttestError::Unavailable(error));
-        };
-        let key = keys.get(&unverified.kid).ok_or_else(|| {
+        if header.crit.is_some() {
+            return Err(refused(
+                "JWT header has critical extensions, which are not supported",
+            ));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| refused("JWT header has no kid (key id)"))?;
+        // One deadline for every read this request waits for.
+        let deadline = self.keys.deadline();
+        let mut keys = self
+            .keys
+            .current(deadline)
+            .await
+            .map_err(|e| AttestError::Unavailable(e.0))?;
+        if keys.get(&kid).is_none()
+            && let Some(newer) = self.keys.reread(deadline).await
+        {
+            keys = newer;
+        }
+        let key = keys.get(&kid).ok_or_else(|| {
             refused(format!(
-                "signed by unknown key {:?}, not one of the issuer's {} keys",
-                unverified.kid,
+                "signed by unknown key {kid:?}, not one of the issuer's {} keys",
                 keys.len()
             ))
         })?;
-        let claims = unverified.verify(&key.key).map_err(refused)?;
+        if key.alg != header.alg {
+            return Err(refused(format!(
+                "key {kid:?} is for {:?} but the token says {:?}",
+                key.alg, header.alg
+            )));
+        }
+        let mut validation = Validation::new(key.alg);
+        // The claims are checked below against the injected clock, with messages that name
+        // the value at fault; jsonwebtoken checks the algorithm and the signature.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims = HashSet::new();
+        let claims = jsonwebtoken::decode::<ServiceAccountClaims>(token, &key.key, &validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidRsaKey(_) => refused(format!("bad signature (key {kid:?})")),
+                _ => refused(format!("JWT claims refused: {e}")),
+            })?
+            .claims;
         self.check_claims(&claims, now, trust_domain)
     }
 
     fn check_claims(
         &self,
-        claims: &Value,
+        claims: &ServiceAccountClaims,
         now: SystemTime,
         trust_domain: &TrustDomain,
     ) -> Result<Attested, AttestError> {
         let config = &self.config;
-        match claims.get("iss").and_then(Value::as_str) {
+        match claims.iss.as_deref() {
             Some(iss) if iss == config.issuer => {}
             Some(iss) => {
                 return Err(refused(format!(
@@ -225,12 +269,12 @@ impl Attestor {
             }
             None => return Err(refused("no iss (issuer) claim")),
         }
-        let audiences: Vec<&str> = match claims.get("aud") {
-            Some(Value::String(a)) => vec![a.as_str()],
-            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
-            _ => return Err(refused("no aud (audience) claim")),
+        let audiences: &[String] = match &claims.aud {
+            Some(Audience::One(a)) => std::slice::from_ref(a),
+            Some(Audience::Many(list)) => list,
+            None => return Err(refused("no aud (audience) claim")),
         };
-        if !audiences.contains(&config.audience.as_str()) {
+        if !audiences.contains(&config.audience) {
             return Err(refused(format!(
                 "audience {audiences:?} does not include {:?}; mount a projected token with \
                  audience {:?}",
@@ -242,14 +286,14 @@ impl Attestor {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let skew = config.clock_skew.as_secs();
-        let exp = seconds(claims, "exp")?.ok_or_else(|| refused("no exp (expiry) claim"))?;
+        let NumericDate(exp) = claims.exp.ok_or_else(|| refused("no exp (expiry) claim"))?;
         if now >= exp.saturating_add(skew) {
             return Err(refused(format!(
                 "expired {} s ago",
                 now.saturating_sub(exp)
             )));
         }
-        if let Some(nbf) = seconds(claims, "nbf")?
+        if let Some(NumericDate(nbf)) = claims.nbf
             && nbf > now.saturating_add(skew)
         {
             return Err(refused(format!(
@@ -257,16 +301,17 @@ impl Attestor {
                 nbf - now
             )));
         }
-        let k8s = claims.get("kubernetes.io").ok_or_else(|| {
+        let k8s = claims.kubernetes.as_ref().ok_or_else(|| {
             refused("no kubernetes.io claim: not a Kubernetes service-account token")
         })?;
         let namespace = k8s
-            .get("namespace")
-            .and_then(Value::as_str)
+            .namespace
+            .as_deref()
             .ok_or_else(|| refused("no kubernetes.io.namespace claim"))?;
         let service_account = k8s
-            .pointer("/serviceaccount/name")
-            .and_then(Value::as_str)
+            .serviceaccount
+            .as_ref()
+            .and_then(|sa| sa.name.as_deref())
             .ok_or_else(|| refused("no kubernetes.io.serviceaccount.name claim"))?;
         if !is_dns_label(namespace) || !is_dns_label(service_account) {
             return Err(refused(
@@ -274,7 +319,7 @@ impl Attestor {
             ));
         }
         let expected_sub = format!("system:serviceaccount:{namespace}:{service_account}");
-        if claims.get("sub").and_then(Value::as_str) != Some(expected_sub.as_str()) {
+        if claims.sub.as_deref() != Some(expected_sub.as_str()) {
             return Err(refused(format!(
                 "sub does not match the kubernetes.io claims ({expected_sub:?})"
             )));
@@ -304,10 +349,7 @@ impl Attestor {
             spiffe_id,
             namespace: namespace.to_owned(),
             service_account: service_account.to_owned(),
-            pod: k8s
-                .pointer("/pod/name")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            pod: k8s.pod.as_ref().and_then(|p| p.name.clone()),
         })
     }
 }

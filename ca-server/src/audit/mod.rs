@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use trellis_identity::audit_log::Checkpoint;
 use trellis_identity::duration;
 
 use crate::bootstrap::store_err;
 use crate::config::ConfigError;
 use crate::error::CaError;
-use crate::state::{CaState, stopped};
+use crate::state::CaState;
 
 /// Checkpoint batches retention removes per pass (1000 entries each), so a pass is short.
 const PRUNE_BATCHES_PER_PASS: usize = 50;
@@ -127,12 +127,12 @@ impl CaState {
 }
 
 /// Checkpoints and prunes the audit log until `stop`; signs a last checkpoint then.
-pub async fn maintain(state: Arc<CaState>, mut stop: watch::Receiver<bool>) {
+pub async fn maintain(state: Arc<CaState>, stop: CancellationToken) {
     let interval = state.config.audit.checkpoint_interval;
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(interval) => false,
-            _ = stopped(&mut stop) => true,
+            _ = stop.cancelled() => true,
         };
         // Off the async workers: retention may walk and remove many entries.
         let pass = state.clone();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use trellis_ca::{Config as CaConfig, RunningCa};
 use trellis_identity::clock::{Clock, ManualClock};
 use trellis_identity::tls::{self, Identity, Versions};
@@ -33,7 +34,8 @@ pub const FAST: Pacing = Pacing {
 pub struct RunningAgent {
     pub creds: CredentialsRx,
     pub metrics: Arc<Metrics>,
-    pub stop: watch::Sender<bool>,
+    /// Stops the agent when dropped.
+    pub stop: DropGuard,
     /// Its `[ca]` settings (what the Workload API's JWT-SVIDs are minted through).
     pub ca: trellis_sidecar::config::CaConfig,
 }
@@ -192,7 +194,7 @@ impl Mesh {
         .expect("config");
         let (creds_tx, creds) = watch::channel(None);
         let metrics = Arc::new(Metrics::default());
-        let (stop, stop_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
         let clock: Arc<dyn Clock> = self.clock.clone();
         let agent = Agent::new(
             &config,
@@ -202,11 +204,11 @@ impl Mesh {
             metrics.clone(),
             pacing,
         );
-        tokio::spawn(agent.run(stop_rx));
+        tokio::spawn(agent.run(stop.clone()));
         RunningAgent {
             creds,
             metrics,
-            stop,
+            stop: stop.drop_guard(),
             ca: config.ca.clone(),
         }
     }

@@ -1,85 +1,38 @@
 //! A pod's life without a cluster: the real `trellis-ca` configured with a `[kubernetes]`
-//! table (signing keys from a JWK Set file), a projected-token file minted here with the
+//! table (signing keys from a JWK Set file), a projected-token file minted by PyJWT with the
 //! claims the kubelet's tokens carry, and the real `trellis-sidecar` started with exactly the
 //! token setting injection gives it. It must come up with the pod's service-account identity,
 //! and a token the CA refuses must keep it unready (fail closed).
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use serde_json::{Value, json};
 use trellis_e2e::http::http_get;
+use trellis_e2e::python::mint_sa_tokens;
 use trellis_e2e::{Ca, Process, command, retry_until};
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 const START: Duration = Duration::from_secs(60);
 
-fn b64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
+/// The cluster's signing key (P-256, kid `cluster-key`) and a projected token for a pod of
+/// `shop/web` requested for `audience`, as PyJWT mints them: (JWK Set JSON, token).
+fn cluster(audience: &str) -> (String, String) {
+    let minted = mint_sa_tokens(&json!({
+        "keys": [{"kid": "cluster-key", "kty": "EC"}],
+        "tokens": [{"name": "pod", "key": "cluster-key", "namespace": "shop",
+                    "service_account": "web", "audience": audience}],
+    }));
+    (
+        minted["jwks"].to_string(),
+        minted["tokens"]["pod"].as_str().expect("token").to_owned(),
+    )
 }
 
-struct ClusterKey(EcdsaKeyPair);
-
-impl ClusterKey {
-    fn new() -> Self {
-        Self(EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("P-256 key"))
-    }
-
-    fn jwks(&self) -> String {
-        let point = self.0.public_key().as_ref();
-        json!({"keys": [{"use": "sig", "kty": "EC", "crv": "P-256", "kid": "cluster-key",
-            "alg": "ES256", "x": b64url(&point[1..33]), "y": b64url(&point[33..65])}]})
-        .to_string()
-    }
-
-    /// A projected token as the kubelet writes it for a pod of `namespace/account`.
-    fn token(&self, namespace: &str, account: &str, audience: &str) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_secs();
-        let claims = json!({
-            "aud": [audience], "exp": now + 3600, "iat": now, "nbf": now, "iss": ISSUER,
-            "kubernetes.io": {
-                "namespace": namespace,
-                "pod": {"name": format!("{account}-5f7b9-abcde"), "uid": "0b3c5e2a-1111-4222-8333-444455556666"},
-                "serviceaccount": {"name": account, "uid": "7d8e9f00-1111-4222-8333-444455556666"},
-            },
-            "sub": format!("system:serviceaccount:{namespace}:{account}"),
-        });
-        let header = json!({"alg": "ES256", "kid": "cluster-key", "typ": "JWT"});
-        let input = format!(
-            "{}.{}",
-            b64url(header.to_string().as_bytes()),
-            b64url(claims.to_string().as_bytes())
-        );
-        let signature = self
-            .0
-            .sign(&SystemRandom::new(), input.as_bytes())
-            .expect("signature");
-        format!("{input}.{}", b64url(signature.as_ref()))
-    }
-}
-
-fn start_ca(scratch: &Path, key: &ClusterKey) -> Ca {
+fn start_ca(scratch: &Path, jwks_json: &str) -> Ca {
     let jwks = scratch.join("jwks.json");
-    std::fs::write(&jwks, key.jwks()).expect("write JWKS");
+    std::fs::write(&jwks, jwks_json).expect("write JWKS");
     let config = scratch.join("ca.toml");
     std::fs::write(
         &config,
@@ -112,11 +65,11 @@ fn start_sidecar(ca: &Ca, token: &Path, name: &str) -> (Process, SocketAddr) {
 
 #[test]
 fn a_sidecar_bootstraps_from_its_projected_service_account_token() {
-    let key = ClusterKey::new();
+    let (jwks, pod_token) = cluster("trellis-ca");
     let scratch = tempfile::tempdir().expect("scratch");
-    let ca = start_ca(scratch.path(), &key);
+    let ca = start_ca(scratch.path(), &jwks);
     let token = scratch.path().join("token");
-    std::fs::write(&token, key.token("shop", "web", "trellis-ca")).expect("write token");
+    std::fs::write(&token, pod_token).expect("write token");
 
     let (_sidecar, admin) = start_sidecar(&ca, &token, "sidecar");
     let identity: Value = retry_until(START, "the sidecar has its identity", || {
@@ -133,11 +86,11 @@ fn a_sidecar_bootstraps_from_its_projected_service_account_token() {
 
 #[test]
 fn a_sidecar_with_a_token_for_another_audience_stays_unready() {
-    let key = ClusterKey::new();
+    let (jwks, pod_token) = cluster("vault");
     let scratch = tempfile::tempdir().expect("scratch");
-    let ca = start_ca(scratch.path(), &key);
+    let ca = start_ca(scratch.path(), &jwks);
     let token = scratch.path().join("token");
-    std::fs::write(&token, key.token("shop", "web", "vault")).expect("write token");
+    std::fs::write(&token, pod_token).expect("write token");
 
     let (mut sidecar, admin) = start_sidecar(&ca, &token, "sidecar");
     // The refusal is logged with the CA's reason, and the sidecar does not claim readiness.

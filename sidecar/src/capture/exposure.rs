@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
@@ -132,7 +132,7 @@ impl Exposure {
     pub async fn watch(
         self: std::sync::Arc<Self>,
         metrics: std::sync::Arc<Metrics>,
-        mut stop: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) {
         if self.capture {
             return;
@@ -140,7 +140,7 @@ impl Exposure {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(RECHECK) => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.cancelled() => return,
             }
             let (exposure, metrics) = (self.clone(), metrics.clone());
             let _ = tokio::task::spawn_blocking(move || exposure.check(&metrics)).await;

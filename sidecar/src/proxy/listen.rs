@@ -10,12 +10,15 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 use trellis_proto::listen::{self, ThrottledLog};
 
 use super::{Context, Registration};
 use crate::metrics::{Direction, Metrics};
-use crate::shutdown::{Shutdown, Tracked, Tracker};
+use crate::shutdown;
 
 /// After the drain deadline, how long closed connections get to finish their teardown.
 const FORCE_CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -26,8 +29,8 @@ const FORCE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 pub(crate) struct Conn {
     metrics: Arc<Metrics>,
     direction: Direction,
-    close_now: Shutdown,
-    _tracked: Tracked,
+    close_now: CancellationToken,
+    _tracked: TaskTrackerToken,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -36,13 +39,13 @@ impl Conn {
     /// or the listener's drain deadline passed.
     pub(crate) async fn closed(&self, registration: &Registration) {
         tokio::select! {
-            () = self.close_now.wait() => {}
-            () = registration.closed().wait() => {}
+            () = self.close_now.cancelled() => {}
+            () = registration.closed().cancelled() => {}
         }
     }
 
     /// The drain deadline passed.
-    pub(crate) fn close_now(&self) -> &Shutdown {
+    pub(crate) fn close_now(&self) -> &CancellationToken {
         &self.close_now
     }
 }
@@ -73,12 +76,13 @@ pub(crate) async fn accept_loop<H, F>(
     let slots = Arc::new(Semaphore::new(
         max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
-    let tracker = Tracker::new();
+    let tracker = TaskTracker::new();
+    let close_now = CancellationToken::new();
     let failures = ThrottledLog::default();
     loop {
         let permit = tokio::select! {
             biased;
-            () = ctx.shutdown.wait() => break,
+            () = ctx.shutdown.cancelled() => break,
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
@@ -87,7 +91,7 @@ pub(crate) async fn accept_loop<H, F>(
         // Out of descriptors and the like: back off and retry, logging at most every 10s.
         let (stream, peer) = tokio::select! {
             biased;
-            () = ctx.shutdown.wait() => break,
+            () = ctx.shutdown.cancelled() => break,
             accepted = listen::accept(&listener, direction.as_str(), &failures) => accepted,
         };
         // A proxy forwards what it has at once; Nagle would only add latency.
@@ -98,8 +102,8 @@ pub(crate) async fn accept_loop<H, F>(
         let conn = Conn {
             metrics: ctx.metrics.clone(),
             direction,
-            close_now: tracker.close_now().clone(),
-            _tracked: tracker.track(),
+            close_now: close_now.clone(),
+            _tracked: tracker.token(),
             _permit: permit,
         };
         let span = tracing::info_span!(
@@ -131,13 +135,17 @@ pub(crate) async fn accept_loop<H, F>(
     let drain = ctx.timeouts.drain;
     tracing::info!(
         direction = direction.as_str(),
-        live = tracker.live(),
+        live = tracker.len(),
         ?drain,
         "stopped accepting; draining"
     );
-    let forced = tracker
-        .drain(Instant::now() + drain, FORCE_CLOSE_GRACE)
-        .await;
+    let forced = shutdown::drain(
+        &tracker,
+        &close_now,
+        Instant::now() + drain,
+        FORCE_CLOSE_GRACE,
+    )
+    .await;
     if forced > 0 {
         tracing::warn!(
             direction = direction.as_str(),

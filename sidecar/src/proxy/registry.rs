@@ -4,12 +4,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use crate::shutdown::Shutdown;
+use tokio_util::sync::CancellationToken;
+
+use crate::shutdown::cancel_once;
 
 #[derive(Debug, Default)]
 struct Connections {
     next_id: u64,
-    by_serial: HashMap<String, HashMap<u64, Shutdown>>,
+    by_serial: HashMap<String, HashMap<u64, CancellationToken>>,
     /// Peers revoked so far (normalised serials): a connection whose handshake was already
     /// under way when its peer was revoked is closed the moment it registers.
     revoked: HashSet<String>,
@@ -25,12 +27,12 @@ pub struct Registration {
     registry: Registry,
     serial: String,
     id: u64,
-    closed: Shutdown,
+    closed: CancellationToken,
 }
 
 impl Registration {
     /// Set when someone asked for this connection to be closed.
-    pub fn closed(&self) -> &Shutdown {
+    pub fn closed(&self) -> &CancellationToken {
         &self.closed
     }
 }
@@ -70,12 +72,12 @@ impl Registry {
     /// Registers a live connection whose peer presented the certificate `serial` (hex).
     pub fn register(&self, serial: &str) -> Registration {
         let serial = normalize_serial(serial);
-        let closed = Shutdown::new();
+        let closed = CancellationToken::new();
         let mut conns = self.lock();
         let id = conns.next_id;
         conns.next_id += 1;
         if conns.revoked.contains(&serial) {
-            closed.trigger();
+            closed.cancel();
         }
         conns
             .by_serial
@@ -101,7 +103,7 @@ impl Registry {
         for serial in &revoked {
             if let Some(entries) = conns.by_serial.get(serial) {
                 for shutdown in entries.values() {
-                    if shutdown.trigger() {
+                    if cancel_once(shutdown) {
                         closed += 1;
                     }
                 }
@@ -116,7 +118,7 @@ impl Registry {
     /// counts them (e.g. in `Metrics::revoked_closed`).
     pub fn close_peer_serial(&self, serial: &str) -> usize {
         let entries = self.lock().by_serial.remove(&normalize_serial(serial));
-        entries.map_or(0, |e| e.values().filter(|c| c.trigger()).count())
+        entries.map_or(0, |e| e.values().filter(|c| cancel_once(c)).count())
     }
 
     /// How many live connections have a peer with certificate `serial`.
@@ -155,8 +157,8 @@ mod tests {
             "leading zeros and case do not matter"
         );
         assert_eq!(r.close_peer_serial("4a0b"), 2);
-        assert!(a1.closed().is_triggered() && a2.closed().is_triggered());
-        assert!(!b.closed().is_triggered());
+        assert!(a1.closed().is_cancelled() && a2.closed().is_cancelled());
+        assert!(!b.closed().is_cancelled());
         assert_eq!(r.close_peer_serial("4a0b"), 0, "already closed");
         assert_eq!(r.len(), 1);
         drop((a1, a2));
@@ -171,15 +173,15 @@ mod tests {
         let live = r.register("0a0b");
         let other = r.register("0c");
         assert_eq!(r.set_revoked([&"0A:0B".to_owned()]), 1);
-        assert!(live.closed().is_triggered() && !other.closed().is_triggered());
+        assert!(live.closed().is_cancelled() && !other.closed().is_cancelled());
         let late = r.register("a0b");
         assert!(
-            late.closed().is_triggered(),
+            late.closed().is_cancelled(),
             "registered after the revocation: closed"
         );
         assert_eq!(r.set_revoked([]), 0);
         assert!(
-            !r.register("a0b").closed().is_triggered(),
+            !r.register("a0b").closed().is_cancelled(),
             "no longer revoked"
         );
     }

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
 use trellis_identity::clock::SystemClock;
 use trellis_identity::profile::{LeafSpec, SigningCa, new_intermediate, new_root};
 use trellis_identity::tls::{self, Identity, KeyExchange, SpiffeClientVerifier, Versions};
@@ -25,7 +26,6 @@ use trellis_sidecar::config::{InboundConfig, OutboundConfig, PolicyMode, Timeout
 use trellis_sidecar::credentials::{ALPN_TRELLIS, Credentials};
 use trellis_sidecar::metrics::Metrics;
 use trellis_sidecar::proxy::{Context, Registry, Workers};
-use trellis_sidecar::shutdown::Shutdown;
 
 pub const TD: &str = "test.local";
 /// Upper bound for anything the tests wait on.
@@ -193,7 +193,7 @@ pub struct Sidecar {
     pub creds: watch::Sender<Option<Arc<Credentials>>>,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
-    pub shutdown: Shutdown,
+    pub shutdown: CancellationToken,
     pub ctx: Context,
     pub tasks: Vec<JoinHandle<()>>,
 }
@@ -203,7 +203,7 @@ impl Sidecar {
         let (tx, rx) = watch::channel(creds);
         let metrics = Arc::new(Metrics::default());
         let registry = Registry::new();
-        let shutdown = Shutdown::new();
+        let shutdown = CancellationToken::new();
         let mut ctx = Context::new(
             timeouts,
             rx,
