@@ -19,6 +19,7 @@ use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
+use tokio_util::sync::CancellationToken;
 use trellis_identity::clock::SystemClock;
 use trellis_identity::profile::{LeafSpec, SigningCa, new_intermediate, new_root};
 use trellis_identity::tls::KeyExchange;
@@ -27,7 +28,6 @@ use trellis_sidecar::config::{InboundConfig, PolicyMode, Timeouts};
 use trellis_sidecar::credentials::Credentials;
 use trellis_sidecar::metrics::Metrics;
 use trellis_sidecar::proxy::{Context, Registry};
-use trellis_sidecar::shutdown::Shutdown;
 
 const TD: &str = "fuzz.local";
 /// The sidecar's handshake timeout; a connection must be closed well within `READ_LIMIT`.
@@ -145,7 +145,7 @@ fn mesh() -> &'static Mesh {
                     rx,
                     Arc::new(Metrics::default()),
                     Registry::new(),
-                    Shutdown::new(),
+                    CancellationToken::new(),
                 )
             };
             let creds = credentials();
