@@ -5,34 +5,34 @@
 //! `auth` for the admin check) → `issuance` / `tokens` (decisions) → `trellis_identity::profile` (signing)
 //! and `store` (durable records, group commit).
 
-pub mod api;
+pub(crate) mod api;
 pub mod attest;
 pub mod audit;
-pub mod auth;
-pub mod bootstrap;
-pub mod bundle_endpoint;
+pub(crate) mod auth;
+pub(crate) mod bootstrap;
+pub(crate) mod bundle_endpoint;
 pub mod config;
-pub mod connections;
-pub mod crl;
+pub(crate) mod connections;
+pub(crate) mod crl;
 pub mod csr;
-pub mod error;
+pub(crate) mod error;
 pub mod federation;
-pub mod first_request;
+pub(crate) mod first_request;
 mod grantable;
-pub mod http;
+pub(crate) mod http;
 mod https_get;
-pub mod issuance;
-pub mod jwt_svid;
+pub(crate) mod issuance;
+pub(crate) mod jwt_svid;
 pub mod limits;
 mod metrics;
-pub mod peer;
+pub(crate) mod peer;
 pub mod retention;
-pub mod revocation;
-pub mod roots;
-pub mod server;
+pub(crate) mod revocation;
+pub(crate) mod roots;
+pub(crate) mod server;
 pub mod state;
 pub mod store;
-pub mod tokens;
+pub(crate) mod tokens;
 
 pub use config::Config;
 pub use error::CaError;
