@@ -387,6 +387,7 @@ fn sidecars_of_federated_trust_domains_talk_where_policy_names_them_through_a_ro
         traffic.ok() >= after + 20
     });
     let (ok, failed) = traffic.stop();
+    eprintln!("through the partner's rotation: {ok} requests answered, {failed} failed");
     assert_eq!(failed, 0, "{ok} requests succeeded, some failed");
     // A new connection now verifies the partner only against its new root.
     assert!(echoes(to_billing, b"after the rotation"));
