@@ -7,7 +7,9 @@
 
 mod mesh_support;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use mesh_support::{Echo, Sidecar, SteadyTraffic, metric, round_trip, sidecar_in, within};
 use trellis_e2e::{Ca, run};
@@ -399,4 +401,49 @@ fn sidecars_of_federated_trust_domains_talk_where_policy_names_them_through_a_ro
     .json();
     assert_eq!(shown["roots"].as_array().map(Vec::len), Some(1), "{shown}");
     assert_eq!(shown["roots"][0], new_root.as_str(), "{shown}");
+
+    // Home ends the federation: a live connection to the partner is closed within
+    // seconds, as for a revocation, and new ones are refused.
+    let mut live = TcpStream::connect(to_billing).expect("connect");
+    live.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    live.write_all(b"ping").expect("write");
+    let mut echoed = [0u8; 4];
+    live.read_exact(&mut echoed).expect("echo while federated");
+    run(
+        home.admin_command(&["federation", "remove", PARTNER]),
+        TIMEOUT,
+    )
+    .success();
+    let removed = Instant::now();
+    let mut rest = Vec::new();
+    let ended = live.read_to_end(&mut rest);
+    let still_open = matches!(
+        &ended,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+    );
+    assert!(
+        !still_open,
+        "the connection is closed, not left open: {ended:?}"
+    );
+    assert!(
+        removed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        removed.elapsed()
+    );
+    assert!(
+        rest.is_empty(),
+        "nothing more arrives on the closed connection"
+    );
+    within(
+        Duration::from_secs(5),
+        "the live connection is counted as closed",
+        || {
+            metric(
+                frontend.admin,
+                "trellis_sidecar_untrusted_domain_connections_closed_total",
+            ) >= 1
+        },
+    );
+    assert!(!echoes(to_billing, b"after the federation ended"));
 }

@@ -508,6 +508,22 @@ impl Agent {
         self.metrics
             .federated_trust_domains
             .store(bundle.federated().len() as u64, Relaxed);
+        // A federation that ended takes its peers' live connections with it, as a
+        // revocation does; the registry keeps the set for handshakes still under way.
+        if let Some(registry) = &self.registry {
+            let own = std::iter::once(bundle.trust_domain().as_str());
+            let federated = bundle.federated().keys().map(|td| td.as_str());
+            let closed = registry.set_trusted_domains(own.chain(federated));
+            if closed > 0 {
+                tracing::warn!(
+                    connections = closed,
+                    "closed live connections of trust domains no longer federated"
+                );
+                self.metrics
+                    .untrusted_domain_closed
+                    .fetch_add(closed as u64, Relaxed);
+            }
+        }
     }
 
     /// A new bundle: keep the current certificate under it (so new roots are trusted at

@@ -221,7 +221,10 @@ impl Inbound {
         let Some(app) = self.connect_app(peer, route.app).await else {
             return;
         };
-        let registration = self.ctx.registry.register(&info.serial);
+        let registration = self
+            .ctx
+            .registry
+            .register(&info.serial, spiffe_id.trust_domain_name());
         tracing::debug!(
             %peer,
             %spiffe_id,

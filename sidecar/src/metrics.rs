@@ -87,6 +87,8 @@ pub struct Metrics {
     pub ca_streams: [AtomicU64; 2],
     /// Live connections closed because the peer's certificate was revoked.
     pub revoked_closed: AtomicU64,
+    /// Live connections closed because the peer's trust domain is no longer federated.
+    pub untrusted_domain_closed: AtomicU64,
     /// Retry hints from the CA (RESOURCE_EXHAUSTED) waited out in full before retrying.
     pub ca_retry_hints_honoured: AtomicU64,
     /// Without capture: app ports listening beyond loopback, which bypass the sidecar.
@@ -314,6 +316,11 @@ impl Source for Metrics {
             "trellis_sidecar_revoked_connections_closed_total",
             "Live connections closed because the peer was revoked.",
             one(&self.revoked_closed),
+        )?;
+        f.counter(
+            "trellis_sidecar_untrusted_domain_connections_closed_total",
+            "Live connections closed because the peer's trust domain is no longer federated.",
+            one(&self.untrusted_domain_closed),
         )?;
         let renewals: Vec<(Labels, u64)> = self
             .renewals

@@ -122,14 +122,19 @@ impl Outbound {
         let Some(info) = leaf.and_then(|der| CertInfo::parse(der).ok()) else {
             return self.refuse(client, "bad_certificate");
         };
-        if let Ok(spiffe_id) = info.spiffe_id() {
-            tracing::Span::current().record("spiffe_id", tracing::field::display(&spiffe_id));
-        }
+        // The verifier accepted it, so it names exactly one SPIFFE ID.
+        let trust_domain = match info.spiffe_id() {
+            Ok(spiffe_id) => {
+                tracing::Span::current().record("spiffe_id", tracing::field::display(&spiffe_id));
+                spiffe_id.trust_domain_name().to_owned()
+            }
+            Err(_) => String::new(),
+        };
         let (kx_group, cipher_suite) = session_params(tls.get_ref().1);
         metrics.handshake(DIRECTION, true, "");
         metrics.tls_session(DIRECTION, kx_group, cipher_suite);
         metrics.handshake_seconds[DIRECTION as usize].observe(started.elapsed());
-        let registration = self.ctx.registry.register(&info.serial);
+        let registration = self.ctx.registry.register(&info.serial, &trust_domain);
         tracing::debug!(
             %client,
             %upstream,

@@ -1,5 +1,7 @@
 //! Live connections by the serial of the peer's certificate, so that a revoked peer's
-//! connections can be closed ([`Registry::close_peer_serial`]).
+//! connections can be closed ([`Registry::close_peer_serial`]), and by its trust domain, so
+//! that the connections of a trust domain no longer federated are closed too
+//! ([`Registry::set_trusted_domains`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -11,10 +13,20 @@ use crate::shutdown::cancel_once;
 #[derive(Debug, Default)]
 struct Connections {
     next_id: u64,
-    by_serial: HashMap<String, HashMap<u64, CancellationToken>>,
+    by_serial: HashMap<String, HashMap<u64, Entry>>,
     /// Peers revoked so far (normalised serials): a connection whose handshake was already
     /// under way when its peer was revoked is closed the moment it registers.
     revoked: HashSet<String>,
+    /// The trust domains whose peers may stay connected (the own one and the federated
+    /// ones), once a bundle has been installed; like `revoked`, a connection registering
+    /// with another one is closed at once.
+    trusted: Option<HashSet<String>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    closed: CancellationToken,
+    trust_domain: String,
 }
 
 /// Live connections by the serial of the peer's certificate, shared by all listeners.
@@ -69,21 +81,30 @@ impl Registry {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a live connection whose peer presented the certificate `serial` (hex).
-    pub fn register(&self, serial: &str) -> Registration {
+    /// Registers a live connection whose peer presented the certificate `serial` (hex) of
+    /// a SPIFFE ID in `trust_domain`.
+    pub fn register(&self, serial: &str, trust_domain: &str) -> Registration {
         let serial = normalize_serial(serial);
         let closed = CancellationToken::new();
         let mut conns = self.lock();
         let id = conns.next_id;
         conns.next_id += 1;
-        if conns.revoked.contains(&serial) {
+        let untrusted = conns
+            .trusted
+            .as_ref()
+            .is_some_and(|t| !t.contains(trust_domain));
+        if conns.revoked.contains(&serial) || untrusted {
             closed.cancel();
         }
+        let entry = Entry {
+            closed: closed.clone(),
+            trust_domain: trust_domain.to_owned(),
+        };
         conns
             .by_serial
             .entry(serial.clone())
             .or_default()
-            .insert(id, closed.clone());
+            .insert(id, entry);
         drop(conns);
         Registration {
             registry: self.clone(),
@@ -102,8 +123,8 @@ impl Registry {
         let mut closed = 0;
         for serial in &revoked {
             if let Some(entries) = conns.by_serial.get(serial) {
-                for shutdown in entries.values() {
-                    if cancel_once(shutdown) {
+                for entry in entries.values() {
+                    if cancel_once(&entry.closed) {
                         closed += 1;
                     }
                 }
@@ -113,12 +134,28 @@ impl Registry {
         closed
     }
 
+    /// Replaces the set of trust domains whose peers may stay connected and closes every
+    /// live connection of any other; returns how many were told to close.
+    pub fn set_trusted_domains<'a>(&self, domains: impl IntoIterator<Item = &'a str>) -> usize {
+        let trusted: HashSet<String> = domains.into_iter().map(str::to_owned).collect();
+        let mut conns = self.lock();
+        let closed = conns
+            .by_serial
+            .values()
+            .flat_map(HashMap::values)
+            .filter(|e| !trusted.contains(&e.trust_domain))
+            .filter(|e| cancel_once(&e.closed))
+            .count();
+        conns.trusted = Some(trusted);
+        closed
+    }
+
     /// Closes every live connection whose peer presented the certificate `serial` (hex, as
     /// `CertInfo::serial` prints it); returns how many were told to close. The caller
     /// counts them (e.g. in `Metrics::revoked_closed`).
     pub fn close_peer_serial(&self, serial: &str) -> usize {
         let entries = self.lock().by_serial.remove(&normalize_serial(serial));
-        entries.map_or(0, |e| e.values().filter(|c| cancel_once(c)).count())
+        entries.map_or(0, |e| e.values().filter(|e| cancel_once(&e.closed)).count())
     }
 
     /// How many live connections have a peer with certificate `serial`.
@@ -147,9 +184,9 @@ mod tests {
     #[test]
     fn registry_closes_exactly_one_serials_connections() {
         let r = Registry::new();
-        let a1 = r.register("4A:0b");
-        let a2 = r.register("4a0b");
-        let b = r.register("77");
+        let a1 = r.register("4A:0b", "td");
+        let a2 = r.register("4a0b", "td");
+        let b = r.register("77", "td");
         assert_eq!(r.len(), 3);
         assert_eq!(
             r.count_serial("004a0b"),
@@ -170,19 +207,45 @@ mod tests {
     #[test]
     fn a_connection_registering_after_its_peer_was_revoked_is_closed_at_once() {
         let r = Registry::new();
-        let live = r.register("0a0b");
-        let other = r.register("0c");
+        let live = r.register("0a0b", "td");
+        let other = r.register("0c", "td");
         assert_eq!(r.set_revoked([&"0A:0B".to_owned()]), 1);
         assert!(live.closed().is_cancelled() && !other.closed().is_cancelled());
-        let late = r.register("a0b");
+        let late = r.register("a0b", "td");
         assert!(
             late.closed().is_cancelled(),
             "registered after the revocation: closed"
         );
         assert_eq!(r.set_revoked([]), 0);
         assert!(
-            !r.register("a0b").closed().is_cancelled(),
+            !r.register("a0b", "td").closed().is_cancelled(),
             "no longer revoked"
         );
+    }
+
+    #[test]
+    fn connections_of_a_trust_domain_no_longer_trusted_are_closed_and_stay_closed() {
+        let r = Registry::new();
+        let own = r.register("01", "home.example");
+        let partner = r.register("02", "partner.example");
+        let before_any_bundle = r.register("03", "elsewhere.example");
+        assert!(
+            !before_any_bundle.closed().is_cancelled(),
+            "nothing is judged before the first bundle"
+        );
+        assert_eq!(
+            r.set_trusted_domains(["home.example", "partner.example"]),
+            1
+        );
+        assert!(before_any_bundle.closed().is_cancelled());
+        assert!(!own.closed().is_cancelled() && !partner.closed().is_cancelled());
+        // The federation with the partner ends.
+        assert_eq!(r.set_trusted_domains(["home.example"]), 1);
+        assert!(partner.closed().is_cancelled() && !own.closed().is_cancelled());
+        assert!(
+            r.register("04", "partner.example").closed().is_cancelled(),
+            "a handshake that finished on the old bundle is closed as it registers"
+        );
+        assert!(!r.register("05", "home.example").closed().is_cancelled());
     }
 }
