@@ -25,7 +25,7 @@ use trellis_identity::profile::SigningCa;
 pub struct CaState {
     pub config: Config,
     pub store: Arc<dyn Store>,
-    pub clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     signer: RwLock<Signer>,
     /// The active JWT-SVID signing key.
     jwt_signer: RwLock<Arc<JwtSigner>>,
@@ -46,9 +46,9 @@ pub struct CaState {
     /// Overload protection for the issuance APIs.
     pub limits: Limits,
     /// How long issuances took, for `/metrics`.
-    pub issuance_seconds: Histogram,
+    pub(crate) issuance_seconds: Histogram,
     /// Signed CRLs, shared by the HTTP endpoint and the admin status.
-    pub crls: crate::crl::CrlCache,
+    pub(crate) crls: crate::crl::CrlCache,
     /// NotAfter (Unix seconds) of the newest serving certificate, 0 before the first.
     pub(crate) serving_not_after: std::sync::atomic::AtomicU64,
 }
