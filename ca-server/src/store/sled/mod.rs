@@ -56,6 +56,9 @@ use super::{
 };
 use commit::Committer;
 
+/// Where an index key keeps the certificate's serial.
+type SerialOf<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<u8>, StoreError>;
+
 const META_TRUST_DOMAIN: &[u8] = b"trust_domain";
 const META_BUNDLE_VERSION: &[u8] = b"bundle_version";
 const META_ACTIVE_INTERMEDIATE: &[u8] = b"active_intermediate";
@@ -194,37 +197,22 @@ impl SledStore {
             Some(key) => Bound::Excluded(key.to_vec()),
             None => Bound::Included(prefix.to_vec()),
         };
-        let mut page = KeyPage::default();
-        let mut scanned = 0;
-        for entry in t.by_identity.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
-            let (key, _) = entry.map_err(&err)?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            scanned += 1;
-            // An index key is the SPIFFE ID (which has no NUL), a NUL, the serial.
-            let serial = key
-                .iter()
+        let keys = t
+            .by_identity
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .map(|entry| entry.map(|(key, _)| key).map_err(&err))
+            .take_while(|key| key.as_ref().map_or(true, |k| k.starts_with(prefix)));
+        // An index key is the SPIFFE ID (which has no NUL), a NUL, the serial.
+        let serial_of = |key: &[u8]| -> Result<Vec<u8>, StoreError> {
+            key.iter()
                 .position(|&b| b == 0)
-                .map(|nul| &key[nul + 1..])
+                .map(|nul| key[nul + 1..].to_vec())
                 .ok_or_else(|| StoreError::Corrupt {
                     table: "by_identity",
                     reason: "key without a NUL after the SPIFFE ID".into(),
-                })?;
-            // An index entry without its certificate is what a crash between the two
-            // writes leaves (see the module docs); it is skipped.
-            if let Some(value) = t.certs.get(serial).map_err(&err)? {
-                let (record, der) = decode_certificate(&value)?;
-                if keep(&record) {
-                    page.certificates.push((record, der));
-                }
-            }
-            if page.certificates.len() >= max || scanned >= scan {
-                page.next = Some(key.to_vec());
-                return Ok(page);
-            }
-        }
-        Ok(page)
+                })
+        };
+        self.page_of(&t, keys, &serial_of, max, scan, keep)
     }
 
     /// One page of the certificates unexpired at `now` that expire at or before `until`
@@ -249,19 +237,38 @@ impl SledStore {
             (_, floor) => floor,
         };
         let end = until.map_or(Bound::Unbounded, index::expired_until);
+        let keys = t
+            .by_expiry
+            .range::<Vec<u8>, _>((start, end))
+            .map(|entry| entry.map(|(key, _)| key).map_err(&err));
+        let serial_of = |key: &[u8]| index::split_key(key).map(|(_, serial)| serial.to_vec());
+        self.page_of(&t, keys, &serial_of, max, scan, keep)
+    }
+
+    /// Reads index `keys` in order into a page: each one's certificate (an index entry
+    /// without its certificate is what a crash between the two writes leaves, see the
+    /// module docs, and is skipped), at most `max` that `keep` accepts, at most `scan` keys.
+    fn page_of(
+        &self,
+        t: &live::Trees,
+        keys: impl Iterator<Item = Result<sled::IVec, StoreError>>,
+        serial_of: SerialOf<'_>,
+        max: usize,
+        scan: usize,
+        keep: &dyn Fn(&CertRecord) -> bool,
+    ) -> Result<KeyPage, StoreError> {
+        let err = self.err(t);
         let mut page = KeyPage::default();
-        let mut scanned = 0;
-        for entry in t.by_expiry.range::<Vec<u8>, _>((start, end)) {
-            let (key, _) = entry.map_err(&err)?;
-            scanned += 1;
-            let (_, serial) = index::split_key(&key)?;
-            if let Some(value) = t.certs.get(serial).map_err(&err)? {
+        for (scanned, key) in keys.enumerate() {
+            let key = key?;
+            let serial = serial_of(&key)?;
+            if let Some(value) = t.certs.get(serial.as_slice()).map_err(&err)? {
                 let (record, der) = decode_certificate(&value)?;
                 if keep(&record) {
                     page.certificates.push((record, der));
                 }
             }
-            if page.certificates.len() >= max || scanned >= scan {
+            if page.certificates.len() >= max || scanned + 1 >= scan {
                 page.next = Some(key.to_vec());
                 return Ok(page);
             }
