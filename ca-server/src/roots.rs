@@ -302,6 +302,9 @@ impl CaState {
                 describe(&convergence.unconverged)
             )));
         }
+        if target.state == RootState::Pending && !force {
+            self.refuse_before_partners_refresh(&target)?;
+        }
         let key_file = target.key_file.clone().ok_or_else(|| {
             CaError::FailedPrecondition(format!(
                 "the CA does not hold the private key of root {id}; it cannot create an \
@@ -433,6 +436,35 @@ impl CaState {
         self.bump_bundle(change, version, "root_retired", id, actor)
             .await?;
         Ok(retired)
+    }
+
+    /// Other trust domains that federate with this one read a new root from the bundle
+    /// endpoint at most every refresh hint, and this CA cannot see their sidecars'
+    /// acknowledgements: signing with a root younger than that could have them refuse this
+    /// domain's workloads. Only a CA that serves its bundle endpoint is held to it.
+    fn refuse_before_partners_refresh(&self, root: &RootRecord) -> Result<(), CaError> {
+        if self.config.bundle_endpoint_listen.is_none() {
+            return Ok(());
+        }
+        let hint = self.config.bundle_refresh_hint;
+        let ready_at = root.added_at.saturating_add(hint.as_secs());
+        if self.now_unix() >= ready_at {
+            return Ok(());
+        }
+        Err(CaError::FailedPrecondition(format!(
+            "root {} was added {} ago, and this CA serves its bundle to other trust domains \
+             (bundle_endpoint_listen), which read it at most every {} (bundle_refresh_hint): \
+             their sidecars may not hold the new root yet. Activate it after {}, or use \
+             --force",
+            root.id,
+            trellis_identity::duration::format(std::time::Duration::from_secs(
+                self.now_unix().saturating_sub(root.added_at)
+            )),
+            trellis_identity::duration::format(hint),
+            trellis_identity::bundle::format_time(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(ready_at)
+            ),
+        )))
     }
 
     /// Records `change` with a new bundle version, durably, and publishes the bundle.

@@ -11,11 +11,12 @@ use std::time::Duration;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_ca::CaError;
+use trellis_identity::clock::ManualClock;
 use trellis_identity::clock::SystemClock;
 use trellis_identity::jwt_svid::{self, JwtSvidError};
 use trellis_identity::tls::{self, Identity, Versions};
 use trellis_identity::{TrustDomain, WorkloadKey};
-use trellis_proto::admin::v1::{AddRootRequest, IssueCertificateRequest};
+use trellis_proto::admin::v1::{ActivateRootRequest, AddRootRequest, IssueCertificateRequest};
 use trellis_proto::ca::v1::{MintJwtSvidRequest, WatchTrustBundleRequest};
 
 const A: &str = "a.example";
@@ -362,4 +363,68 @@ async fn federated_bundles_travel_with_a_new_bundle_version_and_validate_foreign
         }
     };
     assert!(last.federated_bundles.is_empty());
+}
+
+async fn added_root(ca: &TestCa) -> String {
+    ca.admin()
+        .await
+        .add_root(AddRootRequest::default())
+        .await
+        .expect("root added")
+        .into_inner()
+        .id
+}
+
+#[tokio::test]
+async fn a_ca_serving_its_bundle_waits_one_refresh_hint_before_signing_with_a_new_root() {
+    let clock = Arc::new(ManualClock::new(std::time::SystemTime::now()));
+    let served = TestCa::start_configured(clock.clone(), |c| {
+        c.bundle_endpoint_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.bundle_refresh_hint = Duration::from_secs(300);
+    })
+    .await;
+    let private = TestCa::start_configured(clock.clone(), |_| {}).await;
+    let activate = |root_id: &str, force: bool| ActivateRootRequest {
+        root_id: root_id.to_owned(),
+        force,
+    };
+    // A CA that serves no bundle endpoint has no partners to wait for.
+    let root = added_root(&private).await;
+    private
+        .admin()
+        .await
+        .activate_root(activate(&root, false))
+        .await
+        .expect("no bundle endpoint: at once");
+
+    // One that does refuses, naming the setting and the way out; --force overrides.
+    let root = added_root(&served).await;
+    let (code, message) = code_and_message(
+        served
+            .admin()
+            .await
+            .activate_root(activate(&root, false))
+            .await
+            .expect_err("too soon for the partners"),
+    );
+    assert_eq!(code, tonic::Code::FailedPrecondition, "{message}");
+    assert!(
+        message.contains("bundle_refresh_hint") && message.contains("--force"),
+        "{message}"
+    );
+    let forced = added_root(&served).await;
+    served
+        .admin()
+        .await
+        .activate_root(activate(&forced, true))
+        .await
+        .expect("--force");
+
+    // One refresh hint after it was added, every partner has had its chance to read it.
+    let mut admin = served.admin().await;
+    clock.advance(Duration::from_secs(301));
+    admin
+        .activate_root(activate(&root, false))
+        .await
+        .expect("activated after the hint");
 }

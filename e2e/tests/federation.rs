@@ -362,11 +362,25 @@ fn sidecars_of_federated_trust_domains_talk_where_policy_names_them_through_a_ro
     federated_roots(&home, PARTNER, 2);
     converged(&home, "home's sidecars take the partner's new root");
     converged(&partner, "the partner's sidecars take the new root");
-    run(
-        partner.admin_command(&["root", "activate", &new_root]),
-        TIMEOUT,
-    )
-    .success();
+    // The partner serves its bundle endpoint, so it signs with the new root only once a
+    // refresh hint (10 s) has passed since the root was added: its partners may not have
+    // read it before. Until then it refuses, saying so.
+    within(
+        Duration::from_secs(30),
+        "the partner activates its new root",
+        || {
+            let outcome = run(
+                partner.admin_command(&["root", "activate", &new_root]),
+                TIMEOUT,
+            );
+            if outcome.code != Some(0) {
+                let refusal = outcome.failure(1);
+                assert!(refusal.contains("bundle_refresh_hint"), "{refusal}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            outcome.code == Some(0)
+        },
+    );
     within(
         Duration::from_secs(90),
         "the partner's sidecars renew onto the new root",
