@@ -12,22 +12,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use agent_support::{Mesh, RunningAgent, wait_for};
+use agent_support::{Mesh, RunningAgent, raw_workload_client, wait_for, with_header};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hyper_util::rt::TokioIo;
 use spiffe::WorkloadApiClient;
-use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use trellis_proto::admin::v1::{
     ActivateJwtKeyRequest, AddJwtKeyRequest, ListJwtKeysRequest, RetireJwtKeyRequest,
 };
 use trellis_proto::spiffe::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use trellis_proto::spiffe::workload::{JwtsvidRequest, ValidateJwtsvidRequest};
 use trellis_sidecar::credentials::CredentialsRx;
-use trellis_sidecar::workload_api::{JwtSvids, SECURITY_HEADER, WorkloadApiSocket};
+use trellis_sidecar::workload_api::{JwtSvids, WorkloadApiSocket};
 
 /// Generous for a shared 2-core machine; a passing run takes a fraction of it.
 const WITHIN: Duration = Duration::from_secs(15);
@@ -63,28 +61,8 @@ impl Served {
     }
 
     async fn raw(&self) -> SpiffeWorkloadApiClient<Channel> {
-        let path = self.path.clone();
-        let channel =
-            Endpoint::from_static("http://localhost")
-                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                    }
-                }))
-                .await
-                .expect("connects over the Unix socket");
-        SpiffeWorkloadApiClient::new(channel)
+        raw_workload_client(&self.path).await
     }
-}
-
-fn with_header<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        SECURITY_HEADER,
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    request
 }
 
 async fn started_agent(mesh: &Mesh, path: &str) -> RunningAgent {

@@ -11,18 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_support::{Mesh, RunningAgent, wait_for};
-use hyper_util::rt::TokioIo;
+use agent_support::{Mesh, RunningAgent, raw_workload_client, wait_for, with_header};
 use spiffe::{TrustDomain as SpiffeTrustDomain, WorkloadApiClient, X509Svid};
-use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tonic::transport::{Channel, Endpoint};
 use trellis_identity::clock::Clock;
 use trellis_identity::{CertInfo, TrustBundle, WorkloadKey, pem};
-use trellis_proto::spiffe::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use trellis_proto::spiffe::workload::{JwtsvidRequest, X509BundlesRequest, X509svidRequest};
 use trellis_sidecar::credentials::{Credentials, CredentialsRx};
 use trellis_sidecar::workload_api::{SECURITY_HEADER, SOCKET_MODE, WorkloadApiSocket};
@@ -131,28 +127,6 @@ fn assert_matches_agent(svid: &X509Svid, creds: &Credentials) {
         leaf.spki_der,
         "the served key is the leaf's private key"
     );
-}
-
-/// A raw client from our generated proto over the socket, with no SPIFFE library involved.
-async fn raw_client(path: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let path = path.to_path_buf();
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .expect("connects over the Unix socket");
-    SpiffeWorkloadApiClient::new(channel)
-}
-
-fn with_header<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        SECURITY_HEADER,
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    request
 }
 
 #[tokio::test]
@@ -321,7 +295,7 @@ async fn an_open_svid_stream_ends_with_permission_denied_when_the_certificate_is
     let mut mesh = Mesh::start().await;
     let (mut creds, first, _agent) = agent(&mesh, "/ns/demo/sa/batch").await;
     let served = Served::start(mesh.dir.path(), creds.clone()).await;
-    let mut raw = raw_client(&served.path).await;
+    let mut raw = raw_workload_client(&served.path).await;
     let mut stream = raw
         .fetch_x509svid(with_header(X509svidRequest {}))
         .await
@@ -378,7 +352,7 @@ async fn the_spec_refusals_and_the_socket_mode_hold() {
     assert_eq!(mode & 0o777, SOCKET_MODE, "socket mode {:o}", mode & 0o777);
     assert_eq!(SOCKET_MODE, 0o660);
 
-    let mut raw = raw_client(&served.path).await;
+    let mut raw = raw_workload_client(&served.path).await;
     // Without the security header: INVALID_ARGUMENT, for every call (Workload Endpoint 6).
     let status = raw
         .fetch_x509svid(X509svidRequest {})
@@ -500,7 +474,7 @@ async fn federated_bundles_reach_applications_through_every_bundle_call() {
     );
 
     // The raw map keys are trust-domain SPIFFE IDs (spec 5.2.2).
-    let mut raw = raw_client(&served.path).await;
+    let mut raw = raw_workload_client(&served.path).await;
     let response = next(
         &mut raw
             .fetch_x509svid(with_header(X509svidRequest {}))

@@ -257,3 +257,37 @@ pub async fn wait_for(
         let _ = tokio::time::timeout(left, creds.changed()).await;
     }
 }
+
+/// A raw Workload API client on the Unix socket at `path` (for what the `spiffe` crate
+/// does not expose: the security header, raw maps, refusals).
+pub async fn raw_workload_client(
+    path: &Path,
+) -> trellis_proto::spiffe::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+    tonic::transport::Channel,
+> {
+    let path = path.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connects over the Unix socket");
+    trellis_proto::spiffe::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
+        channel,
+    )
+}
+
+/// `message` with the Workload API's security header, as every SPIFFE client sends it.
+pub fn with_header<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        trellis_sidecar::workload_api::SECURITY_HEADER,
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    request
+}
