@@ -284,24 +284,14 @@ impl CaState {
             }
             RootState::Pending | RootState::Retiring => {}
         }
-        let convergence = self.convergence(&self.census().await?, target.added_in_bundle_version);
-        if !convergence.unconverged.is_empty() && !force {
-            return Err(CaError::FailedPrecondition(format!(
-                "{} of {} live {} not yet received a trust bundle containing root {id} \
-                 (bundle version {}): {}. Wait for them (they follow the CA's bundle stream), or \
-                 use --force: until they receive it they will refuse peers whose certificates \
-                 come from the new root",
-                convergence.unconverged.len(),
-                convergence.live,
-                if convergence.live == 1 {
-                    "workload has"
-                } else {
-                    "workloads have"
-                },
+        let convergence = self
+            .converged_on(
+                &format!("root {id}"),
                 target.added_in_bundle_version,
-                describe(&convergence.unconverged)
-            )));
-        }
+                force,
+                "peers whose certificates come from the new root",
+            )
+            .await?;
         if target.state == RootState::Pending && !force {
             self.refuse_before_partners_refresh(&target)?;
         }
@@ -436,6 +426,35 @@ impl CaState {
         self.bump_bundle(change, version, "root_retired", id, actor)
             .await?;
         Ok(retired)
+    }
+
+    /// Who has not yet acknowledged bundle `version`, which first carried `subject` (a root
+    /// or a JWT key about to sign); unless `force`, refuses while anyone has not, saying
+    /// that until then they refuse `refused` (what the new signer vouches for).
+    pub(crate) async fn converged_on(
+        &self,
+        subject: &str,
+        version: u64,
+        force: bool,
+        refused: &str,
+    ) -> Result<Convergence, CaError> {
+        let convergence = self.convergence(&self.census().await?, version);
+        if convergence.unconverged.is_empty() || force {
+            return Ok(convergence);
+        }
+        Err(CaError::FailedPrecondition(format!(
+            "{} of {} live {} not yet received a trust bundle containing {subject} \
+             (bundle version {version}): {}. Wait for them (they follow the CA's bundle \
+             stream), or use --force: until they receive it they will refuse {refused}",
+            convergence.unconverged.len(),
+            convergence.live,
+            if convergence.live == 1 {
+                "workload has"
+            } else {
+                "workloads have"
+            },
+            describe(&convergence.unconverged)
+        )))
     }
 
     /// Other trust domains that federate with this one read a new root from the bundle

@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::{JwtSigner, SWITCH_GRACE, generate_key};
 use crate::bootstrap::{DataDir, store_err};
 use crate::error::CaError;
-use crate::roots::describe;
 use crate::state::CaState;
 use crate::store::{Change, JwtKeyRecord, RootState};
 
@@ -101,23 +100,14 @@ impl CaState {
             }
             RootState::Pending | RootState::Retiring => {}
         }
-        let convergence = self.convergence(&self.census().await?, target.added_in_bundle_version);
-        if !convergence.unconverged.is_empty() && !force {
-            return Err(CaError::FailedPrecondition(format!(
-                "{} of {} live {} not yet received a trust bundle containing JWT key {kid} \
-                 (bundle version {}): {}. Wait for them (they follow the CA's bundle stream), or \
-                 use --force: until they receive it they will refuse tokens signed with it",
-                convergence.unconverged.len(),
-                convergence.live,
-                if convergence.live == 1 {
-                    "workload has"
-                } else {
-                    "workloads have"
-                },
+        let convergence = self
+            .converged_on(
+                &format!("JWT key {kid}"),
                 target.added_in_bundle_version,
-                describe(&convergence.unconverged)
-            )));
-        }
+                force,
+                "tokens signed with it",
+            )
+            .await?;
         let dir = DataDir(self.config.data_dir.clone());
         let signer = std::sync::Arc::new(JwtSigner::load(&dir, &target)?);
         let now = self.now_unix();
