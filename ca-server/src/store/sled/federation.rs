@@ -7,12 +7,7 @@ use crate::store::{FederationRecord, StoreError, decode};
 impl SledStore {
     /// Every federation, by trust domain.
     pub(super) fn federations(&self) -> Result<Vec<FederationRecord>, StoreError> {
-        let t = self.trees()?;
-        t.federations
-            .iter()
-            .values()
-            .map(|v| decode("federations", &v.map_err(self.err(&t))?))
-            .collect()
+        self.all("federations", |t| &t.federations)
     }
 
     /// One federation.

@@ -139,6 +139,20 @@ impl SledStore {
         self.live.trees()
     }
 
+    /// Every record of the table `tree` picks, decoded, in key order.
+    fn all<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &'static str,
+        tree: impl Fn(&live::Trees) -> &sled::Tree,
+    ) -> Result<Vec<T>, StoreError> {
+        let t = self.trees()?;
+        tree(&t)
+            .iter()
+            .values()
+            .map(|v| decode(table, &v.map_err(self.err(&t))?))
+            .collect()
+    }
+
     /// Maps an error of `trees`'s generation; an I/O error starts a reopen.
     fn err<'a>(&'a self, trees: &live::Trees) -> impl Fn(sled::Error) -> StoreError + 'a {
         let generation = trees.generation;
@@ -386,12 +400,7 @@ impl Store for SledStore {
 
     /// Every root, in id order.
     fn roots(&self) -> Result<Vec<RootRecord>, StoreError> {
-        let t = self.trees()?;
-        t.roots
-            .iter()
-            .values()
-            .map(|v| decode("roots", &v.map_err(self.err(&t))?))
-            .collect()
+        self.all("roots", |t| &t.roots)
     }
 
     fn apply(&self, change: &Change) -> Result<(), StoreError> {
@@ -672,22 +681,12 @@ impl Store for SledStore {
 
     /// Every revocation ever recorded.
     fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError> {
-        let t = self.trees()?;
-        t.revocations
-            .iter()
-            .values()
-            .map(|v| decode("revocations", &v.map_err(self.err(&t))?))
-            .collect()
+        self.all("revocations", |t| &t.revocations)
     }
 
     /// Every intermediate ever used.
     fn intermediates(&self) -> Result<Vec<IntermediateRecord>, StoreError> {
-        let t = self.trees()?;
-        t.intermediates
-            .iter()
-            .values()
-            .map(|v| decode("intermediates", &v.map_err(self.err(&t))?))
-            .collect()
+        self.all("intermediates", |t| &t.intermediates)
     }
 
     // --- bundle acknowledgements ---
