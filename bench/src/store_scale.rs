@@ -11,15 +11,14 @@
 //! DER: nothing on these paths parses it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use trellis_ca::store::CertRecord;
 
-use crate::proxy::procs::{Proc, tree_rss_kib};
-use crate::proxy::stacks::{free_port, workspace_binary};
+use crate::proxy::procs::tree_rss_kib;
+use crate::proxy::stacks::{Ca, free_port};
 use crate::stats::Latencies;
 
 #[derive(clap::Args)]
@@ -90,13 +89,14 @@ fn one(args: &Args, history: u64, dir: &Path) -> anyhow::Result<Run> {
         }
         Ok(())
     })?;
-    let status = median(args.rounds, || ca.trellis(&["ca", "status"]).map(drop))?;
+    let status = median(args.rounds, || ca.ca.trellis(&["ca", "status"]).map(drop))?;
     let expiring = median(args.rounds, || {
-        ca.trellis(&["cert", "list", "--expiring-within", "10m", "--limit", "100"])
+        ca.ca
+            .trellis(&["cert", "list", "--expiring-within", "10m", "--limit", "100"])
             .map(drop)
     })?;
-    let roots = median(args.rounds, || ca.trellis(&["root", "list"]).map(drop))?;
-    let rss_mib = tree_rss_kib(ca.proc.pid())? as f64 / 1024.0;
+    let roots = median(args.rounds, || ca.ca.trellis(&["root", "list"]).map(drop))?;
+    let rss_mib = tree_rss_kib(ca.ca.proc.pid())? as f64 / 1024.0;
     drop(ca);
     let mut restarts = Vec::with_capacity(args.rounds);
     for _ in 0..args.rounds {
@@ -193,71 +193,20 @@ fn prune(db: &Path, now: u64) -> anyhow::Result<f64> {
     })
 }
 
+/// The real CA on `data_dir`, with its metrics listener and no pruning (the bench measures
+/// pruning itself).
 struct RunningCa {
-    proc: Proc,
-    addr: SocketAddr,
+    ca: Ca,
     http: SocketAddr,
-    admin_dir: PathBuf,
-    cli: PathBuf,
 }
 
 fn start_ca(data_dir: &Path, dir: &Path) -> anyhow::Result<RunningCa> {
-    let http = free_port()?;
-    let mut cmd = Command::new(workspace_binary("trellis-ca")?);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("TRELLIS_") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--http-listen")
-        .arg(http.to_string())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--certificate-retention")
-        .arg("0");
-    let ready_file = trellis_e2e::ready_path(dir, "trellis-ca");
-    cmd.arg("--ready-file").arg(&ready_file);
-    let mut proc = Proc::spawn("trellis-ca", cmd, dir)?;
-    let ready = proc.wait_ready(&ready_file, STEP)?;
-    let addr = ready
-        .addr("grpc")
-        .context("the CA's ready file has no grpc listener")?;
-    let admin_dir = data_dir.join("admin");
+    let http = free_port()?.to_string();
+    let flags = ["--http-listen", &http, "--certificate-retention", "0"];
     Ok(RunningCa {
-        proc,
-        addr,
-        http,
-        admin_dir,
-        cli: workspace_binary("trellis")?,
+        ca: Ca::start_in(data_dir, dir, &flags, STEP)?,
+        http: http.parse()?,
     })
-}
-
-impl RunningCa {
-    fn trellis(&mut self, args: &[&str]) -> anyhow::Result<String> {
-        self.proc.check_running()?;
-        let output = Command::new(&self.cli)
-            .arg("--ca-addr")
-            .arg(self.addr.to_string())
-            .arg("--admin-cert")
-            .arg(self.admin_dir.join("admin.pem"))
-            .arg("--admin-key")
-            .arg(self.admin_dir.join("admin.key.pem"))
-            .arg("--bundle")
-            .arg(self.admin_dir.join("bundle.pem"))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("running trellis")?;
-        if !output.status.success() {
-            bail!(
-                "trellis {args:?} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    }
 }
 
 /// The median duration of `rounds` calls of `op`.

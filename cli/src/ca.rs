@@ -100,6 +100,27 @@ pub fn state_cell(state: &str) -> Cell {
     }
 }
 
+/// The bundle version and how many live workloads hold it, under a root or JWT-key table:
+/// what the activation safety check will say.
+pub fn convergence_fields(bundle_version: u64, live: u64, unconverged: &[String]) -> Fields {
+    let convergence = match unconverged.len() {
+        _ if live == 0 => Cell::from("0 (no workload has reported its bundle version yet)"),
+        0 => Cell::toned(format!("{live}, all hold the current bundle"), Tone::Good),
+        n => Cell::toned(
+            format!(
+                "{live}, {n} without the current bundle: {}",
+                unconverged.join(", ")
+            ),
+            Tone::Warn,
+        ),
+    };
+    let mut fields = Fields::indented(0);
+    fields
+        .add("Bundle version", bundle_version.to_string())
+        .add("Live workloads", convergence);
+    fields
+}
+
 #[derive(Debug, Serialize)]
 struct IntermediateView {
     root_id: String,

@@ -12,10 +12,10 @@ use trellis_proto::admin::v1::{
 };
 
 use crate::Global;
-use crate::ca::state_cell;
+use crate::ca::{convergence_fields, state_cell};
 use crate::client::Target;
 use crate::context;
-use crate::output::{self, Cell, Fields, Report, Style, Table, Tone};
+use crate::output::{self, Cell, Report, Style, Table, Tone};
 use crate::timefmt;
 
 /// `trellis jwt-key ...`
@@ -111,22 +111,11 @@ impl Report for ListReport {
                 k.retirable_cell(self.now),
             ]);
         }
-        let live = self.live_workloads;
-        let convergence = match self.unconverged_workloads.len() {
-            _ if live == 0 => Cell::from("0 (no workload has reported its bundle version yet)"),
-            0 => Cell::toned(format!("{live}, all hold the current bundle"), Tone::Good),
-            n => Cell::toned(
-                format!(
-                    "{live}, {n} without the current bundle: {}",
-                    self.unconverged_workloads.join(", ")
-                ),
-                Tone::Warn,
-            ),
-        };
-        let mut fields = Fields::indented(0);
-        fields
-            .add("Bundle version", self.bundle_version.to_string())
-            .add("Live workloads", convergence);
+        let fields = convergence_fields(
+            self.bundle_version,
+            self.live_workloads,
+            &self.unconverged_workloads,
+        );
         format!("{}\n{}", table.render(style), fields.render(style))
     }
 }

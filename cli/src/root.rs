@@ -6,16 +6,18 @@
 use std::time::SystemTime;
 
 use serde::Serialize;
+use tonic::transport::Channel;
+use trellis_proto::admin::v1::admin_client::AdminClient;
 use trellis_proto::admin::v1::{
     ActivateRootRequest, AddRootRequest, ListRootsRequest, ListRootsResponse, RetireRootRequest,
     RootInfo,
 };
 
 use crate::Global;
-use crate::ca::{RootView, state_cell};
+use crate::ca::{RootView, convergence_fields, state_cell};
 use crate::client::Target;
 use crate::context;
-use crate::output::{self, Cell, Fields, Report, Style, Table, Tone, lifetime_cell};
+use crate::output::{self, Fields, Report, Style, Table, lifetime_cell};
 use crate::timefmt;
 
 /// `trellis root ...`
@@ -116,22 +118,11 @@ impl Report for ListReport {
                 format!("v{}", r.added_in_bundle_version).into(),
             ]);
         }
-        let live = self.live_workloads;
-        let convergence = match self.unconverged_workloads.len() {
-            _ if live == 0 => Cell::from("0 (no workload has reported its bundle version yet)"),
-            0 => Cell::toned(format!("{live}, all hold the current bundle"), Tone::Good),
-            n => Cell::toned(
-                format!(
-                    "{live}, {n} without the current bundle: {}",
-                    self.unconverged_workloads.join(", ")
-                ),
-                Tone::Warn,
-            ),
-        };
-        let mut fields = Fields::indented(0);
-        fields
-            .add("Bundle version", self.bundle_version.to_string())
-            .add("Live workloads", convergence);
+        let fields = convergence_fields(
+            self.bundle_version,
+            self.live_workloads,
+            &self.unconverged_workloads,
+        );
         format!("{}\n{}", table.render(style), fields.render(style))
     }
 }
@@ -242,10 +233,7 @@ pub async fn run(command: RootCommand, global: &Global) -> anyhow::Result<()> {
         RootCommand::Activate(a) => {
             let mut admin = target.admin().await?;
             if a.force {
-                let roots = target
-                    .call("the root list", admin.list_roots(ListRootsRequest {}))
-                    .await?;
-                eprintln!("trellis: warning: {}", activate_warning(&a.root_id, &roots));
+                warn_before_forcing(&target, &mut admin, &a.root_id, activate_warning).await?;
             }
             let root = target
                 .call(
@@ -261,10 +249,7 @@ pub async fn run(command: RootCommand, global: &Global) -> anyhow::Result<()> {
         RootCommand::Retire(a) => {
             let mut admin = target.admin().await?;
             if a.force {
-                let roots = target
-                    .call("the root list", admin.list_roots(ListRootsRequest {}))
-                    .await?;
-                eprintln!("trellis: warning: {}", retire_warning(&a.root_id, &roots));
+                warn_before_forcing(&target, &mut admin, &a.root_id, retire_warning).await?;
             }
             let root = target
                 .call(
@@ -296,6 +281,20 @@ fn emit_change(
             now,
         },
     )
+}
+
+/// Prints what `--force` is about to break, from the root list the CA gives just before.
+async fn warn_before_forcing(
+    target: &Target,
+    admin: &mut AdminClient<Channel>,
+    root_id: &str,
+    warning: fn(&str, &ListRootsResponse) -> String,
+) -> anyhow::Result<()> {
+    let roots = target
+        .call("the root list", admin.list_roots(ListRootsRequest {}))
+        .await?;
+    eprintln!("trellis: warning: {}", warning(root_id, &roots));
+    Ok(())
 }
 
 /// `1 workload`, `2 workloads`.

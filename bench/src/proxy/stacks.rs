@@ -70,7 +70,7 @@ fn wait_listening(proc: &mut Proc, addr: SocketAddr) -> anyhow::Result<()> {
 
 /// A real `trellis-ca` and the admin CLI to talk to it.
 pub struct Ca {
-    proc: Proc,
+    pub proc: Proc,
     pub addr: SocketAddr,
     admin_dir: PathBuf,
     pub bundle_pem: PathBuf,
@@ -80,17 +80,28 @@ pub struct Ca {
 
 impl Ca {
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
-        let data_dir = dir.join("ca");
+        Self::start_in(&dir.join("ca"), dir, &[], START)
+    }
+
+    /// A CA on `data_dir` (which may hold a store from an earlier start) with `flags`
+    /// added, ready within `within`; its log and ready file go to `dir`.
+    pub fn start_in(
+        data_dir: &Path,
+        dir: &Path,
+        flags: &[&str],
+        within: Duration,
+    ) -> anyhow::Result<Self> {
         let ready_file = ready_path(dir, "trellis-ca");
         let mut cmd = command(&workspace_binary("trellis-ca")?);
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
-            .arg(&data_dir)
+            .arg(data_dir)
             .arg("--ready-file")
-            .arg(&ready_file);
+            .arg(&ready_file)
+            .args(flags);
         let mut proc = Proc::spawn("trellis-ca", cmd, dir)?;
-        let ready = proc.wait_ready(&ready_file, START)?;
+        let ready = proc.wait_ready(&ready_file, within)?;
         let addr = ready
             .addr("grpc")
             .context("the CA's ready file has no grpc listener")?;
@@ -115,7 +126,7 @@ impl Ca {
     }
 
     /// Runs `trellis ARGS` against this CA as the admin; returns stdout.
-    fn trellis(&mut self, args: &[&str]) -> anyhow::Result<String> {
+    pub fn trellis(&mut self, args: &[&str]) -> anyhow::Result<String> {
         self.proc.check_running()?;
         let mut cmd = command(&self.cli);
         cmd.arg("--ca-addr")

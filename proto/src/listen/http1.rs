@@ -32,6 +32,38 @@ pub struct Http1Settings {
     pub drain: Duration,
 }
 
+/// A request handler these servers can run, e.g. an axum `Router`.
+pub trait HttpService<B>:
+    Service<Request<Incoming>, Response = Response<B>, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> HttpService<B> for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body hyper can send from any thread.
+pub trait ResponseBody:
+    Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
 /// Serves `service` on `listener` until `shutdown` completes, each connection holding a
 /// slot of `budget` (a connection over budget is closed at accept).
 pub async fn serve_http1<S, B>(
@@ -41,14 +73,8 @@ pub async fn serve_http1<S, B>(
     service: S,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let plain = |tcp: TcpStream, _peer| async move { Some(tcp) };
     serve(listener, budget, settings, service, shutdown, plain).await;
@@ -65,14 +91,8 @@ pub async fn serve_https1<S, B>(
     service: S,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let handshake = move |tcp: TcpStream, peer: std::net::SocketAddr| {
         let acceptor = TlsAcceptor::from(tls.borrow().clone());
@@ -101,14 +121,8 @@ async fn serve<S, B, W, F, Io>(
     shutdown: impl Future<Output = ()>,
     wrap: W,
 ) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
     W: Fn(TcpStream, std::net::SocketAddr) -> F,
     F: Future<Output = Option<Io>> + Send + 'static,
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -17,5 +17,5 @@ mod throttled_log;
 
 pub use accept::{ACCEPT_BACKOFF, accept};
 pub use budget::{ConnBudget, ConnPermit, source_key};
-pub use http1::{Http1Settings, serve_http1, serve_https1};
+pub use http1::{Http1Settings, HttpService, ResponseBody, serve_http1, serve_https1};
 pub use throttled_log::ThrottledLog;
