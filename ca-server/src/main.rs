@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use trellis_ca::config::{AuditCommand, Command, Config, Flags};
 use trellis_identity::ready::Ready;
 
@@ -13,18 +12,6 @@ use trellis_identity::ready::Ready;
 /// six runs alternating with the glibc build.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_env("TRELLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
 
 /// Every connected sidecar keeps two streams (bundle and revocations) open, each on its own
 /// connection: raise the soft open-file limit to the hard limit, as the sidecar does.
@@ -114,7 +101,7 @@ async fn main() -> ExitCode {
         println!("configuration OK: {config:#?}");
         return ExitCode::SUCCESS;
     }
-    init_logging(config.json_logs);
+    trellis_proto::logging::init(config.json_logs);
     raise_open_file_limit();
     let running = match trellis_ca::start(config).await {
         Ok(running) => running,

@@ -4,20 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 use trellis_injector::config::Flags;
-
-fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_env("TRELLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
 
 /// Cancels `stop` on SIGTERM or SIGINT.
 async fn cancel_on_signal(stop: CancellationToken) {
@@ -40,7 +27,7 @@ async fn main() -> ExitCode {
         println!("configuration OK: {config:#?}");
         return ExitCode::SUCCESS;
     }
-    init_logging(config.json_logs);
+    trellis_proto::logging::init(config.json_logs);
     let stop = CancellationToken::new();
     tokio::spawn(cancel_on_signal(stop.clone()));
     match trellis_injector::run(config, stop).await {

@@ -6,8 +6,8 @@
 //!   which the sidecar serves to SPIFFE-aware workloads over a Unix domain socket.
 //!
 //! Beside them, what both binaries' clients and servers share: [`channel`] (a tonic channel
-//! over TLS), [`listen`] (connection budgets, accept back-off, bounded HTTP/1) and
-//! [`metrics`] (`/metrics` in the OpenMetrics format).
+//! over TLS), [`listen`] (connection budgets, accept back-off, bounded HTTP/1),
+//! [`metrics`] (`/metrics` in the OpenMetrics format) and [`logging`] (the servers' log set-up).
 
 /// `trellis.ca.*`: the workload-facing certificate authority API.
 pub mod ca {
@@ -113,6 +113,7 @@ pub mod spiffe {
 
 pub mod channel;
 pub mod listen;
+pub mod logging;
 pub mod metrics;
 mod redact;
 pub mod signals;

@@ -6,25 +6,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use trellis_identity::clock::SystemClock;
 use trellis_identity::ready::Ready;
 use trellis_sidecar::agent::Pacing;
 use trellis_sidecar::config::{Config, Flags};
 use trellis_sidecar::join_token::{BootstrapCredential, JoinToken, NoCredential, TokenSource};
 use trellis_sidecar::run::{self, Options};
-
-fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_env("TRELLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
 
 /// The bootstrap credential: a token file, else `TRELLIS_JOIN_TOKEN`, else none. (The
 /// variable stays in this process's environment: removing it needs `unsafe` in Rust 2024,
@@ -104,7 +91,7 @@ fn main() -> ExitCode {
         println!("configuration OK: {config:#?}");
         return ExitCode::SUCCESS;
     }
-    init_logging(config.json_logs);
+    trellis_proto::logging::init(config.json_logs);
     trellis_sidecar::fd_limit::raise();
     // The main runtime runs the control plane and a share of the connections; with
     // `workers` above one, `run::start` adds that many threads minus one, each with a
