@@ -6,7 +6,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,9 +46,9 @@ fn error_of(result: Result<trellis_ca::federation::Federation, CaError>) -> Stri
 async fn a_federated_bundle_follows_the_foreign_root_rotation() {
     let a = ca(A).await;
     let b = ca("b.example").await;
-    let state = &b.running().state;
-    let added = state
-        .add_federation(
+    let federations = b.running().federations();
+    let added = federations
+        .add(
             A,
             &endpoint(&a),
             "spiffe://a.example/trellis/ca",
@@ -59,11 +59,15 @@ async fn a_federated_bundle_follows_the_foreign_root_rotation() {
         .expect("federation added");
     assert_eq!(added.bundle.x509_authorities, a.bundle().roots().to_vec());
     assert!(
-        added.next_refresh_at() <= state.now_unix(),
+        added.next_refresh_at()
+            <= SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("after 1970")
+                .as_secs(),
         "fetched at once"
     );
 
-    let fetched = state.refresh_federation(A).await.expect("endpoint read");
+    let fetched = federations.refresh(A).await.expect("endpoint read");
     assert_eq!(fetched.bundle.sequence, a.bundle().version());
     assert_eq!(fetched.record.last_error, None);
     assert_eq!(fetched.refresh_interval(), Duration::from_secs(10));
@@ -73,20 +77,20 @@ async fn a_federated_bundle_follows_the_foreign_root_rotation() {
         .add_root(AddRootRequest::default())
         .await
         .expect("root added at A");
-    let rotated = state.refresh_federation(A).await.expect("endpoint read");
+    let rotated = federations.refresh(A).await.expect("endpoint read");
     assert_eq!(rotated.bundle.x509_authorities.len(), 2);
     assert_eq!(rotated.bundle.x509_authorities, a.bundle().roots().to_vec());
 
     // The poller does the same by itself within the refresh hint; the state survives a
     // restart (the last good bundle is stored).
-    let listed = state.federations().expect("list");
+    let listed = federations.list().expect("list");
     assert_eq!(listed.len(), 1);
     let metrics_before = listed[0].record.refreshed_at;
     assert!(metrics_before > 0);
 
     // Own trust domain and an endpoint ID of another trust domain are refused at once.
-    let own = state
-        .add_federation(
+    let own = federations
+        .add(
             "b.example",
             &endpoint(&a),
             "spiffe://b.example/trellis/ca",
@@ -95,8 +99,8 @@ async fn a_federated_bundle_follows_the_foreign_root_rotation() {
         )
         .await;
     assert!(matches!(own, Err(CaError::InvalidArgument(_))), "{own:?}");
-    let mismatch = state
-        .add_federation(
+    let mismatch = federations
+        .add(
             "c.example",
             &endpoint(&a),
             "spiffe://a.example/trellis/ca",
@@ -115,15 +119,15 @@ async fn an_endpoint_not_vouched_for_by_the_bundle_in_force_is_refused() {
     let a = ca(A).await;
     let stranger = ca("c.example").await;
     let b = ca("b.example").await;
-    let state = &b.running().state;
+    let federations = b.running().federations();
     // B starts from a bundle that is not A's (as after an unannounced key change): A's
     // endpoint certificate does not verify against it.
     let wrong = TrustDomain::new(A).expect("td");
     let wrong_roots =
         trellis_identity::TrustBundle::new(wrong, 1, stranger.bundle().roots().to_vec())
             .expect("bundle");
-    state
-        .add_federation(
+    federations
+        .add(
             A,
             &endpoint(&a),
             "spiffe://a.example/trellis/ca",
@@ -132,9 +136,9 @@ async fn an_endpoint_not_vouched_for_by_the_bundle_in_force_is_refused() {
         )
         .await
         .expect("added");
-    let message = error_of(state.refresh_federation(A).await);
+    let message = error_of(federations.refresh(A).await);
     assert!(message.contains("TLS"), "{message}");
-    let kept = &state.federations().expect("list")[0];
+    let kept = &federations.list().expect("list")[0];
     assert_eq!(
         kept.bundle.x509_authorities,
         stranger.bundle().roots().to_vec()
@@ -147,9 +151,9 @@ async fn an_endpoint_not_vouched_for_by_the_bundle_in_force_is_refused() {
     );
 
     // The right bundle but an endpoint serving with another SPIFFE ID than configured.
-    state.remove_federation(A, "test").await.expect("removed");
-    state
-        .add_federation(
+    federations.remove(A, "test").await.expect("removed");
+    federations
+        .add(
             A,
             &endpoint(&a),
             "spiffe://a.example/ns/bundles/sa/server",
@@ -158,7 +162,7 @@ async fn an_endpoint_not_vouched_for_by_the_bundle_in_force_is_refused() {
         )
         .await
         .expect("added");
-    let message = error_of(state.refresh_federation(A).await);
+    let message = error_of(federations.refresh(A).await);
     assert!(message.contains("TLS"), "{message}");
 }
 
@@ -203,7 +207,7 @@ async fn serve_body(identity: Identity, body: &'static str) -> String {
 async fn garbage_and_an_empty_bundle_leave_the_last_good_one_in_force() {
     let a = ca(A).await;
     let b = ca("b.example").await;
-    let state = &b.running().state;
+    let federations = b.running().federations();
     // A genuine identity of A (issued by A's admin API) serving what is not a bundle.
     let key = WorkloadKey::generate().expect("key");
     let issued = a
@@ -245,8 +249,8 @@ async fn garbage_and_an_empty_bundle_leave_the_last_good_one_in_force() {
         ),
     ] {
         let url = serve_body(identity.clone(), body).await;
-        state
-            .add_federation(
+        federations
+            .add(
                 A,
                 &url,
                 "spiffe://a.example/ns/bundles/sa/server",
@@ -255,11 +259,11 @@ async fn garbage_and_an_empty_bundle_leave_the_last_good_one_in_force() {
             )
             .await
             .expect("added");
-        let message = error_of(state.refresh_federation(A).await);
+        let message = error_of(federations.refresh(A).await);
         assert!(message.contains(expect), "{body}: {message}");
-        let kept = &state.federations().expect("list")[0];
+        let kept = &federations.list().expect("list")[0];
         assert_eq!(kept.bundle.x509_authorities, a.bundle().roots().to_vec());
-        state.remove_federation(A, "test").await.expect("removed");
+        federations.remove(A, "test").await.expect("removed");
     }
 }
 
@@ -282,7 +286,7 @@ async fn federated_bundles_travel_with_a_new_bundle_version_and_validate_foreign
     let a = ca(A).await;
     let b = ca("b.example").await;
     let stranger = ca("c.example").await;
-    let state = &b.running().state;
+    let federations = b.running().federations();
     let mut stream = b
         .workload(None)
         .await
@@ -293,8 +297,8 @@ async fn federated_bundles_travel_with_a_new_bundle_version_and_validate_foreign
     let first = stream.message().await.expect("stream").expect("bundle");
     assert!(first.federated_bundles.is_empty());
 
-    state
-        .add_federation(
+    federations
+        .add(
             A,
             &endpoint(&a),
             "spiffe://a.example/trellis/ca",
@@ -303,7 +307,7 @@ async fn federated_bundles_travel_with_a_new_bundle_version_and_validate_foreign
         )
         .await
         .expect("federation added");
-    state.refresh_federation(A).await.expect("endpoint read");
+    federations.refresh(A).await.expect("endpoint read");
 
     // Each change is a new version of B's own bundle, and the stream carries A's roots and
     // JWT keys with it.
@@ -352,7 +356,7 @@ async fn federated_bundles_travel_with_a_new_bundle_version_and_validate_foreign
 
     // Removing the federation is a bundle change too; A's token is refused again.
     let before = b.bundle().version();
-    state.remove_federation(A, "test").await.expect("removed");
+    federations.remove(A, "test").await.expect("removed");
     assert!(b.bundle().version() > before);
     assert!(b.bundle().federated().is_empty());
     assert!(jwt_svid::validate_federated(&from_a, "b-service", &b.bundle(), now).is_err());

@@ -327,11 +327,8 @@ async fn certify(ca: &TestCa, token: &str) -> Result<String, (Code, String)> {
 fn key_stats(ca: &TestCa) -> (u64, u64) {
     let stats = ca
         .running()
-        .state
-        .kubernetes
-        .as_ref()
-        .expect("attestation configured")
-        .key_stats();
+        .kubernetes_key_stats()
+        .expect("attestation configured");
     (
         stats.keys.load(Ordering::Relaxed),
         stats.failures.load(Ordering::Relaxed),

@@ -142,10 +142,10 @@ async fn a_busy_ca_refuses_issuance_with_its_configured_hint() {
     .await;
     let token = ca.token("/ns/demo/sa/busy").await;
     let key = WorkloadKey::generate().expect("key");
-    let state = &ca.running().state;
     // Occupy the one issuance slot, as a slow request in progress would.
-    let slot = state
-        .limits
+    let slot = ca
+        .running()
+        .limits()
         .admit(&ClientKey::Admin, clock.now())
         .expect("slot");
     let refused = ca

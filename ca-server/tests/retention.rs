@@ -70,24 +70,24 @@ async fn records_past_retention_go_and_the_rest_stay() {
         c.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
     })
     .await;
-    let state = &ca.running().state;
+    let store = ca.running().store();
     let now = unix(clock.now());
-    let old = fill(&*state.store, 0xa1, 30, now - 2 * HOUR);
-    let recent = fill(&*state.store, 0xa2, 10, now - HOUR / 2);
-    let live = fill(&*state.store, 0xa3, 5, now + HOUR);
-    let issued_before = state.store.issued_total().expect("open");
+    let old = fill(&**store, 0xa1, 30, now - 2 * HOUR);
+    let recent = fill(&**store, 0xa2, 10, now - HOUR / 2);
+    let live = fill(&**store, 0xa3, 5, now + HOUR);
+    let issued_before = store.issued_total().expect("open");
 
     let stop = CancellationToken::new();
     let retention = Duration::from_secs(HOUR);
-    let removed = trellis_ca::retention::prune_pass(state, retention, &stop)
+    let removed = trellis_ca::retention::prune_pass(store, now, retention, &stop)
         .await
         .expect("prune");
     assert_eq!(removed, 30);
     for serial in &old {
-        assert!(state.store.certificate(serial).expect("read").is_none());
+        assert!(store.certificate(serial).expect("read").is_none());
     }
     for serial in recent.iter().chain(&live) {
-        assert!(state.store.certificate(serial).expect("read").is_some());
+        assert!(store.certificate(serial).expect("read").is_some());
     }
     let text = metrics(ca.running().http_addr.expect("http")).await;
     assert!(
@@ -108,12 +108,12 @@ async fn records_past_retention_go_and_the_rest_stay() {
     // An hour later the recent ones are past retention too; the live ones have expired but
     // are within it.
     clock.advance(Duration::from_secs(HOUR + 60));
-    let removed = trellis_ca::retention::prune_pass(state, retention, &stop)
+    let removed = trellis_ca::retention::prune_pass(store, unix(clock.now()), retention, &stop)
         .await
         .expect("prune");
     assert_eq!(removed, 10);
     for serial in &live {
-        assert!(state.store.certificate(serial).expect("read").is_some());
+        assert!(store.certificate(serial).expect("read").is_some());
     }
     let text = metrics(ca.running().http_addr.expect("http")).await;
     assert!(
@@ -129,18 +129,18 @@ async fn a_retention_of_zero_keeps_every_record() {
         c.certificate_retention = None;
     })
     .await;
-    let state = ca.running().state.clone();
+    let store = ca.running().store();
     let now = unix(clock.now());
-    let old = fill(&*state.store, 0xb1, 20, now - 1000 * HOUR);
+    let old = fill(&**store, 0xb1, 20, now - 1000 * HOUR);
     let stop = CancellationToken::new();
     tokio::time::timeout(
         Duration::from_secs(5),
-        trellis_ca::retention::run(state.clone(), stop),
+        trellis_ca::retention::run(store.clone(), clock, None, stop),
     )
     .await
     .expect("with retention off the task has nothing to do and ends");
     for serial in &old {
-        assert!(state.store.certificate(serial).expect("read").is_some());
+        assert!(store.certificate(serial).expect("read").is_some());
     }
-    assert_eq!(state.store.pruned_total(), 0);
+    assert_eq!(store.pruned_total(), 0);
 }

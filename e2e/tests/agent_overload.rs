@@ -24,11 +24,11 @@ async fn waits_the_hinted_delay_keeping_its_certificate_then_renews() {
     let agent = mesh.agent("/ns/demo/sa/patient").await;
     let (mut creds, metrics) = (agent.creds.clone(), agent.metrics.clone());
     let first = first_certificate(&mut creds).await;
-    let state = &mesh.ca().state;
+    let state = mesh.ca();
 
     // The CA is busy (its one issuance slot taken) when the renewal comes due.
     let slot = state
-        .limits
+        .limits()
         .admit(&ClientKey::Admin, mesh.clock.now())
         .expect("slot");
     mesh.pass_renewal_point(&first);
@@ -68,7 +68,7 @@ async fn waits_the_hinted_delay_keeping_its_certificate_then_renews() {
         let _ = tokio::time::timeout(Duration::from_millis(50), creds.changed()).await;
     };
     let (record, _) = state
-        .store
+        .store()
         .certificate(&hex::decode(&renewed.svid.serial).expect("hex"))
         .expect("store")
         .expect("the renewal is on record");
@@ -99,7 +99,7 @@ async fn waits_the_hinted_delay_keeping_its_certificate_then_renews() {
     );
     assert_eq!(
         state
-            .limits
+            .limits()
             .counters
             .refused_busy
             .load(std::sync::atomic::Ordering::Relaxed),

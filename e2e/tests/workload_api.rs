@@ -247,9 +247,9 @@ async fn bundles_are_fetched_and_streamed_again_when_the_ca_adds_a_root() {
 
     // Another CA's root joins the bundle (the CA's test hook, as in identity_agent.rs).
     let other = Mesh::start().await;
-    let state = &mesh.ca().state;
+    let state = mesh.ca();
     let mut roots = state.bundle().roots().to_vec();
-    roots.extend(other.ca().state.bundle().roots().iter().cloned());
+    roots.extend(other.ca().bundle().roots().iter().cloned());
     let version = state.bundle().version() + 1;
     state.publish_bundle(
         TrustBundle::new(
@@ -431,7 +431,7 @@ async fn federated_bundles_reach_applications_through_every_bundle_call() {
     // The CA's bundle now carries a federated trust domain (as `trellis federation add`
     // makes it), and streams it to the agent.
     let partner = partner_bundle();
-    let state = &mesh.ca().state;
+    let state = mesh.ca();
     let version = state.bundle().version() + 1;
     let own = state.bundle();
     let federated = std::collections::BTreeMap::from([(

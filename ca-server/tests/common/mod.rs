@@ -64,7 +64,7 @@ impl TestCa {
     }
 
     pub fn trust_domain(&self) -> TrustDomain {
-        self.running().state.config.trust_domain.clone()
+        self.running().trust_domain().clone()
     }
 
     pub fn id(&self, path: &str) -> SpiffeId {
@@ -72,7 +72,7 @@ impl TestCa {
     }
 
     pub fn bundle(&self) -> Arc<TrustBundle> {
-        self.running().state.bundle()
+        self.running().bundle()
     }
 
     /// Stops the CA gracefully and starts it again on the same data directory.
