@@ -37,9 +37,9 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// A federation with its bundle in force.
 #[derive(Debug, Clone)]
-pub struct Federation {
-    pub record: FederationRecord,
-    pub bundle: SpiffeBundle,
+pub(crate) struct Federation {
+    pub(crate) record: FederationRecord,
+    pub(crate) bundle: SpiffeBundle,
 }
 
 impl Federation {
@@ -56,7 +56,7 @@ impl Federation {
     }
 
     /// How often to fetch: the bundle's hint, within bounds.
-    pub fn refresh_interval(&self) -> Duration {
+    pub(crate) fn refresh_interval(&self) -> Duration {
         self.bundle
             .refresh_hint
             .unwrap_or(DEFAULT_REFRESH)
@@ -64,7 +64,7 @@ impl Federation {
     }
 
     /// Unix seconds at which the next fetch is due.
-    pub fn next_refresh_at(&self) -> u64 {
+    pub(crate) fn next_refresh_at(&self) -> u64 {
         let interval = self.refresh_interval();
         match self.record.last_error {
             Some(_) => self.record.last_attempt_at + interval.min(RETRY).as_secs(),
@@ -111,7 +111,7 @@ pub(crate) fn federated_bundles(store: &dyn Store) -> Result<Federated, CaError>
 /// The federation service: other trust domains' bundles, kept in the store and carried in
 /// the CA's own bundle.
 #[derive(Debug)]
-pub struct Federations {
+pub(crate) struct Federations {
     core: Arc<Core>,
 }
 
@@ -121,7 +121,7 @@ impl Federations {
     }
 
     /// Starts trusting `trust_domain`, with `bundle` in force until its endpoint is read.
-    pub async fn add(
+    pub(crate) async fn add(
         &self,
         trust_domain: &str,
         endpoint_url: &str,
@@ -172,7 +172,7 @@ impl Federations {
     }
 
     /// Every federation with its bundle in force.
-    pub fn list(&self) -> Result<Vec<Federation>, CaError> {
+    pub(crate) fn list(&self) -> Result<Vec<Federation>, CaError> {
         self.core
             .store
             .federations()
@@ -197,7 +197,7 @@ impl Federations {
     }
 
     /// Stops trusting `trust_domain`.
-    pub async fn remove(&self, trust_domain: &str, actor: &str) -> Result<(), CaError> {
+    pub(crate) async fn remove(&self, trust_domain: &str, actor: &str) -> Result<(), CaError> {
         let federation = self.get(trust_domain)?;
         let record = &federation.record;
         let now = self.core.now_unix();
@@ -212,7 +212,7 @@ impl Federations {
 
     /// Fetches `trust_domain`'s bundle from its endpoint now. The outcome is recorded
     /// either way; a failure keeps the bundle in force and is returned as `Unavailable`.
-    pub async fn refresh(&self, trust_domain: &str) -> Result<Federation, CaError> {
+    pub(crate) async fn refresh(&self, trust_domain: &str) -> Result<Federation, CaError> {
         let federation = self.get(trust_domain)?;
         let fetched = fetch(&federation).await;
         let mut record = federation.record.clone();

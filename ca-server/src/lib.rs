@@ -18,7 +18,7 @@ pub(crate) mod connections;
 pub(crate) mod crl;
 pub mod csr;
 pub(crate) mod error;
-pub mod federation;
+pub(crate) mod federation;
 pub(crate) mod first_request;
 mod grantable;
 pub(crate) mod http;

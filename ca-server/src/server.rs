@@ -28,7 +28,6 @@ use crate::bootstrap;
 use crate::config::Config;
 use crate::connections::{ConnectionsConfig, Listeners};
 use crate::error::CaError;
-use crate::federation::Federations;
 use crate::first_request::{GuardedConn, mark_request};
 use crate::limits::Limits;
 use crate::services::Services;
@@ -126,11 +125,6 @@ impl RunningCa {
     /// How the reads of the Kubernetes service-account keys went, if `[kubernetes]` is set.
     pub fn kubernetes_key_stats(&self) -> Option<&RefreshStats> {
         self.ca.kubernetes.as_ref().map(|k| k.key_stats())
-    }
-
-    /// The federation service (the admin API's `federation` calls, without a client).
-    pub fn federations(&self) -> &Federations {
-        &self.ca.federations
     }
 }
 

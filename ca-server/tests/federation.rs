@@ -10,13 +10,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use trellis_ca::CaError;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 use trellis_identity::clock::ManualClock;
 use trellis_identity::clock::SystemClock;
 use trellis_identity::jwt_svid::{self, JwtSvidError};
 use trellis_identity::tls::{self, Identity, Versions};
 use trellis_identity::{TrustDomain, WorkloadKey};
-use trellis_proto::admin::v1::{ActivateRootRequest, AddRootRequest, IssueCertificateRequest};
+use trellis_proto::admin::v1::admin_client::AdminClient;
+use trellis_proto::admin::v1::{
+    ActivateRootRequest, AddFederationRequest, AddRootRequest, FederationInfo,
+    IssueCertificateRequest, ListFederationsRequest, RefreshFederationRequest,
+    RemoveFederationRequest,
+};
 use trellis_proto::ca::v1::{MintJwtSvidRequest, WatchTrustBundleRequest};
 
 const A: &str = "a.example";
@@ -35,10 +41,60 @@ fn endpoint(ca: &TestCa) -> String {
     format!("https://127.0.0.1:{}/", addr.port())
 }
 
-fn error_of(result: Result<trellis_ca::federation::Federation, CaError>) -> String {
+fn error_of(result: Result<FederationInfo, Status>) -> String {
     match result {
-        Ok(f) => panic!("refresh should fail, got sequence {}", f.bundle.sequence),
-        Err(e) => e.to_string(),
+        Ok(f) => panic!("refresh should fail, got sequence {}", f.sequence),
+        Err(e) => e.message().to_owned(),
+    }
+}
+
+/// A CA's roots as the admin API lists them.
+fn roots_of(ca: &TestCa) -> Vec<Vec<u8>> {
+    ca.bundle().roots().iter().map(|r| r.to_vec()).collect()
+}
+
+/// A CA's federation calls on its admin API, as `trellis federation` makes them.
+struct Federations(AdminClient<Channel>);
+
+impl Federations {
+    async fn of(ca: &TestCa) -> Self {
+        Self(ca.admin().await)
+    }
+
+    async fn add(
+        &mut self,
+        trust_domain: &str,
+        endpoint_url: &str,
+        endpoint_spiffe_id: &str,
+        bundle: &[u8],
+    ) -> Result<FederationInfo, Status> {
+        let request = AddFederationRequest {
+            trust_domain: trust_domain.into(),
+            endpoint_url: endpoint_url.into(),
+            endpoint_spiffe_id: endpoint_spiffe_id.into(),
+            bundle: bundle.to_vec(),
+        };
+        Ok(self.0.add_federation(request).await?.into_inner())
+    }
+
+    async fn refresh(&mut self, trust_domain: &str) -> Result<FederationInfo, Status> {
+        let request = RefreshFederationRequest {
+            trust_domain: trust_domain.into(),
+        };
+        Ok(self.0.refresh_federation(request).await?.into_inner())
+    }
+
+    async fn list(&mut self) -> Vec<FederationInfo> {
+        let request = ListFederationsRequest {};
+        let listed = self.0.list_federations(request).await.expect("listed");
+        listed.into_inner().federations
+    }
+
+    async fn remove(&mut self, trust_domain: &str) {
+        let request = RemoveFederationRequest {
+            trust_domain: trust_domain.into(),
+        };
+        self.0.remove_federation(request).await.expect("removed");
     }
 }
 
@@ -46,31 +102,30 @@ fn error_of(result: Result<trellis_ca::federation::Federation, CaError>) -> Stri
 async fn a_federated_bundle_follows_the_foreign_root_rotation() {
     let a = ca(A).await;
     let b = ca("b.example").await;
-    let federations = b.running().federations();
+    let mut federations = Federations::of(&b).await;
     let added = federations
         .add(
             A,
             &endpoint(&a),
             "spiffe://a.example/trellis/ca",
             a.bundle().to_pem().as_bytes(),
-            "spiffe://b.example/trellis/admin/test",
         )
         .await
         .expect("federation added");
-    assert_eq!(added.bundle.x509_authorities, a.bundle().roots().to_vec());
-    assert!(
-        added.next_refresh_at()
-            <= SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .expect("after 1970")
-                .as_secs(),
-        "fetched at once"
-    );
+    assert_eq!(added.x509_authorities, roots_of(&a));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let due = added.next_refresh_at.expect("due").seconds;
+    assert!(due <= i64::try_from(now).expect("now"), "fetched at once");
 
     let fetched = federations.refresh(A).await.expect("endpoint read");
-    assert_eq!(fetched.bundle.sequence, a.bundle().version());
-    assert_eq!(fetched.record.last_error, None);
-    assert_eq!(fetched.refresh_interval(), Duration::from_secs(10));
+    assert_eq!(fetched.sequence, a.bundle().version());
+    assert_eq!(fetched.last_error, "");
+    let refreshed = fetched.refreshed_at.expect("refreshed").seconds;
+    let due = fetched.next_refresh_at.expect("due").seconds;
+    assert_eq!(due - refreshed, 10, "the endpoint's refresh hint");
 
     a.admin()
         .await
@@ -78,15 +133,14 @@ async fn a_federated_bundle_follows_the_foreign_root_rotation() {
         .await
         .expect("root added at A");
     let rotated = federations.refresh(A).await.expect("endpoint read");
-    assert_eq!(rotated.bundle.x509_authorities.len(), 2);
-    assert_eq!(rotated.bundle.x509_authorities, a.bundle().roots().to_vec());
+    assert_eq!(rotated.x509_authorities.len(), 2);
+    assert_eq!(rotated.x509_authorities, roots_of(&a));
 
     // The poller does the same by itself within the refresh hint; the state survives a
     // restart (the last good bundle is stored).
-    let listed = federations.list().expect("list");
+    let listed = federations.list().await;
     assert_eq!(listed.len(), 1);
-    let metrics_before = listed[0].record.refreshed_at;
-    assert!(metrics_before > 0);
+    assert!(listed[0].refreshed_at.is_some_and(|t| t.seconds > 0));
 
     // Own trust domain and an endpoint ID of another trust domain are refused at once.
     let own = federations
@@ -95,21 +149,23 @@ async fn a_federated_bundle_follows_the_foreign_root_rotation() {
             &endpoint(&a),
             "spiffe://b.example/trellis/ca",
             a.bundle().to_pem().as_bytes(),
-            "test",
         )
         .await;
-    assert!(matches!(own, Err(CaError::InvalidArgument(_))), "{own:?}");
+    assert!(
+        matches!(&own, Err(s) if s.code() == Code::InvalidArgument),
+        "{own:?}"
+    );
     let mismatch = federations
         .add(
             "c.example",
             &endpoint(&a),
             "spiffe://a.example/trellis/ca",
             a.bundle().to_pem().as_bytes(),
-            "test",
         )
         .await;
     assert!(
-        matches!(mismatch, Err(CaError::InvalidArgument(ref m)) if m.contains("not in c.example")),
+        matches!(&mismatch, Err(s) if s.code() == Code::InvalidArgument
+            && s.message().contains("not in c.example")),
         "{mismatch:?}"
     );
 }
@@ -119,7 +175,7 @@ async fn an_endpoint_not_vouched_for_by_the_bundle_in_force_is_refused() {
     let a = ca(A).await;
     let stranger = ca("c.example").await;
     let b = ca("b.example").await;
-    let federations = b.running().federations();
+    let mut federations = Federations::of(&b).await;
     // B starts from a bundle that is not A's (as after an unannounced key change): A's
     // endpoint certificate does not verify against it.
     let wrong = TrustDomain::new(A).expect("td");
@@ -132,33 +188,23 @@ async fn an_endpoint_not_vouched_for_by_the_bundle_in_force_is_refused() {
             &endpoint(&a),
             "spiffe://a.example/trellis/ca",
             wrong_roots.to_pem().as_bytes(),
-            "test",
         )
         .await
         .expect("added");
     let message = error_of(federations.refresh(A).await);
     assert!(message.contains("TLS"), "{message}");
-    let kept = &federations.list().expect("list")[0];
-    assert_eq!(
-        kept.bundle.x509_authorities,
-        stranger.bundle().roots().to_vec()
-    );
-    assert!(
-        kept.record
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("TLS"))
-    );
+    let kept = &federations.list().await[0];
+    assert_eq!(kept.x509_authorities, roots_of(&stranger));
+    assert!(kept.last_error.contains("TLS"), "{}", kept.last_error);
 
     // The right bundle but an endpoint serving with another SPIFFE ID than configured.
-    federations.remove(A, "test").await.expect("removed");
+    federations.remove(A).await;
     federations
         .add(
             A,
             &endpoint(&a),
             "spiffe://a.example/ns/bundles/sa/server",
             a.bundle().to_pem().as_bytes(),
-            "test",
         )
         .await
         .expect("added");
@@ -207,7 +253,7 @@ async fn serve_body(identity: Identity, body: &'static str) -> String {
 async fn garbage_and_an_empty_bundle_leave_the_last_good_one_in_force() {
     let a = ca(A).await;
     let b = ca("b.example").await;
-    let federations = b.running().federations();
+    let mut federations = Federations::of(&b).await;
     // A genuine identity of A (issued by A's admin API) serving what is not a bundle.
     let key = WorkloadKey::generate().expect("key");
     let issued = a
@@ -255,15 +301,14 @@ async fn garbage_and_an_empty_bundle_leave_the_last_good_one_in_force() {
                 &url,
                 "spiffe://a.example/ns/bundles/sa/server",
                 a.bundle().to_pem().as_bytes(),
-                "test",
             )
             .await
             .expect("added");
         let message = error_of(federations.refresh(A).await);
         assert!(message.contains(expect), "{body}: {message}");
-        let kept = &federations.list().expect("list")[0];
-        assert_eq!(kept.bundle.x509_authorities, a.bundle().roots().to_vec());
-        federations.remove(A, "test").await.expect("removed");
+        let kept = &federations.list().await[0];
+        assert_eq!(kept.x509_authorities, roots_of(&a));
+        federations.remove(A).await;
     }
 }
 
@@ -286,7 +331,7 @@ async fn federated_bundles_travel_with_a_new_bundle_version_and_validate_foreign
     let a = ca(A).await;
     let b = ca("b.example").await;
     let stranger = ca("c.example").await;
-    let federations = b.running().federations();
+    let mut federations = Federations::of(&b).await;
     let mut stream = b
         .workload(None)
         .await
@@ -303,7 +348,6 @@ async fn federated_bundles_travel_with_a_new_bundle_version_and_validate_foreign
             &endpoint(&a),
             "spiffe://a.example/trellis/ca",
             a.bundle().to_pem().as_bytes(),
-            "test",
         )
         .await
         .expect("federation added");
@@ -356,7 +400,7 @@ async fn federated_bundles_travel_with_a_new_bundle_version_and_validate_foreign
 
     // Removing the federation is a bundle change too; A's token is refused again.
     let before = b.bundle().version();
-    federations.remove(A, "test").await.expect("removed");
+    federations.remove(A).await;
     assert!(b.bundle().version() > before);
     assert!(b.bundle().federated().is_empty());
     assert!(jwt_svid::validate_federated(&from_a, "b-service", &b.bundle(), now).is_err());
