@@ -1,6 +1,6 @@
 //! The CA's `/metrics` (served by `http.rs`): issuance, the store, the trust bundle, the
 //! expiry of every CA certificate, federation, the limiter and the listeners' connection
-//! budgets, read from the state at each scrape and written by `trellis_proto::metrics`.
+//! budgets, read from the services at each scrape and written by `trellis_proto::metrics`.
 
 use std::fmt;
 use std::sync::Arc;

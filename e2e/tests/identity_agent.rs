@@ -145,13 +145,13 @@ async fn a_bundle_change_reaches_the_sidecar_within_two_seconds() {
     let first = first_certificate(&mut creds).await;
     // Add a second root (another CA's) to the published bundle through the CA's test hook.
     let other = Mesh::start().await;
-    let state = mesh.ca();
-    let mut roots = state.bundle().roots().to_vec();
+    let ca = mesh.ca();
+    let mut roots = ca.bundle().roots().to_vec();
     roots.extend(other.ca().bundle().roots().iter().cloned());
-    let version = state.bundle().version() + 1;
+    let version = ca.bundle().version() + 1;
     let changed_at = Instant::now();
-    state.publish_bundle(
-        TrustBundle::new(state.bundle().trust_domain().clone(), version, roots).expect("bundle"),
+    ca.publish_bundle(
+        TrustBundle::new(ca.bundle().trust_domain().clone(), version, roots).expect("bundle"),
     );
     let updated = wait_for(&mut creds, Duration::from_secs(2), "the new bundle", |c| {
         c.is_some_and(|c| c.bundle.version() == version)

@@ -489,11 +489,11 @@ async fn a_jwt_key_rotation_under_steady_validations_fails_none() {
 /// `mesh`'s CA starts federating with `partner`'s trust domain (what `trellis federation
 /// add` and its first refresh do), and `agent` receives the bundle.
 async fn federate(mesh: &Mesh, partner: &Mesh, agent: &RunningAgent) {
-    let state = mesh.ca();
-    let own = state.bundle();
+    let ca = mesh.ca();
+    let own = ca.bundle();
     let foreign = partner.ca().bundle();
     let version = own.version() + 1;
-    state.publish_bundle(
+    ca.publish_bundle(
         trellis_identity::TrustBundle::new(
             own.trust_domain().clone(),
             version,
