@@ -14,7 +14,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::util::MapRequestLayer;
 use trellis_identity::clock::{Clock, SystemClock};
-use trellis_identity::profile::SigningCa;
 use trellis_identity::{TrustBundle, TrustDomain};
 use trellis_proto::admin::v1::admin_server::AdminServer;
 use trellis_proto::ca::v1::workload_ca_server::WorkloadCaServer;
@@ -22,7 +21,6 @@ use trellis_proto::listen::{self, ThrottledLog};
 
 use crate::api::admin::AdminService;
 use crate::api::workload::WorkloadService;
-use crate::attest::refresh::RefreshStats;
 use crate::auth::{TlsConn, admin_interceptor};
 use crate::bootstrap;
 use crate::config::Config;
@@ -107,11 +105,6 @@ impl RunningCa {
         self.ca.core.publish_bundle(bundle);
     }
 
-    /// The intermediate that signs new certificates.
-    pub fn signer(&self) -> Arc<SigningCa> {
-        self.ca.core.signer()
-    }
-
     /// The store, for tools and tests that seed or read records directly.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.ca.core.store
@@ -120,11 +113,6 @@ impl RunningCa {
     /// The issuance limiter (its counters, or a slot taken as a busy request would).
     pub fn limits(&self) -> &Arc<Limits> {
         &self.ca.limits
-    }
-
-    /// How the reads of the Kubernetes service-account keys went, if `[kubernetes]` is set.
-    pub fn kubernetes_key_stats(&self) -> Option<&RefreshStats> {
-        self.ca.kubernetes.as_ref().map(|k| k.key_stats())
     }
 }
 

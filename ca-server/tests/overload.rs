@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{TestCa, identity_of, renewal_request, token_request};
+use common::{TestCa, identity_of, metrics, renewal_request, token_request};
 use rcgen::{CertificateParams, KeyPair, SanType};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -50,19 +50,6 @@ async fn tight(clock: Arc<ManualClock>) -> TestCa {
         c.limits.busy_retry_after = Duration::from_millis(1500);
     })
     .await
-}
-
-async fn metrics(ca: &TestCa) -> String {
-    let addr = ca.running().http_addr.expect("http endpoint");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.expect("read");
-    body
 }
 
 #[tokio::test]

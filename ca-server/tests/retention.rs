@@ -4,13 +4,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use trellis_ca::store::{CertRecord, Store};
 use trellis_identity::clock::{Clock, ManualClock};
@@ -47,20 +44,6 @@ fn fill(store: &dyn Store, tag: u8, count: u32, not_after: u64) -> Vec<Vec<u8>> 
         .collect()
 }
 
-async fn metrics(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut body))
-        .await
-        .expect("response in time")
-        .expect("read");
-    body
-}
-
 #[tokio::test]
 async fn records_past_retention_go_and_the_rest_stay() {
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
@@ -89,7 +72,7 @@ async fn records_past_retention_go_and_the_rest_stay() {
     for serial in recent.iter().chain(&live) {
         assert!(store.certificate(serial).expect("read").is_some());
     }
-    let text = metrics(ca.running().http_addr.expect("http")).await;
+    let text = metrics(&ca).await;
     assert!(
         text.contains("trellis_ca_store_pruned_total 30\n"),
         "{text}"
@@ -115,7 +98,7 @@ async fn records_past_retention_go_and_the_rest_stay() {
     for serial in &live {
         assert!(store.certificate(serial).expect("read").is_some());
     }
-    let text = metrics(ca.running().http_addr.expect("http")).await;
+    let text = metrics(&ca).await;
     assert!(
         !text.contains("trellis_ca_certificates_live{root=\"bulk\"}"),
         "expired ones are not live: {text}"
