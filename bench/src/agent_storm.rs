@@ -99,10 +99,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         limits.bootstraps.burst
     );
     let result = agents_runtime.block_on(storm(&args, &ca));
-    let state = ca.state.clone();
+    let limits = ca.limits().clone();
     ca_runtime.block_on(ca.shutdown())?;
     let (histories, metrics, elapsed) = result?;
-    let c = &state.limits.counters;
+    let c = &limits.counters;
     let sum = |f: &dyn Fn(&Metrics) -> u64| metrics.iter().map(|m| f(m)).sum::<u64>();
     let bootstrapped = histories.iter().filter(|h| h.first.is_some()).count();
     let renewals: u64 = histories.iter().map(|h| h.renewals).sum();
@@ -144,8 +144,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 type Outcome = (Vec<History>, Vec<Arc<Metrics>>, Duration);
 
 async fn storm(args: &Args, ca: &trellis_ca::RunningCa) -> anyhow::Result<Outcome> {
-    let bundle = ca.state.bundle();
-    let data_dir = ca.state.config.data_dir.clone();
+    let bundle = ca.bundle();
+    let data_dir = ca.data_dir().to_path_buf();
     let mut admin = admin::client(ca.addr, bundle.clone(), &data_dir.join("admin")).await?;
     let mut tokens = Vec::with_capacity(args.agents);
     for i in 0..args.agents {

@@ -65,8 +65,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()?;
     let ca = ca_runtime.block_on(trellis_ca::start(config))?;
     let addr = ca.addr;
-    let bundle = ca.state.bundle();
-    let admin_dir = ca.state.config.data_dir.join("admin");
+    let bundle = ca.bundle();
+    let admin_dir = ca.data_dir().join("admin");
 
     // Named apart from the CA's, so that a profile tells the two sides' costs apart.
     let client_runtime = tokio::runtime::Builder::new_multi_thread()

@@ -153,7 +153,7 @@ async fn start_sidecar(
         .arg("--ready-file")
         .arg(&ready_file)
         .arg("--trust-bundle")
-        .arg(ca.state.config.data_dir.join("bundle.pem"))
+        .arg(ca.data_dir().join("bundle.pem"))
         .args(["--inbound-listen", "127.0.0.1:0"])
         .args(["--inbound-app", &app.to_string()])
         .args(["--admin-listen", "127.0.0.1:0"])
@@ -218,14 +218,9 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     let mut config = Config::for_data_dir(dir.path().join("ca"));
     config.listen = "127.0.0.1:0".parse()?;
     let ca = trellis_ca::start(config).await?;
-    let bundle = ca.state.bundle();
+    let bundle = ca.bundle();
     let td = bundle.trust_domain().clone();
-    let mut admin = admin::client(
-        ca.addr,
-        bundle.clone(),
-        &ca.state.config.data_dir.join("admin"),
-    )
-    .await?;
+    let mut admin = admin::client(ca.addr, bundle.clone(), &ca.data_dir().join("admin")).await?;
     let server_id = td.id("/bench/echo")?;
     let token = admin::token(&mut admin, server_id.as_str()).await?;
     let client = admin::issue(&mut admin, td.id("/bench/client")?.as_str()).await?;

@@ -15,14 +15,15 @@ use trellis_identity::svid::SvidError;
 
 use crate::error::CaError;
 use crate::peer::PeerChain;
-use crate::state::CaState;
+use crate::revocation::Revocations;
+use crate::state::Core;
 
 /// The path under which admin identities live.
 pub const ADMIN_PREFIX: &str = trellis_identity::spiffe::reserved::ADMIN_PREFIX;
 
 /// What is known about the peer of a connection. The chain is NOT verified: the TLS layer
 /// only checked key possession (see `DeferredClientVerifier`); verify it with
-/// [`CaState::verify_peer`] before trusting it.
+/// [`Core::verify_peer`] before trusting it.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub remote_addr: Option<std::net::SocketAddr>,
@@ -120,7 +121,8 @@ pub struct AdminCaller(pub SpiffeId);
 /// when it issued it. The last check is what keeps a stolen copy of the intermediate key
 /// from minting admin access: anything it signs verifies, but the CA has no record of it.
 pub fn admin_interceptor(
-    state: Arc<CaState>,
+    core: Arc<Core>,
+    revocations: Arc<Revocations>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |mut request: Request<()>| {
         let chain = peer_chain(&request);
@@ -132,18 +134,16 @@ pub fn admin_interceptor(
             )
             .into());
         }
-        let verified = state
-            .verify_peer(&chain, state.now())
-            .map_err(|e| match e {
-                SvidError::Expired { not_after } => CaError::Unauthenticated(format!(
-                    "admin certificate expired at {not_after}; admin certificates are not \
+        let verified = core.verify_peer(&chain, core.now()).map_err(|e| match e {
+            SvidError::Expired { not_after } => CaError::Unauthenticated(format!(
+                "admin certificate expired at {not_after}; admin certificates are not \
                      renewed: get a new one from whoever runs the CA (a CA started without \
                      admin/admin.pem in its data directory writes fresh admin credentials \
                      there), then run `trellis login` again"
-                )),
-                e => CaError::Unauthenticated(format!("admin certificate refused: {e}")),
-            })?;
-        match state.revocation_of(&verified.serial) {
+            )),
+            e => CaError::Unauthenticated(format!("admin certificate refused: {e}")),
+        })?;
+        match revocations.of(&verified.serial) {
             Ok(None) => {}
             Ok(Some(_)) => {
                 return Err(CaError::Unauthenticated(format!(
@@ -154,7 +154,7 @@ pub fn admin_interceptor(
             }
             Err(e) => return Err(CaError::store(NOT_DONE, e).into()),
         }
-        let td = state.config.trust_domain.as_str();
+        let td = core.config.trust_domain.as_str();
         if !verified.spiffe_id.is_under(td, ADMIN_PREFIX)
             || verified.spiffe_id.path() == ADMIN_PREFIX
         {
@@ -165,7 +165,7 @@ pub fn admin_interceptor(
             .into());
         }
         let serial = trellis_identity::hex::decode(&verified.serial).unwrap_or_default();
-        match state.store.certificate(&serial) {
+        match core.store.certificate(&serial) {
             Ok(Some(_)) => {}
             Ok(None) => {
                 tracing::warn!(

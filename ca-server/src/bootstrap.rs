@@ -23,8 +23,9 @@ use trellis_identity::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey, ca_files
 
 use crate::config::Config;
 use crate::error::CaError;
-use crate::issuance::Credential;
-use crate::state::{CaState, unix};
+use crate::issuance::{Credential, Issuance};
+use crate::services::Services;
+use crate::state::{Core, unix};
 use crate::store::{
     AuditRecord, Cause, Change, IntermediateRecord, RootRecord, RootState, Store, StoreError,
 };
@@ -70,7 +71,7 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> CaError {
 }
 
 /// Opens the CA in `config.data_dir`, initialising it on first start.
-pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<CaState>, CaError> {
+pub(crate) async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Services>, CaError> {
     let dir = DataDir(config.data_dir.clone());
     files::create_private_dir(&dir.0).map_err(io(format!("data directory {}", dir.0.display())))?;
     files::create_private_dir(&dir.keys()).map_err(io("keys directory".into()))?;
@@ -99,13 +100,17 @@ pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<CaState>,
         initialise(&config, &*store, &dir, clock.now())?;
     }
     crate::jwt_svid::ensure_active_key(&*store, &dir, unix(clock.now()), !fresh)?;
-    let state = Arc::new(load(config, store, clock, &dir)?);
-    files::write_atomic(&dir.bundle_pem(), state.bundle().to_pem().as_bytes(), 0o644)
-        .map_err(io("bundle.pem".into()))?;
+    let ca = Arc::new(load(config, store, clock, &dir)?);
+    files::write_atomic(
+        &dir.bundle_pem(),
+        ca.core.bundle().to_pem().as_bytes(),
+        0o644,
+    )
+    .map_err(io("bundle.pem".into()))?;
     if !dir.admin().join(ca_files::ADMIN_CERT).exists() {
-        write_admin_credentials(&state, &dir.admin()).await?;
+        write_admin_credentials(&ca.issuance, &dir.admin()).await?;
     }
-    Ok(state)
+    Ok(ca)
 }
 
 /// A store failure where no more precise "what was not done" applies (reads, start-up).
@@ -345,7 +350,7 @@ fn load(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     dir: &DataDir,
-) -> Result<CaState, CaError> {
+) -> Result<Services, CaError> {
     let inter = store
         .active_intermediate()
         .map_err(store_err)?
@@ -355,9 +360,7 @@ fn load(
     let jwt_signer = crate::jwt_svid::load_signer(dir, &active_jwt)?;
     let bundle = bundle_from_store(&config.trust_domain, &*store)?;
     store.start_counting(unix(clock.now())).map_err(store_err)?;
-    let state = CaState::new(config, store, clock, signer, jwt_signer, bundle);
-    state.load_bundle_reports().map_err(store_err)?;
-    Ok(state)
+    Services::new(Core::new(config, store, clock, signer, bundle), jwt_signer)
 }
 
 /// The bundle as stored: every root not retired, in the order they were added (so that
@@ -383,9 +386,12 @@ pub fn bundle_from_store(td: &TrustDomain, store: &dyn Store) -> Result<TrustBun
 }
 
 /// Issues an admin client certificate and writes it, its key (0600) and the bundle.
-pub async fn write_admin_credentials(state: &CaState, out: &Path) -> Result<(), CaError> {
-    let id: SpiffeId = state
-        .config
+pub(crate) async fn write_admin_credentials(
+    issuance: &Issuance,
+    out: &Path,
+) -> Result<(), CaError> {
+    let config = &issuance.core().config;
+    let id: SpiffeId = config
         .trust_domain
         .id(ADMIN_PATH)
         .map_err(|e| CaError::Internal(e.to_string()))?;
@@ -393,12 +399,12 @@ pub async fn write_admin_credentials(state: &CaState, out: &Path) -> Result<(), 
     let csr = key
         .csr_der(Some(&id))
         .map_err(|e| CaError::Internal(e.to_string()))?;
-    let issued = state
+    let issued = issuance
         .certify(
             &csr,
             Credential::Internal {
                 spiffe_id: id,
-                lifetime: state.config.admin_ttl,
+                lifetime: config.admin_ttl,
                 names: Vec::new(),
             },
             None,

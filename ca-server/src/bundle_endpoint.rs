@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use trellis_identity::spiffe_bundle::SpiffeBundle;
 use trellis_proto::listen::{ConnBudget, Http1Settings, serve_https1};
 
-use crate::state::CaState;
+use crate::state::Core;
 
 /// Connections the endpoint holds at once, in total and per source address. Consumers
 /// poll at the refresh hint, so a few suffice; the bound keeps a flood from taking the
@@ -30,38 +30,37 @@ const MAX_CONNECTIONS: usize = 128;
 const MAX_CONNECTIONS_PER_SOURCE: usize = 8;
 
 /// The bundle document as served now.
-pub fn document(state: &CaState) -> String {
-    SpiffeBundle::from_trust_bundle(&state.bundle(), Some(state.config.bundle_refresh_hint))
-        .to_json()
+pub(crate) fn document(core: &Core) -> String {
+    SpiffeBundle::from_trust_bundle(&core.bundle(), Some(core.config.bundle_refresh_hint)).to_json()
 }
 
-async fn bundle(State(state): State<Arc<CaState>>) -> impl IntoResponse {
+async fn bundle(State(core): State<Arc<Core>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        document(&state),
+        document(&core),
     )
 }
 
 /// Serves until `stop`, with the newest serving certificate of `grpc_tls` (its ALPN
 /// changed to HTTP/1.1).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
-    state: Arc<CaState>,
+    core: Arc<Core>,
     grpc_tls: watch::Receiver<Arc<ServerConfig>>,
     stop: CancellationToken,
 ) {
     let tls = http1_configs(grpc_tls, stop.clone());
     let settings = Http1Settings {
-        header_timeout: state.config.connections.http_header_timeout,
-        drain: state.config.shutdown_grace,
+        header_timeout: core.config.connections.http_header_timeout,
+        drain: core.config.shutdown_grace,
     };
-    let handshake_timeout = state.config.connections.handshake_timeout;
+    let handshake_timeout = core.config.connections.handshake_timeout;
     let budget = ConnBudget::new(
         "bundle_endpoint",
         MAX_CONNECTIONS,
         MAX_CONNECTIONS_PER_SOURCE,
     );
-    let app = Router::new().route("/", get(bundle)).with_state(state);
+    let app = Router::new().route("/", get(bundle)).with_state(core);
     let shutdown = async move { stop.cancelled().await };
     serve_https1(
         listener,

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
@@ -13,13 +14,13 @@ use trellis_identity::crl_reason::CrlReason;
 
 use trellis_identity::profile::{CrlEntry, SigningCa};
 
-use crate::bootstrap::DataDir;
 use crate::error::CaError;
-use crate::state::{CaState, off_runtime, unix};
+use crate::revocation::Revocations;
+use crate::state::{Core, off_runtime, unix};
 use crate::store::Store;
 
 /// How long a CRL is valid (its nextUpdate); it is re-signed after half of this.
-pub const CRL_VALIDITY: Duration = Duration::from_secs(3600);
+pub(crate) const CRL_VALIDITY: Duration = Duration::from_secs(3600);
 
 /// A signed CRL and what it was signed from.
 #[derive(Debug)]
@@ -29,19 +30,33 @@ struct SignedCrl {
     der: Vec<u8>,
 }
 
-/// Signed CRLs by intermediate id. Held locked while a CRL is signed, so two requests
-/// never sign with the same number.
-#[derive(Debug, Default)]
-pub struct CrlCache(Mutex<HashMap<String, SignedCrl>>);
+/// The CRL service, shared by the HTTP endpoint and the admin status.
+#[derive(Debug)]
+pub(crate) struct Crls {
+    core: Arc<Core>,
+    revocations: Arc<Revocations>,
+    /// Signed CRLs by intermediate id. Held locked while a CRL is signed, so two requests
+    /// never sign with the same number.
+    cache: Mutex<HashMap<String, SignedCrl>>,
+}
 
-impl CrlCache {
+impl Crls {
+    pub(crate) fn new(core: Arc<Core>, revocations: Arc<Revocations>) -> Self {
+        Self {
+            core,
+            revocations,
+            cache: Mutex::default(),
+        }
+    }
+
     /// The DER CRL of intermediate `id` (the active one if `None`).
-    pub async fn get(&self, state: &CaState, id: Option<&str>) -> Result<Vec<u8>, CaError> {
-        let signer = state.signer();
+    pub(crate) async fn get(&self, id: Option<&str>) -> Result<Vec<u8>, CaError> {
+        let core = &*self.core;
+        let signer = core.signer();
         let id = id.unwrap_or(&signer.id).to_owned();
-        let revocations = state.revocations();
-        let now = state.now();
-        let mut cache = self.0.lock().await;
+        let revocations = self.revocations.current();
+        let now = core.now();
+        let mut cache = self.cache.lock().await;
         if let Some(crl) = cache.get(&id)
             && crl.revocation_version == revocations.version
             && now.duration_since(crl.signed_at).unwrap_or_default() < CRL_VALIDITY / 2
@@ -53,12 +68,10 @@ impl CrlCache {
         let issuer = if id == signer.id {
             signer
         } else {
-            let store = state.store.clone();
-            let keys = DataDir(state.config.data_dir.clone()).keys();
+            let store = core.store.clone();
+            let keys = core.data_dir().keys();
             let wanted = id.clone();
-            std::sync::Arc::new(
-                off_runtime(move || load_intermediate(&*store, &keys, &wanted)).await?,
-            )
+            Arc::new(off_runtime(move || load_intermediate(&*store, &keys, &wanted)).await?)
         };
         let entries: Vec<CrlEntry> = revocations
             .entries
@@ -70,7 +83,7 @@ impl CrlCache {
                 reason: r.reason_code.and_then(|c| CrlReason::from_code(c.into())),
             })
             .collect();
-        let number = match next_crl_number(state, &id, now).await {
+        let number = match next_crl_number(&*core.store, &id, now).await {
             Ok(number) => number,
             // The store cannot record a number now (disk full, read-only): the cached CRL
             // is still valid until its nextUpdate, and no revocation can have been recorded
@@ -98,15 +111,13 @@ impl CrlCache {
         );
         Ok(der)
     }
-}
 
-impl CrlCache {
     /// The nextUpdate of the CRL served for the signing intermediate now (signing one if
     /// the cached one is due): what a relying party holding it may use it until.
-    pub async fn active_next_update(&self, state: &CaState) -> Result<SystemTime, CaError> {
-        let id = state.signer().id.clone();
-        self.get(state, Some(&id)).await?;
-        let cache = self.0.lock().await;
+    pub(crate) async fn active_next_update(&self) -> Result<SystemTime, CaError> {
+        let id = self.core.signer().id.clone();
+        self.get(Some(&id)).await?;
+        let cache = self.cache.lock().await;
         cache
             .get(&id)
             .map(|crl| crl.signed_at + CRL_VALIDITY)
@@ -118,16 +129,13 @@ impl CrlCache {
 /// time in seconds, or one more than the last number if that is not above it (two CRLs
 /// within one second, or a clock set back), so numbers increase strictly per issuer
 /// (RFC 5280, section 5.2.3), across restarts too.
-async fn next_crl_number(state: &CaState, id: &str, now: SystemTime) -> Result<u64, CaError> {
+async fn next_crl_number(store: &dyn Store, id: &str, now: SystemTime) -> Result<u64, CaError> {
     let unavailable = |e: crate::store::StoreError| CaError::Unavailable(e.to_string());
-    let last = state.store.crl_number(id).map_err(unavailable)?;
+    let last = store.crl_number(id).map_err(unavailable)?;
     let number = unix(now).max(last + 1);
-    let mark = state.store.mark();
-    state
-        .store
-        .set_crl_number(id, number)
-        .map_err(unavailable)?;
-    state.store.durable(mark).await.map_err(unavailable)?;
+    let mark = store.mark();
+    store.set_crl_number(id, number).map_err(unavailable)?;
+    store.durable(mark).await.map_err(unavailable)?;
     Ok(number)
 }
 

@@ -21,7 +21,7 @@ use trellis_identity::{IdMatcher, SpiffeId, TrustBundle, TrustDomain, pem};
 use crate::attest::jwks::HttpsUrl;
 use crate::bootstrap::store_err;
 use crate::error::CaError;
-use crate::state::CaState;
+use crate::state::Core;
 use crate::store::{AuditRecord, Change, FederationRecord, Store};
 
 /// Refresh interval when a bundle gives no hint, and the bounds put on a hint.
@@ -37,9 +37,9 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// A federation with its bundle in force.
 #[derive(Debug, Clone)]
-pub struct Federation {
-    pub record: FederationRecord,
-    pub bundle: SpiffeBundle,
+pub(crate) struct Federation {
+    pub(crate) record: FederationRecord,
+    pub(crate) bundle: SpiffeBundle,
 }
 
 impl Federation {
@@ -56,7 +56,7 @@ impl Federation {
     }
 
     /// How often to fetch: the bundle's hint, within bounds.
-    pub fn refresh_interval(&self) -> Duration {
+    pub(crate) fn refresh_interval(&self) -> Duration {
         self.bundle
             .refresh_hint
             .unwrap_or(DEFAULT_REFRESH)
@@ -64,7 +64,7 @@ impl Federation {
     }
 
     /// Unix seconds at which the next fetch is due.
-    pub fn next_refresh_at(&self) -> u64 {
+    pub(crate) fn next_refresh_at(&self) -> u64 {
         let interval = self.refresh_interval();
         match self.record.last_error {
             Some(_) => self.record.last_attempt_at + interval.min(RETRY).as_secs(),
@@ -91,7 +91,7 @@ fn given_bundle(td: &TrustDomain, bytes: &[u8]) -> Result<SpiffeBundle, CaError>
 /// The bundle in force of every federated trust domain, as the CA's own bundle carries them
 /// to sidecars. A stored bundle that no longer parses is left out, loudly: it cannot be
 /// trusted, and the other trust domains must not suffer for it.
-pub fn federated_bundles(store: &dyn Store) -> Result<Federated, CaError> {
+pub(crate) fn federated_bundles(store: &dyn Store) -> Result<Federated, CaError> {
     let mut bundles = BTreeMap::new();
     for record in store.federations().map_err(store_err)? {
         match Federation::new(record).and_then(|f| {
@@ -108,9 +108,20 @@ pub fn federated_bundles(store: &dyn Store) -> Result<Federated, CaError> {
     Ok(Arc::new(bundles))
 }
 
-impl CaState {
+/// The federation service: other trust domains' bundles, kept in the store and carried in
+/// the CA's own bundle.
+#[derive(Debug)]
+pub(crate) struct Federations {
+    core: Arc<Core>,
+}
+
+impl Federations {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
     /// Starts trusting `trust_domain`, with `bundle` in force until its endpoint is read.
-    pub async fn add_federation(
+    pub(crate) async fn add(
         &self,
         trust_domain: &str,
         endpoint_url: &str,
@@ -120,7 +131,7 @@ impl CaState {
     ) -> Result<Federation, CaError> {
         let td = TrustDomain::new(trust_domain.trim())
             .map_err(|e| CaError::InvalidArgument(format!("trust domain {trust_domain:?}: {e}")))?;
-        if td == self.config.trust_domain {
+        if td == self.core.config.trust_domain {
             return Err(CaError::InvalidArgument(format!(
                 "{td} is this CA's own trust domain; federation is with other trust domains"
             )));
@@ -137,7 +148,7 @@ impl CaState {
             )));
         }
         let bundle = given_bundle(&td, bundle)?;
-        let now = self.now_unix();
+        let now = self.core.now_unix();
         let record = FederationRecord {
             trust_domain: td.to_string(),
             endpoint_url: url.to_string(),
@@ -150,14 +161,8 @@ impl CaState {
             added_at: now,
             added_by: actor.to_owned(),
         };
-        let audit = federation_audit(
-            "federation_added",
-            &record,
-            actor,
-            &url.to_string(),
-            self.now_unix(),
-        );
-        self.change_federations(Change {
+        let audit = federation_audit("federation_added", &record, actor, &url.to_string(), now);
+        self.change(Change {
             federations: vec![record.clone()],
             audit: vec![audit],
             ..Change::default()
@@ -167,8 +172,9 @@ impl CaState {
     }
 
     /// Every federation with its bundle in force.
-    pub fn federations(&self) -> Result<Vec<Federation>, CaError> {
-        self.store
+    pub(crate) fn list(&self) -> Result<Vec<Federation>, CaError> {
+        self.core
+            .store
             .federations()
             .map_err(store_err)?
             .into_iter()
@@ -176,8 +182,9 @@ impl CaState {
             .collect()
     }
 
-    fn federation(&self, trust_domain: &str) -> Result<Federation, CaError> {
+    fn get(&self, trust_domain: &str) -> Result<Federation, CaError> {
         let record = self
+            .core
             .store
             .federation(trust_domain.trim())
             .map_err(store_err)?
@@ -190,11 +197,12 @@ impl CaState {
     }
 
     /// Stops trusting `trust_domain`.
-    pub async fn remove_federation(&self, trust_domain: &str, actor: &str) -> Result<(), CaError> {
-        let federation = self.federation(trust_domain)?;
+    pub(crate) async fn remove(&self, trust_domain: &str, actor: &str) -> Result<(), CaError> {
+        let federation = self.get(trust_domain)?;
         let record = &federation.record;
-        let audit = federation_audit("federation_removed", record, actor, "", self.now_unix());
-        self.change_federations(Change {
+        let now = self.core.now_unix();
+        let audit = federation_audit("federation_removed", record, actor, "", now);
+        self.change(Change {
             removed_federations: vec![record.trust_domain.clone()],
             audit: vec![audit],
             ..Change::default()
@@ -204,11 +212,11 @@ impl CaState {
 
     /// Fetches `trust_domain`'s bundle from its endpoint now. The outcome is recorded
     /// either way; a failure keeps the bundle in force and is returned as `Unavailable`.
-    pub async fn refresh_federation(&self, trust_domain: &str) -> Result<Federation, CaError> {
-        let federation = self.federation(trust_domain)?;
+    pub(crate) async fn refresh(&self, trust_domain: &str) -> Result<Federation, CaError> {
+        let federation = self.get(trust_domain)?;
         let fetched = fetch(&federation).await;
         let mut record = federation.record.clone();
-        record.last_attempt_at = self.now_unix();
+        record.last_attempt_at = self.core.now_unix();
         let outcome = match fetched {
             Ok(bundle) => {
                 let changed = bundle != federation.bundle;
@@ -233,14 +241,15 @@ impl CaState {
                 &record,
                 "bundle_endpoint",
                 &detail,
-                self.now_unix(),
+                self.core.now_unix(),
             ));
-            self.change_federations(change).await?;
+            self.change(change).await?;
         } else {
             // Only the attempt's outcome: the bundle in force is the same, so is the CA's.
-            let mark = self.store.mark();
-            self.store.apply(&change).map_err(store_err)?;
-            self.store.durable(mark).await.map_err(store_err)?;
+            let store = &self.core.store;
+            let mark = store.mark();
+            store.apply(&change).map_err(store_err)?;
+            store.durable(mark).await.map_err(store_err)?;
         }
         match outcome {
             Ok((bundle, changed)) => {
@@ -264,19 +273,20 @@ impl CaState {
     /// A federated bundle changed (`change`): written in one step with a new version of
     /// the CA's own bundle (so sidecars take it and acknowledge it), durably, then
     /// published.
-    async fn change_federations(&self, mut change: Change) -> Result<(), CaError> {
-        let _bundle_change = self.changing_bundle().await;
-        change.bundle_version = Some(self.bundle().version() + 1);
-        let mark = self.store.mark();
-        self.store.apply(&change).map_err(store_err)?;
-        self.store.durable(mark).await.map_err(store_err)?;
+    async fn change(&self, mut change: Change) -> Result<(), CaError> {
+        let core = &self.core;
+        let _bundle_change = core.changing_bundle().await;
+        change.bundle_version = Some(core.bundle().version() + 1);
+        let mark = core.store.mark();
+        core.store.apply(&change).map_err(store_err)?;
+        core.store.durable(mark).await.map_err(store_err)?;
         let kind = change.audit.first().map(|a| a.kind.as_str());
         let trust_domain = change
             .federations
             .first()
             .map(|f| f.trust_domain.as_str())
             .or(change.removed_federations.first().map(String::as_str));
-        self.republish_bundle(kind.unwrap_or_default(), trust_domain.unwrap_or_default())
+        core.republish_bundle(kind.unwrap_or_default(), trust_domain.unwrap_or_default())
             .await
     }
 }
@@ -339,16 +349,16 @@ async fn fetch(federation: &Federation) -> Result<SpiffeBundle, String> {
 }
 
 /// Refreshes each federation when due, until `stop`.
-pub async fn maintain(state: Arc<CaState>, stop: CancellationToken) {
+pub(crate) async fn maintain(federations: Arc<Federations>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = stop.cancelled() => return,
         }
-        let due = match state.federations() {
+        let due = match federations.list() {
             Ok(all) => all
                 .into_iter()
-                .filter(|f| f.next_refresh_at() <= state.now_unix())
+                .filter(|f| f.next_refresh_at() <= federations.core.now_unix())
                 .collect::<Vec<_>>(),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the federations failed");
@@ -356,10 +366,7 @@ pub async fn maintain(state: Arc<CaState>, stop: CancellationToken) {
             }
         };
         for federation in due {
-            if let Err(e) = state
-                .refresh_federation(&federation.record.trust_domain)
-                .await
-            {
+            if let Err(e) = federations.refresh(&federation.record.trust_domain).await {
                 tracing::warn!(error = %e, "federated bundle refresh failed");
             }
         }
@@ -367,12 +374,12 @@ pub async fn maintain(state: Arc<CaState>, stop: CancellationToken) {
 }
 
 /// `/metrics` families: each federation's last successful refresh and whether it is failing.
-pub fn collect_metrics(
-    state: &CaState,
+pub(crate) fn collect_metrics(
+    federations: &Federations,
     f: &mut trellis_proto::metrics::Families<'_>,
 ) -> std::fmt::Result {
     use trellis_proto::metrics::label;
-    let Ok(federations) = state.federations() else {
+    let Ok(federations) = federations.list() else {
         return Ok(());
     };
     if federations.is_empty() {

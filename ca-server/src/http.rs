@@ -18,25 +18,26 @@ use trellis_proto::listen::{Http1Settings, serve_http1};
 
 use crate::connections::Listeners;
 use crate::error::CaError;
-use crate::state::CaState;
+use crate::services::Services;
 
 #[derive(Clone)]
 struct Http {
-    state: Arc<CaState>,
+    ca: Arc<Services>,
     listeners: Listeners,
 }
 
 /// Serves until `stop` is set, within the `http` budget of `listeners` and its header
 /// timeout (`trellis_proto::listen::serve_http1`).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     listeners: Listeners,
-    state: Arc<CaState>,
+    ca: Arc<Services>,
     stop: CancellationToken,
 ) {
+    let config = &ca.core.config;
     let settings = Http1Settings {
-        header_timeout: state.config.connections.http_header_timeout,
-        drain: state.config.shutdown_grace,
+        header_timeout: config.connections.http_header_timeout,
+        drain: config.shutdown_grace,
     };
     let budget = listeners.http.clone();
     let app = Router::new()
@@ -44,7 +45,7 @@ pub async fn serve(
         .route("/crl.pem", get(active_pem))
         .route("/crl/{id}", get(by_id))
         .route("/metrics", get(metrics))
-        .with_state(Http { state, listeners });
+        .with_state(Http { ca, listeners });
     let shutdown = async move { stop.cancelled().await };
     serve_http1(listener, budget, settings, app, shutdown).await;
 }
@@ -66,11 +67,11 @@ fn crl_response(result: Result<Vec<u8>, CaError>, as_pem: bool) -> Response {
 }
 
 async fn active_der(State(http): State<Http>) -> Response {
-    crl_response(http.state.crls.get(&http.state, None).await, false)
+    crl_response(http.ca.crls.get(None).await, false)
 }
 
 async fn active_pem(State(http): State<Http>) -> Response {
-    crl_response(http.state.crls.get(&http.state, None).await, true)
+    crl_response(http.ca.crls.get(None).await, true)
 }
 
 async fn by_id(State(http): State<Http>, Path(id): Path<String>) -> Response {
@@ -78,12 +79,12 @@ async fn by_id(State(http): State<Http>, Path(id): Path<String>) -> Response {
         Some(bare) => (bare.to_owned(), true),
         None => (id, false),
     };
-    crl_response(http.state.crls.get(&http.state, Some(&id)).await, as_pem)
+    crl_response(http.ca.crls.get(Some(&id)).await, as_pem)
 }
 
 async fn metrics(State(http): State<Http>, headers: HeaderMap) -> Response {
     let exported = Arc::new(crate::metrics::Exported {
-        state: http.state,
+        ca: http.ca,
         listeners: http.listeners,
     });
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());

@@ -12,19 +12,22 @@ use trellis_identity::profile::LeafSpec;
 use trellis_identity::spiffe::reserved;
 use trellis_identity::{SpiffeId, TrustBundle, hex};
 
-use crate::attest::kubernetes::AttestError;
+use trellis_proto::metrics::Histogram;
+
+use crate::attest::kubernetes::{AttestError, Attestor};
 use crate::config::MIN_TTL;
 use crate::csr;
 use crate::error::CaError;
 use crate::grantable::check_grantable;
 use crate::peer::PeerChain;
-use crate::state::{CaState, unix};
+use crate::revocation::Revocations;
+use crate::state::{Core, unix};
 use crate::store::{AuditRecord, CertRecord, RecordError, TokenUse};
 use crate::tokens;
 
 /// How the requester proved who it is.
 #[derive(Debug, Clone)]
-pub enum Credential {
+pub(crate) enum Credential {
     /// A join token (the secret as sent by the client).
     JoinToken(String),
     /// A Kubernetes projected service-account token (a JWT), verified by
@@ -54,14 +57,14 @@ pub enum Credential {
 
 /// An issued certificate, as returned to the requester.
 #[derive(Debug, Clone)]
-pub struct Issued {
-    pub spiffe_id: SpiffeId,
+pub(crate) struct Issued {
+    pub(crate) spiffe_id: SpiffeId,
     /// Leaf, then intermediate.
-    pub chain: Vec<CertificateDer<'static>>,
-    pub serial: String,
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
-    pub bundle: Arc<TrustBundle>,
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    pub(crate) serial: String,
+    pub(crate) not_before: SystemTime,
+    pub(crate) not_after: SystemTime,
+    pub(crate) bundle: Arc<TrustBundle>,
 }
 
 /// Who gets which certificate, decided from the credential.
@@ -74,10 +77,39 @@ struct Grant {
     lifetime_override: Option<Duration>,
 }
 
-impl CaState {
+/// The issuance service.
+#[derive(Debug)]
+pub(crate) struct Issuance {
+    core: Arc<Core>,
+    revocations: Arc<Revocations>,
+    /// Verifies Kubernetes service-account tokens, if `[kubernetes]` is configured.
+    kubernetes: Option<Arc<Attestor>>,
+    /// How long issuances took, for `/metrics`.
+    pub(crate) seconds: Histogram,
+}
+
+impl Issuance {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        revocations: Arc<Revocations>,
+        kubernetes: Option<Arc<Attestor>>,
+    ) -> Self {
+        Self {
+            core,
+            revocations,
+            kubernetes,
+            seconds: Histogram::default(),
+        }
+    }
+
+    /// The core this service issues from (the CA's own certificates need its config).
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
+
     /// Runs the whole pipeline for one request; a certificate issued counts its duration
-    /// (credential check to durable record) in `issuance_seconds`.
-    pub async fn certify(
+    /// (credential check to durable record) in `seconds`.
+    pub(crate) async fn certify(
         &self,
         csr_der: &[u8],
         credential: Credential,
@@ -85,7 +117,7 @@ impl CaState {
     ) -> Result<Issued, CaError> {
         let started = std::time::Instant::now();
         let issued = self.pipeline(csr_der, credential, requested_ttl).await?;
-        self.issuance_seconds.observe(started.elapsed());
+        self.seconds.observe(started.elapsed());
         Ok(issued)
     }
 
@@ -95,7 +127,8 @@ impl CaState {
         credential: Credential,
         requested_ttl: Option<Duration>,
     ) -> Result<Issued, CaError> {
-        let now = self.now();
+        let core = &*self.core;
+        let now = core.now();
         let grant = self.authenticate(credential, now).await?;
         let csr = csr::check(csr_der)?;
         if let Some(uri) = &csr.requested_uri
@@ -109,8 +142,8 @@ impl CaState {
         }
         let lifetime = grant.lifetime_override.unwrap_or_else(|| {
             requested_ttl
-                .unwrap_or(self.config.default_ttl)
-                .clamp(MIN_TTL, self.config.max_ttl)
+                .unwrap_or(core.config.default_ttl)
+                .clamp(MIN_TTL, core.config.max_ttl)
         });
         let spec = LeafSpec {
             spiffe_id: grant.spiffe_id.clone(),
@@ -118,7 +151,7 @@ impl CaState {
             public_point: csr.public_point,
             lifetime,
         };
-        let signer = self.signer();
+        let signer = core.signer();
         // A serial collision is astronomically unlikely, but the store refuses reuse; retry.
         for _ in 0..3 {
             let leaf = signer.sign_leaf(&spec, now)?;
@@ -156,8 +189,8 @@ impl CaState {
                 hash,
                 now: unix(now),
             });
-            let mark = self.store.mark();
-            match self
+            let mark = core.store.mark();
+            match core
                 .store
                 .record_issuance(&record, &leaf.der, &leaf.serial, token, &audit)
             {
@@ -170,7 +203,7 @@ impl CaState {
                 }
                 Err(RecordError::Store(e)) => return Err(CaError::store("nothing was issued", e)),
             }
-            self.store
+            core.store
                 .durable(mark)
                 .await
                 .map_err(|e| CaError::store("nothing was issued", e))?;
@@ -187,7 +220,7 @@ impl CaState {
                 serial: record.serial,
                 not_before: leaf.not_before,
                 not_after: leaf.not_after,
-                bundle: self.bundle(),
+                bundle: core.bundle(),
             });
         }
         Err(CaError::Internal(
@@ -210,7 +243,7 @@ impl CaState {
                     )
                 })?;
                 let attested = attestor
-                    .attest(&token, now, &self.config.trust_domain)
+                    .attest(&token, now, &self.core.config.trust_domain)
                     .await
                     .map_err(|e| match e {
                         AttestError::Refused(_) => CaError::Unauthenticated(e.to_string()),
@@ -240,6 +273,7 @@ impl CaState {
             Credential::JoinToken(secret) => {
                 let hash = tokens::hash(&secret);
                 let token = self
+                    .core
                     .store
                     .check_token(&hash, unix(now))
                     .map_err(|e| match e {
@@ -268,9 +302,10 @@ impl CaState {
                     ));
                 }
                 let verified = self
+                    .core
                     .verify_peer(&chain, now)
                     .map_err(|e| CaError::Unauthenticated(format!("renewal refused: {e}")))?;
-                let td = self.config.trust_domain.as_str();
+                let td = self.core.config.trust_domain.as_str();
                 if verified.spiffe_id.is_under(td, reserved::PREFIX) {
                     return Err(CaError::PermissionDenied(format!(
                         "{} is a reserved identity and is not renewed over the workload API",
@@ -278,7 +313,8 @@ impl CaState {
                     )));
                 }
                 let revoked = self
-                    .revocation_of(&verified.serial)
+                    .revocations
+                    .of(&verified.serial)
                     .map_err(|e| CaError::store("nothing was issued", e))?;
                 if let Some(revoked) = revoked {
                     return Err(CaError::Unauthenticated(format!(
@@ -292,7 +328,8 @@ impl CaState {
                     Some(record) => record,
                     None => {
                         let serial = hex::decode(&verified.serial).unwrap_or_default();
-                        self.store
+                        self.core
+                            .store
                             .certificate(&serial)
                             .map_err(|e| CaError::store("nothing was issued", e))?
                             .ok_or_else(|| {
@@ -318,7 +355,7 @@ impl CaState {
                 spiffe_id,
                 dns_names,
             } => {
-                check_grantable(&self.config.trust_domain, &spiffe_id)?;
+                check_grantable(&self.core.config.trust_domain, &spiffe_id)?;
                 Ok(Grant {
                     spiffe_id,
                     dns_names,

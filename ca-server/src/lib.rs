@@ -2,9 +2,11 @@
 //! drive the real server in-process. `main.rs` is only flag parsing and signal handling.
 //!
 //! Flow of a request: `server` (TLS accept, tonic) → `api` (protobuf adapters, with
-//! `auth` for the admin check) → `issuance` / `tokens` (decisions) → `trellis_identity::profile` (signing)
-//! and `store` (durable records, group commit).
+//! `auth` for the admin check) → a service (`issuance`, `tokens`, `roots`, `revocation`,
+//! `federation`, `jwt_svid`, …, wired in `services` over the shared core in `state`) →
+//! `trellis_identity::profile` (signing) and `store` (durable records, group commit).
 
+mod acks;
 pub(crate) mod api;
 pub mod attest;
 pub mod audit;
@@ -16,7 +18,7 @@ pub(crate) mod connections;
 pub(crate) mod crl;
 pub mod csr;
 pub(crate) mod error;
-pub mod federation;
+pub(crate) mod federation;
 pub(crate) mod first_request;
 mod grantable;
 pub(crate) mod http;
@@ -30,7 +32,9 @@ pub mod retention;
 pub(crate) mod revocation;
 pub(crate) mod roots;
 pub(crate) mod server;
-pub mod state;
+mod services;
+mod serving;
+pub(crate) mod state;
 pub mod store;
 pub(crate) mod tokens;
 

@@ -113,8 +113,8 @@ async fn main() -> ExitCode {
     eprintln!(
         "trellis-ca listening on {} (trust domain {}); admin credentials in {}",
         running.addr,
-        running.state.config.trust_domain,
-        running.state.config.data_dir.join("admin").display()
+        running.trust_domain(),
+        running.data_dir().join("admin").display()
     );
     if let Some(path) = &ready_file {
         let mut ready = Ready::new("trellis-ca").listener("grpc", running.addr);
@@ -126,7 +126,7 @@ async fn main() -> ExitCode {
         }
         ready.spiffe_id = Some(format!(
             "spiffe://{}{}",
-            running.state.config.trust_domain,
+            running.trust_domain(),
             trellis_identity::spiffe::reserved::CA
         ));
         if let Err(e) = ready.write(path) {

@@ -1,6 +1,6 @@
 //! The CA's `/metrics` (served by `http.rs`): issuance, the store, the trust bundle, the
 //! expiry of every CA certificate, federation, the limiter and the listeners' connection
-//! budgets, read from the state at each scrape and written by `trellis_proto::metrics`.
+//! budgets, read from the services at each scrape and written by `trellis_proto::metrics`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,12 +11,13 @@ use trellis_proto::listen::ConnBudget;
 use trellis_proto::metrics::{Families, Labels, Source, label};
 
 use crate::connections::Listeners;
-use crate::state::{CaState, unix};
+use crate::services::Services;
+use crate::state::unix;
 
 /// Everything the CA exports.
-pub struct Exported {
-    pub state: Arc<CaState>,
-    pub listeners: Listeners,
+pub(crate) struct Exported {
+    pub(crate) ca: Arc<Services>,
+    pub(crate) listeners: Listeners,
 }
 
 fn as_i64(v: u64) -> i64 {
@@ -29,23 +30,24 @@ fn one(value: i64) -> [(Labels, i64); 1] {
 
 impl Source for Exported {
     fn collect(&self, f: &mut Families<'_>) -> fmt::Result {
-        let state = &self.state;
-        let now = state.now_unix();
+        let ca = &*self.ca;
+        let store = &ca.core.store;
+        let now = ca.core.now_unix();
         f.histogram(
             "trellis_ca_issuance_duration_seconds",
             "Certificates issued (Certify and admin IssueCertificate), from the credential check to the durable record.",
-            [(Labels::new(), &state.issuance_seconds)],
+            [(Labels::new(), &ca.issuance.seconds)],
         )?;
-        crate::federation::collect_metrics(state, f)?;
+        crate::federation::collect_metrics(&ca.federations, f)?;
         // Absent, not zero, while the store is being reopened after a write failure.
-        if let Some(count) = state.store.issued_total() {
+        if let Some(count) = store.issued_total() {
             f.counter(
                 "trellis_ca_certificates_issued_total",
                 "Certificates issued since initialisation.",
                 [(Labels::new(), count)],
             )?;
         }
-        if let Some(live) = state.store.live_by_root(now) {
+        if let Some(live) = store.live_by_root(now) {
             f.gauge(
                 "trellis_ca_certificates_live",
                 "Unexpired certificates (revoked ones included), by the root they chain to.",
@@ -56,30 +58,30 @@ impl Source for Exported {
         f.counter(
             "trellis_ca_store_pruned_total",
             "Expired certificate records removed by retention since start.",
-            [(Labels::new(), state.store.pruned_total())],
+            [(Labels::new(), store.pruned_total())],
         )?;
         f.gauge(
             "trellis_ca_store_writable",
             "1 if the certificate store can record issuances, 0 while it cannot (disk full, read-only).",
-            one(i64::from(state.store.failure().is_none())),
+            one(i64::from(store.failure().is_none())),
         )?;
         f.counter(
             "trellis_ca_store_flushes_total",
             "Group-commit flushes of the certificate store (each ends in fdatasync) since start; issuances per flush is how well writers share them.",
-            [(Labels::new(), state.store.flushes())],
+            [(Labels::new(), store.flushes())],
         )?;
         f.gauge(
             "trellis_ca_revoked_unexpired",
             "Revoked certificates that have not expired.",
-            one(as_i64(state.revocations().entries.len() as u64)),
+            one(as_i64(ca.revocations.current().entries.len() as u64)),
         )?;
         f.gauge(
             "trellis_ca_trust_bundle_version",
             "Current trust-bundle version.",
-            one(as_i64(state.bundle().version())),
+            one(as_i64(ca.core.bundle().version())),
         )?;
-        expiry(state, now, f)?;
-        if let Some(attestor) = &state.kubernetes {
+        expiry(ca, now, f)?;
+        if let Some(attestor) = &ca.kubernetes {
             let stats = attestor.key_stats();
             f.gauge(
                 "trellis_ca_kubernetes_keys",
@@ -92,7 +94,7 @@ impl Source for Exported {
                 [(Labels::new(), stats.failures.load(Relaxed))],
             )?;
         }
-        crate::limits::metrics::collect(&state.limits, f)?;
+        crate::limits::metrics::collect(&ca.limits, f)?;
         let l = &self.listeners;
         ConnBudget::collect("trellis_ca", &[&l.grpc, &l.grpc_handshakes, &l.http], f)
     }
@@ -101,8 +103,9 @@ impl Source for Exported {
 /// How long each CA certificate has left, as seconds and as its NotAfter in Unix seconds
 /// (the Prometheus convention for points in time: alerts compare them with `time()`).
 /// Roots carry their state, so an alert can ignore retired ones.
-fn expiry(state: &CaState, now: u64, f: &mut Families<'_>) -> fmt::Result {
-    let roots: Vec<(Labels, u64)> = state
+fn expiry(ca: &Services, now: u64, f: &mut Families<'_>) -> fmt::Result {
+    let roots: Vec<(Labels, u64)> = ca
+        .core
         .store
         .roots()
         .unwrap_or_default()
@@ -127,7 +130,7 @@ fn expiry(state: &CaState, now: u64, f: &mut Families<'_>) -> fmt::Result {
         "NotAfter of each root, in Unix seconds.",
         roots.iter().map(|(l, at)| (l.clone(), as_i64(*at))),
     )?;
-    let signer = state.signer();
+    let signer = ca.core.signer();
     if let Ok(info) = CertInfo::parse(&signer.cert) {
         let not_after = unix(info.not_after);
         f.gauge(
@@ -147,9 +150,7 @@ fn expiry(state: &CaState, now: u64, f: &mut Families<'_>) -> fmt::Result {
             )],
         )?;
     }
-    let serving = state
-        .serving_not_after
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let serving = ca.serving.not_after();
     if serving > 0 {
         f.gauge(
             "trellis_ca_serving_certificate_expiry_timestamp_seconds",

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use trellis_identity::clock::Clock;
 
-use crate::state::CaState;
+use crate::state::unix;
+use crate::store::{Store, StoreError};
 
 /// Records removed per batch.
 pub const BATCH: usize = 1_000;
@@ -21,13 +23,19 @@ const EVERY: Duration = Duration::from_secs(60);
 /// The pause between two batches of one pass, leaving the store to issuance.
 const PAUSE: Duration = Duration::from_millis(5);
 
-/// Runs a pass at start and every [`EVERY`] until stopped; nothing if retention is off.
-pub async fn run(state: Arc<CaState>, stop: CancellationToken) {
-    let Some(retention) = state.config.certificate_retention else {
+/// Runs a pass at start and every [`EVERY`] until stopped; nothing if retention is off
+/// (`None`, what `[store] certificate_retention = "0"` gives).
+pub async fn run(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    retention: Option<Duration>,
+    stop: CancellationToken,
+) {
+    let Some(retention) = retention else {
         return;
     };
     loop {
-        match prune_pass(&state, retention, &stop).await {
+        match prune_pass(&store, unix(clock.now()), retention, &stop).await {
             Ok(0) => {}
             Ok(removed) => tracing::info!(
                 removed,
@@ -43,24 +51,24 @@ pub async fn run(state: Arc<CaState>, stop: CancellationToken) {
     }
 }
 
-/// Removes every record expired for longer than `retention`, batch by batch; returns how
-/// many. Stops early (between batches) when `stop` is set.
+/// Removes every record expired for longer than `retention` at `now` (Unix seconds),
+/// batch by batch; returns how many. Stops early (between batches) when `stop` is set.
 pub async fn prune_pass(
-    state: &CaState,
+    store: &Arc<dyn Store>,
+    now: u64,
     retention: Duration,
     stop: &CancellationToken,
-) -> Result<u64, crate::store::StoreError> {
-    let now = state.now_unix();
+) -> Result<u64, StoreError> {
     // The live counts are brought to now first: retention removes only what they no
     // longer count (the store also holds the cut-off to that).
-    let _ = state.store.live_by_root(now);
+    let _ = store.live_by_root(now);
     let through = now.saturating_sub(retention.as_secs());
     let mut removed = 0u64;
     loop {
-        let store = state.store.clone();
+        let store = store.clone();
         let batch = tokio::task::spawn_blocking(move || store.prune_expired(through, BATCH))
             .await
-            .map_err(|e| crate::store::StoreError::Storage(format!("retention task: {e}")))??;
+            .map_err(|e| StoreError::Storage(format!("retention task: {e}")))??;
         removed += batch as u64;
         if batch < BATCH || stop.is_cancelled() {
             return Ok(removed);

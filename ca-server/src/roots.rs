@@ -20,9 +20,14 @@ use trellis_identity::spiffe::reserved;
 use trellis_identity::{CertInfo, SpiffeId, TrustBundle, files};
 use zeroize::Zeroizing;
 
-use crate::bootstrap::{self, DataDir, store_err};
+use crate::acks::BundleAcks;
+use crate::audit::Audit;
+use crate::bootstrap::{self, store_err};
 use crate::error::CaError;
-use crate::state::{CaState, off_runtime, unix};
+use crate::issuance::Issuance;
+use crate::revocation::Revocations;
+use crate::serving::ServingIdentity;
+use crate::state::{Core, off_runtime};
 use crate::store::{
     AuditRecord, CertRecord, Change, IntermediateRecord, RootRecord, RootState, Store, StoreError,
 };
@@ -32,27 +37,26 @@ const NAMED: usize = 10;
 
 /// A root with the counts the CLI shows.
 #[derive(Debug, Clone)]
-pub struct RootView {
-    pub record: RootRecord,
-    pub info: CertInfo,
-    pub live_certificates: u64,
-    pub workloads_using: u64,
+pub(crate) struct RootView {
+    pub(crate) record: RootRecord,
+    pub(crate) info: CertInfo,
+    pub(crate) live_certificates: u64,
+    pub(crate) workloads_using: u64,
 }
 
 /// Live workloads and which of them lack the current bundle.
 #[derive(Debug, Clone, Default)]
-pub struct Convergence {
-    pub bundle_version: u64,
-    pub live: u64,
-    pub unconverged: Vec<String>,
+pub(crate) struct Convergence {
+    pub(crate) live: u64,
+    pub(crate) unconverged: Vec<String>,
 }
 
 /// What the live certificates say right now, gathered in one walk of the expiry index
 /// (O(live certificates), whatever the history).
 #[derive(Debug, Default)]
-pub struct Census {
+pub(crate) struct Census {
     /// Unexpired certificates (revoked ones included).
-    pub live_total: u64,
+    pub(crate) live_total: u64,
     /// Unexpired certificates by the root they chain to (revoked ones included).
     live_by_root: BTreeMap<String, u64>,
     /// Each identity's newest unexpired, unrevoked certificate.
@@ -81,39 +85,58 @@ impl Census {
     }
 }
 
-impl CaState {
+/// The root-rotation service; also what the rotation of JWT keys shares with it: the
+/// census, the convergence check and the recording of a bundle change.
+#[derive(Debug)]
+pub(crate) struct Roots {
+    core: Arc<Core>,
+    acks: Arc<BundleAcks>,
+    revocations: Arc<Revocations>,
+    audit: Arc<Audit>,
+    issuance: Arc<Issuance>,
+    serving: Arc<ServingIdentity>,
+}
+
+impl Roots {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        acks: Arc<BundleAcks>,
+        revocations: Arc<Revocations>,
+        audit: Arc<Audit>,
+        issuance: Arc<Issuance>,
+        serving: Arc<ServingIdentity>,
+    ) -> Self {
+        Self {
+            core,
+            acks,
+            revocations,
+            audit,
+            issuance,
+            serving,
+        }
+    }
+
     /// Takes a census of the live certificates, off the async worker threads.
-    pub async fn census(&self) -> Result<Census, CaError> {
-        let now = self.now_unix();
+    pub(crate) async fn census(&self) -> Result<Census, CaError> {
+        let now = self.core.now_unix();
         let revoked: HashSet<String> = self
-            .revocations()
+            .revocations
+            .current()
             .entries
             .iter()
             .map(|r| r.serial.clone())
             .collect();
-        let store = self.store.clone();
+        let store = self.core.store.clone();
         off_runtime(move || Census::take(&*store, now, &revoked).map_err(store_err)).await
     }
-}
 
-pub(crate) fn describe(ids: &[String]) -> String {
-    let mut shown: Vec<&str> = ids.iter().take(NAMED).map(String::as_str).collect();
-    shown.sort_unstable();
-    let mut text = shown.join(", ");
-    if ids.len() > NAMED {
-        text.push_str(&format!(" and {} more", ids.len() - NAMED));
-    }
-    text
-}
-
-impl CaState {
     /// Every root with its counts.
-    pub fn list_roots(&self, census: &Census) -> Result<Vec<RootView>, CaError> {
+    pub(crate) fn list(&self, census: &Census) -> Result<Vec<RootView>, CaError> {
         let mut using: BTreeMap<String, u64> = BTreeMap::new();
         for record in census.newest.values() {
             *using.entry(record.root_id.clone()).or_default() += 1;
         }
-        let mut roots = self.store.roots().map_err(store_err)?;
+        let mut roots = self.core.store.roots().map_err(store_err)?;
         roots.sort_by(|a, b| (a.added_at, &a.id).cmp(&(b.added_at, &b.id)));
         roots
             .into_iter()
@@ -136,13 +159,13 @@ impl CaState {
     /// sidecar, which follows the bundle stream), and not at all otherwise: the CA's own
     /// identities move with the activation, and a certificate an operator issued by hand
     /// has nothing that follows the stream, so waiting for it would wait forever.
-    pub fn convergence(&self, census: &Census, version: u64) -> Convergence {
-        let reports = self.bundle_reports();
-        let td = self.config.trust_domain.as_str();
+    pub(crate) fn convergence(&self, census: &Census, version: u64) -> Convergence {
+        let reports = self.acks.all();
+        let td = self.core.config.trust_domain.as_str();
         let mut live = 0;
         let mut unconverged = Vec::new();
         for (id, newest) in &census.newest {
-            let acknowledged = reports.get(id).map(|r| r.version);
+            let acknowledged = reports.get(id).copied();
             let follows_stream = !matches!(newest.issued_via.as_str(), "admin" | "ca")
                 && !SpiffeId::new(id).is_ok_and(|i| i.is_under(td, reserved::PREFIX));
             if acknowledged.is_none() && !follows_stream {
@@ -154,24 +177,20 @@ impl CaState {
             }
         }
         unconverged.sort();
-        Convergence {
-            bundle_version: self.bundle().version(),
-            live,
-            unconverged,
-        }
+        Convergence { live, unconverged }
     }
 
     /// Generates a new root, pending: in the bundle, not signing.
-    pub async fn add_root(&self, actor: &str) -> Result<RootRecord, CaError> {
-        let now = self.now();
-        let root = profile::new_root(&self.config.trust_domain, now, self.config.root_ttl)?;
+    pub(crate) async fn add(&self, actor: &str) -> Result<RootRecord, CaError> {
+        let config = &self.core.config;
+        let root = profile::new_root(&config.trust_domain, self.core.now(), config.root_ttl)?;
         let signer = SigningCa::new(root.cert.clone(), root.key)?;
         let key_pem = Zeroizing::new(signer.key().serialize_pem());
         self.insert_root(root.cert, Some(key_pem), actor).await
     }
 
     /// Imports a root (and, optionally, its key), pending.
-    pub async fn import_root(
+    pub(crate) async fn import(
         &self,
         cert_pem: &[u8],
         key_pem: Option<&[u8]>,
@@ -189,11 +208,11 @@ impl CaState {
                 "the certificate to import is not a self-signed CA certificate (CA=true, subject = issuer)".into(),
             ));
         }
-        if info.not_after <= self.now() {
+        if info.not_after <= self.core.now() {
             return Err(bad("the root to import has expired".into()));
         }
         // A root that cannot anchor a chain is refused here rather than at verification time.
-        TrustBundle::new(self.config.trust_domain.clone(), 0, vec![cert.clone()])
+        TrustBundle::new(self.core.config.trust_domain.clone(), 0, vec![cert.clone()])
             .map_err(|e| bad(format!("root certificate: {e}")))?;
         let key_pem = match key_pem {
             Some(pem) => {
@@ -217,6 +236,7 @@ impl CaState {
         let id = trellis_identity::bundle::root_id(&cert)
             .map_err(|e| CaError::InvalidArgument(format!("root certificate: {e}")))?;
         if self
+            .core
             .store
             .roots()
             .map_err(store_err)?
@@ -230,7 +250,7 @@ impl CaState {
         let key_file = match key_pem {
             Some(pem) => {
                 let name = format!("root-{id}.key.pem");
-                let path = DataDir(self.config.data_dir.clone()).keys().join(&name);
+                let path = self.core.data_dir().keys().join(&name);
                 off_runtime(move || {
                     files::write_secret(&path, pem.as_bytes())
                         .map_err(|e| CaError::Unavailable(format!("writing the root key: {e}")))
@@ -240,13 +260,13 @@ impl CaState {
             }
             None => None,
         };
-        let _bundle_change = self.changing_bundle().await;
-        let version = self.bundle().version() + 1;
+        let _bundle_change = self.core.changing_bundle().await;
+        let version = self.core.bundle().version() + 1;
         let record = RootRecord {
             id,
             cert_der: cert.to_vec(),
             state: RootState::Pending,
-            added_at: unix(self.now()),
+            added_at: self.core.now_unix(),
             key_file,
             added_in_bundle_version: version,
         };
@@ -260,13 +280,14 @@ impl CaState {
     }
 
     /// Makes a pending (or retiring) root the signing one.
-    pub async fn activate_root(
+    pub(crate) async fn activate(
         &self,
         id: &str,
         force: bool,
         actor: &str,
     ) -> Result<RootRecord, CaError> {
-        let mut roots = self.store.roots().map_err(store_err)?;
+        let core = &*self.core;
+        let mut roots = core.store.roots().map_err(store_err)?;
         let target =
             roots.iter().find(|r| r.id == id).cloned().ok_or_else(|| {
                 CaError::NotFound(format!("no root {id:?}; see `trellis root list`"))
@@ -301,16 +322,15 @@ impl CaState {
                  intermediate under it"
             ))
         })?;
-        let dir = DataDir(self.config.data_dir.clone());
+        let dir = core.data_dir();
         let root_key_path = dir.keys().join(&key_file);
         let key = off_runtime(move || bootstrap::load_key(&root_key_path, "root key")).await?;
         let root_signer = SigningCa::new(CertificateDer::from(target.cert_der.clone()), key)?;
-        let now = self.now();
         let inter = profile::new_intermediate(
-            &self.config.trust_domain,
+            &core.config.trust_domain,
             &root_signer,
-            now,
-            self.config.intermediate_ttl,
+            core.now(),
+            core.config.intermediate_ttl,
         )?;
         let mut signer = SigningCa::new(inter.cert, inter.key)?;
         signer.root_id = target.id.clone();
@@ -353,25 +373,26 @@ impl CaState {
             ),
         ));
         self.commit_root_change(&change).await?;
-        self.set_signer(signer);
+        core.set_signer(signer);
         // The CA's own serving certificate moves now, not in the background, so that a
         // retirement right after this cannot cut clients off from the CA.
-        self.renew_serving_identity().await?;
+        self.serving.renew().await?;
         // The admin credentials in the data directory move to the new root too, so that
         // retiring the old root cannot lock the operator out.
-        bootstrap::write_admin_credentials(self, &dir.admin()).await?;
+        bootstrap::write_admin_credentials(&self.issuance, &dir.admin()).await?;
         tracing::info!(root = id, "root activated; new certificates chain to it");
         Ok(activated)
     }
 
     /// Takes a root out of the bundle.
-    pub async fn retire_root(
+    pub(crate) async fn retire(
         &self,
         id: &str,
         force: bool,
         actor: &str,
     ) -> Result<RootRecord, CaError> {
         let target = self
+            .core
             .store
             .roots()
             .map_err(store_err)?
@@ -412,7 +433,7 @@ impl CaState {
                     "workloads still use"
                 },
                 describe(&users),
-                trellis_identity::duration::format(self.config.max_ttl)
+                trellis_identity::duration::format(self.core.config.max_ttl)
             )));
         }
         let mut retired = target;
@@ -421,8 +442,8 @@ impl CaState {
             roots: vec![retired.clone()],
             ..Change::default()
         };
-        let _bundle_change = self.changing_bundle().await;
-        let version = self.bundle().version() + 1;
+        let _bundle_change = self.core.changing_bundle().await;
+        let version = self.core.bundle().version() + 1;
         self.bump_bundle(change, version, "root_retired", id, actor)
             .await?;
         Ok(retired)
@@ -462,12 +483,14 @@ impl CaState {
     /// acknowledgements: signing with a root younger than that could have them refuse this
     /// domain's workloads. Only a CA that serves its bundle endpoint is held to it.
     fn refuse_before_partners_refresh(&self, root: &RootRecord) -> Result<(), CaError> {
-        if self.config.bundle_endpoint_listen.is_none() {
+        let config = &self.core.config;
+        if config.bundle_endpoint_listen.is_none() {
             return Ok(());
         }
-        let hint = self.config.bundle_refresh_hint;
+        let hint = config.bundle_refresh_hint;
         let ready_at = root.added_at.saturating_add(hint.as_secs());
-        if self.now_unix() >= ready_at {
+        let now = self.core.now_unix();
+        if now >= ready_at {
             return Ok(());
         }
         Err(CaError::FailedPrecondition(format!(
@@ -477,7 +500,7 @@ impl CaState {
              --force",
             root.id,
             trellis_identity::duration::format(std::time::Duration::from_secs(
-                self.now_unix().saturating_sub(root.added_at)
+                now.saturating_sub(root.added_at)
             )),
             trellis_identity::duration::format(hint),
             trellis_identity::bundle::format_time(
@@ -500,39 +523,17 @@ impl CaState {
             .audit
             .push(self.root_audit(kind, root, actor, &format!("bundle version {version}")));
         self.commit_root_change(&change).await?;
-        self.republish_bundle(kind, root).await
-    }
-
-    /// Publishes the bundle as now stored (and rewrites bundle.pem), after a change of
-    /// `subject` by `kind` that has already been made durable with its new version.
-    pub(crate) async fn republish_bundle(&self, kind: &str, subject: &str) -> Result<(), CaError> {
-        let bundle = bootstrap::bundle_from_store(&self.config.trust_domain, &*self.store)?;
-        let path = DataDir(self.config.data_dir.clone()).bundle_pem();
-        let pem = bundle.to_pem();
-        off_runtime(move || {
-            files::write_atomic(&path, pem.as_bytes(), 0o644)
-                .map_err(|e| CaError::Unavailable(format!("writing bundle.pem: {e}")))
-        })
-        .await?;
-        tracing::info!(
-            version = bundle.version(),
-            roots = bundle.roots().len(),
-            federated = bundle.federated().len(),
-            kind,
-            subject,
-            "trust bundle changed"
-        );
-        self.publish_bundle(bundle);
-        Ok(())
+        self.core.republish_bundle(kind, root).await
     }
 
     /// Writes `change` in one step and signs the audit log's new head at once (every
     /// root change is checkpointed), then waits until both are durable.
     async fn commit_root_change(&self, change: &Change) -> Result<(), CaError> {
-        let mark = self.store.mark();
-        self.store.apply(change).map_err(store_err)?;
-        self.checkpoint_audit()?;
-        self.store.durable(mark).await.map_err(store_err)
+        let store = &self.core.store;
+        let mark = store.mark();
+        store.apply(change).map_err(store_err)?;
+        self.audit.checkpoint()?;
+        store.durable(mark).await.map_err(store_err)
     }
 
     /// The audit entry of a change to root (or JWT key) `root`.
@@ -544,7 +545,7 @@ impl CaState {
         detail: &str,
     ) -> AuditRecord {
         AuditRecord {
-            time: self.now_unix(),
+            time: self.core.now_unix(),
             kind: kind.into(),
             spiffe_id: String::new(),
             serial: root.into(),
@@ -556,10 +557,10 @@ impl CaState {
 
 /// Logs a warning when a root or the signing intermediate enters the last 20 % of its life;
 /// checks at start and hourly.
-pub async fn watch_expiry(state: Arc<CaState>, stop: CancellationToken) {
+pub(crate) async fn watch_expiry(core: Arc<Core>, stop: CancellationToken) {
     loop {
-        let now = state.now();
-        let mut certs: Vec<(String, Vec<u8>)> = state
+        let now = core.now();
+        let mut certs: Vec<(String, Vec<u8>)> = core
             .store
             .roots()
             .unwrap_or_default()
@@ -567,7 +568,7 @@ pub async fn watch_expiry(state: Arc<CaState>, stop: CancellationToken) {
             .filter(|r| r.state != RootState::Retired)
             .map(|r| (format!("root {}", r.id), r.cert_der))
             .collect();
-        let signer = state.signer();
+        let signer = core.signer();
         certs.push((format!("intermediate {}", signer.id), signer.cert.to_vec()));
         for (name, der) in certs {
             if let Ok(info) = CertInfo::parse(&der)
@@ -588,11 +589,22 @@ pub async fn watch_expiry(state: Arc<CaState>, stop: CancellationToken) {
 }
 
 /// True once less than 20 % of the certificate's lifetime is left.
-pub fn late_in_life(info: &CertInfo, now: SystemTime) -> bool {
+pub(crate) fn late_in_life(info: &CertInfo, now: SystemTime) -> bool {
     let lifetime = info
         .not_after
         .duration_since(info.not_before)
         .unwrap_or_default();
     let left = info.not_after.duration_since(now).unwrap_or_default();
     left < lifetime / 5
+}
+
+/// Up to ten of `ids`, sorted, then how many more.
+fn describe(ids: &[String]) -> String {
+    let mut shown: Vec<&str> = ids.iter().take(NAMED).map(String::as_str).collect();
+    shown.sort_unstable();
+    let mut text = shown.join(", ");
+    if ids.len() > NAMED {
+        text.push_str(&format!(" and {} more", ids.len() - NAMED));
+    }
+    text
 }

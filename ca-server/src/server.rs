@@ -14,8 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::util::MapRequestLayer;
 use trellis_identity::clock::{Clock, SystemClock};
-use trellis_identity::tls::{self, DeferredClientVerifier, Identity, KeyExchange, Versions};
-use trellis_identity::{SpiffeId, WorkloadKey};
+use trellis_identity::{TrustBundle, TrustDomain};
 use trellis_proto::admin::v1::admin_server::AdminServer;
 use trellis_proto::ca::v1::workload_ca_server::WorkloadCaServer;
 use trellis_proto::listen::{self, ThrottledLog};
@@ -23,18 +22,17 @@ use trellis_proto::listen::{self, ThrottledLog};
 use crate::api::admin::AdminService;
 use crate::api::workload::WorkloadService;
 use crate::auth::{TlsConn, admin_interceptor};
-use crate::bootstrap::{self, CA_PATH};
+use crate::bootstrap;
 use crate::config::Config;
 use crate::connections::{ConnectionsConfig, Listeners};
 use crate::error::CaError;
 use crate::first_request::{GuardedConn, mark_request};
-use crate::issuance::Credential;
-use crate::state::CaState;
+use crate::limits::Limits;
+use crate::services::Services;
+use crate::store::Store;
 
 /// Largest gRPC message the CA accepts. Requests are a CSR and a few strings.
 pub const MAX_MESSAGE: usize = 64 * 1024;
-/// Lifetime of the CA's serving certificate; renewed at half of it.
-const SERVING_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// A running CA. Drop-safe: call [`RunningCa::shutdown`] for a graceful stop.
 #[derive(Debug)]
@@ -45,7 +43,7 @@ pub struct RunningCa {
     pub http_addr: Option<SocketAddr>,
     /// The SPIFFE bundle endpoint, if configured.
     pub bundle_endpoint_addr: Option<SocketAddr>,
-    pub state: Arc<CaState>,
+    ca: Arc<Services>,
     /// The listeners' connection budgets (what `/metrics` shows of them).
     pub listeners: Listeners,
     stop: CancellationToken,
@@ -58,30 +56,63 @@ impl RunningCa {
     /// Stops accepting, lets in-flight requests finish (up to `shutdown_grace`), flushes.
     pub async fn shutdown(self) -> Result<(), CaError> {
         self.stop.cancel();
-        let grace = self.state.config.shutdown_grace;
+        let grace = self.ca.core.config.shutdown_grace;
         match tokio::time::timeout(grace + Duration::from_secs(1), self.task).await {
             Ok(joined) => joined.map_err(|e| CaError::Internal(e.to_string()))??,
             Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
         }
         // The last entries get a checkpoint of their own (flushed just below).
-        if let Err(e) = self.state.checkpoint_audit() {
+        if let Err(e) = self.ca.audit.checkpoint() {
             tracing::warn!(error = %e, "no audit checkpoint at shutdown");
         }
-        self.state
-            .store
+        let store = &self.ca.core.store;
+        store
             .flush_now()
             .map_err(|e| CaError::Unavailable(e.to_string()))?;
-        // Wait for connection and stream tasks to let go of the state, so the database is
+        // Wait for connection and stream tasks to let go of the store, so the database is
         // closed (and its lock released) when this returns: a restart in the same process
         // can then reopen it.
+        let store = Arc::downgrade(store);
+        drop(self.ca);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while Arc::strong_count(&self.state) > 1 && tokio::time::Instant::now() < deadline {
+        while store.strong_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if Arc::strong_count(&self.state) > 1 {
-            tracing::warn!("CA state still referenced after shutdown; database stays open");
+        if store.strong_count() > 0 {
+            tracing::warn!("CA store still referenced after shutdown; database stays open");
         }
         Ok(())
+    }
+
+    /// The trust domain this CA serves.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.ca.core.config.trust_domain
+    }
+
+    /// The data directory (keys, admin credentials, `bundle.pem`, the database).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.ca.core.config.data_dir
+    }
+
+    /// The trust bundle in force.
+    pub fn bundle(&self) -> Arc<TrustBundle> {
+        self.ca.core.bundle()
+    }
+
+    /// Streams `bundle` to every watcher as the one in force, without storing it: for tests
+    /// that need a bundle this CA would not make itself (another CA's roots in it).
+    pub fn publish_bundle(&self, bundle: TrustBundle) {
+        self.ca.core.publish_bundle(bundle);
+    }
+
+    /// The store, for tools and tests that seed or read records directly.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.ca.core.store
+    }
+
+    /// The issuance limiter (its counters, or a slot taken as a busy request would).
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.ca.limits
     }
 }
 
@@ -112,39 +143,45 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         })?),
         None => None,
     };
-    let state = bootstrap::open(config, clock).await?;
-    state.refresh_revocations()?;
-    let tls = serving_config(&state).await?;
+    let ca = bootstrap::open(config, clock).await?;
+    let core = &ca.core;
+    let tls = ca.serving.start().await?;
     // What initialisation and this start wrote is signed at once, so that even a CA younger
     // than one checkpoint interval has its whole audit log covered.
-    state.checkpoint_audit()?;
-    state
-        .store
+    ca.audit.checkpoint()?;
+    core.store
         .flush_now()
         .map_err(|e| CaError::Unavailable(e.to_string()))?;
     let stop = CancellationToken::new();
     let stopped = stop.clone();
-    tokio::spawn(renew_serving_identity(
-        state.clone(),
-        tls.clone(),
+    tokio::spawn(crate::serving::renew_in_background(
+        ca.serving.clone(),
         stopped.clone(),
     ));
     tokio::spawn(crate::revocation::prune_expired(
-        state.clone(),
+        ca.revocations.clone(),
         stopped.clone(),
     ));
-    tokio::spawn(crate::roots::watch_expiry(state.clone(), stopped.clone()));
-    tokio::spawn(crate::audit::maintain(state.clone(), stopped.clone()));
-    tokio::spawn(crate::federation::maintain(state.clone(), stopped.clone()));
-    tokio::spawn(crate::retention::run(state.clone(), stopped.clone()));
-    let listeners = Listeners::new(&state.config.connections);
+    tokio::spawn(crate::roots::watch_expiry(core.clone(), stopped.clone()));
+    tokio::spawn(crate::audit::maintain(ca.audit.clone(), stopped.clone()));
+    tokio::spawn(crate::federation::maintain(
+        ca.federations.clone(),
+        stopped.clone(),
+    ));
+    tokio::spawn(crate::retention::run(
+        core.store.clone(),
+        core.clock(),
+        core.config.certificate_retention,
+        stopped.clone(),
+    ));
+    let listeners = Listeners::new(&core.config.connections);
     let http_addr = match http_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
             tokio::spawn(crate::http::serve(
                 listener,
                 listeners.clone(),
-                state.clone(),
+                ca.clone(),
                 stopped.clone(),
             ));
             addr
@@ -156,27 +193,21 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
             let addr = listener.local_addr().ok();
             tokio::spawn(crate::bundle_endpoint::serve(
                 listener,
-                state.clone(),
-                tls.subscribe(),
+                core.clone(),
+                tls.clone(),
                 stopped.clone(),
             ));
             addr
         }
         None => None,
     };
-    let task = tokio::spawn(serve(
-        listener,
-        listeners.clone(),
-        state.clone(),
-        tls.subscribe(),
-        stopped,
-    ));
-    tracing::info!(%addr, trust_domain = %state.config.trust_domain, "trellis-ca serving");
+    let task = tokio::spawn(serve(listener, listeners.clone(), ca.clone(), tls, stopped));
+    tracing::info!(%addr, trust_domain = %core.config.trust_domain, "trellis-ca serving");
     Ok(RunningCa {
         addr,
         http_addr,
         bundle_endpoint_addr,
-        state,
+        ca,
         listeners,
         _stop_on_drop: stop.clone().drop_guard(),
         stop,
@@ -184,100 +215,11 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     })
 }
 
-/// Issues the CA's own serving certificate and builds a TLS config around it.
-async fn issue_serving_identity(state: &CaState) -> Result<Arc<ServerConfig>, CaError> {
-    let id: SpiffeId = state
-        .config
-        .trust_domain
-        .id(CA_PATH)
-        .map_err(|e| CaError::Internal(e.to_string()))?;
-    let key = WorkloadKey::generate().map_err(|e| CaError::Internal(e.to_string()))?;
-    let csr = key
-        .csr_der(None)
-        .map_err(|e| CaError::Internal(e.to_string()))?;
-    let credential = Credential::Internal {
-        spiffe_id: id,
-        lifetime: SERVING_LIFETIME,
-        names: state.config.server_names.clone(),
-    };
-    let issued = state.certify(&csr, credential, None).await?;
-    if let Some(leaf) = issued.chain.first()
-        && let Ok(info) = trellis_identity::CertInfo::parse(leaf)
-    {
-        state.serving_not_after.store(
-            crate::state::unix(info.not_after),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-    let identity = Identity {
-        chain: issued.chain,
-        key: key.private_key_der(),
-    };
-    let bundle = state.bundle();
-    let verifier = Arc::new(DeferredClientVerifier::new(&bundle));
-    let config = tls::server_config(
-        &identity,
-        verifier,
-        Versions::Tls12And13,
-        // Prefer-only: the CA also serves tools (openssl, grpcurl) without ML-KEM.
-        KeyExchange::PostQuantumPreferred,
-        &[trellis_proto::channel::ALPN_H2],
-    )
-    .map_err(|e| CaError::Internal(e.to_string()))?;
-    Ok(Arc::new(config))
-}
-
-async fn serving_config(state: &CaState) -> Result<watch::Sender<Arc<ServerConfig>>, CaError> {
-    let sender = watch::Sender::new(issue_serving_identity(state).await?);
-    let _ = state.serving_tls.set(sender.clone());
-    Ok(sender)
-}
-
-impl CaState {
-    /// Issues a new serving certificate under the current signer and switches to it.
-    pub async fn renew_serving_identity(&self) -> Result<(), CaError> {
-        let config = issue_serving_identity(self).await?;
-        if let Some(tls) = self.serving_tls.get() {
-            tls.send_replace(config);
-        }
-        Ok(())
-    }
-}
-
-/// Renews the serving certificate at half its lifetime, whenever the bundle changes (so
-/// the client-auth hints name every current root), and when the signing intermediate
-/// changes (so it moves to the new root before the old one is retired).
-async fn renew_serving_identity(
-    state: Arc<CaState>,
-    tls: watch::Sender<Arc<ServerConfig>>,
-    stopped: CancellationToken,
-) {
-    let mut bundles = state.watch_bundle();
-    let mut signers = state.watch_signer();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(SERVING_LIFETIME / 2) => {}
-            changed = bundles.changed() => if changed.is_err() { return },
-            changed = signers.changed() => if changed.is_err() { return },
-            _ = stopped.cancelled() => return,
-        }
-        match issue_serving_identity(&state).await {
-            Ok(config) => {
-                tls.send_replace(config);
-                tracing::info!("CA serving certificate renewed");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "renewing the CA serving certificate failed; retrying in 60s")
-            }
-        }
-    }
-}
-
 /// Builds the tonic router with both APIs and the standard health service.
 async fn serve(
     listener: TcpListener,
     listeners: Listeners,
-    state: Arc<CaState>,
+    ca: Arc<Services>,
     tls: watch::Receiver<Arc<ServerConfig>>,
     stopped: CancellationToken,
 ) -> Result<(), CaError> {
@@ -288,11 +230,11 @@ async fn serve(
     health_reporter
         .set_serving::<AdminServer<AdminService>>()
         .await;
-    let workload = WorkloadCaServer::new(WorkloadService::new(state.clone(), stopped.clone()))
+    let workload = WorkloadCaServer::new(WorkloadService::new(ca.clone(), stopped.clone()))
         .max_decoding_message_size(MAX_MESSAGE);
     let admin = tonic::service::interceptor::InterceptedService::new(
-        AdminServer::new(AdminService::new(state.clone())).max_decoding_message_size(MAX_MESSAGE),
-        admin_interceptor(state.clone()),
+        AdminServer::new(AdminService::new(ca.clone())).max_decoding_message_size(MAX_MESSAGE),
+        admin_interceptor(ca.core.clone(), ca.revocations.clone()),
     );
     let (conns_tx, conns_rx) = mpsc::channel::<Result<GuardedConn, std::io::Error>>(64);
     let accept = tokio::spawn(accept_loop(
@@ -301,9 +243,9 @@ async fn serve(
         conns_tx,
         stopped.clone(),
         listeners,
-        state.config.connections.clone(),
+        ca.core.config.connections.clone(),
     ));
-    let grace = state.config.shutdown_grace;
+    let grace = ca.core.config.shutdown_grace;
     let stop_signal = stopped.clone();
     let server = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))

@@ -1,56 +1,37 @@
-//! The running CA's shared state: configuration, store, clock, the signing intermediate and
-//! the published trust bundle.
+//! The shared core every service of the CA builds on: configuration, store, clock, the
+//! signing intermediate and the published trust bundle, with the lock that orders bundle
+//! changes. Each service (`issuance`, `tokens`, `roots`, `revocation`, `federation`,
+//! `jwt_svid`, `audit`, `acks`) owns its own state and takes this by `Arc`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
-use trellis_proto::metrics::Histogram;
 
 use tokio::sync::watch;
-use trellis_identity::TrustBundle;
 use trellis_identity::bundle::{KnownIssuer, Usage, VerifiedSvid};
 use trellis_identity::clock::Clock;
+use trellis_identity::profile::SigningCa;
 use trellis_identity::svid::SvidError;
+use trellis_identity::{TrustBundle, files};
 
-use crate::attest::kubernetes::Attestor;
+use crate::bootstrap::{self, DataDir};
 use crate::config::Config;
-use crate::jwt_svid::JwtSigner;
-use crate::limits::Limits;
+use crate::error::CaError;
 use crate::peer::PeerChain;
 use crate::store::Store;
-use trellis_identity::profile::SigningCa;
 
-/// Everything a request handler needs.
+/// What every service shares.
 #[derive(Debug)]
-pub struct CaState {
-    pub config: Config,
-    pub store: Arc<dyn Store>,
-    pub(crate) clock: Arc<dyn Clock>,
+pub(crate) struct Core {
+    pub(crate) config: Config,
+    pub(crate) store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
     signer: RwLock<Signer>,
-    /// The active JWT-SVID signing key.
-    jwt_signer: RwLock<Arc<JwtSigner>>,
     /// Bumped whenever the signing intermediate changes (the serving certificate follows).
     signer_changes: watch::Sender<u64>,
     bundle: watch::Sender<Arc<TrustBundle>>,
     /// Held from reading the bundle version to publishing the next one, so that root, JWT
     /// key and federation changes never give two different bundles the same version.
     bundle_changes: tokio::sync::Mutex<()>,
-    revocations: watch::Sender<Arc<RevocationList>>,
-    /// Last trust-bundle version each workload reported, and when: what the store's
-    /// acknowledgements say, read at start-up and written through.
-    reported_bundles: Mutex<HashMap<String, BundleReport>>,
-    /// The serving TLS config, set once the server starts.
-    pub(crate) serving_tls: OnceLock<watch::Sender<Arc<rustls::ServerConfig>>>,
-    /// Verifies Kubernetes service-account tokens, if `[kubernetes]` is configured.
-    pub kubernetes: Option<Arc<Attestor>>,
-    /// Overload protection for the issuance APIs.
-    pub limits: Limits,
-    /// How long issuances took, for `/metrics`.
-    pub(crate) issuance_seconds: Histogram,
-    /// Signed CRLs, shared by the HTTP endpoint and the admin status.
-    pub(crate) crls: crate::crl::CrlCache,
-    /// NotAfter (Unix seconds) of the newest serving certificate, 0 before the first.
-    pub(crate) serving_not_after: std::sync::atomic::AtomicU64,
 }
 
 /// The signing intermediate, and the same certificate as a verification shortcut for the
@@ -76,162 +57,48 @@ impl Signer {
     }
 }
 
-/// The revoked, unexpired certificates, as streamed to sidecars.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RevocationList {
-    pub version: u64,
-    pub entries: Vec<crate::store::RevocationRecord>,
-}
-
-/// A workload's report of the bundle version it holds.
-#[derive(Debug, Clone, Copy)]
-pub struct BundleReport {
-    pub version: u64,
-    pub reported_at: u64,
-}
-
-impl CaState {
-    /// Assembles the state of an initialised CA.
-    pub fn new(
+impl Core {
+    /// The core of an initialised CA.
+    pub(crate) fn new(
         config: Config,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         signer: SigningCa,
-        jwt_signer: Arc<JwtSigner>,
         bundle: TrustBundle,
     ) -> Self {
         Self {
-            kubernetes: config
-                .kubernetes
-                .clone()
-                .map(|k| Arc::new(Attestor::new(k))),
-            limits: Limits::new(config.limits.clone()),
-            issuance_seconds: Histogram::default(),
-            crls: crate::crl::CrlCache::default(),
-            serving_not_after: std::sync::atomic::AtomicU64::new(0),
             config,
             store,
             clock,
             signer: RwLock::new(Signer::new(signer, &bundle)),
-            jwt_signer: RwLock::new(jwt_signer),
             signer_changes: watch::Sender::new(0),
             bundle: watch::Sender::new(Arc::new(bundle)),
             bundle_changes: tokio::sync::Mutex::new(()),
-            revocations: watch::Sender::new(Arc::new(RevocationList::default())),
-            reported_bundles: Mutex::new(HashMap::new()),
-            serving_tls: OnceLock::new(),
         }
     }
 
-    /// Replaces the signing intermediate (root activation).
-    pub fn set_signer(&self, signer: SigningCa) {
-        *self.signer.write().unwrap_or_else(|p| p.into_inner()) =
-            Signer::new(signer, &self.bundle());
-        self.signer_changes.send_modify(|n| *n += 1);
+    /// The data directory's layout.
+    pub(crate) fn data_dir(&self) -> DataDir {
+        DataDir(self.config.data_dir.clone())
     }
 
-    /// The active JWT-SVID signing key.
-    pub fn jwt_signer(&self) -> Arc<JwtSigner> {
-        self.jwt_signer
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The injected clock.
+    pub(crate) fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
     }
 
-    /// Replaces the JWT-SVID signing key (activation).
-    pub fn set_jwt_signer(&self, signer: Arc<JwtSigner>) {
-        *self.jwt_signer.write().unwrap_or_else(|p| p.into_inner()) = signer;
+    /// Now, from the injected clock.
+    pub(crate) fn now(&self) -> SystemTime {
+        self.clock.now()
     }
 
-    /// Follows changes of the signing intermediate.
-    pub fn watch_signer(&self) -> watch::Receiver<u64> {
-        self.signer_changes.subscribe()
-    }
-
-    /// The current revocation list.
-    pub fn revocations(&self) -> Arc<RevocationList> {
-        self.revocations.borrow().clone()
-    }
-
-    /// Follows revocation-list changes.
-    pub fn watch_revocations(&self) -> watch::Receiver<Arc<RevocationList>> {
-        self.revocations.subscribe()
-    }
-
-    /// Publishes a revocation list if its entries differ from the current one.
-    pub fn publish_revocations(&self, entries: Vec<crate::store::RevocationRecord>) {
-        self.revocations.send_if_modified(|current| {
-            if current.entries == entries {
-                return false;
-            }
-            *current = Arc::new(RevocationList {
-                version: current.version + 1,
-                entries,
-            });
-            true
-        });
-    }
-
-    /// Reads the acknowledgements the store holds (start-up), so that the rotation checks
-    /// answer after a restart as they did before it.
-    pub fn load_bundle_reports(&self) -> Result<(), crate::store::StoreError> {
-        let acks = self.store.acks()?;
-        let mut reports = self
-            .reported_bundles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        for (spiffe_id, version, reported_at) in acks {
-            reports.insert(
-                spiffe_id,
-                BundleReport {
-                    version,
-                    reported_at,
-                },
-            );
-        }
-        Ok(())
-    }
-
-    /// Records, durably, that `spiffe_id` holds bundle `version`. Writes only when the
-    /// version changes, so renewals that repeat it cost nothing.
-    pub async fn report_bundle(
-        &self,
-        spiffe_id: &str,
-        version: u64,
-    ) -> Result<(), crate::store::StoreError> {
-        let known = self
-            .reported_bundles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(spiffe_id)
-            .map(|r| r.version);
-        if known == Some(version) {
-            return Ok(());
-        }
-        let report = BundleReport {
-            version,
-            reported_at: self.now_unix(),
-        };
-        let mark = self.store.mark();
-        self.store.put_ack(spiffe_id, version, report.reported_at)?;
-        self.store.durable(mark).await?;
-        self.reported_bundles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(spiffe_id.to_owned(), report);
-        Ok(())
-    }
-
-    /// Every workload's latest bundle report.
-    pub fn bundle_reports(&self) -> HashMap<String, BundleReport> {
-        self.reported_bundles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// Now as Unix seconds.
+    pub(crate) fn now_unix(&self) -> u64 {
+        unix(self.now())
     }
 
     /// The intermediate that signs new certificates.
-    pub fn signer(&self) -> Arc<SigningCa> {
+    pub(crate) fn signer(&self) -> Arc<SigningCa> {
         self.signer
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -239,45 +106,49 @@ impl CaState {
             .clone()
     }
 
-    /// Verifies a client chain against the current bundle, with the signing intermediate
-    /// as a shortcut for the chains it signed (see [`TrustBundle::verify_with_known`]).
-    pub fn verify_client_chain(
-        &self,
-        chain: &[rustls_pki_types::CertificateDer<'_>],
-        now: SystemTime,
-    ) -> Result<VerifiedSvid, SvidError> {
-        let bundle = self.bundle();
-        let as_issuer = self
-            .signer
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_issuer
-            .clone();
-        match as_issuer {
-            Some(known) => bundle.verify_with_known(&known, chain, now, Usage::Client),
-            None => bundle.verify(chain, now, Usage::Client),
-        }
+    /// Replaces the signing intermediate (root activation).
+    pub(crate) fn set_signer(&self, signer: SigningCa) {
+        *self.signer.write().unwrap_or_else(|p| p.into_inner()) =
+            Signer::new(signer, &self.bundle());
+        self.signer_changes.send_modify(|n| *n += 1);
     }
 
-    /// Verifies a connection's client chain like [`verify_client_chain`](Self::verify_client_chain),
-    /// reusing the connection's earlier result while it still holds (see [`PeerChain`]).
-    pub fn verify_peer(
+    /// Follows changes of the signing intermediate.
+    pub(crate) fn watch_signer(&self) -> watch::Receiver<u64> {
+        self.signer_changes.subscribe()
+    }
+
+    /// Verifies a connection's client chain against the current bundle, with the signing
+    /// intermediate as a shortcut for the chains it signed (see
+    /// [`TrustBundle::verify_with_known`]), reusing the connection's earlier result while
+    /// it still holds (see [`PeerChain`]).
+    pub(crate) fn verify_peer(
         &self,
         peer: &PeerChain,
         now: SystemTime,
     ) -> Result<VerifiedSvid, SvidError> {
-        peer.verify_with(&self.bundle(), now, |chain| {
-            self.verify_client_chain(chain, now)
+        let bundle = self.bundle();
+        peer.verify_with(&bundle, now, |chain| {
+            let as_issuer = self
+                .signer
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_issuer
+                .clone();
+            match as_issuer {
+                Some(known) => bundle.verify_with_known(&known, chain, now, Usage::Client),
+                None => bundle.verify(chain, now, Usage::Client),
+            }
         })
     }
 
     /// The current trust bundle.
-    pub fn bundle(&self) -> Arc<TrustBundle> {
+    pub(crate) fn bundle(&self) -> Arc<TrustBundle> {
         self.bundle.borrow().clone()
     }
 
     /// Follows trust-bundle changes.
-    pub fn watch_bundle(&self) -> watch::Receiver<Arc<TrustBundle>> {
+    pub(crate) fn watch_bundle(&self) -> watch::Receiver<Arc<TrustBundle>> {
         self.bundle.subscribe()
     }
 
@@ -288,18 +159,31 @@ impl CaState {
     }
 
     /// Publishes a new trust bundle to every watcher.
-    pub fn publish_bundle(&self, bundle: TrustBundle) {
+    pub(crate) fn publish_bundle(&self, bundle: TrustBundle) {
         self.bundle.send_replace(Arc::new(bundle));
     }
 
-    /// Now, from the injected clock.
-    pub fn now(&self) -> SystemTime {
-        self.clock.now()
-    }
-
-    /// Now as Unix seconds.
-    pub fn now_unix(&self) -> u64 {
-        unix(self.now())
+    /// Publishes the bundle as now stored (and rewrites bundle.pem), after a change of
+    /// `subject` by `kind` that has already been made durable with its new version.
+    pub(crate) async fn republish_bundle(&self, kind: &str, subject: &str) -> Result<(), CaError> {
+        let bundle = bootstrap::bundle_from_store(&self.config.trust_domain, &*self.store)?;
+        let path = self.data_dir().bundle_pem();
+        let pem = bundle.to_pem();
+        off_runtime(move || {
+            files::write_atomic(&path, pem.as_bytes(), 0o644)
+                .map_err(|e| CaError::Unavailable(format!("writing bundle.pem: {e}")))
+        })
+        .await?;
+        tracing::info!(
+            version = bundle.version(),
+            roots = bundle.roots().len(),
+            federated = bundle.federated().len(),
+            kind,
+            subject,
+            "trust bundle changed"
+        );
+        self.publish_bundle(bundle);
+        Ok(())
     }
 }
 
@@ -313,10 +197,10 @@ pub fn unix(t: SystemTime) -> u64 {
 /// Runs `work` on the blocking pool: file writes with fsync, key files, signatures on a
 /// cache miss, store scans. The async workers (two by default) carry every connection, so
 /// a call that waits on the disk there stalls issuance for its duration.
-pub async fn off_runtime<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, crate::error::CaError> + Send + 'static,
-) -> Result<T, crate::error::CaError> {
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CaError> + Send + 'static,
+) -> Result<T, CaError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| crate::error::CaError::Internal(format!("blocking task: {e}")))?
+        .map_err(|e| CaError::Internal(format!("blocking task: {e}")))?
 }

@@ -1,27 +1,28 @@
 //! Join tokens: random secrets shown once, stored only as SHA-256 hashes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use trellis_identity::{SpiffeId, hex};
 
 use crate::error::CaError;
 use crate::grantable::check_grantable;
-use crate::state::CaState;
+use crate::state::Core;
 use crate::store::{AuditRecord, TokenRecord};
 
 /// Default token lifetime.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(600);
 /// Longest token lifetime.
-pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Every token starts with this, so secret scanners and people recognise one.
-pub const PREFIX: &str = "trellis-jt-";
+pub(crate) const PREFIX: &str = "trellis-jt-";
 
 /// What a client is told when the token could not be stored: its secret is dropped, so
 /// whatever reached the disk can never be redeemed.
 const TOKEN_NOT_CREATED: &str = "no join token was created";
 
 /// The hash under which a token is stored.
-pub fn hash(secret: &str) -> [u8; 32] {
+pub(crate) fn hash(secret: &str) -> [u8; 32] {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());
@@ -30,10 +31,10 @@ pub fn hash(secret: &str) -> [u8; 32] {
 
 /// A freshly created token.
 #[derive(Clone)]
-pub struct NewToken {
-    pub secret: String,
-    pub spiffe_id: SpiffeId,
-    pub expires_at: u64,
+pub(crate) struct NewToken {
+    pub(crate) secret: String,
+    pub(crate) spiffe_id: SpiffeId,
+    pub(crate) expires_at: u64,
 }
 
 impl std::fmt::Debug for NewToken {
@@ -46,15 +47,25 @@ impl std::fmt::Debug for NewToken {
     }
 }
 
-impl CaState {
+/// The join-token service.
+#[derive(Debug)]
+pub(crate) struct JoinTokens {
+    core: Arc<Core>,
+}
+
+impl JoinTokens {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
     /// Creates a single-use token for `spiffe_id`, durably, and returns its secret once.
-    pub async fn create_join_token(
+    pub(crate) async fn create(
         &self,
         spiffe_id: SpiffeId,
         ttl: Option<Duration>,
         created_by: &str,
     ) -> Result<NewToken, CaError> {
-        check_grantable(&self.config.trust_domain, &spiffe_id)?;
+        check_grantable(&self.core.config.trust_domain, &spiffe_id)?;
         let ttl = ttl.unwrap_or(DEFAULT_TTL);
         if ttl.is_zero() || ttl > MAX_TTL {
             return Err(CaError::InvalidArgument(format!(
@@ -66,10 +77,11 @@ impl CaState {
         aws_lc_rs::rand::fill(&mut random)
             .map_err(|_| CaError::Internal("system random source failed".into()))?;
         let secret = format!("{PREFIX}{}", hex::encode(&random));
-        let now = self.now_unix();
+        let now = self.core.now_unix();
         let expires_at = now + ttl.as_secs();
-        let mark = self.store.mark();
-        self.store
+        let store = &self.core.store;
+        let mark = store.mark();
+        store
             .create_token(
                 &hash(&secret),
                 &TokenRecord {
@@ -90,7 +102,7 @@ impl CaState {
                 },
             )
             .map_err(|e| CaError::store(TOKEN_NOT_CREATED, e))?;
-        self.store
+        store
             .durable(mark)
             .await
             .map_err(|e| CaError::store(TOKEN_NOT_CREATED, e))?;

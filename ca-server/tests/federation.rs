@@ -6,17 +6,23 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use trellis_ca::CaError;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 use trellis_identity::clock::ManualClock;
 use trellis_identity::clock::SystemClock;
 use trellis_identity::jwt_svid::{self, JwtSvidError};
 use trellis_identity::tls::{self, Identity, Versions};
 use trellis_identity::{TrustDomain, WorkloadKey};
-use trellis_proto::admin::v1::{ActivateRootRequest, AddRootRequest, IssueCertificateRequest};
+use trellis_proto::admin::v1::admin_client::AdminClient;
+use trellis_proto::admin::v1::{
+    ActivateRootRequest, AddFederationRequest, AddRootRequest, FederationInfo,
+    IssueCertificateRequest, ListFederationsRequest, RefreshFederationRequest,
+    RemoveFederationRequest,
+};
 use trellis_proto::ca::v1::{MintJwtSvidRequest, WatchTrustBundleRequest};
 
 const A: &str = "a.example";
@@ -35,10 +41,60 @@ fn endpoint(ca: &TestCa) -> String {
     format!("https://127.0.0.1:{}/", addr.port())
 }
 
-fn error_of(result: Result<trellis_ca::federation::Federation, CaError>) -> String {
+fn error_of(result: Result<FederationInfo, Status>) -> String {
     match result {
-        Ok(f) => panic!("refresh should fail, got sequence {}", f.bundle.sequence),
-        Err(e) => e.to_string(),
+        Ok(f) => panic!("refresh should fail, got sequence {}", f.sequence),
+        Err(e) => e.message().to_owned(),
+    }
+}
+
+/// A CA's roots as the admin API lists them.
+fn roots_of(ca: &TestCa) -> Vec<Vec<u8>> {
+    ca.bundle().roots().iter().map(|r| r.to_vec()).collect()
+}
+
+/// A CA's federation calls on its admin API, as `trellis federation` makes them.
+struct Federations(AdminClient<Channel>);
+
+impl Federations {
+    async fn of(ca: &TestCa) -> Self {
+        Self(ca.admin().await)
+    }
+
+    async fn add(
+        &mut self,
+        trust_domain: &str,
+        endpoint_url: &str,
+        endpoint_spiffe_id: &str,
+        bundle: &[u8],
+    ) -> Result<FederationInfo, Status> {
+        let request = AddFederationRequest {
+            trust_domain: trust_domain.into(),
+            endpoint_url: endpoint_url.into(),
+            endpoint_spiffe_id: endpoint_spiffe_id.into(),
+            bundle: bundle.to_vec(),
+        };
+        Ok(self.0.add_federation(request).await?.into_inner())
+    }
+
+    async fn refresh(&mut self, trust_domain: &str) -> Result<FederationInfo, Status> {
+        let request = RefreshFederationRequest {
+            trust_domain: trust_domain.into(),
+        };
+        Ok(self.0.refresh_federation(request).await?.into_inner())
+    }
+
+    async fn list(&mut self) -> Vec<FederationInfo> {
+        let request = ListFederationsRequest {};
+        let listed = self.0.list_federations(request).await.expect("listed");
+        listed.into_inner().federations
+    }
+
+    async fn remove(&mut self, trust_domain: &str) {
+        let request = RemoveFederationRequest {
+            trust_domain: trust_domain.into(),
+        };
+        self.0.remove_federation(request).await.expect("removed");
     }
 }
 
@@ -46,66 +102,70 @@ fn error_of(result: Result<trellis_ca::federation::Federation, CaError>) -> Stri
 async fn a_federated_bundle_follows_the_foreign_root_rotation() {
     let a = ca(A).await;
     let b = ca("b.example").await;
-    let state = &b.running().state;
-    let added = state
-        .add_federation(
+    let mut federations = Federations::of(&b).await;
+    let added = federations
+        .add(
             A,
             &endpoint(&a),
             "spiffe://a.example/trellis/ca",
             a.bundle().to_pem().as_bytes(),
-            "spiffe://b.example/trellis/admin/test",
         )
         .await
         .expect("federation added");
-    assert_eq!(added.bundle.x509_authorities, a.bundle().roots().to_vec());
-    assert!(
-        added.next_refresh_at() <= state.now_unix(),
-        "fetched at once"
-    );
+    assert_eq!(added.x509_authorities, roots_of(&a));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let due = added.next_refresh_at.expect("due").seconds;
+    assert!(due <= i64::try_from(now).expect("now"), "fetched at once");
 
-    let fetched = state.refresh_federation(A).await.expect("endpoint read");
-    assert_eq!(fetched.bundle.sequence, a.bundle().version());
-    assert_eq!(fetched.record.last_error, None);
-    assert_eq!(fetched.refresh_interval(), Duration::from_secs(10));
+    let fetched = federations.refresh(A).await.expect("endpoint read");
+    assert_eq!(fetched.sequence, a.bundle().version());
+    assert_eq!(fetched.last_error, "");
+    let refreshed = fetched.refreshed_at.expect("refreshed").seconds;
+    let due = fetched.next_refresh_at.expect("due").seconds;
+    assert_eq!(due - refreshed, 10, "the endpoint's refresh hint");
 
     a.admin()
         .await
         .add_root(AddRootRequest::default())
         .await
         .expect("root added at A");
-    let rotated = state.refresh_federation(A).await.expect("endpoint read");
-    assert_eq!(rotated.bundle.x509_authorities.len(), 2);
-    assert_eq!(rotated.bundle.x509_authorities, a.bundle().roots().to_vec());
+    let rotated = federations.refresh(A).await.expect("endpoint read");
+    assert_eq!(rotated.x509_authorities.len(), 2);
+    assert_eq!(rotated.x509_authorities, roots_of(&a));
 
     // The poller does the same by itself within the refresh hint; the state survives a
     // restart (the last good bundle is stored).
-    let listed = state.federations().expect("list");
+    let listed = federations.list().await;
     assert_eq!(listed.len(), 1);
-    let metrics_before = listed[0].record.refreshed_at;
-    assert!(metrics_before > 0);
+    assert!(listed[0].refreshed_at.is_some_and(|t| t.seconds > 0));
 
     // Own trust domain and an endpoint ID of another trust domain are refused at once.
-    let own = state
-        .add_federation(
+    let own = federations
+        .add(
             "b.example",
             &endpoint(&a),
             "spiffe://b.example/trellis/ca",
             a.bundle().to_pem().as_bytes(),
-            "test",
         )
         .await;
-    assert!(matches!(own, Err(CaError::InvalidArgument(_))), "{own:?}");
-    let mismatch = state
-        .add_federation(
+    assert!(
+        matches!(&own, Err(s) if s.code() == Code::InvalidArgument),
+        "{own:?}"
+    );
+    let mismatch = federations
+        .add(
             "c.example",
             &endpoint(&a),
             "spiffe://a.example/trellis/ca",
             a.bundle().to_pem().as_bytes(),
-            "test",
         )
         .await;
     assert!(
-        matches!(mismatch, Err(CaError::InvalidArgument(ref m)) if m.contains("not in c.example")),
+        matches!(&mismatch, Err(s) if s.code() == Code::InvalidArgument
+            && s.message().contains("not in c.example")),
         "{mismatch:?}"
     );
 }
@@ -115,50 +175,40 @@ async fn an_endpoint_not_vouched_for_by_the_bundle_in_force_is_refused() {
     let a = ca(A).await;
     let stranger = ca("c.example").await;
     let b = ca("b.example").await;
-    let state = &b.running().state;
+    let mut federations = Federations::of(&b).await;
     // B starts from a bundle that is not A's (as after an unannounced key change): A's
     // endpoint certificate does not verify against it.
     let wrong = TrustDomain::new(A).expect("td");
     let wrong_roots =
         trellis_identity::TrustBundle::new(wrong, 1, stranger.bundle().roots().to_vec())
             .expect("bundle");
-    state
-        .add_federation(
+    federations
+        .add(
             A,
             &endpoint(&a),
             "spiffe://a.example/trellis/ca",
             wrong_roots.to_pem().as_bytes(),
-            "test",
         )
         .await
         .expect("added");
-    let message = error_of(state.refresh_federation(A).await);
+    let message = error_of(federations.refresh(A).await);
     assert!(message.contains("TLS"), "{message}");
-    let kept = &state.federations().expect("list")[0];
-    assert_eq!(
-        kept.bundle.x509_authorities,
-        stranger.bundle().roots().to_vec()
-    );
-    assert!(
-        kept.record
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("TLS"))
-    );
+    let kept = &federations.list().await[0];
+    assert_eq!(kept.x509_authorities, roots_of(&stranger));
+    assert!(kept.last_error.contains("TLS"), "{}", kept.last_error);
 
     // The right bundle but an endpoint serving with another SPIFFE ID than configured.
-    state.remove_federation(A, "test").await.expect("removed");
-    state
-        .add_federation(
+    federations.remove(A).await;
+    federations
+        .add(
             A,
             &endpoint(&a),
             "spiffe://a.example/ns/bundles/sa/server",
             a.bundle().to_pem().as_bytes(),
-            "test",
         )
         .await
         .expect("added");
-    let message = error_of(state.refresh_federation(A).await);
+    let message = error_of(federations.refresh(A).await);
     assert!(message.contains("TLS"), "{message}");
 }
 
@@ -203,7 +253,7 @@ async fn serve_body(identity: Identity, body: &'static str) -> String {
 async fn garbage_and_an_empty_bundle_leave_the_last_good_one_in_force() {
     let a = ca(A).await;
     let b = ca("b.example").await;
-    let state = &b.running().state;
+    let mut federations = Federations::of(&b).await;
     // A genuine identity of A (issued by A's admin API) serving what is not a bundle.
     let key = WorkloadKey::generate().expect("key");
     let issued = a
@@ -245,21 +295,20 @@ async fn garbage_and_an_empty_bundle_leave_the_last_good_one_in_force() {
         ),
     ] {
         let url = serve_body(identity.clone(), body).await;
-        state
-            .add_federation(
+        federations
+            .add(
                 A,
                 &url,
                 "spiffe://a.example/ns/bundles/sa/server",
                 a.bundle().to_pem().as_bytes(),
-                "test",
             )
             .await
             .expect("added");
-        let message = error_of(state.refresh_federation(A).await);
+        let message = error_of(federations.refresh(A).await);
         assert!(message.contains(expect), "{body}: {message}");
-        let kept = &state.federations().expect("list")[0];
-        assert_eq!(kept.bundle.x509_authorities, a.bundle().roots().to_vec());
-        state.remove_federation(A, "test").await.expect("removed");
+        let kept = &federations.list().await[0];
+        assert_eq!(kept.x509_authorities, roots_of(&a));
+        federations.remove(A).await;
     }
 }
 
@@ -282,7 +331,7 @@ async fn federated_bundles_travel_with_a_new_bundle_version_and_validate_foreign
     let a = ca(A).await;
     let b = ca("b.example").await;
     let stranger = ca("c.example").await;
-    let state = &b.running().state;
+    let mut federations = Federations::of(&b).await;
     let mut stream = b
         .workload(None)
         .await
@@ -293,17 +342,16 @@ async fn federated_bundles_travel_with_a_new_bundle_version_and_validate_foreign
     let first = stream.message().await.expect("stream").expect("bundle");
     assert!(first.federated_bundles.is_empty());
 
-    state
-        .add_federation(
+    federations
+        .add(
             A,
             &endpoint(&a),
             "spiffe://a.example/trellis/ca",
             a.bundle().to_pem().as_bytes(),
-            "test",
         )
         .await
         .expect("federation added");
-    state.refresh_federation(A).await.expect("endpoint read");
+    federations.refresh(A).await.expect("endpoint read");
 
     // Each change is a new version of B's own bundle, and the stream carries A's roots and
     // JWT keys with it.
@@ -352,7 +400,7 @@ async fn federated_bundles_travel_with_a_new_bundle_version_and_validate_foreign
 
     // Removing the federation is a bundle change too; A's token is refused again.
     let before = b.bundle().version();
-    state.remove_federation(A, "test").await.expect("removed");
+    federations.remove(A).await;
     assert!(b.bundle().version() > before);
     assert!(b.bundle().federated().is_empty());
     assert!(jwt_svid::validate_federated(&from_a, "b-service", &b.bundle(), now).is_err());

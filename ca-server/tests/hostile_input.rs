@@ -152,7 +152,7 @@ async fn a_renewal_certificate_that_is_not_valid_yet_is_unauthenticated() {
         public_point: spki[spki.len() - 65..].to_vec(),
         lifetime: Duration::from_secs(3600),
     };
-    let signer = ca.running().state.signer();
+    let signer = intermediate_of(&ca);
     let leaf = signer
         .sign_leaf(&spec, SystemTime::now() + Duration::from_secs(2 * 3600))
         .expect("signed");

@@ -24,7 +24,7 @@ use trellis_identity::{CertInfo, WorkloadKey};
 use trellis_proto::ca::v1::CertifyRequest;
 use trellis_proto::ca::v1::certify_request::Credential;
 
-use common::TestCa;
+use common::{TestCa, metrics, sample};
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 const BEARER: &str = "the-ca-own-service-account-token";
@@ -301,7 +301,11 @@ async fn eventually(deadline: Duration, what: &str, mut check: impl FnMut() -> b
 }
 
 async fn ca_with(config: KubernetesConfig) -> TestCa {
-    TestCa::start_configured(Arc::new(SystemClock), |c| c.kubernetes = Some(config)).await
+    TestCa::start_configured(Arc::new(SystemClock), |c| {
+        c.kubernetes = Some(config);
+        c.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await
 }
 
 /// Sends a CSR with the token; returns the SPIFFE ID in the issued leaf, or the refusal.
@@ -324,17 +328,13 @@ async fn certify(ca: &TestCa, token: &str) -> Result<String, (Code, String)> {
     }
 }
 
-fn key_stats(ca: &TestCa) -> (u64, u64) {
-    let stats = ca
-        .running()
-        .state
-        .kubernetes
-        .as_ref()
-        .expect("attestation configured")
-        .key_stats();
+/// The keys in force and the failed reads, as `/metrics` reports them.
+async fn key_stats(ca: &TestCa) -> (u64, u64) {
+    let page = metrics(ca).await;
+    let read = |name| sample(&page, name).unwrap_or_else(|| panic!("no {name}: {page}"));
     (
-        stats.keys.load(Ordering::Relaxed),
-        stats.failures.load(Ordering::Relaxed),
+        read("trellis_ca_kubernetes_keys"),
+        read("trellis_ca_kubernetes_key_refresh_failures_total"),
     )
 }
 
@@ -380,7 +380,7 @@ async fn rs256_and_es256_tokens_get_their_service_account_identity() {
         *jwks.authorizations.lock().expect("lock"),
         [format!("Bearer {BEARER}")]
     );
-    assert_eq!(key_stats(&ca), (2, 0));
+    assert_eq!(key_stats(&ca).await, (2, 0));
 }
 
 /// The endpoint named by an IPv6 literal (`https://[::1]:PORT/...`), as a cluster with an
@@ -572,7 +572,7 @@ async fn an_unknown_kid_makes_the_background_task_reread_the_keys_rate_limited()
         Ok("spiffe://cluster.local/ns/demo/sa/web".to_owned())
     );
     assert_eq!(jwks.hits(), 2);
-    assert_eq!(key_stats(&ca), (2, 0));
+    assert_eq!(key_stats(&ca).await, (2, 0));
 
     // With a rate limit, a flood of unknown kids does not become a flood of fetches.
     let jwks = JwksServer::start(&[old]).await;
@@ -649,7 +649,11 @@ async fn a_failing_or_hanging_endpoint_keeps_the_last_good_keys() {
         .expect_err("unknown");
     assert_eq!(code, Code::Unauthenticated, "{message}");
     assert_eq!(jwks.hits(), 2);
-    assert_eq!(key_stats(&ca), (1, 1), "one key in force, one failed read");
+    assert_eq!(
+        key_stats(&ca).await,
+        (1, 1),
+        "one key in force, one failed read"
+    );
     assert!(certify(&ca, &minted.token("k1")).await.is_ok());
 
     // Hanging: the request that asked for the read is answered after `fetch_wait`, not after
@@ -705,7 +709,7 @@ async fn a_request_without_keys_asks_for_a_read_at_once() {
         certify(&ca, &minted.token("t")).await,
         Ok("spiffe://cluster.local/ns/demo/sa/web".to_owned())
     );
-    let (keys, failures) = key_stats(&ca);
+    let (keys, failures) = key_stats(&ca).await;
     assert!(
         keys == 1 && failures >= 2,
         "{keys} keys, {failures} failed reads"

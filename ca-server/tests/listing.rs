@@ -27,7 +27,7 @@ fn unix_now() -> u64 {
 /// Writes `RECORDS` certificate records straight into the CA's store (signing 2,500 real
 /// certificates would test issuance, not listing); one in five is expired.
 fn fill(ca: &TestCa) -> HashMap<String, CertRecord> {
-    let store = &ca.running().state.store;
+    let store = ca.running().store();
     let now = unix_now();
     let mut written = HashMap::new();
     for i in 0..RECORDS {
@@ -112,8 +112,7 @@ async fn every_certificate_is_listed_exactly_once_across_pages() {
     // The CA's own serving and admin certificates are in the store too.
     let mut everything: Vec<String> = written.keys().cloned().collect();
     ca.running()
-        .state
-        .store
+        .store()
         .for_each_certificate(&mut |r| {
             if !written.contains_key(&r.serial) {
                 everything.push(r.serial);

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{TestCa, identity_of, renewal_request, token_request};
+use common::{TestCa, identity_of, metrics, renewal_request, token_request};
 use rcgen::{CertificateParams, KeyPair, SanType};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -50,19 +50,6 @@ async fn tight(clock: Arc<ManualClock>) -> TestCa {
         c.limits.busy_retry_after = Duration::from_millis(1500);
     })
     .await
-}
-
-async fn metrics(ca: &TestCa) -> String {
-    let addr = ca.running().http_addr.expect("http endpoint");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.expect("read");
-    body
 }
 
 #[tokio::test]
@@ -142,10 +129,10 @@ async fn a_busy_ca_refuses_issuance_with_its_configured_hint() {
     .await;
     let token = ca.token("/ns/demo/sa/busy").await;
     let key = WorkloadKey::generate().expect("key");
-    let state = &ca.running().state;
     // Occupy the one issuance slot, as a slow request in progress would.
-    let slot = state
-        .limits
+    let slot = ca
+        .running()
+        .limits()
         .admit(&ClientKey::Admin, clock.now())
         .expect("slot");
     let refused = ca

@@ -4,13 +4,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use trellis_ca::store::{CertRecord, Store};
 use trellis_identity::clock::{Clock, ManualClock};
@@ -47,20 +44,6 @@ fn fill(store: &dyn Store, tag: u8, count: u32, not_after: u64) -> Vec<Vec<u8>> 
         .collect()
 }
 
-async fn metrics(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut body))
-        .await
-        .expect("response in time")
-        .expect("read");
-    body
-}
-
 #[tokio::test]
 async fn records_past_retention_go_and_the_rest_stay() {
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
@@ -70,26 +53,26 @@ async fn records_past_retention_go_and_the_rest_stay() {
         c.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
     })
     .await;
-    let state = &ca.running().state;
+    let store = ca.running().store();
     let now = unix(clock.now());
-    let old = fill(&*state.store, 0xa1, 30, now - 2 * HOUR);
-    let recent = fill(&*state.store, 0xa2, 10, now - HOUR / 2);
-    let live = fill(&*state.store, 0xa3, 5, now + HOUR);
-    let issued_before = state.store.issued_total().expect("open");
+    let old = fill(&**store, 0xa1, 30, now - 2 * HOUR);
+    let recent = fill(&**store, 0xa2, 10, now - HOUR / 2);
+    let live = fill(&**store, 0xa3, 5, now + HOUR);
+    let issued_before = store.issued_total().expect("open");
 
     let stop = CancellationToken::new();
     let retention = Duration::from_secs(HOUR);
-    let removed = trellis_ca::retention::prune_pass(state, retention, &stop)
+    let removed = trellis_ca::retention::prune_pass(store, now, retention, &stop)
         .await
         .expect("prune");
     assert_eq!(removed, 30);
     for serial in &old {
-        assert!(state.store.certificate(serial).expect("read").is_none());
+        assert!(store.certificate(serial).expect("read").is_none());
     }
     for serial in recent.iter().chain(&live) {
-        assert!(state.store.certificate(serial).expect("read").is_some());
+        assert!(store.certificate(serial).expect("read").is_some());
     }
-    let text = metrics(ca.running().http_addr.expect("http")).await;
+    let text = metrics(&ca).await;
     assert!(
         text.contains("trellis_ca_store_pruned_total 30\n"),
         "{text}"
@@ -108,14 +91,14 @@ async fn records_past_retention_go_and_the_rest_stay() {
     // An hour later the recent ones are past retention too; the live ones have expired but
     // are within it.
     clock.advance(Duration::from_secs(HOUR + 60));
-    let removed = trellis_ca::retention::prune_pass(state, retention, &stop)
+    let removed = trellis_ca::retention::prune_pass(store, unix(clock.now()), retention, &stop)
         .await
         .expect("prune");
     assert_eq!(removed, 10);
     for serial in &live {
-        assert!(state.store.certificate(serial).expect("read").is_some());
+        assert!(store.certificate(serial).expect("read").is_some());
     }
-    let text = metrics(ca.running().http_addr.expect("http")).await;
+    let text = metrics(&ca).await;
     assert!(
         !text.contains("trellis_ca_certificates_live{root=\"bulk\"}"),
         "expired ones are not live: {text}"
@@ -129,18 +112,18 @@ async fn a_retention_of_zero_keeps_every_record() {
         c.certificate_retention = None;
     })
     .await;
-    let state = ca.running().state.clone();
+    let store = ca.running().store();
     let now = unix(clock.now());
-    let old = fill(&*state.store, 0xb1, 20, now - 1000 * HOUR);
+    let old = fill(&**store, 0xb1, 20, now - 1000 * HOUR);
     let stop = CancellationToken::new();
     tokio::time::timeout(
         Duration::from_secs(5),
-        trellis_ca::retention::run(state.clone(), stop),
+        trellis_ca::retention::run(store.clone(), clock, None, stop),
     )
     .await
     .expect("with retention off the task has nothing to do and ends");
     for serial in &old {
-        assert!(state.store.certificate(serial).expect("read").is_some());
+        assert!(store.certificate(serial).expect("read").is_some());
     }
-    assert_eq!(state.store.pruned_total(), 0);
+    assert_eq!(store.pruned_total(), 0);
 }

@@ -36,12 +36,12 @@ async fn watch_sends_the_bundle_at_once_and_again_on_every_change() {
         .into_inner();
     assert_eq!(first, direct);
 
-    // Publish a bundle with a second root (another CA's) through the state's test hook.
+    // Publish a bundle with a second root (another CA's) through the CA's test hook.
     let other = TestCa::start().await;
     let mut roots = ca.bundle().roots().to_vec();
     roots.extend(other.bundle().roots().iter().cloned());
-    let state = &ca.running().state;
-    state.publish_bundle(TrustBundle::new(ca.trust_domain(), 2, roots).expect("bundle"));
+    ca.running()
+        .publish_bundle(TrustBundle::new(ca.trust_domain(), 2, roots).expect("bundle"));
     let second = tokio::time::timeout(Duration::from_secs(2), stream.message())
         .await
         .expect("change arrives within 2 s")

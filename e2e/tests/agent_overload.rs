@@ -24,11 +24,11 @@ async fn waits_the_hinted_delay_keeping_its_certificate_then_renews() {
     let agent = mesh.agent("/ns/demo/sa/patient").await;
     let (mut creds, metrics) = (agent.creds.clone(), agent.metrics.clone());
     let first = first_certificate(&mut creds).await;
-    let state = &mesh.ca().state;
+    let ca = mesh.ca();
 
     // The CA is busy (its one issuance slot taken) when the renewal comes due.
-    let slot = state
-        .limits
+    let slot = ca
+        .limits()
         .admit(&ClientKey::Admin, mesh.clock.now())
         .expect("slot");
     mesh.pass_renewal_point(&first);
@@ -67,8 +67,8 @@ async fn waits_the_hinted_delay_keeping_its_certificate_then_renews() {
         mesh.clock.advance(Duration::from_secs(1));
         let _ = tokio::time::timeout(Duration::from_millis(50), creds.changed()).await;
     };
-    let (record, _) = state
-        .store
+    let (record, _) = ca
+        .store()
         .certificate(&hex::decode(&renewed.svid.serial).expect("hex"))
         .expect("store")
         .expect("the renewal is on record");
@@ -98,8 +98,7 @@ async fn waits_the_hinted_delay_keeping_its_certificate_then_renews() {
         1
     );
     assert_eq!(
-        state
-            .limits
+        ca.limits()
             .counters
             .refused_busy
             .load(std::sync::atomic::Ordering::Relaxed),

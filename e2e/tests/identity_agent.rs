@@ -145,13 +145,13 @@ async fn a_bundle_change_reaches_the_sidecar_within_two_seconds() {
     let first = first_certificate(&mut creds).await;
     // Add a second root (another CA's) to the published bundle through the CA's test hook.
     let other = Mesh::start().await;
-    let state = &mesh.ca().state;
-    let mut roots = state.bundle().roots().to_vec();
-    roots.extend(other.ca().state.bundle().roots().iter().cloned());
-    let version = state.bundle().version() + 1;
+    let ca = mesh.ca();
+    let mut roots = ca.bundle().roots().to_vec();
+    roots.extend(other.ca().bundle().roots().iter().cloned());
+    let version = ca.bundle().version() + 1;
     let changed_at = Instant::now();
-    state.publish_bundle(
-        TrustBundle::new(state.bundle().trust_domain().clone(), version, roots).expect("bundle"),
+    ca.publish_bundle(
+        TrustBundle::new(ca.bundle().trust_domain().clone(), version, roots).expect("bundle"),
     );
     let updated = wait_for(&mut creds, Duration::from_secs(2), "the new bundle", |c| {
         c.is_some_and(|c| c.bundle.version() == version)
@@ -232,7 +232,7 @@ async fn a_revocation_right_after_a_ca_outage_reaches_every_sidecar_within_two_s
 #[tokio::test]
 async fn joins_with_only_a_pinned_root_fingerprint_and_refuses_a_wrong_pin() {
     let mesh = Mesh::start().await;
-    let root = mesh.ca().state.bundle().roots()[0].clone();
+    let root = mesh.ca().bundle().roots()[0].clone();
     let fingerprint = trellis_identity::hex::encode(
         &trellis_identity::bundle::spki_sha256(&root).expect("fingerprint"),
     );
@@ -253,7 +253,7 @@ async fn joins_with_only_a_pinned_root_fingerprint_and_refuses_a_wrong_pin() {
     .expect("certificate");
     assert_eq!(
         got.bundle.roots(),
-        mesh.ca().state.bundle().roots(),
+        mesh.ca().bundle().roots(),
         "bundle fetched from the CA"
     );
 
@@ -362,8 +362,7 @@ async fn renews_from_another_replica_when_the_one_it_used_stops_answering() {
     };
     assert_eq!(renewed.svid.spiffe_id, first.svid.spiffe_id);
     let issued_by_replica = replica
-        .state
-        .store
+        .store()
         .certificate(&trellis_identity::hex::decode(&renewed.svid.serial).expect("hex"))
         .expect("read");
     assert!(

@@ -489,11 +489,11 @@ async fn a_jwt_key_rotation_under_steady_validations_fails_none() {
 /// `mesh`'s CA starts federating with `partner`'s trust domain (what `trellis federation
 /// add` and its first refresh do), and `agent` receives the bundle.
 async fn federate(mesh: &Mesh, partner: &Mesh, agent: &RunningAgent) {
-    let state = &mesh.ca().state;
-    let own = state.bundle();
-    let foreign = partner.ca().state.bundle();
+    let ca = mesh.ca();
+    let own = ca.bundle();
+    let foreign = partner.ca().bundle();
     let version = own.version() + 1;
-    state.publish_bundle(
+    ca.publish_bundle(
         trellis_identity::TrustBundle::new(
             own.trust_domain().clone(),
             version,
@@ -549,7 +549,7 @@ async fn a_federated_trust_domains_tokens_validate_with_its_keys_and_only_for_it
         .await
         .expect("JWT bundles");
     let partner_td = spiffe::TrustDomain::new("partner.example").expect("td");
-    let partner_kid = &partner.ca().state.bundle().jwt_keys()[0].key_id.clone();
+    let partner_kid = &partner.ca().bundle().jwt_keys()[0].key_id.clone();
     assert!(
         bundles
             .get(&partner_td)
@@ -561,9 +561,7 @@ async fn a_federated_trust_domains_tokens_validate_with_its_keys_and_only_for_it
     // The partner's own key cannot vouch for an identity of this trust domain.
     let key_file = partner
         .ca()
-        .state
-        .config
-        .data_dir
+        .data_dir()
         .join("keys")
         .join(format!("jwt-{partner_kid}.key.pem"));
     let pem = std::fs::read(key_file).expect("partner JWT key");

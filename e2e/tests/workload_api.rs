@@ -247,17 +247,13 @@ async fn bundles_are_fetched_and_streamed_again_when_the_ca_adds_a_root() {
 
     // Another CA's root joins the bundle (the CA's test hook, as in identity_agent.rs).
     let other = Mesh::start().await;
-    let state = &mesh.ca().state;
-    let mut roots = state.bundle().roots().to_vec();
-    roots.extend(other.ca().state.bundle().roots().iter().cloned());
-    let version = state.bundle().version() + 1;
-    state.publish_bundle(
-        TrustBundle::new(
-            state.bundle().trust_domain().clone(),
-            version,
-            roots.clone(),
-        )
-        .expect("bundle"),
+    let ca = mesh.ca();
+    let mut roots = ca.bundle().roots().to_vec();
+    roots.extend(other.ca().bundle().roots().iter().cloned());
+    let version = ca.bundle().version() + 1;
+    ca.publish_bundle(
+        TrustBundle::new(ca.bundle().trust_domain().clone(), version, roots.clone())
+            .expect("bundle"),
     );
     wait(&mut creds, "the new bundle at the agent", |c| {
         c.is_some_and(|c| c.bundle.version() == version)
@@ -431,14 +427,14 @@ async fn federated_bundles_reach_applications_through_every_bundle_call() {
     // The CA's bundle now carries a federated trust domain (as `trellis federation add`
     // makes it), and streams it to the agent.
     let partner = partner_bundle();
-    let state = &mesh.ca().state;
-    let version = state.bundle().version() + 1;
-    let own = state.bundle();
+    let ca = mesh.ca();
+    let version = ca.bundle().version() + 1;
+    let own = ca.bundle();
     let federated = std::collections::BTreeMap::from([(
         partner.trust_domain().clone(),
         Arc::new(partner.clone()),
     )]);
-    state.publish_bundle(
+    ca.publish_bundle(
         TrustBundle::new(own.trust_domain().clone(), version, own.roots().to_vec())
             .expect("bundle")
             .with_jwt_keys(own.jwt_keys().to_vec())

@@ -27,18 +27,18 @@ use crate::error::CaError;
 use crate::issuance::Credential;
 use crate::limits::ClientKey;
 use crate::revocation::RevokeTarget;
-use crate::state::CaState;
+use crate::services::Services;
 use crate::store::{AuditRecord, ErrorKind, Listing, PageToken};
 
-/// The admin API over the CA state.
+/// The admin API over the CA's services.
 #[derive(Debug, Clone)]
 pub struct AdminService {
-    state: Arc<CaState>,
+    ca: Arc<Services>,
 }
 
 impl AdminService {
-    pub fn new(state: Arc<CaState>) -> Self {
-        Self { state }
+    pub(crate) fn new(ca: Arc<Services>) -> Self {
+        Self { ca }
     }
 }
 
@@ -93,8 +93,9 @@ impl Admin for AdminService {
         let body = request.into_inner();
         let id = parse_id("spiffe_id", &body.spiffe_id)?;
         let token = self
-            .state
-            .create_join_token(id, convert::ttl(body.ttl_seconds), caller.as_str())
+            .ca
+            .tokens
+            .create(id, convert::ttl(body.ttl_seconds), caller.as_str())
             .await?;
         Ok(Response::new(CreateJoinTokenResponse {
             token: token.secret,
@@ -109,16 +110,17 @@ impl Admin for AdminService {
     ) -> Result<Response<CertifyResponse>, Status> {
         let caller = caller(&request)?;
         let _permit = self
-            .state
+            .ca
             .limits
-            .admit(&ClientKey::Admin, self.state.now())?;
+            .admit(&ClientKey::Admin, self.ca.core.now())?;
         let body = request.into_inner();
         let spiffe_id = parse_id("spiffe_id", &body.spiffe_id)?;
         for name in &body.dns_names {
             check_dns_name(name)?;
         }
         let issued = self
-            .state
+            .ca
+            .issuance
             .certify(
                 &body.csr_der,
                 Credential::Admin {
@@ -141,7 +143,7 @@ impl Admin for AdminService {
             0 => DEFAULT_PAGE,
             n => (n as usize).min(MAX_PAGE),
         };
-        let now = self.state.now_unix();
+        let now = self.ca.core.now_unix();
         let expiring_before = (filter.expiring_within_seconds > 0)
             .then(|| now.saturating_add(filter.expiring_within_seconds));
         let root_id = filter.root_id.clone();
@@ -165,7 +167,7 @@ impl Admin for AdminService {
             id => Some(parse_id("spiffe_id", id)?.as_str().to_owned()),
         };
         let after = (!filter.page_token.is_empty()).then(|| PageToken(filter.page_token.clone()));
-        let store = self.state.store.clone();
+        let store = self.ca.core.store.clone();
         let (page, next_page_token) = tokio::task::spawn_blocking(move || {
             let listing = if spiffe_id.is_none() && !include_expired {
                 Listing::Expiring {
@@ -217,10 +219,11 @@ impl Admin for AdminService {
             .ok_or_else(|| {
                 CaError::InvalidArgument(format!("serial {text:?} is not hex (e.g. 4f3a...)"))
             })?;
-        let found = self.state.store.certificate(&serial).map_err(store_err)?;
+        let store = &self.ca.core.store;
+        let found = store.certificate(&serial).map_err(store_err)?;
         match found {
             Some((record, der)) => {
-                let revocation = self.state.store.revocation(&serial).map_err(store_err)?;
+                let revocation = store.revocation(&serial).map_err(store_err)?;
                 Ok(Response::new(convert::record(record, der, revocation)))
             }
             None => Err(CaError::NotFound(format!(
@@ -242,7 +245,8 @@ impl Admin for AdminService {
             n => n as usize,
         };
         let entries = self
-            .state
+            .ca
+            .core
             .store
             .audit_chain_after(body.after_sequence, limit)
             .map_err(store_err)?;
@@ -286,7 +290,8 @@ impl Admin for AdminService {
             n => n as usize,
         };
         let checkpoints = self
-            .state
+            .ca
+            .core
             .store
             .audit_checkpoints_after(body.after_sequence, limit)
             .map_err(store_err)?
@@ -307,20 +312,21 @@ impl Admin for AdminService {
         &self,
         _request: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusResponse>, Status> {
-        let state = &self.state;
-        let census = state.census().await?;
-        let root_infos: Vec<RootInfo> = state
-            .list_roots(&census)?
+        let (ca, core) = (&self.ca, &self.ca.core);
+        let census = ca.roots.census().await?;
+        let root_infos: Vec<RootInfo> = ca
+            .roots
+            .list(&census)?
             .into_iter()
             .map(convert::root)
             .collect();
-        let crl = state.crls.active_next_update(state).await;
-        let signer = state.signer();
+        let crl = ca.crls.active_next_update().await;
+        let signer = core.signer();
         let inter = trellis_identity::CertInfo::parse(&signer.cert)
             .map_err(|e| CaError::Internal(e.to_string()))?;
         Ok(Response::new(GetStatusResponse {
-            trust_domain: state.config.trust_domain.to_string(),
-            bundle: Some(convert::bundle(&state.bundle())),
+            trust_domain: core.config.trust_domain.to_string(),
+            bundle: Some(convert::bundle(&core.bundle())),
             roots: root_infos,
             intermediate: Some(IntermediateInfo {
                 root_id: signer.root_id.clone(),
@@ -329,11 +335,11 @@ impl Admin for AdminService {
                 not_after: convert::timestamp(inter.not_after),
             }),
             // Only `None` if the store failed since the census above read it.
-            issued_total: state.store.issued_total().unwrap_or_default(),
+            issued_total: core.store.issued_total().unwrap_or_default(),
             live_total: census.live_total,
             version: env!("CARGO_PKG_VERSION").into(),
-            current_time: convert::timestamp(state.now()),
-            store_failure: state
+            current_time: convert::timestamp(core.now()),
+            store_failure: core
                 .store
                 .failure()
                 .map(|f| f.to_string())
@@ -379,7 +385,8 @@ impl Admin for AdminService {
             body.reason
         };
         let serials = self
-            .state
+            .ca
+            .revocations
             .revoke(target, &reason, code, caller.as_str())
             .await?;
         Ok(Response::new(RevokeCertificateResponse { serials }))
@@ -389,13 +396,13 @@ impl Admin for AdminService {
         &self,
         _request: Request<ListRootsRequest>,
     ) -> Result<Response<ListRootsResponse>, Status> {
-        let state = &self.state;
-        let version = state.bundle().version();
-        let census = state.census().await?;
-        let convergence = state.convergence(&census, version);
+        let roots = &self.ca.roots;
+        let version = self.ca.core.bundle().version();
+        let census = roots.census().await?;
+        let convergence = roots.convergence(&census, version);
         Ok(Response::new(ListRootsResponse {
-            roots: state
-                .list_roots(&census)?
+            roots: roots
+                .list(&census)?
                 .into_iter()
                 .map(convert::root)
                 .collect(),
@@ -419,11 +426,12 @@ impl Admin for AdminService {
                 )
                 .into());
             }
-            self.state.add_root(caller.as_str()).await?
+            self.ca.roots.add(caller.as_str()).await?
         } else {
             let key = (!body.private_key_pem.is_empty()).then_some(body.private_key_pem.as_slice());
-            self.state
-                .import_root(&body.certificate_pem, key, caller.as_str())
+            self.ca
+                .roots
+                .import(&body.certificate_pem, key, caller.as_str())
                 .await?
         };
         self.root_info(&record.id).await
@@ -436,8 +444,9 @@ impl Admin for AdminService {
         let caller = caller(&request)?;
         let body = request.into_inner();
         let record = self
-            .state
-            .activate_root(body.root_id.trim(), body.force, caller.as_str())
+            .ca
+            .roots
+            .activate(body.root_id.trim(), body.force, caller.as_str())
             .await?;
         self.root_info(&record.id).await
     }
@@ -449,8 +458,9 @@ impl Admin for AdminService {
         let caller = caller(&request)?;
         let body = request.into_inner();
         let record = self
-            .state
-            .retire_root(body.root_id.trim(), body.force, caller.as_str())
+            .ca
+            .roots
+            .retire(body.root_id.trim(), body.force, caller.as_str())
             .await?;
         self.root_info(&record.id).await
     }
@@ -462,8 +472,9 @@ impl Admin for AdminService {
         let caller = caller(&request)?;
         let body = request.into_inner();
         let federation = self
-            .state
-            .add_federation(
+            .ca
+            .federations
+            .add(
                 &body.trust_domain,
                 &body.endpoint_url,
                 &body.endpoint_spiffe_id,
@@ -479,8 +490,9 @@ impl Admin for AdminService {
         _request: Request<ListFederationsRequest>,
     ) -> Result<Response<ListFederationsResponse>, Status> {
         let federations = self
-            .state
-            .federations()?
+            .ca
+            .federations
+            .list()?
             .into_iter()
             .map(convert::federation)
             .collect();
@@ -492,7 +504,7 @@ impl Admin for AdminService {
         request: Request<RefreshFederationRequest>,
     ) -> Result<Response<FederationInfo>, Status> {
         let body = request.into_inner();
-        let federation = self.state.refresh_federation(&body.trust_domain).await?;
+        let federation = self.ca.federations.refresh(&body.trust_domain).await?;
         Ok(Response::new(convert::federation(federation)))
     }
 
@@ -502,8 +514,9 @@ impl Admin for AdminService {
     ) -> Result<Response<RemoveFederationResponse>, Status> {
         let caller = caller(&request)?;
         let body = request.into_inner();
-        self.state
-            .remove_federation(&body.trust_domain, caller.as_str())
+        self.ca
+            .federations
+            .remove(&body.trust_domain, caller.as_str())
             .await?;
         Ok(Response::new(RemoveFederationResponse {}))
     }
@@ -512,12 +525,14 @@ impl Admin for AdminService {
         &self,
         _request: Request<ListJwtKeysRequest>,
     ) -> Result<Response<ListJwtKeysResponse>, Status> {
-        let state = &self.state;
-        let version = state.bundle().version();
-        let convergence = state.convergence(&state.census().await?, version);
+        let roots = &self.ca.roots;
+        let version = self.ca.core.bundle().version();
+        let convergence = roots.convergence(&roots.census().await?, version);
         Ok(Response::new(ListJwtKeysResponse {
-            keys: state
-                .list_jwt_keys()?
+            keys: self
+                .ca
+                .jwt_keys
+                .list()?
                 .into_iter()
                 .map(convert::jwt_key)
                 .collect(),
@@ -532,7 +547,7 @@ impl Admin for AdminService {
         request: Request<AddJwtKeyRequest>,
     ) -> Result<Response<JwtKeyInfo>, Status> {
         let caller = caller(&request)?;
-        let view = self.state.add_jwt_key(caller.as_str()).await?;
+        let view = self.ca.jwt_keys.add(caller.as_str()).await?;
         Ok(Response::new(convert::jwt_key(view)))
     }
 
@@ -543,8 +558,9 @@ impl Admin for AdminService {
         let caller = caller(&request)?;
         let body = request.into_inner();
         let view = self
-            .state
-            .activate_jwt_key(body.key_id.trim(), body.force, caller.as_str())
+            .ca
+            .jwt_keys
+            .activate(body.key_id.trim(), body.force, caller.as_str())
             .await?;
         Ok(Response::new(convert::jwt_key(view)))
     }
@@ -556,8 +572,9 @@ impl Admin for AdminService {
         let caller = caller(&request)?;
         let body = request.into_inner();
         let view = self
-            .state
-            .retire_jwt_key(body.key_id.trim(), body.force, caller.as_str())
+            .ca
+            .jwt_keys
+            .retire(body.key_id.trim(), body.force, caller.as_str())
             .await?;
         Ok(Response::new(convert::jwt_key(view)))
     }
@@ -565,9 +582,9 @@ impl Admin for AdminService {
 
 impl AdminService {
     async fn root_info(&self, id: &str) -> Result<Response<RootInfo>, Status> {
-        let view = self
-            .state
-            .list_roots(&self.state.census().await?)?
+        let roots = &self.ca.roots;
+        let view = roots
+            .list(&roots.census().await?)?
             .into_iter()
             .find(|r| r.record.id == id)
             .ok_or_else(|| CaError::Internal(format!("root {id} vanished")))?;

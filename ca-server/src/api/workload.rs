@@ -20,19 +20,19 @@ use crate::auth::{PeerInfo, peer_chain};
 use crate::error::CaError;
 use crate::issuance::Credential;
 use crate::limits;
-use crate::state::CaState;
+use crate::services::Services;
 
-/// The workload API over the CA state.
+/// The workload API over the CA's services.
 #[derive(Debug, Clone)]
 pub struct WorkloadService {
-    state: Arc<CaState>,
+    ca: Arc<Services>,
     shutdown: CancellationToken,
 }
 
 impl WorkloadService {
-    /// Serves `state`; open streams end when `shutdown` becomes true.
-    pub fn new(state: Arc<CaState>, shutdown: CancellationToken) -> Self {
-        Self { state, shutdown }
+    /// Serves `ca`; open streams end when `shutdown` becomes true.
+    pub(crate) fn new(ca: Arc<Services>, shutdown: CancellationToken) -> Self {
+        Self { ca, shutdown }
     }
 }
 
@@ -81,15 +81,15 @@ impl WorkloadCa for WorkloadService {
         let body = request.into_inner();
         // Admission before any cryptography, so that refusing is cheap.
         let (key, record) = limits::certify_key(
-            &*self.state.store,
+            &*self.ca.core.store,
             body.credential.is_some(),
             &chain,
             remote,
         );
         let _permit = self
-            .state
+            .ca
             .limits
-            .admit(&key, self.state.now())
+            .admit(&key, self.ca.core.now())
             .inspect_err(|r| tracing::debug!(?key, refused = %r.what, "certify throttled"))?;
         let credential = match body.credential {
             Some(ProtoCredential::JoinToken(token)) => Credential::JoinToken(token),
@@ -99,14 +99,16 @@ impl WorkloadCa for WorkloadService {
             None => Credential::Renewal { chain, record },
         };
         let issued = self
-            .state
+            .ca
+            .issuance
             .certify(&body.csr_der, credential, convert::ttl(body.ttl_seconds))
             .await
             .inspect_err(|e| tracing::info!(error = %e, "certify refused"))?;
         if body.bundle_version > 0
             && let Err(e) = self
-                .state
-                .report_bundle(issued.spiffe_id.as_str(), body.bundle_version)
+                .ca
+                .acks
+                .report(issued.spiffe_id.as_str(), body.bundle_version)
                 .await
         {
             // The certificate is issued and durable; the next report tries again.
@@ -119,7 +121,7 @@ impl WorkloadCa for WorkloadService {
         &self,
         _request: Request<GetTrustBundleRequest>,
     ) -> Result<Response<TrustBundle>, Status> {
-        Ok(Response::new(convert::bundle(&self.state.bundle())))
+        Ok(Response::new(convert::bundle(&self.ca.core.bundle())))
     }
 
     type WatchTrustBundleStream = BundleStream;
@@ -129,7 +131,7 @@ impl WorkloadCa for WorkloadService {
         _request: Request<WatchTrustBundleRequest>,
     ) -> Result<Response<BundleStream>, Status> {
         Ok(Response::new(follow(
-            self.state.watch_bundle(),
+            self.ca.core.watch_bundle(),
             self.shutdown.clone(),
             |b| convert::bundle(b),
         )))
@@ -142,7 +144,7 @@ impl WorkloadCa for WorkloadService {
         _request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<RevocationStream>, Status> {
         Ok(Response::new(follow(
-            self.state.watch_revocations(),
+            self.ca.revocations.watch(),
             self.shutdown.clone(),
             |list| RevocationList {
                 version: list.version,
@@ -174,12 +176,14 @@ impl WorkloadCa for WorkloadService {
             .into());
         }
         let verified = self
-            .state
-            .verify_peer(&chain, self.state.now())
+            .ca
+            .core
+            .verify_peer(&chain, self.ca.core.now())
             .map_err(|e| CaError::Unauthenticated(format!("certificate refused: {e}")))?;
         let version = request.into_inner().version;
-        self.state
-            .report_bundle(verified.spiffe_id.as_str(), version)
+        self.ca
+            .acks
+            .report(verified.spiffe_id.as_str(), version)
             .await
             .map_err(|e| {
                 CaError::store("the acknowledgement was not recorded (send it again)", e)
@@ -193,10 +197,11 @@ impl WorkloadCa for WorkloadService {
     ) -> Result<Response<MintJwtSvidResponse>, Status> {
         let chain = peer_chain(&request);
         let body = request.into_inner();
-        let subject = self.state.jwt_svid_subject(&chain)?;
+        let subject = self.ca.jwt_svids.subject(&chain)?;
         let minted = self
-            .state
-            .mint_jwt_svid(&subject, body.audience, convert::ttl(body.ttl_seconds))
+            .ca
+            .jwt_svids
+            .mint(&subject, body.audience, convert::ttl(body.ttl_seconds))
             .await
             .inspect_err(|e| tracing::info!(error = %e, %subject, "JWT-SVID refused"))?;
         Ok(Response::new(MintJwtSvidResponse {

@@ -20,7 +20,7 @@ use trellis_identity::duration;
 use crate::bootstrap::store_err;
 use crate::config::ConfigError;
 use crate::error::CaError;
-use crate::state::CaState;
+use crate::state::Core;
 
 /// Checkpoint batches retention removes per pass (1000 entries each), so a pass is short.
 const PRUNE_BATCHES_PER_PASS: usize = 50;
@@ -80,44 +80,55 @@ impl Default for AuditConfig {
     }
 }
 
-impl CaState {
+/// The audit service: checkpoints and retention of the log the store keeps.
+#[derive(Debug)]
+pub(crate) struct Audit {
+    core: Arc<Core>,
+}
+
+impl Audit {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
     /// Signs a checkpoint of the audit chain's head if the log grew since the last one;
     /// returns the entry it covers. The caller makes it durable (with its other writes).
-    pub fn checkpoint_audit(&self) -> Result<Option<u64>, CaError> {
-        let head = self.store.audit_chain_head().map_err(store_err)?;
-        let latest = self.store.latest_audit_checkpoint().map_err(store_err)?;
+    pub(crate) fn checkpoint(&self) -> Result<Option<u64>, CaError> {
+        let core = &self.core;
+        let head = core.store.audit_chain_head().map_err(store_err)?;
+        let latest = core.store.latest_audit_checkpoint().map_err(store_err)?;
         if head.sequence == 0 || latest.is_some_and(|c| c.sequence >= head.sequence) {
             return Ok(None);
         }
-        let signer = self.signer();
+        let signer = core.signer();
         let checkpoint = Checkpoint::sign(
-            self.config.trust_domain.as_str(),
+            core.config.trust_domain.as_str(),
             head,
-            self.now(),
+            core.now(),
             signer.key(),
             &signer.cert,
         )
         .map_err(|e| CaError::Internal(format!("signing an audit checkpoint: {e}")))?;
-        self.store
+        core.store
             .put_audit_checkpoint(&checkpoint)
             .map_err(store_err)?;
         Ok(Some(head.sequence))
     }
 
     /// One pass of checkpointing and retention, durably.
-    async fn maintain_audit(&self) -> Result<(), CaError> {
-        let mark = self.store.mark();
-        let signed = self.checkpoint_audit()?;
+    async fn maintain_pass(&self) -> Result<(), CaError> {
+        let store = &self.core.store;
+        let mark = store.mark();
+        let signed = self.checkpoint()?;
         let mut pruned = 0;
-        if let Some(retention) = self.config.audit.retention {
-            let cutoff = self.now_unix().saturating_sub(retention.as_secs());
-            pruned = self
-                .store
+        if let Some(retention) = self.core.config.audit.retention {
+            let cutoff = self.core.now_unix().saturating_sub(retention.as_secs());
+            pruned = store
                 .prune_audit(cutoff, PRUNE_BATCHES_PER_PASS)
                 .map_err(store_err)?;
         }
         if signed.is_some() || pruned > 0 {
-            self.store.durable(mark).await.map_err(store_err)?;
+            store.durable(mark).await.map_err(store_err)?;
         }
         if pruned > 0 {
             tracing::info!(entries = pruned, "audit entries past retention removed");
@@ -127,17 +138,17 @@ impl CaState {
 }
 
 /// Checkpoints and prunes the audit log until `stop`; signs a last checkpoint then.
-pub async fn maintain(state: Arc<CaState>, stop: CancellationToken) {
-    let interval = state.config.audit.checkpoint_interval;
+pub(crate) async fn maintain(audit: Arc<Audit>, stop: CancellationToken) {
+    let interval = audit.core.config.audit.checkpoint_interval;
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(interval) => false,
             _ = stop.cancelled() => true,
         };
         // Off the async workers: retention may walk and remove many entries.
-        let pass = state.clone();
+        let pass = audit.clone();
         let result = tokio::task::spawn_blocking(move || {
-            tokio::runtime::Handle::current().block_on(pass.maintain_audit())
+            tokio::runtime::Handle::current().block_on(pass.maintain_pass())
         })
         .await;
         match result {

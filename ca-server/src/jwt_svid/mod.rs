@@ -19,13 +19,14 @@ use trellis_identity::jwt_svid::Claims;
 use trellis_identity::{SpiffeId, duration, files};
 use zeroize::Zeroizing;
 
-pub use rotation::JwtKeyView;
+pub(crate) use rotation::{JwtKeyView, JwtKeys};
 
 use crate::bootstrap::{DataDir, store_err};
 use crate::config::ConfigError;
 use crate::error::CaError;
 use crate::peer::PeerChain;
-use crate::state::CaState;
+use crate::revocation::Revocations;
+use crate::state::Core;
 use crate::store::{AuditRecord, Change, JwtKeyRecord, RootState, Store};
 use trellis_identity::spiffe::reserved::PREFIX as RESERVED_PREFIX;
 
@@ -228,17 +229,33 @@ pub fn bundle_keys(store: &dyn Store) -> Result<Vec<trellis_identity::bundle::Jw
 
 /// A signed JWT-SVID.
 #[derive(Debug)]
-pub struct Minted {
+pub(crate) struct Minted {
     /// The compact JWS; a bearer token, never logged.
-    pub token: Zeroizing<String>,
-    pub claims: Claims,
+    pub(crate) token: Zeroizing<String>,
+    pub(crate) claims: Claims,
 }
 
-impl CaState {
+/// The JWT-SVID service: whom a token may name, and minting it with the active key.
+#[derive(Debug)]
+pub(crate) struct JwtSvids {
+    core: Arc<Core>,
+    revocations: Arc<Revocations>,
+    keys: Arc<JwtKeys>,
+}
+
+impl JwtSvids {
+    pub(crate) fn new(core: Arc<Core>, revocations: Arc<Revocations>, keys: Arc<JwtKeys>) -> Self {
+        Self {
+            core,
+            revocations,
+            keys,
+        }
+    }
+
     /// The identity a JWT-SVID request may get: the SPIFFE ID of the connection's client
     /// certificate, verified like a renewal's (current bundle, unexpired, unrevoked, not a
     /// reserved identity).
-    pub fn jwt_svid_subject(&self, chain: &PeerChain) -> Result<SpiffeId, CaError> {
+    pub(crate) fn subject(&self, chain: &PeerChain) -> Result<SpiffeId, CaError> {
         if chain.is_empty() {
             return Err(CaError::Unauthenticated(
                 "a JWT-SVID is issued only to a workload that presents its current certificate                  as TLS client certificate"
@@ -246,11 +263,12 @@ impl CaState {
             ));
         }
         let verified = self
-            .verify_peer(chain, self.now())
+            .core
+            .verify_peer(chain, self.core.now())
             .map_err(|e| CaError::Unauthenticated(format!("certificate refused: {e}")))?;
         if verified
             .spiffe_id
-            .is_under(self.config.trust_domain.as_str(), RESERVED_PREFIX)
+            .is_under(self.core.config.trust_domain.as_str(), RESERVED_PREFIX)
         {
             return Err(CaError::PermissionDenied(format!(
                 "{} is a reserved identity and gets no JWT-SVID",
@@ -258,7 +276,8 @@ impl CaState {
             )));
         }
         if let Some(revoked) = self
-            .revocation_of(&verified.serial)
+            .revocations
+            .of(&verified.serial)
             .map_err(|e| CaError::store("no JWT-SVID was issued", e))?
         {
             return Err(CaError::Unauthenticated(format!(
@@ -270,7 +289,7 @@ impl CaState {
     }
 
     /// Signs a JWT-SVID for `subject` (already verified by the caller) with the active key.
-    pub async fn mint_jwt_svid(
+    pub(crate) async fn mint(
         &self,
         subject: &SpiffeId,
         audience: Vec<String>,
@@ -291,12 +310,12 @@ impl CaState {
                 "audience {bad:?} is empty or longer than 1024 bytes"
             )));
         }
-        let limits = self.config.jwt_svid;
+        let limits = self.core.config.jwt_svid;
         let ttl = ttl
             .unwrap_or(limits.default_ttl)
             .clamp(MIN_TTL, limits.max_ttl);
-        let signer = self.jwt_signer();
-        let iat = self.now_unix();
+        let signer = self.keys.active();
+        let iat = self.core.now_unix();
         let claims = Claims {
             sub: subject.to_string(),
             aud: audience,
@@ -304,8 +323,9 @@ impl CaState {
             iat,
         };
         let token = Zeroizing::new(signer.sign(&claims)?);
-        let mark = self.store.mark();
-        self.store
+        let store = &self.core.store;
+        let mark = store.mark();
+        store
             .append_audit(&AuditRecord {
                 time: iat,
                 kind: "jwt_svid_minted".into(),
@@ -315,7 +335,7 @@ impl CaState {
                 detail: format!("aud {}, exp {}", claims.aud.join(" "), claims.exp),
             })
             .map_err(|e| CaError::store("no JWT-SVID was issued", e))?;
-        self.store
+        store
             .durable(mark)
             .await
             .map_err(|e| CaError::store("no JWT-SVID was issued", e))?;

@@ -8,37 +8,67 @@
 //!
 //! Both can be forced; the refusal says what would break.
 
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{JwtSigner, SWITCH_GRACE, generate_key};
-use crate::bootstrap::{DataDir, store_err};
+use crate::bootstrap::store_err;
 use crate::error::CaError;
-use crate::state::CaState;
+use crate::roots::Roots;
+use crate::state::Core;
 use crate::store::{Change, JwtKeyRecord, RootState};
 
 /// A key with what the CLI shows.
 #[derive(Debug, Clone)]
-pub struct JwtKeyView {
-    pub record: JwtKeyRecord,
+pub(crate) struct JwtKeyView {
+    pub(crate) record: JwtKeyRecord,
     /// From when retiring it cannot cut off a valid token (None: it is active).
-    pub retirable_at: Option<SystemTime>,
+    pub(crate) retirable_at: Option<SystemTime>,
 }
 
-impl CaState {
+/// The JWT-key rotation service; holds the active (signing) key.
+#[derive(Debug)]
+pub(crate) struct JwtKeys {
+    core: Arc<Core>,
+    /// The census, the convergence check and bundle changes are root rotation's.
+    roots: Arc<Roots>,
+    active: RwLock<Arc<JwtSigner>>,
+}
+
+impl JwtKeys {
+    pub(crate) fn new(core: Arc<Core>, roots: Arc<Roots>, active: Arc<JwtSigner>) -> Self {
+        Self {
+            core,
+            roots,
+            active: RwLock::new(active),
+        }
+    }
+
+    /// The active JWT-SVID signing key.
+    pub(crate) fn active(&self) -> Arc<JwtSigner> {
+        self.active
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// When no token signed by `key` can still be valid; None while it signs.
     fn retirable_at(&self, key: &JwtKeyRecord) -> Option<SystemTime> {
         let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
         match (key.state, key.deactivated_at) {
             (RootState::Active, _) => None,
-            (_, Some(stopped)) => Some(at(stopped) + self.config.jwt_svid.max_ttl + SWITCH_GRACE),
+            (_, Some(stopped)) => {
+                Some(at(stopped) + self.core.config.jwt_svid.max_ttl + SWITCH_GRACE)
+            }
             // Never signed.
             (_, None) => Some(at(key.created_at)),
         }
     }
 
     /// Every JWT-SVID key, oldest first.
-    pub fn list_jwt_keys(&self) -> Result<Vec<JwtKeyView>, CaError> {
+    pub(crate) fn list(&self) -> Result<Vec<JwtKeyView>, CaError> {
         Ok(self
+            .core
             .store
             .jwt_keys()
             .map_err(store_err)?
@@ -50,8 +80,9 @@ impl CaState {
             .collect())
     }
 
-    fn jwt_key(&self, kid: &str) -> Result<JwtKeyRecord, CaError> {
-        self.store
+    fn key(&self, kid: &str) -> Result<JwtKeyRecord, CaError> {
+        self.core
+            .store
             .jwt_keys()
             .map_err(store_err)?
             .into_iter()
@@ -62,16 +93,16 @@ impl CaState {
     }
 
     /// Generates a new key, pending: in the bundle, not signing.
-    pub async fn add_jwt_key(&self, actor: &str) -> Result<JwtKeyView, CaError> {
-        let dir = DataDir(self.config.data_dir.clone());
-        let _bundle_change = self.changing_bundle().await;
-        let version = self.bundle().version() + 1;
-        let record = generate_key(&dir, self.now_unix(), version)?;
+    pub(crate) async fn add(&self, actor: &str) -> Result<JwtKeyView, CaError> {
+        let _bundle_change = self.core.changing_bundle().await;
+        let version = self.core.bundle().version() + 1;
+        let record = generate_key(&self.core.data_dir(), self.core.now_unix(), version)?;
         let change = Change {
             jwt_keys: vec![record.clone()],
             ..Change::default()
         };
-        self.bump_bundle(change, version, "jwt_key_added", &record.kid, actor)
+        self.roots
+            .bump_bundle(change, version, "jwt_key_added", &record.kid, actor)
             .await?;
         Ok(JwtKeyView {
             retirable_at: self.retirable_at(&record),
@@ -80,13 +111,13 @@ impl CaState {
     }
 
     /// Makes a pending (or retiring) key the signing one.
-    pub async fn activate_jwt_key(
+    pub(crate) async fn activate(
         &self,
         kid: &str,
         force: bool,
         actor: &str,
     ) -> Result<JwtKeyView, CaError> {
-        let target = self.jwt_key(kid)?;
+        let target = self.key(kid)?;
         match target.state {
             RootState::Active => {
                 return Err(CaError::FailedPrecondition(format!(
@@ -101,6 +132,7 @@ impl CaState {
             RootState::Pending | RootState::Retiring => {}
         }
         let convergence = self
+            .roots
             .converged_on(
                 &format!("JWT key {kid}"),
                 target.added_in_bundle_version,
@@ -108,11 +140,11 @@ impl CaState {
                 "tokens signed with it",
             )
             .await?;
-        let dir = DataDir(self.config.data_dir.clone());
-        let signer = std::sync::Arc::new(JwtSigner::load(&dir, &target)?);
-        let now = self.now_unix();
+        let signer = Arc::new(JwtSigner::load(&self.core.data_dir(), &target)?);
+        let now = self.core.now_unix();
+        let store = &self.core.store;
         let mut change = Change::default();
-        for mut key in self.store.jwt_keys().map_err(store_err)? {
+        for mut key in store.jwt_keys().map_err(store_err)? {
             if key.state == RootState::Active {
                 key.state = RootState::Retiring;
                 key.deactivated_at = Some(now);
@@ -123,7 +155,7 @@ impl CaState {
         activated.state = RootState::Active;
         activated.deactivated_at = None;
         change.jwt_keys.push(activated.clone());
-        change.audit.push(self.root_audit(
+        change.audit.push(self.roots.root_audit(
             "jwt_key_activated",
             kid,
             actor,
@@ -133,10 +165,10 @@ impl CaState {
                 ""
             },
         ));
-        let mark = self.store.mark();
-        self.store.apply(&change).map_err(store_err)?;
-        self.store.durable(mark).await.map_err(store_err)?;
-        self.set_jwt_signer(signer);
+        let mark = store.mark();
+        store.apply(&change).map_err(store_err)?;
+        store.durable(mark).await.map_err(store_err)?;
+        *self.active.write().unwrap_or_else(|p| p.into_inner()) = signer;
         tracing::info!(kid, "JWT key activated; new JWT-SVIDs are signed with it");
         Ok(JwtKeyView {
             retirable_at: None,
@@ -145,13 +177,13 @@ impl CaState {
     }
 
     /// Takes a key out of the bundle.
-    pub async fn retire_jwt_key(
+    pub(crate) async fn retire(
         &self,
         kid: &str,
         force: bool,
         actor: &str,
     ) -> Result<JwtKeyView, CaError> {
-        let target = self.jwt_key(kid)?;
+        let target = self.key(kid)?;
         match target.state {
             RootState::Active => {
                 return Err(CaError::FailedPrecondition(format!(
@@ -167,7 +199,7 @@ impl CaState {
         }
         let retirable_at = self.retirable_at(&target);
         if let Some(at) = retirable_at
-            && at > self.now()
+            && at > self.core.now()
             && !force
         {
             return Err(CaError::FailedPrecondition(format!(
@@ -175,7 +207,7 @@ impl CaState {
                  plus the longest JWT-SVID lifetime, {}); retire it after that, or use --force: \
                  those tokens will then be refused",
                 trellis_identity::bundle::format_time(at),
-                trellis_identity::duration::format(self.config.jwt_svid.max_ttl)
+                trellis_identity::duration::format(self.core.config.jwt_svid.max_ttl)
             )));
         }
         let mut retired = target;
@@ -184,9 +216,10 @@ impl CaState {
             jwt_keys: vec![retired.clone()],
             ..Change::default()
         };
-        let _bundle_change = self.changing_bundle().await;
-        let version = self.bundle().version() + 1;
-        self.bump_bundle(change, version, "jwt_key_retired", kid, actor)
+        let _bundle_change = self.core.changing_bundle().await;
+        let version = self.core.bundle().version() + 1;
+        self.roots
+            .bump_bundle(change, version, "jwt_key_retired", kid, actor)
             .await?;
         Ok(JwtKeyView {
             retirable_at,

@@ -64,7 +64,7 @@ impl TestCa {
     }
 
     pub fn trust_domain(&self) -> TrustDomain {
-        self.running().state.config.trust_domain.clone()
+        self.running().trust_domain().clone()
     }
 
     pub fn id(&self, path: &str) -> SpiffeId {
@@ -72,7 +72,7 @@ impl TestCa {
     }
 
     pub fn bundle(&self) -> Arc<TrustBundle> {
-        self.running().state.bundle()
+        self.running().bundle()
     }
 
     /// Stops the CA gracefully and starts it again on the same data directory.
@@ -190,6 +190,52 @@ pub fn load_identity(dir: &Path, name: &str) -> Identity {
     )
     .expect("key PEM");
     Identity { chain, key }
+}
+
+/// The intermediate that signs the CA's certificates, read from its data directory as
+/// whoever holds a copy of the key file could (the CA has only one until a root rotation).
+pub fn intermediate_of(ca: &TestCa) -> trellis_identity::profile::SigningCa {
+    let keys = ca.data_dir().join("keys");
+    let key_file = std::fs::read_dir(&keys)
+        .expect("keys directory")
+        .map(|e| e.expect("entry").path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("intermediate-"))
+        })
+        .expect("an intermediate key");
+    let key =
+        KeyPair::from_pem(&std::fs::read_to_string(key_file).expect("read key")).expect("key PEM");
+    let admin = load_identity(&ca.data_dir().join("admin"), "admin");
+    let cert = admin.chain[1].clone();
+    trellis_identity::profile::SigningCa::new(cert, key).expect("key matches")
+}
+
+/// The CA's `/metrics` page (its `http_listen` must be set).
+pub async fn metrics(ca: &TestCa) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = ca.running().http_addr.expect("http endpoint");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut body = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_string(&mut body),
+    )
+    .await
+    .expect("response in time")
+    .expect("read");
+    body
+}
+
+/// The value of an unlabelled sample on a `/metrics` page.
+pub fn sample(page: &str, name: &str) -> Option<u64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// A CSR made with rcgen from arbitrary parameters and key, for hostile-input tests.

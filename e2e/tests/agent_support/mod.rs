@@ -135,7 +135,7 @@ impl Mesh {
             chain: pem::certs_from_pem(&read("admin.pem")).expect("pem"),
             key: pem::private_key_from_pem(&read("admin.key.pem")).expect("pem"),
         };
-        let bundle = self.ca().state.bundle();
+        let bundle = self.ca().bundle();
         let ca_id = bundle.trust_domain().id("/trellis/ca").expect("id");
         let config = tls::client_config(
             bundle,
@@ -153,7 +153,7 @@ impl Mesh {
 
     /// A fresh join token for `spiffe://<the CA's trust domain><path>`, through the admin API.
     pub async fn token(&self, path: &str) -> String {
-        let td = self.ca().state.config.trust_domain.to_string();
+        let td = self.ca().trust_domain().to_string();
         self.admin()
             .await
             .create_join_token(CreateJoinTokenRequest {
@@ -188,7 +188,7 @@ impl Mesh {
         edit(&mut ca);
         let config = Config::build(FileConfig {
             ca,
-            trust_domain: Some(self.ca().state.config.trust_domain.to_string()),
+            trust_domain: Some(self.ca().trust_domain().to_string()),
             ..FileConfig::default()
         })
         .expect("config");
