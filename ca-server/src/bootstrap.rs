@@ -65,7 +65,7 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> CaError {
             "{context}: read-only data directory ({e}); remount it read-write or choose \
              another --data-dir"
         )),
-        Cause::Io(_) => CaError::Internal(format!("{context}: {e}")),
+        Cause::Io(_) | Cause::Database { .. } => CaError::Internal(format!("{context}: {e}")),
     }
 }
 
@@ -74,14 +74,14 @@ pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<CaState>,
     let dir = DataDir(config.data_dir.clone());
     files::create_private_dir(&dir.0).map_err(io(format!("data directory {}", dir.0.display())))?;
     files::create_private_dir(&dir.keys()).map_err(io("keys directory".into()))?;
-    let store = crate::store::open(&dir.db()).map_err(|e| match e {
-        // Says what is wrong with the database and what to do, naming its directory.
+    let store = crate::store::open_configured(&config.store, &dir.db()).map_err(|e| match e {
+        // Says what is wrong with the database and what to do, naming it.
         StoreError::Damaged { .. } | StoreError::Unavailable(_) => {
             CaError::Unavailable(format!("cannot open the database: {e}"))
         }
         _ => CaError::Unavailable(format!(
-            "cannot open the database in {}: {e}",
-            dir.db().display()
+            "cannot open the database {}: {e}",
+            config.store.location(&dir.db())
         )),
     })?;
     match store.trust_domain().map_err(store_err)? {

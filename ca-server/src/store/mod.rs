@@ -1,6 +1,7 @@
 //! What the CA needs from storage, as one interface: [`Store`]. The CA holds an
 //! `Arc<dyn Store>` and nothing else of its storage; the embedded default is sled
-//! ([`sled::SledStore`], opened by [`open`]).
+//! ([`sled::SledStore`]), the shared one for several replicas PostgreSQL
+//! ([`postgres::PostgresStore`]), either opened by [`open`].
 //!
 //! Architecture invariant: a certificate is recorded, and that record durable, before the
 //! reply that carries it is sent. A writer takes a [`Store::mark`], writes, then awaits
@@ -23,6 +24,7 @@
 //! is [`Store::durable`], which is async and shared by concurrent writers (group commit).
 
 mod failure;
+pub mod postgres;
 pub mod records;
 pub mod sled;
 
@@ -43,10 +45,42 @@ pub use records::{
     RootRecord, RootState, TokenRecord,
 };
 
+/// Which store the CA keeps its state in.
+#[derive(Debug, Clone, Default)]
+pub enum StoreConfig {
+    /// The embedded sled database in the data directory (the default).
+    #[default]
+    Sled,
+    /// A PostgreSQL database that any number of CA replicas share.
+    Postgres(Box<postgres::PostgresConfig>),
+}
+
+impl StoreConfig {
+    /// Where the store is, for messages: the sled directory, or the database's name.
+    pub fn location(&self, sled_dir: &Path) -> String {
+        match self {
+            Self::Sled => format!("in {}", sled_dir.display()),
+            Self::Postgres(config) => format!("PostgreSQL {}", config.name()),
+        }
+    }
+}
+
 /// Opens (creating if needed) the embedded store in `dir`. Needs a tokio runtime (for the
 /// group-commit task and for reopening after a write failure).
 pub fn open(dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
     Ok(Arc::new(sled::SledStore::open(dir)?))
+}
+
+/// Opens the configured store: sled in `sled_dir` ([`open`]), or a PostgreSQL database
+/// (its schema created or migrated first).
+pub fn open_configured(
+    config: &StoreConfig,
+    sled_dir: &Path,
+) -> Result<Arc<dyn Store>, StoreError> {
+    match config {
+        StoreConfig::Sled => open(sled_dir),
+        StoreConfig::Postgres(config) => Ok(Arc::new(postgres::PostgresStore::open(config)?)),
+    }
 }
 
 /// A future a [`Store`] returns (boxed, so that the trait can be used as `dyn Store`).

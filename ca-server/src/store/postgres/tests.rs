@@ -1,0 +1,178 @@
+//! The PostgreSQL store against a real server (`trellis_e2e::Postgres`: Debian's package, a
+//! fresh cluster in a temp dir on a loopback port, stopped with the test): the store
+//! contract, the schema's migration and its refusal of a newer one, and a lost database.
+
+use std::sync::Arc;
+
+use trellis_e2e::Postgres;
+
+use super::config::{PasswordSource, PostgresConfig, UrlSource};
+use super::*;
+
+fn config(db: &Postgres) -> PostgresConfig {
+    PostgresConfig::parse(&db.url(), UrlSource::Flag, PasswordSource::default(), None)
+        .expect("the harness's URL parses")
+}
+
+/// The store contract (`crate::store::conformance`), each check on a server of its own.
+mod conformance {
+    use super::*;
+    use crate::store::conformance::{Harness, conformance_tests};
+
+    #[derive(Default)]
+    struct Pg {
+        server: Option<Postgres>,
+    }
+
+    impl Harness for Pg {
+        fn create(&mut self) -> Arc<dyn Store> {
+            let server = Postgres::start();
+            let store = PostgresStore::open(&config(&server)).expect("open a new store");
+            self.server = Some(server);
+            Arc::new(store)
+        }
+
+        fn reopen(&mut self) -> Arc<dyn Store> {
+            let server = self.server.as_ref().expect("create comes first");
+            Arc::new(PostgresStore::open(&config(server)).expect("reopen the store"))
+        }
+    }
+
+    conformance_tests!(Pg::default());
+}
+
+/// A plain client on the side, as an operator's psql would be.
+fn side_client(db: &Postgres) -> (tokio::runtime::Runtime, tokio_postgres::Client) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+    });
+    (runtime, client)
+}
+
+#[test]
+fn replicas_starting_at_once_migrate_the_schema_once() {
+    let db = Postgres::start();
+    // Someone holds the migration lock: every opening waits for it, none touches the schema.
+    let (runtime, side) = side_client(&db);
+    runtime
+        .block_on(side.execute("SELECT pg_advisory_lock($1)", &[&schema::MIGRATION_LOCK]))
+        .unwrap();
+    let openings: Vec<_> = (0..4)
+        .map(|_| {
+            let config = config(&db);
+            std::thread::spawn(move || PostgresStore::open(&config).map(|_| ()))
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let history = runtime
+        .block_on(side.query_one("SELECT to_regclass('refinery_schema_history')::text", &[]))
+        .unwrap()
+        .get::<_, Option<String>>(0);
+    assert_eq!(history, None, "nobody migrated while the lock was held");
+    runtime
+        .block_on(side.execute("SELECT pg_advisory_unlock($1)", &[&schema::MIGRATION_LOCK]))
+        .unwrap();
+    for opening in openings {
+        opening.join().unwrap().expect("every replica opens");
+    }
+    let applied: i64 = runtime
+        .block_on(side.query_one("SELECT count(*) FROM refinery_schema_history", &[]))
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        applied,
+        schema::known_version(),
+        "each version applied once"
+    );
+}
+
+#[test]
+fn a_schema_newer_than_this_build_is_refused_naming_both_versions() {
+    let db = Postgres::start();
+    drop(PostgresStore::open(&config(&db)).expect("first opening migrates"));
+    let (runtime, side) = side_client(&db);
+    let newer = schema::known_version() + 1;
+    runtime
+        .block_on(side.execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+             VALUES ($1::int4, 'from_the_future', '2030-01-01T00:00:00Z', '0')",
+            &[&i32::try_from(newer).unwrap()],
+        ))
+        .unwrap();
+    let refused = PostgresStore::open(&config(&db)).unwrap_err().to_string();
+    assert!(
+        refused.contains(&format!("schema version {newer}"))
+            && refused.contains("newer than this trellis-ca")
+            && refused.contains(&config(&db).name().to_owned()),
+        "{refused}"
+    );
+}
+
+#[test]
+fn an_unreachable_database_is_named_at_opening() {
+    let mut db = Postgres::start();
+    let config = config(&db);
+    db.stop();
+    let refused = PostgresStore::open(&config).unwrap_err();
+    assert_eq!(refused.kind(), crate::store::ErrorKind::Unavailable);
+    let text = refused.to_string();
+    assert!(
+        text.contains(config.name()) && text.contains("unreachable"),
+        "{text}"
+    );
+}
+
+/// The database lost while serving: calls fail as unavailable, naming it, and
+/// [`Store::failure`] says so; once it is back, the next call succeeds and nothing
+/// committed before is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_is_unavailable_then_resumes_by_itself() {
+    let mut db = Postgres::start();
+    let store = PostgresStore::open(&config(&db)).unwrap();
+    store.set_trust_domain("td").unwrap();
+    store.put_ack("spiffe://td/a", 1, 10).unwrap();
+    assert_eq!(store.failure(), None);
+
+    db.stop();
+    let lost = store.put_ack("spiffe://td/b", 1, 11).unwrap_err();
+    assert_eq!(lost.kind(), crate::store::ErrorKind::Unavailable);
+    assert!(lost.to_string().contains(config(&db).name()), "{lost}");
+    let failure = store.failure().expect("the failure is remembered");
+    assert!(
+        failure.to_string().contains("reconnects by itself"),
+        "{failure}"
+    );
+    assert_eq!(store.issued_total(), None, "unknown while unreachable");
+
+    db.restart();
+    eventually(|| store.put_ack("spiffe://td/b", 1, 11).is_ok());
+    assert_eq!(store.failure(), None, "cleared by the first success");
+    assert_eq!(
+        store.acks().unwrap(),
+        vec![
+            ("spiffe://td/a".to_owned(), 1, 10),
+            ("spiffe://td/b".to_owned(), 1, 11)
+        ]
+    );
+}
+
+/// Retries `check` for up to 10 s (a pool's broken connections are replaced one use at a
+/// time).
+fn eventually(mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still failing after 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
