@@ -49,6 +49,8 @@ use runner::Runner;
 
 /// Connections each CA keeps to the database at most.
 const POOL_SIZE: usize = 16;
+/// How long a call waits for a connection (a free one, a new one, or a check of an old one).
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 const META_TRUST_DOMAIN: &str = "trust_domain";
 const META_BUNDLE_VERSION: &str = "bundle_version";
@@ -167,6 +169,10 @@ impl PostgresStore {
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
+            // A database that hangs rather than refuses fails the call too, not forever.
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .recycle_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|e| StoreError::Storage(format!("database {name}: {e}")))?;
         let db = Arc::new(Db {
