@@ -176,3 +176,66 @@ fn eventually(mut check: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// A CA certificate (PEM) and a server chain and key for 127.0.0.1 signed by it.
+fn server_tls() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn tls_to_the_database_is_verified_against_the_ca_file() {
+    let (ca, chain, key) = server_tls();
+    let db = Postgres::start_tls(&chain, &key);
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = dir.path().join("db-ca.pem");
+    std::fs::write(&trusted, &ca).unwrap();
+    let with = |ca_file: &std::path::Path| {
+        PostgresConfig::parse(
+            &db.url(),
+            UrlSource::Flag,
+            PasswordSource::default(),
+            Some(ca_file.to_owned()),
+        )
+        .unwrap()
+    };
+    let store = PostgresStore::open(&with(&trusted)).expect("TLS verified by the CA file");
+    let db_ = store.db();
+    let encrypted: bool = store
+        .run(async move {
+            let client = db_.client().await?;
+            let row = client
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map_err(|e| db_.err(e))?;
+            Ok::<_, StoreError>(row.get(0))
+        })
+        .unwrap();
+    assert!(encrypted, "the store's connections use TLS");
+    store.set_trust_domain("td").unwrap();
+
+    // A server the CA file does not vouch for is refused, and the error names the database.
+    let (stranger, _, _) = server_tls();
+    let untrusted = dir.path().join("other-ca.pem");
+    std::fs::write(&untrusted, &stranger).unwrap();
+    let refused = PostgresStore::open(&with(&untrusted))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains(&format!("127.0.0.1:{}", db.port)) && refused.contains("certificate"),
+        "{refused}"
+    );
+}
