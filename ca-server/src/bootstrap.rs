@@ -84,6 +84,8 @@ pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<CaState>,
             config.store.location(&dir.db())
         )),
     })?;
+    // Replicas sharing a database take turns from here to the end of the initialisation.
+    let starting = store.start_up_guard().map_err(store_err)?;
     match store.trust_domain().map_err(store_err)? {
         Some(stored) if stored != config.trust_domain.as_str() => {
             return Err(CaError::InvalidArgument(format!(
@@ -99,6 +101,7 @@ pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<CaState>,
         initialise(&config, &*store, &dir, clock.now())?;
     }
     crate::jwt_svid::ensure_active_key(&*store, &dir, unix(clock.now()), !fresh)?;
+    drop(starting);
     let state = Arc::new(load(config, store, clock, &dir)?);
     files::write_atomic(&dir.bundle_pem(), state.bundle().to_pem().as_bytes(), 0o644)
         .map_err(io("bundle.pem".into()))?;
@@ -350,6 +353,17 @@ fn load(
         .active_intermediate()
         .map_err(store_err)?
         .ok_or_else(|| CaError::Internal("no signing intermediate after initialisation".into()))?;
+    if !dir.keys().join(&inter.key_file).exists() {
+        // What a replica started on a database another one initialised meets.
+        return Err(CaError::Unavailable(format!(
+            "the store's signing intermediate {} has no key in {}: the store was initialised \
+             by another CA (a replica sharing the database); give this one the same keys \
+             directory (a copy of that CA's {}, or the Secret every replica mounts)",
+            inter.id,
+            dir.keys().display(),
+            dir.keys().display()
+        )));
+    }
     let signer = load_intermediate(dir, &inter)?;
     let active_jwt = crate::jwt_svid::ensure_active_key(&*store, dir, unix(clock.now()), true)?;
     let jwt_signer = crate::jwt_svid::load_signer(dir, &active_jwt)?;

@@ -211,3 +211,56 @@ mod replicas {
             .await
     }
 }
+
+/// Two replicas with empty data directories started at once on an empty database: one
+/// initialises the CA, the other waits for it and then refuses to run without its keys,
+/// saying so, instead of making a second root.
+#[test]
+fn replicas_starting_at_once_on_an_empty_database_initialise_it_once() {
+    let db = Postgres::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut started: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let ready = trellis_e2e::ready_path(dir.path(), name);
+            let mut cmd = command("trellis-ca");
+            cmd.args(["--listen", "127.0.0.1:0", "--store", &db.url()])
+                .arg("--data-dir")
+                .arg(dir.path().join(name))
+                .arg("--ready-file")
+                .arg(&ready);
+            (trellis_e2e::Process::spawn(name, cmd, dir.path()), ready)
+        })
+        .collect();
+    let serving = retry_until(TIMEOUT, "both replicas settle", || {
+        let mut serving = 0;
+        for (process, ready) in &mut started {
+            if ready.exists() {
+                serving += 1;
+            } else if process.is_running() {
+                return Err("a replica is still starting");
+            }
+        }
+        Ok(serving)
+    });
+    assert_eq!(serving, 1, "one replica serves, the other stopped");
+    let (loser, _) = started
+        .iter_mut()
+        .find(|(_, ready)| !ready.exists())
+        .expect("the replica that did not start");
+    assert!(
+        loser.stderr().contains("initialised by another CA"),
+        "{}",
+        loser.stderr()
+    );
+    let roots = std::process::Command::new("psql")
+        .arg(db.url())
+        .args(["-X", "-A", "-t", "-c", "SELECT count(*) FROM roots"])
+        .output()
+        .expect("psql runs");
+    assert_eq!(
+        String::from_utf8_lossy(&roots.stdout).trim(),
+        "1",
+        "one root"
+    );
+}

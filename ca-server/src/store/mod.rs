@@ -200,6 +200,15 @@ pub struct TokenUse {
     pub now: u64,
 }
 
+/// Held while a CA starts up; see [`Store::start_up_guard`].
+pub struct StartUpGuard(pub Box<dyn Send>);
+
+impl std::fmt::Debug for StartUpGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartUpGuard")
+    }
+}
+
 /// Where the writes that follow it go; see [`Store::durable`]. An implementation without
 /// generations returns any value and ignores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +282,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Durability waits served so far (each one a flush of the disk); with the number of
     /// certificates issued it tells how many writers one wait covers.
     fn flushes(&self) -> u64;
+
+    /// Keeps every other CA sharing this store out of its start-up (the check whether the
+    /// CA is initialised, and its initialisation) until the guard is dropped, so that
+    /// replicas starting at once on an empty database initialise it once. A store only one
+    /// CA opens (sled locks its directory) needs nothing.
+    fn start_up_guard(&self) -> Result<StartUpGuard, StoreError> {
+        Ok(StartUpGuard(Box::new(())))
+    }
 
     // --- metadata ---
 

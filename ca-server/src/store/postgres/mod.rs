@@ -52,6 +52,9 @@ const POOL_SIZE: usize = 16;
 /// How long a call waits for a connection (a free one, a new one, or a check of an old one).
 const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The advisory lock a starting CA holds (any key other than the migration's).
+const START_UP_LOCK: i64 = 0x0074_7265_6c6c_6973 + 1;
+
 const META_TRUST_DOMAIN: &str = "trust_domain";
 const META_BUNDLE_VERSION: &str = "bundle_version";
 const META_ACTIVE_INTERMEDIATE: &str = "active_intermediate";
@@ -427,6 +430,21 @@ impl Store for PostgresStore {
     /// Commits are the database's: no flushes of the CA's own.
     fn flushes(&self) -> u64 {
         0
+    }
+
+    /// A session advisory lock on a connection taken out of the pool: dropping the guard
+    /// closes the connection, which releases the lock (also if the CA dies holding it).
+    fn start_up_guard(&self) -> Result<super::StartUpGuard, StoreError> {
+        let db = self.db();
+        let connection = self.run(async move {
+            let client = db.client().await?;
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&START_UP_LOCK])
+                .await
+                .map_err(|e| db.err(e))?;
+            Ok::<_, StoreError>(deadpool_postgres::Object::take(client))
+        })?;
+        Ok(super::StartUpGuard(Box::new(connection)))
     }
 
     // --- metadata ---
