@@ -239,3 +239,18 @@ fn tls_to_the_database_is_verified_against_the_ca_file() {
         "{refused}"
     );
 }
+
+/// The synchronous calls work from every kind of caller: a current-thread runtime (where
+/// `block_in_place` would panic), the blocking pool, and a worker of a multi-thread one.
+#[tokio::test(flavor = "current_thread")]
+async fn a_current_thread_runtime_can_call_the_store() {
+    let db = Postgres::start();
+    let store = Arc::new(PostgresStore::open(&config(&db)).unwrap());
+    store.set_trust_domain("td").unwrap();
+    let blocking = store.clone();
+    tokio::task::spawn_blocking(move || blocking.put_ack("spiffe://td/a", 1, 2).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(store.trust_domain().unwrap().as_deref(), Some("td"));
+    assert_eq!(store.acks().unwrap().len(), 1);
+}
