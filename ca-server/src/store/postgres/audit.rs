@@ -1,7 +1,14 @@
 //! The audit log in the database: entries chained by hash (`trellis_identity::audit_log`),
-//! numbered without gaps by the one row of `audit_head`, which every append locks until
-//! its transaction ends (so two replicas never chain after the same head), and the
-//! checkpoints the CA signs.
+//! numbered without gaps, and the checkpoints the CA signs.
+//!
+//! A writer only inserts its entries into `audit_pending`, in the transaction of what they
+//! record (an issuance, a revocation, a rotation step), so they are as durable as it and
+//! concurrent writers never wait for each other. Chaining ([`chain`]) moves the committed
+//! pending entries, in the order of their ids, to the end of the chain under the lock of
+//! the one row of `audit_head` (so two replicas never chain after the same head), in the
+//! transaction that deletes them from `audit_pending`: each is chained exactly once. It runs
+//! before every read of the chain and every second in the background
+//! ([`CHAIN_INTERVAL`]), so the chain trails the writes by at most about that.
 
 use std::sync::Arc;
 
@@ -12,6 +19,10 @@ use crate::store::{AuditRecord, StoreError, encode};
 
 /// How many entries retention deletes per statement.
 const PRUNE_BATCH: i64 = 1000;
+/// How many pending entries one chaining transaction takes.
+const CHAIN_BATCH: i64 = 5000;
+/// How often the background task chains what was written since.
+pub(super) const CHAIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn corrupt(reason: String) -> StoreError {
     StoreError::Corrupt {
@@ -49,7 +60,8 @@ async fn head_of(
     }
 }
 
-/// Appends `entries` in order within `tx`, locking the head until `tx` ends.
+/// Records `entries`, in order, within `tx`: they join the chain once `tx` has committed
+/// and the next [`chain`] runs.
 pub(super) async fn append(
     db: &Db,
     tx: &deadpool_postgres::Transaction<'_>,
@@ -59,33 +71,92 @@ pub(super) async fn append(
         return Ok(());
     }
     let e = |e| db.err(e);
-    let lock = tx
-        .prepare_cached("SELECT sequence, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-        .await
-        .map_err(e)?;
-    let row = tx.query_one(&lock, &[]).await.map_err(e)?;
-    let mut head = head_of(db, &**tx, row.get(0), row.get(1)).await?;
     let insert = tx
-        .prepare_cached("INSERT INTO audit (sequence, time, value) VALUES ($1, $2, $3)")
+        .prepare_cached("INSERT INTO audit_pending (time, body) VALUES ($1, $2)")
         .await
         .map_err(e)?;
     for entry in entries {
-        let chained = head.append(encode(entry));
+        tx.execute(&insert, &[&int(entry.time), &encode(entry)])
+            .await
+            .map_err(e)?;
+    }
+    Ok(())
+}
+
+/// Chains every committed pending entry (see the module docs); returns how many.
+pub(super) async fn chain(db: &Db) -> Result<u64, StoreError> {
+    let e = |e| db.err(e);
+    let mut client = db.client().await?;
+    let mut chained = 0;
+    loop {
+        let tx = client.transaction().await.map_err(e)?;
+        let pending = tx
+            .query(
+                "SELECT id, time, body FROM audit_pending ORDER BY id LIMIT $1",
+                &[&CHAIN_BATCH],
+            )
+            .await
+            .map_err(e)?;
+        if pending.is_empty() {
+            return Ok(chained);
+        }
+        // Taken after reading: entries committed meanwhile wait for the next batch. Another
+        // chainer may have taken some of the same rows while this one waited: re-read.
+        let row = tx
+            .query_one(
+                "SELECT sequence, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(e)?;
+        let pending = tx
+            .query(
+                "SELECT id, time, body FROM audit_pending WHERE id <= $1 ORDER BY id",
+                &[&pending.last().map(|r| r.get::<_, i64>(0)).unwrap_or(0)],
+            )
+            .await
+            .map_err(e)?;
+        let mut head = head_of(db, &*tx, row.get(0), row.get(1)).await?;
+        let insert = tx
+            .prepare_cached("INSERT INTO audit (sequence, time, value) VALUES ($1, $2, $3)")
+            .await
+            .map_err(e)?;
+        let mut ids = Vec::with_capacity(pending.len());
+        for row in &pending {
+            let entry = head.append(row.get(2));
+            tx.execute(
+                &insert,
+                &[&int(entry.sequence), &row.get::<_, i64>(1), &entry.encode()],
+            )
+            .await
+            .map_err(e)?;
+            ids.push(row.get::<_, i64>(0));
+        }
+        tx.execute("DELETE FROM audit_pending WHERE id = ANY($1)", &[&ids])
+            .await
+            .map_err(e)?;
         tx.execute(
-            &insert,
-            &[&int(chained.sequence), &int(entry.time), &chained.encode()],
+            "UPDATE audit_head SET sequence = $1, hash = $2 WHERE id = 1",
+            &[&int(head.sequence), &head.hash.to_vec()],
         )
         .await
         .map_err(e)?;
+        tx.commit().await.map_err(e)?;
+        chained += ids.len() as u64;
     }
-    let update = tx
-        .prepare_cached("UPDATE audit_head SET sequence = $1, hash = $2 WHERE id = 1")
-        .await
-        .map_err(e)?;
-    tx.execute(&update, &[&int(head.sequence), &head.hash.to_vec()])
-        .await
-        .map_err(e)?;
-    Ok(())
+}
+
+/// Chains what was written since, every [`CHAIN_INTERVAL`], as long as the store is open
+/// (a failure is retried at the next tick; readers chain first anyway).
+pub(super) async fn keep_chaining(db: std::sync::Arc<Db>) {
+    let mut tick = tokio::time::interval(CHAIN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = chain(&db).await {
+            tracing::debug!(error = %e, "audit entries not chained yet");
+        }
+    }
 }
 
 /// Appends one entry in a transaction of its own.
@@ -97,6 +168,7 @@ pub(super) async fn append_alone(db: Arc<Db>, entry: AuditRecord) -> Result<(), 
 }
 
 pub(super) async fn chain_head(db: Arc<Db>) -> Result<Head, StoreError> {
+    chain(&db).await?;
     let client = db.client().await?;
     let row = client
         .query_one("SELECT sequence, hash FROM audit_head WHERE id = 1", &[])
@@ -110,6 +182,7 @@ pub(super) async fn raw_after(
     after: u64,
     limit: usize,
 ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    chain(&db).await?;
     let client = db.client().await?;
     let rows = client
         .query(
@@ -200,6 +273,7 @@ pub(super) async fn latest_checkpoint(db: Arc<Db>) -> Result<Option<Checkpoint>,
 /// entry is older than it (never the newest entry's), which stays as the start of what
 /// remains; at most `max_batches` batches.
 pub(super) async fn prune(db: Arc<Db>, cutoff: u64, max_batches: usize) -> Result<u64, StoreError> {
+    chain(&db).await?;
     let e = |e| db.err(e);
     let client = db.client().await?;
     let Some(last) = client

@@ -8,8 +8,10 @@
 //!   row and then finds it used: exactly once, across connections and replicas), inserts
 //!   the certificate under its serial (the primary key: a serial is never used twice, and a
 //!   taken one rolls the token back), counts it, and appends its audit entries;
-//! - the audit chain is numbered by the one row of `audit_head`, locked by each append, so
-//!   entries get 1, 2, 3, ... without gaps whichever replica writes them;
+//! - audit entries are written in the transaction of what they record and chained (numbered
+//!   1, 2, 3, ... without gaps, whichever replica wrote them) by a step of their own that
+//!   takes the one row of `audit_head` (`audit.rs`), so issuances never wait for each
+//!   other; counters are split in 16 rows for the same reason;
 //! - a revocation, a new token, a rotation step ([`Change`]) are one transaction each.
 //!
 //! Nothing that a request or a scrape reads scans the history: certificates are indexed by
@@ -201,6 +203,7 @@ impl PostgresStore {
         if !applied.is_empty() {
             tracing::info!(database = %name, versions = ?applied, "database schema migrated");
         }
+        store.runner.spawn(audit::keep_chaining(store.db()));
         Ok(store)
     }
 

@@ -37,6 +37,11 @@ impl Runner {
             .handle()
     }
 
+    /// Runs `work` in the background on the store's runtime until the store is dropped.
+    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.handle().spawn(work);
+    }
+
     /// Runs `work` on the store's runtime and waits for its result. On a worker of a
     /// multi-thread runtime the wait is in `block_in_place`, so the worker's other tasks
     /// go on elsewhere; anywhere else the thread just waits.

@@ -57,21 +57,27 @@ CREATE INDEX certificates_by_identity ON certificates (spiffe_id, serial);
 CREATE INDEX certificates_by_expiry ON certificates (not_after, serial);
 
 -- Certificates issued, by root and minute of expiry: the live count by root is the sum
--- over the minutes after now plus an indexed count within the current minute.
+-- over the minutes after now plus an indexed count within the current minute. Counters
+-- are split in 16 shards (by the serial's last byte) so that concurrent issuances do not
+-- wait for each other's row.
 CREATE TABLE live_counts (
     root_id text NOT NULL,
     minute bigint NOT NULL,
+    shard smallint NOT NULL,
     n bigint NOT NULL,
-    PRIMARY KEY (root_id, minute)
+    PRIMARY KEY (root_id, minute, shard)
 );
 
 CREATE INDEX live_counts_by_minute ON live_counts (minute);
 
 CREATE TABLE counters (
-    name text PRIMARY KEY,
-    value bigint NOT NULL
+    name text NOT NULL,
+    shard smallint NOT NULL,
+    value bigint NOT NULL,
+    PRIMARY KEY (name, shard)
 );
-INSERT INTO counters (name, value) VALUES ('issued_total', 0);
+INSERT INTO counters (name, shard, value)
+    SELECT 'issued_total', s, 0 FROM generate_series(0, 15) AS s;
 
 CREATE TABLE revocations (
     serial bytea PRIMARY KEY,
@@ -85,7 +91,15 @@ CREATE TABLE acks (
 );
 
 -- The audit log's hash chain: `value` is the chained entry as every store encodes it.
--- Appends lock the one row of `audit_head`, which numbers entries without gaps.
+-- A writer inserts its entries into `audit_pending` in its own transaction; chaining moves
+-- them, in id order, into `audit` under the lock of the one row of `audit_head`, which
+-- numbers entries without gaps (so issuances never wait for each other there).
+CREATE TABLE audit_pending (
+    id bigserial PRIMARY KEY,
+    time bigint NOT NULL,
+    body bytea NOT NULL
+);
+
 CREATE TABLE audit (
     sequence bigint PRIMARY KEY,
     time bigint NOT NULL,
