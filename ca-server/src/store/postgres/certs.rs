@@ -1,4 +1,4 @@
-//! Certificates: an issuance as one transaction, reads by serial, identity and expiry,
+//! Certificates: an issuance as one statement, reads by serial, identity and expiry,
 //! the pages of the listings, the counters and retention.
 
 use std::collections::BTreeMap;
@@ -20,7 +20,8 @@ pub(super) const BATCH: i64 = 1000;
 /// Seconds per row of `live_counts`.
 const MINUTE: u64 = 60;
 
-/// Records an issuance in one transaction (see the module docs of `postgres`).
+/// Records an issuance in one statement, `record_issuance` (`migrations/V2`): one round
+/// trip, one transaction; a refusal undoes everything it wrote.
 pub(super) async fn record_issuance(
     db: Arc<Db>,
     record: CertRecord,
@@ -29,19 +30,16 @@ pub(super) async fn record_issuance(
     token: Option<TokenUse>,
     audit: Vec<AuditRecord>,
 ) -> Result<(), RecordError> {
-    let e = |e| db.err(e);
-    let mut client = db.client().await?;
-    let tx = client.transaction().await.map_err(e)?;
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO certificates (serial, spiffe_id, not_after, root_id, record, der) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (serial) DO NOTHING",
-        )
+    let client = db.client().await?;
+    let statement = client
+        .prepare_cached("SELECT record_issuance($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
         .await
-        .map_err(e)?;
-    let inserted = tx
+        .map_err(|e| db.err(e))?;
+    let audit_times: Vec<i64> = audit.iter().map(|a| int(a.time)).collect();
+    let audit_bodies: Vec<Vec<u8>> = audit.iter().map(encode).collect();
+    let result = client
         .execute(
-            &insert,
+            &statement,
             &[
                 &serial,
                 &record.spiffe_id,
@@ -49,92 +47,44 @@ pub(super) async fn record_issuance(
                 &record.root_id,
                 &encode(&record),
                 &der,
+                &shard_of(&serial),
+                &token.map(|t| t.hash.to_vec()),
+                &int(token.map_or(0, |t| t.now)),
+                &record.serial,
+                &audit_times,
+                &audit_bodies,
             ],
         )
-        .await
-        .map_err(e)?;
-    if inserted == 0 {
-        // Dropping the transaction rolls it back: nothing was written.
-        return Err(RecordError::SerialTaken);
+        .await;
+    let Err(e) = result else { return Ok(()) };
+    let refusal = e
+        .as_db_error()
+        .and_then(|refused| match refused.code().code() {
+            "TR001" => Some(RecordError::SerialTaken),
+            "TR002" => token_refusal(refused.message()).map(RecordError::Token),
+            _ => None,
+        });
+    Err(refusal.unwrap_or_else(|| RecordError::Store(db.err(e))))
+}
+
+/// The refusal `record_issuance` raised: "unknown", "used:<at>" or "expired:<at>".
+fn token_refusal(message: &str) -> Option<TokenRefusal> {
+    match message.split_once(':') {
+        None if message == "unknown" => Some(TokenRefusal::Unknown),
+        Some(("used", at)) => Some(TokenRefusal::Used {
+            at: at.parse().ok()?,
+        }),
+        Some(("expired", at)) => Some(TokenRefusal::Expired {
+            at: at.parse().ok()?,
+        }),
+        _ => None,
     }
-    if let Some(use_) = token {
-        consume_token(&db, &tx, &use_, &record.serial).await?;
-    }
-    let shard = shard_of(&serial);
-    let count = tx
-        .prepare_cached(
-            "INSERT INTO live_counts (root_id, minute, shard, n) VALUES ($1, $2, $3, 1) \
-             ON CONFLICT (root_id, minute, shard) DO UPDATE SET n = live_counts.n + 1",
-        )
-        .await
-        .map_err(e)?;
-    tx.execute(
-        &count,
-        &[&record.root_id, &int(record.not_after / MINUTE), &shard],
-    )
-    .await
-    .map_err(e)?;
-    let total = tx
-        .prepare_cached(
-            "UPDATE counters SET value = value + 1 WHERE name = 'issued_total' AND shard = $1",
-        )
-        .await
-        .map_err(e)?;
-    tx.execute(&total, &[&shard]).await.map_err(e)?;
-    super::audit::append(&db, &tx, &audit).await?;
-    tx.commit().await.map_err(e)?;
-    Ok(())
 }
 
 /// Which of the 16 counter rows an issuance adds to: serials are random, so concurrent
 /// issuances mostly touch different rows.
 fn shard_of(serial: &[u8]) -> i16 {
     i16::from(serial.last().copied().unwrap_or(0) % 16)
-}
-
-/// Marks the token used if it is unused and unexpired: one conditional UPDATE, which a
-/// concurrent redeemer waits behind and then finds used.
-async fn consume_token(
-    db: &Db,
-    tx: &deadpool_postgres::Transaction<'_>,
-    use_: &TokenUse,
-    serial: &str,
-) -> Result<(), RecordError> {
-    let e = |e| db.err(e);
-    let hash = use_.hash.to_vec();
-    let now = int(use_.now);
-    let consume = tx
-        .prepare_cached(
-            "UPDATE tokens SET used_at = $2, used_for_serial = $3 \
-             WHERE hash = $1 AND used_at IS NULL AND expires_at > $2",
-        )
-        .await
-        .map_err(e)?;
-    if tx
-        .execute(&consume, &[&hash, &now, &serial])
-        .await
-        .map_err(e)?
-        == 1
-    {
-        return Ok(());
-    }
-    let row = tx
-        .query_opt(
-            "SELECT used_at, expires_at FROM tokens WHERE hash = $1",
-            &[&hash],
-        )
-        .await
-        .map_err(e)?;
-    let refusal = match row {
-        None => TokenRefusal::Unknown,
-        Some(row) => match row.get::<_, Option<i64>>(0) {
-            Some(at) => TokenRefusal::Used { at: uint(at) },
-            None => TokenRefusal::Expired {
-                at: uint(row.get(1)),
-            },
-        },
-    };
-    Err(RecordError::Token(refusal))
 }
 
 /// A certificate's record and DER.

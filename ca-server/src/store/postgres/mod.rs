@@ -3,11 +3,13 @@
 //!
 //! Every invariant that spans records is one transaction, committed before the call
 //! returns, so [`Store::durable`] has nothing left to wait for:
-//! - an issuance consumes its join token with one conditional `UPDATE ... WHERE used_at IS
-//!   NULL AND expires_at > now` (under READ COMMITTED a concurrent redeemer waits for the
-//!   row and then finds it used: exactly once, across connections and replicas), inserts
-//!   the certificate under its serial (the primary key: a serial is never used twice, and a
-//!   taken one rolls the token back), counts it, and appends its audit entries;
+//! - an issuance is one statement, the SQL function `record_issuance`
+//!   (`migrations/V2__issuance_in_one_call.sql`: one round trip): it inserts the
+//!   certificate under its serial (the primary key: a serial is never used twice),
+//!   consumes its join token with one conditional `UPDATE ... WHERE used_at IS NULL AND
+//!   expires_at > now` (under READ COMMITTED a concurrent redeemer waits for the row and
+//!   then finds it used: exactly once, across connections and replicas), counts it and
+//!   records its audit entries; a refusal raises, which undoes all of it;
 //! - audit entries are written in the transaction of what they record and chained (numbered
 //!   1, 2, 3, ... without gaps, whichever replica wrote them) by a step of their own that
 //!   takes the one row of `audit_head` (`audit.rs`), so issuances never wait for each

@@ -316,11 +316,16 @@ fn replicas_writing_at_once_build_one_gapless_chain() {
         let record: AuditRecord = decode("audit", &entry.body).unwrap();
         assert!(serials.insert(record.serial), "each entry chained once");
     }
-    assert_eq!(replicas[0].audit_chain_head().unwrap().sequence, total as u64);
+    assert_eq!(
+        replicas[0].audit_chain_head().unwrap().sequence,
+        total as u64
+    );
     assert_eq!(replicas[0].issued_total(), Some(total as u64));
     replicas[0].start_counting(2).unwrap();
     assert_eq!(
-        replicas[0].live_by_root(2).and_then(|c| c.get("r1").copied()),
+        replicas[0]
+            .live_by_root(2)
+            .and_then(|c| c.get("r1").copied()),
         Some(total as u64)
     );
 }
