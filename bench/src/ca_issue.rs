@@ -7,6 +7,8 @@ use anyhow::Context;
 use rustls_pki_types::CertificateDer;
 use tonic::transport::Channel;
 use trellis_ca::Config;
+use trellis_ca::store::StoreConfig;
+use trellis_ca::store::postgres::config::{PasswordSource, PostgresConfig, UrlSource};
 use trellis_identity::tls::Identity;
 use trellis_identity::{TrustBundle, WorkloadKey};
 use trellis_proto::admin::v1::admin_client::AdminClient;
@@ -41,11 +43,40 @@ pub struct Args {
     /// what they cost issuance.
     #[arg(long)]
     admin_load: bool,
+    /// Stores to measure, one after the other in the same run: `sled` (the data
+    /// directory) and/or `postgres` (a real server the bench starts, as the tests do).
+    #[arg(long, value_delimiter = ',', default_value = "sled")]
+    store: Vec<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    for store in &args.store {
+        match store.as_str() {
+            "sled" => run_on(&args, "sled", StoreConfig::Sled)?,
+            "postgres" => {
+                // Debian's server, fsync and synchronous_commit on (its defaults): every
+                // certificate is committed before its reply, as with sled.
+                let server = trellis_e2e::Postgres::start();
+                let config = PostgresConfig::parse(
+                    &server.url(),
+                    UrlSource::Flag,
+                    PasswordSource::default(),
+                    None,
+                )
+                .map_err(|e| anyhow::anyhow!(e))?;
+                run_on(&args, "postgres", StoreConfig::Postgres(Box::new(config)))?;
+            }
+            other => anyhow::bail!("--store {other:?}: expected sled or postgres"),
+        }
+    }
+    Ok(())
+}
+
+/// Every level on one store.
+fn run_on(args: &Args, name: &str, store: StoreConfig) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut config = Config::for_data_dir(dir.path().join("ca"));
+    config.store = store;
     config.listen = "127.0.0.1:0".parse()?;
     // This measures issuance capacity, not policy: each client renews its one identity
     // hundreds of times a second, far past any sane per-identity limit (`agent-storm`
@@ -75,7 +106,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     println!(
-        "CA issuance, durable (sled fsync per group commit), renewals over mTLS on {addr}; {} cores",
+        "CA issuance on {name}, durable (sled: fsync per group commit; postgres: a committed \
+         transaction), renewals over mTLS on {addr}; {} cores",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0)

@@ -66,7 +66,7 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> CaError {
             "{context}: read-only data directory ({e}); remount it read-write or choose \
              another --data-dir"
         )),
-        Cause::Io(_) => CaError::Internal(format!("{context}: {e}")),
+        Cause::Io(_) | Cause::Database { .. } => CaError::Internal(format!("{context}: {e}")),
     }
 }
 
@@ -75,16 +75,18 @@ pub(crate) async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Se
     let dir = DataDir(config.data_dir.clone());
     files::create_private_dir(&dir.0).map_err(io(format!("data directory {}", dir.0.display())))?;
     files::create_private_dir(&dir.keys()).map_err(io("keys directory".into()))?;
-    let store = crate::store::open(&dir.db()).map_err(|e| match e {
-        // Says what is wrong with the database and what to do, naming its directory.
+    let store = crate::store::open_configured(&config.store, &dir.db()).map_err(|e| match e {
+        // Says what is wrong with the database and what to do, naming it.
         StoreError::Damaged { .. } | StoreError::Unavailable(_) => {
             CaError::Unavailable(format!("cannot open the database: {e}"))
         }
         _ => CaError::Unavailable(format!(
-            "cannot open the database in {}: {e}",
-            dir.db().display()
+            "cannot open the database {}: {e}",
+            config.store.location(&dir.db())
         )),
     })?;
+    // Replicas sharing a database take turns from here to the end of the initialisation.
+    let starting = store.start_up_guard().map_err(store_err)?;
     match store.trust_domain().map_err(store_err)? {
         Some(stored) if stored != config.trust_domain.as_str() => {
             return Err(CaError::InvalidArgument(format!(
@@ -100,6 +102,7 @@ pub(crate) async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Se
         initialise(&config, &*store, &dir, clock.now())?;
     }
     crate::jwt_svid::ensure_active_key(&*store, &dir, unix(clock.now()), !fresh)?;
+    drop(starting);
     let ca = Arc::new(load(config, store, clock, &dir)?);
     files::write_atomic(
         &dir.bundle_pem(),
@@ -355,6 +358,17 @@ fn load(
         .active_intermediate()
         .map_err(store_err)?
         .ok_or_else(|| CaError::Internal("no signing intermediate after initialisation".into()))?;
+    if !dir.keys().join(&inter.key_file).exists() {
+        // What a replica started on a database another one initialised meets.
+        return Err(CaError::Unavailable(format!(
+            "the store's signing intermediate {} has no key in {}: the store was initialised \
+             by another CA (a replica sharing the database); give this one the same keys \
+             directory (a copy of that CA's {}, or the Secret every replica mounts)",
+            inter.id,
+            dir.keys().display(),
+            dir.keys().display()
+        )));
+    }
     let signer = load_intermediate(dir, &inter)?;
     let active_jwt = crate::jwt_svid::ensure_active_key(&*store, dir, unix(clock.now()), true)?;
     let jwt_signer = crate::jwt_svid::load_signer(dir, &active_jwt)?;

@@ -15,6 +15,8 @@ use crate::audit::{AuditConfig, AuditFile};
 use crate::connections::{ConnectionsConfig, ConnectionsFile};
 use crate::jwt_svid::{JwtSvidConfig, JwtSvidFile};
 use crate::limits::{LimitsConfig, LimitsFile};
+use crate::store::StoreConfig;
+use crate::store::postgres::config::{PasswordSource, PostgresConfig, UrlSource};
 
 /// The shortest certificate lifetime the CA will issue (clients renew at half-life).
 pub const MIN_TTL: Duration = Duration::from_secs(60);
@@ -81,6 +83,18 @@ pub struct Flags {
     /// How long expired certificate records are kept ("0" keeps them forever).
     #[arg(long, env = "TRELLIS_CERTIFICATE_RETENTION")]
     pub certificate_retention: Option<String>,
+    /// Where the CA keeps its state: "sled" (the default: the data directory) or
+    /// postgres://USER@HOST:PORT/DATABASE, shared by every replica. Also TRELLIS_STORE,
+    /// which alone may carry a password in the URL (a flag never may: use
+    /// --store-password-file or TRELLIS_STORE_PASSWORD).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// A file holding the database password.
+    #[arg(long, env = "TRELLIS_STORE_PASSWORD_FILE", value_name = "FILE")]
+    pub store_password_file: Option<PathBuf>,
+    /// PEM roots the database server's certificate must chain to; TLS is required with it.
+    #[arg(long, env = "TRELLIS_STORE_CA_FILE", value_name = "FILE")]
+    pub store_ca_file: Option<PathBuf>,
     /// Once every listener is bound, write a JSON document here with their addresses, the
     /// pid and the SPIFFE ID (atomically: a reader sees all of it or nothing).
     #[arg(long, env = "TRELLIS_READY_FILE", value_name = "FILE")]
@@ -164,6 +178,52 @@ pub struct StoreFile {
     /// How long an expired certificate's record (and its revocation) is kept; "0" keeps
     /// every record forever.
     pub certificate_retention: Option<String>,
+    /// "sled" (the default) or postgres://USER@HOST:PORT/DATABASE (no password here).
+    pub url: Option<String>,
+    /// A file holding the database password.
+    pub password_file: Option<PathBuf>,
+    /// PEM roots the database server's certificate must chain to (TLS required).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The store settings that come from outside the file: flags and the environment.
+#[derive(Debug, Default)]
+struct StoreInputs {
+    url_flag: Option<String>,
+    /// `TRELLIS_STORE`.
+    url_env: Option<String>,
+    /// `TRELLIS_STORE_PASSWORD`.
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+}
+
+impl StoreInputs {
+    /// The store the file and these settings name (flag over environment over file).
+    fn build(self, file: Option<&StoreFile>) -> Result<StoreConfig, ConfigError> {
+        let file_url = file.and_then(|f| f.url.clone());
+        let (url, source) = match (self.url_flag, self.url_env, file_url) {
+            (Some(url), _, _) => (url, UrlSource::Flag),
+            (None, Some(url), _) => (url, UrlSource::Environment),
+            (None, None, Some(url)) => (url, UrlSource::File),
+            (None, None, None) => return Ok(StoreConfig::Sled),
+        };
+        if url == "sled" {
+            return Ok(StoreConfig::Sled);
+        }
+        let password = PasswordSource {
+            file: self
+                .password_file
+                .or_else(|| file.and_then(|f| f.password_file.clone())),
+            environment: self.password_env,
+        };
+        let ca_file = self
+            .ca_file
+            .or_else(|| file.and_then(|f| f.ca_file.clone()));
+        PostgresConfig::parse(&url, source, password, ca_file)
+            .map(|pg| StoreConfig::Postgres(Box::new(pg)))
+            .map_err(|e| ConfigError(format!("store: {e}")))
+    }
 }
 
 /// How long expired certificate records are kept by default: long enough to investigate
@@ -289,6 +349,8 @@ pub struct Config {
     pub jwt_svid: JwtSvidConfig,
     /// How long an expired certificate's record is kept; `None` keeps it forever.
     pub certificate_retention: Option<Duration>,
+    /// Where the CA keeps its state.
+    pub store: StoreConfig,
 }
 
 /// A configuration problem, as one line naming the setting.
@@ -313,8 +375,18 @@ impl Config {
         .expect("the built-in defaults are valid")
     }
 
-    /// Reads the file named by the flags (if any), applies the flags over it, validates.
+    /// Reads the file named by the flags (if any), applies the flags and the environment
+    /// over it, validates.
     pub fn load(flags: Flags) -> Result<Self, ConfigError> {
+        Self::load_with_env(flags, |name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with the environment variables clap does not read (those a flag
+    /// must not carry) looked up through `env`.
+    fn load_with_env(
+        flags: Flags,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut file = match &flags.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -343,6 +415,13 @@ impl Config {
                 .get_or_insert_with(StoreFile::default)
                 .certificate_retention = flags.certificate_retention;
         }
+        let store = StoreInputs {
+            url_flag: flags.store,
+            url_env: env("TRELLIS_STORE").filter(|v| !v.is_empty()),
+            password_env: env("TRELLIS_STORE_PASSWORD"),
+            password_file: flags.store_password_file,
+            ca_file: flags.store_ca_file,
+        };
         let limits = file.limits.get_or_insert_with(LimitsFile::default);
         macro_rules! over_limits {
             ($($field:ident),*) => { $( if flags.$field.is_some() { limits.$field = flags.$field; } )* };
@@ -355,11 +434,16 @@ impl Config {
             bootstraps_per_minute,
             bootstrap_burst
         );
-        Self::build(file)
+        Self::build_with(file, store)
     }
 
     /// Validates a file configuration, filling defaults.
     pub fn build(file: FileConfig) -> Result<Self, ConfigError> {
+        Self::build_with(file, StoreInputs::default())
+    }
+
+    fn build_with(file: FileConfig, store: StoreInputs) -> Result<Self, ConfigError> {
+        let store = store.build(file.store.as_ref())?;
         let td_text = file.trust_domain.unwrap_or_else(|| "cluster.local".into());
         let trust_domain = TrustDomain::new(&td_text)
             .map_err(|e| ConfigError(format!("trust_domain {td_text:?}: {e}")))?;
@@ -456,6 +540,7 @@ impl Config {
             connections: file.connections.unwrap_or_default().build()?,
             audit: file.audit.unwrap_or_default().build()?,
             jwt_svid: file.jwt_svid.unwrap_or_default().build()?,
+            store,
             certificate_retention: match file.store.and_then(|s| s.certificate_retention) {
                 None => Some(DEFAULT_CERTIFICATE_RETENTION),
                 Some(text) if text.trim() == "0" => None,
@@ -517,6 +602,65 @@ mod tests {
             Some("127.0.0.1:8080".parse().expect("addr"))
         );
         assert_eq!(config.listen, "127.0.0.1:8443".parse().expect("addr"));
+    }
+
+    #[test]
+    fn the_store_is_sled_by_default_and_postgres_from_a_flag_the_environment_or_the_file() {
+        let load = |args: &[&str], env: &[(&str, &str)]| {
+            let mut argv = vec!["trellis-ca"];
+            argv.extend_from_slice(args);
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            Config::load_with_env(Flags::parse_from(argv), move |name| {
+                env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            })
+        };
+        assert!(matches!(load(&[], &[]).unwrap().store, StoreConfig::Sled));
+        let name = |config: Config| match config.store {
+            StoreConfig::Postgres(pg) => pg.name().to_owned(),
+            StoreConfig::Sled => "sled".into(),
+        };
+        let flag = load(&["--store", "postgres://ca@db:5433/trellis"], &[]).unwrap();
+        assert_eq!(name(flag), "ca@db:5433/trellis");
+        let env = load(&[], &[("TRELLIS_STORE", "postgres://ca:pw@db/trellis")]).unwrap();
+        assert_eq!(
+            name(env),
+            "ca@db:5432/trellis",
+            "a password may come from the environment"
+        );
+        let over = load(
+            &["--store", "sled"],
+            &[("TRELLIS_STORE", "postgres://ca@db/trellis")],
+        )
+        .unwrap();
+        assert_eq!(name(over), "sled", "the flag wins over the environment");
+
+        let refused = load(&["--store", "postgres://ca:s3cret@db/trellis"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("command line") && refused.contains("--store-password-file"),
+            "{refused}"
+        );
+        assert!(!refused.contains("s3cret"), "{refused}");
+        let in_file = file("[store]\nurl = \"postgres://ca:s3cret@db/trellis\"")
+            .unwrap_err()
+            .to_string();
+        assert!(in_file.contains("configuration file"), "{in_file}");
+        let from_file = file("[store]\nurl = \"postgres://ca@db/trellis\"").unwrap();
+        let shown = format!("{from_file:#?}");
+        assert!(shown.contains("ca@db:5432/trellis"), "{shown}");
+
+        // The password from the environment never shows in what --check-config prints.
+        let with_password = load(
+            &["--store", "postgres://ca@db/trellis"],
+            &[("TRELLIS_STORE_PASSWORD", "hunter2-secret")],
+        )
+        .unwrap();
+        let shown = format!("{with_password:?} {with_password:#?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
     }
 
     #[test]

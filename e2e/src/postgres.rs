@@ -23,6 +23,8 @@ pub struct Postgres {
     data: PathBuf,
     uid: u32,
     gid: u32,
+    /// Extra `-c name=value` settings, kept for restarts.
+    settings: Vec<String>,
     // Declared last so the server stops before its directory is removed.
     dir: tempfile::TempDir,
 }
@@ -75,6 +77,26 @@ fn free_port() -> u16 {
 impl Postgres {
     /// Creates a cluster and starts it; returns once it accepts connections.
     pub fn start() -> Self {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// Like [`Postgres::start`], with TLS on: `cert_pem` (the chain) and `key_pem` are the
+    /// server's, written into its data directory (0600, the server's own) before it starts.
+    /// Plain connections are still accepted; a client asks for TLS.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::start_with(|data| {
+            for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+                let path = data.join(name);
+                trellis_identity::files::write_secret(&path, pem.as_bytes())
+                    .expect("write the server's TLS files");
+            }
+            vec!["ssl=on".into()]
+        })
+    }
+
+    /// Creates a cluster, lets `prepare` add files to its data directory and return `-c`
+    /// settings, and starts it.
+    fn start_with(prepare: impl FnOnce(&Path) -> Vec<String>) -> Self {
         let bin = bin_dir();
         let (uid, gid) = postgres_user();
         let dir = tempfile::tempdir().expect("temp dir for PostgreSQL");
@@ -93,8 +115,13 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&init.stderr)
         );
+        let settings = prepare(&data);
+        for entry in std::fs::read_dir(&data).expect("read the data directory") {
+            let path = entry.expect("entry").path();
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown");
+        }
         let port = free_port();
-        let process = Self::spawn(&bin, &data, dir.path(), uid, gid, port, 1);
+        let process = Self::spawn(&bin, &data, dir.path(), (uid, gid), port, 1, &settings);
         let server = Self {
             port,
             process,
@@ -102,6 +129,7 @@ impl Postgres {
             data,
             uid,
             gid,
+            settings,
             dir,
         };
         let created = Command::new(server.bin.join("createdb"))
@@ -128,10 +156,10 @@ impl Postgres {
         bin: &Path,
         data: &Path,
         dir: &Path,
-        uid: u32,
-        gid: u32,
+        (uid, gid): (u32, u32),
         port: u16,
         n: u32,
+        settings: &[String],
     ) -> Process {
         let mut command = Command::new(bin.join("postgres"));
         command
@@ -139,9 +167,11 @@ impl Postgres {
             .arg(data)
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
             .arg("-c")
-            .arg(format!("unix_socket_directories={}", dir.display()))
-            .uid(uid)
-            .gid(gid);
+            .arg(format!("unix_socket_directories={}", dir.display()));
+        for setting in settings {
+            command.arg("-c").arg(setting);
+        }
+        command.uid(uid).gid(gid);
         let mut process = Process::spawn(&format!("postgres.{n}"), command, dir);
         process.wait_for_line(START_TIMEOUT, |l| {
             l.contains("database system is ready to accept connections")
@@ -176,10 +206,10 @@ impl Postgres {
             &self.bin,
             &self.data,
             self.dir.path(),
-            self.uid,
-            self.gid,
+            (self.uid, self.gid),
             self.port,
             2,
+            &self.settings,
         );
     }
 

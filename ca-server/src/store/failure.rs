@@ -12,6 +12,9 @@ pub enum Cause {
     ReadOnly,
     /// Anything else the operating system reported (EIO, a permission change, ...).
     Io(String),
+    /// A networked database (named `USER@HOST:PORT/DATABASE`, never with its password)
+    /// refused or lost the connection.
+    Database { name: String, error: String },
 }
 
 impl Cause {
@@ -25,7 +28,8 @@ impl Cause {
     }
 }
 
-/// A write failure of the database in `dir`, with what to do about it.
+/// A write failure of the database in `dir` (empty for a networked one, which its
+/// [`Cause::Database`] names), with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub cause: Cause,
@@ -59,6 +63,11 @@ impl std::fmt::Display for Failure {
                 f,
                 "I/O error writing the database in {dir} ({e}); fix the storage (a running CA \
                  retries by itself)"
+            ),
+            Cause::Database { name, error } => write!(
+                f,
+                "PostgreSQL database {name} unreachable ({error}); make it reachable (a \
+                 running CA reconnects by itself)"
             ),
         }
     }

@@ -1,6 +1,7 @@
 //! What the CA needs from storage, as one interface: [`Store`]. The CA holds an
 //! `Arc<dyn Store>` and nothing else of its storage; the embedded default is sled
-//! ([`sled::SledStore`], opened by [`open`]).
+//! ([`sled::SledStore`]), the shared one for several replicas PostgreSQL
+//! ([`postgres::PostgresStore`]), either opened by [`open`].
 //!
 //! Architecture invariant: a certificate is recorded, and that record durable, before the
 //! reply that carries it is sent. A writer takes a [`Store::mark`], writes, then awaits
@@ -23,6 +24,7 @@
 //! is [`Store::durable`], which is async and shared by concurrent writers (group commit).
 
 mod failure;
+pub mod postgres;
 pub mod records;
 pub mod sled;
 
@@ -43,10 +45,42 @@ pub use records::{
     RootRecord, RootState, TokenRecord,
 };
 
+/// Which store the CA keeps its state in.
+#[derive(Debug, Clone, Default)]
+pub enum StoreConfig {
+    /// The embedded sled database in the data directory (the default).
+    #[default]
+    Sled,
+    /// A PostgreSQL database that any number of CA replicas share.
+    Postgres(Box<postgres::PostgresConfig>),
+}
+
+impl StoreConfig {
+    /// Where the store is, for messages: the sled directory, or the database's name.
+    pub fn location(&self, sled_dir: &Path) -> String {
+        match self {
+            Self::Sled => format!("in {}", sled_dir.display()),
+            Self::Postgres(config) => format!("PostgreSQL {}", config.name()),
+        }
+    }
+}
+
 /// Opens (creating if needed) the embedded store in `dir`. Needs a tokio runtime (for the
 /// group-commit task and for reopening after a write failure).
 pub fn open(dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
     Ok(Arc::new(sled::SledStore::open(dir)?))
+}
+
+/// Opens the configured store: sled in `sled_dir` ([`open`]), or a PostgreSQL database
+/// (its schema created or migrated first).
+pub fn open_configured(
+    config: &StoreConfig,
+    sled_dir: &Path,
+) -> Result<Arc<dyn Store>, StoreError> {
+    match config {
+        StoreConfig::Sled => open(sled_dir),
+        StoreConfig::Postgres(config) => Ok(Arc::new(postgres::PostgresStore::open(config)?)),
+    }
 }
 
 /// A future a [`Store`] returns (boxed, so that the trait can be used as `dyn Store`).
@@ -166,6 +200,15 @@ pub struct TokenUse {
     pub now: u64,
 }
 
+/// Held while a CA starts up; see [`Store::start_up_guard`].
+pub struct StartUpGuard(pub Box<dyn Send>);
+
+impl std::fmt::Debug for StartUpGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartUpGuard")
+    }
+}
+
 /// Where the writes that follow it go; see [`Store::durable`]. An implementation without
 /// generations returns any value and ignores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +282,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Durability waits served so far (each one a flush of the disk); with the number of
     /// certificates issued it tells how many writers one wait covers.
     fn flushes(&self) -> u64;
+
+    /// Keeps every other CA sharing this store out of its start-up (the check whether the
+    /// CA is initialised, and its initialisation) until the guard is dropped, so that
+    /// replicas starting at once on an empty database initialise it once. A store only one
+    /// CA opens (sled locks its directory) needs nothing.
+    fn start_up_guard(&self) -> Result<StartUpGuard, StoreError> {
+        Ok(StartUpGuard(Box::new(())))
+    }
 
     // --- metadata ---
 
