@@ -88,6 +88,18 @@ fn a_ca_that_loses_its_database_answers_unavailable_naming_it_and_resumes_by_its
         "{line}"
     );
     assert!(ca.process.is_running(), "the CA keeps serving what it can");
+    // What it holds in memory it still serves: the trust bundle.
+    let access = crash_support::CaAccess::new(ca.addr, &ca.trust_domain, &ca.admin_dir);
+    let bundle = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let mut client = access.workload(None).await.expect("connect");
+            client
+                .get_trust_bundle(trellis_proto::ca::v1::GetTrustBundleRequest {})
+                .await
+        })
+        .expect("the bundle while the database is down");
+    assert_eq!(bundle.get_ref().root_certificates_der.len(), 1);
 
     db.restart();
     let after = retry_until(
