@@ -88,6 +88,18 @@ fn a_ca_that_loses_its_database_answers_unavailable_naming_it_and_resumes_by_its
         "{line}"
     );
     assert!(ca.process.is_running(), "the CA keeps serving what it can");
+    // What it holds in memory it still serves: the trust bundle.
+    let access = crash_support::CaAccess::new(ca.addr, &ca.trust_domain, &ca.admin_dir);
+    let bundle = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let mut client = access.workload(None).await.expect("connect");
+            client
+                .get_trust_bundle(trellis_proto::ca::v1::GetTrustBundleRequest {})
+                .await
+        })
+        .expect("the bundle while the database is down");
+    assert_eq!(bundle.get_ref().root_certificates_der.len(), 1);
 
     db.restart();
     let after = retry_until(
@@ -263,4 +275,104 @@ fn replicas_starting_at_once_on_an_empty_database_initialise_it_once() {
         "1",
         "one root"
     );
+}
+
+/// PostgreSQL restarted while 8 clients issue through the CA as fast as they can: every
+/// refusal meanwhile is UNAVAILABLE naming the database, issuance resumes by itself, and
+/// every certificate a client was given is recorded with the DER it got.
+#[test]
+fn a_database_restart_under_issuance_loses_nothing_acknowledged() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use crash_support::{CaAccess, Received, check_recorded};
+    use trellis_identity::WorkloadKey;
+    use trellis_proto::admin::v1::IssueCertificateRequest;
+
+    const CLIENTS: usize = 8;
+    let mut db = Postgres::start();
+    let ca = Ca::start_with(&["--store", &db.url()]);
+    let access = Arc::new(CaAccess::new(ca.addr, &ca.trust_domain, &ca.admin_dir));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let stop = Arc::new(AtomicBool::new(false));
+    let given = Arc::new(Mutex::new(Vec::<Received>::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let refusals = Arc::new(Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|n| {
+            let (access, stop, given, count, refusals) = (
+                access.clone(),
+                stop.clone(),
+                given.clone(),
+                count.clone(),
+                refusals.clone(),
+            );
+            runtime.spawn(async move {
+                let mut admin = access.admin().await.expect("admin connection");
+                while !stop.load(Ordering::SeqCst) {
+                    let csr = WorkloadKey::generate()
+                        .expect("key")
+                        .csr_der(None)
+                        .expect("csr");
+                    let reply = admin
+                        .issue_certificate(IssueCertificateRequest {
+                            csr_der: csr,
+                            spiffe_id: format!("spiffe://cluster.local/issuer-{n}"),
+                            ..Default::default()
+                        })
+                        .await;
+                    match reply {
+                        Ok(r) => {
+                            given.lock().expect("lock").push(Received::from_response(
+                                r.get_ref(),
+                                "admin",
+                                0,
+                            ));
+                            count.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(status) => refusals.lock().expect("lock").push(format!(
+                            "{:?}: {}",
+                            status.code(),
+                            status.message()
+                        )),
+                    }
+                }
+            })
+        })
+        .collect();
+    let reach = |n: usize| {
+        retry_until(Duration::from_secs(30), "issuance goes on", || {
+            let done = count.load(Ordering::SeqCst);
+            if done >= n { Ok(done) } else { Err(done) }
+        })
+    };
+    let before = reach(50);
+    db.restart();
+    reach(before + 50);
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        runtime.block_on(client).expect("client task");
+    }
+
+    for refusal in refusals.lock().expect("lock").iter() {
+        assert!(
+            refusal.starts_with("Unavailable") && refusal.contains(&name(&db)),
+            "{refusal}"
+        );
+    }
+    let given = given.lock().expect("lock").clone();
+    runtime.block_on(async {
+        let mut admin = access.admin().await.expect("admin connection");
+        for received in &given {
+            check_recorded(&mut admin, received)
+                .await
+                .expect("recorded");
+        }
+    });
+    eprintln!(
+        "{} certificates given, {} refusals while PostgreSQL restarted",
+        given.len(),
+        refusals.lock().expect("lock").len()
+    );
+    assert!(given.len() > before, "{} given", given.len());
 }

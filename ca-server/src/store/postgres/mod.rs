@@ -57,7 +57,7 @@ const POOL_SIZE: usize = 16;
 const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The advisory lock a starting CA holds (any key other than the migration's).
-const START_UP_LOCK: i64 = 0x0074_7265_6c6c_6973 + 1;
+const START_UP_LOCK: i64 = schema::MIGRATION_LOCK + 1;
 
 const META_TRUST_DOMAIN: &str = "trust_domain";
 const META_BUNDLE_VERSION: &str = "bundle_version";
@@ -83,7 +83,8 @@ struct Db {
     failing: AtomicBool,
 }
 
-pub(crate) type Client = deadpool_postgres::Object;
+/// A pooled connection.
+type Client = deadpool_postgres::Object;
 
 /// A Postgres bigint for a stored number (Unix seconds, versions, sequences), saturating.
 fn int(value: u64) -> i64 {
