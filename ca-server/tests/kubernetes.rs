@@ -7,8 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -59,42 +58,13 @@ impl Minted {
     }
 }
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("ca-server/ is inside the workspace")
-        .to_path_buf()
-}
-
 /// Runs the minting script with `keys` (kid, "RSA" or "EC") and token specs (see the script).
 fn mint(keys: &[(&str, &str)], tokens: Value) -> Minted {
-    let python = workspace().join("target/py-tools/bin/python3");
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/install-test-deps.sh",
-        python.display()
-    );
     let spec = json!({
         "keys": keys.iter().map(|(kid, kty)| json!({"kid": kid, "kty": kty})).collect::<Vec<_>>(),
         "tokens": tokens,
     });
-    let mut child = Command::new(python)
-        .arg(workspace().join("scripts/test-support/sa_tokens.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the minting script");
-    let mut stdin = child.stdin.take().expect("stdin");
-    std::io::Write::write_all(&mut stdin, spec.to_string().as_bytes()).expect("write the spec");
-    drop(stdin);
-    let out = child.wait_with_output().expect("minting script");
-    assert!(
-        out.status.success(),
-        "sa_tokens.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out: Value = serde_json::from_slice(&out.stdout).expect("JSON from sa_tokens.py");
+    let out = trellis_e2e::python::mint_sa_tokens(&spec);
     Minted {
         jwks: out["jwks"]["keys"]
             .as_array()
