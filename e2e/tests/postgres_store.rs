@@ -332,7 +332,7 @@ fn no_private_key_in_a_dump(db: &Postgres) {
 fn a_root_added_through_one_replica_and_activated_through_another_signs_on_both() {
     let db = Postgres::start();
     let mut a = Ca::start_with(&db.ca_args());
-    let b = Ca::start_with(&db.ca_args());
+    let mut b = Ca::start_with(&db.ca_args());
     // The root a certificate issued through `ca` chains to, as the store recorded it.
     let root_of_issued = |ca: &Ca| -> String {
         let serial = issue(ca, &ca.scratch().join("svid")).success().json()["serial"]
@@ -356,7 +356,9 @@ fn a_root_added_through_one_replica_and_activated_through_another_signs_on_both(
         .success()
         .json();
     let new_root = added["root"]["id"].as_str().expect("root id").to_owned();
-    // B holds no file of A's: it reads the new root's key sealed from the database.
+    // B learns of the new root in the bundle from the store (here by a restart); B holds no
+    // file of A's: it reads the new root's key sealed from the database.
+    b.restart();
     run(
         b.admin_command(&["root", "activate", &new_root, "--force"]),
         TIMEOUT,
@@ -364,8 +366,11 @@ fn a_root_added_through_one_replica_and_activated_through_another_signs_on_both(
     .success();
     assert_eq!(root_of_issued(&b), new_root, "B signs under the new root");
 
-    // A restarted loads the intermediate B made, whose key only the database holds.
+    // A restarted loads the intermediate B made, whose key only the database holds. It is
+    // reached with B's admin credentials, which activation moved to the new root (A's own
+    // were made under the first root, whose bundle alone does not accept A's new chain).
     a.restart();
+    a.admin_dir = b.admin_dir.clone();
     assert_eq!(root_of_issued(&a), new_root, "A signs under the new root");
     assert_eq!(psql(&db, "SELECT count(*) FROM sealed_keys"), "5");
     no_private_key_in_a_dump(&db);
