@@ -24,12 +24,11 @@ use trellis_identity::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey, ca_files
 use crate::config::Config;
 use crate::error::CaError;
 use crate::issuance::{Credential, Issuance};
-use crate::keys::{Kek, Keys};
+use crate::keys::Keys;
 use crate::services::Services;
 use crate::state::{Core, unix};
 use crate::store::{
-    AuditRecord, Cause, Change, IntermediateRecord, RootRecord, RootState, Store, StoreConfig,
-    StoreError,
+    AuditRecord, Cause, Change, IntermediateRecord, RootRecord, RootState, Store, StoreError,
 };
 use trellis_identity::files;
 use trellis_identity::profile::{self, SigningCa};
@@ -78,7 +77,7 @@ pub(crate) async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Se
     files::create_private_dir(&dir.0).map_err(io(format!("data directory {}", dir.0.display())))?;
     files::create_private_dir(&dir.keys()).map_err(io("keys directory".into()))?;
     // Read before the database is reached: a CA without its KEK stops here, naming it.
-    let kek = key_encryption_key(&config)?;
+    let kek = crate::keys::key_encryption_key(&config)?;
     let store = crate::store::open_configured(&config.store, &dir.db()).map_err(|e| match e {
         // Says what is wrong with the database and what to do, naming it.
         StoreError::Damaged { .. } | StoreError::Unavailable(_) => {
@@ -132,26 +131,6 @@ pub(crate) async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Se
 /// A store failure where no more precise "what was not done" applies (reads, start-up).
 pub(crate) fn store_err(e: crate::store::StoreError) -> CaError {
     CaError::Unavailable(format!("certificate store unavailable: {e}"))
-}
-
-/// The KEK a PostgreSQL store's keys are sealed under (none for sled, which keeps files).
-fn key_encryption_key(config: &Config) -> Result<Option<Kek>, CaError> {
-    match (&config.store, &config.key_encryption_key_file) {
-        (StoreConfig::Sled, Some(path)) => {
-            tracing::warn!(file = %path.display(), "the key-encryption key is unused with the sled store: keys stay files in the data directory");
-            Ok(None)
-        }
-        (StoreConfig::Sled, None) => Ok(None),
-        (StoreConfig::Postgres(_), Some(path)) => Kek::read(path).map(Some),
-        (StoreConfig::Postgres(_), None) => Err(CaError::InvalidArgument(
-            "the PostgreSQL store needs a key-encryption key: the CA's private keys are kept \
-             in the database sealed under it, so that every replica can sign; give every \
-             replica the same file with --key-encryption-key-file (or [store] \
-             key_encryption_key_file, TRELLIS_KEY_ENCRYPTION_KEY_FILE), made once with \
-             `head -c 32 /dev/urandom | base64 > kek && chmod 600 kek`"
-                .into(),
-        )),
-    }
 }
 
 fn initialise(

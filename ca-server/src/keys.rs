@@ -17,8 +17,9 @@ use rcgen::KeyPair;
 use trellis_identity::files;
 use zeroize::Zeroizing;
 
+use crate::config::Config;
 use crate::error::CaError;
-use crate::store::Store;
+use crate::store::{Store, StoreConfig};
 
 /// The first byte of a sealed key: the format (AES-256-GCM, 96-bit random nonce).
 const SEALED_V1: u8 = 1;
@@ -76,6 +77,27 @@ impl Kek {
         LessSafeKey::new(
             UnboundKey::new(&AES_256_GCM, &*self.0).expect("an AES-256 key is 32 bytes"),
         )
+    }
+}
+
+/// The KEK a PostgreSQL store's keys are sealed under (none for sled, which keeps files),
+/// read from the configured file; refused, naming the fix, if PostgreSQL has none.
+pub fn key_encryption_key(config: &Config) -> Result<Option<Kek>, CaError> {
+    match (&config.store, &config.key_encryption_key_file) {
+        (StoreConfig::Sled, Some(path)) => {
+            tracing::warn!(file = %path.display(), "the key-encryption key is unused with the sled store: keys stay files in the data directory");
+            Ok(None)
+        }
+        (StoreConfig::Sled, None) => Ok(None),
+        (StoreConfig::Postgres(_), Some(path)) => Kek::read(path).map(Some),
+        (StoreConfig::Postgres(_), None) => Err(CaError::InvalidArgument(
+            "the PostgreSQL store needs a key-encryption key: the CA's private keys are kept \
+             in the database sealed under it, so that every replica can sign; give every \
+             replica the same file with --key-encryption-key-file (or [store] \
+             key_encryption_key_file, TRELLIS_KEY_ENCRYPTION_KEY_FILE), made once with \
+             `head -c 32 /dev/urandom | base64 > kek && chmod 600 kek`"
+                .into(),
+        )),
     }
 }
 

@@ -96,6 +96,27 @@ fn a_ca_on_postgres_without_a_usable_key_encryption_key_refuses_to_start_naming_
     );
 }
 
+#[test]
+fn check_config_refuses_postgres_without_a_key_encryption_key() {
+    let url = "postgres://trellis@127.0.0.1:1/trellis";
+    let missing = ca_exits(&["--check-config", "--store", url]);
+    let line = missing.failure(2);
+    assert!(
+        line.contains("--key-encryption-key-file") && line.contains("head -c 32"),
+        "{line}"
+    );
+    let db = Postgres::start();
+    let kek = db.kek_file();
+    let given = ca_exits(&[
+        "--check-config",
+        "--store",
+        url,
+        "--key-encryption-key-file",
+        kek.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(given.code, Some(0), "{given:?}");
+}
+
 /// `trellis cert issue` for one workload through `ca`, as JSON.
 fn issue(ca: &Ca, out: &std::path::Path) -> trellis_e2e::Outcome {
     run(
