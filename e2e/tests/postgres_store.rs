@@ -347,8 +347,9 @@ fn no_private_key_in_a_dump(db: &Postgres) {
     }
 }
 
-/// Root rotation across replicas that share no files: the root is added through A, its
-/// intermediate made through B, and both sign with keys the other made.
+/// Root and JWT-key rotation across replicas that share no files: the root and the JWT key
+/// are added through A, activated through B (the intermediate made there), and both sign
+/// with keys the other made.
 #[test]
 fn a_root_added_through_one_replica_and_activated_through_another_signs_on_both() {
     let db = Postgres::start();
@@ -377,6 +378,10 @@ fn a_root_added_through_one_replica_and_activated_through_another_signs_on_both(
         .success()
         .json();
     let new_root = added["root"]["id"].as_str().expect("root id").to_owned();
+    let added_jwt = run(a.admin_command(&["jwt-key", "add", "-o", "json"]), TIMEOUT)
+        .success()
+        .json();
+    let new_kid = added_jwt["key"]["key_id"].as_str().expect("kid").to_owned();
     // B learns of the new root in the bundle from the store (here by a restart); B holds no
     // file of A's: it reads the new root's key sealed from the database.
     b.restart();
@@ -386,6 +391,14 @@ fn a_root_added_through_one_replica_and_activated_through_another_signs_on_both(
     )
     .success();
     assert_eq!(root_of_issued(&b), new_root, "B signs under the new root");
+    // The JWT-SVID key A made, activated through B, which loads it to sign with.
+    let activated = run(
+        b.admin_command(&["jwt-key", "activate", &new_kid, "--force", "-o", "json"]),
+        TIMEOUT,
+    )
+    .success()
+    .json();
+    assert_eq!(activated["key"]["state"], "active", "{activated}");
 
     // A restarted loads the intermediate B made, whose key only the database holds. It is
     // reached with B's admin credentials, which activation moved to the new root (A's own
@@ -393,6 +406,7 @@ fn a_root_added_through_one_replica_and_activated_through_another_signs_on_both(
     a.restart();
     a.admin_dir = b.admin_dir.clone();
     assert_eq!(root_of_issued(&a), new_root, "A signs under the new root");
-    assert_eq!(psql(&db, "SELECT count(*) FROM sealed_keys"), "5");
+    // Two roots, two intermediates, two JWT keys.
+    assert_eq!(psql(&db, "SELECT count(*) FROM sealed_keys"), "6");
     no_private_key_in_a_dump(&db);
 }
