@@ -354,7 +354,14 @@ fn no_private_key_in_a_dump(db: &Postgres) {
 fn a_root_added_through_one_replica_and_activated_through_another_signs_on_both() {
     let db = Postgres::start();
     let mut a = Ca::start_with(&db.ca_args());
-    let mut b = Ca::start_with(&db.ca_args());
+    let crl_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut b_args = db.ca_args();
+    b_args.extend(["--http-listen".into(), format!("127.0.0.1:{crl_port}")]);
+    let mut b = Ca::start_with(&b_args);
+    let first_intermediate = psql(&db, "SELECT id FROM intermediates");
     // The root a certificate issued through `ca` chains to, as the store recorded it.
     let root_of_issued = |ca: &Ca| -> String {
         let serial = issue(ca, &ca.scratch().join("svid")).success().json()["serial"]
@@ -391,6 +398,19 @@ fn a_root_added_through_one_replica_and_activated_through_another_signs_on_both(
     )
     .success();
     assert_eq!(root_of_issued(&b), new_root, "B signs under the new root");
+    // B signs the CRL of the first intermediate, whose key A made, on request.
+    let crl = http_get(crl_port, &format!("/crl/{first_intermediate}"));
+    assert!(
+        crl.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&crl)
+    );
+    let body = crl
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a body")
+        + 4;
+    assert_eq!(crl.get(body), Some(&0x30), "a DER CRL");
     // The JWT-SVID key A made, activated through B, which loads it to sign with.
     let activated = run(
         b.admin_command(&["jwt-key", "activate", &new_kid, "--force", "-o", "json"]),
@@ -409,4 +429,21 @@ fn a_root_added_through_one_replica_and_activated_through_another_signs_on_both(
     // Two roots, two intermediates, two JWT keys.
     assert_eq!(psql(&db, "SELECT count(*) FROM sealed_keys"), "6");
     no_private_key_in_a_dump(&db);
+}
+
+/// A plain HTTP/1.1 GET to 127.0.0.1:`port`, the whole response.
+fn http_get(port: u16, path: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("response");
+    response
 }
