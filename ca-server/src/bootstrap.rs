@@ -58,7 +58,8 @@ impl DataDir {
     }
 }
 
-fn io(context: String) -> impl FnOnce(std::io::Error) -> CaError {
+/// An I/O error on the data directory: disk full and read-only named with their fix.
+pub(crate) fn io(context: String) -> impl FnOnce(std::io::Error) -> CaError {
     move |e| match Cause::of_io(&e) {
         Cause::DiskFull => CaError::Unavailable(format!(
             "{context}: disk full ({e}); free space on that filesystem"

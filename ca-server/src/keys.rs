@@ -185,7 +185,7 @@ impl Keys {
     pub(crate) fn save(&self, name: &str, pem: &str) -> Result<(), CaError> {
         match self {
             Self::Files(dir) => files::write_secret(&dir.join(name), pem.as_bytes())
-                .map_err(|e| CaError::Unavailable(format!("writing key {name}: {e}"))),
+                .map_err(crate::bootstrap::io(format!("writing key {name}"))),
             Self::Sealed {
                 store,
                 kek,
