@@ -52,7 +52,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     for store in &args.store {
         match store.as_str() {
-            "sled" => run_on(&args, "sled", StoreConfig::Sled)?,
+            "sled" => run_on(&args, "sled", StoreConfig::Sled, None)?,
             "postgres" => {
                 // Debian's server, fsync and synchronous_commit on (its defaults): every
                 // certificate is committed before its reply, as with sled.
@@ -64,7 +64,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     None,
                 )
                 .map_err(|e| anyhow::anyhow!(e))?;
-                run_on(&args, "postgres", StoreConfig::Postgres(Box::new(config)))?;
+                run_on(
+                    &args,
+                    "postgres",
+                    StoreConfig::Postgres(Box::new(config)),
+                    Some(server.kek_file()),
+                )?;
             }
             other => anyhow::bail!("--store {other:?}: expected sled or postgres"),
         }
@@ -73,10 +78,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Every level on one store.
-fn run_on(args: &Args, name: &str, store: StoreConfig) -> anyhow::Result<()> {
+fn run_on(
+    args: &Args,
+    name: &str,
+    store: StoreConfig,
+    kek: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut config = Config::for_data_dir(dir.path().join("ca"));
     config.store = store;
+    config.key_encryption_key_file = kek;
     config.listen = "127.0.0.1:0".parse()?;
     // This measures issuance capacity, not policy: each client renews its one identity
     // hundreds of times a second, far past any sane per-identity limit (`agent-storm`

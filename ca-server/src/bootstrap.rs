@@ -24,6 +24,7 @@ use trellis_identity::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey, ca_files
 use crate::config::Config;
 use crate::error::CaError;
 use crate::issuance::{Credential, Issuance};
+use crate::keys::Keys;
 use crate::services::Services;
 use crate::state::{Core, unix};
 use crate::store::{
@@ -57,7 +58,8 @@ impl DataDir {
     }
 }
 
-fn io(context: String) -> impl FnOnce(std::io::Error) -> CaError {
+/// An I/O error on the data directory: disk full and read-only named with their fix.
+pub(crate) fn io(context: String) -> impl FnOnce(std::io::Error) -> CaError {
     move |e| match Cause::of_io(&e) {
         Cause::DiskFull => CaError::Unavailable(format!(
             "{context}: disk full ({e}); free space on that filesystem"
@@ -75,6 +77,8 @@ pub(crate) async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Se
     let dir = DataDir(config.data_dir.clone());
     files::create_private_dir(&dir.0).map_err(io(format!("data directory {}", dir.0.display())))?;
     files::create_private_dir(&dir.keys()).map_err(io("keys directory".into()))?;
+    // Read before the database is reached: a CA without its KEK stops here, naming it.
+    let kek = crate::keys::key_encryption_key(&config)?;
     let store = crate::store::open_configured(&config.store, &dir.db()).map_err(|e| match e {
         // Says what is wrong with the database and what to do, naming it.
         StoreError::Damaged { .. } | StoreError::Unavailable(_) => {
@@ -85,7 +89,16 @@ pub(crate) async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Se
             config.store.location(&dir.db())
         )),
     })?;
-    // Replicas sharing a database take turns from here to the end of the initialisation.
+    let keys = match kek {
+        Some(kek) => Keys::Sealed {
+            store: store.clone(),
+            kek: Arc::new(kek),
+            trust_domain: config.trust_domain.as_str().to_owned(),
+        },
+        None => Keys::Files(dir.keys()),
+    };
+    // Replicas sharing a database take turns from here to the end of the initialisation,
+    // so the first root's, intermediate's and JWT key's sealed keys are stored once.
     let starting = store.start_up_guard().map_err(store_err)?;
     match store.trust_domain().map_err(store_err)? {
         Some(stored) if stored != config.trust_domain.as_str() => {
@@ -99,11 +112,11 @@ pub(crate) async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Se
     }
     let fresh = store.active_intermediate().map_err(store_err)?.is_none();
     if fresh {
-        initialise(&config, &*store, &dir, clock.now())?;
+        initialise(&config, &*store, &keys, clock.now())?;
     }
-    crate::jwt_svid::ensure_active_key(&*store, &dir, unix(clock.now()), !fresh)?;
+    crate::jwt_svid::ensure_active_key(&*store, &keys, unix(clock.now()), !fresh)?;
     drop(starting);
-    let ca = Arc::new(load(config, store, clock, &dir)?);
+    let ca = Arc::new(load(config, store, keys, clock)?);
     files::write_atomic(
         &dir.bundle_pem(),
         ca.core.bundle().to_pem().as_bytes(),
@@ -124,7 +137,7 @@ pub(crate) fn store_err(e: crate::store::StoreError) -> CaError {
 fn initialise(
     config: &Config,
     store: &dyn Store,
-    dir: &DataDir,
+    keys: &Keys,
     now: std::time::SystemTime,
 ) -> Result<(), CaError> {
     let td = &config.trust_domain;
@@ -144,16 +157,14 @@ fn initialise(
     let root_key_file = match root_key {
         Some(pem) => {
             let name = format!("root-{root_id}.key.pem");
-            files::write_secret(&dir.keys().join(&name), pem.as_bytes())
-                .map_err(io("writing root key".into()))?;
+            keys.save(&name, &pem)?;
             Some(name)
         }
         None => None,
     };
     let inter_key_file = format!("intermediate-{}.key.pem", signer.id);
     let inter_key_pem = Zeroizing::new(signer.key().serialize_pem());
-    files::write_secret(&dir.keys().join(&inter_key_file), inter_key_pem.as_bytes())
-        .map_err(io("writing intermediate key".into()))?;
+    keys.save(&inter_key_file, &inter_key_pem)?;
     let now_unix = unix(now);
     store
         .apply(&Change {
@@ -337,12 +348,12 @@ pub(crate) fn load_key(path: &Path, what: &str) -> Result<KeyPair, CaError> {
         .map_err(|e| CaError::Internal(format!("{what} {}: {e}", path.display())))
 }
 
-/// The signer for a recorded intermediate, with its key from the keys directory.
+/// The signer for a recorded intermediate, with its key.
 pub(crate) fn load_intermediate(
-    dir: &DataDir,
+    keys: &Keys,
     record: &crate::store::IntermediateRecord,
 ) -> Result<SigningCa, CaError> {
-    let key = load_key(&dir.keys().join(&record.key_file), "intermediate key")?;
+    let key = keys.load(&record.key_file, "intermediate key")?;
     let mut signer = SigningCa::new(CertificateDer::from(record.cert_der.clone()), key)?;
     signer.root_id = record.root_id.clone();
     Ok(signer)
@@ -351,30 +362,37 @@ pub(crate) fn load_intermediate(
 fn load(
     config: Config,
     store: Arc<dyn Store>,
+    keys: Keys,
     clock: Arc<dyn Clock>,
-    dir: &DataDir,
 ) -> Result<Services, CaError> {
     let inter = store
         .active_intermediate()
         .map_err(store_err)?
         .ok_or_else(|| CaError::Internal("no signing intermediate after initialisation".into()))?;
-    if !dir.keys().join(&inter.key_file).exists() {
-        // What a replica started on a database another one initialised meets.
+    if !keys.holds(&inter.key_file)? {
         return Err(CaError::Unavailable(format!(
-            "the store's signing intermediate {} has no key in {}: the store was initialised \
-             by another CA (a replica sharing the database); give this one the same keys \
-             directory (a copy of that CA's {}, or the Secret every replica mounts)",
+            "the store's signing intermediate {} has no key {}: {}",
             inter.id,
-            dir.keys().display(),
-            dir.keys().display()
+            inter.key_file,
+            match &keys {
+                Keys::Files(dir) => format!(
+                    "the keys directory {} does not hold it (a data directory restored \
+                     without its keys?)",
+                    dir.display()
+                ),
+                Keys::Sealed { .. } => "the database does not hold it sealed".into(),
+            }
         )));
     }
-    let signer = load_intermediate(dir, &inter)?;
-    let active_jwt = crate::jwt_svid::ensure_active_key(&*store, dir, unix(clock.now()), true)?;
-    let jwt_signer = crate::jwt_svid::load_signer(dir, &active_jwt)?;
+    let signer = load_intermediate(&keys, &inter)?;
+    let active_jwt = crate::jwt_svid::ensure_active_key(&*store, &keys, unix(clock.now()), true)?;
+    let jwt_signer = crate::jwt_svid::load_signer(&keys, &active_jwt)?;
     let bundle = bundle_from_store(&config.trust_domain, &*store)?;
     store.start_counting(unix(clock.now())).map_err(store_err)?;
-    Services::new(Core::new(config, store, clock, signer, bundle), jwt_signer)
+    Services::new(
+        Core::new(config, store, keys, clock, signer, bundle),
+        jwt_signer,
+    )
 }
 
 /// The bundle as stored: every root not retired, in the order they were added (so that

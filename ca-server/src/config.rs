@@ -95,6 +95,11 @@ pub struct Flags {
     /// PEM roots the database server's certificate must chain to; TLS is required with it.
     #[arg(long, env = "TRELLIS_STORE_CA_FILE", value_name = "FILE")]
     pub store_ca_file: Option<PathBuf>,
+    /// The key-encryption key (32 random bytes, base64; 0600) the CA's private keys are
+    /// sealed under in a PostgreSQL store; the same file on every replica. Required with
+    /// PostgreSQL.
+    #[arg(long, env = "TRELLIS_KEY_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    pub key_encryption_key_file: Option<PathBuf>,
     /// Once every listener is bound, write a JSON document here with their addresses, the
     /// pid and the SPIFFE ID (atomically: a reader sees all of it or nothing).
     #[arg(long, env = "TRELLIS_READY_FILE", value_name = "FILE")]
@@ -184,6 +189,8 @@ pub struct StoreFile {
     pub password_file: Option<PathBuf>,
     /// PEM roots the database server's certificate must chain to (TLS required).
     pub ca_file: Option<PathBuf>,
+    /// The key-encryption key the CA's private keys are sealed under in PostgreSQL.
+    pub key_encryption_key_file: Option<PathBuf>,
 }
 
 /// The store settings that come from outside the file: flags and the environment.
@@ -196,6 +203,7 @@ struct StoreInputs {
     password_env: Option<String>,
     password_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
+    key_encryption_key_file: Option<PathBuf>,
 }
 
 impl StoreInputs {
@@ -351,6 +359,8 @@ pub struct Config {
     pub certificate_retention: Option<Duration>,
     /// Where the CA keeps its state.
     pub store: StoreConfig,
+    /// The key-encryption key file (PostgreSQL: the CA's keys are sealed under it).
+    pub key_encryption_key_file: Option<PathBuf>,
 }
 
 /// A configuration problem, as one line naming the setting.
@@ -421,6 +431,7 @@ impl Config {
             password_env: env("TRELLIS_STORE_PASSWORD"),
             password_file: flags.store_password_file,
             ca_file: flags.store_ca_file,
+            key_encryption_key_file: flags.key_encryption_key_file,
         };
         let limits = file.limits.get_or_insert_with(LimitsFile::default);
         macro_rules! over_limits {
@@ -443,6 +454,11 @@ impl Config {
     }
 
     fn build_with(file: FileConfig, store: StoreInputs) -> Result<Self, ConfigError> {
+        let key_encryption_key_file = store.key_encryption_key_file.clone().or_else(|| {
+            file.store
+                .as_ref()
+                .and_then(|f| f.key_encryption_key_file.clone())
+        });
         let store = store.build(file.store.as_ref())?;
         let td_text = file.trust_domain.unwrap_or_else(|| "cluster.local".into());
         let trust_domain = TrustDomain::new(&td_text)
@@ -541,6 +557,7 @@ impl Config {
             audit: file.audit.unwrap_or_default().build()?,
             jwt_svid: file.jwt_svid.unwrap_or_default().build()?,
             store,
+            key_encryption_key_file,
             certificate_retention: match file.store.and_then(|s| s.certificate_retention) {
                 None => Some(DEFAULT_CERTIFICATE_RETENTION),
                 Some(text) if text.trim() == "0" => None,

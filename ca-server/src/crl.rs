@@ -4,7 +4,7 @@
 //! validity has passed.
 
 use std::collections::HashMap;
-use std::path::Path;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -15,6 +15,7 @@ use trellis_identity::crl_reason::CrlReason;
 use trellis_identity::profile::{CrlEntry, SigningCa};
 
 use crate::error::CaError;
+use crate::keys::Keys;
 use crate::revocation::Revocations;
 use crate::state::{Core, off_runtime, unix};
 use crate::store::Store;
@@ -69,7 +70,7 @@ impl Crls {
             signer
         } else {
             let store = core.store.clone();
-            let keys = core.data_dir().keys();
+            let keys = core.keys.clone();
             let wanted = id.clone();
             Arc::new(off_runtime(move || load_intermediate(&*store, &keys, &wanted)).await?)
         };
@@ -139,7 +140,7 @@ async fn next_crl_number(store: &dyn Store, id: &str, now: SystemTime) -> Result
     Ok(number)
 }
 
-fn load_intermediate(store: &dyn Store, keys: &Path, id: &str) -> Result<SigningCa, CaError> {
+fn load_intermediate(store: &dyn Store, keys: &Keys, id: &str) -> Result<SigningCa, CaError> {
     let record = store
         .intermediates()
         .map_err(crate::bootstrap::store_err)?
@@ -148,6 +149,6 @@ fn load_intermediate(store: &dyn Store, keys: &Path, id: &str) -> Result<Signing
         .ok_or_else(|| {
             CaError::NotFound(format!("no intermediate {id:?}; see `trellis ca status`"))
         })?;
-    let key = crate::bootstrap::load_key(&keys.join(&record.key_file), "intermediate key")?;
+    let key = keys.load(&record.key_file, "intermediate key")?;
     Ok(SigningCa::new(CertificateDer::from(record.cert_der), key)?)
 }

@@ -25,6 +25,7 @@ pub(crate) mod http;
 mod https_get;
 pub(crate) mod issuance;
 pub(crate) mod jwt_svid;
+pub mod keys;
 pub mod limits;
 mod metrics;
 pub(crate) mod peer;

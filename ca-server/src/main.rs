@@ -98,6 +98,11 @@ async fn main() -> ExitCode {
         }
     };
     if check_only {
+        // The KEK file is part of the configuration: a missing or unsafe one fails here too.
+        if let Err(e) = trellis_ca::keys::key_encryption_key(&config) {
+            eprintln!("trellis-ca: configuration: {e}");
+            return ExitCode::from(2);
+        }
         println!("configuration OK: {config:#?}");
         return ExitCode::SUCCESS;
     }

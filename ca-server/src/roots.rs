@@ -17,7 +17,7 @@ use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 use trellis_identity::profile::{self, SigningCa};
 use trellis_identity::spiffe::reserved;
-use trellis_identity::{CertInfo, SpiffeId, TrustBundle, files};
+use trellis_identity::{CertInfo, SpiffeId, TrustBundle};
 use zeroize::Zeroizing;
 
 use crate::acks::BundleAcks;
@@ -250,12 +250,8 @@ impl Roots {
         let key_file = match key_pem {
             Some(pem) => {
                 let name = format!("root-{id}.key.pem");
-                let path = self.core.data_dir().keys().join(&name);
-                off_runtime(move || {
-                    files::write_secret(&path, pem.as_bytes())
-                        .map_err(|e| CaError::Unavailable(format!("writing the root key: {e}")))
-                })
-                .await?;
+                let (keys, file) = (self.core.keys.clone(), name.clone());
+                off_runtime(move || keys.save(&file, &pem)).await?;
                 Some(name)
             }
             None => None,
@@ -322,9 +318,8 @@ impl Roots {
                  intermediate under it"
             ))
         })?;
-        let dir = core.data_dir();
-        let root_key_path = dir.keys().join(&key_file);
-        let key = off_runtime(move || bootstrap::load_key(&root_key_path, "root key")).await?;
+        let keys = core.keys.clone();
+        let key = off_runtime(move || keys.load(&key_file, "root key")).await?;
         let root_signer = SigningCa::new(CertificateDer::from(target.cert_der.clone()), key)?;
         let inter = profile::new_intermediate(
             &core.config.trust_domain,
@@ -336,12 +331,8 @@ impl Roots {
         signer.root_id = target.id.clone();
         let inter_key_file = format!("intermediate-{}.key.pem", signer.id);
         let inter_key_pem = Zeroizing::new(signer.key().serialize_pem());
-        let inter_key_path = dir.keys().join(&inter_key_file);
-        off_runtime(move || {
-            files::write_secret(&inter_key_path, inter_key_pem.as_bytes())
-                .map_err(|e| CaError::Unavailable(format!("writing the intermediate key: {e}")))
-        })
-        .await?;
+        let (keys, file) = (core.keys.clone(), inter_key_file.clone());
+        off_runtime(move || keys.save(&file, &inter_key_pem)).await?;
         let mut change = Change::default();
         for root in roots.iter_mut() {
             if root.state == RootState::Active {
@@ -379,7 +370,7 @@ impl Roots {
         self.serving.renew().await?;
         // The admin credentials in the data directory move to the new root too, so that
         // retiring the old root cannot lock the operator out.
-        bootstrap::write_admin_credentials(&self.issuance, &dir.admin()).await?;
+        bootstrap::write_admin_credentials(&self.issuance, &core.data_dir().admin()).await?;
         tracing::info!(root = id, "root activated; new certificates chain to it");
         Ok(activated)
     }

@@ -16,6 +16,7 @@ use trellis_identity::{TrustBundle, files};
 use crate::bootstrap::{self, DataDir};
 use crate::config::Config;
 use crate::error::CaError;
+use crate::keys::Keys;
 use crate::peer::PeerChain;
 use crate::store::Store;
 
@@ -24,6 +25,8 @@ use crate::store::Store;
 pub(crate) struct Core {
     pub(crate) config: Config,
     pub(crate) store: Arc<dyn Store>,
+    /// The CA's private keys (`keys.rs`).
+    pub(crate) keys: Keys,
     clock: Arc<dyn Clock>,
     signer: RwLock<Signer>,
     /// Bumped whenever the signing intermediate changes (the serving certificate follows).
@@ -62,6 +65,7 @@ impl Core {
     pub(crate) fn new(
         config: Config,
         store: Arc<dyn Store>,
+        keys: Keys,
         clock: Arc<dyn Clock>,
         signer: SigningCa,
         bundle: TrustBundle,
@@ -69,6 +73,7 @@ impl Core {
         Self {
             config,
             store,
+            keys,
             clock,
             signer: RwLock::new(Signer::new(signer, &bundle)),
             signer_changes: watch::Sender::new(0),

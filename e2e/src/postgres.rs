@@ -25,6 +25,8 @@ pub struct Postgres {
     gid: u32,
     /// Extra `-c name=value` settings, kept for restarts.
     settings: Vec<String>,
+    /// The key-encryption key file every CA replica on this database is given (0600).
+    kek: tempfile::TempDir,
     // Declared last so the server stops before its directory is removed.
     dir: tempfile::TempDir,
 }
@@ -130,6 +132,7 @@ impl Postgres {
             uid,
             gid,
             settings,
+            kek: new_kek(),
             dir,
         };
         let created = Command::new(server.bin.join("createdb"))
@@ -179,6 +182,22 @@ impl Postgres {
         process
     }
 
+    /// The key-encryption key file (32 random bytes, base64, 0600) the CA's keys are sealed
+    /// under in this database: the same for every replica.
+    pub fn kek_file(&self) -> PathBuf {
+        self.kek.path().join("kek")
+    }
+
+    /// What a `trellis-ca` replica on this database is started with: the store and the KEK.
+    pub fn ca_args(&self) -> Vec<String> {
+        vec![
+            "--store".into(),
+            self.url(),
+            "--key-encryption-key-file".into(),
+            self.kek_file().display().to_string(),
+        ]
+    }
+
     /// `postgres://trellis@127.0.0.1:<port>/trellis`.
     pub fn url(&self) -> String {
         format!("postgres://{USER}@127.0.0.1:{}/{DATABASE}", self.port)
@@ -223,4 +242,20 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.pg_ctl_stop("immediate");
     }
+}
+
+/// A temp dir holding `kek`: 32 random bytes (raw, which the CA accepts beside base64),
+/// mode 0600.
+fn new_kek() -> tempfile::TempDir {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir for the KEK");
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .expect("random KEK");
+    let path = dir.path().join("kek");
+    std::fs::write(&path, key).expect("KEK");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    dir
 }

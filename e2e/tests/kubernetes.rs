@@ -7,6 +7,8 @@
 
 #[path = "kubernetes/attestation.rs"]
 mod attestation;
+#[path = "kubernetes/ha.rs"]
+mod ha;
 #[path = "kubernetes/import.rs"]
 mod import;
 #[path = "kubernetes/inject.rs"]

@@ -29,7 +29,7 @@ fn ca_exits(args: &[&str]) -> trellis_e2e::Outcome {
 fn a_ca_whose_database_is_down_exits_non_zero_naming_it() {
     let mut db = Postgres::start();
     db.stop();
-    let out = ca_exits(&["--store", &db.url()]);
+    let out = ca_exits(&db.ca_args().iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
         out.stderr.contains(&name(&db)) && out.stderr.contains("unreachable"),
@@ -50,6 +50,71 @@ fn a_password_on_the_command_line_is_refused_before_anything_starts() {
         "{line}"
     );
     assert!(!out.stderr.contains("s3cret-pw"), "{}", out.stderr);
+}
+
+#[test]
+fn a_ca_on_postgres_without_a_usable_key_encryption_key_refuses_to_start_naming_the_fix() {
+    let db = Postgres::start();
+    let missing = ca_exits(&["--store", &db.url()]);
+    assert_eq!(missing.code, Some(1), "{missing:?}");
+    assert!(
+        missing.stderr.contains("--key-encryption-key-file")
+            && missing.stderr.contains("head -c 32 /dev/urandom | base64"),
+        "{}",
+        missing.stderr
+    );
+
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kek = dir.path().join("kek");
+    let with = |contents: &[u8], mode: u32| {
+        std::fs::write(&kek, contents).expect("write");
+        std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let kek = kek.to_str().expect("utf-8 path");
+        ca_exits(&["--store", &db.url(), "--key-encryption-key-file", kek])
+    };
+    // 32 bytes, base64, but readable by the group.
+    let open = with(b"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n", 0o640);
+    assert_eq!(open.code, Some(1), "{open:?}");
+    assert!(open.stderr.contains("chmod 600"), "{}", open.stderr);
+    let short = with(b"c2hvcnQ=\n", 0o600);
+    assert_eq!(short.code, Some(1), "{short:?}");
+    assert!(
+        short.stderr.contains("32 random bytes") && short.stderr.contains("head -c 32"),
+        "{}",
+        short.stderr
+    );
+    let roots = std::process::Command::new("psql")
+        .arg(db.url())
+        .args(["-X", "-A", "-t", "-c", "SELECT to_regclass('roots')::text"])
+        .output()
+        .expect("psql runs");
+    assert_eq!(
+        String::from_utf8_lossy(&roots.stdout).trim(),
+        "",
+        "refused before the database was touched"
+    );
+}
+
+#[test]
+fn check_config_refuses_postgres_without_a_key_encryption_key() {
+    let url = "postgres://trellis@127.0.0.1:1/trellis";
+    let missing = ca_exits(&["--check-config", "--store", url]);
+    let line = missing.failure(2);
+    assert!(
+        line.contains("--key-encryption-key-file") && line.contains("head -c 32"),
+        "{line}"
+    );
+    let db = Postgres::start();
+    let kek = db.kek_file();
+    let given = ca_exits(&[
+        "--check-config",
+        "--store",
+        url,
+        "--key-encryption-key-file",
+        kek.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(given.code, Some(0), "{given:?}");
 }
 
 /// `trellis cert issue` for one workload through `ca`, as JSON.
@@ -73,7 +138,7 @@ fn issue(ca: &Ca, out: &std::path::Path) -> trellis_e2e::Outcome {
 #[test]
 fn a_ca_that_loses_its_database_answers_unavailable_naming_it_and_resumes_by_itself() {
     let mut db = Postgres::start();
-    let mut ca = Ca::start_with(&["--store", &db.url()]);
+    let mut ca = Ca::start_with(&db.ca_args());
     let out = ca.scratch().join("svid");
     let before = issue(&ca, &out).success().json()["serial"]
         .as_str()
@@ -124,9 +189,8 @@ fn a_ca_that_loses_its_database_answers_unavailable_naming_it_and_resumes_by_its
     ca.stop();
 }
 
-/// Two `trellis-ca` processes on one database serve one CA: the second replica gets the
-/// first's keys as a copy of its data directory (as a Secret mounted into every pod
-/// would give them), never through the database.
+/// Two `trellis-ca` processes on one database serve one CA, each with a data directory of
+/// its own: the keys reach both sealed through the database, under the one KEK file.
 mod replicas {
     use tokio::sync::Barrier;
     use tonic::Code;
@@ -141,25 +205,16 @@ mod replicas {
     /// Joins through each replica at once with the same token, `rounds` times.
     const ROUNDS: usize = 8;
 
-    /// A second replica with a copy of `first`'s data directory (keys, admin credentials).
-    fn second_replica(first: &Ca, db: &Postgres, dir: &std::path::Path) -> Ca {
-        let data = dir.join("ca");
-        let copied = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&first.data_dir)
-            .arg(&data)
-            .status()
-            .expect("cp runs");
-        assert!(copied.success(), "copy the data directory");
-        Ca::start_at(&data, &["--store", &db.url()])
+    /// A second replica: its own empty data directory, the same database and KEK.
+    fn second_replica(db: &Postgres) -> Ca {
+        Ca::start_with(&db.ca_args())
     }
 
     #[test]
     fn two_replicas_on_one_database_issue_as_one_ca_and_a_join_token_works_once() {
         let db = Postgres::start();
-        let a = Ca::start_with(&["--store", &db.url()]);
-        let dir = tempfile::tempdir().expect("temp dir");
-        let b = second_replica(&a, &db, dir.path());
+        let a = Ca::start_with(&db.ca_args());
+        let b = second_replica(&db);
         assert_eq!(
             std::fs::read(a.bundle_pem()).expect("A's bundle"),
             std::fs::read(b.bundle_pem()).expect("B's bundle"),
@@ -225,8 +280,8 @@ mod replicas {
 }
 
 /// Two replicas with empty data directories started at once on an empty database: one
-/// initialises the CA, the other waits for it and then refuses to run without its keys,
-/// saying so, instead of making a second root.
+/// initialises the CA, storing its keys sealed in the same turn; the other waits for it,
+/// finds them and serves the same CA. No private key is readable in a dump.
 #[test]
 fn replicas_starting_at_once_on_an_empty_database_initialise_it_once() {
     let db = Postgres::start();
@@ -236,7 +291,8 @@ fn replicas_starting_at_once_on_an_empty_database_initialise_it_once() {
         .map(|name| {
             let ready = trellis_e2e::ready_path(dir.path(), name);
             let mut cmd = command("trellis-ca");
-            cmd.args(["--listen", "127.0.0.1:0", "--store", &db.url()])
+            cmd.args(["--listen", "127.0.0.1:0"])
+                .args(db.ca_args())
                 .arg("--data-dir")
                 .arg(dir.path().join(name))
                 .arg("--ready-file")
@@ -244,37 +300,164 @@ fn replicas_starting_at_once_on_an_empty_database_initialise_it_once() {
             (trellis_e2e::Process::spawn(name, cmd, dir.path()), ready)
         })
         .collect();
-    let serving = retry_until(TIMEOUT, "both replicas settle", || {
-        let mut serving = 0;
+    retry_until(TIMEOUT, "both replicas serve", || {
         for (process, ready) in &mut started {
-            if ready.exists() {
-                serving += 1;
-            } else if process.is_running() {
+            if !ready.exists() {
+                if !process.is_running() {
+                    panic!("a replica stopped: {}", process.stderr());
+                }
                 return Err("a replica is still starting");
             }
         }
-        Ok(serving)
+        Ok(())
     });
-    assert_eq!(serving, 1, "one replica serves, the other stopped");
-    let (loser, _) = started
-        .iter_mut()
-        .find(|(_, ready)| !ready.exists())
-        .expect("the replica that did not start");
-    assert!(
-        loser.stderr().contains("initialised by another CA"),
-        "{}",
-        loser.stderr()
-    );
-    let roots = std::process::Command::new("psql")
+    let bundles: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|name| std::fs::read(dir.path().join(name).join("bundle.pem")).expect("bundle"))
+        .collect();
+    assert_eq!(bundles[0], bundles[1], "one trust bundle");
+    let count = |table: &str| psql(&db, &format!("SELECT count(*) FROM {table}"));
+    assert_eq!(count("roots"), "1", "one root");
+    assert_eq!(count("intermediates"), "1", "one intermediate");
+    assert_eq!(count("jwt_keys"), "1", "one JWT key");
+    assert_eq!(count("sealed_keys"), "3", "their three keys, sealed");
+    no_private_key_in_a_dump(&db);
+}
+
+/// `psql -c query` against the test database, its output trimmed.
+fn psql(db: &Postgres, query: &str) -> String {
+    let out = std::process::Command::new("psql")
         .arg(db.url())
-        .args(["-X", "-A", "-t", "-c", "SELECT count(*) FROM roots"])
+        .args(["-X", "-A", "-t", "-c", query])
         .output()
         .expect("psql runs");
-    assert_eq!(
-        String::from_utf8_lossy(&roots.stdout).trim(),
-        "1",
-        "one root"
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A `pg_dump` of the whole database holds no PEM private key, as text or as bytea hex.
+fn no_private_key_in_a_dump(db: &Postgres) {
+    let out = std::process::Command::new("pg_dump")
+        .arg(db.url())
+        .output()
+        .expect("pg_dump runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(dump.contains("sealed_keys"), "the dump has the sealed keys");
+    let pem_header = "-----BEGIN PRIVATE KEY";
+    let as_hex: String = pem_header.bytes().map(|b| format!("{b:02x}")).collect();
+    for needle in ["private key-----".to_owned(), as_hex] {
+        assert!(!dump.contains(&needle), "the dump holds {needle:?}");
+    }
+}
+
+/// Root and JWT-key rotation across replicas that share no files: the root and the JWT key
+/// are added through A, activated through B (the intermediate made there), and both sign
+/// with keys the other made.
+#[test]
+fn a_root_added_through_one_replica_and_activated_through_another_signs_on_both() {
+    let db = Postgres::start();
+    let mut a = Ca::start_with(&db.ca_args());
+    let crl_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut b_args = db.ca_args();
+    b_args.extend(["--http-listen".into(), format!("127.0.0.1:{crl_port}")]);
+    let mut b = Ca::start_with(&b_args);
+    let first_intermediate = psql(&db, "SELECT id FROM intermediates");
+    // The root a certificate issued through `ca` chains to, as the store recorded it.
+    let root_of_issued = |ca: &Ca| -> String {
+        let serial = issue(ca, &ca.scratch().join("svid")).success().json()["serial"]
+            .as_str()
+            .expect("serial")
+            .to_owned();
+        run(
+            ca.admin_command(&["cert", "show", &serial, "-o", "json"]),
+            TIMEOUT,
+        )
+        .success()
+        .json()["root_id"]
+            .as_str()
+            .expect("root_id")
+            .to_owned()
+    };
+    let first = root_of_issued(&a);
+    assert_eq!(root_of_issued(&b), first, "both sign under the first root");
+
+    let added = run(a.admin_command(&["root", "add", "-o", "json"]), TIMEOUT)
+        .success()
+        .json();
+    let new_root = added["root"]["id"].as_str().expect("root id").to_owned();
+    let added_jwt = run(a.admin_command(&["jwt-key", "add", "-o", "json"]), TIMEOUT)
+        .success()
+        .json();
+    let new_kid = added_jwt["key"]["key_id"].as_str().expect("kid").to_owned();
+    // B learns of the new root in the bundle from the store (here by a restart); B holds no
+    // file of A's: it reads the new root's key sealed from the database.
+    b.restart();
+    run(
+        b.admin_command(&["root", "activate", &new_root, "--force"]),
+        TIMEOUT,
+    )
+    .success();
+    assert_eq!(root_of_issued(&b), new_root, "B signs under the new root");
+    // B signs the CRL of the first intermediate, whose key A made, on request.
+    let crl = http_get(crl_port, &format!("/crl/{first_intermediate}"));
+    assert!(
+        crl.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&crl)
+    );
+    let body = crl
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a body")
+        + 4;
+    assert_eq!(crl.get(body), Some(&0x30), "a DER CRL");
+    // The JWT-SVID key A made, activated through B, which loads it to sign with.
+    let activated = run(
+        b.admin_command(&["jwt-key", "activate", &new_kid, "--force", "-o", "json"]),
+        TIMEOUT,
+    )
+    .success()
+    .json();
+    assert_eq!(activated["key"]["state"], "active", "{activated}");
+
+    // A restarted loads the intermediate B made, whose key only the database holds. It is
+    // reached with B's admin credentials, which activation moved to the new root (A's own
+    // were made under the first root, whose bundle alone does not accept A's new chain).
+    a.restart();
+    a.admin_dir = b.admin_dir.clone();
+    assert_eq!(root_of_issued(&a), new_root, "A signs under the new root");
+    // Two roots, two intermediates, two JWT keys.
+    assert_eq!(psql(&db, "SELECT count(*) FROM sealed_keys"), "6");
+    no_private_key_in_a_dump(&db);
+}
+
+/// A plain HTTP/1.1 GET to 127.0.0.1:`port`, the whole response.
+fn http_get(port: u16, path: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("response");
+    response
 }
 
 /// PostgreSQL restarted while 8 clients issue through the CA as fast as they can: every

@@ -16,14 +16,15 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::KeyPair;
 use serde::Deserialize;
 use trellis_identity::jwt_svid::Claims;
-use trellis_identity::{SpiffeId, duration, files};
+use trellis_identity::{SpiffeId, duration};
 use zeroize::Zeroizing;
 
 pub(crate) use rotation::{JwtKeyView, JwtKeys};
 
-use crate::bootstrap::{DataDir, store_err};
+use crate::bootstrap::store_err;
 use crate::config::ConfigError;
 use crate::error::CaError;
+use crate::keys::Keys;
 use crate::peer::PeerChain;
 use crate::revocation::Revocations;
 use crate::state::Core;
@@ -115,19 +116,13 @@ impl std::fmt::Debug for JwtSigner {
 }
 
 impl JwtSigner {
-    /// Loads the key a record names from `<data>/keys/` (refused unless 0600).
-    pub fn load(dir: &DataDir, record: &JwtKeyRecord) -> Result<Self, CaError> {
-        let path = dir.keys().join(&record.key_file);
-        let pem = Zeroizing::new(files::read_secret(&path).map_err(|e| {
-            CaError::Unavailable(format!("JWT signing key {}: {e}", path.display()))
-        })?);
-        let key = KeyPair::from_pem(&String::from_utf8_lossy(&pem))
-            .map_err(|e| CaError::Internal(format!("JWT signing key {}: {e}", path.display())))?;
+    /// Loads the key a record names (`keys.rs`).
+    pub(crate) fn load(keys: &Keys, record: &JwtKeyRecord) -> Result<Self, CaError> {
+        let key = keys.load(&record.key_file, "JWT signing key")?;
         if key.public_key_raw() != record.public_key.as_slice() {
             return Err(CaError::Internal(format!(
                 "JWT signing key {} does not match the public key recorded for kid {}",
-                path.display(),
-                record.kid
+                record.key_file, record.kid
             )));
         }
         let der = Zeroizing::new(key.serialize_der());
@@ -147,9 +142,13 @@ impl JwtSigner {
     }
 }
 
-/// A new P-256 key, written to `<data>/keys/jwt-<kid>.key.pem` (0600), and its record
-/// (state pending, to be set by the caller).
-pub fn generate_key(dir: &DataDir, now: u64, bundle_version: u64) -> Result<JwtKeyRecord, CaError> {
+/// A new P-256 key, saved as `jwt-<kid>.key.pem` (`keys.rs`), and its record (state
+/// pending, to be set by the caller).
+pub(crate) fn generate_key(
+    keys: &Keys,
+    now: u64,
+    bundle_version: u64,
+) -> Result<JwtKeyRecord, CaError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| CaError::Internal(format!("generating a JWT signing key: {e}")))?;
     let public_key = key.public_key_raw().to_vec();
@@ -158,8 +157,7 @@ pub fn generate_key(dir: &DataDir, now: u64, bundle_version: u64) -> Result<JwtK
     let kid = trellis_identity::hex::encode(&digest.as_ref()[..8]);
     let key_file = format!("jwt-{kid}.key.pem");
     let pem = Zeroizing::new(key.serialize_pem());
-    files::write_secret(&dir.keys().join(&key_file), pem.as_bytes())
-        .map_err(|e| CaError::Unavailable(format!("writing the JWT signing key: {e}")))?;
+    keys.save(&key_file, &pem)?;
     Ok(JwtKeyRecord {
         kid,
         state: RootState::Pending,
@@ -177,21 +175,21 @@ pub fn generate_key(dir: &DataDir, now: u64, bundle_version: u64) -> Result<JwtK
 /// moves on, so that every sidecar takes the key in. Nothing can have been signed with a
 /// key that did not exist, so no workload can refuse a token for lacking it, except for
 /// the moment until its bundle stream delivers it.
-pub fn ensure_active_key(
+pub(crate) fn ensure_active_key(
     store: &dyn Store,
-    dir: &DataDir,
+    keys: &Keys,
     now: u64,
     published: bool,
 ) -> Result<JwtKeyRecord, CaError> {
-    let keys = store.jwt_keys().map_err(store_err)?;
-    if let Some(active) = keys.iter().find(|k| k.state == RootState::Active) {
+    let records = store.jwt_keys().map_err(store_err)?;
+    if let Some(active) = records.iter().find(|k| k.state == RootState::Active) {
         return Ok(active.clone());
     }
     let mut version = store.bundle_version().map_err(store_err)?;
     if published {
         version += 1;
     }
-    let mut record = generate_key(dir, now, version)?;
+    let mut record = generate_key(keys, now, version)?;
     record.state = RootState::Active;
     store
         .apply(&Change {
@@ -344,6 +342,6 @@ impl JwtSvids {
 }
 
 /// Loads the signer for the active record at start-up.
-pub fn load_signer(dir: &DataDir, active: &JwtKeyRecord) -> Result<Arc<JwtSigner>, CaError> {
-    JwtSigner::load(dir, active).map(Arc::new)
+pub(crate) fn load_signer(keys: &Keys, active: &JwtKeyRecord) -> Result<Arc<JwtSigner>, CaError> {
+    JwtSigner::load(keys, active).map(Arc::new)
 }

@@ -96,7 +96,7 @@ impl JwtKeys {
     pub(crate) async fn add(&self, actor: &str) -> Result<JwtKeyView, CaError> {
         let _bundle_change = self.core.changing_bundle().await;
         let version = self.core.bundle().version() + 1;
-        let record = generate_key(&self.core.data_dir(), self.core.now_unix(), version)?;
+        let record = generate_key(&self.core.keys, self.core.now_unix(), version)?;
         let change = Change {
             jwt_keys: vec![record.clone()],
             ..Change::default()
@@ -140,7 +140,7 @@ impl JwtKeys {
                 "tokens signed with it",
             )
             .await?;
-        let signer = Arc::new(JwtSigner::load(&self.core.data_dir(), &target)?);
+        let signer = Arc::new(JwtSigner::load(&self.core.keys, &target)?);
         let now = self.core.now_unix();
         let store = &self.core.store;
         let mut change = Change::default();

@@ -471,6 +471,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn federations(&self) -> Result<Vec<FederationRecord>, StoreError>;
     /// One federation.
     fn federation(&self, trust_domain: &str) -> Result<Option<FederationRecord>, StoreError>;
+
+    // --- the CA's private keys, sealed (`crate::keys`) ---
+
+    /// Stores sealed key `name` unless one of that name is stored; `false` if one was (a
+    /// sealed key is written once, never replaced). Only stores that several replicas
+    /// share keep keys; the others keep them as files and refuse this.
+    fn put_sealed_key(&self, name: &str, sealed: &[u8]) -> Result<bool, StoreError> {
+        let _ = (name, sealed);
+        Err(StoreError::Storage(
+            "this store keeps no keys: they are files in <data>/keys/".into(),
+        ))
+    }
+    /// The sealed key `name`, if stored.
+    fn sealed_key(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = name;
+        Err(StoreError::Storage(
+            "this store keeps no keys: they are files in <data>/keys/".into(),
+        ))
+    }
 }
 
 /// Records as every implementation stores them: JSON.

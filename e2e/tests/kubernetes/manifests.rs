@@ -14,9 +14,10 @@ use crate::tools::{
 };
 
 /// The kustomizations a user applies.
-const KUSTOMIZATIONS: [&str; 4] = [
+const KUSTOMIZATIONS: [&str; 5] = [
     "deploy/base",
     "deploy/overlays/import",
+    "deploy/overlays/ha",
     "deploy/webhook",
     "deploy/examples/demo",
 ];

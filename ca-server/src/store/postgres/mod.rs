@@ -31,6 +31,7 @@ mod certs;
 pub mod config;
 mod runner;
 pub mod schema;
+mod sealed_keys;
 #[cfg(test)]
 mod tests;
 
@@ -853,6 +854,18 @@ impl Store for PostgresStore {
     }
 
     // --- federation ---
+
+    fn put_sealed_key(&self, name: &str, sealed: &[u8]) -> Result<bool, StoreError> {
+        self.run(sealed_keys::put(
+            self.db(),
+            name.to_owned(),
+            sealed.to_vec(),
+        ))
+    }
+
+    fn sealed_key(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(sealed_keys::get(self.db(), name.to_owned()))
+    }
 
     fn federations(&self) -> Result<Vec<FederationRecord>, StoreError> {
         self.run(all(self.db(), "federations", "trust_domain"))

@@ -329,3 +329,36 @@ fn replicas_writing_at_once_build_one_gapless_chain() {
         Some(total as u64)
     );
 }
+
+/// Sealed keys are written once, read by name, survive a reopening, and a replica sealing
+/// a key another replica made under the same KEK opens it (`crate::keys`).
+#[test]
+fn a_sealed_key_is_written_once_and_read_by_every_replica() {
+    use crate::keys::{self, Kek};
+    let db = Postgres::start();
+    let a = PostgresStore::open(&config(&db)).expect("open");
+    let b = PostgresStore::open(&config(&db)).expect("open a second replica");
+    let kek = Kek::from_bytes([9; keys::KEK_LEN]);
+    let sealed = keys::seal(&kek, "example.org", "root-r1.key.pem", b"the key").unwrap();
+    assert_eq!(a.sealed_key("root-r1.key.pem").unwrap(), None);
+    assert!(a.put_sealed_key("root-r1.key.pem", &sealed).unwrap());
+    let other = keys::seal(&kek, "example.org", "root-r1.key.pem", b"another").unwrap();
+    assert!(
+        !b.put_sealed_key("root-r1.key.pem", &other).unwrap(),
+        "a sealed key is never replaced"
+    );
+    let read = b.sealed_key("root-r1.key.pem").unwrap().expect("stored");
+    assert_eq!(read, sealed);
+    assert_eq!(
+        keys::open(&kek, "example.org", "root-r1.key.pem", &read)
+            .unwrap()
+            .as_slice(),
+        b"the key"
+    );
+    drop((a, b));
+    let reopened = PostgresStore::open(&config(&db)).expect("reopen");
+    assert_eq!(
+        reopened.sealed_key("root-r1.key.pem").unwrap(),
+        Some(sealed)
+    );
+}
