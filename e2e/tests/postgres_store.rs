@@ -474,7 +474,7 @@ fn a_database_restart_under_issuance_loses_nothing_acknowledged() {
 
     const CLIENTS: usize = 8;
     let mut db = Postgres::start();
-    let ca = Ca::start_with(&["--store", &db.url()]);
+    let ca = Ca::start_with(&db.ca_args());
     let access = Arc::new(CaAccess::new(ca.addr, &ca.trust_domain, &ca.admin_dir));
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let stop = Arc::new(AtomicBool::new(false));
