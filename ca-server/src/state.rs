@@ -153,9 +153,34 @@ impl Core {
     }
 
     /// Waits for any other bundle change to finish; hold the guard until the new version is
-    /// published.
+    /// published. The bundle in force is then the one stored, so that the next version is
+    /// counted from the newest one any replica sharing the store has written.
     pub(crate) async fn changing_bundle(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.bundle_changes.lock().await
+        let guard = self.bundle_changes.lock().await;
+        // A store that cannot be read now fails the change itself when it writes.
+        if let Err(e) = self.follow_bundle_locked().await {
+            tracing::warn!(error = %e, "reading the stored trust bundle version failed");
+        }
+        guard
+    }
+
+    /// Publishes the stored bundle if another replica sharing the store has changed it.
+    pub(crate) async fn follow_bundle(&self) -> Result<(), CaError> {
+        let stored = self.store.bundle_version().map_err(bootstrap::store_err)?;
+        if stored <= self.bundle().version() {
+            return Ok(());
+        }
+        let _bundle_change = self.bundle_changes.lock().await;
+        self.follow_bundle_locked().await
+    }
+
+    async fn follow_bundle_locked(&self) -> Result<(), CaError> {
+        let stored = self.store.bundle_version().map_err(bootstrap::store_err)?;
+        if stored <= self.bundle().version() {
+            return Ok(());
+        }
+        self.republish_bundle("changed_by_another_replica", &format!("version {stored}"))
+            .await
     }
 
     /// Publishes a new trust bundle to every watcher.

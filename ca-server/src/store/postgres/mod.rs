@@ -29,6 +29,7 @@
 mod audit;
 mod certs;
 pub mod config;
+mod replicas;
 mod runner;
 pub mod schema;
 #[cfg(test)]
@@ -512,6 +513,14 @@ impl Store for PostgresStore {
         })
     }
 
+    fn next_crl_number(&self, id: &str, at_least: u64) -> Result<u64, StoreError> {
+        self.run(replicas::next_crl_number(
+            self.db(),
+            id.to_owned(),
+            at_least,
+        ))
+    }
+
     // --- roots and intermediates ---
 
     fn roots(&self) -> Result<Vec<RootRecord>, StoreError> {
@@ -772,6 +781,10 @@ impl Store for PostgresStore {
 
     fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError> {
         self.run(all(self.db(), "revocations", "serial"))
+    }
+
+    fn revocations_marker(&self) -> Result<(u64, u64), StoreError> {
+        self.run(replicas::revocations_marker(self.db()))
     }
 
     // --- bundle acknowledgements ---
