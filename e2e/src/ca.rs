@@ -115,6 +115,27 @@ impl Ca {
         Self::launch(dir, data_dir.to_path_buf(), args, &[], Place::default())
     }
 
+    /// Starts another replica of this CA: the same arguments (so the same store, when it is
+    /// a shared one) and a copy of its data directory taken now (its keys and admin
+    /// credentials, as a Secret every replica mounts would give them).
+    pub fn replica(&self) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for the replica");
+        let data_dir = dir.path().join("ca");
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&self.data_dir)
+            .arg(&data_dir)
+            .status()
+            .expect("cp runs");
+        assert!(copied.success(), "copy the data directory");
+        let vars: Vec<(&str, &str)> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Self::launch(dir, data_dir, &self.args, &vars, self.place.clone())
+    }
+
     fn launch<S: AsRef<OsStr>>(
         dir: tempfile::TempDir,
         data_dir: PathBuf,

@@ -1,0 +1,350 @@
+//! Replicas of one CA on one PostgreSQL, with the real binaries: a change made through one
+//! replica reaches the sidecars of another within two seconds, bundle acknowledgements
+//! through any replica feed one convergence check, and issuance survives a replica killed
+//! under load.
+
+mod crash_support;
+mod mesh_support;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crash_support::{CaAccess, Received, check_recorded};
+use mesh_support::*;
+use trellis_e2e::process::{Signal, send_signal};
+use trellis_e2e::{Ca, Postgres};
+use trellis_identity::WorkloadKey;
+use trellis_proto::admin::v1::{
+    ActivateRootRequest, AddRootRequest, GetStatusRequest, IssueCertificateRequest,
+    ListRootsRequest, RevokeCertificateRequest,
+};
+
+/// The bound a change made through one replica must meet at every other replica's sidecars.
+const PROPAGATION: Duration = Duration::from_secs(2);
+
+/// A CA on a fresh PostgreSQL and a second replica of it.
+fn two_replicas() -> (Postgres, Ca, Ca) {
+    let db = Postgres::start();
+    let a = Ca::start_with(&["--store", &db.url()]);
+    let b = a.replica();
+    (db, a, b)
+}
+
+#[test]
+fn a_revocation_through_one_replica_closes_a_connection_of_sidecars_on_another_within_two_seconds()
+{
+    let (_db, a, b) = two_replicas();
+    let echo = Echo::start();
+    // Both sidecars take their certificates and streams from replica B only.
+    let (backend, frontend) = pair(&b, &echo, "");
+    let mut live = TcpStream::connect(frontend.outbound[0]).expect("connect");
+    live.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    live.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    live.read_exact(&mut buf).expect("echo before revocation");
+
+    let mut admin = Admin::connect(&a);
+    let revoked_at = Instant::now();
+    let serials = admin
+        .call(|mut c| async move {
+            c.revoke_certificate(RevokeCertificateRequest {
+                serial: String::new(),
+                spiffe_id: id("/ns/demo/sa/frontend"),
+                reason: "compromised".into(),
+                reason_code: 0,
+            })
+            .await
+        })
+        .expect("revoke through A")
+        .serials;
+    assert_eq!(serials.len(), 1);
+
+    live.set_read_timeout(Some(PROPAGATION + Duration::from_secs(3)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let _ = live.read_to_end(&mut rest);
+    let closed_after = revoked_at.elapsed();
+    eprintln!("revocation through A closed the connection of B's sidecars after {closed_after:?}");
+    assert!(rest.is_empty(), "nothing more came through");
+    assert!(
+        closed_after < PROPAGATION,
+        "live connection closed after {closed_after:?}"
+    );
+    assert!(
+        metric(
+            backend.admin,
+            "trellis_sidecar_revoked_connections_closed_total"
+        ) >= 1
+    );
+}
+
+#[test]
+fn a_root_added_through_one_replica_converges_on_another_replicas_sidecars_before_it_activates() {
+    let (_db, a, b) = two_replicas();
+    let echo = Echo::start();
+    let (_backend, frontend) = pair(&b, &echo, "");
+    let mut admin_a = Admin::connect(&a);
+    let list = |admin: &mut Admin| {
+        admin
+            .call(|mut c| async move { c.list_roots(ListRootsRequest {}).await })
+            .expect("list roots")
+    };
+    within(Duration::from_secs(10), "B's sidecars acknowledge", || {
+        let roots = list(&mut admin_a);
+        roots.live_workloads >= 2 && roots.unconverged_workloads.is_empty()
+    });
+
+    // The frontend's sidecar is held still: it cannot receive the new bundle.
+    assert!(send_signal(frontend.process.id(), Signal::STOP));
+    let added_at = Instant::now();
+    let new_root = admin_a
+        .call(|mut c| async move { c.add_root(AddRootRequest::default()).await })
+        .expect("add through A")
+        .id;
+    let version = list(&mut admin_a).bundle_version;
+    within(PROPAGATION, "B's running sidecar acknowledges", || {
+        list(&mut admin_a).unconverged_workloads == vec![id("/ns/demo/sa/frontend")]
+    });
+    let backend_after = added_at.elapsed();
+    let activate = |admin: &mut Admin| {
+        let root_id = new_root.clone();
+        admin.call(|mut c| async move {
+            c.activate_root(ActivateRootRequest {
+                root_id,
+                force: false,
+            })
+            .await
+        })
+    };
+    let refused = activate(&mut admin_a).expect_err("refused while a sidecar lacks the root");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("/ns/demo/sa/frontend")
+            && !refused.message().contains("/ns/demo/sa/backend"),
+        "{}",
+        refused.message()
+    );
+
+    // Released, it receives the bundle from B and acknowledges there; A sees it.
+    let resumed_at = Instant::now();
+    assert!(send_signal(frontend.process.id(), Signal::CONT));
+    within(PROPAGATION, "the held sidecar acknowledges", || {
+        let roots = list(&mut admin_a);
+        roots.bundle_version == version && roots.unconverged_workloads.is_empty()
+    });
+    let frontend_after = resumed_at.elapsed();
+    eprintln!(
+        "bundle version {version} made through A acknowledged through B after {backend_after:?} \
+         (and {frontend_after:?} after the held sidecar resumed)"
+    );
+    let activated = activate(&mut admin_a).expect("activation once every sidecar has the root");
+    assert_eq!(activated.id, new_root);
+
+    // B signs with the new intermediate once its key is in B's keys directory (as when
+    // the Secret every replica mounts is updated); until then it keeps the old one.
+    let mut admin_b = Admin::connect(&b);
+    let signing_root = |admin: &mut Admin| {
+        admin
+            .call(|mut c| async move { c.get_status(GetStatusRequest {}).await })
+            .expect("status")
+            .intermediate
+            .expect("intermediate")
+            .root_id
+    };
+    let mut b_process = b;
+    b_process
+        .process
+        .wait_for_line(Duration::from_secs(5), |line| {
+            line.contains("whose key this replica cannot read")
+        });
+    assert_ne!(signing_root(&mut admin_b), new_root, "B keeps its signer");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", a.data_dir.join("keys").display()))
+        .arg(b_process.data_dir.join("keys"))
+        .status()
+        .expect("cp runs");
+    assert!(copied.success());
+    within(PROPAGATION, "B signs under the new root", || {
+        signing_root(&mut admin_b) == new_root
+    });
+    drop(frontend);
+}
+
+/// Issuers spread over three replicas; one replica is killed mid-load in each round.
+mod kill_a_replica {
+    use super::*;
+
+    const ISSUERS: usize = 32;
+    const ROUNDS: usize = 10;
+    /// Load before and after the kill, in each round.
+    const BEFORE_KILL: Duration = Duration::from_millis(700);
+    const AFTER_KILL: Duration = Duration::from_millis(1200);
+
+    #[derive(Default)]
+    struct Given {
+        received: Vec<Received>,
+        /// Certificates given after the kill.
+        after_kill: usize,
+        /// Failures other than the killed replica's (which the issuer moves past).
+        errors: Vec<String>,
+    }
+
+    /// Issues through `replicas`, starting at the `index`th, moving to the next on any failure,
+    /// until `stop` is set.
+    async fn issuer(
+        index: usize,
+        round: usize,
+        replicas: Vec<CaAccess>,
+        killed: Arc<std::sync::atomic::AtomicBool>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+        given: Arc<Mutex<Given>>,
+    ) {
+        use std::sync::atomic::Ordering;
+        let mut at = index % replicas.len();
+        let mut failures_in_a_row = 0;
+        let mut connected = None;
+        while !stop.load(Ordering::Relaxed) {
+            let csr = WorkloadKey::generate()
+                .expect("key")
+                .csr_der(None)
+                .expect("csr");
+            let result = async {
+                let admin = match &mut connected {
+                    Some(admin) => admin,
+                    None => {
+                        connected.insert(replicas[at].admin().await.map_err(|e| e.to_string())?)
+                    }
+                };
+                admin
+                    .issue_certificate(IssueCertificateRequest {
+                        csr_der: csr,
+                        spiffe_id: format!("spiffe://cluster.local/issuer-{index}"),
+                        dns_names: Vec::new(),
+                        ttl_seconds: 0,
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| format!("{}: {}", s.code(), s.message()))
+            }
+            .await;
+            match result {
+                Ok(response) => {
+                    failures_in_a_row = 0;
+                    let mut given = given.lock().expect("lock");
+                    given
+                        .received
+                        .push(Received::from_response(&response, "admin", round));
+                    if killed.load(Ordering::Relaxed) {
+                        given.after_kill += 1;
+                    }
+                }
+                Err(e) => {
+                    connected = None;
+                    failures_in_a_row += 1;
+                    if failures_in_a_row > replicas.len() {
+                        given.lock().expect("lock").errors.push(e);
+                    }
+                    // The next replica, as the sidecar and the CLI fail over.
+                    at = (at + 1) % replicas.len();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sigkill_of_one_replica_under_load_loses_nothing_and_clients_continue_on_the_others() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let db = Postgres::start();
+        let first = Ca::start_with(&["--store", &db.url()]);
+        let mut replicas = [first.replica(), first.replica(), first];
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let mut all: Vec<Received> = Vec::new();
+        let started = Instant::now();
+        for round in 0..ROUNDS {
+            let access: Vec<CaAccess> = replicas
+                .iter()
+                .map(|ca| CaAccess::new(ca.addr, &ca.trust_domain, &ca.admin_dir))
+                .collect();
+            let given = Arc::new(Mutex::new(Given::default()));
+            let (killed, stop) = (
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let tasks: Vec<_> = (0..ISSUERS)
+                .map(|i| {
+                    runtime.spawn(issuer(
+                        i,
+                        round,
+                        access.clone(),
+                        killed.clone(),
+                        stop.clone(),
+                        given.clone(),
+                    ))
+                })
+                .collect();
+            std::thread::sleep(BEFORE_KILL);
+            let victim = round % replicas.len();
+            replicas[victim].kill();
+            killed.store(true, Ordering::Relaxed);
+            std::thread::sleep(AFTER_KILL);
+            stop.store(true, Ordering::Relaxed);
+            runtime.block_on(async {
+                for task in tasks {
+                    task.await.expect("issuer");
+                }
+            });
+            let given = std::mem::take(&mut *given.lock().expect("lock"));
+            assert!(given.errors.is_empty(), "round {round}: {:?}", given.errors);
+            assert!(
+                given.after_kill > 0,
+                "round {round}: nothing was issued after replica {victim} was killed"
+            );
+            eprintln!(
+                "round {round}: {} certificates, {} after the kill",
+                given.received.len(),
+                given.after_kill
+            );
+            all.extend(given.received);
+            replicas[victim].restart();
+        }
+
+        // Every acknowledged certificate is recorded, as given, and no serial twice.
+        let check = CaAccess::new(
+            replicas[0].addr,
+            &replicas[0].trust_domain,
+            &replicas[0].admin_dir,
+        );
+        let missing: Vec<String> = runtime.block_on(async {
+            let mut admin = check.admin().await.expect("admin");
+            let mut missing = Vec::new();
+            for received in &all {
+                if let Err(e) = check_recorded(&mut admin, received).await {
+                    missing.push(e);
+                }
+            }
+            missing
+        });
+        assert!(
+            missing.is_empty(),
+            "{} missing: {:?}",
+            missing.len(),
+            missing
+        );
+        let serials: HashSet<&str> = all.iter().map(|r| r.serial.as_str()).collect();
+        assert_eq!(serials.len(), all.len(), "a serial was given twice");
+        eprintln!(
+            "{ROUNDS} rounds, {} certificates, all recorded, in {:?}",
+            all.len(),
+            started.elapsed()
+        );
+    }
+}
