@@ -25,10 +25,10 @@ use trellis_proto::admin::v1::{
 /// The bound a change made through one replica must meet at every other replica's sidecars.
 const PROPAGATION: Duration = Duration::from_secs(2);
 
-/// A CA on a fresh PostgreSQL and a second replica of it.
+/// A CA on a fresh PostgreSQL and a second replica of it, each serving CRLs.
 fn two_replicas() -> (Postgres, Ca, Ca) {
     let db = Postgres::start();
-    let a = Ca::start_with(&["--store", &db.url()]);
+    let a = Ca::start_with(&["--store", &db.url(), "--http-listen", "127.0.0.1:0"]);
     let b = a.replica();
     (db, a, b)
 }
@@ -80,6 +80,46 @@ fn a_revocation_through_one_replica_closes_a_connection_of_sidecars_on_another_w
             "trellis_sidecar_revoked_connections_closed_total"
         ) >= 1
     );
+
+    // Both replicas' CRLs list the revoked certificate, under numbers of their own.
+    let crls = [&a, &b].map(|ca| crl(ca, &serials[0]));
+    assert_ne!(crls[0], crls[1], "two CRLs under one number");
+}
+
+/// The number of the CRL `ca` serves for its signing intermediate (read by openssl), after
+/// checking that it lists `serial` (hex).
+fn crl(ca: &Ca, serial: &str) -> u64 {
+    let (status, pem) =
+        http_get(ca.http.expect("--http-listen"), "/crl.pem").expect("GET /crl.pem");
+    assert_eq!(status, 200, "{pem}");
+    let file = ca.scratch().join("crl.pem");
+    std::fs::write(&file, pem).expect("write the CRL");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(["crl", "-noout"])
+            .args(args)
+            .arg("-in")
+            .arg(&file)
+            .output()
+            .expect("openssl runs (scripts/install-test-deps.sh installs it)");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = openssl(&["-text"]);
+    assert!(
+        text.to_ascii_lowercase()
+            .contains(&format!("serial number: {}", serial.to_ascii_lowercase())),
+        "{serial} not in {text}"
+    );
+    let number = openssl(&["-crlnumber"]);
+    u64::from_str_radix(
+        number
+            .trim()
+            .strip_prefix("crlNumber=0x")
+            .unwrap_or_else(|| panic!("{number}")),
+        16,
+    )
+    .expect("hex CRL number")
 }
 
 #[test]
