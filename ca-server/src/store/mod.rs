@@ -209,6 +209,15 @@ impl std::fmt::Debug for StartUpGuard {
     }
 }
 
+/// Held while a CA changes the trust bundle; see [`Store::bundle_change_guard`].
+pub struct BundleChangeGuard(pub Box<dyn Send>);
+
+impl std::fmt::Debug for BundleChangeGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BundleChangeGuard")
+    }
+}
+
 /// Where the writes that follow it go; see [`Store::durable`]. An implementation without
 /// generations returns any value and ignores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +298,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// CA opens (sled locks its directory) needs nothing.
     fn start_up_guard(&self) -> Result<StartUpGuard, StoreError> {
         Ok(StartUpGuard(Box::new(())))
+    }
+
+    /// Waits until no other CA sharing the store is changing the trust bundle, and keeps
+    /// them waiting until the guard is dropped, so that replicas changing it at once never
+    /// give two bundles one version. A store only one CA opens needs nothing.
+    fn bundle_change_guard(&self) -> Result<BundleChangeGuard, StoreError> {
+        Ok(BundleChangeGuard(Box::new(())))
     }
 
     // --- metadata ---

@@ -783,6 +783,11 @@ impl Store for PostgresStore {
         self.run(all(self.db(), "revocations", "serial"))
     }
 
+    fn bundle_change_guard(&self) -> Result<super::BundleChangeGuard, StoreError> {
+        let connection = self.run(replicas::bundle_change_lock(self.db()))?;
+        Ok(super::BundleChangeGuard(Box::new(connection)))
+    }
+
     fn revocations_marker(&self) -> Result<(u64, u64), StoreError> {
         self.run(replicas::revocations_marker(self.db()))
     }

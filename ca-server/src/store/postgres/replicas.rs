@@ -4,8 +4,25 @@
 
 use std::sync::Arc;
 
-use super::{Db, int, uint};
+use super::{Client, Db, int, uint};
 use crate::store::StoreError;
+
+/// The advisory lock a CA holds while it changes the trust bundle (any key other than the
+/// migration's and the start-up's).
+const BUNDLE_CHANGE_LOCK: i64 = 0x0074_7265_6c6c_6973 + 2;
+
+/// A connection of its own holding the bundle-change lock: dropping it closes the
+/// connection, which releases the lock (also when the CA dies).
+pub(super) async fn bundle_change_lock(
+    db: Arc<Db>,
+) -> Result<deadpool_postgres::ClientWrapper, StoreError> {
+    let client: Client = db.client().await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&BUNDLE_CHANGE_LOCK])
+        .await
+        .map_err(|e| db.err(e))?;
+    Ok(deadpool_postgres::Object::take(client))
+}
 
 /// How many revocations are kept and the newest writing transaction among them: any
 /// revocation recorded or removed changes it. One scan of a table that holds only the

@@ -399,3 +399,25 @@ fn a_revocation_through_one_replica_changes_the_marker_the_other_reads() {
     }
     assert_eq!(seen.last().map(|m| m.0), Some(3));
 }
+
+#[test]
+fn a_replica_changing_the_bundle_keeps_the_others_waiting_until_it_is_done() {
+    let db = Postgres::start();
+    let [a, b] = two_replicas(&db);
+    let held = a.bundle_change_guard().expect("A takes the lock");
+    let (taken, took) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let guard = b.bundle_change_guard().expect("B takes the lock");
+        taken.send(()).expect("send");
+        drop(guard);
+    });
+    assert!(
+        took.recv_timeout(std::time::Duration::from_millis(500))
+            .is_err(),
+        "B changed the bundle while A was"
+    );
+    drop(held);
+    took.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("B goes on once A is done");
+    waiter.join().expect("waiter");
+}
