@@ -388,3 +388,84 @@ mod kill_a_replica {
         );
     }
 }
+
+#[test]
+fn a_jwt_key_activated_through_one_replica_signs_on_another_once_its_key_is_there() {
+    use trellis_proto::admin::v1::{ActivateJwtKeyRequest, AddJwtKeyRequest};
+    use trellis_proto::ca::v1::MintJwtSvidRequest;
+    let (_db, a, mut b) = two_replicas();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let through_b = CaAccess::new(b.addr, &b.trust_domain, &b.admin_dir);
+    // A workload certificate from B, to mint JWT-SVIDs through B with.
+    let key = WorkloadKey::generate().expect("key");
+    let csr = key.csr_der(None).expect("csr");
+    let issued = runtime.block_on(async {
+        let mut admin = through_b.admin().await.expect("admin on B");
+        admin
+            .issue_certificate(IssueCertificateRequest {
+                csr_der: csr,
+                spiffe_id: id("/minter"),
+                dns_names: Vec::new(),
+                ttl_seconds: 0,
+            })
+            .await
+            .expect("issue through B")
+            .into_inner()
+    });
+    let held = crash_support::Held {
+        chain: issued.chain_der,
+        key,
+    };
+    let kid_from_b = || {
+        runtime.block_on(async {
+            let mut workload = through_b
+                .workload(Some(&held.identity()))
+                .await
+                .expect("connect to B");
+            let token = workload
+                .mint_jwt_svid(MintJwtSvidRequest {
+                    audience: vec!["db".into()],
+                    ttl_seconds: 0,
+                })
+                .await
+                .expect("mint through B")
+                .into_inner()
+                .token;
+            jsonwebtoken::decode_header(&token)
+                .expect("JWS header")
+                .kid
+                .expect("kid")
+        })
+    };
+    let old_kid = kid_from_b();
+
+    let mut admin_a = Admin::connect(&a);
+    let new_kid = admin_a
+        .call(|mut c| async move { c.add_jwt_key(AddJwtKeyRequest {}).await })
+        .expect("add through A")
+        .key_id;
+    let activate_kid = new_kid.clone();
+    admin_a
+        .call(|mut c| async move {
+            c.activate_jwt_key(ActivateJwtKeyRequest {
+                key_id: activate_kid,
+                force: false,
+            })
+            .await
+        })
+        .expect("activate through A");
+    b.process.wait_for_line(PROPAGATION, |line| {
+        line.contains("whose key this replica cannot read") && line.contains(&new_kid)
+    });
+    assert_eq!(kid_from_b(), old_kid, "B keeps the key it holds");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", a.data_dir.join("keys").display()))
+        .arg(b.data_dir.join("keys"))
+        .status()
+        .expect("cp runs");
+    assert!(copied.success());
+    within(PROPAGATION, "B signs with the new key", || {
+        kid_from_b() == new_kid
+    });
+}
