@@ -1,7 +1,8 @@
 //! Replicas of one CA on one PostgreSQL, with the real binaries: a change made through one
-//! replica reaches the sidecars of another within two seconds, bundle acknowledgements
-//! through any replica feed one convergence check, and issuance survives a replica killed
-//! under load.
+//! replica reaches the sidecars of another within two seconds (a revocation, a root's
+//! bundle, an activation's new signer), bundle acknowledgements through any replica feed
+//! one convergence check, both replicas' CRLs agree, and issuance survives a replica
+//! killed under load.
 
 mod crash_support;
 mod mesh_support;
