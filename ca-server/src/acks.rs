@@ -54,11 +54,23 @@ impl BundleAcks {
         Ok(())
     }
 
-    /// The bundle version each workload last reported.
+    /// The bundle version each workload last reported, as the store holds it: through
+    /// this CA or any replica sharing the store, so that one convergence check covers every
+    /// replica's sidecars. If the store cannot be read, what this CA recorded itself.
     pub(crate) fn all(&self) -> HashMap<String, u64> {
-        self.reported
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let stored = self.core.store.acks();
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        match stored {
+            Ok(stored) => {
+                *reported = stored
+                    .into_iter()
+                    .map(|(spiffe_id, version, _reported_at)| (spiffe_id, version))
+                    .collect();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the bundle acknowledgements failed; using this replica's own");
+            }
+        }
+        reported.clone()
     }
 }

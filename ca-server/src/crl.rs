@@ -129,13 +129,12 @@ impl Crls {
 /// The number for intermediate `id`'s next CRL, on disk before it is used: the signing
 /// time in seconds, or one more than the last number if that is not above it (two CRLs
 /// within one second, or a clock set back), so numbers increase strictly per issuer
-/// (RFC 5280, section 5.2.3), across restarts too.
+/// (RFC 5280, section 5.2.3), across restarts too, and replicas sharing the store never
+/// take the same one.
 async fn next_crl_number(store: &dyn Store, id: &str, now: SystemTime) -> Result<u64, CaError> {
     let unavailable = |e: crate::store::StoreError| CaError::Unavailable(e.to_string());
-    let last = store.crl_number(id).map_err(unavailable)?;
-    let number = unix(now).max(last + 1);
     let mark = store.mark();
-    store.set_crl_number(id, number).map_err(unavailable)?;
+    let number = store.next_crl_number(id, unix(now)).map_err(unavailable)?;
     store.durable(mark).await.map_err(unavailable)?;
     Ok(number)
 }

@@ -20,6 +20,7 @@ pub mod csr;
 pub(crate) mod error;
 pub(crate) mod federation;
 pub(crate) mod first_request;
+mod follow;
 mod grantable;
 pub(crate) mod http;
 mod https_get;

@@ -162,6 +162,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         ca.revocations.clone(),
         stopped.clone(),
     ));
+    tokio::spawn(crate::follow::run(ca.follower.clone(), stopped.clone()));
     tokio::spawn(crate::roots::watch_expiry(core.clone(), stopped.clone()));
     tokio::spawn(crate::audit::maintain(ca.audit.clone(), stopped.clone()));
     tokio::spawn(crate::federation::maintain(

@@ -11,6 +11,7 @@ use crate::bootstrap::store_err;
 use crate::crl::Crls;
 use crate::error::CaError;
 use crate::federation::Federations;
+use crate::follow::Follower;
 use crate::issuance::Issuance;
 use crate::jwt_svid::{JwtKeys, JwtSigner, JwtSvids};
 use crate::limits::Limits;
@@ -39,6 +40,8 @@ pub(crate) struct Services {
     pub(crate) federations: Arc<Federations>,
     pub(crate) audit: Arc<Audit>,
     pub(crate) crls: Crls,
+    /// Reads back what other replicas sharing the store changed.
+    pub(crate) follower: Arc<Follower>,
 }
 
 impl Services {
@@ -68,7 +71,13 @@ impl Services {
             serving.clone(),
         ));
         let jwt_keys = Arc::new(JwtKeys::new(core.clone(), roots.clone(), jwt_signer));
+        let follower = Arc::new(Follower::new(
+            core.clone(),
+            revocations.clone(),
+            jwt_keys.clone(),
+        ));
         Ok(Self {
+            follower,
             limits: Arc::new(Limits::new(core.config.limits.clone())),
             kubernetes,
             tokens: JoinTokens::new(core.clone()),

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::error::CaError;
 use crate::keys::Keys;
 use crate::peer::PeerChain;
-use crate::store::Store;
+use crate::store::{BundleChangeGuard, Store};
 
 /// What every service shares.
 #[derive(Debug)]
@@ -35,6 +35,14 @@ pub(crate) struct Core {
     /// Held from reading the bundle version to publishing the next one, so that root, JWT
     /// key and federation changes never give two different bundles the same version.
     bundle_changes: tokio::sync::Mutex<()>,
+}
+
+/// Held from reading the bundle version to publishing the next one: this CA's lock and
+/// the store's, which other replicas take too (dropped in that order).
+#[derive(Debug)]
+pub(crate) struct BundleChange<'a> {
+    _shared: Option<BundleChangeGuard>,
+    _local: tokio::sync::MutexGuard<'a, ()>,
 }
 
 /// The signing intermediate, and the same certificate as a verification shortcut for the
@@ -158,9 +166,43 @@ impl Core {
     }
 
     /// Waits for any other bundle change to finish; hold the guard until the new version is
-    /// published.
-    pub(crate) async fn changing_bundle(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.bundle_changes.lock().await
+    /// published. The bundle in force is then the one stored, so that the next version is
+    /// counted from the newest one any replica sharing the store has written.
+    pub(crate) async fn changing_bundle(&self) -> BundleChange<'_> {
+        let local = self.bundle_changes.lock().await;
+        // Other replicas sharing the store wait too. A store that cannot be reached now
+        // fails the change itself when it writes.
+        let shared = self
+            .store
+            .bundle_change_guard()
+            .inspect_err(|e| tracing::warn!(error = %e, "taking the bundle-change lock failed"))
+            .ok();
+        if let Err(e) = self.follow_bundle_locked().await {
+            tracing::warn!(error = %e, "reading the stored trust bundle version failed");
+        }
+        BundleChange {
+            _shared: shared,
+            _local: local,
+        }
+    }
+
+    /// Publishes the stored bundle if another replica sharing the store has changed it.
+    pub(crate) async fn follow_bundle(&self) -> Result<(), CaError> {
+        let stored = self.store.bundle_version().map_err(bootstrap::store_err)?;
+        if stored <= self.bundle().version() {
+            return Ok(());
+        }
+        let _bundle_change = self.bundle_changes.lock().await;
+        self.follow_bundle_locked().await
+    }
+
+    async fn follow_bundle_locked(&self) -> Result<(), CaError> {
+        let stored = self.store.bundle_version().map_err(bootstrap::store_err)?;
+        if stored <= self.bundle().version() {
+            return Ok(());
+        }
+        self.republish_bundle("changed_by_another_replica", &format!("version {stored}"))
+            .await
     }
 
     /// Publishes a new trust bundle to every watcher.

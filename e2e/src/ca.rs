@@ -23,6 +23,8 @@ pub struct Listening {
     pub admin_dir: PathBuf,
     /// The SPIFFE bundle endpoint, when `--bundle-endpoint-listen` was given.
     pub bundle_endpoint: Option<SocketAddr>,
+    /// CRLs and metrics, when `--http-listen` was given.
+    pub http: Option<SocketAddr>,
 }
 
 impl Listening {
@@ -34,6 +36,7 @@ impl Listening {
             trust_domain: id.trust_domain_name().to_owned(),
             admin_dir: data_dir.join("admin"),
             bundle_endpoint: ready.addr("bundle_endpoint"),
+            http: ready.addr("http"),
         })
     }
 }
@@ -62,6 +65,8 @@ pub struct Ca {
     pub trust_domain: String,
     /// Its SPIFFE bundle endpoint, when started with `--bundle-endpoint-listen`.
     pub bundle_endpoint: Option<SocketAddr>,
+    /// Its CRL and metrics port, when started with `--http-listen`.
+    pub http: Option<SocketAddr>,
     /// The CA's data directory.
     pub data_dir: PathBuf,
     /// admin.pem, admin.key.pem and bundle.pem for the admin API.
@@ -115,6 +120,27 @@ impl Ca {
         Self::launch(dir, data_dir.to_path_buf(), args, &[], Place::default())
     }
 
+    /// Starts another replica of this CA: the same arguments (so the same store, when it is
+    /// a shared one) and a copy of its data directory taken now (its keys and admin
+    /// credentials, as a Secret every replica mounts would give them).
+    pub fn replica(&self) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for the replica");
+        let data_dir = dir.path().join("ca");
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&self.data_dir)
+            .arg(&data_dir)
+            .status()
+            .expect("cp runs");
+        assert!(copied.success(), "copy the data directory");
+        let vars: Vec<(&str, &str)> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Self::launch(dir, data_dir, &self.args, &vars, self.place.clone())
+    }
+
     fn launch<S: AsRef<OsStr>>(
         dir: tempfile::TempDir,
         data_dir: PathBuf,
@@ -133,6 +159,7 @@ impl Ca {
             addr: listening.addr,
             trust_domain: listening.trust_domain,
             bundle_endpoint: listening.bundle_endpoint,
+            http: listening.http,
             data_dir,
             admin_dir: listening.admin_dir,
             args,
@@ -165,6 +192,7 @@ impl Ca {
         self.process = process;
         self.addr = listening.addr;
         self.bundle_endpoint = listening.bundle_endpoint;
+        self.http = listening.http;
     }
 
     /// A scratch directory next to the CA's data, removed with it.
@@ -263,6 +291,7 @@ mod tests {
                 trust_domain: "cluster.local".into(),
                 admin_dir: PathBuf::from("/d/admin"),
                 bundle_endpoint: None,
+                http: None,
             })
         );
     }

@@ -189,8 +189,8 @@ fn a_ca_that_loses_its_database_answers_unavailable_naming_it_and_resumes_by_its
     ca.stop();
 }
 
-/// Two `trellis-ca` processes on one database serve one CA, each with a data directory of
-/// its own: the keys reach both sealed through the database, under the one KEK file.
+/// Three `trellis-ca` processes on one database serve one CA, each with a data directory
+/// of its own: the keys reach them sealed through the database, under the one KEK file.
 mod replicas {
     use tokio::sync::Barrier;
     use tonic::Code;
@@ -202,7 +202,7 @@ mod replicas {
     use super::{TIMEOUT, issue};
     use crate::crash_support::CaAccess;
 
-    /// Joins through each replica at once with the same token, `rounds` times.
+    /// Rounds of one token redeemed through every replica at once.
     const ROUNDS: usize = 8;
 
     /// A second replica: its own empty data directory, the same database and KEK.
@@ -211,10 +211,11 @@ mod replicas {
     }
 
     #[test]
-    fn two_replicas_on_one_database_issue_as_one_ca_and_a_join_token_works_once() {
+    fn replicas_on_one_database_issue_as_one_ca_and_a_join_token_works_once() {
         let db = Postgres::start();
         let a = Ca::start_with(&db.ca_args());
         let b = second_replica(&db);
+        let c = second_replica(&db);
         assert_eq!(
             std::fs::read(a.bundle_pem()).expect("A's bundle"),
             std::fs::read(b.bundle_pem()).expect("B's bundle"),
@@ -234,20 +235,21 @@ mod replicas {
         .json();
         assert_eq!(shown["spiffe_id"], "spiffe://cluster.local/web", "{shown}");
 
-        // One join token, redeemed through both replicas at the same moment: once.
-        let access = [&a, &b].map(|ca| CaAccess::new(ca.addr, &ca.trust_domain, &ca.admin_dir));
+        // One join token, redeemed through the three replicas at the same moment: once.
+        let access = [&a, &b, &c].map(|ca| CaAccess::new(ca.addr, &ca.trust_domain, &ca.admin_dir));
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         for round in 0..ROUNDS {
             let id = format!("spiffe://cluster.local/joiner-{round}");
             let token = std::fs::read_to_string(a.token_file(&id)).expect("token file");
-            let start = Barrier::new(2);
-            let (through_a, through_b) = runtime.block_on(async {
+            let start = Barrier::new(3);
+            let (through_a, through_b, through_c) = runtime.block_on(async {
                 tokio::join!(
                     redeem(&access[0], &token, &start),
-                    redeem(&access[1], &token, &start)
+                    redeem(&access[1], &token, &start),
+                    redeem(&access[2], &token, &start)
                 )
             });
-            let outcomes = [through_a, through_b];
+            let outcomes = [through_a, through_b, through_c];
             let won = outcomes.iter().filter(|o| o.is_ok()).count();
             assert_eq!(won, 1, "round {round}: {outcomes:?}");
             for refused in outcomes.iter().filter_map(|o| o.as_ref().err()) {

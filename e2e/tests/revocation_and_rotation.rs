@@ -15,32 +15,6 @@ use trellis_proto::admin::v1::{
     RevokeCertificateRequest,
 };
 
-fn pair(ca: &Ca, echo: &Echo, ca_extra: &str) -> (Sidecar, Sidecar) {
-    let backend = sidecar(
-        ca,
-        "backend",
-        &id("/ns/demo/sa/backend"),
-        ca_extra,
-        &format!(
-            "[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{}\"\npolicy = \"deny\"\nallow = [\"{}\"]\n",
-            echo.addr,
-            id("/ns/demo/sa/frontend")
-        ),
-    );
-    let frontend = sidecar(
-        ca,
-        "frontend",
-        &id("/ns/demo/sa/frontend"),
-        ca_extra,
-        &format!(
-            "[[outbound]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nallow = [\"{}\"]\n",
-            backend.inbound.expect("backend inbound"),
-            id("/ns/demo/sa/backend")
-        ),
-    );
-    (backend, frontend)
-}
-
 #[test]
 fn a_revocation_closes_live_connections_and_refuses_new_ones_within_two_seconds() {
     let ca = Ca::start();

@@ -52,6 +52,11 @@ impl JwtKeys {
             .clone()
     }
 
+    /// Signs with `signer` from now on: the key another replica activated.
+    pub(crate) fn follow(&self, signer: Arc<JwtSigner>) {
+        *self.active.write().unwrap_or_else(|p| p.into_inner()) = signer;
+    }
+
     /// When no token signed by `key` can still be valid; None while it signs.
     fn retirable_at(&self, key: &JwtKeyRecord) -> Option<SystemTime> {
         let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);

@@ -160,6 +160,18 @@ pub(crate) async fn metadata_is_kept_and_read_back(h: &mut dyn Harness) {
         0,
         "numbers are per intermediate"
     );
+    // Taking a number: the one asked for, or one more than the last if that is not above it.
+    let mark = store.mark();
+    assert_eq!(store.next_crl_number("i1", 5).unwrap(), 1_700_000_001);
+    assert_eq!(
+        store.next_crl_number("i1", 1_800_000_000).unwrap(),
+        1_800_000_000
+    );
+    assert_eq!(store.next_crl_number("i2", 9).unwrap(), 9);
+    store.durable(mark).await.unwrap();
+    drop(store);
+    let store = h.reopen();
+    assert_eq!(store.crl_number("i1").unwrap(), 1_800_000_000);
 }
 
 pub(crate) async fn roots_and_the_signing_intermediate_are_kept(h: &mut dyn Harness) {

@@ -209,6 +209,15 @@ impl std::fmt::Debug for StartUpGuard {
     }
 }
 
+/// Held while a CA changes the trust bundle; see [`Store::bundle_change_guard`].
+pub struct BundleChangeGuard(pub Box<dyn Send>);
+
+impl std::fmt::Debug for BundleChangeGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BundleChangeGuard")
+    }
+}
+
 /// Where the writes that follow it go; see [`Store::durable`]. An implementation without
 /// generations returns any value and ignores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,6 +300,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok(StartUpGuard(Box::new(())))
     }
 
+    /// Waits until no other CA sharing the store is changing the trust bundle, and keeps
+    /// them waiting until the guard is dropped, so that replicas changing it at once never
+    /// give two bundles one version. A store only one CA opens needs nothing.
+    fn bundle_change_guard(&self) -> Result<BundleChangeGuard, StoreError> {
+        Ok(BundleChangeGuard(Box::new(())))
+    }
+
     // --- metadata ---
 
     /// The trust domain this store belongs to, if initialised.
@@ -303,6 +319,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn crl_number(&self, id: &str) -> Result<u64, StoreError>;
     /// Records the number of the CRL intermediate `id` is about to sign.
     fn set_crl_number(&self, id: &str, number: u64) -> Result<(), StoreError>;
+    /// Takes the number of intermediate `id`'s next CRL: `at_least`, or one more than the
+    /// last number taken if that is not above it, so numbers increase strictly per issuer.
+    /// A store that several CAs share takes it atomically (two replicas never sign two
+    /// CRLs under one number); the default reads then writes, which suffices for a store
+    /// one process owns and whose callers take numbers one at a time.
+    fn next_crl_number(&self, id: &str, at_least: u64) -> Result<u64, StoreError> {
+        let number = at_least.max(self.crl_number(id)?.saturating_add(1));
+        self.set_crl_number(id, number)?;
+        Ok(number)
+    }
 
     // --- roots and intermediates ---
 
@@ -409,6 +435,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn revocation(&self, serial: &[u8]) -> Result<Option<RevocationRecord>, StoreError>;
     /// Every revocation kept (retention removes those of removed certificates).
     fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError>;
+    /// A value that changes whenever a revocation is recorded or removed, cheaper to read
+    /// than [`Store::revocations`]: what a replica polls to notice others' revocations. The
+    /// default is the count and the newest revocation time.
+    fn revocations_marker(&self) -> Result<(u64, u64), StoreError> {
+        let all = self.revocations()?;
+        let newest = all.iter().map(|r| r.revoked_at).max().unwrap_or(0);
+        Ok((all.len() as u64, newest))
+    }
 
     // --- bundle acknowledgements ---
 

@@ -171,6 +171,35 @@ fn start_sidecar(
 
 pub use trellis_e2e::http::http_get;
 
+/// A backend sidecar (inbound to `echo`, allowing only the frontend) and a frontend sidecar
+/// (outbound to the backend), both taking certificates from `ca`; `ca_extra` goes into
+/// both `[ca]` tables.
+pub fn pair(ca: &Ca, echo: &Echo, ca_extra: &str) -> (Sidecar, Sidecar) {
+    let backend = sidecar(
+        ca,
+        "backend",
+        &id("/ns/demo/sa/backend"),
+        ca_extra,
+        &format!(
+            "[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{}\"\npolicy = \"deny\"\nallow = [\"{}\"]\n",
+            echo.addr,
+            id("/ns/demo/sa/frontend")
+        ),
+    );
+    let frontend = sidecar(
+        ca,
+        "frontend",
+        &id("/ns/demo/sa/frontend"),
+        ca_extra,
+        &format!(
+            "[[outbound]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nallow = [\"{}\"]\n",
+            backend.inbound.expect("backend inbound"),
+            id("/ns/demo/sa/backend")
+        ),
+    );
+    (backend, frontend)
+}
+
 /// Waits until a sidecar's `/ready` says 200.
 pub fn wait_ready(admin: SocketAddr) {
     trellis_e2e::http::wait_ready(admin, START);

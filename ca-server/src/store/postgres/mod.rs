@@ -29,6 +29,7 @@
 mod audit;
 mod certs;
 pub mod config;
+mod replicas;
 mod runner;
 pub mod schema;
 mod sealed_keys;
@@ -514,6 +515,14 @@ impl Store for PostgresStore {
         })
     }
 
+    fn next_crl_number(&self, id: &str, at_least: u64) -> Result<u64, StoreError> {
+        self.run(replicas::next_crl_number(
+            self.db(),
+            id.to_owned(),
+            at_least,
+        ))
+    }
+
     // --- roots and intermediates ---
 
     fn roots(&self) -> Result<Vec<RootRecord>, StoreError> {
@@ -774,6 +783,15 @@ impl Store for PostgresStore {
 
     fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError> {
         self.run(all(self.db(), "revocations", "serial"))
+    }
+
+    fn bundle_change_guard(&self) -> Result<super::BundleChangeGuard, StoreError> {
+        let connection = self.run(replicas::bundle_change_lock(self.db()))?;
+        Ok(super::BundleChangeGuard(Box::new(connection)))
+    }
+
+    fn revocations_marker(&self) -> Result<(u64, u64), StoreError> {
+        self.run(replicas::revocations_marker(self.db()))
     }
 
     // --- bundle acknowledgements ---

@@ -362,3 +362,95 @@ fn a_sealed_key_is_written_once_and_read_by_every_replica() {
         Some(sealed)
     );
 }
+
+/// Two stores on one database, as two replicas hold them.
+fn two_replicas(db: &Postgres) -> [PostgresStore; 2] {
+    [(); 2].map(|_| PostgresStore::open(&config(db)).expect("open"))
+}
+
+#[test]
+fn replicas_taking_crl_numbers_at_once_never_take_the_same_one() {
+    let db = Postgres::start();
+    let stores = two_replicas(&db).map(Arc::new);
+    const EACH: usize = 25;
+    let takers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = stores[i % 2].clone();
+            std::thread::spawn(move || {
+                (0..EACH)
+                    .map(|_| store.next_crl_number("i1", 1_700_000_000).expect("take"))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut taken: Vec<u64> = takers
+        .into_iter()
+        .flat_map(|t| t.join().expect("taker"))
+        .collect();
+    taken.sort_unstable();
+    let all = taken.len();
+    taken.dedup();
+    assert_eq!(taken.len(), all, "a number was taken twice");
+    assert_eq!(
+        (taken[0], taken[all - 1]),
+        (1_700_000_000, 1_700_000_000 + all as u64 - 1),
+        "one after the other from the one asked for"
+    );
+}
+
+#[test]
+fn a_revocation_through_one_replica_changes_the_marker_the_other_reads() {
+    let db = Postgres::start();
+    let [a, b] = two_replicas(&db);
+    let before = b.revocations_marker().expect("marker");
+    assert_eq!(before.0, 0);
+    let record = |n: u8| RevocationRecord {
+        serial: trellis_identity::hex::encode(&[n; 16]),
+        spiffe_id: "spiffe://td/r".into(),
+        revoked_at: 1_700_000_000,
+        reason: "test".into(),
+        not_after: 1_800_000_000,
+        intermediate_id: "i1".into(),
+        reason_code: None,
+    };
+    let audit = |r: &RevocationRecord| AuditRecord {
+        time: r.revoked_at,
+        kind: "certificate_revoked".into(),
+        spiffe_id: r.spiffe_id.clone(),
+        serial: r.serial.clone(),
+        actor: "test".into(),
+        detail: String::new(),
+    };
+    let mut seen = vec![before];
+    for n in 1..=3 {
+        // Same second every time: the marker must not rest on revocation times.
+        assert!(a.revoke(&record(n), &audit(&record(n))).expect("revoke"));
+        let now = b.revocations_marker().expect("marker");
+        assert!(!seen.contains(&now), "{now:?} after {seen:?}");
+        assert_eq!(b.revocations_marker().expect("marker"), now, "stable");
+        seen.push(now);
+    }
+    assert_eq!(seen.last().map(|m| m.0), Some(3));
+}
+
+#[test]
+fn a_replica_changing_the_bundle_keeps_the_others_waiting_until_it_is_done() {
+    let db = Postgres::start();
+    let [a, b] = two_replicas(&db);
+    let held = a.bundle_change_guard().expect("A takes the lock");
+    let (taken, took) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let guard = b.bundle_change_guard().expect("B takes the lock");
+        taken.send(()).expect("send");
+        drop(guard);
+    });
+    assert!(
+        took.recv_timeout(std::time::Duration::from_millis(500))
+            .is_err(),
+        "B changed the bundle while A was"
+    );
+    drop(held);
+    took.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("B goes on once A is done");
+    waiter.join().expect("waiter");
+}
