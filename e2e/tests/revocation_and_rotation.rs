@@ -4,15 +4,13 @@
 
 mod mesh_support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use mesh_support::*;
 use trellis_e2e::Ca;
 use trellis_proto::admin::v1::{
     ActivateRootRequest, AddRootRequest, ListRootsRequest, RetireRootRequest,
-    RevokeCertificateRequest,
 };
 
 #[test]
@@ -22,27 +20,13 @@ fn a_revocation_closes_live_connections_and_refuses_new_ones_within_two_seconds(
     let (backend, frontend) = pair(&ca, &echo, "");
     let outbound = frontend.outbound[0];
 
-    let mut live = TcpStream::connect(outbound).expect("connect");
-    live.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    live.write_all(b"ping").expect("write");
-    let mut buf = [0u8; 4];
-    live.read_exact(&mut buf).expect("echo before revocation");
+    let mut live = live_connection(outbound);
 
     let mut admin = Admin::connect(&ca);
     let revoked_at = Instant::now();
     let serials = admin
-        .call(|mut c| async move {
-            c.revoke_certificate(RevokeCertificateRequest {
-                serial: String::new(),
-                spiffe_id: id("/ns/demo/sa/frontend"),
-                reason: "compromised".into(),
-                reason_code: 0,
-            })
-            .await
-        })
-        .expect("revoke")
-        .serials;
+        .revoke_identity(id("/ns/demo/sa/frontend"))
+        .expect("revoke");
     assert_eq!(serials.len(), 1);
 
     // The live connection is closed by the backend's sidecar.

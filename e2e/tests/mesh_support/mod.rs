@@ -303,6 +303,20 @@ impl Admin {
         }
     }
 
+    /// Revokes every live certificate of `spiffe_id`; returns the serials revoked.
+    pub fn revoke_identity(&mut self, spiffe_id: String) -> Result<Vec<String>, tonic::Status> {
+        self.call(|mut c| async move {
+            c.revoke_certificate(trellis_proto::admin::v1::RevokeCertificateRequest {
+                serial: String::new(),
+                spiffe_id,
+                reason: "compromised".into(),
+                reason_code: 0,
+            })
+            .await
+        })
+        .map(|r| r.serials)
+    }
+
     /// Runs one call on the admin client.
     pub fn call<T, F>(
         &mut self,
@@ -318,6 +332,18 @@ impl Admin {
             .block_on(f(client))
             .map(tonic::Response::into_inner)
     }
+}
+
+/// A connection through `addr` that has carried one echoed request, as an application's
+/// long-lived connection would be.
+pub fn live_connection(addr: SocketAddr) -> TcpStream {
+    let mut live = TcpStream::connect(addr).expect("connect");
+    live.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    live.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    live.read_exact(&mut buf).expect("echo");
+    live
 }
 
 /// New connections through `addr`, one every 50 ms, each sending a numbered request and
