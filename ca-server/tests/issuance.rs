@@ -159,9 +159,8 @@ async fn renewal_with_the_current_certificate_keeps_the_identity() {
     assert_eq!(again.spiffe_id, first.spiffe_id);
 }
 
-#[tokio::test]
-async fn a_join_token_works_once() {
-    let ca = TestCa::start().await;
+async fn a_join_token_works_once(backend: Backend) {
+    let ca = TestCa::start_with_store(backend).await;
     let token = ca.token("/ns/a/sa/once").await;
     let key = WorkloadKey::generate().expect("key");
     let csr = key.csr_der(None).expect("csr");
@@ -196,9 +195,8 @@ async fn status_total(ca: &TestCa) -> u64 {
         .issued_total
 }
 
-#[tokio::test]
-async fn restart_keeps_roots_certificates_and_renewability() {
-    let mut ca = TestCa::start().await;
+async fn restart_keeps_roots_certificates_and_renewability(backend: Backend) {
+    let mut ca = TestCa::start_with_store(backend).await;
     let bundle_before = ca.bundle().roots().to_vec();
     let (key, issued) = ca.bootstrap("/ns/a/sa/durable").await;
     ca.restart().await;
@@ -237,9 +235,10 @@ async fn restart_keeps_roots_certificates_and_renewability() {
     assert_eq!(bundle.version, 1);
 }
 
-#[tokio::test]
-async fn a_thousand_concurrent_issuances_get_distinct_serials_that_survive_restart() {
-    let mut ca = TestCa::start().await;
+async fn a_thousand_concurrent_issuances_get_distinct_serials_that_survive_restart(
+    backend: Backend,
+) {
+    let mut ca = TestCa::start_with_store(backend).await;
     let admin = ca.admin().await;
     let mut tasks = Vec::new();
     for i in 0..1000 {
@@ -277,9 +276,8 @@ async fn a_thousand_concurrent_issuances_get_distinct_serials_that_survive_resta
     }
 }
 
-#[tokio::test]
-async fn every_issuance_and_token_use_is_audited() {
-    let ca = TestCa::start().await;
+async fn every_issuance_and_token_use_is_audited(backend: Backend) {
+    let ca = TestCa::start_with_store(backend).await;
     let (_, issued) = ca.bootstrap("/ns/a/sa/audited").await;
     let events = ca
         .admin()
@@ -310,3 +308,10 @@ async fn every_issuance_and_token_use_is_audited() {
         "no token in the log"
     );
 }
+
+on_both_stores!(
+    a_join_token_works_once,
+    restart_keeps_roots_certificates_and_renewability,
+    a_thousand_concurrent_issuances_get_distinct_serials_that_survive_restart,
+    every_issuance_and_token_use_is_audited,
+);

@@ -105,9 +105,8 @@ fn each_once(listed: &[String], expected: impl Iterator<Item = String>) {
     assert_eq!(listed, expected, "every record exactly once");
 }
 
-#[tokio::test]
-async fn every_certificate_is_listed_exactly_once_across_pages() {
-    let ca = TestCa::start().await;
+async fn every_certificate_is_listed_exactly_once_across_pages(backend: Backend) {
+    let ca = TestCa::start_with_store(backend).await;
     let written = fill(&ca);
     // The CA's own serving and admin certificates are in the store too.
     let mut everything: Vec<String> = written.keys().cloned().collect();
@@ -176,9 +175,8 @@ async fn every_certificate_is_listed_exactly_once_across_pages() {
     assert!(pages >= RECORDS / IDENTITIES / 7, "{pages} pages");
 }
 
-#[tokio::test]
-async fn a_page_token_from_elsewhere_is_refused() {
-    let ca = TestCa::start().await;
+async fn a_page_token_from_elsewhere_is_refused(backend: Backend) {
+    let ca = TestCa::start_with_store(backend).await;
     let mut admin = ca.admin().await;
     for token in ["not hex", "00ff"] {
         let status = admin
@@ -197,3 +195,8 @@ async fn a_page_token_from_elsewhere_is_refused() {
         );
     }
 }
+
+on_both_stores!(
+    every_certificate_is_listed_exactly_once_across_pages,
+    a_page_token_from_elsewhere_is_refused,
+);

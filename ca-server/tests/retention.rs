@@ -44,10 +44,9 @@ fn fill(store: &dyn Store, tag: u8, count: u32, not_after: u64) -> Vec<Vec<u8>> 
         .collect()
 }
 
-#[tokio::test]
-async fn records_past_retention_go_and_the_rest_stay() {
+async fn records_past_retention_go_and_the_rest_stay(backend: Backend) {
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
-    let ca = TestCa::start_configured(clock.clone(), |c| {
+    let ca = TestCa::start_on(backend, clock.clone(), |c| {
         // The background task stays off: this test runs the pass itself, and counts it.
         c.certificate_retention = None;
         c.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
@@ -105,10 +104,9 @@ async fn records_past_retention_go_and_the_rest_stay() {
     );
 }
 
-#[tokio::test]
-async fn a_retention_of_zero_keeps_every_record() {
+async fn a_retention_of_zero_keeps_every_record(backend: Backend) {
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
-    let ca = TestCa::start_configured(clock.clone(), |c| {
+    let ca = TestCa::start_on(backend, clock.clone(), |c| {
         c.certificate_retention = None;
     })
     .await;
@@ -127,3 +125,8 @@ async fn a_retention_of_zero_keeps_every_record() {
     }
     assert_eq!(store.pruned_total(), 0);
 }
+
+on_both_stores!(
+    records_past_retention_go_and_the_rest_stay,
+    a_retention_of_zero_keeps_every_record,
+);

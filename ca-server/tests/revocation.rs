@@ -25,9 +25,8 @@ fn revoke_serial(serial: &str) -> RevokeCertificateRequest {
     }
 }
 
-#[tokio::test]
-async fn a_revoked_certificate_cannot_renew_and_is_streamed_and_audited() {
-    let ca = TestCa::start().await;
+async fn a_revoked_certificate_cannot_renew_and_is_streamed_and_audited(backend: Backend) {
+    let ca = TestCa::start_with_store(backend).await;
     let (key, issued) = ca.bootstrap("/ns/a/sa/compromised").await;
     let mut stream = ca
         .workload(None)
@@ -103,9 +102,10 @@ async fn a_revoked_certificate_cannot_renew_and_is_streamed_and_audited() {
     assert!(again.is_empty());
 }
 
-#[tokio::test]
-async fn revoking_an_identity_revokes_all_its_live_certificates_and_survives_restart() {
-    let mut ca = TestCa::start().await;
+async fn revoking_an_identity_revokes_all_its_live_certificates_and_survives_restart(
+    backend: Backend,
+) {
+    let mut ca = TestCa::start_with_store(backend).await;
     let (key, first) = ca.bootstrap("/ns/a/sa/many").await;
     let second = ca
         .workload(Some(&identity_of(&key, &first)))
@@ -353,13 +353,12 @@ fn crl_number(crl: &std::path::Path) -> u64 {
 
 /// CRL numbers increase strictly per issuer (RFC 5280, section 5.2.3), even for CRLs
 /// signed within one second (the clock stands still here) and across a restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crl_numbers_increase_within_a_second_and_across_restarts() {
+async fn crl_numbers_increase_within_a_second_and_across_restarts(backend: Backend) {
     let clock = Arc::new(ManualClock::new(std::time::SystemTime::now()));
     let with_http = |c: &mut trellis_ca::Config| {
         c.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
     };
-    let mut ca = TestCa::start_configured(clock, with_http).await;
+    let mut ca = TestCa::start_on(backend, clock, with_http).await;
     let dir = tempfile::tempdir().expect("dir");
     let mut numbers = Vec::new();
     for round in 0..4 {
@@ -392,3 +391,13 @@ async fn crl_numbers_increase_within_a_second_and_across_restarts() {
         "strictly increasing: {numbers:?}"
     );
 }
+
+on_both_stores!(
+    a_revoked_certificate_cannot_renew_and_is_streamed_and_audited,
+    revoking_an_identity_revokes_all_its_live_certificates_and_survives_restart,
+);
+
+on_both_stores!(
+    multi_thread:
+    crl_numbers_increase_within_a_second_and_across_restarts,
+);

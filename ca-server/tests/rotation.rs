@@ -37,9 +37,8 @@ async fn renew(ca: &TestCa, identity: &Identity, key: &WorkloadKey) -> CertifyRe
         .into_inner()
 }
 
-#[tokio::test]
-async fn add_activate_retire_with_every_safety_check() {
-    let ca = TestCa::start().await;
+async fn add_activate_retire_with_every_safety_check(backend: Backend) {
+    let ca = TestCa::start_with_store(backend).await;
     let mut admin = ca.admin().await;
     let old_root = ca.bundle().root_ids()[0].clone();
 
@@ -202,9 +201,8 @@ async fn add_activate_retire_with_every_safety_check() {
     renew(&ca, &renewed_identity, &key).await;
 }
 
-#[tokio::test]
-async fn forced_steps_go_through_and_say_so_in_the_audit_log() {
-    let ca = TestCa::start().await;
+async fn forced_steps_go_through_and_say_so_in_the_audit_log(backend: Backend) {
+    let ca = TestCa::start_with_store(backend).await;
     let mut admin = ca.admin().await;
     let old_root = ca.bundle().root_ids()[0].clone();
     let (key, issued) = ca.bootstrap("/ns/app/sa/api").await;
@@ -266,10 +264,9 @@ async fn forced_steps_go_through_and_say_so_in_the_audit_log() {
     assert_eq!(missing.code(), Code::NotFound);
 }
 
-#[tokio::test]
-async fn a_root_can_be_imported_with_or_without_its_key() {
+async fn a_root_can_be_imported_with_or_without_its_key(backend: Backend) {
     use trellis_identity::profile::{SigningCa, new_root};
-    let ca = TestCa::start().await;
+    let ca = TestCa::start_with_store(backend).await;
     let mut admin = ca.admin().await;
     let td = ca.trust_domain();
     let day = std::time::Duration::from_secs(86_400);
@@ -369,9 +366,10 @@ async fn a_root_can_be_imported_with_or_without_its_key() {
 
 /// The activation check answers the same after a restart: acknowledgements are stored, and
 /// a workload that never acknowledged counts as not converged rather than being skipped.
-#[tokio::test]
-async fn acknowledgements_survive_a_restart_and_a_silent_workload_blocks_activation() {
-    let mut ca = TestCa::start().await;
+async fn acknowledgements_survive_a_restart_and_a_silent_workload_blocks_activation(
+    backend: Backend,
+) {
+    let mut ca = TestCa::start_with_store(backend).await;
     let (web_key, web) = ca.bootstrap("/ns/app/sa/web").await;
     let web = identity_of(&web_key, &web);
     // A second workload that holds a certificate but never acknowledges a bundle.
@@ -429,3 +427,10 @@ async fn acknowledgements_survive_a_restart_and_a_silent_workload_blocks_activat
         vec!["spiffe://cluster.local/ns/app/sa/silent".to_owned()]
     );
 }
+
+on_both_stores!(
+    forced_steps_go_through_and_say_so_in_the_audit_log,
+    a_root_can_be_imported_with_or_without_its_key,
+    add_activate_retire_with_every_safety_check,
+    acknowledgements_survive_a_restart_and_a_silent_workload_blocks_activation,
+);

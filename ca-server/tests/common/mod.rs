@@ -1,5 +1,6 @@
-//! Test harness: a real CA on 127.0.0.1:0 with a real sled directory in a temp dir, and
-//! real tonic clients over TLS that verify it by SPIFFE ID.
+//! Test harness: a real CA on 127.0.0.1:0 with a real sled directory in a temp dir (or a
+//! real PostgreSQL server the harness starts), and real tonic clients over TLS that verify
+//! it by SPIFFE ID.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -18,10 +19,46 @@ use trellis_proto::ca::v1::certify_request::Credential;
 use trellis_proto::ca::v1::workload_ca_client::WorkloadCaClient;
 use trellis_proto::ca::v1::{CertifyRequest, CertifyResponse};
 
+/// Where a test CA keeps its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded sled database in the data directory.
+    Sled,
+    /// A PostgreSQL server of its own, started for the test and stopped with it.
+    Postgres,
+}
+
+/// Runs each named `async fn(Backend)` once per store, as the tests `<name>::sled` and
+/// `<name>::postgres`: for tests of what the store must keep, whichever it is. Prefix the
+/// list with `multi_thread:` for a two-worker runtime.
+#[macro_export]
+macro_rules! on_both_stores {
+    (multi_thread: $($test:ident),+ $(,)?) => {
+        $crate::on_both_stores!(@with [tokio::test(flavor = "multi_thread", worker_threads = 2)] $($test),+);
+    };
+    (@with [$attr:meta] $($test:ident),+) => {$(
+        mod $test {
+            #[$attr]
+            async fn sled() {
+                super::$test($crate::common::Backend::Sled).await
+            }
+            #[$attr]
+            async fn postgres() {
+                super::$test($crate::common::Backend::Postgres).await
+            }
+        }
+    )+};
+    ($($test:ident),+ $(,)?) => {
+        $crate::on_both_stores!(@with [tokio::test] $($test),+);
+    };
+}
+
 pub struct TestCa {
     pub running: Option<RunningCa>,
     pub dir: tempfile::TempDir,
     pub clock: Arc<dyn Clock>,
+    /// The database of a CA on PostgreSQL; declared after `running` so the CA stops first.
+    pub postgres: Option<trellis_e2e::Postgres>,
 }
 
 pub fn config_for(data_dir: PathBuf) -> Config {
@@ -29,6 +66,16 @@ pub fn config_for(data_dir: PathBuf) -> Config {
     config.listen = "127.0.0.1:0".parse().expect("address");
     config.shutdown_grace = std::time::Duration::from_secs(2);
     config
+}
+
+/// Points `config` at `postgres` (with its key-encryption key), or leaves sled.
+fn use_store(config: &mut Config, postgres: Option<&trellis_e2e::Postgres>) {
+    use trellis_ca::store::postgres::config::{PasswordSource, PostgresConfig, UrlSource};
+    let Some(db) = postgres else { return };
+    let store = PostgresConfig::parse(&db.url(), UrlSource::Flag, PasswordSource::default(), None)
+        .expect("the harness's database URL parses");
+    config.store = trellis_ca::store::StoreConfig::Postgres(Box::new(store));
+    config.key_encryption_key_file = Some(db.kek_file());
 }
 
 impl TestCa {
@@ -42,9 +89,25 @@ impl TestCa {
 
     /// Starts with a configuration adjusted by `edit`.
     pub async fn start_configured(clock: Arc<dyn Clock>, edit: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(Backend::Sled, clock, edit).await
+    }
+
+    /// Starts on `backend` with the defaults.
+    pub async fn start_with_store(backend: Backend) -> Self {
+        Self::start_on(backend, Arc::new(SystemClock), |_| {}).await
+    }
+
+    /// Starts on `backend` with a configuration adjusted by `edit`.
+    pub async fn start_on(
+        backend: Backend,
+        clock: Arc<dyn Clock>,
+        edit: impl FnOnce(&mut Config),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        let postgres = (backend == Backend::Postgres).then(trellis_e2e::Postgres::start);
         let mut config = config_for(dir.path().join("ca"));
         edit(&mut config);
+        use_store(&mut config, postgres.as_ref());
         let running = trellis_ca::start_with_clock(config, clock.clone())
             .await
             .expect("CA starts");
@@ -52,6 +115,7 @@ impl TestCa {
             running: Some(running),
             dir,
             clock,
+            postgres,
         }
     }
 
@@ -87,6 +151,7 @@ impl TestCa {
         old.shutdown().await.expect("clean shutdown");
         let mut config = config_for(self.data_dir());
         edit(&mut config);
+        use_store(&mut config, self.postgres.as_ref());
         let running = trellis_ca::start_with_clock(config, self.clock.clone())
             .await
             .expect("CA restarts");
