@@ -123,12 +123,23 @@ pub enum Command {
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
     /// Verify the audit log's hash chain and signed checkpoints in a data directory (a copy,
-    /// or that of a stopped CA). Exit 0: intact; 1: tampered (the first bad entry is named);
-    /// 2: cannot be read.
+    /// or that of a stopped CA) or a PostgreSQL store. Exit 0: intact; 1: tampered (the
+    /// first bad entry is named); 2: cannot be read.
+    #[command(group(clap::ArgGroup::new("log").required(true).args(["data", "store"])))]
     Verify {
-        /// The data directory.
+        /// The data directory of a CA on sled.
         #[arg(long, value_name = "DIR")]
-        data: PathBuf,
+        data: Option<PathBuf>,
+        /// The PostgreSQL store of CA replicas instead, as the CA's --store (running
+        /// replicas need not stop).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// A file holding the database password.
+        #[arg(long, env = "TRELLIS_STORE_PASSWORD_FILE", value_name = "FILE")]
+        store_password_file: Option<PathBuf>,
+        /// PEM roots the database server's certificate must chain to; TLS is required with it.
+        #[arg(long, env = "TRELLIS_STORE_CA_FILE", value_name = "FILE")]
+        store_ca_file: Option<PathBuf>,
         /// Trust only these roots (PEM) for checkpoint signatures; without it, the roots the
         /// data directory records.
         #[arg(long, value_name = "FILE")]
@@ -232,6 +243,23 @@ impl StoreInputs {
             .map(|pg| StoreConfig::Postgres(Box::new(pg)))
             .map_err(|e| ConfigError(format!("store: {e}")))
     }
+}
+
+/// The store `trellis-ca audit verify --store` reads: the URL as given (the password only
+/// from the file or `TRELLIS_STORE_PASSWORD`, as for the CA).
+pub fn audit_store(
+    url: String,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+) -> Result<StoreConfig, ConfigError> {
+    StoreInputs {
+        url_flag: Some(url),
+        password_env: std::env::var("TRELLIS_STORE_PASSWORD").ok(),
+        password_file,
+        ca_file,
+        ..StoreInputs::default()
+    }
+    .build(None)
 }
 
 /// How long expired certificate records are kept by default: long enough to investigate

@@ -25,13 +25,24 @@ fn raise_open_file_limit() {
     }
 }
 
+/// Where `trellis-ca audit verify` reads the log.
+enum AuditSource {
+    DataDir(std::path::PathBuf),
+    Store(trellis_ca::store::StoreConfig),
+}
+
 /// `trellis-ca audit verify`: exit 0 intact, 1 tampered, 2 unreadable.
 async fn verify_audit(
-    data: &std::path::Path,
+    source: AuditSource,
     anchors: Option<&std::path::Path>,
     json: bool,
 ) -> ExitCode {
-    match trellis_ca::audit::offline::verify(data, anchors).await {
+    use trellis_ca::audit::offline;
+    let verified = match &source {
+        AuditSource::DataDir(data) => offline::verify(data, anchors).await,
+        AuditSource::Store(store) => offline::verify_store(store, anchors).await,
+    };
+    match verified {
         Err(e) => {
             eprintln!("trellis-ca: {e}");
             ExitCode::from(2)
@@ -82,11 +93,31 @@ async fn main() -> ExitCode {
     let mut flags = Flags::parse();
     if let Some(Command::Audit(AuditCommand::Verify {
         data,
+        store,
+        store_password_file,
+        store_ca_file,
         anchors,
         json,
     })) = flags.command.take()
     {
-        return verify_audit(&data, anchors.as_deref(), json).await;
+        let source = match (data, store) {
+            (Some(data), _) => AuditSource::DataDir(data),
+            (None, Some(url)) => {
+                match trellis_ca::config::audit_store(url, store_password_file, store_ca_file) {
+                    Ok(trellis_ca::store::StoreConfig::Sled) => {
+                        eprintln!("trellis-ca: --store sled: give the data directory with --data");
+                        return ExitCode::from(2);
+                    }
+                    Ok(store) => AuditSource::Store(store),
+                    Err(e) => {
+                        eprintln!("trellis-ca: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            (None, None) => unreachable!("clap requires --data or --store"),
+        };
+        return verify_audit(source, anchors.as_deref(), json).await;
     }
     let check_only = flags.check_config;
     let ready_file = flags.ready_file.clone();

@@ -561,3 +561,46 @@ fn a_database_restart_under_issuance_loses_nothing_acknowledged() {
     );
     assert!(given.len() > before, "{} given", given.len());
 }
+
+/// `trellis-ca audit verify --store` reads the log of a PostgreSQL store while the replica
+/// writing it runs, and names an entry edited in the database the way someone holding
+/// its credentials could.
+#[test]
+fn the_audit_log_of_a_postgres_store_verifies_offline_and_names_an_edited_entry() {
+    let db = Postgres::start();
+    let ca = Ca::start_with(&db.ca_args());
+    for i in 0..5 {
+        ca.token_file(&format!("spiffe://cluster.local/ns/prod/sa/web-{i}"));
+    }
+    run(ca.admin_command(&["root", "add"]), TIMEOUT).success();
+    let verify = |url: &str| {
+        let mut cmd = command("trellis-ca");
+        cmd.args(["audit", "verify", "--json", "--store", url]);
+        run(cmd, TIMEOUT)
+    };
+    let intact = verify(&db.url()).success().json();
+    assert_eq!(intact["intact"], true, "{intact}");
+    assert!(
+        intact["entries"].as_u64().expect("entries") >= 6,
+        "{intact}"
+    );
+    assert!(
+        intact["last_checkpoint_entry"].as_u64().is_some(),
+        "{intact}"
+    );
+
+    psql(
+        &db,
+        "UPDATE audit SET value = set_byte(value, length(value) - 2, \
+         get_byte(value, length(value) - 2) # 1) WHERE sequence = 3",
+    );
+    let found = verify(&db.url());
+    assert_eq!(found.code, Some(1), "{}", found.stderr);
+    assert_eq!(found.json()["problem_entry"], 3, "{}", found.stdout);
+    let online = run(ca.admin_command(&["audit", "verify"]), TIMEOUT);
+    assert!(online.failure(1).contains("entry 3"), "{online:?}");
+
+    let unreachable = verify(&format!("postgres://{USER}@127.0.0.1:1/{DATABASE}"));
+    let line = unreachable.failure(2);
+    assert!(line.contains("cannot open PostgreSQL"), "{line}");
+}

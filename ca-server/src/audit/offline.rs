@@ -1,5 +1,6 @@
-//! `trellis-ca audit verify --data DIR`: verifies the audit log of a data directory (a copy,
-//! or that of a stopped CA) without a running CA, e.g. from a backup.
+//! `trellis-ca audit verify --data DIR | --store URL`: verifies the audit log of a data
+//! directory (a copy, or that of a stopped CA) or of a PostgreSQL store (running replicas
+//! may go on) without asking a CA, e.g. from a backup.
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +8,7 @@ use trellis_identity::audit_log::{self, ChainedEntry, Tamper, Verified};
 use trellis_identity::{TrustBundle, TrustDomain, pem};
 
 use crate::bootstrap::DataDir;
+use crate::store::{Store, StoreConfig};
 
 /// What verification found: the trust domain's log verified, or the first problem.
 pub type Outcome = Result<Verified, Tamper>;
@@ -22,6 +24,8 @@ pub enum OfflineError {
          a copy of the data directory, or use `trellis audit verify` against the running CA)"
     )]
     Open { dir: PathBuf, detail: String },
+    #[error("cannot open {store}: {detail}")]
+    OpenStore { store: String, detail: String },
     #[error("{0}")]
     Read(String),
     #[error("--anchors {path}: {detail}")]
@@ -40,11 +44,36 @@ pub async fn verify(
         dir: dir.db(),
         detail: e.to_string(),
     })?;
+    verify_in(&*store, &data_dir.display().to_string(), anchors)
+}
+
+/// Like [`verify`], for the log of a PostgreSQL store. The CA replicas writing to it need
+/// not stop: what they append while it reads is verified as entries after the last
+/// checkpoint read.
+pub async fn verify_store(
+    config: &StoreConfig,
+    anchors: Option<&Path>,
+) -> Result<(String, Outcome), OfflineError> {
+    let location = config.location(Path::new("the data directory"));
+    let store = crate::store::open_configured(config, Path::new(".")).map_err(|e| {
+        OfflineError::OpenStore {
+            store: location.clone(),
+            detail: e.to_string(),
+        }
+    })?;
+    verify_in(&*store, &location, anchors)
+}
+
+fn verify_in(
+    store: &dyn Store,
+    location: &str,
+    anchors: Option<&Path>,
+) -> Result<(String, Outcome), OfflineError> {
     let read = |e: crate::store::StoreError| OfflineError::Read(e.to_string());
     let trust_domain = store
         .trust_domain()
         .map_err(read)?
-        .ok_or_else(|| OfflineError::Read(format!("{} holds no CA", data_dir.display())))?;
+        .ok_or_else(|| OfflineError::Read(format!("{location} holds no CA")))?;
     let roots = match anchors {
         Some(path) => {
             let text = std::fs::read(path).map_err(|e| OfflineError::Anchors {
