@@ -1,4 +1,5 @@
-//! The open database, and reopening it after a write failure.
+//! The open database, reopening it after a write failure, and pausing it while it is
+//! reopened to bound its recovery (`checkpoint.rs`).
 //!
 //! sled 0.34 turns the first failed log write (ENOSPC, EROFS, EIO; from our flush or from
 //! its own background flusher) into a sticky "global error": every later write and flush of
@@ -19,8 +20,9 @@
 //! means every write in between went to the database that was flushed.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use super::commit::Flushable;
 use crate::store::{Cause, Failure, Mark, StoreError};
@@ -163,6 +165,8 @@ pub(super) fn cause_of(e: &sled::Error) -> Option<Cause> {
 enum State {
     Open(Arc<Trees>),
     Failed(Failure),
+    /// Closed on purpose and being opened again (`checkpoint.rs`): callers wait.
+    Checkpointing,
 }
 
 /// The current opening of the database, or why there is none.
@@ -170,8 +174,24 @@ enum State {
 pub(super) struct Live {
     dir: PathBuf,
     state: Mutex<State>,
+    /// Signalled when a checkpoint ends, whichever way.
+    resumed: Condvar,
     runtime: tokio::runtime::Handle,
+    /// Certificates recorded since the database was last opened.
+    written: AtomicU64,
+    /// How many of them start a checkpoint (`u64::MAX`: never).
+    checkpoint_every: u64,
+    checkpointing: AtomicBool,
+    /// Generations closed by a checkpoint with every write flushed (the newest few).
+    closed_clean: Mutex<Vec<u64>>,
 }
+
+/// How long a caller waits for a checkpoint to reopen the database before it is told to
+/// retry.
+const CHECKPOINT_WAIT: Duration = Duration::from_secs(10);
+/// How many cleanly closed generations [`Live::closed_clean`] remembers: a write is
+/// acknowledged within a few checkpoints of being made, or not at all.
+const CLEAN_KEPT: usize = 8;
 
 /// How long an opening waits for the database's lock: a predecessor (a CA restarting in the
 /// same process, or one still exiting) releases it only once sled's background flusher has
@@ -179,10 +199,10 @@ pub(super) struct Live {
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// [`Trees::open`], retried while another opening still holds sled's exclusive lock.
-fn open_when_unlocked(dir: &Path) -> Result<Trees, sled::Error> {
+pub(super) fn open_when_unlocked(dir: &Path, generation: u64) -> Result<Trees, sled::Error> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
-        match Trees::open(dir, 1) {
+        match Trees::open(dir, generation) {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>
@@ -195,9 +215,10 @@ fn open_when_unlocked(dir: &Path) -> Result<Trees, sled::Error> {
 }
 
 impl Live {
-    /// Opens the database (generation 1). Needs a tokio runtime, for reopening.
-    pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
-        let trees = open_when_unlocked(dir).map_err(|e| match cause_of(&e) {
+    /// Opens the database (generation 1). Needs a tokio runtime, for reopening. After every
+    /// `checkpoint_every` certificates recorded, it is closed and opened again.
+    pub fn open(dir: &Path, checkpoint_every: u64) -> Result<Arc<Self>, StoreError> {
+        let trees = open_when_unlocked(dir, 1).map_err(|e| match cause_of(&e) {
             _ if matches!(e, sled::Error::Corruption { .. }) => StoreError::Damaged {
                 dir: dir.to_path_buf(),
                 detail: e.to_string(),
@@ -208,7 +229,12 @@ impl Live {
         Ok(Arc::new(Self {
             dir: dir.to_path_buf(),
             state: Mutex::new(State::Open(Arc::new(trees))),
+            resumed: Condvar::new(),
             runtime: tokio::runtime::Handle::current(),
+            written: AtomicU64::new(0),
+            checkpoint_every,
+            checkpointing: AtomicBool::new(false),
+            closed_clean: Mutex::default(),
         }))
     }
 
@@ -216,19 +242,76 @@ impl Live {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The current opening, or the failure that closed it.
+    /// The current opening, or the failure that closed it; during a checkpoint, waits for
+    /// the next opening.
     pub fn trees(&self) -> Result<Arc<Trees>, StoreError> {
-        match &*self.lock() {
-            State::Open(trees) => Ok(trees.clone()),
-            State::Failed(failure) => Err(StoreError::Unavailable(failure.clone())),
+        let deadline = Instant::now() + CHECKPOINT_WAIT;
+        let mut state = self.lock();
+        loop {
+            match &*state {
+                State::Open(trees) => return Ok(trees.clone()),
+                State::Failed(failure) => return Err(StoreError::Unavailable(failure.clone())),
+                State::Checkpointing => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(StoreError::Retry(
+                            "the certificate store is being reopened to bound its recovery \
+                             log and took longer than usual; retry"
+                                .into(),
+                        ));
+                    }
+                    let wait = || {
+                        self.resumed
+                            .wait_timeout(state, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    };
+                    // On a runtime worker, its other tasks move to another thread while
+                    // this one waits: the group-commit task among them must finish the
+                    // flush that still holds the old opening, or it never closes.
+                    state = match tokio::runtime::Handle::try_current() {
+                        Ok(h)
+                            if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+                        {
+                            tokio::task::block_in_place(wait)
+                        }
+                        _ => wait(),
+                    };
+                }
+            }
         }
     }
 
     /// The generation a write starting now goes to (0, never a real generation, if none).
     pub fn mark(&self) -> Mark {
-        match &*self.lock() {
-            State::Open(trees) => Mark(trees.generation),
-            State::Failed(_) => Mark(0),
+        self.trees().map_or(Mark(0), |trees| Mark(trees.generation))
+    }
+
+    /// Whether checkpoints closed every generation from `from` up to (not including)
+    /// `current`, each with all its writes flushed: then a write made to any of them is
+    /// durable once `current` is flushed.
+    pub fn closed_clean_between(&self, from: u64, current: u64) -> bool {
+        let clean = self.closed_clean.lock().unwrap_or_else(|p| p.into_inner());
+        from != 0 && from <= current && (from..current).all(|g| clean.contains(&g))
+    }
+
+    /// Counts a certificate recorded; after `checkpoint_every` of them, starts a checkpoint
+    /// on a thread of its own (unless one is running).
+    pub fn wrote_certificate(self: &Arc<Self>) {
+        let written = self.written.fetch_add(1, Ordering::Relaxed) + 1;
+        if written < self.checkpoint_every || self.checkpointing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let live = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("trellis-sled-checkpoint".into())
+            .spawn(move || {
+                super::checkpoint::run(&live);
+                live.checkpointing.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the store checkpoint; trying again later");
+            self.checkpointing.store(false, Ordering::Release);
         }
     }
 
@@ -247,7 +330,7 @@ impl Live {
         }
         let old = match std::mem::replace(&mut *state, State::Failed(failure.clone())) {
             State::Open(old) => old,
-            State::Failed(_) => return StoreError::Unavailable(failure),
+            State::Failed(_) | State::Checkpointing => return StoreError::Unavailable(failure),
         };
         drop(state);
         tracing::error!(
@@ -256,7 +339,7 @@ impl Live {
             "the certificate store cannot write; refusing to issue until it is reopened"
         );
         self.runtime
-            .spawn(reopen(Arc::downgrade(self), old, generation + 1));
+            .spawn(reopen(Arc::downgrade(self), Some(old), generation + 1));
         StoreError::Unavailable(failure)
     }
 
@@ -272,11 +355,59 @@ impl Live {
 
     fn install(&self, trees: Trees) {
         *self.lock() = State::Open(Arc::new(trees));
+        self.resumed.notify_all();
+    }
+
+    /// Takes the current opening out for a checkpoint; callers wait from now on. `None` if
+    /// the database is not open.
+    pub(super) fn pause(&self) -> Option<Arc<Trees>> {
+        let mut state = self.lock();
+        match std::mem::replace(&mut *state, State::Checkpointing) {
+            State::Open(trees) => Some(trees),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+
+    /// Puts back the opening a checkpoint took out, unchanged.
+    pub(super) fn resume(&self, trees: Arc<Trees>) {
+        *self.lock() = State::Open(trees);
+        self.resumed.notify_all();
+    }
+
+    /// Ends a checkpoint that flushed and closed `generation` and opened `next`.
+    pub(super) fn checkpointed(&self, generation: u64, next: Trees) {
+        {
+            let mut clean = self.closed_clean.lock().unwrap_or_else(|p| p.into_inner());
+            clean.push(generation);
+            let excess = clean.len().saturating_sub(CLEAN_KEPT);
+            clean.drain(..excess);
+        }
+        self.written.store(0, Ordering::Relaxed);
+        self.install(next);
+    }
+
+    /// Ends a checkpoint that could not open the database again: as after a write failure,
+    /// callers are refused and the database is reopened in the background.
+    pub(super) fn checkpoint_failed(self: &Arc<Self>, next_generation: u64, e: &sled::Error) {
+        let cause = cause_of(e).unwrap_or_else(|| Cause::Io(e.to_string()));
+        let failure = Failure::new(cause, &self.dir);
+        tracing::error!(error = %e, "reopening the certificate store after a checkpoint failed");
+        *self.lock() = State::Failed(failure);
+        self.resumed.notify_all();
+        self.runtime
+            .spawn(reopen(Arc::downgrade(self), None, next_generation));
+    }
+
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 
 /// Closes `old` once nobody uses it, then reopens until a write can be flushed.
-async fn reopen(live: Weak<Live>, old: Arc<Trees>, mut generation: u64) {
+async fn reopen(live: Weak<Live>, old: Option<Arc<Trees>>, mut generation: u64) {
     // Closing blocks briefly (sled joins its flusher thread); never on a runtime worker.
     let _ = tokio::task::spawn_blocking(move || drop(old)).await;
     let mut attempts = 0u64;

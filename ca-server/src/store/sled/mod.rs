@@ -31,6 +31,7 @@
 //! small batches, index entries last.
 
 mod audit;
+mod checkpoint;
 mod commit;
 mod federation;
 mod index;
@@ -124,8 +125,14 @@ impl SledStore {
     /// group-commit task and for reopening after a write failure).
     /// A database written before the expiry index existed gets it here (once, O(history)).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_checkpointing(dir, checkpoint::CHECKPOINT_EVERY)
+    }
+
+    /// [`SledStore::open`], with a checkpoint (`checkpoint.rs`) after every `every`
+    /// certificates.
+    fn open_checkpointing(dir: &Path, every: u64) -> Result<Self, StoreError> {
         let store = Self {
-            live: live::Live::open(dir)?,
+            live: live::Live::open(dir, every)?,
             committer: Committer::start(),
             counters: Arc::default(),
         };
@@ -311,12 +318,13 @@ impl Store for SledStore {
     }
 
     /// Waits until every write made since `mark` is on disk (shared with concurrent
-    /// callers: group commit). Fails if the database was reopened since the mark: those
-    /// writes may be lost.
+    /// callers: group commit). Fails if the database was reopened after a write failure
+    /// since the mark: those writes may be lost. Checkpoints in between are no reason:
+    /// each flushed its generation as it closed it.
     fn durable(&self, mark: Mark) -> StoreFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let trees = self.trees()?;
-            if trees.generation != mark.0 {
+            if !self.live.closed_clean_between(mark.0, trees.generation) {
                 return Err(StoreError::Retry(
                     "the database was reopened after a write failure while this request was \
                      being recorded; nothing was acknowledged, retry"
@@ -536,6 +544,8 @@ impl Store for SledStore {
         for entry in audit {
             self.append_audit_to(&t, entry)?;
         }
+        drop(t);
+        self.live.wrote_certificate();
         Ok(())
     }
 
