@@ -3,7 +3,8 @@
 //! root activation's new signing intermediate, a JWT key activation) is written to the
 //! store only; every replica reads back, every [`FOLLOW_INTERVAL`], what it would have
 //! published itself and publishes it when it differs, so sidecars connected to any replica
-//! see it within the interval plus one stream message. Each check is one small read (the
+//! see it within the interval plus one stream message; a store that announces changes
+//! (PostgreSQL's `LISTEN/NOTIFY`) wakes the follower at once. Each check is one small read (the
 //! bundle version, a marker of the revocations, the active intermediate and JWT key), so a
 //! CA alone on its store (sled) pays little and finds nothing new.
 
@@ -139,12 +140,15 @@ impl Follower {
     }
 }
 
-/// Catches up with the other replicas every [`FOLLOW_INTERVAL`].
+/// Catches up with the other replicas as soon as the store announces a change, and every
+/// [`FOLLOW_INTERVAL`] in any case (an announcement can be lost with its connection).
 pub(crate) async fn run(follower: Arc<Follower>, stop: CancellationToken) {
     let mut failing = false;
+    let mut announced = follower.core.store.announced_changes();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+            _ = announcement(&mut announced) => {}
             _ = stop.cancelled() => return,
         }
         match follower.catch_up().await {
@@ -156,5 +160,15 @@ pub(crate) async fn run(follower: Arc<Follower>, stop: CancellationToken) {
             }
             Err(_) => {}
         }
+    }
+}
+
+/// Returns when the store announces a change; never if it cannot announce any.
+async fn announcement(announced: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    let Some(changes) = announced else {
+        return std::future::pending().await;
+    };
+    if changes.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

@@ -444,6 +444,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok((all.len() as u64, newest))
     }
 
+    /// Counts the changes other CAs sharing the store announced (revocations, bundle,
+    /// signing keys), for a follower to wake on at once; `None` if the store cannot tell,
+    /// and then the follower's periodic check alone finds them.
+    fn announced_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     // --- bundle acknowledgements ---
 
     /// Records that `spiffe_id` acknowledged bundle `version` at `at` (Unix seconds),

@@ -28,6 +28,7 @@
 
 mod audit;
 mod certs;
+mod changes;
 pub mod config;
 mod replicas;
 mod runner;
@@ -73,6 +74,8 @@ pub struct PostgresStore {
     /// Set by [`Store::start_counting`]: the live counts are known from then on.
     counting: AtomicBool,
     pruned: AtomicU64,
+    /// Counts the changes other replicas announced (`changes.rs`).
+    changes: tokio::sync::watch::Receiver<u64>,
 }
 
 /// The pool and what the store knows of the database's health.
@@ -174,8 +177,9 @@ impl PostgresStore {
     pub fn open(config: &PostgresConfig) -> Result<Self, StoreError> {
         let runner = Runner::start()?;
         let name = config.name().to_owned();
-        let manager = tls::manager(config)
+        let connector = tls::connector(config)
             .map_err(|e| StoreError::Storage(format!("database {name}: {e}")))?;
+        let manager = tls::manager(config, &connector);
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -191,11 +195,20 @@ impl PostgresStore {
             failure: Mutex::new(None),
             failing: AtomicBool::new(false),
         });
+        let (signal, changes) = tokio::sync::watch::channel(0);
+        let client = config.client.clone();
+        match connector {
+            tls::Connector::Plain => {
+                runner.spawn(changes::listen(client, tokio_postgres::NoTls, signal));
+            }
+            tls::Connector::Tls(tls) => runner.spawn(changes::listen(client, tls, signal)),
+        }
         let store = Self {
             db,
             runner,
             counting: AtomicBool::new(false),
             pruned: AtomicU64::new(0),
+            changes,
         };
         let db = store.db.clone();
         let applied = store.run(async move {
@@ -242,19 +255,30 @@ mod tls {
 
     use super::PostgresConfig;
 
-    /// The pool's connection maker: plain without a CA file (TLS is never attempted then),
+    /// How connections are made: plain without a CA file (TLS is never attempted then),
     /// TLS verified against it with one.
-    pub(super) fn manager(config: &PostgresConfig) -> Result<Manager, String> {
+    pub(super) enum Connector {
+        Plain,
+        Tls(MakeRustlsConnect),
+    }
+
+    /// The pool's connection maker.
+    pub(super) fn manager(config: &PostgresConfig, connector: &Connector) -> Manager {
         // A broken connection is noticed when it is used, and replaced at the next checkout.
-        let recycling = || ManagerConfig {
+        let recycling = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
+        let client = config.client.clone();
+        match connector {
+            Connector::Plain => Manager::from_config(client, tokio_postgres::NoTls, recycling),
+            Connector::Tls(tls) => Manager::from_config(client, tls.clone(), recycling),
+        }
+    }
+
+    /// The connector `config` asks for (its CA file read and checked now).
+    pub(super) fn connector(config: &PostgresConfig) -> Result<Connector, String> {
         let Some(path) = config.ca_file() else {
-            return Ok(Manager::from_config(
-                config.client.clone(),
-                tokio_postgres::NoTls,
-                recycling(),
-            ));
+            return Ok(Connector::Plain);
         };
         let pem = std::fs::read(path).map_err(|e| format!("CA file {}: {e}", path.display()))?;
         let certs = trellis_identity::pem::certs_from_pem(&pem)
@@ -274,11 +298,7 @@ mod tls {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(Manager::from_config(
-            config.client.clone(),
-            MakeRustlsConnect::new(tls),
-            recycling(),
-        ))
+        Ok(Connector::Tls(MakeRustlsConnect::new(tls)))
     }
 }
 
@@ -352,6 +372,7 @@ async fn apply(db: Arc<Db>, change: ChangeOwned) -> Result<(), StoreError> {
         put_meta(&db, &*tx, META_BUNDLE_VERSION, &version.to_string()).await?;
     }
     audit::append(&db, &tx, &change.audit).await?;
+    changes::notify(&tx).await.map_err(e)?;
     tx.commit().await.map_err(e)
 }
 
@@ -760,6 +781,7 @@ impl Store for PostgresStore {
                 return Ok(false);
             }
             audit::append(&db, &tx, std::slice::from_ref(&audit)).await?;
+            changes::notify(&tx).await.map_err(e)?;
             tx.commit().await.map_err(e)?;
             Ok(true)
         })
@@ -792,6 +814,10 @@ impl Store for PostgresStore {
 
     fn revocations_marker(&self) -> Result<(u64, u64), StoreError> {
         self.run(replicas::revocations_marker(self.db()))
+    }
+
+    fn announced_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.changes.clone())
     }
 
     // --- bundle acknowledgements ---

@@ -454,3 +454,52 @@ fn a_replica_changing_the_bundle_keeps_the_others_waiting_until_it_is_done() {
         .expect("B goes on once A is done");
     waiter.join().expect("waiter");
 }
+
+/// A revocation and a bundle change written through one replica are announced to the
+/// other through `LISTEN/NOTIFY`, which is what wakes its follower before its periodic check.
+#[test]
+fn changes_through_one_replica_are_announced_to_the_other() {
+    let db = Postgres::start();
+    let [a, b] = two_replicas(&db);
+    let mut announced = b.announced_changes().expect("PostgreSQL announces changes");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut next = |what: &str| {
+        let wait = std::time::Duration::from_secs(20);
+        runtime
+            .block_on(async { tokio::time::timeout(wait, announced.changed()).await })
+            .unwrap_or_else(|_| panic!("{what} was never announced"))
+            .expect("the listener runs");
+    };
+    // The listening connection counts its own start: nothing may have been missed before.
+    next("the listener's start");
+
+    let revocation = RevocationRecord {
+        serial: trellis_identity::hex::encode(&[9; 16]),
+        spiffe_id: "spiffe://td/r".into(),
+        revoked_at: 1_700_000_000,
+        reason: "test".into(),
+        not_after: 1_800_000_000,
+        intermediate_id: "i1".into(),
+        reason_code: None,
+    };
+    let audit = AuditRecord {
+        time: revocation.revoked_at,
+        kind: "certificate_revoked".into(),
+        spiffe_id: revocation.spiffe_id.clone(),
+        serial: revocation.serial.clone(),
+        actor: "test".into(),
+        detail: String::new(),
+    };
+    assert!(a.revoke(&revocation, &audit).expect("revoke"));
+    next("a revocation");
+
+    a.apply(&Change {
+        bundle_version: Some(2),
+        ..Change::default()
+    })
+    .expect("bundle change");
+    next("a bundle change");
+}
