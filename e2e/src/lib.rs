@@ -40,5 +40,5 @@ pub use pod_sidecar::PodSidecar;
 pub use postgres::Postgres;
 pub use process::{Process, ready_path};
 pub use retry::{poll_until, retry_until};
-pub use run::{Outcome, run};
+pub use run::{Outcome, run, try_run};
 pub use tmpfs::Tmpfs;

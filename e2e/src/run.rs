@@ -68,15 +68,21 @@ impl Outcome {
     }
 }
 
-/// Runs `command` to completion (stdin closed), killing it after `timeout`.
-pub fn run(mut command: Command, timeout: Duration) -> Outcome {
+/// Runs `command` to completion (stdin closed), killing it after `timeout`; panics if it
+/// cannot start or does not finish in time.
+pub fn run(command: Command, timeout: Duration) -> Outcome {
+    try_run(command, timeout).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`run`], with a failure to start or to finish in time as an error.
+pub fn try_run(mut command: Command, timeout: Duration) -> Result<Outcome, String> {
     let description = format!("{command:?}");
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {description}: {e}"));
+        .map_err(|e| format!("cannot start {description}: {e}"))?;
     // Read both pipes on threads so a chatty child never blocks on a full pipe.
     let mut out = child.stdout.take().expect("stdout is piped");
     let mut err = child.stderr.take().expect("stderr is piped");
@@ -100,13 +106,13 @@ pub fn run(mut command: Command, timeout: Duration) -> Outcome {
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{description} did not finish within {timeout:?}");
+            return Err(format!("{description} did not finish within {timeout:?}"));
         }
     };
-    Outcome {
+    Ok(Outcome {
         command: description,
         code: status.code(),
         stdout: out_reader.join().unwrap_or_default(),
         stderr: err_reader.join().unwrap_or_default(),
-    }
+    })
 }

@@ -1,10 +1,9 @@
 //! Building the stacks under test from real processes: the Trellis CA (certificates for
 //! everyone), a Trellis sidecar pair, and the same pair topology from each peer proxy.
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -137,34 +136,17 @@ impl Ca {
             .arg(self.admin_dir.join("admin.key.pem"))
             .arg("--bundle")
             .arg(self.admin_dir.join("bundle.pem"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("starting trellis")?;
-        let deadline = Instant::now() + START;
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("`trellis {}` did not finish in {START:?}", args.join(" "));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let (mut out, mut err) = (String::new(), String::new());
-        if let Some(mut s) = child.stdout.take() {
-            s.read_to_string(&mut out)?;
+            .args(args);
+        let outcome = trellis_e2e::try_run(cmd, START).map_err(|e| anyhow::anyhow!(e))?;
+        if outcome.code != Some(0) {
+            bail!(
+                "`trellis {}` failed ({:?}): {}",
+                args.join(" "),
+                outcome.code,
+                outcome.stderr
+            );
         }
-        if let Some(mut s) = child.stderr.take() {
-            s.read_to_string(&mut err)?;
-        }
-        if !status.success() {
-            bail!("`trellis {}` failed ({status}): {err}", args.join(" "));
-        }
-        Ok(out)
+        Ok(outcome.stdout)
     }
 
     /// A join token for `spiffe_id` in a 0600 file.
