@@ -398,13 +398,9 @@ fn replicas_taking_crl_numbers_at_once_never_take_the_same_one() {
     );
 }
 
-#[test]
-fn a_revocation_through_one_replica_changes_the_marker_the_other_reads() {
-    let db = Postgres::start();
-    let [a, b] = two_replicas(&db);
-    let before = b.revocations_marker().expect("marker");
-    assert_eq!(before.0, 0);
-    let record = |n: u8| RevocationRecord {
+/// Revocation `n` (all at one second) and its audit entry.
+fn revocation(n: u8) -> (RevocationRecord, AuditRecord) {
+    let record = RevocationRecord {
         serial: trellis_identity::hex::encode(&[n; 16]),
         spiffe_id: "spiffe://td/r".into(),
         revoked_at: 1_700_000_000,
@@ -413,18 +409,28 @@ fn a_revocation_through_one_replica_changes_the_marker_the_other_reads() {
         intermediate_id: "i1".into(),
         reason_code: None,
     };
-    let audit = |r: &RevocationRecord| AuditRecord {
-        time: r.revoked_at,
+    let audit = AuditRecord {
+        time: record.revoked_at,
         kind: "certificate_revoked".into(),
-        spiffe_id: r.spiffe_id.clone(),
-        serial: r.serial.clone(),
+        spiffe_id: record.spiffe_id.clone(),
+        serial: record.serial.clone(),
         actor: "test".into(),
         detail: String::new(),
     };
+    (record, audit)
+}
+
+#[test]
+fn a_revocation_through_one_replica_changes_the_marker_the_other_reads() {
+    let db = Postgres::start();
+    let [a, b] = two_replicas(&db);
+    let before = b.revocations_marker().expect("marker");
+    assert_eq!(before.0, 0);
     let mut seen = vec![before];
     for n in 1..=3 {
         // Same second every time: the marker must not rest on revocation times.
-        assert!(a.revoke(&record(n), &audit(&record(n))).expect("revoke"));
+        let (record, audit) = revocation(n);
+        assert!(a.revoke(&record, &audit).expect("revoke"));
         let now = b.revocations_marker().expect("marker");
         assert!(!seen.contains(&now), "{now:?} after {seen:?}");
         assert_eq!(b.revocations_marker().expect("marker"), now, "stable");
@@ -476,23 +482,7 @@ fn changes_through_one_replica_are_announced_to_the_other() {
     // The listening connection counts its own start: nothing may have been missed before.
     next("the listener's start");
 
-    let revocation = RevocationRecord {
-        serial: trellis_identity::hex::encode(&[9; 16]),
-        spiffe_id: "spiffe://td/r".into(),
-        revoked_at: 1_700_000_000,
-        reason: "test".into(),
-        not_after: 1_800_000_000,
-        intermediate_id: "i1".into(),
-        reason_code: None,
-    };
-    let audit = AuditRecord {
-        time: revocation.revoked_at,
-        kind: "certificate_revoked".into(),
-        spiffe_id: revocation.spiffe_id.clone(),
-        serial: revocation.serial.clone(),
-        actor: "test".into(),
-        detail: String::new(),
-    };
+    let (revocation, audit) = revocation(9);
     assert!(a.revoke(&revocation, &audit).expect("revoke"));
     next("a revocation");
 
