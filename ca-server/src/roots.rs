@@ -434,9 +434,6 @@ impl Roots {
             }
             RootState::Pending | RootState::Retiring => {}
         }
-        if target.state == RootState::Retiring && !force {
-            self.refuse_before_replicas_follow(id)?;
-        }
         let mut users: Vec<String> = self
             .census()
             .await?
@@ -460,6 +457,10 @@ impl Roots {
                 describe(&users),
                 trellis_identity::duration::format(self.core.config.max_ttl)
             )));
+        }
+        // After the workloads: theirs is the refusal that names what to wait for.
+        if target.state == RootState::Retiring && !force {
+            self.refuse_before_replicas_follow(id)?;
         }
         let mut retired = target;
         retired.state = RootState::Retired;
@@ -508,7 +509,7 @@ impl Roots {
     /// The census cannot tell (every replica serves as the same identity), so root changes
     /// that depend on every replica having followed wait [`REPLICAS_FOLLOW`] after the last
     /// activation (read from the active intermediate, which the activating replica issued
-    /// then). Returns, while that wait lasts, the active root, how long ago it was
+    /// then; the one made at initialisation counts as no activation). Returns, while that wait lasts, the active root, how long ago it was
     /// activated and when the wait ends.
     fn replicas_following(&self) -> Result<Option<(String, Duration, SystemTime)>, CaError> {
         // Only a shared store has other replicas (sled is opened by one CA).
@@ -518,6 +519,11 @@ impl Roots {
         let Some(active) = self.core.store.active_intermediate().map_err(store_err)? else {
             return Ok(None);
         };
+        // The first intermediate was made at initialisation, which every replica's start
+        // waits for: there is nothing to follow.
+        if self.core.store.intermediates().map_err(store_err)?.len() <= 1 {
+            return Ok(None);
+        }
         let info = CertInfo::parse(&active.cert_der)
             .map_err(|e| CaError::Internal(format!("stored intermediate {}: {e}", active.id)))?;
         let activated_at = info.not_before + profile::BACKDATE;
