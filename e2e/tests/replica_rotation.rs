@@ -383,7 +383,7 @@ fn two_activations_at_once_through_two_replicas_leave_one_active_root() {
     // Each round starts at least 5 s after the last activation (the retirement in the
     // round before waits for that), when a new activation is no longer refused for it.
     let mut previous = active_roots(&op_a.roots()).pop().expect("one active root");
-    const ROUNDS: usize = 2;
+    const ROUNDS: usize = 3;
     for round in 0..ROUNDS {
         let add = |operator: &Operator| {
             operator
