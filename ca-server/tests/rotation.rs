@@ -429,3 +429,56 @@ async fn acknowledgements_survive_a_restart_and_a_silent_workload_blocks_activat
         vec!["spiffe://cluster.local/ns/app/sa/silent".to_owned()]
     );
 }
+
+#[tokio::test]
+async fn the_admin_directory_trusts_a_new_root_before_it_signs_and_keeps_its_key() {
+    let ca = TestCa::start().await;
+    let admin_dir = ca.data_dir().join("admin");
+    let read = |name: &str| std::fs::read(admin_dir.join(name)).expect("admin file");
+    let roots_in_admin_bundle = || {
+        TrustBundle::from_pem(ca.trust_domain(), 0, &read("bundle.pem"))
+            .expect("admin bundle")
+            .root_ids()
+            .to_vec()
+    };
+    let key_before = read("admin.key.pem");
+    let cert_before = read("admin.pem");
+    let mut admin = ca.admin().await;
+    let new_root = admin
+        .add_root(AddRootRequest::default())
+        .await
+        .expect("add")
+        .into_inner();
+    // A `trellis` reading the admin directory trusts the new root as soon as it is added,
+    // before any serving certificate moves under it.
+    assert!(
+        roots_in_admin_bundle().contains(&new_root.id),
+        "{:?}",
+        roots_in_admin_bundle()
+    );
+    admin
+        .activate_root(ActivateRootRequest {
+            root_id: new_root.id.clone(),
+            force: true,
+        })
+        .await
+        .expect("activate");
+    // Only the certificate changed: a reader never finds a key and a certificate that do
+    // not match.
+    // Compared, never printed: it is a private key.
+    assert!(
+        read("admin.key.pem") == key_before,
+        "the admin key was replaced"
+    );
+    assert_ne!(
+        read("admin.pem"),
+        cert_before,
+        "the admin certificate is new"
+    );
+    let chain = trellis_identity::pem::certs_from_pem(&read("admin.pem")).expect("chain");
+    let verified = ca
+        .bundle()
+        .verify(&chain, SystemTime::now(), Usage::Client)
+        .expect("the new admin certificate verifies");
+    assert_eq!(verified.root_id, new_root.id);
+}
