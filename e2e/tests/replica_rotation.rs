@@ -282,14 +282,15 @@ fn a_root_added_activated_and_retired_through_three_replicas_under_traffic_fails
         || op_b.roots()["unconverged_workloads"] == serde_json::json!([]),
     );
 
-    // 2. Activate through B. Within two seconds every replica signs under the new root and
-    //    serves under it: a `trellis` trusting only the new root reaches each one.
+    // 2. Activate through B. Every replica signs under the new root and serves under it
+    //    (a `trellis` trusting only the new root reaches each one) within the 5 s after
+    //    which the CA lets the old root be retired; measured: about 0.4-1.3 s here.
     op_b.trellis(&["root", "activate", &new_root]).success();
     let activated_at = Instant::now();
     let new_root_file = a.scratch().join("new-root.pem");
     write_root(&a, &new_root, &new_root_file);
     let moved = within(
-        Duration::from_secs(3),
+        Duration::from_secs(5),
         "every replica serves under the new root",
         || serving_under(&operators, &new_root_file),
     );
