@@ -417,7 +417,10 @@ pub fn bundle_from_store(td: &TrustDomain, store: &dyn Store) -> Result<TrustBun
     .map_err(|e| CaError::Internal(format!("stored trust bundle: {e}")))
 }
 
-/// Issues an admin client certificate and writes it, its key (0600) and the bundle.
+/// Issues an admin client certificate and writes it, its key (0600) and the bundle. A key
+/// already in `out` is kept and only the certificate (and the bundle) replaced, each file
+/// by an atomic rename: a `trellis` reading the directory while a replica renews it (at a
+/// root activation through any replica) finds a key and a certificate that match.
 pub(crate) async fn write_admin_credentials(
     issuance: &Issuance,
     out: &Path,
@@ -427,7 +430,16 @@ pub(crate) async fn write_admin_credentials(
         .trust_domain
         .id(ADMIN_PATH)
         .map_err(|e| CaError::Internal(e.to_string()))?;
-    let key = WorkloadKey::generate().map_err(|e| CaError::Internal(e.to_string()))?;
+    let key_path = out.join(ca_files::ADMIN_KEY);
+    let kept = std::fs::read_to_string(&key_path)
+        .ok()
+        .map(Zeroizing::new)
+        .and_then(|pem| WorkloadKey::from_pem(&pem).ok());
+    let fresh = kept.is_none();
+    let key = match kept {
+        Some(key) => key,
+        None => WorkloadKey::generate().map_err(|e| CaError::Internal(e.to_string()))?,
+    };
     let csr = key
         .csr_der(Some(&id))
         .map_err(|e| CaError::Internal(e.to_string()))?;
@@ -449,12 +461,15 @@ pub(crate) async fn write_admin_credentials(
     crate::state::off_runtime(move || {
         let out = out_dir.as_path();
         files::create_private_dir(out).map_err(io(format!("{}", out.display())))?;
-        files::write_secret(&out.join(ca_files::ADMIN_KEY), key_pem.as_bytes())
-            .map_err(io("admin key".into()))?;
-        files::write_atomic(&out.join(ca_files::ADMIN_CERT), chain_pem.as_bytes(), 0o644)
-            .map_err(io("admin certificate".into()))?;
+        if fresh {
+            files::write_secret(&out.join(ca_files::ADMIN_KEY), key_pem.as_bytes())
+                .map_err(io("admin key".into()))?;
+        }
+        // The bundle before the certificate: it already holds the certificate's root.
         files::write_atomic(&out.join(ca_files::BUNDLE), bundle_pem.as_bytes(), 0o644)
-            .map_err(io("admin bundle".into()))
+            .map_err(io("admin bundle".into()))?;
+        files::write_atomic(&out.join(ca_files::ADMIN_CERT), chain_pem.as_bytes(), 0o644)
+            .map_err(io("admin certificate".into()))
     })
     .await?;
     tracing::info!(dir = %out.display(), spiffe_id = %issued.spiffe_id, serial = %issued.serial, "admin credentials written");

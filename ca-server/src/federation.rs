@@ -275,7 +275,7 @@ impl Federations {
     /// published.
     async fn change(&self, mut change: Change) -> Result<(), CaError> {
         let core = &self.core;
-        let _bundle_change = core.changing_bundle().await;
+        let _bundle_change = core.changing_bundle().await?;
         change.bundle_version = Some(core.bundle().version() + 1);
         let mark = core.store.mark();
         core.store.apply(&change).map_err(store_err)?;

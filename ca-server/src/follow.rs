@@ -17,6 +17,7 @@ use crate::bootstrap::{self, store_err};
 use crate::error::CaError;
 use crate::jwt_svid::{JwtKeys, JwtSigner};
 use crate::revocation::Revocations;
+use crate::roots::Roots;
 use crate::state::{Core, off_runtime};
 use crate::store::RootState;
 
@@ -30,8 +31,12 @@ pub(crate) struct Follower {
     core: Arc<Core>,
     revocations: Arc<Revocations>,
     jwt_keys: Arc<JwtKeys>,
+    roots: Arc<Roots>,
     /// The revocations' marker when this replica last read the list.
     revocations_seen: Mutex<Option<(u64, u64)>>,
+    /// An intermediate this replica signs with but whose serving certificate or admin
+    /// credentials it has not yet moved under (the store failed meanwhile): retried.
+    unmoved: Mutex<Option<String>>,
     /// A signing key another replica made that this one cannot load, once warned about.
     missing_key: Mutex<Option<String>>,
 }
@@ -41,11 +46,14 @@ impl Follower {
         core: Arc<Core>,
         revocations: Arc<Revocations>,
         jwt_keys: Arc<JwtKeys>,
+        roots: Arc<Roots>,
     ) -> Self {
         Self {
             core,
             revocations,
             jwt_keys,
+            roots,
+            unmoved: Mutex::new(None),
             revocations_seen: Mutex::new(None),
             missing_key: Mutex::new(None),
         }
@@ -74,13 +82,23 @@ impl Follower {
         Ok(())
     }
 
-    /// Signs with the intermediate the store names active, once its key is readable here;
-    /// until then keeps signing with the one it has, saying why once.
+    /// Signs with the intermediate the store names active, once its key is readable here
+    /// (and moves this replica's serving certificate and admin credentials under it, as the
+    /// replica that activated it did); until then keeps signing with the one it has, saying
+    /// why once.
     async fn follow_signer(&self) -> Result<(), CaError> {
         let Some(record) = self.core.store.active_intermediate().map_err(store_err)? else {
             return Ok(());
         };
         if record.id == self.core.signer().id {
+            let unmoved = self
+                .unmoved
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take_if(|u| *u == record.id);
+            if unmoved.is_some() {
+                self.move_credentials(&record.id).await?;
+            }
             return Ok(());
         }
         let keys = self.core.keys.clone();
@@ -92,10 +110,21 @@ impl Follower {
                     "signing with the intermediate another replica activated"
                 );
                 self.core.set_signer(signer);
+                self.move_credentials(&id).await?;
             }
             Err(e) => self.missing(&id, "intermediate", &e),
         }
         Ok(())
+    }
+
+    /// Moves the serving certificate and the admin credentials under `intermediate`, the
+    /// signer now in force; remembers to retry if that fails.
+    async fn move_credentials(&self, intermediate: &str) -> Result<(), CaError> {
+        let moved = self.roots.move_credentials().await;
+        if moved.is_err() {
+            *self.unmoved.lock().unwrap_or_else(|p| p.into_inner()) = Some(intermediate.to_owned());
+        }
+        moved
     }
 
     /// Signs JWT-SVIDs with the key the store names active, once its key is readable here.

@@ -24,16 +24,24 @@ use crate::acks::BundleAcks;
 use crate::audit::Audit;
 use crate::bootstrap::{self, store_err};
 use crate::error::CaError;
+use crate::follow::FOLLOW_INTERVAL;
 use crate::issuance::Issuance;
 use crate::revocation::Revocations;
 use crate::serving::ServingIdentity;
 use crate::state::{Core, off_runtime};
 use crate::store::{
-    AuditRecord, CertRecord, Change, IntermediateRecord, RootRecord, RootState, Store, StoreError,
+    AuditRecord, CertRecord, Change, IntermediateRecord, RootRecord, RootState, Store, StoreConfig,
+    StoreError,
 };
 
 /// How many identities a refusal names before "and N more".
 const NAMED: usize = 10;
+
+/// How long after an activation every replica sharing the store has followed it: ten of
+/// their reads of the store, which is ample for the one read, one key to open and two
+/// certificates to issue that following takes.
+pub(crate) const REPLICAS_FOLLOW: Duration = Duration::from_secs(5);
+const _: () = assert!(REPLICAS_FOLLOW.as_millis() >= 10 * FOLLOW_INTERVAL.as_millis());
 
 /// A root with the counts the CLI shows.
 #[derive(Debug, Clone)]
@@ -235,6 +243,9 @@ impl Roots {
     ) -> Result<RootRecord, CaError> {
         let id = trellis_identity::bundle::root_id(&cert)
             .map_err(|e| CaError::InvalidArgument(format!("root certificate: {e}")))?;
+        // Held from the check that the root is new to its recording, so that two replicas
+        // importing the same root cannot both record it.
+        let _bundle_change = self.core.changing_bundle().await?;
         if self
             .core
             .store
@@ -256,7 +267,6 @@ impl Roots {
             }
             None => None,
         };
-        let _bundle_change = self.core.changing_bundle().await;
         let version = self.core.bundle().version() + 1;
         let record = RootRecord {
             id,
@@ -283,6 +293,12 @@ impl Roots {
         actor: &str,
     ) -> Result<RootRecord, CaError> {
         let core = &*self.core;
+        // Every check below is decided on the roots as stored once no other change (through
+        // this replica or another) is in progress, and holds until this one is recorded: two
+        // activations at once end with one active root, the second refused as already
+        // active or serialised after the first, and a retirement cannot take out a root
+        // being activated.
+        let _bundle_change = core.changing_bundle().await?;
         let mut roots = core.store.roots().map_err(store_err)?;
         let target =
             roots.iter().find(|r| r.id == id).cloned().ok_or_else(|| {
@@ -311,6 +327,9 @@ impl Roots {
             .await?;
         if target.state == RootState::Pending && !force {
             self.refuse_before_partners_refresh(&target)?;
+        }
+        if !force {
+            self.refuse_right_after_an_activation(id)?;
         }
         let key_file = target.key_file.clone().ok_or_else(|| {
             CaError::FailedPrecondition(format!(
@@ -364,15 +383,25 @@ impl Roots {
             ),
         ));
         self.commit_root_change(&change).await?;
-        core.set_signer(signer);
-        // The CA's own serving certificate moves now, not in the background, so that a
-        // retirement right after this cannot cut clients off from the CA.
-        self.serving.renew().await?;
-        // The admin credentials in the data directory move to the new root too, so that
-        // retiring the old root cannot lock the operator out.
-        bootstrap::write_admin_credentials(&self.issuance, &core.data_dir().admin()).await?;
+        self.sign_with(signer).await?;
         tracing::info!(root = id, "root activated; new certificates chain to it");
         Ok(activated)
+    }
+
+    /// Signs with `signer` from now on, after an activation through this replica or
+    /// another: the CA's own serving certificate and the admin credentials in its data
+    /// directory move to it at once, not in the background, so that retiring the old root
+    /// afterwards can neither cut clients off from this replica nor lock the operator out.
+    pub(crate) async fn sign_with(&self, signer: SigningCa) -> Result<(), CaError> {
+        self.core.set_signer(signer);
+        self.move_credentials().await
+    }
+
+    /// Issues this replica's serving certificate and admin credentials under the signer in
+    /// force (the second half of [`Roots::sign_with`], to retry when it failed).
+    pub(crate) async fn move_credentials(&self) -> Result<(), CaError> {
+        self.serving.renew().await?;
+        bootstrap::write_admin_credentials(&self.issuance, &self.core.data_dir().admin()).await
     }
 
     /// Takes a root out of the bundle.
@@ -382,6 +411,8 @@ impl Roots {
         force: bool,
         actor: &str,
     ) -> Result<RootRecord, CaError> {
+        // Decided on the roots as stored under the lock, as in `activate`.
+        let _bundle_change = self.core.changing_bundle().await?;
         let target = self
             .core
             .store
@@ -427,13 +458,16 @@ impl Roots {
                 trellis_identity::duration::format(self.core.config.max_ttl)
             )));
         }
+        // After the workloads: theirs is the refusal that names what to wait for.
+        if target.state == RootState::Retiring && !force {
+            self.refuse_before_replicas_follow(id)?;
+        }
         let mut retired = target;
         retired.state = RootState::Retired;
         let change = Change {
             roots: vec![retired.clone()],
             ..Change::default()
         };
-        let _bundle_change = self.core.changing_bundle().await;
         let version = self.core.bundle().version() + 1;
         self.bump_bundle(change, version, "root_retired", id, actor)
             .await?;
@@ -466,6 +500,72 @@ impl Roots {
                 "workloads have"
             },
             describe(&convergence.unconverged)
+        )))
+    }
+
+    /// Replicas sharing the store move to an activated intermediate when they next read the
+    /// store ([`FOLLOW_INTERVAL`]), and their serving certificates and admin credentials with
+    /// it; until then one may still sign, and serve, under the root the activation left.
+    /// The census cannot tell (every replica serves as the same identity), so root changes
+    /// that depend on every replica having followed wait [`REPLICAS_FOLLOW`] after the last
+    /// activation (read from the active intermediate, which the activating replica issued
+    /// then; the one made at initialisation counts as no activation). Returns, while that wait lasts, the active root, how long ago it was
+    /// activated and when the wait ends.
+    fn replicas_following(&self) -> Result<Option<(String, Duration, SystemTime)>, CaError> {
+        // Only a shared store has other replicas (sled is opened by one CA).
+        if !matches!(self.core.config.store, StoreConfig::Postgres(_)) {
+            return Ok(None);
+        }
+        let Some(active) = self.core.store.active_intermediate().map_err(store_err)? else {
+            return Ok(None);
+        };
+        // The first intermediate was made at initialisation, which every replica's start
+        // waits for: there is nothing to follow.
+        if self.core.store.intermediates().map_err(store_err)?.len() <= 1 {
+            return Ok(None);
+        }
+        let info = CertInfo::parse(&active.cert_der)
+            .map_err(|e| CaError::Internal(format!("stored intermediate {}: {e}", active.id)))?;
+        let activated_at = info.not_before + profile::BACKDATE;
+        let ready_at = activated_at + REPLICAS_FOLLOW;
+        let now = self.core.now();
+        if now >= ready_at {
+            return Ok(None);
+        }
+        let ago = now.duration_since(activated_at).unwrap_or_default();
+        Ok(Some((active.root_id, ago, ready_at)))
+    }
+
+    /// Refuses to retire root `id`, which signed until the last activation, before every
+    /// replica has followed that activation.
+    fn refuse_before_replicas_follow(&self, id: &str) -> Result<(), CaError> {
+        let Some((_, ago, ready_at)) = self.replicas_following()? else {
+            return Ok(());
+        };
+        Err(CaError::FailedPrecondition(format!(
+            "root {id} signed until {} ago, and other replicas of this CA may still sign and \
+             serve under it until they follow the activation (within {}); retire it after {}, \
+             or use --force",
+            trellis_identity::duration::format(ago),
+            trellis_identity::duration::format(REPLICAS_FOLLOW),
+            trellis_identity::bundle::format_time(ready_at),
+        )))
+    }
+
+    /// Refuses to activate root `id` right after another activation (through any replica),
+    /// which other replicas may not have followed yet: two activations at once are two
+    /// operators (or scripts) disagreeing, and the second must not silently undo the first.
+    fn refuse_right_after_an_activation(&self, id: &str) -> Result<(), CaError> {
+        let Some((active, ago, ready_at)) = self.replicas_following()? else {
+            return Ok(());
+        };
+        Err(CaError::FailedPrecondition(format!(
+            "root {active} was activated {} ago (other replicas of this CA follow an \
+             activation within {}); check `trellis root list`, and activate root {id} after \
+             {} if it is still meant to sign, or use --force",
+            trellis_identity::duration::format(ago),
+            trellis_identity::duration::format(REPLICAS_FOLLOW),
+            trellis_identity::bundle::format_time(ready_at),
         )))
     }
 

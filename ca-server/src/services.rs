@@ -75,6 +75,7 @@ impl Services {
             core.clone(),
             revocations.clone(),
             jwt_keys.clone(),
+            roots.clone(),
         ));
         Ok(Self {
             follower,

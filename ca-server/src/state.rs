@@ -11,7 +11,7 @@ use trellis_identity::bundle::{KnownIssuer, Usage, VerifiedSvid};
 use trellis_identity::clock::Clock;
 use trellis_identity::profile::SigningCa;
 use trellis_identity::svid::SvidError;
-use trellis_identity::{TrustBundle, files};
+use trellis_identity::{TrustBundle, ca_files, files};
 
 use crate::bootstrap::{self, DataDir};
 use crate::config::Config;
@@ -41,7 +41,7 @@ pub(crate) struct Core {
 /// the store's, which other replicas take too (dropped in that order).
 #[derive(Debug)]
 pub(crate) struct BundleChange<'a> {
-    _shared: Option<BundleChangeGuard>,
+    _shared: BundleChangeGuard,
     _local: tokio::sync::MutexGuard<'a, ()>,
 }
 
@@ -165,25 +165,31 @@ impl Core {
         self.bundle.subscribe()
     }
 
-    /// Waits for any other bundle change to finish; hold the guard until the new version is
-    /// published. The bundle in force is then the one stored, so that the next version is
-    /// counted from the newest one any replica sharing the store has written.
-    pub(crate) async fn changing_bundle(&self) -> BundleChange<'_> {
+    /// Waits for any other bundle or root change to finish; hold the guard until the new
+    /// version is published. The bundle in force is then the one stored, so that the next
+    /// version is counted from the newest one any replica sharing the store has written, and
+    /// what the change decides on (the roots, the keys and their states) is to be read from
+    /// the store after this returns, never before: another replica may have changed it
+    /// meanwhile. Fails when the store's lock cannot be taken, since deciding without it
+    /// could race another replica.
+    pub(crate) async fn changing_bundle(&self) -> Result<BundleChange<'_>, CaError> {
         let local = self.bundle_changes.lock().await;
-        // Other replicas sharing the store wait too. A store that cannot be reached now
-        // fails the change itself when it writes.
-        let shared = self
-            .store
-            .bundle_change_guard()
-            .inspect_err(|e| tracing::warn!(error = %e, "taking the bundle-change lock failed"))
-            .ok();
-        if let Err(e) = self.follow_bundle_locked().await {
-            tracing::warn!(error = %e, "reading the stored trust bundle version failed");
-        }
-        BundleChange {
+        // Other replicas sharing the store wait too.
+        let store = self.store.clone();
+        let shared = off_runtime(move || {
+            store.bundle_change_guard().map_err(|e| {
+                CaError::Unavailable(format!(
+                    "certificate store unavailable: taking the lock that orders bundle and \
+                     root changes across replicas: {e}; nothing was changed"
+                ))
+            })
+        })
+        .await?;
+        self.follow_bundle_locked().await?;
+        Ok(BundleChange {
             _shared: shared,
             _local: local,
-        }
+        })
     }
 
     /// Publishes the stored bundle if another replica sharing the store has changed it.
@@ -210,15 +216,24 @@ impl Core {
         self.bundle.send_replace(Arc::new(bundle));
     }
 
-    /// Publishes the bundle as now stored (and rewrites bundle.pem), after a change of
-    /// `subject` by `kind` that has already been made durable with its new version.
+    /// Publishes the bundle as now stored (and rewrites bundle.pem, and the admin
+    /// directory's copy: a root added through any replica is then trusted by the operator's
+    /// `trellis` before this replica's serving certificate moves under it), after a change
+    /// of `subject` by `kind` that has already been made durable with its new version.
     pub(crate) async fn republish_bundle(&self, kind: &str, subject: &str) -> Result<(), CaError> {
         let bundle = bootstrap::bundle_from_store(&self.config.trust_domain, &*self.store)?;
         let path = self.data_dir().bundle_pem();
+        let admin_copy = self.data_dir().admin().join(ca_files::BUNDLE);
         let pem = bundle.to_pem();
         off_runtime(move || {
             files::write_atomic(&path, pem.as_bytes(), 0o644)
-                .map_err(|e| CaError::Unavailable(format!("writing bundle.pem: {e}")))
+                .map_err(|e| CaError::Unavailable(format!("writing bundle.pem: {e}")))?;
+            if admin_copy.exists() {
+                files::write_atomic(&admin_copy, pem.as_bytes(), 0o644).map_err(|e| {
+                    CaError::Unavailable(format!("writing {}: {e}", admin_copy.display()))
+                })?;
+            }
+            Ok(())
         })
         .await?;
         tracing::info!(

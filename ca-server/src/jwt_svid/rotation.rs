@@ -99,7 +99,7 @@ impl JwtKeys {
 
     /// Generates a new key, pending: in the bundle, not signing.
     pub(crate) async fn add(&self, actor: &str) -> Result<JwtKeyView, CaError> {
-        let _bundle_change = self.core.changing_bundle().await;
+        let _bundle_change = self.core.changing_bundle().await?;
         let version = self.core.bundle().version() + 1;
         let record = generate_key(&self.core.keys, self.core.now_unix(), version)?;
         let change = Change {
@@ -122,6 +122,8 @@ impl JwtKeys {
         force: bool,
         actor: &str,
     ) -> Result<JwtKeyView, CaError> {
+        // Decided on the keys as stored under the lock every replica takes (as for roots).
+        let _bundle_change = self.core.changing_bundle().await?;
         let target = self.key(kid)?;
         match target.state {
             RootState::Active => {
@@ -188,6 +190,8 @@ impl JwtKeys {
         force: bool,
         actor: &str,
     ) -> Result<JwtKeyView, CaError> {
+        // Decided on the keys as stored under the lock every replica takes (as for roots).
+        let _bundle_change = self.core.changing_bundle().await?;
         let target = self.key(kid)?;
         match target.state {
             RootState::Active => {
@@ -221,7 +225,6 @@ impl JwtKeys {
             jwt_keys: vec![retired.clone()],
             ..Change::default()
         };
-        let _bundle_change = self.core.changing_bundle().await;
         let version = self.core.bundle().version() + 1;
         self.roots
             .bump_bundle(change, version, "jwt_key_retired", kid, actor)

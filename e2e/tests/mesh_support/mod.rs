@@ -114,7 +114,29 @@ pub fn sidecar_with_open_files(
     tables: &str,
     open_files: Option<u64>,
 ) -> Sidecar {
-    start_sidecar(ca, TD, name, spiffe_id, [ca_extra, tables], open_files)
+    let address = ca.addr.to_string();
+    start_sidecar(
+        ca,
+        &address,
+        TD,
+        name,
+        spiffe_id,
+        [ca_extra, tables],
+        open_files,
+    )
+}
+
+/// [`sidecar`] whose `ca.address` is `addresses` (replicas of `ca`'s CA, tried in turn
+/// from the first), with its join token from `ca`.
+pub fn sidecar_on(
+    ca: &Ca,
+    addresses: &str,
+    name: &str,
+    spiffe_id: &str,
+    ca_extra: &str,
+    tables: &str,
+) -> Sidecar {
+    start_sidecar(ca, addresses, TD, name, spiffe_id, [ca_extra, tables], None)
 }
 
 /// [`sidecar`] for a CA of another trust domain than [`TD`].
@@ -126,11 +148,21 @@ pub fn sidecar_in(
     ca_extra: &str,
     tables: &str,
 ) -> Sidecar {
-    start_sidecar(ca, trust_domain, name, spiffe_id, [ca_extra, tables], None)
+    let address = ca.addr.to_string();
+    start_sidecar(
+        ca,
+        &address,
+        trust_domain,
+        name,
+        spiffe_id,
+        [ca_extra, tables],
+        None,
+    )
 }
 
 fn start_sidecar(
     ca: &Ca,
+    address: &str,
     trust_domain: &str,
     name: &str,
     spiffe_id: &str,
@@ -143,7 +175,7 @@ fn start_sidecar(
         "trust_domain = \"{trust_domain}\"\n\n[ca]\naddress = \"{}\"\ntrust_bundle = \"{}\"\n\
          join_token_file = \"{}\"\n{ca_extra}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
          [timeouts]\ndrain = \"3s\"\n\n{tables}\n",
-        ca.addr,
+        address,
         ca.bundle_pem().display(),
         token.display(),
     );
