@@ -67,7 +67,7 @@ impl Source for Exported {
         )?;
         f.counter(
             "trellis_ca_store_flushes_total",
-            "Group-commit flushes of the certificate store (each ends in fdatasync) since start; issuances per flush is how well writers share them.",
+            "Group commits of the certificate store since start (sled: flushes, each ending in fdatasync; PostgreSQL: issuance batches, each one transaction); issuances per commit is how well writers share them.",
             [(Labels::new(), store.flushes())],
         )?;
         f.gauge(

@@ -105,7 +105,7 @@ pub enum ErrorKind {
 }
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The storage cannot write (disk full, read-only, I/O error) and is being reopened.
     #[error("{0}")]
@@ -288,8 +288,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Why the store cannot write right now, if it cannot.
     fn failure(&self) -> Option<Failure>;
 
-    /// Durability waits served so far (each one a flush of the disk); with the number of
-    /// certificates issued it tells how many writers one wait covers.
+    /// Group commits so far (sled: flushes of the disk; PostgreSQL: issuance batches, each
+    /// one transaction); with the number of certificates issued it tells how many writers
+    /// one commit covers.
     fn flushes(&self) -> u64;
 
     /// Keeps every other CA sharing this store out of its start-up (the check whether the

@@ -1,4 +1,4 @@
-//! Certificates: an issuance as one statement, reads by serial, identity and expiry,
+//! Certificates (recorded in batches, `batch.rs`): reads by serial, identity and expiry,
 //! the pages of the listings, the counters and retention.
 
 use std::collections::BTreeMap;
@@ -7,10 +7,7 @@ use std::sync::Arc;
 use trellis_identity::hex;
 
 use super::{Db, int, uint};
-use crate::store::{
-    AuditRecord, CertPage, CertRecord, PageToken, RecordError, StoreError, TokenRefusal, TokenUse,
-    decode, encode,
-};
+use crate::store::{CertPage, CertRecord, PageToken, StoreError, decode};
 
 /// What starts a page token of the identity listing and of the expiry listing.
 const IDENTITY_TOKEN: char = 'i';
@@ -19,73 +16,6 @@ const EXPIRY_TOKEN: char = 'x';
 pub(super) const BATCH: i64 = 1000;
 /// Seconds per row of `live_counts`.
 const MINUTE: u64 = 60;
-
-/// Records an issuance in one statement, `record_issuance` (`migrations/V2`): one round
-/// trip, one transaction; a refusal undoes everything it wrote.
-pub(super) async fn record_issuance(
-    db: Arc<Db>,
-    record: CertRecord,
-    der: Vec<u8>,
-    serial: Vec<u8>,
-    token: Option<TokenUse>,
-    audit: Vec<AuditRecord>,
-) -> Result<(), RecordError> {
-    let client = db.client().await?;
-    let statement = client
-        .prepare_cached("SELECT record_issuance($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
-        .await
-        .map_err(|e| db.err(e))?;
-    let audit_times: Vec<i64> = audit.iter().map(|a| int(a.time)).collect();
-    let audit_bodies: Vec<Vec<u8>> = audit.iter().map(encode).collect();
-    let result = client
-        .execute(
-            &statement,
-            &[
-                &serial,
-                &record.spiffe_id,
-                &int(record.not_after),
-                &record.root_id,
-                &encode(&record),
-                &der,
-                &shard_of(&serial),
-                &token.map(|t| t.hash.to_vec()),
-                &int(token.map_or(0, |t| t.now)),
-                &record.serial,
-                &audit_times,
-                &audit_bodies,
-            ],
-        )
-        .await;
-    let Err(e) = result else { return Ok(()) };
-    let refusal = e
-        .as_db_error()
-        .and_then(|refused| match refused.code().code() {
-            "TR001" => Some(RecordError::SerialTaken),
-            "TR002" => token_refusal(refused.message()).map(RecordError::Token),
-            _ => None,
-        });
-    Err(refusal.unwrap_or_else(|| RecordError::Store(db.err(e))))
-}
-
-/// The refusal `record_issuance` raised: "unknown", "used:<at>" or "expired:<at>".
-fn token_refusal(message: &str) -> Option<TokenRefusal> {
-    match message.split_once(':') {
-        None if message == "unknown" => Some(TokenRefusal::Unknown),
-        Some(("used", at)) => Some(TokenRefusal::Used {
-            at: at.parse().ok()?,
-        }),
-        Some(("expired", at)) => Some(TokenRefusal::Expired {
-            at: at.parse().ok()?,
-        }),
-        _ => None,
-    }
-}
-
-/// Which of the 16 counter rows an issuance adds to: serials are random, so concurrent
-/// issuances mostly touch different rows.
-fn shard_of(serial: &[u8]) -> i16 {
-    i16::from(serial.last().copied().unwrap_or(0) % 16)
-}
 
 /// A certificate's record and DER.
 pub(super) async fn certificate(

@@ -3,17 +3,20 @@
 //!
 //! Every invariant that spans records is one transaction, committed before the call
 //! returns, so [`Store::durable`] has nothing left to wait for:
-//! - an issuance is one statement, the SQL function `record_issuance`
-//!   (`migrations/V2__issuance_in_one_call.sql`: one round trip): it inserts the
-//!   certificate under its serial (the primary key: a serial is never used twice),
-//!   consumes its join token with one conditional `UPDATE ... WHERE used_at IS NULL AND
-//!   expires_at > now` (under READ COMMITTED a concurrent redeemer waits for the row and
-//!   then finds it used: exactly once, across connections and replicas), counts it and
-//!   records its audit entries; a refusal raises, which undoes all of it;
+//! - issuances are written in batches (group commit, `batch.rs`): the issuances that
+//!   arrive together are one call of the SQL function `record_issuances`
+//!   (`migrations/V4__issuances_in_one_commit.sql`: one round trip, one transaction, one
+//!   commit). For each it inserts the certificate under its serial (the primary key: a
+//!   serial is never used twice), consumes its join token with one conditional `UPDATE ...
+//!   WHERE used_at IS NULL AND expires_at > now` (under READ COMMITTED a concurrent
+//!   redeemer waits for the row and then finds it used: exactly once, across connections
+//!   and replicas), counts it and records its audit entries. A refusal (serial taken,
+//!   token refused) is its item's alone and writes nothing of it; any other failure undoes
+//!   the batch and fails every caller in it;
 //! - audit entries are written in the transaction of what they record and chained (numbered
 //!   1, 2, 3, ... without gaps, whichever replica wrote them) by a step of their own that
 //!   takes the one row of `audit_head` (`audit.rs`), so issuances never wait for each
-//!   other; counters are split in 16 rows for the same reason;
+//!   other; counters are split in 16 rows (a batch adds to one) for the same reason;
 //! - a revocation, a new token, a rotation step ([`Change`]) are one transaction each.
 //!
 //! Nothing that a request or a scrape reads scans the history: certificates are indexed by
@@ -27,6 +30,9 @@
 //! tasks move to another thread meanwhile; see ARCHITECTURE.md, Decisions).
 
 mod audit;
+mod batch;
+#[cfg(test)]
+mod batch_tests;
 mod certs;
 mod changes;
 pub mod config;
@@ -71,6 +77,8 @@ const META_ACTIVE_INTERMEDIATE: &str = "active_intermediate";
 pub struct PostgresStore {
     db: Arc<Db>,
     runner: Runner,
+    /// Issuances wait here for the next batch (group commit, `batch.rs`).
+    issuances: batch::Batcher,
     /// Set by [`Store::start_counting`]: the live counts are known from then on.
     counting: AtomicBool,
     pruned: AtomicU64,
@@ -203,9 +211,11 @@ impl PostgresStore {
             }
             tls::Connector::Tls(tls) => runner.spawn(changes::listen(client, tls, signal)),
         }
+        let issuances = batch::Batcher::start(&runner, db.clone());
         let store = Self {
             db,
             runner,
+            issuances,
             counting: AtomicBool::new(false),
             pruned: AtomicU64::new(0),
             changes,
@@ -456,9 +466,10 @@ impl Store for PostgresStore {
             .clone()
     }
 
-    /// Commits are the database's: no flushes of the CA's own.
+    /// Issuance batches committed (each one transaction: one WAL flush of the server);
+    /// other writes commit on their own.
     fn flushes(&self) -> u64 {
-        0
+        self.issuances.commits()
     }
 
     /// A session advisory lock on a connection taken out of the pool: dropping the guard
@@ -641,14 +652,13 @@ impl Store for PostgresStore {
         token: Option<TokenUse>,
         audit: &[AuditRecord],
     ) -> Result<(), RecordError> {
-        self.run(certs::record_issuance(
-            self.db(),
-            record.clone(),
-            der.to_vec(),
-            serial.to_vec(),
+        self.issuances.record(batch::Issuance {
+            record: record.clone(),
+            der: der.to_vec(),
+            serial: serial.to_vec(),
             token,
-            audit.to_vec(),
-        ))
+            audit: audit.to_vec(),
+        })
     }
 
     fn certificate(&self, serial: &[u8]) -> Result<Option<(CertRecord, Vec<u8>)>, StoreError> {

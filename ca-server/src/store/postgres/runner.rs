@@ -57,19 +57,28 @@ impl Runner {
         self.handle().spawn(async move {
             let _ = tx.send(work.await);
         });
-        let wait = move || {
-            rx.recv().unwrap_or_else(|_| {
-                Err(E::from(StoreError::Storage(
-                    "the database task stopped before answering".into(),
-                )))
-            })
-        };
-        match Handle::try_current() {
-            Ok(caller) if caller.runtime_flavor() == RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(wait)
-            }
-            _ => wait(),
+        wait(&rx)
+    }
+}
+
+/// Waits for the answer a task of the store's runtime sends on `rx` (see
+/// [`Runner::block`]); a sender dropped unanswered is a storage failure.
+pub(super) fn wait<T, E>(rx: &std::sync::mpsc::Receiver<Result<T, E>>) -> Result<T, E>
+where
+    E: From<StoreError>,
+{
+    let wait = move || {
+        rx.recv().unwrap_or_else(|_| {
+            Err(E::from(StoreError::Storage(
+                "the database task stopped before answering".into(),
+            )))
+        })
+    };
+    match Handle::try_current() {
+        Ok(caller) if caller.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
         }
+        _ => wait(),
     }
 }
 

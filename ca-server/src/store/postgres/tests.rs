@@ -9,7 +9,7 @@ use trellis_e2e::Postgres;
 use super::config::{PasswordSource, PostgresConfig, UrlSource};
 use super::*;
 
-fn config(db: &Postgres) -> PostgresConfig {
+pub(super) fn config(db: &Postgres) -> PostgresConfig {
     PostgresConfig::parse(&db.url(), UrlSource::Flag, PasswordSource::default(), None)
         .expect("the harness's URL parses")
 }
@@ -42,7 +42,7 @@ mod conformance {
 }
 
 /// A plain client on the side, as an operator's psql would be.
-fn side_client(db: &Postgres) -> (tokio::runtime::Runtime, tokio_postgres::Client) {
+pub(super) fn side_client(db: &Postgres) -> (tokio::runtime::Runtime, tokio_postgres::Client) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -166,7 +166,7 @@ async fn a_lost_database_is_unavailable_then_resumes_by_itself() {
 
 /// Retries `check` for up to 10 s (a pool's broken connections are replaced one use at a
 /// time).
-fn eventually(mut check: impl FnMut() -> bool) {
+pub(super) fn eventually(mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !check() {
         assert!(
