@@ -20,7 +20,6 @@ use crate::csr;
 use crate::error::CaError;
 use crate::grantable::check_grantable;
 use crate::peer::PeerChain;
-use crate::revocation::Revocations;
 use crate::state::{Core, unix};
 use crate::store::{AuditRecord, CertRecord, RecordError, TokenUse};
 use crate::tokens;
@@ -74,6 +73,9 @@ struct Grant {
     via: &'static str,
     actor: String,
     token: Option<[u8; 32]>,
+    /// A renewal's presented certificate (serial bytes): refused if revoked, in the same
+    /// step that records the new one (`Store::record_renewal`).
+    renewing: Option<Vec<u8>>,
     lifetime_override: Option<Duration>,
 }
 
@@ -81,7 +83,6 @@ struct Grant {
 #[derive(Debug)]
 pub(crate) struct Issuance {
     core: Arc<Core>,
-    revocations: Arc<Revocations>,
     /// Verifies Kubernetes service-account tokens, if `[kubernetes]` is configured.
     kubernetes: Option<Arc<Attestor>>,
     /// How long issuances took, for `/metrics`.
@@ -89,14 +90,9 @@ pub(crate) struct Issuance {
 }
 
 impl Issuance {
-    pub(crate) fn new(
-        core: Arc<Core>,
-        revocations: Arc<Revocations>,
-        kubernetes: Option<Arc<Attestor>>,
-    ) -> Self {
+    pub(crate) fn new(core: Arc<Core>, kubernetes: Option<Arc<Attestor>>) -> Self {
         Self {
             core,
-            revocations,
             kubernetes,
             seconds: Histogram::default(),
         }
@@ -190,11 +186,18 @@ impl Issuance {
                 now: unix(now),
             });
             let mark = core.store.mark();
-            match core
-                .store
-                .record_issuance(&record, &leaf.der, &leaf.serial, token, &audit)
-            {
+            let recorded = match &grant.renewing {
+                Some(renewing) => {
+                    core.store
+                        .record_renewal(&record, &leaf.der, &leaf.serial, renewing, &audit)
+                }
+                None => core
+                    .store
+                    .record_issuance(&record, &leaf.der, &leaf.serial, token, &audit),
+            };
+            match recorded {
                 Ok(()) => {}
+                Err(RecordError::Revoked) => return Err(self.revoked(grant.renewing.as_deref())),
                 Err(RecordError::SerialTaken) => continue,
                 Err(RecordError::Token(refusal)) => {
                     return Err(CaError::Unauthenticated(format!(
@@ -207,6 +210,7 @@ impl Issuance {
                 .durable(mark)
                 .await
                 .map_err(|e| CaError::store("nothing was issued", e))?;
+            core.recent.remember(&leaf.serial, &leaf.der, &record);
             tracing::info!(
                 spiffe_id = %grant.spiffe_id,
                 serial = %record.serial,
@@ -225,6 +229,21 @@ impl Issuance {
         }
         Err(CaError::Internal(
             "could not find an unused serial number in 3 attempts".into(),
+        ))
+    }
+
+    /// Why a renewal was refused: the certificate it presented (`serial`) is revoked,
+    /// read back for the message.
+    fn revoked(&self, serial: Option<&[u8]>) -> CaError {
+        let serial = serial.unwrap_or_default();
+        let detail = match self.core.store.revocation(serial) {
+            Ok(Some(r)) => format!(" at unix {} ({})", r.revoked_at, r.reason),
+            _ => String::new(),
+        };
+        CaError::Unauthenticated(format!(
+            "renewal refused: certificate {} was revoked{detail}; bootstrap again with a new \
+             join token",
+            hex::encode(serial)
         ))
     }
 
@@ -267,6 +286,7 @@ impl Issuance {
                     via: "service_account_token",
                     actor,
                     token: None,
+                    renewing: None,
                     lifetime_override: None,
                 })
             }
@@ -290,6 +310,7 @@ impl Issuance {
                     via: "join_token",
                     actor: "join_token".into(),
                     token: Some(hash),
+                    renewing: None,
                     lifetime_override: None,
                 })
             }
@@ -310,17 +331,6 @@ impl Issuance {
                     return Err(CaError::PermissionDenied(format!(
                         "{} is a reserved identity and is not renewed over the workload API",
                         verified.spiffe_id
-                    )));
-                }
-                let revoked = self
-                    .revocations
-                    .of(&verified.serial)
-                    .map_err(|e| CaError::store("nothing was issued", e))?;
-                if let Some(revoked) = revoked {
-                    return Err(CaError::Unauthenticated(format!(
-                        "renewal refused: certificate {} was revoked at unix {} ({}); \
-                         bootstrap again with a new join token",
-                        verified.serial, revoked.revoked_at, revoked.reason
                     )));
                 }
                 // The record was read for the same leaf that just verified, if at all.
@@ -347,6 +357,7 @@ impl Issuance {
                     dns_names: record.dns_names,
                     via: "renewal",
                     token: None,
+                    renewing: Some(hex::decode(&verified.serial).unwrap_or_default()),
                     lifetime_override: None,
                 })
             }
@@ -362,6 +373,7 @@ impl Issuance {
                     via: "admin",
                     actor: caller.to_string(),
                     token: None,
+                    renewing: None,
                     lifetime_override: None,
                 })
             }
@@ -375,6 +387,7 @@ impl Issuance {
                 via: "ca",
                 actor: "trellis-ca".into(),
                 token: None,
+                renewing: None,
                 lifetime_override: Some(lifetime),
             }),
         }

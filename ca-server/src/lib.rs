@@ -30,6 +30,7 @@ pub mod keys;
 pub mod limits;
 mod metrics;
 pub(crate) mod peer;
+pub(crate) mod recent;
 pub mod retention;
 pub(crate) mod revocation;
 pub(crate) mod roots;

@@ -55,11 +55,7 @@ impl Services {
             .map(|k| Arc::new(Attestor::new(k)));
         let revocations = Arc::new(Revocations::load(core.clone())?);
         let acks = Arc::new(BundleAcks::load(core.clone()).map_err(store_err)?);
-        let issuance = Arc::new(Issuance::new(
-            core.clone(),
-            revocations.clone(),
-            kubernetes.clone(),
-        ));
+        let issuance = Arc::new(Issuance::new(core.clone(), kubernetes.clone()));
         let serving = Arc::new(ServingIdentity::new(issuance.clone()));
         let audit = Arc::new(Audit::new(core.clone()));
         let roots = Arc::new(Roots::new(

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::error::CaError;
 use crate::keys::Keys;
 use crate::peer::PeerChain;
+use crate::recent::RecentCertificates;
 use crate::store::{BundleChangeGuard, Store};
 
 /// What every service shares.
@@ -35,6 +36,8 @@ pub(crate) struct Core {
     /// Held from reading the bundle version to publishing the next one, so that root, JWT
     /// key and federation changes never give two different bundles the same version.
     bundle_changes: tokio::sync::Mutex<()>,
+    /// Certificate records written or read lately (`recent.rs`).
+    pub(crate) recent: RecentCertificates,
 }
 
 /// Held from reading the bundle version to publishing the next one: this CA's lock and
@@ -87,6 +90,7 @@ impl Core {
             signer_changes: watch::Sender::new(0),
             bundle: watch::Sender::new(Arc::new(bundle)),
             bundle_changes: tokio::sync::Mutex::new(()),
+            recent: RecentCertificates::default(),
         }
     }
 

@@ -204,15 +204,13 @@ impl Ca {
     /// CA's network namespace if it has one (its address is reachable only there).
     pub fn admin_command(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = command("trellis");
-        cmd.arg("--ca-addr")
-            .arg(self.addr.to_string())
-            .arg("--admin-cert")
-            .arg(self.admin_dir.join("admin.pem"))
-            .arg("--admin-key")
-            .arg(self.admin_dir.join("admin.key.pem"))
-            .arg("--bundle")
-            .arg(self.admin_dir.join("bundle.pem"))
-            .args(args);
+        admin_flags(
+            &mut cmd,
+            self.addr,
+            &self.admin_dir,
+            &self.admin_dir.join("bundle.pem"),
+        )
+        .args(args);
         match &self.place.netns {
             Some(netns) => crate::netns::wrap_in(netns, &cmd),
             None => cmd,
@@ -272,6 +270,24 @@ fn spawn(
     let listening = Listening::from_ready(&ready, data_dir)
         .unwrap_or_else(|| panic!("the CA's ready file lacks its gRPC address or ID: {ready:?}"));
     (process, listening)
+}
+
+/// Adds to a `trellis` command the flags that reach the CA at `addr` as the admin whose
+/// credentials are in `admin_dir`, trusting `bundle` for the CA's serving certificate.
+pub fn admin_flags<'a>(
+    cmd: &'a mut std::process::Command,
+    addr: SocketAddr,
+    admin_dir: &Path,
+    bundle: &Path,
+) -> &'a mut std::process::Command {
+    cmd.arg("--ca-addr")
+        .arg(addr.to_string())
+        .arg("--admin-cert")
+        .arg(admin_dir.join("admin.pem"))
+        .arg("--admin-key")
+        .arg(admin_dir.join("admin.key.pem"))
+        .arg("--bundle")
+        .arg(bundle)
 }
 
 #[cfg(test)]

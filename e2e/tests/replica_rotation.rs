@@ -52,15 +52,7 @@ impl Operator {
     /// (the admin directory's own by default).
     fn trellis_trusting(&self, bundle: &Path, args: &[&str]) -> Outcome {
         let mut cmd = command("trellis");
-        cmd.arg("--ca-addr")
-            .arg(self.addr.to_string())
-            .arg("--admin-cert")
-            .arg(self.admin_dir.join("admin.pem"))
-            .arg("--admin-key")
-            .arg(self.admin_dir.join("admin.key.pem"))
-            .arg("--bundle")
-            .arg(bundle)
-            .args(args);
+        trellis_e2e::ca::admin_flags(&mut cmd, self.addr, &self.admin_dir, bundle).args(args);
         run(cmd, CLI_TIMEOUT)
     }
 

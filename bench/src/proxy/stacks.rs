@@ -128,15 +128,8 @@ impl Ca {
     pub fn trellis(&mut self, args: &[&str]) -> anyhow::Result<String> {
         self.proc.check_running()?;
         let mut cmd = command(&self.cli);
-        cmd.arg("--ca-addr")
-            .arg(self.addr.to_string())
-            .arg("--admin-cert")
-            .arg(self.admin_dir.join("admin.pem"))
-            .arg("--admin-key")
-            .arg(self.admin_dir.join("admin.key.pem"))
-            .arg("--bundle")
-            .arg(self.admin_dir.join("bundle.pem"))
-            .args(args);
+        let bundle = self.admin_dir.join("bundle.pem");
+        trellis_e2e::ca::admin_flags(&mut cmd, self.addr, &self.admin_dir, &bundle).args(args);
         let outcome = trellis_e2e::try_run(cmd, START).map_err(|e| anyhow::anyhow!(e))?;
         if outcome.code != Some(0) {
             bail!(

@@ -82,6 +82,7 @@ impl WorkloadCa for WorkloadService {
         // Admission before any cryptography, so that refusing is cheap.
         let (key, record) = limits::certify_key(
             &*self.ca.core.store,
+            &self.ca.core.recent,
             body.credential.is_some(),
             &chain,
             remote,

@@ -35,6 +35,7 @@ use bucket::{Buckets, Empty};
 pub use config::{LimitsConfig, LimitsFile};
 
 use crate::peer::PeerChain;
+use crate::recent::RecentCertificates;
 use crate::store::{CertRecord, Store};
 
 /// Whom an issuance request is charged to.
@@ -198,11 +199,12 @@ impl Limits {
 }
 
 /// The key for a Certify call: the identity of a certificate this CA issued (for a
-/// renewal), else the source address. Reads the store; checks no signature. Also returns
-/// the CA's record of the presented leaf when it matches byte for byte, so the renewal
-/// (after verifying the chain) need not read it again.
-pub fn certify_key(
+/// renewal), else the source address. Reads the record from `recent`, else the store;
+/// checks no signature. Also returns the CA's record of the presented leaf when it matches
+/// byte for byte, so the renewal (after verifying the chain) need not read it again.
+pub(crate) fn certify_key(
     store: &dyn Store,
+    recent: &RecentCertificates,
     bootstrap: bool,
     chain: &PeerChain,
     remote: Option<SocketAddr>,
@@ -214,8 +216,12 @@ pub fn certify_key(
     let (Some(leaf), Some(serial)) = (chain.certs().first(), chain.leaf_serial()) else {
         return (source, None);
     };
+    if let Some(record) = recent.find(serial, leaf.as_ref()) {
+        return (ClientKey::Identity(record.spiffe_id.clone()), Some(record));
+    }
     match store.certificate(serial) {
         Ok(Some((record, der))) if der == leaf.as_ref() => {
+            recent.remember(serial, &der, &record);
             (ClientKey::Identity(record.spiffe_id.clone()), Some(record))
         }
         _ => (source, None),

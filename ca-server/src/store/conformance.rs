@@ -42,6 +42,7 @@ macro_rules! conformance_tests {
             a_page_bounds_its_scan_and_refuses_foreign_page_tokens,
             pruning_removes_expired_records_in_batches_and_keeps_the_rest,
             a_revocation_is_recorded_once,
+            a_renewal_of_a_revoked_certificate_is_refused_and_writes_nothing,
             the_audit_chain_links_entries_and_survives_reopening,
             audit_pruning_stops_at_a_checkpoint_that_stays,
             jwt_keys_come_back_in_the_order_they_were_added,
@@ -858,6 +859,37 @@ pub(crate) async fn a_revocation_is_recorded_once(h: &mut dyn Harness) {
         vec![(1, entry)],
         "one audit entry, with the revocation that was recorded"
     );
+}
+
+pub(crate) async fn a_renewal_of_a_revoked_certificate_is_refused_and_writes_nothing(
+    h: &mut dyn Harness,
+) {
+    let store = h.create();
+    let first = cert(&serial(1), "spiffe://td/w", "r1", NOW + 3600);
+    issue(&*store, &first).await;
+    let second = cert(&serial(2), "spiffe://td/w", "r1", NOW + 3600);
+    store
+        .record_renewal(&second, &der_of(&second), &serial(2), &serial(1), &[])
+        .expect("a renewal of a certificate in good standing is recorded");
+    let revocation = RevocationRecord {
+        serial: second.serial.clone(),
+        spiffe_id: second.spiffe_id.clone(),
+        revoked_at: NOW,
+        reason: "key compromise".into(),
+        not_after: second.not_after,
+        intermediate_id: second.intermediate_id.clone(),
+        reason_code: Some(1),
+    };
+    assert!(store.revoke(&revocation, &revoked(&second)).unwrap());
+    let third = cert(&serial(3), "spiffe://td/w", "r1", NOW + 3600);
+    let refused = store.record_renewal(&third, &der_of(&third), &serial(3), &serial(2), &[]);
+    assert!(matches!(refused, Err(RecordError::Revoked)), "{refused:?}");
+    assert_eq!(
+        store.certificate(&serial(3)).unwrap(),
+        None,
+        "nothing of it written"
+    );
+    assert_eq!(store.certificates_of("spiffe://td/w").unwrap().len(), 2);
 }
 
 pub(crate) async fn the_audit_chain_links_entries_and_survives_reopening(h: &mut dyn Harness) {

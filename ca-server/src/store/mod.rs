@@ -152,6 +152,9 @@ pub enum RecordError {
     SerialTaken,
     #[error("join token refused: {0}")]
     Token(TokenRefusal),
+    /// The certificate a renewal presented is revoked ([`Store::record_renewal`]).
+    #[error("the certificate presented for renewal is revoked")]
+    Revoked,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -162,7 +165,7 @@ impl RecordError {
         match self {
             Self::SerialTaken => ErrorKind::Conflict,
             Self::Token(TokenRefusal::Unknown) => ErrorKind::NotFound,
-            Self::Token(_) => ErrorKind::Conflict,
+            Self::Token(_) | Self::Revoked => ErrorKind::Conflict,
             Self::Store(e) => e.kind(),
         }
     }
@@ -373,6 +376,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         token: Option<TokenUse>,
         audit: &[AuditRecord],
     ) -> Result<(), RecordError>;
+
+    /// [`Store::record_issuance`] of a renewal, refused with [`RecordError::Revoked`] if
+    /// `renewing` (the serial bytes of the certificate presented) is revoked. The check and
+    /// the write are as close together as the store can make them; a store shared by
+    /// replicas makes them one step, so that a renewal never slips past a revocation
+    /// recorded at the same moment through another replica.
+    fn record_renewal(
+        &self,
+        record: &CertRecord,
+        der: &[u8],
+        serial: &[u8],
+        renewing: &[u8],
+        audit: &[AuditRecord],
+    ) -> Result<(), RecordError> {
+        if self.revocation(renewing)?.is_some() {
+            return Err(RecordError::Revoked);
+        }
+        self.record_issuance(record, der, serial, None, audit)
+    }
 
     /// A certificate's record and DER, by serial.
     fn certificate(&self, serial: &[u8]) -> Result<Option<(CertRecord, Vec<u8>)>, StoreError>;

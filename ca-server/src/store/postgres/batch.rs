@@ -4,13 +4,15 @@
 //! round trip, so one issuance per transaction caps a CA at what one disk and one
 //! connection's latency allow. Instead a caller queues its issuance and waits; one task
 //! takes every issuance queued at that moment and writes them with one call of the SQL
-//! function `record_issuances` (`migrations/V4`): one statement, one commit, then every
+//! function `record_issuances` (`migrations/V4`; `V5` adds renewals' revocation check):
+//! one statement, one commit, then every
 //! caller of the batch is answered. A lone issuance is written at once (its batch is one
 //! item), so light load sees no added wait; under load a batch holds what arrived during
 //! the previous one.
 //!
 //! Per item the semantics are those of [`crate::store::Store::record_issuance`]: the
-//! function refuses a serial already used or a join token that cannot be redeemed for that
+//! function refuses a serial already used, a join token that cannot be redeemed or a
+//! renewal of a revoked certificate ([`crate::store::Store::record_renewal`]) for that
 //! item only (writing nothing of it), and the rest of the batch is recorded. Anything else
 //! (the database lost, a statement failing) fails the whole transaction, and every caller of
 //! the batch gets that error: none is acknowledged.
@@ -45,6 +47,8 @@ pub(super) struct Issuance {
     pub der: Vec<u8>,
     pub serial: Vec<u8>,
     pub token: Option<TokenUse>,
+    /// A renewal's presented certificate (serial bytes), refused if revoked.
+    pub renewing: Option<Vec<u8>>,
     pub audit: Vec<AuditRecord>,
 }
 
@@ -206,11 +210,12 @@ async fn write(
         .map(|i| int(i.token.map_or(0, |t| t.now)))
         .collect();
     let serial_hexes: Vec<&str> = items.iter().map(|i| i.record.serial.as_str()).collect();
+    let renewing: Vec<Option<&[u8]>> = items.iter().map(|i| i.renewing.as_deref()).collect();
 
     let client = db.client().await?;
     let statement = client
         .prepare_cached(
-            "SELECT record_issuances($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            "SELECT record_issuances($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .await
         .map_err(|e| db.err(e))?;
@@ -231,6 +236,7 @@ async fn write(
                 &audit_items,
                 &audit_times,
                 &audit_bodies,
+                &renewing,
             ],
         )
         .await
@@ -258,6 +264,7 @@ fn outcome_of(db: &Db, outcome: Option<&str>) -> Result<(), RecordError> {
     match outcome {
         None => Ok(()),
         Some("serial") => Err(RecordError::SerialTaken),
+        Some("revoked") => Err(RecordError::Revoked),
         Some(refusal) => Err(token_refusal(refusal)
             .map(RecordError::Token)
             .unwrap_or_else(|| {

@@ -657,6 +657,25 @@ impl Store for PostgresStore {
             der: der.to_vec(),
             serial: serial.to_vec(),
             token,
+            renewing: None,
+            audit: audit.to_vec(),
+        })
+    }
+
+    fn record_renewal(
+        &self,
+        record: &CertRecord,
+        der: &[u8],
+        serial: &[u8],
+        renewing: &[u8],
+        audit: &[AuditRecord],
+    ) -> Result<(), RecordError> {
+        self.issuances.record(batch::Issuance {
+            record: record.clone(),
+            der: der.to_vec(),
+            serial: serial.to_vec(),
+            token: None,
+            renewing: Some(renewing.to_vec()),
             audit: audit.to_vec(),
         })
     }
@@ -779,6 +798,14 @@ impl Store for PostgresStore {
             let e = |e| db.err(e);
             let mut client = db.client().await?;
             let tx = client.transaction().await.map_err(e)?;
+            // Held until the commit: a renewal of this certificate waits for it, then sees
+            // the revocation (`record_issuances`, migrations/V5).
+            tx.execute(
+                "SELECT 1 FROM certificates WHERE serial = $1 FOR UPDATE",
+                &[&serial],
+            )
+            .await
+            .map_err(e)?;
             let inserted = tx
                 .execute(
                     "INSERT INTO revocations (serial, record) VALUES ($1, $2) \

@@ -493,3 +493,66 @@ fn changes_through_one_replica_are_announced_to_the_other() {
     .expect("bundle change");
     next("a bundle change");
 }
+
+/// A revocation committing while a renewal of the same certificate is being recorded
+/// through another replica: the renewal waits for it and is refused, never recorded
+/// beside it (the check and the write are one step).
+#[test]
+fn a_renewal_racing_a_revocation_of_its_certificate_is_refused() {
+    let db = Postgres::start();
+    let [a, b] = two_replicas(&db);
+    let now = 1_700_000_000;
+    let record = move |n: u8| CertRecord {
+        serial: trellis_identity::hex::encode(&[n; 16]),
+        spiffe_id: "spiffe://td/raced".into(),
+        dns_names: Vec::new(),
+        not_before: now,
+        not_after: now + 3600,
+        issued_at: now,
+        issued_at_ns: u128::from(n),
+        root_id: "r1".into(),
+        intermediate_id: "i1".into(),
+        issued_via: "renewal".into(),
+    };
+    a.record_issuance(&record(1), b"first", &[1; 16], None, &[])
+        .expect("the first certificate");
+
+    // Another replica's revocation, written and not yet committed, as `revoke` writes it.
+    let (runtime, mut side) = side_client(&db);
+    let (revocation, _) = revocation(1);
+    let tx = runtime
+        .block_on(side.transaction())
+        .expect("side transaction");
+    runtime
+        .block_on(tx.execute(
+            "SELECT 1 FROM certificates WHERE serial = $1 FOR UPDATE",
+            &[&vec![1u8; 16]],
+        ))
+        .expect("lock the certificate");
+    runtime
+        .block_on(tx.execute(
+            "INSERT INTO revocations (serial, record) VALUES ($1, $2)",
+            &[&vec![1u8; 16], &encode(&revocation)],
+        ))
+        .expect("revocation written");
+
+    let renewal = std::thread::spawn(move || {
+        b.record_renewal(&record(2), b"second", &[2; 16], &[1; 16], &[])
+    });
+    // The renewal waits for the revocation's row lock while the revocation is open.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        !renewal.is_finished(),
+        "the renewal did not wait for the revocation"
+    );
+    runtime
+        .block_on(tx.commit())
+        .expect("the revocation commits");
+    let refused = renewal.join().expect("renewal thread");
+    assert!(matches!(refused, Err(RecordError::Revoked)), "{refused:?}");
+    assert_eq!(
+        a.certificate(&[2; 16]).unwrap(),
+        None,
+        "nothing of it recorded"
+    );
+}
