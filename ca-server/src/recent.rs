@@ -16,10 +16,13 @@ use crate::store::CertRecord;
 /// Records kept at most; when full, it starts again empty (a miss only costs a read).
 const CAPACITY: usize = 50_000;
 
+/// A certificate's SHA-256 and its record.
+type Remembered = ([u8; 32], CertRecord);
+
 /// Recently written or read certificate records.
 #[derive(Debug, Default)]
 pub(crate) struct RecentCertificates {
-    by_serial: Mutex<HashMap<Vec<u8>, ([u8; 32], CertRecord)>>,
+    by_serial: Mutex<HashMap<Vec<u8>, Remembered>>,
 }
 
 fn digest(der: &[u8]) -> [u8; 32] {
