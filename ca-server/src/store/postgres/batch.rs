@@ -52,6 +52,26 @@ pub(super) struct Issuance {
     pub audit: Vec<AuditRecord>,
 }
 
+impl Issuance {
+    pub fn new(
+        record: &CertRecord,
+        der: &[u8],
+        serial: &[u8],
+        token: Option<TokenUse>,
+        renewing: Option<&[u8]>,
+        audit: &[AuditRecord],
+    ) -> Self {
+        Self {
+            record: record.clone(),
+            der: der.to_vec(),
+            serial: serial.to_vec(),
+            token,
+            renewing: renewing.map(<[u8]>::to_vec),
+            audit: audit.to_vec(),
+        }
+    }
+}
+
 type Reply = SyncSender<Result<(), RecordError>>;
 
 /// The queue of issuances waiting for a batch.

@@ -652,14 +652,9 @@ impl Store for PostgresStore {
         token: Option<TokenUse>,
         audit: &[AuditRecord],
     ) -> Result<(), RecordError> {
-        self.issuances.record(batch::Issuance {
-            record: record.clone(),
-            der: der.to_vec(),
-            serial: serial.to_vec(),
-            token,
-            renewing: None,
-            audit: audit.to_vec(),
-        })
+        self.issuances.record(batch::Issuance::new(
+            record, der, serial, token, None, audit,
+        ))
     }
 
     fn record_renewal(
@@ -670,14 +665,14 @@ impl Store for PostgresStore {
         renewing: &[u8],
         audit: &[AuditRecord],
     ) -> Result<(), RecordError> {
-        self.issuances.record(batch::Issuance {
-            record: record.clone(),
-            der: der.to_vec(),
-            serial: serial.to_vec(),
-            token: None,
-            renewing: Some(renewing.to_vec()),
-            audit: audit.to_vec(),
-        })
+        self.issuances.record(batch::Issuance::new(
+            record,
+            der,
+            serial,
+            None,
+            Some(renewing),
+            audit,
+        ))
     }
 
     fn certificate(&self, serial: &[u8]) -> Result<Option<(CertRecord, Vec<u8>)>, StoreError> {
