@@ -42,7 +42,7 @@ const MAX_YIELDS: usize = 2;
 const SHARDS: u64 = 16;
 
 /// One issuance as the batch writes it.
-pub(super) struct Issuance {
+pub(super) struct Queued {
     pub record: CertRecord,
     pub der: Vec<u8>,
     pub serial: Vec<u8>,
@@ -52,7 +52,7 @@ pub(super) struct Issuance {
     pub audit: Vec<AuditRecord>,
 }
 
-impl Issuance {
+impl Queued {
     pub fn new(
         record: &CertRecord,
         der: &[u8],
@@ -77,7 +77,7 @@ type Reply = SyncSender<Result<(), RecordError>>;
 /// The queue of issuances waiting for a batch.
 #[derive(Debug)]
 pub(super) struct Batcher {
-    queue: mpsc::UnboundedSender<(Issuance, Reply)>,
+    queue: mpsc::UnboundedSender<(Queued, Reply)>,
     commits: Arc<AtomicU64>,
     /// Callers queued or in a batch, not answered yet (counted once queued).
     waiting: AtomicUsize,
@@ -98,7 +98,7 @@ impl Batcher {
 
     /// Queues `issuance` and waits (on this thread, as [`Runner::block`] does) until the
     /// batch holding it has committed or failed.
-    pub fn record(&self, issuance: Issuance) -> Result<(), RecordError> {
+    pub fn record(&self, issuance: Queued) -> Result<(), RecordError> {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         if self.queue.send((issuance, reply)).is_err() {
             return Err(RecordError::Store(StoreError::Storage(
@@ -125,7 +125,7 @@ impl Batcher {
 
 async fn write_batches(
     db: Arc<Db>,
-    mut waiting: mpsc::UnboundedReceiver<(Issuance, Reply)>,
+    mut waiting: mpsc::UnboundedReceiver<(Queued, Reply)>,
     commits: Arc<AtomicU64>,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
@@ -171,8 +171,8 @@ async fn write_batches(
 /// Adds every issuance already queued to `batch`, then, while that keeps bringing more,
 /// lets other tasks run (one yield) and takes what they queued.
 async fn gather(
-    waiting: &mut mpsc::UnboundedReceiver<(Issuance, Reply)>,
-    batch: &mut Vec<(Issuance, Reply)>,
+    waiting: &mut mpsc::UnboundedReceiver<(Queued, Reply)>,
+    batch: &mut Vec<(Queued, Reply)>,
 ) {
     for round in 0..=MAX_YIELDS {
         let before = batch.len();
@@ -193,7 +193,7 @@ async fn gather(
 /// the batch's order.
 async fn write(
     db: &Db,
-    batch: &[(Issuance, Reply)],
+    batch: &[(Queued, Reply)],
     shard: i16,
 ) -> Result<Vec<Result<(), RecordError>>, StoreError> {
     // Token rows are locked first and in hash order by every batch (see the function), so
@@ -203,7 +203,7 @@ async fn write(
         let token = batch[i].0.token.map(|t| t.hash);
         (token.is_none(), token, i)
     });
-    let items: Vec<&Issuance> = order.iter().map(|&i| &batch[i].0).collect();
+    let items: Vec<&Queued> = order.iter().map(|&i| &batch[i].0).collect();
     let mut audit_items: Vec<i32> = Vec::new();
     let mut audit_times: Vec<i64> = Vec::new();
     let mut audit_bodies: Vec<Vec<u8>> = Vec::new();

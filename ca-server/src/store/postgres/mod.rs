@@ -652,9 +652,8 @@ impl Store for PostgresStore {
         token: Option<TokenUse>,
         audit: &[AuditRecord],
     ) -> Result<(), RecordError> {
-        self.issuances.record(batch::Issuance::new(
-            record, der, serial, token, None, audit,
-        ))
+        self.issuances
+            .record(batch::Queued::new(record, der, serial, token, None, audit))
     }
 
     fn record_renewal(
@@ -665,7 +664,7 @@ impl Store for PostgresStore {
         renewing: &[u8],
         audit: &[AuditRecord],
     ) -> Result<(), RecordError> {
-        self.issuances.record(batch::Issuance::new(
+        self.issuances.record(batch::Queued::new(
             record,
             der,
             serial,
