@@ -245,13 +245,16 @@ impl Live {
     /// The current opening, or the failure that closed it; during a checkpoint, waits for
     /// the next opening.
     pub fn trees(&self) -> Result<Arc<Trees>, StoreError> {
-        let deadline = Instant::now() + CHECKPOINT_WAIT;
+        // Read the clock only when there is something to wait for: this is every store call.
+        let mut deadline = None;
         let mut state = self.lock();
         loop {
             match &*state {
                 State::Open(trees) => return Ok(trees.clone()),
                 State::Failed(failure) => return Err(StoreError::Unavailable(failure.clone())),
                 State::Checkpointing => {
+                    let deadline =
+                        *deadline.get_or_insert_with(|| Instant::now() + CHECKPOINT_WAIT);
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(StoreError::Retry(
