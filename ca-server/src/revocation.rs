@@ -78,15 +78,18 @@ impl Revocations {
         };
         let records = match &target {
             RevokeTarget::Serial(serial) => {
-                let (record, _) = store.certificate(serial).map_err(unavailable)?.ok_or_else(
-                    || {
-                        CaError::NotFound(format!(
-                            "no certificate with serial {} is recorded by this CA (never issued \
-                             here, or expired for longer than [store] certificate_retention)",
-                            hex::encode(serial)
-                        ))
-                    },
-                )?;
+                let (record, _) =
+                    store
+                        .certificate(serial)
+                        .map_err(unavailable)?
+                        .ok_or_else(|| {
+                            CaError::NotFound(format!(
+                                "no certificate with serial {} is recorded by this CA (never \
+                             issued here, or expired and archived: an expired certificate \
+                             needs no revocation, every peer refuses it already)",
+                                hex::encode(serial)
+                            ))
+                        })?;
                 vec![record]
             }
             RevokeTarget::Identity(id) => {

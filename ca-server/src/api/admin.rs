@@ -227,9 +227,12 @@ impl Admin for AdminService {
                 Ok(Response::new(convert::record(record, der, revocation)))
             }
             None => Err(CaError::NotFound(format!(
-                "no certificate with serial {} is recorded by this CA (never issued here, or \
-                 expired for longer than [store] certificate_retention)",
-                hex::encode(&serial)
+                "no certificate with serial {} is recorded by this CA, or it expired: expired \
+                 certificates are archived after {} and then found only by listing them \
+                 (`trellis cert list --include-expired --identity ID`), until [store] \
+                 certificate_retention removes them",
+                hex::encode(&serial),
+                trellis_identity::duration::format(crate::retention::ARCHIVE_AFTER),
             ))
             .into()),
         }

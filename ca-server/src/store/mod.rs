@@ -251,8 +251,8 @@ pub struct Change {
 /// Which certificates a listing walks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listing<'a> {
-    /// Expired ones included, ordered by SPIFFE ID then serial; only those of one SPIFFE ID
-    /// if given.
+    /// Expired ones included, ordered by SPIFFE ID then serial (then, for a store with an
+    /// archive, the archived ones in expiry order); only those of one SPIFFE ID if given.
     ByIdentity(Option<&'a str>),
     /// Those unexpired at `now` that expire at or before `until` (all unexpired if `None`),
     /// ordered by expiry.
@@ -400,14 +400,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn certificate(&self, serial: &[u8]) -> Result<Option<(CertRecord, Vec<u8>)>, StoreError>;
 
     /// Records of every certificate kept for `spiffe_id` (expired ones until retention
-    /// removes them), in serial order.
+    /// removes them or [`Store::archive_expired`] moves them), in serial order.
     fn certificates_of(&self, spiffe_id: &str) -> Result<Vec<CertRecord>, StoreError>;
 
     /// One page of `listing`, continuing after `after` (the [`CertPage::next`] of the page
     /// before): at most `max` records that `keep` accepts, reading at most `scan` records,
     /// so that a filter that rejects most costs one page's work (the page is then short, or
     /// empty, with a `next`). Records inserted between pages appear if they sort after the
-    /// cursor; none is listed twice. An Expiring cursor that time has overtaken starts again
+    /// cursor; none is listed twice (except one archived while the listing runs, which may
+    /// appear again in the archive's part). An Expiring cursor that time has overtaken starts again
     /// from `now`. A token another listing returned is [`StoreError::BadPageToken`].
     fn certificates_page(
         &self,
@@ -445,6 +446,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// index entries and revocation records; returns how many. Call it again while it
     /// returns `max`. Never removes what the live counts still count.
     fn prune_expired(&self, through: u64, max: usize) -> Result<usize, StoreError>;
+
+    /// Moves up to `max` certificates expired at or before `through` (never what the live
+    /// counts still count) out of what the store reads at start-up, into an archive that
+    /// only listings with expired certificates and retention read; returns how many moved.
+    /// Call it again while it returns `max`. Archived certificates are no longer found by
+    /// serial ([`Store::certificate`]). Stores whose start-up does not depend on their size
+    /// (PostgreSQL) keep everything in place: the default moves nothing.
+    fn archive_expired(&self, _through: u64, _max: usize) -> Result<usize, StoreError> {
+        Ok(0)
+    }
 
     /// Certificate records [`Store::prune_expired`] removed since this store was opened.
     fn pruned_total(&self) -> u64;

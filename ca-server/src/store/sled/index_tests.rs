@@ -3,7 +3,7 @@
 
 use super::*;
 
-fn cert(serial: u8, spiffe_id: &str, root: &str, not_after: u64) -> CertRecord {
+pub(super) fn cert(serial: u8, spiffe_id: &str, root: &str, not_after: u64) -> CertRecord {
     CertRecord {
         serial: trellis_identity::hex::encode(&[serial; 9]),
         spiffe_id: spiffe_id.into(),
@@ -18,7 +18,7 @@ fn cert(serial: u8, spiffe_id: &str, root: &str, not_after: u64) -> CertRecord {
     }
 }
 
-fn record(store: &SledStore, c: &CertRecord) {
+pub(super) fn record(store: &SledStore, c: &CertRecord) {
     let serial = trellis_identity::hex::decode(&c.serial).unwrap();
     store
         .record_issuance(c, b"der", &serial, None, &[])

@@ -30,10 +30,14 @@
 //! counters are kept as they change (`index.rs`). Retention removes expired records in
 //! small batches, index entries last.
 
+mod archive;
+#[cfg(test)]
+mod archive_tests;
 mod audit;
 mod checkpoint;
 mod commit;
 mod federation;
+mod history;
 mod index;
 #[cfg(test)]
 mod index_tests;
@@ -73,6 +77,9 @@ struct KeyPage {
     next: Option<Vec<u8>>,
 }
 
+/// The archive's folder, inside the database's (sled leaves names it does not use alone).
+const HISTORY_DIR: &str = "history";
+
 /// What starts a page token of the expiry index (no token of the identity index, which is
 /// hex, does).
 const EXPIRY_TOKEN: &str = "x";
@@ -83,6 +90,8 @@ pub struct SledStore {
     live: Arc<live::Live>,
     committer: Committer,
     counters: Arc<index::Counters>,
+    /// Certificates expired for a while, out of the database (`history.rs`).
+    history: history::History,
 }
 
 /// A certificate value: 4-byte big-endian length of the JSON metadata, the metadata, the DER.
@@ -135,6 +144,7 @@ impl SledStore {
             live: live::Live::open(dir, every)?,
             committer: Committer::start(),
             counters: Arc::default(),
+            history: history::History::open(dir.join(HISTORY_DIR))?,
         };
         let t = store.trees()?;
         index::build_if_missing(&t).map_err(store.err(&t))?;
@@ -606,22 +616,23 @@ impl Store for SledStore {
         // once, for the pass that removed its expiry entry.
         let mut removed = 0;
         for (key, value) in &batch {
-            let (_, serial) = index::split_key(key)?;
-            if let Ok(record) = decode::<CertRecord>("by_expiry", value) {
-                t.by_identity
-                    .remove(identity_key(&record.spiffe_id, serial))
-                    .map_err(&err)?;
-            }
-            t.revocations.remove(serial).map_err(&err)?;
-            t.certs.remove(serial).map_err(&err)?;
-            if t.by_expiry.remove(key).map_err(&err)?.is_some() {
+            if self.remove_certificate(&t, key, value)? {
                 removed += 1;
             }
+        }
+        // The archive goes a day at a time, once the database has nothing older left.
+        if batch.len() < max {
+            removed += self.history.remove_through(through)? as usize;
         }
         self.counters
             .pruned
             .fetch_add(removed as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(removed)
+    }
+
+    /// Moves up to `max` certificates expired at or before `through` to the archive.
+    fn archive_expired(&self, through: u64, max: usize) -> Result<usize, StoreError> {
+        self.archive_batch(through, max)
     }
 
     /// Certificate records retention removed since this store was opened.
@@ -639,10 +650,11 @@ impl Store for SledStore {
         let t = self.trees()?;
         for value in t.certs.iter().values() {
             if !visit(decode_certificate(&value.map_err(self.err(&t))?)?.0) {
-                break;
+                return Ok(());
             }
         }
-        Ok(())
+        drop(t);
+        self.for_each_archived(visit)
     }
 
     /// Number of certificates ever issued, pruned ones included (`None` while the database
@@ -749,7 +761,15 @@ impl Store for SledStore {
     ) -> Result<CertPage, StoreError> {
         let bad = || StoreError::BadPageToken(after.map(|t| t.0.clone()).unwrap_or_default());
         match listing {
+            // The database's records by identity, then the archive's in expiry order.
             Listing::ByIdentity(spiffe_id) => {
+                if let Some(rest) = after.and_then(|t| t.0.strip_prefix(archive::HISTORY_TOKEN)) {
+                    let from = match rest {
+                        "" => None,
+                        text => Some(history::Position::decode(text).ok_or_else(bad)?),
+                    };
+                    return self.history_page(spiffe_id, from.as_ref(), max, scan, keep);
+                }
                 let prefix = spiffe_id.map_or_else(Vec::new, |id| identity_key(id, &[]));
                 let after = match after {
                     None => None,
@@ -760,10 +780,23 @@ impl Store for SledStore {
                     ),
                 };
                 let page = self.identity_page(&prefix, after.as_deref(), max, scan, keep)?;
-                Ok(CertPage {
-                    certificates: page.certificates,
-                    next: page.next.map(|key| PageToken(hex::encode(&key))),
-                })
+                let mut certificates = page.certificates;
+                let next = match page.next {
+                    Some(key) => Some(PageToken(hex::encode(&key))),
+                    None if certificates.len() < max => {
+                        let more = self.history_page(
+                            spiffe_id,
+                            None,
+                            max - certificates.len(),
+                            scan,
+                            keep,
+                        )?;
+                        certificates.extend(more.certificates);
+                        more.next
+                    }
+                    None => Some(PageToken(archive::HISTORY_TOKEN.into())),
+                };
+                Ok(CertPage { certificates, next })
             }
             Listing::Expiring { now, until } => {
                 let after = match after {

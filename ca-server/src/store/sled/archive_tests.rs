@@ -1,0 +1,213 @@
+//! The archive of expired certificates against a real sled directory and real files:
+//! what moves, what listings still find, what a crash between the two steps leaves, and
+//! what retention removes.
+
+use super::index_tests::{cert, record};
+use super::*;
+
+const DAY: u64 = 86_400;
+
+/// Ten certificates of `spiffe://td/old` expiring either side of the first midnight (so in
+/// two days of the archive), one of them revoked, and one live certificate.
+fn filled() -> (tempfile::TempDir, SledStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    for i in 1..=10u8 {
+        record(
+            &store,
+            &cert(i, "spiffe://td/old", "r1", DAY - 5 + u64::from(i)),
+        );
+    }
+    record(&store, &cert(20, "spiffe://td/live", "r1", 10 * DAY));
+    let revocation = RevocationRecord {
+        serial: hex::encode(&[3; 9]),
+        spiffe_id: "spiffe://td/old".into(),
+        revoked_at: 60,
+        reason: "key compromise".into(),
+        not_after: DAY - 2,
+        intermediate_id: "inter".into(),
+        reason_code: None,
+    };
+    let audit = AuditRecord {
+        time: 60,
+        kind: "certificate_revoked".into(),
+        spiffe_id: "spiffe://td/old".into(),
+        serial: String::new(),
+        actor: "test".into(),
+        detail: String::new(),
+    };
+    assert!(store.revoke(&revocation, &audit).unwrap());
+    (dir, store)
+}
+
+/// Archives everything expired by `through` in batches of three; how many moved.
+fn archive_all(store: &SledStore, through: u64) -> usize {
+    let mut moved = 0;
+    loop {
+        let n = store.archive_expired(through, 3).unwrap();
+        moved += n;
+        if n < 3 {
+            return moved;
+        }
+    }
+}
+
+fn all_serials(store: &SledStore) -> Vec<String> {
+    let mut out = Vec::new();
+    store
+        .for_each_certificate(&mut |r| {
+            out.push(r.serial);
+            true
+        })
+        .unwrap();
+    out.sort();
+    out
+}
+
+/// Every page of an identity listing, following its tokens.
+fn list_all(store: &SledStore, spiffe_id: Option<&str>, max: usize) -> Vec<(CertRecord, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut after = None;
+    for _ in 0..100 {
+        let page = store
+            .certificates_page(
+                Listing::ByIdentity(spiffe_id),
+                after.as_ref(),
+                max,
+                4,
+                &|_| true,
+            )
+            .unwrap();
+        assert!(page.certificates.len() <= max);
+        out.extend(page.certificates);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return out,
+        }
+    }
+    panic!("the listing never ended");
+}
+
+#[tokio::test]
+async fn expired_certificates_leave_the_database_and_listings_still_find_them() {
+    let (dir, store) = filled();
+    let before = all_serials(&store);
+    store.start_counting(0).unwrap();
+    assert_eq!(
+        store.archive_expired(2 * DAY, 100).unwrap(),
+        0,
+        "nothing the live counts still count moves"
+    );
+    store.live_by_root(2 * DAY);
+    assert_eq!(archive_all(&store, 2 * DAY), 10);
+
+    // Out of the database: not found by serial, not in its trees.
+    for i in 1..=10u8 {
+        assert!(store.certificate(&[i; 9]).unwrap().is_none(), "{i}");
+    }
+    assert!(store.revocation(&[3; 9]).unwrap().is_none());
+    let t = store.trees().unwrap();
+    assert_eq!(t.certs.len(), 1, "only the live one is left");
+    assert_eq!((t.by_expiry.len(), t.by_identity.len()), (1, 1));
+    drop(t);
+    assert!(store.certificate(&[20; 9]).unwrap().is_some());
+    let days: Vec<_> = std::fs::read_dir(dir.path().join(HISTORY_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(days.len(), 2, "one folder per day of expiry: {days:?}");
+
+    // Still kept: every record, once, in the walk and in the listings.
+    assert_eq!(all_serials(&store), before);
+    let listed = list_all(&store, None, 4);
+    let mut serials: Vec<_> = listed.iter().map(|(r, _)| r.serial.clone()).collect();
+    serials.sort();
+    assert_eq!(serials, before, "database then archive, each once");
+    assert!(listed.iter().all(|(_, der)| der == b"der"), "with its DER");
+    let old = list_all(&store, Some("spiffe://td/old"), 3);
+    assert_eq!(old.len(), 10);
+    assert!(old.iter().all(|(r, _)| r.spiffe_id == "spiffe://td/old"));
+    let expiries: Vec<_> = old.iter().map(|(r, _)| r.not_after).collect();
+    assert!(expiries.is_sorted(), "the archive is in expiry order");
+
+    // The revocation went with its certificate.
+    let mut revoked = Vec::new();
+    store
+        .history
+        .walk(None, usize::MAX, usize::MAX, &mut |a| {
+            a.revocation.is_some()
+        })
+        .unwrap()
+        .0
+        .into_iter()
+        .for_each(|a| revoked.push((a.record.serial, a.revocation.unwrap().reason)));
+    assert_eq!(
+        revoked,
+        [(hex::encode(&[3; 9]), "key compromise".to_owned())]
+    );
+
+    // A token that names no place in the archive is refused.
+    let bad = PageToken(format!("{}../x/1", archive::HISTORY_TOKEN));
+    let err = store
+        .certificates_page(Listing::ByIdentity(None), Some(&bad), 3, 3, &|_| true)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::BadPageToken(_)), "{err:?}");
+}
+
+/// What a crash between writing a batch and removing its records leaves: both. The next
+/// pass (after a restart, which finds the watermark in the newest batch) only removes them.
+#[tokio::test]
+async fn a_crash_between_archiving_and_removing_archives_nothing_twice() {
+    let (dir, store) = filled();
+    let t = store.trees().unwrap();
+    let written: Vec<history::Archived> = t
+        .by_expiry
+        .range::<Vec<u8>, _>(..index::expiry_key(DAY, &[]))
+        .map(|entry| {
+            let (key, _) = entry.unwrap();
+            let (_, serial) = index::split_key(&key).unwrap();
+            let (record, der) = decode_certificate(&t.certs.get(serial).unwrap().unwrap()).unwrap();
+            history::Archived {
+                key: key.to_vec(),
+                record,
+                der,
+                revocation: None,
+            }
+        })
+        .collect();
+    assert_eq!(written.len(), 4);
+    store.history.append(&written).unwrap();
+    drop(t);
+    store.flush_now().unwrap();
+    drop(store);
+    // And a batch a crash cut short before its rename.
+    let newest_day = dir.path().join(HISTORY_DIR).join(format!("{:08}", 0));
+    std::fs::write(newest_day.join("ff.9.batch.partial"), b"half a batch").unwrap();
+
+    let store = SledStore::open(dir.path()).unwrap();
+    assert!(!newest_day.join("ff.9.batch.partial").exists());
+    store.start_counting(2 * DAY).unwrap();
+    assert_eq!(archive_all(&store, 2 * DAY), 10);
+    let serials = all_serials(&store);
+    assert_eq!(serials.len(), 11, "each once: {serials:?}");
+    assert_eq!(store.trees().unwrap().certs.len(), 1);
+}
+
+#[tokio::test]
+async fn retention_removes_the_archive_a_whole_day_at_a_time() {
+    let (dir, store) = filled();
+    store.start_counting(2 * DAY).unwrap();
+    assert_eq!(archive_all(&store, 2 * DAY), 10);
+    // Through the last second of day 0: its four go; day 1 has a second left.
+    assert_eq!(store.prune_expired(DAY - 1, 1000).unwrap(), 4);
+    assert_eq!(store.prune_expired(DAY - 1, 1000).unwrap(), 0);
+    assert_eq!(all_serials(&store).len(), 7);
+    assert_eq!(store.prune_expired(2 * DAY - 2, 1000).unwrap(), 0);
+    assert_eq!(store.prune_expired(2 * DAY - 1, 1000).unwrap(), 6);
+    assert_eq!(store.pruned_total(), 10);
+    assert_eq!(all_serials(&store), vec![hex::encode(&[20; 9])]);
+    let left = std::fs::read_dir(dir.path().join(HISTORY_DIR))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "both days' folders are gone");
+}
