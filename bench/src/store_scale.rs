@@ -2,12 +2,13 @@
 //!
 //! For each history size, a data directory is initialised by the real `trellis-ca`, then
 //! filled directly through the store API (no gRPC: fast) with that many expired
-//! certificate records and `--live` unexpired ones (a tenth of them expiring within 10
-//! minutes). The real `trellis-ca` is started on it (retention off, so the history stays
-//! for the measurement), and the bench measures start-up, `/metrics`, `trellis ca status`,
-//! `trellis cert list --expiring-within 10m`, `trellis root list` (the root census), the
-//! CA's RSS and the disk used; then, with the CA stopped, how fast retention removes the
-//! history. Medians of `--rounds`, side by side per history size. The records carry fake
+//! certificate records, archived as the CA's retention task archives them (in chunks, so
+//! the rate of archiving is measured too), and `--live` unexpired ones (a tenth of them
+//! expiring within 10 minutes). The real `trellis-ca` is started on it (retention off, so
+//! the history stays for the measurement), and the bench measures start-up, `/metrics`,
+//! `trellis ca status`, `trellis cert list --expiring-within 10m`, an identity's listing
+//! with its expired certificates, `trellis root list` (the root census), the CA's RSS and
+//! the disk used; then, with the CA stopped, how fast retention removes the history. Medians of `--rounds`, side by side per history size. The records carry fake
 //! DER: nothing on these paths parses it.
 
 use std::net::SocketAddr;
@@ -39,6 +40,8 @@ pub struct Args {
 
 /// The longest any one step may take.
 const STEP: Duration = Duration::from_secs(600);
+/// Expired records written between two archiving runs while filling.
+const ARCHIVE_CHUNK: u64 = 50_000;
 /// A DER-sized value for each record.
 const FAKE_DER: [u8; 600] = [0x30; 600];
 
@@ -46,14 +49,17 @@ const FAKE_DER: [u8; 600] = [0x30; 600];
 struct Run {
     history: u64,
     fill: Duration,
+    archive_per_sec: f64,
     first_start: Duration,
     restart: Duration,
     metrics: Duration,
     status: Duration,
     expiring: Duration,
     roots: Duration,
+    history_listing: Duration,
     rss_mib: f64,
     disk_mib: f64,
+    archive_mib: f64,
     prune_per_sec: f64,
 }
 
@@ -76,7 +82,7 @@ fn one(args: &Args, history: u64, dir: &Path) -> anyhow::Result<Run> {
     // First start: initialise (root, intermediate, admin credentials), then stop.
     drop(start_ca(&data_dir, dir)?);
     let now = unix_now();
-    let fill = fill(&data_dir.join("db"), args, history, now)?;
+    let (fill, archive_per_sec) = fill(&data_dir.join("db"), args, history, now)?;
     // The first start after the fill replays what the filling process wrote to sled's log
     // (as a start after a crash would); a restart after a clean stop does not.
     let started = Instant::now();
@@ -96,6 +102,19 @@ fn one(args: &Args, history: u64, dir: &Path) -> anyhow::Result<Run> {
             .map(drop)
     })?;
     let roots = median(args.rounds, || ca.ca.trellis(&["root", "list"]).map(drop))?;
+    let history_listing = median(args.rounds, || {
+        let id = "spiffe://cluster.local/ns/bench/sa/w1";
+        let args = [
+            "cert",
+            "list",
+            "--identity",
+            id,
+            "--include-expired",
+            "--limit",
+            "10",
+        ];
+        ca.ca.trellis(&args).map(drop)
+    })?;
     let rss_mib = tree_rss_kib(ca.ca.proc.pid())? as f64 / 1024.0;
     drop(ca);
     let mut restarts = Vec::with_capacity(args.rounds);
@@ -106,33 +125,51 @@ fn one(args: &Args, history: u64, dir: &Path) -> anyhow::Result<Run> {
         drop(ca);
     }
     let restart = Latencies::new(restarts).percentile(50.0);
-    let disk_mib = du(&data_dir.join("db"))? as f64 / (1024.0 * 1024.0);
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let archive_mib = mib(du(&data_dir.join("db").join("history"))?);
+    let disk_mib = mib(du(&data_dir.join("db"))?) - archive_mib;
     let prune_per_sec = prune(&data_dir.join("db"), now)?;
     Ok(Run {
         history,
         fill,
+        archive_per_sec,
         first_start,
         restart,
         metrics,
         status,
         expiring,
         roots,
+        history_listing,
         rss_mib,
         disk_mib,
+        archive_mib,
         prune_per_sec,
     })
 }
 
-/// Writes `history` expired and `args.live` unexpired records; returns how long it took.
-fn fill(db: &Path, args: &Args, history: u64, now: u64) -> anyhow::Result<Duration> {
+/// Writes `history` expired records, archiving them a chunk at a time, and `args.live`
+/// unexpired ones; returns how long it took and the records archived per second.
+fn fill(db: &Path, args: &Args, history: u64, now: u64) -> anyhow::Result<(Duration, f64)> {
     let rt = tokio::runtime::Runtime::new()?;
     let started = Instant::now();
+    let mut archiving = Duration::ZERO;
     rt.block_on(async {
         let store = trellis_ca::store::open(db)?;
         let total = history + args.live;
-        // A step's bound, or a second per 5,000 records for a history that takes longer.
-        let fill_limit = STEP.max(Duration::from_secs(total / 5_000));
+        // A step's bound, or a second per 2,000 records for a history that takes longer.
+        let fill_limit = STEP.max(Duration::from_secs(total / 2_000));
+        let mut archive = |store: &dyn trellis_ca::store::Store| -> anyhow::Result<()> {
+            let started = Instant::now();
+            while store.archive_expired(now - 1, trellis_ca::retention::BATCH)?
+                == trellis_ca::retention::BATCH
+            {}
+            archiving += started.elapsed();
+            Ok(())
+        };
         for i in 0..total {
+            if i == history || (i > 0 && i < history && i % ARCHIVE_CHUNK == 0) {
+                archive(&*store)?;
+            }
             let not_after = if i < history {
                 // Expired within the last day, spread over it.
                 now - 3600 - (i % 86_400)
@@ -167,7 +204,11 @@ fn fill(db: &Path, args: &Args, history: u64, now: u64) -> anyhow::Result<Durati
         store.flush_now()?;
         anyhow::Ok(())
     })?;
-    Ok(started.elapsed())
+    let archived_per_sec = match history {
+        0 => 0.0,
+        n => n as f64 / archiving.as_secs_f64(),
+    };
+    Ok((started.elapsed(), archived_per_sec))
 }
 
 /// Removes the history the way retention does (batches of 1,000); records per second.
@@ -222,10 +263,14 @@ fn median(rounds: usize, mut op: impl FnMut() -> anyhow::Result<()>) -> anyhow::
     Ok(Latencies::new(times).percentile(50.0))
 }
 
-/// Bytes under `dir`.
+/// Bytes under `dir` (none if it does not exist).
 fn du(dir: &Path) -> anyhow::Result<u64> {
     let mut total = 0;
-    for entry in std::fs::read_dir(dir)? {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        other => other?,
+    };
+    for entry in entries {
         let entry = entry?;
         let meta = entry.metadata()?;
         total += if meta.is_dir() {
@@ -262,8 +307,12 @@ fn print(args: &Args, runs: &[Run]) {
         header.push_str(&format!("{:>16}", r.history));
     }
     println!("{header}");
-    let rows: [(&str, Cell); 10] = [
+    let rows: [(&str, Cell); 13] = [
         ("fill (store API, not measured)", Box::new(|r| ms(r.fill))),
+        (
+            "archiving (records/s)",
+            Box::new(|r| format!("{:.0}", r.archive_per_sec)),
+        ),
         (
             "first start after the fill",
             Box::new(|r| ms(r.first_start)),
@@ -276,10 +325,18 @@ fn print(args: &Args, runs: &[Run]) {
             Box::new(|r| ms(r.expiring)),
         ),
         ("trellis root list (census)", Box::new(|r| ms(r.roots))),
+        (
+            "cert list --identity --include-expired",
+            Box::new(|r| ms(r.history_listing)),
+        ),
         ("CA RSS", Box::new(|r| format!("{:.0} MiB", r.rss_mib))),
         (
             "disk (sled)",
             Box::new(|r| format!("{:.0} MiB", r.disk_mib)),
+        ),
+        (
+            "disk (archive)",
+            Box::new(|r| format!("{:.0} MiB", r.archive_mib)),
         ),
         (
             "pruning (records/s)",

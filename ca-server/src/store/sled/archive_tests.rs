@@ -182,10 +182,10 @@ async fn a_crash_between_archiving_and_removing_archives_nothing_twice() {
     drop(store);
     // And a batch a crash cut short before its rename.
     let newest_day = dir.path().join(HISTORY_DIR).join(format!("{:08}", 0));
-    std::fs::write(newest_day.join("ff.9.batch.partial"), b"half a batch").unwrap();
+    std::fs::write(newest_day.join("ff.batch.partial"), b"half a batch").unwrap();
 
     let store = SledStore::open(dir.path()).unwrap();
-    assert!(!newest_day.join("ff.9.batch.partial").exists());
+    assert!(!newest_day.join("ff.batch.partial").exists());
     store.start_counting(2 * DAY).unwrap();
     assert_eq!(archive_all(&store, 2 * DAY), 10);
     let serials = all_serials(&store);
@@ -193,21 +193,36 @@ async fn a_crash_between_archiving_and_removing_archives_nothing_twice() {
     assert_eq!(store.trees().unwrap().certs.len(), 1);
 }
 
+/// Retention removes what expired by its cut-off and nothing later, even inside a batch
+/// (rewritten), and a day's folder once all of the day is past.
 #[tokio::test]
-async fn retention_removes_the_archive_a_whole_day_at_a_time() {
+async fn retention_removes_archived_records_exactly_at_their_cut_off() {
     let (dir, store) = filled();
     store.start_counting(2 * DAY).unwrap();
     assert_eq!(archive_all(&store, 2 * DAY), 10);
-    // Through the last second of day 0: its four go; day 1 has a second left.
-    assert_eq!(store.prune_expired(DAY - 1, 1000).unwrap(), 4);
-    assert_eq!(store.prune_expired(DAY - 1, 1000).unwrap(), 0);
-    assert_eq!(all_serials(&store).len(), 7);
-    assert_eq!(store.prune_expired(2 * DAY - 2, 1000).unwrap(), 0);
-    assert_eq!(store.prune_expired(2 * DAY - 1, 1000).unwrap(), 6);
+    let folders = || {
+        std::fs::read_dir(dir.path().join(HISTORY_DIR))
+            .unwrap()
+            .count()
+    };
+    // The first batch holds serials 1 to 3 (expiring DAY - 4 to DAY - 2).
+    assert_eq!(store.prune_expired(DAY - 3, 1000).unwrap(), 2);
+    assert_eq!(store.prune_expired(DAY - 3, 1000).unwrap(), 0);
+    let left = all_serials(&store);
+    assert_eq!(left.len(), 9);
+    assert!(
+        left.contains(&hex::encode(&[3; 9])),
+        "the rest of the batch stays"
+    );
+    assert_eq!(folders(), 2);
+    // Through the last second of day 0: its folder goes.
+    assert_eq!(store.prune_expired(DAY - 1, 1000).unwrap(), 2);
+    assert_eq!(folders(), 1);
+    assert_eq!(store.prune_expired(DAY + 2, 1000).unwrap(), 3);
+    assert_eq!(store.prune_expired(2 * DAY - 1, 1000).unwrap(), 3);
     assert_eq!(store.pruned_total(), 10);
     assert_eq!(all_serials(&store), vec![hex::encode(&[20; 9])]);
-    let left = std::fs::read_dir(dir.path().join(HISTORY_DIR))
-        .unwrap()
-        .count();
-    assert_eq!(left, 0, "both days' folders are gone");
+    assert_eq!(folders(), 0, "both days' folders are gone");
+    // And the listing that reads the archive finds nothing left in it.
+    assert_eq!(list_all(&store, Some("spiffe://td/old"), 5).len(), 0);
 }

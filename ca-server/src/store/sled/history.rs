@@ -3,11 +3,13 @@
 //!
 //! Certificates expired for longer than a short delay are moved out of the sled database
 //! into immutable batch files, one folder per UTC day of expiry:
-//! `history/<day>/<first key, hex>.<count>.batch`, where a key is the expiry index key
-//! (not-after, big-endian, then serial), so names sort in key order. A batch is written to
-//! a temporary name, synced, and renamed: it is whole or absent. Nothing reads the archive
-//! at start-up but the newest batch's last key (the watermark); listings of expired
-//! certificates and retention read it, and retention removes a whole day at once.
+//! `history/<day>/<first key, hex>.batch`, where a key is the expiry index key (not-after,
+//! big-endian, then serial), so names sort in key order and every batch's keys are above
+//! the batch before's. A batch is written to a temporary name, synced, and renamed: it is
+//! whole or absent. Nothing reads the archive at start-up but the newest batch's last key
+//! (the watermark); listings of expired certificates and retention read it. Retention
+//! removes whole days and batches, and rewrites (the same way, under the same name) the one
+//! batch its cut-off falls inside, so a record goes when its retention ends, not later.
 //!
 //! Crash safety: a batch is on disk before its records leave the database. A crash in
 //! between leaves them in both; the next pass finds them at or below the watermark and
@@ -55,18 +57,8 @@ impl Position {
         let (day, file, skip) = (parts.next()?, parts.next()?, parts.next()?);
         // Names as the archive writes them, nothing else (no path can be smuggled in).
         let batch_name = |name: &str| {
-            let mut parts = name.split('.');
-            let digits = |s: Option<&str>, hex: bool| {
-                s.is_some_and(|s| {
-                    !s.is_empty()
-                        && s.bytes()
-                            .all(|b| b.is_ascii_digit() || (hex && b.is_ascii_hexdigit()))
-                })
-            };
-            digits(parts.next(), true)
-                && digits(parts.next(), false)
-                && parts.next() == Some("batch")
-                && parts.next().is_none()
+            name.strip_suffix(".batch")
+                .is_some_and(|key| !key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit()))
         };
         (parts.next().is_none() && is_day(day) && batch_name(file)).then_some(())?;
         Some(Self {
@@ -128,15 +120,6 @@ fn is_batch(name: &str) -> bool {
     name.ends_with(".batch")
 }
 
-/// The record count a batch file's name carries.
-fn count_of(name: &str) -> u64 {
-    name.trim_end_matches(".batch")
-        .rsplit('.')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 impl History {
     /// The archive in `dir` (created on first write); reads only the newest batch.
     pub fn open(dir: PathBuf) -> Result<Self, StoreError> {
@@ -190,6 +173,11 @@ impl History {
     }
 
     fn write_batch(&self, day: &str, batch: &[Archived]) -> Result<(), StoreError> {
+        self.write_file(day, &format!("{}.batch", hex::encode(&batch[0].key)), batch)
+    }
+
+    /// Writes `batch` to `day`/`name` (replacing what is there) durably and atomically.
+    fn write_file(&self, day: &str, name: &str, batch: &[Archived]) -> Result<(), StoreError> {
         let folder = self.dir.join(day);
         fs::create_dir_all(&folder).map_err(io("creating", &folder))?;
         let mut bytes = MAGIC.to_vec();
@@ -204,12 +192,11 @@ impl History {
                 &archived.revocation.as_ref().map(encode).unwrap_or_default(),
             );
         }
-        let name = format!("{}.{}.batch", hex::encode(&batch[0].key), batch.len());
         let temporary = folder.join(format!("{name}.partial"));
         let mut file = fs::File::create(&temporary).map_err(io("creating", &temporary))?;
         file.write_all(&bytes).map_err(io("writing", &temporary))?;
         file.sync_all().map_err(io("syncing", &temporary))?;
-        let path = folder.join(&name);
+        let path = folder.join(name);
         fs::rename(&temporary, &path).map_err(io("renaming", &temporary))?;
         // The rename (and a new day's folder) last only once their folders are synced.
         for dir in [&folder, &self.dir] {
@@ -294,22 +281,37 @@ impl History {
         Ok((out, None))
     }
 
-    /// Removes every day whose certificates all expired at or before `through`; returns how
-    /// many records went.
+    /// Removes every archived certificate that expired at or before `through`: whole days,
+    /// then whole batches, then the older part of the batch the cut-off falls inside (which
+    /// is rewritten). Returns how many records went.
     pub fn remove_through(&self, through: u64) -> Result<u64, StoreError> {
         let _writing = self.watermark.lock().expect("watermark lock");
         let mut removed = 0;
         for day in sorted_names(&self.dir, is_day)? {
+            let folder = self.dir.join(&day);
             let number: u64 = day.parse().unwrap_or(u64::MAX);
             let last_second = number.saturating_add(1).saturating_mul(SECONDS_PER_DAY) - 1;
-            if last_second > through {
-                break;
+            for file in sorted_names(&folder, is_batch)? {
+                let mut records = self.read_batch(&day, &file)?;
+                let gone = records
+                    .iter()
+                    .take_while(|a| a.record.not_after <= through)
+                    .count();
+                removed += gone as u64;
+                if gone < records.len() {
+                    // Keys only grow from here on: nothing later is due.
+                    if gone > 0 {
+                        records.drain(..gone);
+                        self.write_file(&day, &file, &records)?;
+                    }
+                    return Ok(removed);
+                }
+                let path = folder.join(&file);
+                fs::remove_file(&path).map_err(io("removing", &path))?;
             }
-            let folder = self.dir.join(&day);
-            removed += sorted_names(&folder, is_batch)?
-                .iter()
-                .map(|f| count_of(f))
-                .sum::<u64>();
+            if last_second > through {
+                return Ok(removed);
+            }
             fs::remove_dir_all(&folder).map_err(io("removing", &folder))?;
         }
         Ok(removed)
