@@ -15,6 +15,7 @@ impl SledStore {
     /// the live counts have been lowered to) to the archive, with their revocations;
     /// returns how many left the database.
     pub(super) fn archive_batch(&self, through: u64, max: usize) -> Result<usize, StoreError> {
+        let _moving = self.moving.lock().expect("moving lock");
         let t = self.trees()?;
         let err = self.err(&t);
         let through = match self.counters.expired_through() {

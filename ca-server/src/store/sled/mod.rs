@@ -92,6 +92,9 @@ pub struct SledStore {
     counters: Arc<index::Counters>,
     /// Certificates expired for a while, out of the database (`history.rs`).
     history: history::History,
+    /// Held by archiving and pruning: a record between the archive and its removal from the
+    /// database must not be pruned (and counted) in both places.
+    moving: std::sync::Mutex<()>,
 }
 
 /// A certificate value: 4-byte big-endian length of the JSON metadata, the metadata, the DER.
@@ -145,6 +148,7 @@ impl SledStore {
             committer: Committer::start(),
             counters: Arc::default(),
             history: history::History::open(dir.join(HISTORY_DIR))?,
+            moving: std::sync::Mutex::default(),
         };
         let t = store.trees()?;
         index::build_if_missing(&t).map_err(store.err(&t))?;
@@ -600,6 +604,7 @@ impl Store for SledStore {
     /// index entries and revocation records; returns how many. Call it again while it
     /// returns `max`. The cut-off never passes what the live counts have been lowered to.
     fn prune_expired(&self, through: u64, max: usize) -> Result<usize, StoreError> {
+        let _moving = self.moving.lock().expect("moving lock");
         let t = self.trees()?;
         let err = self.err(&t);
         let through = match self.counters.expired_through() {
