@@ -2,7 +2,7 @@
 //!
 //! For each history size, a data directory is initialised by the real `trellis-ca`, then
 //! filled directly through the store API (no gRPC: fast) with that many expired
-//! certificate records, archived as the CA's retention task archives them (in chunks, so
+//! certificate records (each with its audit entry), archived as the CA's retention task archives them (in chunks, so
 //! the rate of archiving is measured too), and `--live` unexpired ones (a tenth of them
 //! expiring within 10 minutes). The real `trellis-ca` is started on it (retention off, so
 //! the history stays for the measurement), and the bench measures start-up, `/metrics`,
@@ -196,7 +196,16 @@ fn fill(db: &Path, args: &Args, history: u64, now: u64) -> anyhow::Result<(Durat
                 intermediate_id: "bench".into(),
                 issued_via: "renewal".into(),
             };
-            store.record_issuance(&record, &FAKE_DER, &serial, None, &[])?;
+            // The event every issuance leaves in the audit log.
+            let audit = trellis_ca::store::AuditRecord {
+                time: record.issued_at,
+                kind: "certificate_issued".into(),
+                spiffe_id: record.spiffe_id.clone(),
+                serial: record.serial.clone(),
+                actor: "renewal".into(),
+                detail: String::new(),
+            };
+            store.record_issuance(&record, &FAKE_DER, &serial, None, &[audit])?;
             if started.elapsed() > fill_limit {
                 bail!("filling {total} records took longer than {fill_limit:?}");
             }

@@ -45,6 +45,7 @@ macro_rules! conformance_tests {
             a_renewal_of_a_revoked_certificate_is_refused_and_writes_nothing,
             the_audit_chain_links_entries_and_survives_reopening,
             audit_pruning_stops_at_a_checkpoint_that_stays,
+            archived_audit_entries_read_and_prune_as_before,
             jwt_keys_come_back_in_the_order_they_were_added,
             federations_are_kept_replaced_and_removed,
         );
@@ -978,6 +979,71 @@ pub(crate) async fn audit_pruning_stops_at_a_checkpoint_that_stays(h: &mut dyn H
         .append_audit(&audit(31, "certificate_issued", ""))
         .unwrap();
     assert_eq!(store.audit_chain_head().unwrap().sequence, 31);
+}
+
+/// Archiving (sled moves old entries out of its database; PostgreSQL keeps them in place)
+/// changes nothing a reader of the chain sees, across a reopening and a pruning.
+pub(crate) async fn archived_audit_entries_read_and_prune_as_before(h: &mut dyn Harness) {
+    let store = h.create();
+    store.set_trust_domain("td").unwrap();
+    for n in 1..=30 {
+        store
+            .append_audit(&audit(n, "certificate_issued", ""))
+            .unwrap();
+    }
+    let before = store.audit_raw_after(0, 100).unwrap();
+    assert_eq!(before.len(), 30);
+    // Entries recorded by 25, seven at a time.
+    let mut moved = 0;
+    loop {
+        let n = store.archive_expired(25, 7).unwrap();
+        moved += n;
+        if n < 7 {
+            break;
+        }
+    }
+    assert!(
+        matches!(moved, 0 | 25),
+        "all recorded by then, or none: {moved}"
+    );
+    let read = |store: &Arc<dyn Store>, after: u64, limit: usize| {
+        store.audit_raw_after(after, limit).unwrap()
+    };
+    assert_eq!(read(&store, 0, 100), before);
+    assert_eq!(read(&store, 5, 3), before[5..8]);
+    assert_eq!(
+        read(&store, 23, 4),
+        before[23..27],
+        "across the archive's end"
+    );
+    drop(store);
+    let store = h.reopen();
+    assert_eq!(read(&store, 0, 100), before);
+    let checkpoint = |sequence: u64| Checkpoint {
+        trust_domain: "td".into(),
+        sequence,
+        head: [sequence as u8; 32],
+        time: sequence,
+        signer: vec![1, 2],
+        signature: vec![3, 4],
+    };
+    for sequence in [10, 20, 30] {
+        store.put_audit_checkpoint(&checkpoint(sequence)).unwrap();
+    }
+    assert_eq!(store.prune_audit(29, 100).unwrap(), 20);
+    assert_eq!(read(&store, 0, 100), before[20..]);
+    store
+        .append_audit(&audit(31, "certificate_issued", ""))
+        .unwrap();
+    let last = store.audit_chain_after(29, 10).unwrap();
+    assert_eq!(
+        last.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [30, 31]
+    );
+    assert_eq!(
+        last[1].prev, last[0].hash,
+        "the chain goes on from the newest entry"
+    );
 }
 
 pub(crate) async fn jwt_keys_come_back_in_the_order_they_were_added(h: &mut dyn Harness) {

@@ -448,10 +448,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn prune_expired(&self, through: u64, max: usize) -> Result<usize, StoreError>;
 
     /// Moves up to `max` certificates expired at or before `through` (never what the live
-    /// counts still count) out of what the store reads at start-up, into an archive that
-    /// only listings with expired certificates and retention read; returns how many moved.
-    /// Call it again while it returns `max`. Archived certificates are no longer found by
-    /// serial ([`Store::certificate`]). Stores whose start-up does not depend on their size
+    /// counts still count), then audit entries recorded by then (never the newest), out of
+    /// what the store reads at start-up, into archives that only listings with expired
+    /// certificates, audit reads and retention read; returns how many moved. Call it again
+    /// while it returns `max`. Archived certificates are no longer found by serial
+    /// ([`Store::certificate`]). Stores whose start-up does not depend on their size
     /// (PostgreSQL) keep everything in place: the default moves nothing.
     fn archive_expired(&self, _through: u64, _max: usize) -> Result<usize, StoreError> {
         Ok(0)

@@ -28,13 +28,8 @@ impl SledStore {
             .take(max)
             .collect::<Result<_, _>>()
             .map_err(&err)?;
-        let watermark = self.history.watermark();
         let mut moving = Vec::with_capacity(batch.len());
         for (key, _) in &batch {
-            // Archived by a pass a crash stopped before it removed them here.
-            if watermark.as_deref().is_some_and(|w| key.as_ref() <= w) {
-                continue;
-            }
             let (_, serial) = index::split_key(key)?;
             // An index entry without its certificate (see `index.rs`) has nothing to keep.
             let Some(value) = t.certs.get(serial).map_err(&err)? else {
@@ -54,7 +49,7 @@ impl SledStore {
                 revocation,
             });
         }
-        self.history.append(&moving)?;
+        self.history.insert(&moving)?;
         for (key, value) in &batch {
             self.remove_certificate(&t, key, value)?;
         }

@@ -148,6 +148,11 @@ async fn expired_certificates_leave_the_database_and_listings_still_find_them() 
 
     // A token that names no place in the archive is refused.
     let bad = PageToken(format!("{}../x/1", archive::HISTORY_TOKEN));
+    let short = PageToken(format!("{}0102", archive::HISTORY_TOKEN));
+    let err = store
+        .certificates_page(Listing::ByIdentity(None), Some(&short), 3, 3, &|_| true)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::BadPageToken(_)), "{err:?}");
     let err = store
         .certificates_page(Listing::ByIdentity(None), Some(&bad), 3, 3, &|_| true)
         .unwrap_err();
@@ -176,7 +181,7 @@ async fn a_crash_between_archiving_and_removing_archives_nothing_twice() {
         })
         .collect();
     assert_eq!(written.len(), 4);
-    store.history.append(&written).unwrap();
+    store.history.insert(&written).unwrap();
     drop(t);
     store.flush_now().unwrap();
     drop(store);
@@ -205,8 +210,29 @@ async fn retention_removes_archived_records_exactly_at_their_cut_off() {
             .unwrap()
             .count()
     };
-    // The first batch holds serials 1 to 3 (expiring DAY - 4 to DAY - 2).
-    assert_eq!(store.prune_expired(DAY - 3, 1000).unwrap(), 2);
+    // A listing that stopped inside the first batch (serials 1 to 3, expiring DAY - 4 to
+    // DAY - 2) goes on where it was after retention rewrote that batch.
+    let listing = Listing::ByIdentity(Some("spiffe://td/old"));
+    let first = store
+        .certificates_page(listing, None, 2, 100, &|_| true)
+        .unwrap();
+    let serial_of = |page: &CertPage| -> Vec<String> {
+        page.certificates
+            .iter()
+            .map(|(r, _)| r.serial.clone())
+            .collect()
+    };
+    assert_eq!(
+        serial_of(&first),
+        [hex::encode(&[1; 9]), hex::encode(&[2; 9])]
+    );
+    assert_eq!(store.prune_expired(DAY - 4, 1000).unwrap(), 1);
+    let rest = store
+        .certificates_page(listing, first.next.as_ref(), 100, 100, &|_| true)
+        .unwrap();
+    let expected: Vec<_> = (3..=10u8).map(|i| hex::encode(&[i; 9])).collect();
+    assert_eq!(serial_of(&rest), expected, "nothing skipped, nothing again");
+    assert_eq!(store.prune_expired(DAY - 3, 1000).unwrap(), 1);
     assert_eq!(store.prune_expired(DAY - 3, 1000).unwrap(), 0);
     let left = all_serials(&store);
     assert_eq!(left.len(), 9);
@@ -225,4 +251,71 @@ async fn retention_removes_archived_records_exactly_at_their_cut_off() {
     assert_eq!(folders(), 0, "both days' folders are gone");
     // And the listing that reads the archive finds nothing left in it.
     assert_eq!(list_all(&store, Some("spiffe://td/old"), 5).len(), 0);
+}
+
+fn audit_at(time: u64) -> AuditRecord {
+    AuditRecord {
+        time,
+        kind: "certificate_issued".into(),
+        spiffe_id: "spiffe://td/w".into(),
+        serial: String::new(),
+        actor: "test".into(),
+        detail: String::new(),
+    }
+}
+
+/// Old audit entries leave the database (all but the newest), and a crash between writing
+/// their batch and removing them reads each entry once after the restart.
+#[tokio::test]
+async fn old_audit_entries_leave_the_database_and_are_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    store.set_trust_domain("td").unwrap();
+    for n in 1..=30 {
+        store.append_audit(&audit_at(n)).unwrap();
+    }
+    let before = store.audit_raw_after(0, 100).unwrap();
+    // What a crash leaves: entries 1 to 4 archived and still in the database.
+    store.audit_history.append(&before[..4]).unwrap();
+    assert_eq!(store.audit_raw_after(0, 100).unwrap(), before);
+    store.flush_now().unwrap();
+    drop(store);
+
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.audit_raw_after(0, 100).unwrap(), before);
+    assert_eq!(store.archive_expired(u64::MAX, 1000).unwrap(), 29);
+    assert_eq!(store.trees().unwrap().audit.len(), 1, "the newest stays");
+    assert_eq!(store.audit_raw_after(0, 100).unwrap(), before);
+    assert_eq!(store.audit_chain_head().unwrap().sequence, 30);
+    store.append_audit(&audit_at(31)).unwrap();
+    assert_eq!(store.audit_raw_after(29, 10).unwrap().len(), 2);
+}
+
+/// A certificate that reaches the archive after later ones did (the clock stepped back) is
+/// merged into the batch whose range holds it, or a new batch before a day's first: kept
+/// once, and listings stay in expiry order.
+#[tokio::test]
+async fn a_certificate_archived_late_is_merged_in_order() {
+    let (_dir, store) = filled();
+    store.start_counting(2 * DAY).unwrap();
+    assert_eq!(archive_all(&store, 2 * DAY), 10);
+    // Inside the first batch's range, and before everything archived.
+    record(&store, &cert(0x55, "spiffe://td/old", "r1", DAY - 3));
+    record(&store, &cert(0x66, "spiffe://td/old", "r1", DAY - 100));
+    assert_eq!(archive_all(&store, 2 * DAY), 2);
+    let listed = list_all(&store, Some("spiffe://td/old"), 4);
+    let keys: Vec<_> = listed
+        .iter()
+        .map(|(r, _)| (r.not_after, r.serial.clone()))
+        .collect();
+    assert_eq!(keys.len(), 12, "each once: {keys:?}");
+    assert!(keys.is_sorted(), "in expiry order: {keys:?}");
+    // And archiving the same records again (what a crash leaves) adds nothing.
+    let again: Vec<history::Archived> = store
+        .history
+        .walk(None, 3, usize::MAX, &mut |_| true)
+        .unwrap()
+        .0;
+    store.history.insert(&again).unwrap();
+    assert_eq!(list_all(&store, Some("spiffe://td/old"), 4).len(), 12);
 }

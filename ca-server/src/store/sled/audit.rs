@@ -6,6 +6,9 @@
 //! reopened database (after a write failure) reads its head from disk again, because the
 //! entries an unflushed opening wrote may be gone.
 //!
+//! Entries recorded more than a few minutes ago move to the archive (`audit_history.rs`);
+//! reads take the archive up to its watermark, then the database.
+//!
 //! Data directories written before the chain existed hold plain JSON entries numbered by
 //! sled's id generator in the tree `audit`; they are chained into `audit_chain`, numbered
 //! from 1, on first use.
@@ -112,10 +115,17 @@ impl SledStore {
     fn load_audit_head(&self, t: &Trees) -> Result<Head, StoreError> {
         let trust_domain = self.trust_domain()?.unwrap_or_default();
         self.chain_legacy_entries(t, &trust_domain)?;
-        let Some((key, value)) = t.audit.last().map_err(self.err(t))? else {
+        let last = match t.audit.last().map_err(self.err(t))? {
+            Some((key, value)) => Some((sequence_of(&key)?, value.to_vec())),
+            // Archiving keeps the newest entry here; this is for a database that lost it.
+            None => match self.audit_history.watermark() {
+                Some(sequence) => self.audit_history.get(sequence)?.map(|v| (sequence, v)),
+                None => None,
+            },
+        };
+        let Some((sequence, value)) = last else {
             return Ok(Head::empty(&trust_domain));
         };
-        let sequence = sequence_of(&key)?;
         let entry = decode_entry(sequence, &value)?;
         Ok(Head {
             sequence,
@@ -173,17 +183,58 @@ impl SledStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        // Archiving between reading the watermark and reading here would leave a gap.
+        let _moving = self.moving.lock().expect("moving lock");
         let t = self.trees()?;
         drop(self.audit_head(&t)?);
-        let start = after.saturating_add(1).to_be_bytes();
-        t.audit
-            .range(start..)
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv.map_err(self.err(&t))?;
-                Ok((sequence_of(&k)?, v.to_vec()))
-            })
-            .collect()
+        let watermark = self.audit_history.watermark();
+        let mut out = match watermark {
+            Some(archived) if after < archived => self.audit_history.after(after, limit)?,
+            _ => Vec::new(),
+        };
+        // What the archive holds is read there only, even if a crash left it here too.
+        let from = after.max(watermark.unwrap_or(0));
+        let start = from.saturating_add(1).to_be_bytes();
+        for kv in t.audit.range(start..).take(limit - out.len()) {
+            let (k, v) = kv.map_err(self.err(&t))?;
+            out.push((sequence_of(&k)?, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Moves up to `max` entries recorded at or before `through` (Unix seconds), never the
+    /// newest, to the archive; returns how many left the database.
+    pub(super) fn archive_audit(&self, through: u64, max: usize) -> Result<usize, StoreError> {
+        let t = self.trees()?;
+        let err = self.err(&t);
+        drop(self.audit_head(&t)?);
+        let Some((last_key, _)) = t.audit.last().map_err(&err)? else {
+            return Ok(0);
+        };
+        let newest = sequence_of(&last_key)?;
+        let watermark = self.audit_history.watermark().unwrap_or(0);
+        let mut leaving = Vec::new();
+        let mut moving = Vec::new();
+        for kv in t.audit.iter().take(max) {
+            let (key, value) = kv.map_err(&err)?;
+            let sequence = sequence_of(&key)?;
+            if sequence >= newest {
+                break;
+            }
+            if sequence > watermark {
+                let entry = decode_entry(sequence, &value)?;
+                if decode::<AuditRecord>("audit", &entry.body)?.time > through {
+                    break;
+                }
+                moving.push((sequence, value.to_vec()));
+            }
+            leaving.push(key);
+        }
+        self.audit_history.append(&moving)?;
+        for key in &leaving {
+            t.audit.remove(key).map_err(&err)?;
+        }
+        Ok(leaving.len())
     }
 
     /// Records a signed checkpoint.
@@ -230,6 +281,7 @@ impl SledStore {
     /// checkpoint that stays as the start of what remains (the cut), and never the newest
     /// entry. At most `max_batches` batches. Returns how many entries were removed.
     pub(super) fn prune_audit(&self, cutoff: u64, max_batches: usize) -> Result<u64, StoreError> {
+        let _moving = self.moving.lock().expect("moving lock");
         let t = self.trees()?;
         let err = self.err(&t);
         let Some((last_key, _)) = t.audit.last().map_err(&err)? else {
@@ -244,9 +296,13 @@ impl SledStore {
             if sequence >= last {
                 break;
             }
-            let Some(value) = t.audit.get(key).map_err(&err)? else {
-                // Already removed by an earlier cut: look further.
-                continue;
+            let value = match t.audit.get(key).map_err(&err)? {
+                Some(value) => value.to_vec(),
+                None => match self.audit_history.get(sequence)? {
+                    Some(value) => value,
+                    // Already removed by an earlier cut: look further.
+                    None => continue,
+                },
             };
             let entry = decode_entry(sequence, &value)?;
             if decode::<AuditRecord>("audit", &entry.body)?.time >= cutoff {
@@ -255,7 +311,7 @@ impl SledStore {
             cut = Some(sequence);
         }
         let Some(cut) = cut else { return Ok(0) };
-        let mut removed = 0;
+        let mut removed = self.audit_history.remove_through(cut)?;
         for _ in 0..max_batches {
             let keys: Vec<_> = t
                 .audit

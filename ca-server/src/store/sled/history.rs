@@ -12,16 +12,20 @@
 //! batch its cut-off falls inside, so a record goes when its retention ends, not later.
 //!
 //! Crash safety: a batch is on disk before its records leave the database. A crash in
-//! between leaves them in both; the next pass finds them at or below the watermark and
-//! only removes them from the database, so none is archived twice.
+//! between leaves them in both; the next pass finds them at or below the watermark (the
+//! largest key archived), looks in the batch whose range holds them, finds them there and
+//! only removes them from the database, so none is archived twice. A record that arrives
+//! below the watermark without being archived (the clock stepped back) is merged into that
+//! batch instead.
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use trellis_identity::hex;
 
+use super::batch_file::{self, Fields, io, is_batch, sorted_names};
 use crate::store::{CertRecord, RevocationRecord, StoreError, decode, encode};
 
 /// What starts every batch file (and names its format).
@@ -38,34 +42,27 @@ pub(super) struct Archived {
     pub revocation: Option<RevocationRecord>,
 }
 
-/// Where a walk of the archive is: a batch file and the records of it already read.
+/// Where a walk of the archive is: the key of the last record it read. A key, not a place
+/// in a file, so that retention rewriting a batch cannot make a walk skip what remains.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Position {
-    pub day: String,
-    pub file: String,
-    pub skip: usize,
-}
+pub(super) struct Position(pub Vec<u8>);
 
 impl Position {
-    /// As text, for a page token: `<day>/<file>/<skip>`.
+    /// As text, for a page token.
     pub fn encode(&self) -> String {
-        format!("{}/{}/{}", self.day, self.file, self.skip)
+        hex::encode(&self.0)
     }
 
     pub fn decode(text: &str) -> Option<Self> {
-        let mut parts = text.split('/');
-        let (day, file, skip) = (parts.next()?, parts.next()?, parts.next()?);
-        // Names as the archive writes them, nothing else (no path can be smuggled in).
-        let batch_name = |name: &str| {
-            name.strip_suffix(".batch")
-                .is_some_and(|key| !key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit()))
-        };
-        (parts.next().is_none() && is_day(day) && batch_name(file)).then_some(())?;
-        Some(Self {
-            day: day.to_owned(),
-            file: file.to_owned(),
-            skip: skip.parse().ok()?,
-        })
+        hex::decode(text).filter(|key| key.len() > 8).map(Self)
+    }
+
+    fn not_after(&self) -> u64 {
+        u64::from_be_bytes(
+            self.0[..8]
+                .try_into()
+                .expect("a position holds a whole key"),
+        )
     }
 }
 
@@ -78,46 +75,17 @@ pub(super) struct History {
     watermark: Mutex<Option<Vec<u8>>>,
 }
 
-fn io(what: &str, path: &Path) -> impl Fn(std::io::Error) -> StoreError {
-    let place = format!("{what} {}", path.display());
-    move |e| StoreError::Storage(format!("certificate archive: {place}: {e}"))
-}
-
-fn corrupt(path: &Path, reason: &str) -> StoreError {
-    StoreError::Corrupt {
-        table: "history",
-        reason: format!("{}: {reason}", path.display()),
-    }
-}
-
 fn day_name(not_after: u64) -> String {
     format!("{:08}", not_after / SECONDS_PER_DAY)
 }
 
-/// Names in `dir` (sorted) that `keep` accepts; none if `dir` does not exist.
-fn sorted_names(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, StoreError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io("listing", dir)(e)),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let name = entry.map_err(io("listing", dir))?.file_name();
-        if let Some(name) = name.to_str().filter(|n| keep(n)) {
-            names.push(name.to_owned());
-        }
-    }
-    names.sort();
-    Ok(names)
+/// Consecutive runs of `records` with the same day of expiry.
+fn group_by_day<'a>(records: &'a [&'a Archived]) -> impl Iterator<Item = &'a [&'a Archived]> {
+    records.chunk_by(|a, b| day_name(a.record.not_after) == day_name(b.record.not_after))
 }
 
 fn is_day(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit())
-}
-
-fn is_batch(name: &str) -> bool {
-    name.ends_with(".batch")
 }
 
 impl History {
@@ -128,13 +96,8 @@ impl History {
             watermark: Mutex::new(None),
         };
         let days = sorted_names(&history.dir, is_day)?;
-        // A batch a crash interrupted before its rename was never counted as archived.
         for day in &days {
-            let folder = history.dir.join(day);
-            for partial in sorted_names(&folder, |n| n.ends_with(".partial"))? {
-                let path = folder.join(partial);
-                fs::remove_file(&path).map_err(io("removing", &path))?;
-            }
+            batch_file::remove_partials(&history.dir.join(day))?;
         }
         for day in days.iter().rev() {
             let files = sorted_names(&history.dir.join(day), is_batch)?;
@@ -147,27 +110,66 @@ impl History {
         Ok(history)
     }
 
-    /// The largest key archived.
-    pub fn watermark(&self) -> Option<Vec<u8>> {
-        self.watermark.lock().expect("watermark lock").clone()
+    /// Adds `batch` (in key order) durably, leaving out what the archive already holds.
+    /// What sorts above everything archived (the usual case: archiving follows the clock)
+    /// becomes new batches, one per day of expiry; anything else (a crash left it in both
+    /// places, or the clock stepped back) is merged into the batch whose range holds it, or
+    /// a new one before a day's first, so batches keep disjoint, ordered ranges.
+    pub fn insert(&self, batch: &[Archived]) -> Result<(), StoreError> {
+        let mut watermark = self.watermark.lock().expect("watermark lock");
+        let (below, above): (Vec<&Archived>, Vec<&Archived>) = batch
+            .iter()
+            .partition(|a| watermark.as_ref().is_some_and(|w| a.key <= *w));
+        for day in group_by_day(&below) {
+            self.merge_into_day(day)?;
+        }
+        for part in group_by_day(&above) {
+            let owned: Vec<Archived> = part.iter().map(|a| (*a).clone()).collect();
+            self.write_batch(&day_name(owned[0].record.not_after), &owned)?;
+            // At once: a failure on the next day's file must not archive this part again.
+            *watermark = owned.last().map(|a| a.key.clone());
+        }
+        Ok(())
     }
 
-    /// Writes `batch` (in key order, every key above the watermark) durably, one file per
-    /// day of expiry.
-    pub fn append(&self, batch: &[Archived]) -> Result<(), StoreError> {
-        let mut watermark = self.watermark.lock().expect("watermark lock");
-        let mut start = 0;
-        while start < batch.len() {
-            let day = day_name(batch[start].record.not_after);
-            let len = batch[start..]
+    /// Merges `records` (of one day, in key order, all below the watermark) into that day's
+    /// batches.
+    fn merge_into_day(&self, records: &[&Archived]) -> Result<(), StoreError> {
+        let day = day_name(records[0].record.not_after);
+        let files = sorted_names(&self.dir.join(&day), is_batch)?;
+        // Each record's batch: the last named at or below its key (`None`: before the first).
+        let mut by_file: BTreeMap<Option<usize>, Vec<&Archived>> = BTreeMap::new();
+        for archived in records {
+            let key = hex::encode(&archived.key);
+            let file = files
                 .iter()
-                .take_while(|a| day_name(a.record.not_after) == day)
-                .count();
-            self.write_batch(&day, &batch[start..start + len])?;
-            start += len;
+                .rposition(|f| f.trim_end_matches(".batch") <= key.as_str());
+            by_file.entry(file).or_default().push(archived);
         }
-        if let Some(last) = batch.last() {
-            *watermark = Some(last.key.clone());
+        for (file, adding) in by_file {
+            let merged: Vec<Archived> = match file {
+                None => adding.into_iter().cloned().collect(),
+                Some(index) => {
+                    let mut all: BTreeMap<Vec<u8>, Archived> = self
+                        .read_batch(&day, &files[index])?
+                        .into_iter()
+                        .map(|a| (a.key.clone(), a))
+                        .collect();
+                    let before = all.len();
+                    for archived in adding {
+                        all.entry(archived.key.clone())
+                            .or_insert_with(|| archived.clone());
+                    }
+                    if all.len() == before {
+                        continue; // all there already: what a crash left in both places
+                    }
+                    all.into_values().collect()
+                }
+            };
+            match file {
+                None => self.write_batch(&day, &merged)?,
+                Some(index) => self.write_file(&day, &files[index], &merged)?,
+            }
         }
         Ok(())
     }
@@ -178,58 +180,36 @@ impl History {
 
     /// Writes `batch` to `day`/`name` (replacing what is there) durably and atomically.
     fn write_file(&self, day: &str, name: &str, batch: &[Archived]) -> Result<(), StoreError> {
-        let folder = self.dir.join(day);
-        fs::create_dir_all(&folder).map_err(io("creating", &folder))?;
-        let mut bytes = MAGIC.to_vec();
-        for archived in batch {
-            put(&mut bytes, &archived.key);
-            put(
-                &mut bytes,
-                &super::encode_certificate(&archived.record, &archived.der),
-            );
-            put(
-                &mut bytes,
-                &archived.revocation.as_ref().map(encode).unwrap_or_default(),
-            );
-        }
-        let temporary = folder.join(format!("{name}.partial"));
-        let mut file = fs::File::create(&temporary).map_err(io("creating", &temporary))?;
-        file.write_all(&bytes).map_err(io("writing", &temporary))?;
-        file.sync_all().map_err(io("syncing", &temporary))?;
-        let path = folder.join(name);
-        fs::rename(&temporary, &path).map_err(io("renaming", &temporary))?;
-        // The rename (and a new day's folder) last only once their folders are synced.
-        for dir in [&folder, &self.dir] {
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io("syncing", dir))?;
-        }
-        Ok(())
+        let records = batch.iter().map(|archived| -> Fields {
+            vec![
+                archived.key.clone(),
+                super::encode_certificate(&archived.record, &archived.der),
+                archived.revocation.as_ref().map(encode).unwrap_or_default(),
+            ]
+        });
+        batch_file::write(&self.dir.join(day), Some(&self.dir), name, MAGIC, records)
     }
 
     fn read_batch(&self, day: &str, file: &str) -> Result<Vec<Archived>, StoreError> {
         let path = self.dir.join(day).join(file);
-        let bytes = fs::read(&path).map_err(io("reading", &path))?;
-        let mut rest = bytes
-            .strip_prefix(MAGIC)
-            .ok_or_else(|| corrupt(&path, "not a certificate archive batch"))?;
-        let mut out = Vec::new();
-        while !rest.is_empty() {
-            let mut take = || take(&mut rest).ok_or_else(|| corrupt(&path, "truncated record"));
-            let key = take()?.to_vec();
-            let (record, der) = super::decode_certificate(take()?)?;
-            let revocation = match take()? {
-                [] => None,
-                json => Some(decode("history", json)?),
-            };
-            out.push(Archived {
-                key,
-                record,
-                der,
-                revocation,
-            });
-        }
-        Ok(out)
+        batch_file::read(&path, MAGIC, 3)?
+            .into_iter()
+            .map(|fields| {
+                let [key, certificate, revocation] = <[Vec<u8>; 3]>::try_from(fields)
+                    .expect("batch_file::read returns the fields asked for");
+                let (record, der) = super::decode_certificate(&certificate)?;
+                let revocation = match revocation.as_slice() {
+                    [] => None,
+                    json => Some(decode("history", json)?),
+                };
+                Ok(Archived {
+                    key,
+                    record,
+                    der,
+                    revocation,
+                })
+            })
+            .collect()
     }
 
     /// Reads on from `from` (the start if `None`) in key order, at most `scan` records,
@@ -244,17 +224,23 @@ impl History {
     ) -> Result<(Vec<Archived>, Option<Position>), StoreError> {
         let mut out = Vec::new();
         let mut scanned = 0;
+        let first_day = from.map(|p| day_name(p.not_after()));
+        let after = from.map(|p| hex::encode(&p.0));
         let days = sorted_names(&self.dir, is_day)?;
-        for day in days.iter().filter(|d| from.is_none_or(|p| **d >= p.day)) {
+        for day in days
+            .iter()
+            .filter(|d| first_day.as_ref().is_none_or(|f| *d >= f))
+        {
             let files = sorted_names(&self.dir.join(day), is_batch)?;
-            let files = files
-                .iter()
-                .filter(|f| from.is_none_or(|p| (day, *f) >= (&p.day, &p.file)));
-            for file in files {
-                let skip = match from {
-                    Some(p) if p.day == *day && p.file == *file => p.skip,
-                    _ => 0,
-                };
+            // The batch holding the position is the last one named at or below its key.
+            let start = match &after {
+                Some(key) if Some(day) == first_day.as_ref() => files
+                    .iter()
+                    .rposition(|f| f.trim_end_matches(".batch") <= key.as_str())
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            for file in &files[start..] {
                 let records = match self.read_batch(day, file) {
                     // Retention removed it since the listing began: go on with the next.
                     Err(StoreError::Storage(_)) if !self.dir.join(day).join(file).exists() => {
@@ -262,18 +248,17 @@ impl History {
                     }
                     other => other?,
                 };
-                for (index, archived) in records.into_iter().enumerate().skip(skip) {
-                    if scanned == scan || out.len() == max {
-                        let position = Position {
-                            day: day.clone(),
-                            file: file.clone(),
-                            skip: index,
-                        };
-                        return Ok((out, Some(position)));
-                    }
+                let unread = records
+                    .into_iter()
+                    .filter(|a| from.is_none_or(|p| a.key > p.0));
+                for archived in unread {
                     scanned += 1;
+                    let key = archived.key.clone();
                     if keep(&archived) {
                         out.push(archived);
+                    }
+                    if scanned == scan || out.len() == max {
+                        return Ok((out, Some(Position(key))));
                     }
                 }
             }
@@ -316,19 +301,4 @@ impl History {
         }
         Ok(removed)
     }
-}
-
-/// Appends `value` with its 4-byte big-endian length.
-fn put(bytes: &mut Vec<u8>, value: &[u8]) {
-    let len = u32::try_from(value.len()).expect("an archived value is far below 4 GiB");
-    bytes.extend_from_slice(&len.to_be_bytes());
-    bytes.extend_from_slice(value);
-}
-
-/// Takes one length-prefixed value off the front of `rest`.
-fn take<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let value = rest.get(4..4 + len)?;
-    *rest = &rest[4 + len..];
-    Some(value)
 }

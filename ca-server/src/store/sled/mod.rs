@@ -34,6 +34,8 @@ mod archive;
 #[cfg(test)]
 mod archive_tests;
 mod audit;
+mod audit_history;
+mod batch_file;
 mod checkpoint;
 mod commit;
 mod federation;
@@ -77,8 +79,9 @@ struct KeyPage {
     next: Option<Vec<u8>>,
 }
 
-/// The archive's folder, inside the database's (sled leaves names it does not use alone).
+/// The archives' folders, inside the database's (sled leaves names it does not use alone).
 const HISTORY_DIR: &str = "history";
+const AUDIT_HISTORY_DIR: &str = "audit-history";
 
 /// What starts a page token of the expiry index (no token of the identity index, which is
 /// hex, does).
@@ -92,6 +95,8 @@ pub struct SledStore {
     counters: Arc<index::Counters>,
     /// Certificates expired for a while, out of the database (`history.rs`).
     history: history::History,
+    /// Audit entries recorded a while ago, out of the database (`audit_history.rs`).
+    audit_history: audit_history::AuditHistory,
     /// Held by archiving and pruning: a record between the archive and its removal from the
     /// database must not be pruned (and counted) in both places.
     moving: std::sync::Mutex<()>,
@@ -148,6 +153,7 @@ impl SledStore {
             committer: Committer::start(),
             counters: Arc::default(),
             history: history::History::open(dir.join(HISTORY_DIR))?,
+            audit_history: audit_history::AuditHistory::open(dir.join(AUDIT_HISTORY_DIR))?,
             moving: std::sync::Mutex::default(),
         };
         let t = store.trees()?;
@@ -635,9 +641,15 @@ impl Store for SledStore {
         Ok(removed)
     }
 
-    /// Moves up to `max` certificates expired at or before `through` to the archive.
+    /// Moves up to `max` certificates expired, then audit entries recorded, at or before
+    /// `through` to the archives.
     fn archive_expired(&self, through: u64, max: usize) -> Result<usize, StoreError> {
-        self.archive_batch(through, max)
+        let certificates = self.archive_batch(through, max)?;
+        if certificates == max {
+            return Ok(max);
+        }
+        let _moving = self.moving.lock().expect("moving lock");
+        Ok(certificates + self.archive_audit(through, max - certificates)?)
     }
 
     /// Certificate records retention removed since this store was opened.
