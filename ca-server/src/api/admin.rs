@@ -175,7 +175,10 @@ impl Admin for AdminService {
                     until: expiring_before,
                 }
             } else {
-                Listing::ByIdentity(spiffe_id.as_deref())
+                Listing::ByIdentity {
+                    spiffe_id: spiffe_id.as_deref(),
+                    expired: include_expired,
+                }
             };
             let page = store.certificates_page(
                 listing,

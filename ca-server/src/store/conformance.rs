@@ -607,7 +607,10 @@ pub(crate) async fn identity_paging_continues_past_records_inserted_between_page
         let inserted = inserted.clone();
         page_through(
             &*store,
-            Listing::ByIdentity(Some("spiffe://td/m")),
+            Listing::ByIdentity {
+                spiffe_id: Some("spiffe://td/m"),
+                expired: true,
+            },
             2,
             move |page| {
                 if page == 0 {
@@ -631,7 +634,15 @@ pub(crate) async fn identity_paging_continues_past_records_inserted_between_page
         "expired included, in serial order, an insertion after the cursor once"
     );
     assert_eq!(inserted.lock().unwrap().len(), 2);
-    let everyone = page_through(&*store, Listing::ByIdentity(None), 3, |_| {});
+    let everyone = page_through(
+        &*store,
+        Listing::ByIdentity {
+            spiffe_id: None,
+            expired: true,
+        },
+        3,
+        |_| {},
+    );
     assert_eq!(everyone.len(), 8, "all identities: {everyone:?}");
     assert_eq!(everyone.last(), Some(&hex(1)), "ordered by SPIFFE ID first");
 }
@@ -720,7 +731,10 @@ pub(crate) async fn a_page_bounds_its_scan_and_refuses_foreign_page_tokens(h: &m
         .await;
     }
     // A filter that rejects everything still costs one page's scan, and says where to go on.
-    let by_id = Listing::ByIdentity(Some("spiffe://td/s"));
+    let by_id = Listing::ByIdentity {
+        spiffe_id: Some("spiffe://td/s"),
+        expired: true,
+    };
     let page = store
         .certificates_page(by_id, None, 10, 4, &|_| false)
         .unwrap();
@@ -750,7 +764,10 @@ pub(crate) async fn a_page_bounds_its_scan_and_refuses_foreign_page_tokens(h: &m
         (by_id, &expiry_token),
         (expiring, &identity_token),
         (
-            Listing::ByIdentity(Some("spiffe://td/other")),
+            Listing::ByIdentity {
+                spiffe_id: Some("spiffe://td/other"),
+                expired: true,
+            },
             &identity_token,
         ),
         (by_id, &PageToken("not a token".into())),
@@ -823,7 +840,15 @@ pub(crate) async fn pruning_removes_expired_records_in_batches_and_keeps_the_res
     assert!(store.certificates_of("spiffe://td/p1").unwrap().is_empty());
     assert_eq!(store.revocations().unwrap(), vec![revocation(&live)]);
     assert_eq!(
-        page_through(&*store, Listing::ByIdentity(None), 10, |_| {}),
+        page_through(
+            &*store,
+            Listing::ByIdentity {
+                spiffe_id: None,
+                expired: true,
+            },
+            10,
+            |_| {}
+        ),
         vec![live.serial.clone()]
     );
     assert_eq!(

@@ -251,9 +251,14 @@ pub struct Change {
 /// Which certificates a listing walks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listing<'a> {
-    /// Expired ones included, ordered by SPIFFE ID then serial (then, for a store with an
-    /// archive, the archived ones in expiry order); only those of one SPIFFE ID if given.
-    ByIdentity(Option<&'a str>),
+    /// Ordered by SPIFFE ID then serial (then, for a store with an archive, the archived
+    /// ones in expiry order); only those of one SPIFFE ID if given.
+    ByIdentity {
+        spiffe_id: Option<&'a str>,
+        /// Whether expired ones are wanted: if not (the filter refuses them), a store need
+        /// not read its archive of expired certificates.
+        expired: bool,
+    },
     /// Those unexpired at `now` that expire at or before `until` (all unexpired if `None`),
     /// ordered by expiry.
     Expiring { now: u64, until: Option<u64> },

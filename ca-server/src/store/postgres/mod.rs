@@ -695,7 +695,7 @@ impl Store for PostgresStore {
             .map(|token| certs::Cursor::parse(token).ok_or_else(bad))
             .transpose()?;
         let filter = match listing {
-            Listing::ByIdentity(id) => {
+            Listing::ByIdentity { spiffe_id: id, .. } => {
                 match (&cursor, id) {
                     (None, _) => {}
                     (Some(certs::Cursor::Identity(at, _)), Some(id)) if at == id => {}

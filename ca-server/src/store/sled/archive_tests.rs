@@ -71,7 +71,10 @@ fn list_all(store: &SledStore, spiffe_id: Option<&str>, max: usize) -> Vec<(Cert
     for _ in 0..100 {
         let page = store
             .certificates_page(
-                Listing::ByIdentity(spiffe_id),
+                Listing::ByIdentity {
+                    spiffe_id: spiffe_id,
+                    expired: true,
+                },
                 after.as_ref(),
                 max,
                 4,
@@ -130,6 +133,19 @@ async fn expired_certificates_leave_the_database_and_listings_still_find_them() 
     let expiries: Vec<_> = old.iter().map(|(r, _)| r.not_after).collect();
     assert!(expiries.is_sorted(), "the archive is in expiry order");
 
+    // A listing that wants no expired certificate does not read the archive.
+    let unexpired = Listing::ByIdentity {
+        spiffe_id: Some("spiffe://td/old"),
+        expired: false,
+    };
+    let page = store
+        .certificates_page(unexpired, None, 10, 100, &|_| true)
+        .unwrap();
+    assert!(
+        page.certificates.is_empty() && page.next.is_none(),
+        "{page:?}"
+    );
+
     // The revocation went with its certificate.
     let mut revoked = Vec::new();
     store
@@ -150,11 +166,29 @@ async fn expired_certificates_leave_the_database_and_listings_still_find_them() 
     let bad = PageToken(format!("{}../x/1", archive::HISTORY_TOKEN));
     let short = PageToken(format!("{}0102", archive::HISTORY_TOKEN));
     let err = store
-        .certificates_page(Listing::ByIdentity(None), Some(&short), 3, 3, &|_| true)
+        .certificates_page(
+            Listing::ByIdentity {
+                spiffe_id: None,
+                expired: true,
+            },
+            Some(&short),
+            3,
+            3,
+            &|_| true,
+        )
         .unwrap_err();
     assert!(matches!(err, StoreError::BadPageToken(_)), "{err:?}");
     let err = store
-        .certificates_page(Listing::ByIdentity(None), Some(&bad), 3, 3, &|_| true)
+        .certificates_page(
+            Listing::ByIdentity {
+                spiffe_id: None,
+                expired: true,
+            },
+            Some(&bad),
+            3,
+            3,
+            &|_| true,
+        )
         .unwrap_err();
     assert!(matches!(err, StoreError::BadPageToken(_)), "{err:?}");
 }
@@ -212,7 +246,10 @@ async fn retention_removes_archived_records_exactly_at_their_cut_off() {
     };
     // A listing that stopped inside the first batch (serials 1 to 3, expiring DAY - 4 to
     // DAY - 2) goes on where it was after retention rewrote that batch.
-    let listing = Listing::ByIdentity(Some("spiffe://td/old"));
+    let listing = Listing::ByIdentity {
+        spiffe_id: Some("spiffe://td/old"),
+        expired: true,
+    };
     let first = store
         .certificates_page(listing, None, 2, 100, &|_| true)
         .unwrap();

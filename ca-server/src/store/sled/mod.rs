@@ -779,7 +779,7 @@ impl Store for SledStore {
         let bad = || StoreError::BadPageToken(after.map(|t| t.0.clone()).unwrap_or_default());
         match listing {
             // The database's records by identity, then the archive's in expiry order.
-            Listing::ByIdentity(spiffe_id) => {
+            Listing::ByIdentity { spiffe_id, expired } => {
                 if let Some(rest) = after.and_then(|t| t.0.strip_prefix(archive::HISTORY_TOKEN)) {
                     let from = match rest {
                         "" => None,
@@ -800,6 +800,8 @@ impl Store for SledStore {
                 let mut certificates = page.certificates;
                 let next = match page.next {
                     Some(key) => Some(PageToken(hex::encode(&key))),
+                    // Everything archived has expired: no need to look if none is wanted.
+                    None if !expired => None,
                     None if certificates.len() < max => {
                         let more = self.history_page(
                             spiffe_id,
