@@ -72,7 +72,7 @@ fn list_all(store: &SledStore, spiffe_id: Option<&str>, max: usize) -> Vec<(Cert
         let page = store
             .certificates_page(
                 Listing::ByIdentity {
-                    spiffe_id: spiffe_id,
+                    spiffe_id,
                     expired: true,
                 },
                 after.as_ref(),
