@@ -171,8 +171,9 @@ fn fill(db: &Path, args: &Args, history: u64, now: u64) -> anyhow::Result<(Durat
                 archive(&*store)?;
             }
             let not_after = if i < history {
-                // Expired within the last day, spread over it.
-                now - 3600 - (i % 86_400)
+                // Expired within the day before the last hour, spread over it in the order
+                // certificates expire (and are archived) in.
+                now - 3600 - 86_400 + i * 86_400 / history
             } else if i % 10 == 0 {
                 now + 60 + (i % 500) // expiring within 10 minutes
             } else {

@@ -356,3 +356,46 @@ async fn a_certificate_archived_late_is_merged_in_order() {
     store.history.insert(&again).unwrap();
     assert_eq!(list_all(&store, Some("spiffe://td/old"), 4).len(), 12);
 }
+
+/// Late certificates past the end of a full batch start a batch of their own instead of
+/// growing (and rewriting) that one on every pass.
+#[tokio::test]
+async fn late_certificates_past_a_full_batch_start_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let at = |n: u32, not_after: u64| {
+        let serial = [&[0xc0u8][..], &n.to_be_bytes()].concat();
+        let record = CertRecord {
+            serial: hex::encode(&serial),
+            ..cert(0, "spiffe://td/w", "r1", not_after)
+        };
+        store
+            .record_issuance(&record, b"der", &serial, None, &[])
+            .unwrap();
+    };
+    for n in 0..1000 {
+        at(n, 100 + u64::from(n));
+    }
+    assert_eq!(store.archive_expired(DAY - 1, 1000).unwrap(), 1000);
+    at(5000, 50_000);
+    assert_eq!(store.archive_expired(DAY - 1, 1000).unwrap(), 1);
+    // Below the watermark (50,000), past the full batch's end (1,099).
+    at(6000, 2_000);
+    at(6001, 2_001);
+    assert_eq!(store.archive_expired(DAY - 1, 1000).unwrap(), 2);
+    let day = dir.path().join(HISTORY_DIR).join(format!("{:08}", 0));
+    let batches = std::fs::read_dir(&day).unwrap().count();
+    assert_eq!(
+        batches, 3,
+        "the full batch, the one at 50,000, the late one"
+    );
+    let mut expiries = Vec::new();
+    store
+        .for_each_certificate(&mut |r| {
+            expiries.push(r.not_after);
+            true
+        })
+        .unwrap();
+    assert_eq!(expiries.len(), 1003);
+    assert!(expiries.is_sorted(), "the archive stays in expiry order");
+}

@@ -31,6 +31,8 @@ use crate::store::{CertRecord, RevocationRecord, StoreError, decode, encode};
 /// What starts every batch file (and names its format).
 const MAGIC: &[u8] = b"trellis-history-1\n";
 const SECONDS_PER_DAY: u64 = 86_400;
+/// Records a batch holds before merging stops adding to its end.
+const FULL_BATCH: usize = 1_000;
 
 /// One archived certificate.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,11 +152,18 @@ impl History {
             let merged: Vec<Archived> = match file {
                 None => adding.into_iter().cloned().collect(),
                 Some(index) => {
-                    let mut all: BTreeMap<Vec<u8>, Archived> = self
-                        .read_batch(&day, &files[index])?
-                        .into_iter()
-                        .map(|a| (a.key.clone(), a))
-                        .collect();
+                    let held = self.read_batch(&day, &files[index])?;
+                    // A full batch gets no more above its end: they start one of their own
+                    // (late records in order, a long clock step back, would otherwise grow
+                    // one batch and rewrite it every pass).
+                    let past_end = held.last().is_none_or(|last| adding[0].key > last.key);
+                    if past_end && held.len() >= FULL_BATCH {
+                        let own: Vec<Archived> = adding.into_iter().cloned().collect();
+                        self.write_batch(&day, &own)?;
+                        continue;
+                    }
+                    let mut all: BTreeMap<Vec<u8>, Archived> =
+                        held.into_iter().map(|a| (a.key.clone(), a)).collect();
                     let before = all.len();
                     for archived in adding {
                         all.entry(archived.key.clone())
