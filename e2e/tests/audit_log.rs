@@ -125,3 +125,87 @@ fn an_edited_entry_is_named_online_and_offline() {
         "{audit}"
     );
 }
+
+/// Entries sled has archived (moved out of its database into batch files beside it, as the
+/// CA's background task does some minutes after they are written) verify offline and
+/// online like the rest, and an edit inside an archive file is named.
+#[test]
+fn archived_entries_verify_and_an_edit_in_the_archive_is_named() {
+    let mut ca = Ca::start();
+    for i in 0..5 {
+        ca.token_file(&format!("spiffe://cluster.local/ns/prod/sa/api-{i}"));
+    }
+    run(ca.admin_command(&["root", "add"]), TIMEOUT).success();
+    ca.stop();
+    let before = offline_verify(&ca.data_dir, true).success().json();
+    assert_eq!(before["intact"], true, "{before}");
+
+    // What the background task does once the entries are old enough: everything up to now,
+    // which leaves the live certificates (all unexpired) where they are.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let moved = trellis_e2e::retry_until(TIMEOUT, "opening the stopped CA's store", || {
+        runtime.block_on(async {
+            let store = trellis_ca::store::open(&ca.data_dir.join("db"))?;
+            let moved = store.archive_expired(now, 100_000)?;
+            store.flush_now()?;
+            Ok::<_, trellis_ca::store::StoreError>(moved)
+        })
+    });
+    assert!(
+        moved >= 6,
+        "the tokens' and the root's entries moved: {moved}"
+    );
+    let archive = ca.data_dir.join("db").join("audit-history");
+    let batches: Vec<_> = std::fs::read_dir(&archive)
+        .expect("the archive's folder")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+
+    let after = offline_verify(&ca.data_dir, true).success().json();
+    assert_eq!(after, before, "the same report with the entries archived");
+    ca.restart();
+    let online = run(
+        ca.admin_command(&["audit", "verify", "-o", "json"]),
+        TIMEOUT,
+    )
+    .success()
+    .json();
+    assert_eq!(online["intact"], true, "{online}");
+    ca.stop();
+
+    // One byte of entry 3 changed inside the archive file of a copy. A record there is the
+    // sequence and the stored entry, each after its 4-byte big-endian length.
+    let copy = ca.scratch().join("copy");
+    copy_dir(&ca.data_dir, &copy);
+    let file = copy
+        .join("db")
+        .join("audit-history")
+        .join(batches[0].file_name().expect("name"));
+    let mut bytes = std::fs::read(&file).expect("read the batch");
+    let mut at = b"trellis-audit-history-1\n".len();
+    let field = |bytes: &[u8], at: usize| {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        (at + 4, at + 4 + len)
+    };
+    loop {
+        let (sequence_start, sequence_end) = field(&bytes, at);
+        let (value_start, value_end) = field(&bytes, sequence_end);
+        if bytes[sequence_start..sequence_end] == 3u64.to_be_bytes() {
+            assert!(value_end > value_start + 2);
+            bytes[value_end - 2] ^= 0x01;
+            break;
+        }
+        at = value_end;
+    }
+    std::fs::write(&file, bytes).expect("write the batch");
+    let report = offline_verify(&copy, true);
+    assert_eq!(report.code, Some(1), "{}", report.stderr);
+    let report = report.json();
+    assert_eq!(report["intact"], false, "{report}");
+    assert_eq!(report["problem_entry"], 3, "{report}");
+}
