@@ -36,11 +36,6 @@ pub struct Args {
     /// Distinct identities the records are spread over.
     #[arg(long, default_value_t = 20_000)]
     identities: u64,
-    /// At most this many records written per second while filling (0: as fast as the store
-    /// takes them). sled cleans its log in the background, one page at a time, so a store
-    /// filled far faster than a CA ever writes keeps garbage a real one would not.
-    #[arg(long, default_value_t = 0)]
-    fill_rate: u64,
 }
 
 /// The longest any one step may take.
@@ -161,13 +156,8 @@ fn fill(db: &Path, args: &Args, history: u64, now: u64) -> anyhow::Result<(Durat
     rt.block_on(async {
         let store = trellis_ca::store::open(db)?;
         let total = history + args.live;
-        // A step's bound, or a second per 2,000 records (or per the rate asked for) for a
-        // history that takes longer.
-        let per_second = match args.fill_rate {
-            0 => 2_000,
-            rate => rate.min(2_000) * 9 / 10,
-        };
-        let fill_limit = STEP.max(Duration::from_secs(total / per_second));
+        // A step's bound, or a second per 2,000 records for a history that takes longer.
+        let fill_limit = STEP.max(Duration::from_secs(total / 2_000));
         let mut archive = |store: &dyn trellis_ca::store::Store| -> anyhow::Result<()> {
             let started = Instant::now();
             while store.archive_expired(now - 1, trellis_ca::retention::BATCH)?
@@ -177,12 +167,6 @@ fn fill(db: &Path, args: &Args, history: u64, now: u64) -> anyhow::Result<(Durat
             Ok(())
         };
         for i in 0..total {
-            if args.fill_rate > 0 && i % 100 == 0 {
-                let due = Duration::from_secs_f64(i as f64 / args.fill_rate as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
             if i == history || (i > 0 && i < history && i % ARCHIVE_CHUNK == 0) {
                 archive(&*store)?;
             }

@@ -97,6 +97,18 @@ fn audit(time: u64, kind: &str, serial: &str) -> AuditRecord {
     }
 }
 
+/// A checkpoint at entry `sequence`, signed (as far as the store can tell) at `sequence`.
+fn checkpoint(sequence: u64) -> Checkpoint {
+    Checkpoint {
+        trust_domain: "td".into(),
+        sequence,
+        head: [sequence as u8; 32],
+        time: sequence,
+        signer: vec![1, 2],
+        signature: vec![3, 4],
+    }
+}
+
 fn created() -> AuditRecord {
     audit(NOW - 10, "join_token_created", "")
 }
@@ -963,14 +975,6 @@ pub(crate) async fn audit_pruning_stops_at_a_checkpoint_that_stays(h: &mut dyn H
             .append_audit(&audit(n, "certificate_issued", ""))
             .unwrap();
     }
-    let checkpoint = |sequence: u64| Checkpoint {
-        trust_domain: "td".into(),
-        sequence,
-        head: [sequence as u8; 32],
-        time: sequence,
-        signer: vec![1, 2],
-        signature: vec![3, 4],
-    };
     assert_eq!(store.latest_audit_checkpoint().unwrap(), None);
     for sequence in [10, 20, 30] {
         store.put_audit_checkpoint(&checkpoint(sequence)).unwrap();
@@ -1044,14 +1048,6 @@ pub(crate) async fn archived_audit_entries_read_and_prune_as_before(h: &mut dyn 
     drop(store);
     let store = h.reopen();
     assert_eq!(read(&store, 0, 100), before);
-    let checkpoint = |sequence: u64| Checkpoint {
-        trust_domain: "td".into(),
-        sequence,
-        head: [sequence as u8; 32],
-        time: sequence,
-        signer: vec![1, 2],
-        signature: vec![3, 4],
-    };
     for sequence in [10, 20, 30] {
         store.put_audit_checkpoint(&checkpoint(sequence)).unwrap();
     }

@@ -18,16 +18,7 @@ impl SledStore {
         let _moving = self.moving.lock().expect("moving lock");
         let t = self.trees()?;
         let err = self.err(&t);
-        let through = match self.counters.expired_through() {
-            Some(counted) => through.min(counted),
-            None => through,
-        };
-        let batch: Vec<(sled::IVec, sled::IVec)> = t
-            .by_expiry
-            .range::<Vec<u8>, _>((Bound::Unbounded, index::expired_until(through)))
-            .take(max)
-            .collect::<Result<_, _>>()
-            .map_err(&err)?;
+        let (_, batch) = self.expired_entries(&t, through, max)?;
         let mut moving = Vec::with_capacity(batch.len());
         for (key, _) in &batch {
             let (_, serial) = index::split_key(key)?;
@@ -54,6 +45,28 @@ impl SledStore {
             self.remove_certificate(&t, key, value)?;
         }
         Ok(batch.len())
+    }
+
+    /// Up to `max` expiry index entries of certificates that expired at or before `through`,
+    /// oldest first, with the cut-off lowered to what the live counts have let go of (it is
+    /// returned too).
+    pub(super) fn expired_entries(
+        &self,
+        t: &live::Trees,
+        through: u64,
+        max: usize,
+    ) -> Result<(u64, Vec<(sled::IVec, sled::IVec)>), StoreError> {
+        let through = match self.counters.expired_through() {
+            Some(counted) => through.min(counted),
+            None => through,
+        };
+        let entries = t
+            .by_expiry
+            .range::<Vec<u8>, _>((Bound::Unbounded, index::expired_until(through)))
+            .take(max)
+            .collect::<Result<_, _>>()
+            .map_err(self.err(t))?;
+        Ok((through, entries))
     }
 
     /// Removes one certificate by its expiry index entry: the identity entry, the

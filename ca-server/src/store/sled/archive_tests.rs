@@ -2,7 +2,7 @@
 //! what moves, what listings still find, what a crash between the two steps leaves, and
 //! what retention removes.
 
-use super::index_tests::{cert, record};
+use super::index_tests::{audit, cert, record};
 use super::*;
 
 const DAY: u64 = 86_400;
@@ -28,15 +28,7 @@ fn filled() -> (tempfile::TempDir, SledStore) {
         intermediate_id: "inter".into(),
         reason_code: None,
     };
-    let audit = AuditRecord {
-        time: 60,
-        kind: "certificate_revoked".into(),
-        spiffe_id: "spiffe://td/old".into(),
-        serial: String::new(),
-        actor: "test".into(),
-        detail: String::new(),
-    };
-    assert!(store.revoke(&revocation, &audit).unwrap());
+    assert!(store.revoke(&revocation, &audit()).unwrap());
     (dir, store)
 }
 
@@ -291,14 +283,7 @@ async fn retention_removes_archived_records_exactly_at_their_cut_off() {
 }
 
 fn audit_at(time: u64) -> AuditRecord {
-    AuditRecord {
-        time,
-        kind: "certificate_issued".into(),
-        spiffe_id: "spiffe://td/w".into(),
-        serial: String::new(),
-        actor: "test".into(),
-        detail: String::new(),
-    }
+    AuditRecord { time, ..audit() }
 }
 
 /// Old audit entries leave the database (all but the newest), and a crash between writing

@@ -272,7 +272,7 @@ async fn two_passes_that_meet_count_each_record_once() {
     assert_eq!(store.pruned_total(), 200);
 }
 
-fn audit() -> AuditRecord {
+pub(super) fn audit() -> AuditRecord {
     AuditRecord {
         time: 60,
         kind: "certificate_revoked".into(),

@@ -612,17 +612,7 @@ impl Store for SledStore {
     fn prune_expired(&self, through: u64, max: usize) -> Result<usize, StoreError> {
         let _moving = self.moving.lock().expect("moving lock");
         let t = self.trees()?;
-        let err = self.err(&t);
-        let through = match self.counters.expired_through() {
-            Some(counted) => through.min(counted),
-            None => through,
-        };
-        let batch: Vec<(sled::IVec, sled::IVec)> = t
-            .by_expiry
-            .range::<Vec<u8>, _>((Bound::Unbounded, index::expired_until(through)))
-            .take(max)
-            .collect::<Result<_, _>>()
-            .map_err(&err)?;
+        let (through, batch) = self.expired_entries(&t, through, max)?;
         // Two passes may meet (the background task and an explicit one): each record counts
         // once, for the pass that removed its expiry entry.
         let mut removed = 0;
