@@ -97,6 +97,18 @@ fn audit(time: u64, kind: &str, serial: &str) -> AuditRecord {
     }
 }
 
+/// A new store whose audit log holds 30 entries, entry n recorded at time n.
+fn with_thirty_audit_entries(h: &mut dyn Harness) -> Arc<dyn Store> {
+    let store = h.create();
+    store.set_trust_domain("td").unwrap();
+    for n in 1..=30 {
+        store
+            .append_audit(&audit(n, "certificate_issued", ""))
+            .unwrap();
+    }
+    store
+}
+
 /// A checkpoint at entry `sequence`, signed (as far as the store can tell) at `sequence`.
 fn checkpoint(sequence: u64) -> Checkpoint {
     Checkpoint {
@@ -968,13 +980,7 @@ pub(crate) async fn the_audit_chain_links_entries_and_survives_reopening(h: &mut
 }
 
 pub(crate) async fn audit_pruning_stops_at_a_checkpoint_that_stays(h: &mut dyn Harness) {
-    let store = h.create();
-    store.set_trust_domain("td").unwrap();
-    for n in 1..=30 {
-        store
-            .append_audit(&audit(n, "certificate_issued", ""))
-            .unwrap();
-    }
+    let store = with_thirty_audit_entries(h);
     assert_eq!(store.latest_audit_checkpoint().unwrap(), None);
     for sequence in [10, 20, 30] {
         store.put_audit_checkpoint(&checkpoint(sequence)).unwrap();
@@ -1013,13 +1019,7 @@ pub(crate) async fn audit_pruning_stops_at_a_checkpoint_that_stays(h: &mut dyn H
 /// Archiving (sled moves old entries out of its database; PostgreSQL keeps them in place)
 /// changes nothing a reader of the chain sees, across a reopening and a pruning.
 pub(crate) async fn archived_audit_entries_read_and_prune_as_before(h: &mut dyn Harness) {
-    let store = h.create();
-    store.set_trust_domain("td").unwrap();
-    for n in 1..=30 {
-        store
-            .append_audit(&audit(n, "certificate_issued", ""))
-            .unwrap();
-    }
+    let store = with_thirty_audit_entries(h);
     let before = store.audit_raw_after(0, 100).unwrap();
     assert_eq!(before.len(), 30);
     // Entries recorded by 25, seven at a time.
