@@ -178,6 +178,7 @@ impl Admin for AdminService {
                 Listing::ByIdentity {
                     spiffe_id: spiffe_id.as_deref(),
                     expired: include_expired,
+                    now,
                 }
             };
             let page = store.certificates_page(

@@ -251,13 +251,16 @@ pub struct Change {
 /// Which certificates a listing walks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listing<'a> {
-    /// Ordered by SPIFFE ID then serial (then, for a store with an archive, the archived
-    /// ones in expiry order); only those of one SPIFFE ID if given.
+    /// Ordered by SPIFFE ID then serial (for a store with an archive: those unexpired at
+    /// `now` so, then those expired by then in expiry order, archived or not, so that one
+    /// moved while the listing runs is listed once); only those of one SPIFFE ID if given.
     ByIdentity {
         spiffe_id: Option<&'a str>,
         /// Whether expired ones are wanted: if not (the filter refuses them), a store need
         /// not read its archive of expired certificates.
         expired: bool,
+        /// When the listing begins (Unix seconds); later pages keep the first page's.
+        now: u64,
     },
     /// Those unexpired at `now` that expire at or before `until` (all unexpired if `None`),
     /// ordered by expiry.
@@ -412,8 +415,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// before): at most `max` records that `keep` accepts, reading at most `scan` records,
     /// so that a filter that rejects most costs one page's work (the page is then short, or
     /// empty, with a `next`). Records inserted between pages appear if they sort after the
-    /// cursor; none is listed twice (except one archived while the listing runs, which may
-    /// appear again in the archive's part). An Expiring cursor that time has overtaken starts again
+    /// cursor; none is listed twice. An Expiring cursor that time has overtaken starts again
     /// from `now`. A token another listing returned is [`StoreError::BadPageToken`].
     fn certificates_page(
         &self,

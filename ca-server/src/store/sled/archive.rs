@@ -1,14 +1,35 @@
 //! Moving expired certificates out of the database into the archive (`history.rs`), and
 //! the listings that go on into it.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
+
+use trellis_identity::hex;
 
 use super::history::{Archived, Position};
 use super::{SledStore, decode_certificate, identity_key, index, live};
 use crate::store::{CertPage, CertRecord, PageToken, StoreError, decode};
 
-/// What starts a page token of the archive part of an identity listing.
-pub(super) const HISTORY_TOKEN: &str = "h";
+/// What starts a page token of the expired part of an identity listing.
+pub(super) const EXPIRED_TOKEN: &str = "h";
+
+/// A page token of the expired part of a listing that began at `since`: `h<since>.<key>`.
+pub(super) fn expired_token(since: u64, after: Option<&[u8]>) -> PageToken {
+    PageToken(format!(
+        "{EXPIRED_TOKEN}{since}.{}",
+        after.map(hex::encode).unwrap_or_default()
+    ))
+}
+
+/// The listing's start and the key to go on after, of an [`expired_token`].
+pub(super) fn parse_expired_token(text: &str) -> Option<(u64, Option<Vec<u8>>)> {
+    let (since, key) = text.strip_prefix(EXPIRED_TOKEN)?.split_once('.')?;
+    let key = match key {
+        "" => None,
+        hex_key => Some(hex::decode(hex_key).filter(|k| index::split_key(k).is_ok())?),
+    };
+    Some((since.parse().ok()?, key))
+}
 
 impl SledStore {
     /// Moves up to `max` certificates that expired at or before `through` (never past what
@@ -90,23 +111,77 @@ impl SledStore {
         Ok(t.by_expiry.remove(key).map_err(&err)?.is_some())
     }
 
-    /// The archive part of an identity listing: from `from` (its start if `None`), at most
-    /// `max` certificates of `spiffe_id` (all if `None`) that `keep` accepts, reading at
-    /// most `scan` records.
-    pub(super) fn history_page(
+    /// The expired part of an identity listing: certificates of `spiffe_id` (all if `None`)
+    /// that expired at or before `since` and that `keep` accepts, in expiry-key order after
+    /// `from`, at most `max`, reading at most `scan` records on each side. Those not yet
+    /// archived (the database's expiry index up to `since`) and the archive's are one
+    /// sequence in key order, and archiving moves a record without changing its key, so a
+    /// record moved while the listing runs is listed once.
+    pub(super) fn expired_page(
         &self,
         spiffe_id: Option<&str>,
-        from: Option<&Position>,
+        since: u64,
+        from: Option<&[u8]>,
         max: usize,
         scan: usize,
         keep: &dyn Fn(&CertRecord) -> bool,
     ) -> Result<CertPage, StoreError> {
-        let mut wanted =
-            |a: &Archived| spiffe_id.is_none_or(|id| a.record.spiffe_id == id) && keep(&a.record);
-        let (found, next) = self.history.walk(from, max, scan, &mut wanted)?;
+        // Only those expired by the listing's start: the rest were in its first part.
+        let wanted = |r: &CertRecord| {
+            r.not_after <= since && spiffe_id.is_none_or(|id| r.spiffe_id == id) && keep(r)
+        };
+        let position = from.map(|key| Position(key.to_vec()));
+        let (archived, archive_end) =
+            self.history
+                .walk(position.as_ref(), max, scan, &mut |a| wanted(&a.record))?;
+        // The database's part of the same key range.
+        let t = self.trees()?;
+        let err = self.err(&t);
+        let start = from.map_or(Bound::Unbounded, |key| Bound::Excluded(key.to_vec()));
+        let mut end = match &archive_end {
+            Some(Position(key)) => Bound::Included(key.clone()),
+            None => index::expired_until(since),
+        };
+        // Never past what expired by the listing's start.
+        if let (Bound::Included(key), Bound::Excluded(limit)) = (&end, index::expired_until(since))
+            && *key >= limit
+        {
+            end = Bound::Excluded(limit);
+        }
+        let mut found: BTreeMap<Vec<u8>, (CertRecord, Vec<u8>)> = archived
+            .into_iter()
+            .map(|a| (a.key, (a.record, a.der)))
+            .collect();
+        let mut reached = archive_end.map(|p| p.0);
+        for (scanned, entry) in t.by_expiry.range::<Vec<u8>, _>((start, end)).enumerate() {
+            let (key, _) = entry.map_err(&err)?;
+            let (_, serial) = index::split_key(&key)?;
+            if let Some(value) = t.certs.get(serial).map_err(&err)? {
+                let (record, der) = decode_certificate(&value)?;
+                if wanted(&record) {
+                    found.entry(key.to_vec()).or_insert((record, der));
+                }
+            }
+            if scanned + 1 >= scan {
+                // The page covers keys up to here only; the archive's beyond wait.
+                found.retain(|k, _| *k <= key.to_vec());
+                reached = Some(key.to_vec());
+                break;
+            }
+        }
+        let mut certificates = Vec::new();
+        let mut last = None;
+        for (key, certificate) in found {
+            if certificates.len() == max {
+                reached = last;
+                break;
+            }
+            last = Some(key);
+            certificates.push(certificate);
+        }
         Ok(CertPage {
-            certificates: found.into_iter().map(|a| (a.record, a.der)).collect(),
-            next: next.map(|p| PageToken(format!("{HISTORY_TOKEN}{}", p.encode()))),
+            certificates,
+            next: reached.map(|key| expired_token(since, Some(&key))),
         })
     }
 

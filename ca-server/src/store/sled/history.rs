@@ -50,15 +50,6 @@ pub(super) struct Archived {
 pub(super) struct Position(pub Vec<u8>);
 
 impl Position {
-    /// As text, for a page token.
-    pub fn encode(&self) -> String {
-        hex::encode(&self.0)
-    }
-
-    pub fn decode(text: &str) -> Option<Self> {
-        hex::decode(text).filter(|key| key.len() > 8).map(Self)
-    }
-
     fn not_after(&self) -> u64 {
         u64::from_be_bytes(
             self.0[..8]

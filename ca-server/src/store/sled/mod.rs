@@ -769,32 +769,38 @@ impl Store for SledStore {
         let bad = || StoreError::BadPageToken(after.map(|t| t.0.clone()).unwrap_or_default());
         match listing {
             // The database's records by identity, then the archive's in expiry order.
-            Listing::ByIdentity { spiffe_id, expired } => {
-                if let Some(rest) = after.and_then(|t| t.0.strip_prefix(archive::HISTORY_TOKEN)) {
-                    let from = match rest {
-                        "" => None,
-                        text => Some(history::Position::decode(text).ok_or_else(bad)?),
-                    };
-                    return self.history_page(spiffe_id, from.as_ref(), max, scan, keep);
+            // The database's certificates unexpired when the listing began, by identity;
+            // then those expired by then, in expiry order, whether archived yet or not.
+            Listing::ByIdentity {
+                spiffe_id,
+                expired,
+                now,
+            } => {
+                if let Some(token) = after.filter(|t| t.0.starts_with(archive::EXPIRED_TOKEN)) {
+                    let (since, from) = archive::parse_expired_token(&token.0).ok_or_else(bad)?;
+                    return self.expired_page(spiffe_id, since, from.as_deref(), max, scan, keep);
                 }
                 let prefix = spiffe_id.map_or_else(Vec::new, |id| identity_key(id, &[]));
-                let after = match after {
-                    None => None,
-                    Some(token) => Some(
-                        hex::decode(&token.0)
+                let (since, after) = match after {
+                    None => (now, None),
+                    Some(token) => {
+                        let (since, key) = token.0.split_once('.').ok_or_else(bad)?;
+                        let key = hex::decode(key)
                             .filter(|key| key.starts_with(&prefix))
-                            .ok_or_else(bad)?,
-                    ),
+                            .ok_or_else(bad)?;
+                        (since.parse().map_err(|_| bad())?, Some(key))
+                    }
                 };
-                let page = self.identity_page(&prefix, after.as_deref(), max, scan, keep)?;
+                let unexpired = |r: &CertRecord| r.not_after > since && keep(r);
+                let page = self.identity_page(&prefix, after.as_deref(), max, scan, &unexpired)?;
                 let mut certificates = page.certificates;
                 let next = match page.next {
-                    Some(key) => Some(PageToken(hex::encode(&key))),
-                    // Everything archived has expired: no need to look if none is wanted.
+                    Some(key) => Some(PageToken(format!("{since}.{}", hex::encode(&key)))),
                     None if !expired => None,
                     None if certificates.len() < max => {
-                        let more = self.history_page(
+                        let more = self.expired_page(
                             spiffe_id,
+                            since,
                             None,
                             max - certificates.len(),
                             scan,
@@ -803,7 +809,7 @@ impl Store for SledStore {
                         certificates.extend(more.certificates);
                         more.next
                     }
-                    None => Some(PageToken(archive::HISTORY_TOKEN.into())),
+                    None => Some(archive::expired_token(since, None)),
                 };
                 Ok(CertPage { certificates, next })
             }
