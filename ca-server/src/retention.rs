@@ -1,13 +1,14 @@
 //! Retention: expired certificate records (with their index entries and revocation
 //! records) are removed once they have been expired for `certificate_retention`, so the
-//! store holds the live certificates and a bounded history. The audit log is not touched:
-//! it keeps the issuance and revocation events for its own retention.
+//! store holds the live certificates and a bounded history. Nothing is removed from the
+//! audit log here: it keeps the issuance and revocation events for its own retention.
 //!
-//! Before that, certificates expired for [`ARCHIVE_AFTER`] leave the embedded store's
-//! database for its archive (`Store::archive_expired`), whatever the retention: the
-//! database then holds the live certificates and the last few minutes of expired ones, so
-//! its opening (which reads sled's whole page table) costs what the live ones cost, not the
-//! history. The archive keeps them for listings until retention removes them.
+//! Before that, certificates expired for [`ARCHIVE_AFTER`], and audit entries as old,
+//! leave the embedded store's database for its archives (`Store::archive_expired`),
+//! whatever the retention: the database then holds the live certificates and the last few
+//! minutes of the rest, so its opening (which reads sled's whole page table) costs what the
+//! live ones cost, not the history. The archives keep them for reading until retention
+//! removes them.
 //!
 //! The work is done in batches of [`BATCH`] on the blocking pool, with a pause between
 //! them, so that a large backlog (the first pass after an upgrade, or after a long

@@ -154,18 +154,22 @@ impl SledStore {
             .collect();
         let mut reached = archive_end.map(|p| p.0);
         for (scanned, entry) in t.by_expiry.range::<Vec<u8>, _>((start, end)).enumerate() {
-            let (key, _) = entry.map_err(&err)?;
-            let (_, serial) = index::split_key(&key)?;
-            if let Some(value) = t.certs.get(serial).map_err(&err)? {
-                let (record, der) = decode_certificate(&value)?;
-                if wanted(&record) {
-                    found.entry(key.to_vec()).or_insert((record, der));
+            let (key, meta) = entry.map_err(&err)?;
+            // The index holds the record: the certificate is read only for those wanted (and
+            // an entry without one, see `index.rs`, is skipped).
+            if wanted(&decode("by_expiry", &meta)?) {
+                let (_, serial) = index::split_key(&key)?;
+                if let Some(value) = t.certs.get(serial).map_err(&err)? {
+                    found
+                        .entry(key.to_vec())
+                        .or_insert(decode_certificate(&value)?);
                 }
             }
             if scanned + 1 >= scan {
                 // The page covers keys up to here only; the archive's beyond wait.
-                found.retain(|k, _| *k <= key.to_vec());
-                reached = Some(key.to_vec());
+                let key = key.to_vec();
+                found.retain(|k, _| *k <= key);
+                reached = Some(key);
                 break;
             }
         }

@@ -205,6 +205,7 @@ impl SledStore {
     /// Moves up to `max` entries recorded at or before `through` (Unix seconds), never the
     /// newest, to the archive; returns how many left the database.
     pub(super) fn archive_audit(&self, through: u64, max: usize) -> Result<usize, StoreError> {
+        let _moving = self.moving.lock().expect("moving lock");
         let t = self.trees()?;
         let err = self.err(&t);
         drop(self.audit_head(&t)?);

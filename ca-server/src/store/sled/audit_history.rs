@@ -10,7 +10,7 @@
 //! crash interrupted only removes what is at or below it. Readers take the archive up to
 //! the watermark, then the database after it, so an entry in both places is read once.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::batch_file::{self, Fields, is_batch, sorted_names};
@@ -31,6 +31,20 @@ pub(super) struct AuditHistory {
 
 fn first_of(name: &str) -> Option<u64> {
     u64::from_str_radix(name.strip_suffix(".batch")?, 16).ok()
+}
+
+/// The entries of a batch read from `path`.
+fn decode_entries(path: &Path, records: Vec<Fields>) -> Result<Vec<Entry>, StoreError> {
+    records
+        .into_iter()
+        .map(|fields| {
+            let [sequence, value] = <[Vec<u8>; 2]>::try_from(fields)
+                .expect("batch_file::read returns the fields asked for");
+            let sequence = <[u8; 8]>::try_from(sequence.as_slice())
+                .map_err(|_| batch_file::corrupt(path, "sequence is not 8 bytes"))?;
+            Ok((u64::from_be_bytes(sequence), value))
+        })
+        .collect()
 }
 
 impl AuditHistory {
@@ -60,16 +74,15 @@ impl AuditHistory {
 
     fn read(&self, file: &str) -> Result<Vec<Entry>, StoreError> {
         let path = self.dir.join(file);
-        batch_file::read(&path, MAGIC, 2)?
-            .into_iter()
-            .map(|fields| {
-                let [sequence, value] = <[Vec<u8>; 2]>::try_from(fields)
-                    .expect("batch_file::read returns the fields asked for");
-                let sequence = <[u8; 8]>::try_from(sequence.as_slice())
-                    .map_err(|_| batch_file::corrupt(&path, "sequence is not 8 bytes"))?;
-                Ok((u64::from_be_bytes(sequence), value))
-            })
-            .collect()
+        decode_entries(&path, batch_file::read(&path, MAGIC, 2)?)
+    }
+
+    /// [`AuditHistory::read`], or `None` if retention removed the file meanwhile.
+    fn read_unless_removed(&self, file: &str) -> Result<Option<Vec<Entry>>, StoreError> {
+        let path = self.dir.join(file);
+        batch_file::read_unless_removed(&path, MAGIC, 2)?
+            .map(|fields| decode_entries(&path, fields))
+            .transpose()
     }
 
     fn write(&self, file: &str, entries: &[Entry]) -> Result<(), StoreError> {
@@ -100,10 +113,8 @@ impl AuditHistory {
             .unwrap_or(0);
         let mut out = Vec::new();
         for file in &files[start..] {
-            let entries = match self.read(file) {
-                // Retention removed it since the listing of the folder: go on.
-                Err(StoreError::Storage(_)) if !self.dir.join(file).exists() => continue,
-                other => other?,
+            let Some(entries) = self.read_unless_removed(file)? else {
+                continue;
             };
             for entry in entries
                 .into_iter()

@@ -94,6 +94,29 @@ pub(super) fn write(
 /// Reads the records of `path`, `fields` fields each.
 pub(super) fn read(path: &Path, magic: &[u8], fields: usize) -> Result<Vec<Fields>, StoreError> {
     let bytes = fs::read(path).map_err(io("reading", path))?;
+    parse(path, &bytes, magic, fields)
+}
+
+/// [`read`], or `None` if the file is gone: what a reader meets when retention removed a
+/// batch after the reader listed its folder.
+pub(super) fn read_unless_removed(
+    path: &Path,
+    magic: &[u8],
+    fields: usize,
+) -> Result<Option<Vec<Fields>>, StoreError> {
+    match fs::read(path) {
+        Ok(bytes) => parse(path, &bytes, magic, fields).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("reading", path)(e)),
+    }
+}
+
+fn parse(
+    path: &Path,
+    bytes: &[u8],
+    magic: &[u8],
+    fields: usize,
+) -> Result<Vec<Fields>, StoreError> {
     let mut rest = bytes
         .strip_prefix(magic)
         .ok_or_else(|| corrupt(path, "not a batch of this archive"))?;

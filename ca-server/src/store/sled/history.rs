@@ -18,6 +18,7 @@
 //! below the watermark without being archived (the clock stepped back) is merged into that
 //! batch instead.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
@@ -72,6 +73,37 @@ fn day_name(not_after: u64) -> String {
     format!("{:08}", not_after / SECONDS_PER_DAY)
 }
 
+/// The certificates of a batch as read.
+fn decode_batch(records: Vec<Fields>) -> Result<Vec<Archived>, StoreError> {
+    records
+        .into_iter()
+        .map(|fields| {
+            let [key, certificate, revocation] = <[Vec<u8>; 3]>::try_from(fields)
+                .expect("batch_file::read returns the fields asked for");
+            let (record, der) = super::decode_certificate(&certificate)?;
+            let revocation = match revocation.as_slice() {
+                [] => None,
+                json => Some(decode("history", json)?),
+            };
+            Ok(Archived {
+                key,
+                record,
+                der,
+                revocation,
+            })
+        })
+        .collect()
+}
+
+/// Which of a day's batches (names in order) holds `key`: the last named at or below it
+/// (`None`: it sorts before the first).
+fn holding(files: &[String], key: &[u8]) -> Option<usize> {
+    let key = hex::encode(key);
+    files
+        .iter()
+        .rposition(|f| f.trim_end_matches(".batch") <= key.as_str())
+}
+
 /// Consecutive runs of `records` with the same day of expiry.
 fn group_by_day<'a>(records: &'a [&'a Archived]) -> impl Iterator<Item = &'a [&'a Archived]> {
     records.chunk_by(|a, b| day_name(a.record.not_after) == day_name(b.record.not_after))
@@ -117,10 +149,9 @@ impl History {
             self.merge_into_day(day)?;
         }
         for part in group_by_day(&above) {
-            let owned: Vec<Archived> = part.iter().map(|a| (*a).clone()).collect();
-            self.write_batch(&day_name(owned[0].record.not_after), &owned)?;
+            self.write_batch(&day_name(part[0].record.not_after), part)?;
             // At once: a failure on the next day's file must not archive this part again.
-            *watermark = owned.last().map(|a| a.key.clone());
+            *watermark = part.last().map(|a| a.key.clone());
         }
         Ok(())
     }
@@ -130,57 +161,57 @@ impl History {
     fn merge_into_day(&self, records: &[&Archived]) -> Result<(), StoreError> {
         let day = day_name(records[0].record.not_after);
         let files = sorted_names(&self.dir.join(&day), is_batch)?;
-        // Each record's batch: the last named at or below its key (`None`: before the first).
         let mut by_file: BTreeMap<Option<usize>, Vec<&Archived>> = BTreeMap::new();
         for archived in records {
-            let key = hex::encode(&archived.key);
-            let file = files
-                .iter()
-                .rposition(|f| f.trim_end_matches(".batch") <= key.as_str());
-            by_file.entry(file).or_default().push(archived);
+            by_file
+                .entry(holding(&files, &archived.key))
+                .or_default()
+                .push(archived);
         }
         for (file, adding) in by_file {
-            let merged: Vec<Archived> = match file {
-                None => adding.into_iter().cloned().collect(),
-                Some(index) => {
-                    let held = self.read_batch(&day, &files[index])?;
-                    // A full batch gets no more above its end: they start one of their own
-                    // (late records in order, a long clock step back, would otherwise grow
-                    // one batch and rewrite it every pass).
-                    let past_end = held.last().is_none_or(|last| adding[0].key > last.key);
-                    if past_end && held.len() >= FULL_BATCH {
-                        let own: Vec<Archived> = adding.into_iter().cloned().collect();
-                        self.write_batch(&day, &own)?;
-                        continue;
-                    }
-                    let mut all: BTreeMap<Vec<u8>, Archived> =
-                        held.into_iter().map(|a| (a.key.clone(), a)).collect();
-                    let before = all.len();
-                    for archived in adding {
-                        all.entry(archived.key.clone())
-                            .or_insert_with(|| archived.clone());
-                    }
-                    if all.len() == before {
-                        continue; // all there already: what a crash left in both places
-                    }
-                    all.into_values().collect()
-                }
+            // Before the day's first batch: a batch of their own.
+            let Some(index) = file else {
+                self.write_batch(&day, &adding)?;
+                continue;
             };
-            match file {
-                None => self.write_batch(&day, &merged)?,
-                Some(index) => self.write_file(&day, &files[index], &merged)?,
+            let held = self.read_batch(&day, &files[index])?;
+            // A full batch gets no more above its end: they start one of their own (late
+            // records in order, a long clock step back, would otherwise grow one batch and
+            // rewrite it every pass).
+            let past_end = held.last().is_none_or(|last| adding[0].key > last.key);
+            if past_end && held.len() >= FULL_BATCH {
+                self.write_batch(&day, &adding)?;
+                continue;
+            }
+            let mut all: BTreeMap<Vec<u8>, Archived> =
+                held.into_iter().map(|a| (a.key.clone(), a)).collect();
+            let before = all.len();
+            for archived in adding {
+                all.entry(archived.key.clone())
+                    .or_insert_with(|| archived.clone());
+            }
+            // Nothing new: what a crash left in both places.
+            if all.len() > before {
+                let merged: Vec<Archived> = all.into_values().collect();
+                self.write_file(&day, &files[index], &merged)?;
             }
         }
         Ok(())
     }
 
-    fn write_batch(&self, day: &str, batch: &[Archived]) -> Result<(), StoreError> {
-        self.write_file(day, &format!("{}.batch", hex::encode(&batch[0].key)), batch)
+    fn write_batch<A: Borrow<Archived>>(&self, day: &str, batch: &[A]) -> Result<(), StoreError> {
+        let name = format!("{}.batch", hex::encode(&batch[0].borrow().key));
+        self.write_file(day, &name, batch)
     }
 
     /// Writes `batch` to `day`/`name` (replacing what is there) durably and atomically.
-    fn write_file(&self, day: &str, name: &str, batch: &[Archived]) -> Result<(), StoreError> {
-        let records = batch.iter().map(|archived| -> Fields {
+    fn write_file<A: Borrow<Archived>>(
+        &self,
+        day: &str,
+        name: &str,
+        batch: &[A],
+    ) -> Result<(), StoreError> {
+        let records = batch.iter().map(Borrow::borrow).map(|archived| -> Fields {
             vec![
                 archived.key.clone(),
                 super::encode_certificate(&archived.record, &archived.der),
@@ -191,25 +222,7 @@ impl History {
     }
 
     fn read_batch(&self, day: &str, file: &str) -> Result<Vec<Archived>, StoreError> {
-        let path = self.dir.join(day).join(file);
-        batch_file::read(&path, MAGIC, 3)?
-            .into_iter()
-            .map(|fields| {
-                let [key, certificate, revocation] = <[Vec<u8>; 3]>::try_from(fields)
-                    .expect("batch_file::read returns the fields asked for");
-                let (record, der) = super::decode_certificate(&certificate)?;
-                let revocation = match revocation.as_slice() {
-                    [] => None,
-                    json => Some(decode("history", json)?),
-                };
-                Ok(Archived {
-                    key,
-                    record,
-                    der,
-                    revocation,
-                })
-            })
-            .collect()
+        decode_batch(batch_file::read(&self.dir.join(day).join(file), MAGIC, 3)?)
     }
 
     /// Reads on from `from` (the start if `None`) in key order, at most `scan` records,
@@ -225,29 +238,23 @@ impl History {
         let mut out = Vec::new();
         let mut scanned = 0;
         let first_day = from.map(|p| day_name(p.not_after()));
-        let after = from.map(|p| hex::encode(&p.0));
         let days = sorted_names(&self.dir, is_day)?;
         for day in days
             .iter()
             .filter(|d| first_day.as_ref().is_none_or(|f| *d >= f))
         {
             let files = sorted_names(&self.dir.join(day), is_batch)?;
-            // The batch holding the position is the last one named at or below its key.
-            let start = match &after {
-                Some(key) if Some(day) == first_day.as_ref() => files
-                    .iter()
-                    .rposition(|f| f.trim_end_matches(".batch") <= key.as_str())
-                    .unwrap_or(0),
+            let start = match from {
+                Some(p) if Some(day) == first_day.as_ref() => holding(&files, &p.0).unwrap_or(0),
                 _ => 0,
             };
             for file in &files[start..] {
-                let records = match self.read_batch(day, file) {
-                    // Retention removed it since the listing began: go on with the next.
-                    Err(StoreError::Storage(_)) if !self.dir.join(day).join(file).exists() => {
-                        continue;
-                    }
-                    other => other?,
+                let path = self.dir.join(day).join(file);
+                // None: retention removed it since the listing began; go on with the next.
+                let Some(records) = batch_file::read_unless_removed(&path, MAGIC, 3)? else {
+                    continue;
                 };
+                let records = decode_batch(records)?;
                 let unread = records
                     .into_iter()
                     .filter(|a| from.is_none_or(|p| a.key > p.0));

@@ -638,7 +638,6 @@ impl Store for SledStore {
         if certificates == max {
             return Ok(max);
         }
-        let _moving = self.moving.lock().expect("moving lock");
         Ok(certificates + self.archive_audit(through, max - certificates)?)
     }
 
@@ -768,7 +767,6 @@ impl Store for SledStore {
     ) -> Result<CertPage, StoreError> {
         let bad = || StoreError::BadPageToken(after.map(|t| t.0.clone()).unwrap_or_default());
         match listing {
-            // The database's records by identity, then the archive's in expiry order.
             // The database's certificates unexpired when the listing began, by identity;
             // then those expired by then, in expiry order, whether archived yet or not.
             Listing::ByIdentity {
