@@ -7,12 +7,15 @@
 //! [`CHECKPOINT_EVERY`] certificates the store pauses (callers wait, as for a slow write),
 //! waits for the calls already inside the database to finish, flushes it, closes it and
 //! opens it again, which writes a snapshot. Writes made before the pause are acknowledged
-//! as durable: the closing flush covered them (see `closed_clean` in `live.rs`).
+//! as durable: the closing flush covered them (see `closed_clean` in `live.rs`). While it
+//! has the database to itself, a checkpoint also copies it into a fresh folder once its log
+//! has grown enough (`compact.rs`), and opens the copy.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::live::{Live, open_when_unlocked};
+use super::compact;
+use super::live::{Live, Trees, open_when_unlocked};
 
 /// Certificates recorded between checkpoints: each replays in well under a second
 /// at the next start, and a checkpoint pauses the store for about as long as a restart
@@ -44,6 +47,8 @@ pub(super) fn run(live: &Arc<Live>) {
         let _ = live.fail(generation, e);
         return;
     }
+    let log_bytes = std::fs::metadata(old.dir.join("db")).map_or(0, |m| m.len());
+    let compacted = compact_if_due(live, &old, log_bytes);
     drop(old);
     match open_when_unlocked(live.dir(), generation + 1) {
         Ok(next) => {
@@ -51,9 +56,37 @@ pub(super) fn run(live: &Arc<Live>) {
             tracing::info!(
                 generation = generation + 1,
                 paused_ms = started.elapsed().as_millis() as u64,
+                log_bytes,
+                compacted = compacted.is_some(),
                 "certificate store checkpointed (reopened to bound its recovery log)"
             );
         }
         Err(e) => live.checkpoint_failed(generation + 2, &e),
+    }
+}
+
+/// Copies the paused, flushed opening `old` into a fresh folder if its log (`log_len`
+/// bytes) has grown past what [`Live::compact_when`] allows (`compact.rs`); the next
+/// opening is the copy. Returns the copy's log length, if it was made. A failed copy leaves the database as it was:
+/// compacting is retried at the next checkpoint.
+fn compact_if_due(live: &Live, old: &Trees, log_len: u64) -> Option<u64> {
+    if !live.compact_when().due(log_len, old) {
+        return None;
+    }
+    let started = Instant::now();
+    match compact::copy(live.dir(), old) {
+        Ok(copy_len) => {
+            tracing::info!(
+                log_bytes = log_len,
+                copy_bytes = copy_len,
+                took_ms = started.elapsed().as_millis() as u64,
+                "certificate store compacted (copied into a fresh folder)"
+            );
+            Some(copy_len)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot compact the certificate store; trying again at the next checkpoint");
+            None
+        }
     }
 }

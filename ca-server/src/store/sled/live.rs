@@ -25,6 +25,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::commit::Flushable;
+use super::compact::{self, CompactWhen};
 use crate::store::{Cause, Failure, Mark, StoreError};
 
 /// How often a failed database is reopened.
@@ -38,6 +39,10 @@ const PROBE_KEY: &[u8] = b"write_probe";
 #[derive(Debug)]
 pub(super) struct Trees {
     pub generation: u64,
+    /// The folder sled's files are in (`compact.rs`).
+    pub dir: PathBuf,
+    /// How large the log was when it was copied into `dir` (0 if it never was).
+    pub copied_len: u64,
     pub db: sled::Db,
     /// sled's log file, opened by us for `fdatasync` (see `commit.rs`).
     log: Arc<std::fs::File>,
@@ -64,12 +69,19 @@ pub(super) struct Trees {
 }
 
 impl Trees {
-    fn open(dir: &Path, generation: u64) -> Result<Self, sled::Error> {
-        remove_unfinished_snapshots(dir).map_err(sled::Error::Io)?;
+    /// Opens the database of the store in `store_dir`, wherever compaction put it.
+    fn open(store_dir: &Path, generation: u64) -> Result<Self, sled::Error> {
+        let location = compact::locate(store_dir)?;
+        let dir = location.dir;
+        remove_unfinished_snapshots(&dir).map_err(sled::Error::Io)?;
         let db = sled::Config::new()
-            .path(dir)
+            .path(&dir)
             .mode(sled::Mode::HighThroughput)
             .open()?;
+        // Only now, with sled's lock held: no other process is compacting this store.
+        if let Err(e) = compact::remove_leftovers(store_dir, &dir) {
+            tracing::warn!(error = %e, "cannot remove what a store compaction left behind");
+        }
         // sled's log file, which its `Config::path` puts at `<dir>/db`. Opened for writing
         // only because some systems refuse `fsync` on a read-only descriptor; never written.
         let log = std::fs::OpenOptions::new()
@@ -80,6 +92,8 @@ impl Trees {
         let tree = |name: &str| db.open_tree(name);
         Ok(Self {
             generation,
+            dir,
+            copied_len: location.copied_len,
             log: Arc::new(log),
             certs: tree("certs")?,
             by_identity: tree("by_identity")?,
@@ -181,6 +195,8 @@ pub(super) struct Live {
     written: AtomicU64,
     /// How many of them start a checkpoint (`u64::MAX`: never).
     checkpoint_every: u64,
+    /// When a checkpoint also compacts.
+    compact_when: CompactWhen,
     checkpointing: AtomicBool,
     /// Generations closed by a checkpoint with every write flushed (the newest few).
     closed_clean: Mutex<Vec<u64>>,
@@ -217,7 +233,11 @@ pub(super) fn open_when_unlocked(dir: &Path, generation: u64) -> Result<Trees, s
 impl Live {
     /// Opens the database (generation 1). Needs a tokio runtime, for reopening. After every
     /// `checkpoint_every` certificates recorded, it is closed and opened again.
-    pub fn open(dir: &Path, checkpoint_every: u64) -> Result<Arc<Self>, StoreError> {
+    pub fn open(
+        dir: &Path,
+        checkpoint_every: u64,
+        compact_when: CompactWhen,
+    ) -> Result<Arc<Self>, StoreError> {
         let trees = open_when_unlocked(dir, 1).map_err(|e| match cause_of(&e) {
             _ if matches!(e, sled::Error::Corruption { .. }) => StoreError::Damaged {
                 dir: dir.to_path_buf(),
@@ -233,6 +253,7 @@ impl Live {
             runtime: tokio::runtime::Handle::current(),
             written: AtomicU64::new(0),
             checkpoint_every,
+            compact_when,
             checkpointing: AtomicBool::new(false),
             closed_clean: Mutex::default(),
         }))
@@ -406,6 +427,10 @@ impl Live {
 
     pub(super) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub(super) fn compact_when(&self) -> CompactWhen {
+        self.compact_when
     }
 }
 

@@ -29,6 +29,11 @@
 //! within" and retention walk the expiry index from "now" or up to a cut-off, and the
 //! counters are kept as they change (`index.rs`). Retention removes expired records in
 //! small batches, index entries last.
+//!
+//! Nor does opening the store: expired certificates and old audit entries move to archive
+//! files (`history.rs`, `audit_history.rs`), so sled's log stays near the live data; where
+//! it has grown well past it, a checkpoint copies the database into a fresh folder
+//! (`compact.rs`).
 
 mod archive;
 #[cfg(test)]
@@ -38,6 +43,9 @@ mod audit_history;
 mod batch_file;
 mod checkpoint;
 mod commit;
+mod compact;
+#[cfg(test)]
+mod compact_tests;
 mod federation;
 mod history;
 mod index;
@@ -142,14 +150,22 @@ impl SledStore {
     /// group-commit task and for reopening after a write failure).
     /// A database written before the expiry index existed gets it here (once, O(history)).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_checkpointing(dir, checkpoint::CHECKPOINT_EVERY)
+        Self::open_checkpointing(
+            dir,
+            checkpoint::CHECKPOINT_EVERY,
+            compact::CompactWhen::DEFAULT,
+        )
     }
 
     /// [`SledStore::open`], with a checkpoint (`checkpoint.rs`) after every `every`
-    /// certificates.
-    fn open_checkpointing(dir: &Path, every: u64) -> Result<Self, StoreError> {
+    /// certificates, which compacts (`compact.rs`) as `compact_when` says.
+    fn open_checkpointing(
+        dir: &Path,
+        every: u64,
+        compact_when: compact::CompactWhen,
+    ) -> Result<Self, StoreError> {
         let store = Self {
-            live: live::Live::open(dir, every)?,
+            live: live::Live::open(dir, every, compact_when)?,
             committer: Committer::start(),
             counters: Arc::default(),
             history: history::History::open(dir.join(HISTORY_DIR))?,

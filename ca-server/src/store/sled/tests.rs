@@ -207,8 +207,32 @@ mod conformance {
 /// acknowledged, none is refused, and all are there after the store is opened again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_under_concurrent_writes_refuse_and_lose_nothing() {
+    checkpoints_under_concurrent_writes(super::compact::CompactWhen::DEFAULT).await;
+}
+
+/// The same, with every checkpoint also copying the database into a fresh folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compactions_under_concurrent_writes_refuse_and_lose_nothing() {
+    let dir = checkpoints_under_concurrent_writes(super::compact::CompactWhen {
+        floor: 0,
+        growth: 1,
+    })
+    .await;
+    let current = std::fs::read_to_string(dir.path().join(super::compact::CURRENT)).unwrap();
+    let copies: u64 = current
+        .trim_start_matches("sled-")
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(copies >= 5, "compacted {copies} times");
+}
+
+async fn checkpoints_under_concurrent_writes(
+    compact_when: super::compact::CompactWhen,
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open_checkpointing(dir.path(), 50).unwrap());
+    let store = Arc::new(SledStore::open_checkpointing(dir.path(), 50, compact_when).unwrap());
     let writers: Vec<_> = (0..8u8)
         .map(|w| {
             let store = store.clone();
@@ -245,4 +269,5 @@ async fn checkpoints_under_concurrent_writes_refuse_and_lose_nothing() {
         reopened.certificates_of("spiffe://td/c").unwrap().len(),
         800
     );
+    dir
 }
