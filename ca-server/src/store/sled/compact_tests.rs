@@ -261,3 +261,49 @@ async fn a_damaged_current_file_is_named_with_the_fix() {
         assert!(dir.path().join("db").exists(), "nothing was removed");
     }
 }
+
+/// A disk that fills up during the copy: the copy is removed, the database is the one it
+/// was, and once space is back the store takes writes again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_during_the_copy_loses_nothing_and_the_store_resumes() {
+    let disk = trellis_e2e::tmpfs::Tmpfs::mount("64m");
+    let dir = disk.path().join("db");
+    let store = aged(&dir, ALWAYS);
+    store.flush_now().unwrap();
+    let before = contents(&store);
+    // Room for the checkpoint's flush, not for a copy (32 KiB: 8 to 64 fail the copy here).
+    let filler = disk.fill("filler");
+    let filled = std::fs::metadata(&filler).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(filled - (32 << 10))
+        .unwrap();
+
+    checkpoint(&store).await;
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.trees().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not reopen once space was back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        !dir.join(CURRENT).exists(),
+        "a copy on a full disk became current"
+    );
+    assert!(
+        !dir.join("sled-1").exists(),
+        "the failed copy was left behind"
+    );
+    assert_eq!(contents(&store), before);
+
+    write(&store, 20_000, 1, 10 * DAY);
+    store.flush_now().unwrap();
+    drop(store);
+    let reopened = SledStore::open(&dir).unwrap();
+    assert_eq!(contents(&reopened).live.len(), 51);
+}
