@@ -44,7 +44,8 @@ fn archive_all(store: &SledStore, through: u64) -> usize {
     }
 }
 
-fn all_serials(store: &SledStore) -> Vec<String> {
+/// Every certificate's serial, the archive's included, sorted.
+pub(super) fn all_serials(store: &SledStore) -> Vec<String> {
     let mut out = Vec::new();
     store
         .for_each_certificate(&mut |r| {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::archive_tests::all_serials;
 use super::compact::{CURRENT, CompactWhen};
 use super::index_tests::{audit, cert};
 use super::*;
@@ -66,20 +67,12 @@ struct Contents {
 }
 
 fn contents(store: &SledStore) -> Contents {
-    let mut serials = Vec::new();
-    store
-        .for_each_certificate(&mut |r| {
-            serials.push(r.serial);
-            true
-        })
-        .unwrap();
-    serials.sort();
     let mut live = Vec::new();
     store
         .for_each_live(2 * DAY, &mut |r| live.push(r.serial))
         .unwrap();
     Contents {
-        serials,
+        serials: all_serials(store),
         live,
         revocations: store
             .revocations()
