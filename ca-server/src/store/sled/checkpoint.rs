@@ -85,6 +85,7 @@ fn compact_if_due(live: &Live, old: &Trees, log_len: u64) -> Option<u64> {
             Some(copy_len)
         }
         Err(e) => {
+            live.compaction_failed();
             tracing::warn!(error = %e, "cannot compact the certificate store; trying again at the next checkpoint");
             None
         }

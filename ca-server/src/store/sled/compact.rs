@@ -7,7 +7,10 @@
 //! archive in `history.rs`; a live set that shrank) would pay for its past at every start,
 //! in time and memory. The database itself holds little more than the live certificates,
 //! so a copy of it is small. A checkpoint (`checkpoint.rs`), which already has the database
-//! paused, flushed and to itself, copies it when its log has grown past [`CompactWhen`].
+//! paused, flushed and to itself, copies it when its log has grown past [`CompactWhen`];
+//! besides the checkpoints after certificates, an archiving pass that reaches its end
+//! starts one when the log is due (`Live::compact_if_due`), which is when the copy is
+//! smallest.
 //!
 //! Layout: until the first compaction sled's files are in the store's own folder, as older
 //! releases left them; after it, in a subfolder `sled-<n>` that the file [`CURRENT`] names.

@@ -35,9 +35,20 @@ fn write(store: &SledStore, from: u32, n: u32, not_after: u64) {
     }
 }
 
+/// Never compacts.
+const NEVER: CompactWhen = CompactWhen {
+    floor: u64::MAX,
+    growth: 1,
+};
+
 /// A history most of which left the database: 3,000 certificates expired and archived,
-/// 50 live, one revoked.
+/// 50 live, one revoked; then opened again to compact as `when` says.
 fn aged(dir: &Path, when: CompactWhen) -> SledStore {
+    drop(filled(dir, NEVER));
+    open(dir, when)
+}
+
+fn filled(dir: &Path, when: CompactWhen) -> SledStore {
     let store = open(dir, when);
     write(&store, 0, 3_000, DAY);
     write(&store, 10_000, 50, 10 * DAY);
@@ -175,19 +186,37 @@ async fn a_checkpoint_leaves_a_log_alone_until_it_outgrows_the_last_copy() {
     assert!(current(dir.path()).starts_with("sled-1 "), "no second copy");
 
     let dir = tempfile::tempdir().unwrap();
-    let store = aged(
-        dir.path(),
-        CompactWhen {
-            floor: u64::MAX,
-            growth: 1,
-        },
-    );
+    let store = aged(dir.path(), NEVER);
     checkpoint(&store).await;
     assert_eq!(store.trees().unwrap().generation, 2, "it checkpointed");
     assert!(
         !dir.path().join(CURRENT).exists(),
         "under the floor: no copy"
     );
+}
+
+/// An archiving pass that reaches its end (the database as small as it gets) starts the
+/// compaction itself, without waiting for certificates to be written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archiving_pass_that_empties_a_grown_log_compacts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = filled(dir.path(), ALWAYS);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.trees().unwrap().dir != dir.path().join("sled-1") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "archiving did not lead to a compaction"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let now = contents(&store);
+    assert_eq!((now.serials.len(), now.live.len()), (3_050, 50));
+    assert!(!dir.path().join("db").exists(), "the old log is gone");
+
+    // Within the thresholds, archiving compacts nothing.
+    let dir = tempfile::tempdir().unwrap();
+    drop(filled(dir.path(), NEVER));
+    assert!(!dir.path().join(CURRENT).exists());
 }
 
 /// A crash after the copy was made current but before the old database was removed: the

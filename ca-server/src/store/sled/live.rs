@@ -197,11 +197,15 @@ pub(super) struct Live {
     checkpoint_every: u64,
     /// When a checkpoint also compacts.
     compact_when: CompactWhen,
+    /// Until when [`Live::compact_if_due`] asks for no compaction, after one failed.
+    compact_retry_after: Mutex<Option<Instant>>,
     checkpointing: AtomicBool,
     /// Generations closed by a checkpoint with every write flushed (the newest few).
     closed_clean: Mutex<Vec<u64>>,
 }
 
+/// How long [`Live::compact_if_due`] waits after a failed compaction.
+const COMPACT_RETRY: Duration = Duration::from_secs(600);
 /// How long a caller waits for a checkpoint to reopen the database before it is told to
 /// retry.
 const CHECKPOINT_WAIT: Duration = Duration::from_secs(10);
@@ -254,6 +258,7 @@ impl Live {
             written: AtomicU64::new(0),
             checkpoint_every,
             compact_when,
+            compact_retry_after: Mutex::default(),
             checkpointing: AtomicBool::new(false),
             closed_clean: Mutex::default(),
         }))
@@ -323,7 +328,44 @@ impl Live {
     /// on a thread of its own (unless one is running).
     pub fn wrote_certificate(self: &Arc<Self>) {
         let written = self.written.fetch_add(1, Ordering::Relaxed) + 1;
-        if written < self.checkpoint_every || self.checkpointing.swap(true, Ordering::AcqRel) {
+        if written >= self.checkpoint_every {
+            self.start_checkpoint();
+        }
+    }
+
+    /// Starts a checkpoint, which compacts, if sled's log has grown past what
+    /// [`CompactWhen`] allows and no compaction failed lately. For when much has just left
+    /// the database (an archiving pass that reached its end), which is when a copy is
+    /// smallest: a store upgraded from before the archive gets its log back then, not only
+    /// after its next `checkpoint_every` certificates.
+    pub fn compact_if_due(self: &Arc<Self>) {
+        let trees = match &*self.lock() {
+            State::Open(trees) => trees.clone(),
+            State::Failed(_) | State::Checkpointing => return,
+        };
+        let log_len = std::fs::metadata(trees.dir.join("db")).map_or(0, |m| m.len());
+        let retry_after = *self
+            .compact_retry_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.compact_when.due(log_len, &trees) && retry_after.is_none_or(|t| Instant::now() >= t)
+        {
+            self.start_checkpoint();
+        }
+    }
+
+    /// A compaction failed: [`Live::compact_if_due`] waits [`COMPACT_RETRY`] before it
+    /// asks for another (a checkpoint after certificates still tries).
+    pub(super) fn compaction_failed(&self) {
+        *self
+            .compact_retry_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + COMPACT_RETRY);
+    }
+
+    /// Starts a checkpoint on a thread of its own, unless one is running.
+    fn start_checkpoint(self: &Arc<Self>) {
+        if self.checkpointing.swap(true, Ordering::AcqRel) {
             return;
         }
         let live = self.clone();

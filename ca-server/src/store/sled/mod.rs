@@ -654,7 +654,12 @@ impl Store for SledStore {
         if certificates == max {
             return Ok(max);
         }
-        Ok(certificates + self.archive_audit(through, max - certificates)?)
+        let moved = certificates + self.archive_audit(through, max - certificates)?;
+        if moved < max {
+            // The pass reached its end: the database is as small as it gets.
+            self.live.compact_if_due();
+        }
+        Ok(moved)
     }
 
     /// Certificate records retention removed since this store was opened.
