@@ -47,7 +47,7 @@ pub(super) fn run(live: &Arc<Live>) {
         let _ = live.fail(generation, e);
         return;
     }
-    let log_bytes = std::fs::metadata(old.dir.join("db")).map_or(0, |m| m.len());
+    let log_bytes = old.log_len();
     let compacted = compact_if_due(live, &old, log_bytes);
     drop(old);
     match open_when_unlocked(live.dir(), generation + 1) {

@@ -106,8 +106,7 @@ async fn checkpoint(store: &SledStore) {
 
 /// sled's log file of the database the store now uses.
 fn log_len(store: &SledStore) -> u64 {
-    let dir = store.trees().unwrap().dir.clone();
-    std::fs::metadata(dir.join("db")).unwrap().len()
+    store.trees().unwrap().log_len()
 }
 
 fn names_in(dir: &Path) -> Vec<String> {

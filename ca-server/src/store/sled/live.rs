@@ -123,6 +123,11 @@ impl Trees {
         Ok(trees)
     }
 
+    /// The length of sled's log file now, in bytes (0 if it cannot be read).
+    pub fn log_len(&self) -> u64 {
+        self.log.metadata().map_or(0, |m| m.len())
+    }
+
     /// This opening as the group-commit task flushes it.
     pub fn flushable(&self) -> Flushable {
         Flushable {
@@ -343,7 +348,7 @@ impl Live {
             State::Open(trees) => trees.clone(),
             State::Failed(_) | State::Checkpointing => return,
         };
-        let log_len = std::fs::metadata(trees.dir.join("db")).map_or(0, |m| m.len());
+        let log_len = trees.log_len();
         let retry_after = *self
             .compact_retry_after
             .lock()
