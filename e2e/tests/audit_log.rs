@@ -19,6 +19,16 @@ fn offline_verify(data: &Path, json: bool) -> trellis_e2e::Outcome {
     run(cmd, TIMEOUT)
 }
 
+/// `trellis audit verify -o json` against the running CA: the report.
+fn online_verify(ca: &Ca) -> serde_json::Value {
+    run(
+        ca.admin_command(&["audit", "verify", "-o", "json"]),
+        TIMEOUT,
+    )
+    .success()
+    .json()
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     let status = Command::new("cp")
         .arg("-a")
@@ -29,22 +39,23 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(status.success(), "copying {} failed", from.display());
 }
 
+/// A running CA whose audit log holds five join tokens (for `<service>-0` to `-4`) and a
+/// root change, which is signed into the log at once.
+fn with_entries(service: &str) -> Ca {
+    let ca = Ca::start();
+    for i in 0..5 {
+        ca.token_file(&format!("spiffe://cluster.local/ns/prod/sa/{service}-{i}"));
+    }
+    run(ca.admin_command(&["root", "add"]), TIMEOUT).success();
+    ca
+}
+
 #[test]
 fn an_edited_entry_is_named_online_and_offline() {
-    let mut ca = Ca::start();
-    for i in 0..5 {
-        ca.token_file(&format!("spiffe://cluster.local/ns/prod/sa/web-{i}"));
-    }
-    // A root change is signed into the log at once.
-    run(ca.admin_command(&["root", "add"]), TIMEOUT).success();
+    let mut ca = with_entries("web");
     let online = run(ca.admin_command(&["audit", "verify"]), TIMEOUT).success();
     assert!(online.stdout.contains("intact"), "{}", online.stdout);
-    let json = run(
-        ca.admin_command(&["audit", "verify", "-o", "json"]),
-        TIMEOUT,
-    )
-    .success()
-    .json();
+    let json = online_verify(&ca);
     assert_eq!(json["intact"], true, "{json}");
     assert!(json["entries"].as_u64().expect("entries") >= 6, "{json}");
     assert!(json["last_checkpoint_entry"].as_u64().is_some(), "{json}");
@@ -131,11 +142,7 @@ fn an_edited_entry_is_named_online_and_offline() {
 /// online like the rest, and an edit inside an archive file is named.
 #[test]
 fn archived_entries_verify_and_an_edit_in_the_archive_is_named() {
-    let mut ca = Ca::start();
-    for i in 0..5 {
-        ca.token_file(&format!("spiffe://cluster.local/ns/prod/sa/api-{i}"));
-    }
-    run(ca.admin_command(&["root", "add"]), TIMEOUT).success();
+    let mut ca = with_entries("api");
     ca.stop();
     let before = offline_verify(&ca.data_dir, true).success().json();
     assert_eq!(before["intact"], true, "{before}");
@@ -169,12 +176,7 @@ fn archived_entries_verify_and_an_edit_in_the_archive_is_named() {
     let after = offline_verify(&ca.data_dir, true).success().json();
     assert_eq!(after, before, "the same report with the entries archived");
     ca.restart();
-    let online = run(
-        ca.admin_command(&["audit", "verify", "-o", "json"]),
-        TIMEOUT,
-    )
-    .success()
-    .json();
+    let online = online_verify(&ca);
     assert_eq!(online["intact"], true, "{online}");
     ca.stop();
 

@@ -48,7 +48,7 @@ pub(super) fn run(live: &Arc<Live>) {
         return;
     }
     let log_bytes = old.log_len();
-    let compacted = compact_if_due(live, &old, log_bytes);
+    let compacted = copy_if_due(live, &old, log_bytes);
     drop(old);
     match open_when_unlocked(live.dir(), generation + 1) {
         Ok(next) => {
@@ -67,9 +67,9 @@ pub(super) fn run(live: &Arc<Live>) {
 
 /// Copies the paused, flushed opening `old` into a fresh folder if its log (`log_len`
 /// bytes) has grown past what [`Live::compact_when`] allows (`compact.rs`); the next
-/// opening is the copy. Returns the copy's log length, if it was made. A failed copy leaves the database as it was:
-/// compacting is retried at the next checkpoint.
-fn compact_if_due(live: &Live, old: &Trees, log_len: u64) -> Option<u64> {
+/// opening is the copy. Returns the copy's log length, if it was made. A failed copy
+/// leaves the database as it was, to be copied at a later checkpoint.
+fn copy_if_due(live: &Live, old: &Trees, log_len: u64) -> Option<u64> {
     if !live.compact_when().due(log_len, old) {
         return None;
     }
@@ -86,7 +86,10 @@ fn compact_if_due(live: &Live, old: &Trees, log_len: u64) -> Option<u64> {
         }
         Err(e) => {
             live.compaction_failed();
-            tracing::warn!(error = %e, "cannot compact the certificate store; trying again at the next checkpoint");
+            tracing::warn!(
+                error = %e,
+                "cannot compact the certificate store; trying again at a later checkpoint"
+            );
             None
         }
     }
