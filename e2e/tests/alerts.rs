@@ -136,25 +136,24 @@ fn every_metric_the_alerts_use_is_exported_by_the_binaries() {
 
     let (status, ca_text) = http_get(http, "/metrics").expect("CA metrics");
     assert_eq!(status, 200, "{ca_text}");
-    // The sidecar reports its CA streams once their state arrived.
+    // The sidecar reports each CA stream once its state arrived; the two streams connect
+    // independently, so wait for both.
+    let connected = |text: &str| {
+        ["revocations", "trust_bundle"].iter().all(|stream| {
+            text.contains(&format!(
+                "trellis_sidecar_ca_stream_connected{{stream=\"{stream}\"}} 1"
+            ))
+        })
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let sidecar_text = loop {
         let text = http_get(web.admin, "/metrics").expect("sidecar metrics").1;
-        if text.contains("trellis_sidecar_ca_stream_connected{stream=\"revocations\"} 1")
-            || std::time::Instant::now() > deadline
-        {
+        if connected(&text) || std::time::Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(
-        sidecar_text.contains("trellis_sidecar_ca_stream_connected{stream=\"revocations\"} 1"),
-        "{sidecar_text}"
-    );
-    assert!(
-        sidecar_text.contains("trellis_sidecar_ca_stream_connected{stream=\"trust_bundle\"} 1"),
-        "{sidecar_text}"
-    );
+    assert!(connected(&sidecar_text), "{sidecar_text}");
 
     let exported: BTreeSet<String> = families(&ca_text)
         .into_iter()
