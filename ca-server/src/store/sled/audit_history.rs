@@ -9,11 +9,15 @@
 //! leave the database; the newest batch's last sequence is the watermark, and a pass a
 //! crash interrupted only removes what is at or below it. Readers take the archive up to
 //! the watermark, then the database after it, so an entry in both places is read once.
+//! They find the batch to start in from the archive's catalogue (`catalogue.rs`), not by
+//! listing the folder, which a long audit retention fills with hundreds of thousands.
 
+use std::ops::Bound::{Excluded, Unbounded};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::batch_file::{self, Fields, is_batch, sorted_names};
+use super::catalogue::{Catalogue, Names};
 use crate::store::StoreError;
 
 const MAGIC: &[u8] = b"trellis-audit-history-1\n";
@@ -27,6 +31,8 @@ pub(super) struct AuditHistory {
     /// The last sequence archived (`None` when empty). Held while batches are written or
     /// removed.
     watermark: Mutex<Option<u64>>,
+    /// Every batch as (first sequence, file name), in order.
+    catalogue: Catalogue<(u64, String)>,
 }
 
 fn first_of(name: &str) -> Option<u64> {
@@ -54,6 +60,7 @@ impl AuditHistory {
         let history = Self {
             dir,
             watermark: Mutex::new(None),
+            catalogue: Catalogue::new(),
         };
         let last = match history.files()?.last() {
             Some(newest) => history.read(newest)?.last().map(|(sequence, _)| *sequence),
@@ -72,6 +79,17 @@ impl AuditHistory {
         sorted_names(&self.dir, |n| is_batch(n) && first_of(n).is_some())
     }
 
+    /// Every batch on disk, by first sequence.
+    fn catalogue(&self) -> Result<Names<'_, (u64, String)>, StoreError> {
+        self.catalogue.names(&self.watermark, || {
+            Ok(self
+                .files()?
+                .into_iter()
+                .filter_map(|name| Some((first_of(&name)?, name)))
+                .collect())
+        })
+    }
+
     fn read(&self, file: &str) -> Result<Vec<Entry>, StoreError> {
         let path = self.dir.join(file);
         decode_entries(&path, batch_file::read(&path, MAGIC, 2)?)
@@ -85,11 +103,18 @@ impl AuditHistory {
             .transpose()
     }
 
+    /// Writes a batch (the watermark held).
     fn write(&self, file: &str, entries: &[Entry]) -> Result<(), StoreError> {
         let records = entries.iter().map(|(sequence, value)| -> Fields {
             vec![sequence.to_be_bytes().to_vec(), value.clone()]
         });
-        batch_file::write(&self.dir, None, file, MAGIC, records)
+        let written = batch_file::write(&self.dir, None, file, MAGIC, records);
+        self.catalogue.changed(written.is_ok(), |c| {
+            if let Some(first) = first_of(file) {
+                c.insert((first, file.to_owned()));
+            }
+        });
+        written
     }
 
     /// Writes `entries` (in order, every one above the watermark) as one batch, durably.
@@ -105,15 +130,25 @@ impl AuditHistory {
 
     /// At most `limit` entries with sequence above `after`, in order.
     pub fn after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        let files = self.files()?;
-        // The batch holding `after + 1` is the last one named at or below it.
-        let start = files
-            .iter()
-            .rposition(|f| first_of(f).is_some_and(|first| first <= after.saturating_add(1)))
-            .unwrap_or(0);
+        // The batch holding `after + 1` is the last one named at or below it (the first if
+        // none is).
+        let wanted = after.saturating_add(1);
+        let mut batch = {
+            let catalogue = self.catalogue()?;
+            let at_or_below = match wanted.checked_add(1) {
+                Some(above) => catalogue.range(..(above, String::new())).next_back(),
+                None => catalogue.last(),
+            };
+            at_or_below.or_else(|| catalogue.first()).cloned()
+        };
         let mut out = Vec::new();
-        for file in &files[start..] {
-            let Some(entries) = self.read_unless_removed(file)? else {
+        while let Some(current) = batch {
+            batch = self
+                .catalogue()?
+                .range((Excluded(current.clone()), Unbounded))
+                .next()
+                .cloned();
+            let Some(entries) = self.read_unless_removed(&current.1)? else {
                 continue;
             };
             for entry in entries
@@ -155,7 +190,13 @@ impl AuditHistory {
                 return Ok(removed);
             }
             let path = self.dir.join(&file);
-            std::fs::remove_file(&path).map_err(batch_file::io("removing", &path))?;
+            let gone = std::fs::remove_file(&path);
+            self.catalogue.changed(gone.is_ok(), |c| {
+                if let Some(first) = first_of(&file) {
+                    c.remove(&(first, file.clone()));
+                }
+            });
+            gone.map_err(batch_file::io("removing", &path))?;
         }
         Ok(removed)
     }

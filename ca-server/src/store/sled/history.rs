@@ -10,6 +10,9 @@
 //! (the watermark); listings of expired certificates and retention read it. Retention
 //! removes whole days and batches, and rewrites (the same way, under the same name) the one
 //! batch its cut-off falls inside, so a record goes when its retention ends, not later.
+//! The first walk reads the batches' names into memory (the catalogue), which every write
+//! and removal then keeps in step, so that a listing's page finds where to go on without
+//! listing a folder of thousands of batches.
 //!
 //! Crash safety: a batch is on disk before its records leave the database. A crash in
 //! between leaves them in both; the next pass finds them at or below the watermark (the
@@ -19,14 +22,16 @@
 //! batch instead.
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use trellis_identity::hex;
 
 use super::batch_file::{self, Fields, io, is_batch, sorted_names};
+use super::catalogue::Catalogue;
 use crate::store::{CertRecord, RevocationRecord, StoreError, decode, encode};
 
 /// What starts every batch file (and names its format).
@@ -67,7 +72,12 @@ pub(super) struct History {
     /// The largest key archived: the newest batch's last record (`None` when empty). Held
     /// while batches are written or days removed, so that the two never meet in a folder.
     watermark: Mutex<Option<Vec<u8>>>,
+    /// Every batch as (day, file name), in walk order.
+    catalogue: Catalogue<Batch>,
 }
+
+/// A batch: its day's folder and its file name.
+type Batch = (String, String);
 
 fn day_name(not_after: u64) -> String {
     format!("{:08}", not_after / SECONDS_PER_DAY)
@@ -119,6 +129,7 @@ impl History {
         let history = Self {
             dir,
             watermark: Mutex::new(None),
+            catalogue: Catalogue::new(),
         };
         let days = sorted_names(&history.dir, is_day)?;
         for day in &days {
@@ -218,7 +229,54 @@ impl History {
                 archived.revocation.as_ref().map(encode).unwrap_or_default(),
             ]
         });
-        batch_file::write(&self.dir.join(day), Some(&self.dir), name, MAGIC, records)
+        let written = batch_file::write(&self.dir.join(day), Some(&self.dir), name, MAGIC, records);
+        self.catalogue.changed(written.is_ok(), |c| {
+            c.insert((day.to_owned(), name.to_owned()));
+        });
+        written
+    }
+
+    /// Every batch on disk.
+    fn catalogue(&self) -> Result<super::catalogue::Names<'_, Batch>, StoreError> {
+        self.catalogue.names(&self.watermark, || {
+            let mut batches = BTreeSet::new();
+            for day in sorted_names(&self.dir, is_day)? {
+                for file in sorted_names(&self.dir.join(&day), is_batch)? {
+                    batches.insert((day.clone(), file));
+                }
+            }
+            Ok(batches)
+        })
+    }
+
+    /// The batch a walk from `from` starts in (the first if `None`): the one holding it,
+    /// or the first after it if none of its day does.
+    fn first_batch(&self, from: Option<&Position>) -> Result<Option<Batch>, StoreError> {
+        let catalogue = self.catalogue()?;
+        let Some(position) = from else {
+            return Ok(catalogue.first().cloned());
+        };
+        let day = day_name(position.not_after());
+        // A name is its first key's hex and ".batch": "/" sorts after "." and before every
+        // hex digit, so the names at or below this bound are those of keys at or below the
+        // position's (as `holding` compares them).
+        let bound = (day.clone(), format!("{}/", hex::encode(&position.0)));
+        let holding = catalogue
+            .range(..=bound)
+            .next_back()
+            .filter(|(d, _)| *d == day);
+        Ok(holding
+            .or_else(|| catalogue.range((day, String::new())..).next())
+            .cloned())
+    }
+
+    /// The batch after `batch` in walk order.
+    fn next_batch(&self, batch: &Batch) -> Result<Option<Batch>, StoreError> {
+        Ok(self
+            .catalogue()?
+            .range((Bound::Excluded(batch.clone()), Bound::Unbounded))
+            .next()
+            .cloned())
     }
 
     fn read_batch(&self, day: &str, file: &str) -> Result<Vec<Archived>, StoreError> {
@@ -237,25 +295,13 @@ impl History {
     ) -> Result<(Vec<Archived>, Option<Position>), StoreError> {
         let mut out = Vec::new();
         let mut scanned = 0;
-        let first_day = from.map(|p| day_name(p.not_after()));
-        let days = sorted_names(&self.dir, is_day)?;
-        for day in days
-            .iter()
-            .filter(|d| first_day.as_ref().is_none_or(|f| *d >= f))
-        {
-            let files = sorted_names(&self.dir.join(day), is_batch)?;
-            let start = match from {
-                Some(p) if Some(day) == first_day.as_ref() => holding(&files, &p.0).unwrap_or(0),
-                _ => 0,
-            };
-            for file in &files[start..] {
-                let path = self.dir.join(day).join(file);
-                // None: retention removed it since the listing began; go on with the next.
-                let Some(records) = batch_file::read_unless_removed(&path, MAGIC, 3)? else {
-                    continue;
-                };
-                let records = decode_batch(records)?;
-                let unread = records
+        let mut batch = self.first_batch(from)?;
+        while let Some(current) = batch {
+            let (day, file) = &current;
+            let path = self.dir.join(day).join(file);
+            // None: retention removed it since the listing began; go on with the next.
+            if let Some(records) = batch_file::read_unless_removed(&path, MAGIC, 3)? {
+                let unread = decode_batch(records)?
                     .into_iter()
                     .filter(|a| from.is_none_or(|p| a.key > p.0));
                 for archived in unread {
@@ -269,6 +315,7 @@ impl History {
                     }
                 }
             }
+            batch = self.next_batch(&current)?;
         }
         Ok((out, None))
     }
@@ -299,12 +346,19 @@ impl History {
                     return Ok(removed);
                 }
                 let path = folder.join(&file);
-                fs::remove_file(&path).map_err(io("removing", &path))?;
+                let gone = fs::remove_file(&path);
+                self.catalogue.changed(gone.is_ok(), |c| {
+                    c.remove(&(day.clone(), file.clone()));
+                });
+                gone.map_err(io("removing", &path))?;
             }
             if last_second > through {
                 return Ok(removed);
             }
-            fs::remove_dir_all(&folder).map_err(io("removing", &folder))?;
+            let gone = fs::remove_dir_all(&folder);
+            self.catalogue
+                .changed(gone.is_ok(), |c| c.retain(|(d, _)| *d != day));
+            gone.map_err(io("removing", &folder))?;
         }
         Ok(removed)
     }

@@ -41,6 +41,7 @@ mod archive_tests;
 mod audit;
 mod audit_history;
 mod batch_file;
+mod catalogue;
 mod checkpoint;
 mod commit;
 mod compact;
