@@ -13,6 +13,7 @@ use trellis_proto::metrics::{Families, Labels, Source, label};
 use crate::connections::Listeners;
 use crate::services::Services;
 use crate::state::unix;
+use crate::store::LocalFiles;
 
 /// Everything the CA exports.
 pub(crate) struct Exported {
@@ -70,6 +71,9 @@ impl Source for Exported {
             "Group commits of the certificate store since start (sled: flushes, each ending in fdatasync; PostgreSQL: issuance batches, each one transaction); issuances per commit is how well writers share them.",
             [(Labels::new(), store.flushes())],
         )?;
+        if let Some(files) = store.local_files() {
+            local_files(&files, f)?;
+        }
         f.gauge(
             "trellis_ca_revoked_unexpired",
             "Revoked certificates that have not expired.",
@@ -98,6 +102,26 @@ impl Source for Exported {
         let l = &self.listeners;
         ConnBudget::collect("trellis_ca", &[&l.grpc, &l.grpc_handshakes, &l.http], f)
     }
+}
+
+/// The embedded store's files: its log (which a start reads whole, so its size is what a
+/// start costs) and the compactions that copy the data out of a grown log.
+fn local_files(files: &LocalFiles, f: &mut Families<'_>) -> fmt::Result {
+    if let Some(bytes) = files.log_bytes {
+        f.gauge(
+            "trellis_ca_store_log_bytes",
+            "Size of the embedded store's log (sled), which every start reads; a checkpoint compacts the store once the log has far outgrown the data.",
+            one(as_i64(bytes)),
+        )?;
+    }
+    f.counter(
+        "trellis_ca_store_compactions_total",
+        "Copies of the embedded store into a fresh folder since start (compactions), by result; a failed one is retried at a later checkpoint.",
+        [
+            (label("result", "ok"), files.compactions),
+            (label("result", "failed"), files.failed_compactions),
+        ],
+    )
 }
 
 /// How long each CA certificate has left, as seconds and as its NotAfter in Unix seconds

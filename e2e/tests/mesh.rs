@@ -513,4 +513,11 @@ fn metrics_parse_as_prometheus_text_and_follow_its_naming_rules() {
             assert!(counted >= 1.0, "{histogram} has no sample:\n{text}");
         }
     }
+    // The embedded store reports its log, which every start reads.
+    let log_bytes = prometheus_families(&ca, false)
+        .into_iter()
+        .find(|f| f["name"] == "trellis_ca_store_log_bytes")
+        .and_then(|f| f["samples"][0]["value"].as_f64())
+        .unwrap_or_else(|| panic!("no trellis_ca_store_log_bytes:\n{ca}"));
+    assert!(log_bytes > 0.0, "{log_bytes}");
 }

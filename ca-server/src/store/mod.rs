@@ -267,6 +267,17 @@ pub enum Listing<'a> {
     Expiring { now: u64, until: Option<u64> },
 }
 
+/// What an embedded store's files hold ([`Store::local_files`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocalFiles {
+    /// The database's log, which every start reads (`None` while it is being reopened).
+    pub log_bytes: Option<u64>,
+    /// Copies of the database into a fresh folder since start (compactions), and those
+    /// that failed.
+    pub compactions: u64,
+    pub failed_compactions: u64,
+}
+
 /// Where a listing goes on: opaque to the caller, who hands it back unchanged (it travels
 /// to clients as a gRPC page token, so it is text).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,6 +314,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// one transaction); with the number of certificates issued it tells how many writers
     /// one commit covers.
     fn flushes(&self) -> u64;
+
+    /// The store's own files on this host, for `/metrics`: `None` where the data lives
+    /// elsewhere (PostgreSQL).
+    fn local_files(&self) -> Option<LocalFiles> {
+        None
+    }
 
     /// Keeps every other CA sharing this store out of its start-up (the check whether the
     /// CA is initialised, and its initialisation) until the guard is dropped, so that

@@ -76,6 +76,7 @@ fn copy_if_due(live: &Live, old: &Trees, log_len: u64) -> Option<u64> {
     let started = Instant::now();
     match compact::copy(live.dir(), old) {
         Ok(copy_len) => {
+            live.compacted();
             tracing::info!(
                 log_bytes = log_len,
                 copy_bytes = copy_len,

@@ -149,12 +149,17 @@ async fn a_checkpoint_copies_the_database_into_a_smaller_log_and_loses_nothing()
         "sled's files left the store's folder for the copy's"
     );
     assert_eq!(contents(&store), before);
+    // What `/metrics` reports: the copy's log, and one compaction.
+    let files = store.local_files().unwrap();
+    assert_eq!(files.log_bytes, Some(copied));
+    assert_eq!((files.compactions, files.failed_compactions), (1, 0));
 
     // The copy takes writes, and the next compaction replaces it with another.
     write(&store, 20_000, 10, 10 * DAY);
     checkpoint(&store).await;
     assert!(current(dir.path()).starts_with("sled-2 "));
     assert!(!dir.path().join("sled-1").exists());
+    assert_eq!(store.local_files().unwrap().compactions, 2);
     let after = contents(&store);
     assert_eq!(after.live.len(), 60);
     assert_eq!(after.audit.len(), before.audit.len() + 10);
@@ -321,6 +326,8 @@ async fn a_full_disk_during_the_copy_loses_nothing_and_the_store_resumes() {
         "the failed copy was left behind"
     );
     assert_eq!(contents(&store), before);
+    let files = store.local_files().unwrap();
+    assert_eq!((files.compactions, files.failed_compactions), (0, 1));
 
     write(&store, 20_000, 1, 10 * DAY);
     store.flush_now().unwrap();

@@ -204,6 +204,8 @@ pub(super) struct Live {
     compact_when: CompactWhen,
     /// Until when [`Live::compact_if_due`] asks for no compaction, after one failed.
     compact_retry_after: Mutex<Option<Instant>>,
+    /// Compactions since start that succeeded, and that failed.
+    compactions: [AtomicU64; 2],
     checkpointing: AtomicBool,
     /// Generations closed by a checkpoint with every write flushed (the newest few).
     closed_clean: Mutex<Vec<u64>>,
@@ -264,6 +266,7 @@ impl Live {
             checkpoint_every,
             compact_when,
             compact_retry_after: Mutex::default(),
+            compactions: Default::default(),
             checkpointing: AtomicBool::new(false),
             closed_clean: Mutex::default(),
         }))
@@ -362,10 +365,32 @@ impl Live {
     /// A compaction failed: [`Live::compact_if_due`] waits [`COMPACT_RETRY`] before it
     /// asks for another (a checkpoint after certificates still tries).
     pub(super) fn compaction_failed(&self) {
+        self.compactions[1].fetch_add(1, Ordering::Relaxed);
         *self
             .compact_retry_after
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + COMPACT_RETRY);
+    }
+
+    /// A compaction succeeded.
+    pub(super) fn compacted(&self) {
+        self.compactions[0].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Compactions since start: (succeeded, failed).
+    pub(super) fn compaction_counts(&self) -> (u64, u64) {
+        let [ok, failed] = &self.compactions;
+        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+    }
+
+    /// sled's log size in the current opening, without waiting for a checkpoint (`None`
+    /// during one, or while the database is closed after a failure).
+    pub(super) fn log_len_now(&self) -> Option<u64> {
+        let trees = match &*self.lock() {
+            State::Open(trees) => trees.clone(),
+            State::Failed(_) | State::Checkpointing => return None,
+        };
+        Some(trees.log_len())
     }
 
     /// Starts a checkpoint on a thread of its own, unless one is running.

@@ -349,6 +349,15 @@ impl Store for SledStore {
         self.committer.flushes()
     }
 
+    fn local_files(&self) -> Option<crate::store::LocalFiles> {
+        let (compactions, failed_compactions) = self.live.compaction_counts();
+        Some(crate::store::LocalFiles {
+            log_bytes: self.live.log_len_now(),
+            compactions,
+            failed_compactions,
+        })
+    }
+
     /// Take this before writing; pass it to [`Store::durable`] after.
     fn mark(&self) -> Mark {
         self.live.mark()
