@@ -108,10 +108,15 @@ fn decode_batch(records: Vec<Fields>) -> Result<Vec<Archived>, StoreError> {
 /// Which of a day's batches (names in order) holds `key`: the last named at or below it
 /// (`None`: it sorts before the first).
 fn holding(files: &[String], key: &[u8]) -> Option<usize> {
-    let key = hex::encode(key);
-    files
-        .iter()
-        .rposition(|f| f.trim_end_matches(".batch") <= key.as_str())
+    let bound = names_up_to(key);
+    files.partition_point(|f| *f <= bound).checked_sub(1)
+}
+
+/// The largest name a batch holding `key` can have: a name is its first key's hex and
+/// ".batch", and "/" sorts after "." and before every hex digit, so the names at or below
+/// this are those of first keys at or below `key`.
+fn names_up_to(key: &[u8]) -> String {
+    format!("{}/", hex::encode(key))
 }
 
 /// Consecutive runs of `records` with the same day of expiry.
@@ -257,10 +262,7 @@ impl History {
             return Ok(catalogue.first().cloned());
         };
         let day = day_name(position.not_after());
-        // A name is its first key's hex and ".batch": "/" sorts after "." and before every
-        // hex digit, so the names at or below this bound are those of keys at or below the
-        // position's (as `holding` compares them).
-        let bound = (day.clone(), format!("{}/", hex::encode(&position.0)));
+        let bound = (day.clone(), names_up_to(&position.0));
         let holding = catalogue
             .range(..=bound)
             .next_back()
