@@ -204,8 +204,10 @@ pub(super) struct Live {
     compact_when: CompactWhen,
     /// Until when [`Live::compact_if_due`] asks for no compaction, after one failed.
     compact_retry_after: Mutex<Option<Instant>>,
-    /// Compactions since start that succeeded, and that failed.
-    compactions: [AtomicU64; 2],
+    /// Compactions since start that succeeded.
+    compactions: AtomicU64,
+    /// Compactions since start that failed.
+    failed_compactions: AtomicU64,
     checkpointing: AtomicBool,
     /// Generations closed by a checkpoint with every write flushed (the newest few).
     closed_clean: Mutex<Vec<u64>>,
@@ -266,7 +268,8 @@ impl Live {
             checkpoint_every,
             compact_when,
             compact_retry_after: Mutex::default(),
-            compactions: Default::default(),
+            compactions: AtomicU64::new(0),
+            failed_compactions: AtomicU64::new(0),
             checkpointing: AtomicBool::new(false),
             closed_clean: Mutex::default(),
         }))
@@ -347,9 +350,8 @@ impl Live {
     /// smallest: a store upgraded from before the archive gets its log back then, not only
     /// after its next `checkpoint_every` certificates.
     pub fn compact_if_due(self: &Arc<Self>) {
-        let trees = match &*self.lock() {
-            State::Open(trees) => trees.clone(),
-            State::Failed(_) | State::Checkpointing => return,
+        let Some(trees) = self.open_now() else {
+            return;
         };
         let log_len = trees.log_len();
         let retry_after = *self
@@ -365,7 +367,7 @@ impl Live {
     /// A compaction failed: [`Live::compact_if_due`] waits [`COMPACT_RETRY`] before it
     /// asks for another (a checkpoint after certificates still tries).
     pub(super) fn compaction_failed(&self) {
-        self.compactions[1].fetch_add(1, Ordering::Relaxed);
+        self.failed_compactions.fetch_add(1, Ordering::Relaxed);
         *self
             .compact_retry_after
             .lock()
@@ -374,23 +376,30 @@ impl Live {
 
     /// A compaction succeeded.
     pub(super) fn compacted(&self) {
-        self.compactions[0].fetch_add(1, Ordering::Relaxed);
+        self.compactions.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Compactions since start: (succeeded, failed).
     pub(super) fn compaction_counts(&self) -> (u64, u64) {
-        let [ok, failed] = &self.compactions;
-        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+        (
+            self.compactions.load(Ordering::Relaxed),
+            self.failed_compactions.load(Ordering::Relaxed),
+        )
     }
 
     /// sled's log size in the current opening, without waiting for a checkpoint (`None`
     /// during one, or while the database is closed after a failure).
     pub(super) fn log_len_now(&self) -> Option<u64> {
-        let trees = match &*self.lock() {
-            State::Open(trees) => trees.clone(),
-            State::Failed(_) | State::Checkpointing => return None,
-        };
-        Some(trees.log_len())
+        self.open_now().map(|trees| trees.log_len())
+    }
+
+    /// The current opening, if the database is open now: unlike [`Live::trees`], never
+    /// waits for a checkpoint.
+    fn open_now(&self) -> Option<Arc<Trees>> {
+        match &*self.lock() {
+            State::Open(trees) => Some(trees.clone()),
+            State::Failed(_) | State::Checkpointing => None,
+        }
     }
 
     /// Starts a checkpoint on a thread of its own, unless one is running.
